@@ -1,0 +1,112 @@
+"""Stamen's Flower ClientApp: one device taking part in federated matrix factorisation.
+
+The device's user factor is kept in the node's ``context.state`` between rounds and never
+put into a message. ``fit`` returns the dense update of the shared parameters and the
+local training loss; ``evaluate`` ranks the device's held-out item locally and returns
+only the resulting metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+
+from stamen.client.local import LocalSettings, build_local_model, local_update
+from stamen.client.store import DeviceData, read_device_data
+from stamen.models.batches import UserItems
+from stamen.models.metrics import batch_metrics
+
+__all__ = ["USER_STATE_KEY", "MFClient", "build_client_app", "make_client_fn"]
+
+#: Key of the user factor in the node's persistent ``context.state``.
+USER_STATE_KEY = "stamen-user-factor"
+
+_LOCAL_KEYS = frozenset(LocalSettings.model_fields)
+
+
+class MFClient(NumPyClient):
+    """A device holding one user's interactions (see module docstring)."""
+
+    def __init__(self, data: DeviceData, state: RecordDict, *, seed: int, row: int) -> None:
+        self.data = data
+        self.state = state
+        self.seed = seed
+        self.row = row
+
+    def _rng(self, config: dict, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.row, int(config.get("server-round", 0)), purpose])
+
+    def _factor(self) -> np.ndarray | None:
+        if USER_STATE_KEY in self.state:
+            return self.state[USER_STATE_KEY].to_numpy_ndarrays()[0]  # type: ignore[union-attr]
+        return None
+
+    def _keep(self, factor: np.ndarray) -> None:
+        self.state[USER_STATE_KEY] = ArrayRecord(numpy_ndarrays=[factor.astype(np.float32)])
+
+    @staticmethod
+    def _settings(config: dict) -> LocalSettings:
+        return LocalSettings.model_validate({k: v for k, v in config.items() if k in _LOCAL_KEYS})
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        """One local step; uploads only the dense update of the shared parameters."""
+        result = local_update(
+            parameters,
+            self._factor(),
+            items=self.data.train_items,
+            settings=self._settings(config),
+            rng=self._rng(config, 0),
+        )
+        self._keep(result.user_factor)
+        return result.delta, 1, {"train_loss": float(result.metrics["train_loss"])}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
+        """Rank the held-out item (``config["stage"]``: "valid" or "test") on the device."""
+        if not self.data.evaluable:
+            return 0.0, 0, {}
+        settings = self._settings(config)
+        train = UserItems.single(self.data.train_items, n_items=self.data.n_items)
+        model = build_local_model(
+            parameters, self._factor(), settings=settings, items=train, rng=self._rng(config, 1)
+        )
+        self._keep(model.users.weight.detach()[0].numpy())
+        test = config.get("stage", "test") == "test"
+        target = self.data.test_item if test else self.data.valid_item
+        seen = self.data.train_items
+        if test:
+            seen = np.append(seen, self.data.valid_item)
+        with torch.no_grad():
+            scores = model.logits(model(torch.zeros(1, dtype=torch.long)))
+            nll = float(torch.logsumexp(scores[0], 0) - scores[0, target])
+        metrics = batch_metrics(
+            scores,
+            np.array([target]),
+            exclude=UserItems.single(seen, n_items=self.data.n_items),
+            negatives=self.data.negatives[None, :],
+        )
+        return nll, 1, {name: float(values[0]) for name, values in metrics.items()}
+
+
+def make_client_fn(store: str | Path, *, seed: int) -> Callable[[Context], Client]:
+    """A ``client_fn`` for devices whose data is row ``partition-id`` of ``store``."""
+
+    def client_fn(context: Context) -> Client:
+        torch.set_num_threads(1)
+        row = int(context.node_config["partition-id"])
+        data = read_device_data(store, row)
+        return MFClient(data, context.state, seed=seed, row=row).to_client()
+
+    return client_fn
+
+
+def build_client_app(store: str | Path, *, seed: int, secure_aggregation: bool) -> ClientApp:
+    """The ClientApp for devices reading ``store``; with ``secure_aggregation`` every
+    update goes through Flower's SecAgg+ mod before it leaves the device."""
+    mods = [secaggplus_mod] if secure_aggregation else []
+    return ClientApp(client_fn=make_client_fn(store, seed=seed), mods=mods)

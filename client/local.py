@@ -1,0 +1,93 @@
+"""A device's local step for federated matrix factorisation.
+
+1. Load the current shared item side (item factors and biases) into a one-user model.
+2. Refresh the private user factor against the frozen item side (warm-started from the
+   device's stored factor, or from a seeded draw on a device's first round).
+3. Train the item side (and the user factor) for a few local epochs on the device's own
+   items through the one training loop, ``stamen.models.training.fit``.
+4. Return the dense difference of the shared parameters: every item row, touched or not,
+   so the update's shape says nothing about which items the device holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stamen.models.batches import UserItems
+from stamen.models.mf import MatrixFactorization
+from stamen.models.settings import LocalSettings
+from stamen.models.training import fit, refresh_users
+
+__all__ = ["LocalResult", "LocalSettings", "build_local_model", "local_update"]
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What a local step produces. Only ``delta`` and ``metrics`` may leave the device."""
+
+    delta: list[np.ndarray]
+    user_factor: np.ndarray
+    metrics: dict[str, float]
+
+
+def build_local_model(
+    shared: list[np.ndarray],
+    user_factor: np.ndarray | None,
+    *,
+    settings: LocalSettings,
+    items: UserItems,
+    rng: np.random.Generator,
+) -> MatrixFactorization:
+    """A one-user model holding the shared arrays and a user factor refreshed against them."""
+    n_items = shared[0].shape[0]
+    model = MatrixFactorization(1, n_items, settings.dim, init_std=settings.init_std)
+    model.load_shared_arrays(shared)
+    with torch.no_grad():
+        if user_factor is None:
+            start = rng.normal(0.0, settings.init_std, size=settings.dim)
+        else:
+            start = user_factor
+        model.users.weight[0] = torch.as_tensor(start, dtype=torch.float32)
+    if settings.refresh_steps:
+        refresh_users(
+            model,
+            items,
+            loss=settings.loss,
+            steps=settings.refresh_steps,
+            lr=settings.refresh_lr,
+            weight_decay=settings.weight_decay,
+            rng=rng,
+        )
+    return model
+
+
+def local_update(
+    shared: list[np.ndarray],
+    user_factor: np.ndarray | None,
+    *,
+    items: np.ndarray,
+    settings: LocalSettings,
+    rng: np.random.Generator,
+) -> LocalResult:
+    """Run one device step on the device's own training ``items`` (see module docstring)."""
+    data = UserItems.single(items, n_items=shared[0].shape[0])
+    model = build_local_model(shared, user_factor, settings=settings, items=data, rng=rng)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.local_lr, weight_decay=settings.weight_decay
+    )
+    losses = fit(
+        model,
+        data,
+        loss=settings.loss,
+        optimizer=optimizer,
+        epochs=settings.local_epochs,
+        batch_size=1,
+        rng=rng,
+    )
+    updated = model.shared_arrays()
+    delta = [(new - old).astype(np.float32) for new, old in zip(updated, shared, strict=True)]
+    factor = model.users.weight.detach()[0].numpy().copy()
+    return LocalResult(delta=delta, user_factor=factor, metrics={"train_loss": losses[-1]})

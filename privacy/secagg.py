@@ -1,0 +1,46 @@
+"""Settings of Flower's SecAgg+ secure aggregation, validated before any round starts.
+
+Flower crashes its clients on an even number of shares yet still "finishes" the round with
+an all-zero model, so the checks here are not cosmetic.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["SecAggSettings"]
+
+
+class SecAggSettings(BaseModel):
+    """SecAgg+ parameters.
+
+    ``num_shares`` (odd, at least 3) is how many neighbours hold a share of each device's
+    key; ``reconstruction_threshold`` how many shares rebuild it (so at most
+    ``num_shares - threshold`` neighbours of a device may drop out); values are clipped to
+    ``[-clipping_range, clipping_range]`` and quantised into ``quantization_range`` levels
+    before masking.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    num_shares: int = Field(5, ge=3)
+    reconstruction_threshold: int = Field(3, ge=2)
+    clipping_range: float = Field(1.0, gt=0)
+    quantization_range: int = Field(2**22, gt=1)
+    timeout: float | None = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> SecAggSettings:
+        if self.num_shares % 2 == 0:
+            raise ValueError(f"num_shares must be odd (got {self.num_shares})")
+        if self.reconstruction_threshold > self.num_shares:
+            raise ValueError(
+                f"reconstruction_threshold ({self.reconstruction_threshold}) exceeds "
+                f"num_shares ({self.num_shares})"
+            )
+        return self
+
+    def quantization_step(self) -> float:
+        """Width of one quantisation level: the per-coordinate rounding error bound."""
+        return 2 * self.clipping_range / (self.quantization_range - 1)

@@ -1,0 +1,100 @@
+"""Per-round checkpoints of the global model, the server optimiser and the run history.
+
+A checkpoint is one ``torch.save`` file per round (``round-00012.pt``), written atomically;
+``latest.json`` names the newest. A later run resumes from it when its fingerprint (the
+settings that must not change mid-run: model shape, optimiser) matches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stamen.models import CheckpointError
+
+__all__ = ["Checkpoint", "CheckpointStore"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """State after ``round`` completed rounds."""
+
+    round: int
+    server_state: dict[str, Any]
+    history: list[dict[str, Any]]
+    fingerprint: dict[str, Any]
+
+
+class CheckpointStore:
+    """Checkpoints in one folder, keeping the newest ``keep``."""
+
+    def __init__(self, folder: str | Path, *, keep: int = 2) -> None:
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def save(self, checkpoint: Checkpoint) -> Path:
+        """Write ``checkpoint`` atomically and prune older ones."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"round-{checkpoint.round:05d}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "round": checkpoint.round,
+                "server_state": checkpoint.server_state,
+                "history": checkpoint.history,
+                "fingerprint": checkpoint.fingerprint,
+            },
+            tmp,
+        )
+        os.replace(tmp, path)
+        latest = self.folder / "latest.json"
+        latest.with_suffix(".tmp").write_text(json.dumps({"round": checkpoint.round, "file": path.name}))
+        os.replace(latest.with_suffix(".tmp"), latest)
+        for old in sorted(self.folder.glob("round-*.pt"))[: -self.keep]:
+            old.unlink()
+        return path
+
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint, or ``None`` when the folder holds none."""
+        pointer = self.folder / "latest.json"
+        if not pointer.is_file():
+            return None
+        try:
+            name = json.loads(pointer.read_text())["file"]
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f"{pointer}: unreadable ({err})") from err
+        return self.load(self.folder / name)
+
+    @staticmethod
+    def load(path: str | Path) -> Checkpoint:
+        """Read one checkpoint file."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint")
+        try:
+            raw = torch.load(path, weights_only=True)
+            return Checkpoint(
+                round=int(raw["round"]),
+                server_state=raw["server_state"],
+                history=list(raw["history"]),
+                fingerprint=dict(raw["fingerprint"]),
+            )
+        except Exception as err:  # torch raises many types for a corrupt file
+            raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from err
+
+    @staticmethod
+    def check_fingerprint(checkpoint: Checkpoint, expected: dict[str, Any]) -> None:
+        """Raise ``CheckpointError`` if the checkpoint belongs to a different kind of run."""
+        diff = {
+            k: (checkpoint.fingerprint.get(k), v)
+            for k, v in expected.items()
+            if checkpoint.fingerprint.get(k) != v
+        }
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"checkpoint from round {checkpoint.round} does not fit this run ({detail})")

@@ -1,0 +1,36 @@
+"""Settings of a federated training run, as the server sees them."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stamen.models.settings import LocalSettings
+from stamen.privacy import SecAggSettings
+from stamen.server.optimizer import ServerOptimizerSettings
+
+__all__ = ["ServerSettings"]
+
+
+class ServerSettings(BaseModel):
+    """Rounds, cohort, evaluation schedule, and the local / server / SecAgg+ settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rounds: int = Field(100, ge=1)
+    clients_per_round: int = Field(100, ge=1)
+    eval_every: int = Field(0, ge=0, description="federated evaluation period; 0: last round only")
+    eval_stage: str = Field("test", pattern="^(valid|test)$")
+    eval_clients: int | None = Field(None, ge=1, description="devices per evaluation; None: all")
+    seed: int = 0
+    local: LocalSettings = LocalSettings()
+    optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
+    secagg: SecAggSettings = SecAggSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        if self.secagg.enabled and self.clients_per_round < self.secagg.num_shares:
+            raise ValueError(
+                f"SecAgg+ needs at least num_shares={self.secagg.num_shares} devices per round "
+                f"(got clients_per_round={self.clients_per_round})"
+            )
+        return self

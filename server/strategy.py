@@ -1,0 +1,211 @@
+"""The server strategy for federated matrix factorisation, on Flower's legacy strategy
+API (the stack Flower's ``SecAggPlusWorkflow`` drives in flwr 1.41).
+
+Each round: sample a seeded cohort, send the global item side with the local settings,
+average the devices' dense updates (under SecAgg+ the server only ever receives the
+average), apply the server optimiser (FedAvg / FedAdam), checkpoint. Federated evaluation
+asks devices to rank their own held-out item and averages the metrics they return.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from flwr.server.strategy.aggregate import aggregate
+
+from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.optimizer import ServerOptimizer
+from stamen.server.settings import ServerSettings
+
+__all__ = ["FederatedMF", "RoundCallback"]
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float]:
+    total = sum(n for n, _ in pairs)
+    if total == 0:
+        return {}
+    names = sorted({k for _, m in pairs for k in m})
+    return {
+        k: float(sum(n * float(m[k]) for n, m in pairs if k in m) / total) for k in names
+    }
+
+
+class FederatedMF(Strategy):
+    """FedAvg / FedAdam over dense updates of the shared item side.
+
+    Args:
+        settings: the run's server settings.
+        initial: initial shared arrays (used when not resuming).
+        checkpoints: where to write a checkpoint after every round (``None``: nowhere).
+        resume: a checkpoint to continue from; its round becomes round 0 of this run.
+        fingerprint: what a checkpoint must match to be resumed (model shape, optimiser).
+        on_round: called with each finished round's record (progress bars, logs).
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        initial: list[np.ndarray],
+        checkpoints: CheckpointStore | None = None,
+        resume: Checkpoint | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.checkpoints = checkpoints
+        self.fingerprint = fingerprint or {}
+        self.on_round = on_round
+        self.server = ServerOptimizer(initial, settings.optimizer)
+        self.history: list[dict[str, Any]] = []
+        self.start_round = 0
+        if resume is not None:
+            CheckpointStore.check_fingerprint(resume, self.fingerprint)
+            self.server.load_state_dict(resume.server_state)
+            self.history = list(resume.history)
+            self.start_round = resume.round
+        self._record: dict[str, Any] = {}
+        self._started = 0.0
+
+    @property
+    def remaining_rounds(self) -> int:
+        """Rounds left to reach ``settings.rounds`` (after a resume, fewer than all)."""
+        return max(self.settings.rounds - self.start_round, 0)
+
+    def _global_round(self, server_round: int) -> int:
+        return self.start_round + server_round
+
+    def __repr__(self) -> str:
+        return f"FederatedMF(optimizer={self.settings.optimizer.name})"
+
+    def _sorted_clients(self, client_manager: ClientManager) -> list[ClientProxy]:
+        clients = client_manager.all()
+        return [clients[cid] for cid in sorted(clients)]
+
+    def _sample(self, clients: list[ClientProxy], n: int, purpose: int, rnd: int) -> list[ClientProxy]:
+        if n >= len(clients):
+            return clients
+        rng = np.random.default_rng([self.settings.seed, rnd, purpose])
+        return [clients[i] for i in np.sort(rng.choice(len(clients), n, replace=False))]
+
+    def _config(self, rnd: int) -> dict[str, Scalar]:
+        return {"server-round": rnd, **self.settings.local.to_config()}
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """The global item side (fresh or from the resumed checkpoint)."""
+        return ndarrays_to_parameters(self.server.arrays())
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """A seeded cohort of ``clients_per_round`` devices."""
+        rnd = self._global_round(server_round)
+        self._started = time.perf_counter()
+        self._record = {"round": rnd}
+        clients = self._sorted_clients(client_manager)
+        cohort = self._sample(clients, self.settings.clients_per_round, 0, rnd)
+        fit_ins = FitIns(parameters, self._config(rnd))
+        return [(client, fit_ins) for client in cohort]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Average the updates, check them, step the server optimiser, checkpoint."""
+        rnd = self._global_round(server_round)
+        if not results:
+            raise RuntimeError(f"round {rnd}: no device returned an update ({len(failures)} failures)")
+        updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
+        shapes = [tuple(a.shape) for a in self.server.arrays()]
+        for arrays, _ in updates:
+            if [tuple(a.shape) for a in arrays] != shapes:
+                raise RuntimeError(f"round {rnd}: an update's shapes differ from the model's {shapes}")
+        mean = aggregate(updates)
+        if not all(np.all(np.isfinite(a)) for a in mean):
+            raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
+        new = self.server.step([np.asarray(a, np.float32) for a in mean])
+        metrics = _mean_metrics([(r.num_examples, r.metrics) for _, r in results])
+        self._record.update(
+            {
+                "fit": metrics,
+                "devices": len(results),
+                "failures": len(failures),
+                "upload_bytes_per_device": int(sum(4 * a.size for a in self.server.params)),
+                "update_norm": float(np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))),
+            }
+        )
+        if not self._evaluates(rnd):
+            self._finish_round(rnd)
+        return ndarrays_to_parameters(new), metrics
+
+    def _evaluates(self, rnd: int) -> bool:
+        every = self.settings.eval_every
+        return rnd == self.settings.rounds or (every > 0 and rnd % every == 0)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """All devices (or a seeded sample) on evaluation rounds; none otherwise."""
+        rnd = self._global_round(server_round)
+        if not self._evaluates(rnd):
+            return []
+        clients = self._sorted_clients(client_manager)
+        n = self.settings.eval_clients or len(clients)
+        chosen = self._sample(clients, n, 1, rnd)
+        config = {**self._config(rnd), "stage": self.settings.eval_stage}
+        return [(client, EvaluateIns(parameters, config)) for client in chosen]
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """Mean of the devices' metrics (devices without held-out items weigh 0)."""
+        rnd = self._global_round(server_round)
+        pairs = [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in results]
+        metrics = _mean_metrics(pairs)
+        self._record["evaluate"] = {**metrics, "devices": sum(n for n, _ in pairs)}
+        self._record["evaluate_failures"] = len(failures)
+        self._finish_round(rnd)
+        return metrics.get("loss"), metrics
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """No server-side evaluation: the server holds no interaction data."""
+        return None
+
+    def _finish_round(self, rnd: int) -> None:
+        self._record["seconds"] = time.perf_counter() - self._started
+        self.history.append(self._record)
+        if self.checkpoints is not None:
+            self.checkpoints.save(
+                Checkpoint(
+                    round=rnd,
+                    server_state=self.server.state_dict(),
+                    history=self.history,
+                    fingerprint=self.fingerprint,
+                )
+            )
+        if self.on_round is not None:
+            self.on_round(self._record)

@@ -1,0 +1,83 @@
+"""Baselines under the same protocol: popularity, and centralised MF trained through the
+same model, loss and training loop as the devices, with early stopping on validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from stamen.models.mf import MatrixFactorization
+from stamen.models.settings import LocalSettings
+from stamen.models.training import fit, refresh_users
+from stamen.simulation.config import CentralisedSettings
+from stamen.simulation.evaluate import Scorer, evaluate
+from stamen.simulation.split import Split
+
+__all__ = ["mf_scorer", "popularity_scorer", "shared_model_scorer", "train_centralised_mf"]
+
+
+def popularity_scorer(split: Split) -> Scorer:
+    """Scores every item by its number of training interactions."""
+    counts = torch.from_numpy(np.bincount(split.train.items, minlength=split.n_items).astype(np.float32))
+    return lambda users: counts.expand(len(users), -1)
+
+
+def mf_scorer(model: MatrixFactorization) -> Scorer:
+    """Scores of a full (all-users) MF model."""
+    return lambda users: model.logits(model(torch.from_numpy(np.asarray(users, np.int64))))
+
+
+def train_centralised_mf(
+    split: Split,
+    *,
+    local: LocalSettings,
+    settings: CentralisedSettings,
+    seed: int,
+    on_epoch: Callable[[int, float, float], None] | None = None,
+) -> tuple[MatrixFactorization, dict[str, float]]:
+    """Train MF on the pooled training data; keep the epoch with the best validation
+    NDCG@10 (stop after ``settings.patience`` epochs without gain)."""
+    rng = np.random.default_rng([seed, 1])
+    model = MatrixFactorization(
+        split.n_users,
+        split.n_items,
+        local.dim,
+        init_std=local.init_std,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    best, best_epoch, best_state = -1.0, 0, model.state_dict()
+    for epoch in range(1, settings.epochs + 1):
+        loss = fit(
+            model, split.train, loss=local.loss, optimizer=optimizer, epochs=1,
+            batch_size=settings.batch_size, rng=rng,
+        )[0]
+        score = evaluate(mf_scorer(model), split, stage="valid")["ndcg@10"]
+        if on_epoch is not None:
+            on_epoch(epoch, loss, score)
+        if score > best:
+            best, best_epoch = score, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= settings.patience:
+            break
+    model.load_state_dict(best_state)
+    return model, {"best_epoch": best_epoch, "valid_ndcg@10": best, "epochs_run": epoch}
+
+
+def shared_model_scorer(
+    shared: list[np.ndarray], split: Split, *, local: LocalSettings, seed: int
+) -> Scorer:
+    """Scores from a federated model's shared item side, with every user's factor
+    re-solved by the devices' own refresh step (batched over all users)."""
+    model = MatrixFactorization(
+        split.n_users, split.n_items, local.dim, init_std=local.init_std,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    model.load_shared_arrays(shared)
+    refresh_users(
+        model, split.train, loss=local.loss, steps=max(local.refresh_steps, 1),
+        lr=local.refresh_lr, weight_decay=local.weight_decay, rng=np.random.default_rng([seed, 2]),
+    )
+    return mf_scorer(model)

@@ -1,0 +1,107 @@
+"""The configuration of a ``stamen simulate`` run, parsed once at the edge.
+
+Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
+flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
+``[optimizer]``, ``[secagg]`` and ``[centralised]``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stamen.models import ConfigError
+from stamen.models.settings import LocalSettings
+from stamen.privacy import SecAggSettings
+from stamen.server.optimizer import ServerOptimizerSettings
+from stamen.server.settings import ServerSettings
+
+__all__ = ["CentralisedSettings", "SimulationConfig", "load_config"]
+
+
+class CentralisedSettings(BaseModel):
+    """The centralised MF baseline: same model and loss, trained on pooled data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    epochs: int = Field(60, ge=1)
+    lr: float = Field(0.005, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(256, ge=1)
+    patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
+
+
+class SimulationConfig(BaseModel):
+    """Everything a simulation run needs; see ``stamen simulate --help``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = "ml-100k"
+    data_dir: Path | None = None
+    model: str = Field("mf", pattern="^mf$")
+    rounds: int = Field(100, ge=1)
+    clients_per_round: int = Field(100, ge=2)
+    eval_every: int = Field(10, ge=0)
+    seed: int = 0
+    output: Path = Path("results/run")
+    resume: bool = False
+    cpus_per_client: float = Field(1.0, gt=0)
+    synthetic_users: int = Field(1000, ge=10)
+    synthetic_items: int = Field(500, ge=100)
+    local: LocalSettings = LocalSettings()
+    optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
+    secagg: SecAggSettings = SecAggSettings()
+    centralised: CentralisedSettings = CentralisedSettings()
+
+    def server_settings(self) -> ServerSettings:
+        """The server's view of this run."""
+        return ServerSettings(
+            rounds=self.rounds,
+            clients_per_round=self.clients_per_round,
+            eval_every=self.eval_every,
+            seed=self.seed,
+            local=self.local,
+            optimizer=self.optimizer,
+            secagg=self.secagg,
+        )
+
+
+def _snake(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k.replace("-", "_"): _snake(v) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SimulationConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (``None`` values skipped)."""
+    data: dict[str, Any] = {}
+    source = "command line"
+    if path is not None:
+        source = str(path)
+        try:
+            data = _snake(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    cleaned = {k: v for k, v in _snake(overrides or {}).items() if v is not None}
+    try:
+        return SimulationConfig.model_validate(_merge(data, cleaned))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None

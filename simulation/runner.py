@@ -1,0 +1,128 @@
+"""Federated training of MF on Flower's simulation engine: one virtual device per user.
+
+The runner writes the population's device store (each device reads only its own row),
+builds Stamen's ServerApp and ClientApp, and runs them with ``flwr.simulation``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context
+from flwr.simulation import run_simulation
+
+from stamen.client.app import build_client_app
+from stamen.client.store import write_store
+from stamen.models.mf import MatrixFactorization
+from stamen.server.app import build_server_app
+from stamen.server.checkpoint import CheckpointStore
+from stamen.server.strategy import FederatedMF
+from stamen.simulation.config import SimulationConfig
+from stamen.simulation.split import Split
+
+__all__ = ["FederatedResult", "run_federated"]
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    """What a federated run produced."""
+
+    history: list[dict[str, Any]]
+    shared: list[np.ndarray]
+    seconds: float
+    resumed_from: int
+
+
+def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
+    """The seeded initial item side."""
+    model = MatrixFactorization(
+        1, n_items, config.local.dim, init_std=config.local.init_std,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    return model.shared_arrays()
+
+
+def run_federated(
+    config: SimulationConfig,
+    split: Split,
+    *,
+    output: Path,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    verbose: bool = False,
+) -> FederatedResult:
+    """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices."""
+    store = write_store(
+        output / "devices", train=split.train, valid=split.valid, test=split.test,
+        negatives=split.negatives,
+    )
+    checkpoints = CheckpointStore(output / "checkpoints")
+    resume = checkpoints.latest() if config.resume else None
+    fingerprint = {
+        "dataset": config.dataset,
+        "n_items": split.n_items,
+        "dim": config.local.dim,
+        "optimizer": config.optimizer.name,
+        "seed": config.seed,
+    }
+    built: list[FederatedMF] = []
+
+    def make_strategy(context: Context) -> FederatedMF:
+        strategy = FederatedMF(
+            config.server_settings(),
+            initial=initial_shared(split.n_items, config),
+            checkpoints=checkpoints,
+            resume=resume,
+            fingerprint=fingerprint,
+            on_round=on_round,
+        )
+        built.append(strategy)
+        return strategy
+
+    server_app = build_server_app(make_strategy)
+    client_app = build_client_app(store, seed=config.seed, secure_aggregation=config.secagg.enabled)
+    backend_config = {
+        "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
+        "init_args": {"include_dashboard": False, "log_to_driver": verbose},
+    }
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    started = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=split.n_users,
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(level)
+    seconds = time.perf_counter() - started
+    if not built:
+        raise RuntimeError("the Flower simulation ended before the server strategy was built")
+    strategy = built[0]
+    done = strategy.history[-1]["round"] if strategy.history else 0
+    if done < config.rounds:
+        raise RuntimeError(
+            f"the Flower simulation stopped after round {done} of {config.rounds}; see the log above"
+        )
+    return FederatedResult(
+        history=strategy.history,
+        shared=strategy.server.arrays(),
+        seconds=seconds,
+        resumed_from=strategy.start_round,
+    )
