@@ -1,1 +1,21 @@
-"""TODO"""
+"""The device side: the local store, the local training step and Stamen's Flower ClientApp.
+
+Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``.
+"""
+
+from stamen.client.app import USER_STATE_KEY, MFClient, build_client_app, make_client_fn
+from stamen.client.local import LocalResult, build_local_model, local_update
+from stamen.client.store import DeviceData, read_device_data, write_store
+
+__all__ = [
+    "DeviceData",
+    "LocalResult",
+    "MFClient",
+    "USER_STATE_KEY",
+    "build_client_app",
+    "build_local_model",
+    "local_update",
+    "make_client_fn",
+    "read_device_data",
+    "write_store",
+]

@@ -8,7 +8,7 @@ only the resulting metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord, Context, RecordDict
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import Mod
 
 from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.store import DeviceData, read_device_data
@@ -105,8 +106,15 @@ def make_client_fn(store: str | Path, *, seed: int) -> Callable[[Context], Clien
     return client_fn
 
 
-def build_client_app(store: str | Path, *, seed: int, secure_aggregation: bool) -> ClientApp:
+def build_client_app(
+    store: str | Path,
+    *,
+    seed: int,
+    secure_aggregation: bool,
+    outer_mods: Sequence[Mod] = (),
+) -> ClientApp:
     """The ClientApp for devices reading ``store``; with ``secure_aggregation`` every
-    update goes through Flower's SecAgg+ mod before it leaves the device."""
-    mods = [secaggplus_mod] if secure_aggregation else []
+    update goes through Flower's SecAgg+ mod before it leaves the device. ``outer_mods``
+    wrap everything (they see exactly what the device sends; tests audit with them)."""
+    mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
     return ClientApp(client_fn=make_client_fn(store, seed=seed), mods=mods)

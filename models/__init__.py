@@ -11,9 +11,16 @@ from stamen.models.errors import (
     DataFormatError,
     StamenError,
 )
+from stamen.models.batches import Batch, UserItems, user_batches
+from stamen.models.losses import LOSSES, bce_loss, bpr_loss, softmax_loss
+from stamen.models.metrics import batch_metrics, full_ranks, ranking_metrics, sampled_ranks, top_k
+from stamen.models.mf import SHARED_PARAMETERS, MatrixFactorization
 from stamen.models.schema import Catalog, Dataset, Interactions
+from stamen.models.settings import LocalSettings
+from stamen.models.training import fit, refresh_users, torch_generator
 
 __all__ = [
+    "Batch",
     "Catalog",
     "CheckpointError",
     "ChecksumError",
@@ -22,5 +29,22 @@ __all__ = [
     "DataFormatError",
     "Dataset",
     "Interactions",
+    "LOSSES",
+    "LocalSettings",
+    "MatrixFactorization",
+    "SHARED_PARAMETERS",
     "StamenError",
+    "UserItems",
+    "batch_metrics",
+    "bce_loss",
+    "bpr_loss",
+    "fit",
+    "full_ranks",
+    "ranking_metrics",
+    "refresh_users",
+    "sampled_ranks",
+    "softmax_loss",
+    "top_k",
+    "torch_generator",
+    "user_batches",
 ]

@@ -1,1 +1,24 @@
-"""TODO"""
+"""The coordination side: Stamen's Flower ServerApp, strategy, server optimisers and
+checkpoints. Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never
+``stamen.client``.
+"""
+
+from stamen.server.app import build_server_app, run_rounds, secagg_workflow
+from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.optimizer import SERVER_OPTIMIZERS, ServerOptimizer, ServerOptimizerSettings
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import FederatedMF, RoundCallback
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "FederatedMF",
+    "RoundCallback",
+    "SERVER_OPTIMIZERS",
+    "ServerOptimizer",
+    "ServerOptimizerSettings",
+    "ServerSettings",
+    "build_server_app",
+    "run_rounds",
+    "secagg_workflow",
+]

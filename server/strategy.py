@@ -151,7 +151,7 @@ class FederatedMF(Strategy):
                 "fit": metrics,
                 "devices": len(results),
                 "failures": len(failures),
-                "upload_bytes_per_device": int(sum(4 * a.size for a in self.server.params)),
+                "upload_bytes_per_device": int(sum(4 * p.numel() for p in self.server.params)),
                 "update_norm": float(np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))),
             }
         )

@@ -1,0 +1,162 @@
+"""One complete experiment: data, split, baselines, federated run, results on disk.
+
+``stamen simulate`` is a thin command line over ``run_experiment``; benchmarks call it too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stamen.models import Dataset, StamenError
+from stamen.simulation.baselines import (
+    mf_scorer,
+    popularity_scorer,
+    shared_model_scorer,
+    train_centralised_mf,
+)
+from stamen.simulation.config import SimulationConfig
+from stamen.simulation.datasets import default_data_dir, find_local, generate_synthetic, load_dataset
+from stamen.simulation.evaluate import evaluate
+from stamen.simulation.report import plot_history, print_table, write_results
+from stamen.simulation.runner import run_federated
+from stamen.simulation.split import leave_one_out
+
+__all__ = ["ExperimentResult", "load_for_config", "run_experiment"]
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Paths written and the results record."""
+
+    results: dict[str, Any]
+    results_path: Path
+    plot_path: Path
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    )
+
+
+def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> tuple[Dataset, str]:
+    """The configured data set and a note on where it came from. Falls back to the
+    synthetic data set (and says so) when a real one is neither on disk nor downloadable."""
+    if config.dataset == "synthetic":
+        data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
+        return data, "synthetic (generated)"
+    root = config.data_dir if config.data_dir is not None else default_data_dir()
+    local = find_local(config.dataset, root)
+    if local is not None:
+        return load_dataset(config.dataset, local), str(local)
+    try:
+        return load_dataset(config.dataset), "downloaded to the cache"
+    except (OSError, StamenError) as err:
+        say(
+            f"[yellow]No copy of {config.dataset} under {root} and the download failed ({err}); "
+            "falling back to the built-in synthetic data set.[/yellow]"
+        )
+        data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
+        return data, f"synthetic fallback ({config.dataset} unavailable)"
+
+
+def run_experiment(
+    config: SimulationConfig, *, console: Console | None = None, verbose: bool = False
+) -> ExperimentResult:
+    """Run the baselines and the federated simulation; write results JSON, plot, negatives."""
+    console = console or Console()
+    output = config.output
+    output.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    dataset, source = load_for_config(config, say=console.print)
+    split = leave_one_out(dataset.interactions, seed=config.seed)
+    np.savez_compressed(output / "negatives.npz", negatives=split.negatives, seed=config.seed)
+    timings["data"] = time.perf_counter() - started
+    console.print(
+        f"[bold]{dataset.name}[/bold] from {source}: {split.n_users} users, {split.n_items} items, "
+        f"{len(dataset.interactions)} interactions; {split.stats()['evaluated_users']} users evaluated"
+    )
+
+    methods: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
+    methods["popularity"] = evaluate(popularity_scorer(split), split)
+    timings["popularity"] = time.perf_counter() - started
+
+    with _progress(console) as progress:
+        task = progress.add_task("centralised MF", total=config.centralised.epochs, status="")
+
+        def on_epoch(epoch: int, loss: float, valid: float) -> None:
+            progress.update(task, completed=epoch, status=f"loss {loss:.3f}  valid NDCG@10 {valid:.4f}")
+
+        started = time.perf_counter()
+        model, info = train_centralised_mf(
+            split, local=config.local, settings=config.centralised, seed=config.seed, on_epoch=on_epoch
+        )
+        progress.update(task, completed=config.centralised.epochs)
+    methods["centralised MF"] = evaluate(mf_scorer(model), split)
+    timings["centralised"] = time.perf_counter() - started
+
+    with _progress(console) as progress:
+        task = progress.add_task("federated rounds", total=config.rounds, status="starting Ray…")
+
+        def on_round(record: dict[str, Any]) -> None:
+            status = f"{record['devices']} devices, {record['seconds']:.1f}s"
+            if "evaluate" in record:
+                status += f"  NDCG@10 {record['evaluate']['ndcg@10']:.4f}"
+            progress.update(task, completed=record["round"], status=status)
+
+        fed = run_federated(config, split, output=output, on_round=on_round, verbose=verbose)
+    timings["federated"] = fed.seconds
+    final = fed.history[-1].get("evaluate", {})
+    offline = evaluate(shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split)
+    methods["federated MF"] = {**{k: v for k, v in final.items() if k != "devices"}}
+    methods["federated MF"]["coverage@10"] = offline["coverage@10"]
+
+    print_table(methods, title=f"{dataset.name}: test metrics (full ranking; sampled = 99 negatives)", console=console)
+    ratio = methods["federated MF"].get("ndcg@10", 0.0) / max(methods["centralised MF"]["ndcg@10"], 1e-12)
+    console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
+
+    results = {
+        "config": config.model_dump(mode="json"),
+        "dataset": {"name": dataset.name, "source": source, **split.stats()},
+        "protocol": {
+            "split": "per-user temporal leave-one-out (seeded tie-break); validation = second-to-last",
+            "full_ranking": "all items except the user's train and validation items",
+            "sampled": "99 negatives per user, fixed by seed, disjoint from all the user's items",
+            "negatives_file": "negatives.npz",
+        },
+        "seed": config.seed,
+        "methods": methods,
+        "centralised": info,
+        "federated": {
+            "rounds": fed.history,
+            "resumed_from_round": fed.resumed_from,
+            "offline_check": offline,
+            "federated_over_centralised_ndcg@10": ratio,
+        },
+        "wall_seconds": timings,
+    }
+    results_path = write_results(output / "results.json", results)
+    plot_path = plot_history(
+        output / "metrics.png",
+        fed.history,
+        references={k: v for k, v in methods.items() if k != "federated MF"},
+        title=f"{dataset.name}, seed {config.seed}",
+    )
+    console.print(f"results: {results_path}\nplot:    {plot_path}")
+    return ExperimentResult(results=results, results_path=results_path, plot_path=plot_path)

@@ -1,0 +1,155 @@
+"""Federated smoke runs on Flower's simulation engine: a few devices, a few rounds.
+
+Every message a device sends is captured by an outermost ClientApp mod (it sees exactly
+what leaves the device) together with the device's private user factor at that moment.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stamen.models import CheckpointError, Interactions
+from stamen.server.checkpoint import CheckpointStore
+from stamen.simulation import runner as runner_module
+from stamen.simulation.config import load_config
+from stamen.simulation.runner import initial_shared, run_federated
+from stamen.simulation.split import leave_one_out
+
+pytestmark = pytest.mark.slow
+
+N_USERS, N_ITEMS, DIM = 8, 150, 8
+FIT_METRICS = {"train_loss"}
+EVAL_METRICS = {
+    "hr@10", "hr@20", "ndcg@10", "ndcg@20", "recall@10", "recall@20",
+    "sampled_hr@10", "sampled_hr@20", "sampled_ndcg@10", "sampled_ndcg@20",
+}
+
+
+def _population(seed: int = 0) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(N_USERS):
+        chosen = rng.choice(N_ITEMS // 2, size=12, replace=False) + (u % 2) * (N_ITEMS // 2)
+        users += [u] * 12
+        items += chosen.tolist()
+        times += sorted(rng.integers(0, 10_000, 12).tolist())
+    return Interactions.from_raw(np.array(users), np.array(items), np.ones(len(users)), np.array(times),
+                                 item_ids=np.arange(N_ITEMS))
+
+
+class _Capture:
+    """A picklable Flower mod that records every reply a device sends."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __call__(self, msg, context, call_next):  # noqa: ANN001, ANN204
+        from stamen.client.app import USER_STATE_KEY
+
+        reply = call_next(msg, context)
+        content = reply.content
+        record = {
+            "type": reply.metadata.message_type,
+            "arrays": {k: r.to_numpy_ndarrays() for k, r in content.array_records.items()},
+            "metrics": {k: dict(r) for k, r in content.metric_records.items()},
+            "configs": {k: dict(r) for k, r in content.config_records.items()},
+            "user_factor": (
+                context.state[USER_STATE_KEY].to_numpy_ndarrays()[0] if USER_STATE_KEY in context.state else None
+            ),
+        }
+        name = f"{reply.metadata.message_type}-{uuid.uuid4().hex}.pkl"
+        (self.folder / name).write_bytes(pickle.dumps(record))
+        return reply
+
+
+@pytest.fixture(scope="module")
+def federated_run(tmp_path_factory, monkeypatch_module):
+    captured = tmp_path_factory.mktemp("messages")
+    output = tmp_path_factory.mktemp("run")
+    original = runner_module.build_client_app
+    monkeypatch_module.setattr(
+        runner_module, "build_client_app",
+        lambda *a, **k: original(*a, **k, outer_mods=[_Capture(captured)]),
+    )
+    split = leave_one_out(_population(), seed=0)
+    config = load_config(None, {"rounds": 2, "clients_per_round": 4, "eval_every": 1,
+                                "local": {"dim": DIM, "refresh_steps": 3}, "output": str(output)})
+    result = run_federated(config, split, output=output)
+    messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
+    return config, split, result, messages, output
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_item_factors_change_and_rounds_complete(federated_run) -> None:
+    config, split, result, _, _ = federated_run
+    start = initial_shared(split.n_items, config)
+    assert [h["round"] for h in result.history] == [1, 2]
+    assert all(h["devices"] == 4 and h["failures"] == 0 for h in result.history)
+    assert not np.allclose(result.shared[0], start[0])
+    assert not np.allclose(result.shared[1], start[1])
+    assert set(result.history[-1]["evaluate"]) >= EVAL_METRICS
+
+
+def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(federated_run) -> None:
+    _, split, _, messages, _ = federated_run
+    fits = [m for m in messages if m["type"] == "train"]
+    evals = [m for m in messages if m["type"] == "evaluate"]
+    assert len(fits) == 8 and len(evals) == 2 * N_USERS
+    shared_shapes = [(split.n_items, DIM), (split.n_items,)]
+    for m in fits:
+        assert set(m["arrays"]) == {"fitres.parameters"}
+        assert [a.shape for a in m["arrays"]["fitres.parameters"]] == shared_shapes
+        assert m["metrics"] == {"fitres.num_examples": {"num_examples": 1}}
+        assert set(m["configs"]) == {"fitres.metrics", "fitres.status"}
+        assert set(m["configs"]["fitres.metrics"]) == FIT_METRICS
+    for m in evals:
+        assert not m["arrays"]
+        assert set(m["metrics"]) == {"evaluateres.loss", "evaluateres.num_examples"}
+        assert m["metrics"]["evaluateres.num_examples"]["num_examples"] in (0, 1)
+        assert set(m["configs"]["evaluateres.metrics"]) <= EVAL_METRICS
+
+
+def test_user_factor_never_appears_in_any_message(federated_run) -> None:
+    _, _, _, messages, _ = federated_run
+    checked = 0
+    for m in messages:
+        factor = m["user_factor"]
+        assert factor is not None and factor.shape == (DIM,)
+        for arrays in m["arrays"].values():
+            for a in arrays:
+                assert a.shape != factor.shape
+                rows = a.reshape(-1, DIM) if a.size % DIM == 0 else a.reshape(1, -1)
+                if rows.shape[1] == DIM:
+                    assert not np.isclose(rows, factor, atol=1e-6).all(axis=1).any()
+                    checked += 1
+        for record in [*m["metrics"].values(), *m["configs"].values()]:
+            for value in record.values():
+                flat = np.ravel(np.asarray(value, dtype=object))
+                assert not any(np.isclose(float(v), factor).all() for v in flat if isinstance(v, float))
+    assert checked == 8
+
+
+def test_resume_continues_from_the_checkpoint(federated_run, tmp_path) -> None:
+    config, split, first, _, output = federated_run
+    saved = CheckpointStore(output / "checkpoints").latest()
+    assert saved is not None and saved.round == 2
+    resumed_config = config.model_copy(update={"rounds": 3, "resume": True})
+    result = run_federated(resumed_config, split, output=output)
+    assert result.resumed_from == 2
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert not np.allclose(result.shared[0], first.shared[0])
+    wrong = config.model_copy(update={"rounds": 4, "resume": True,
+                                      "local": config.local.model_copy(update={"dim": DIM * 2})})
+    with pytest.raises(CheckpointError, match="dim"):
+        run_federated(wrong, split, output=output)

@@ -1,0 +1,77 @@
+"""The import rules of DESIGN.md, the package list, and every package's ``__all__``."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"models": "models", "privacy": "privacy", "client": "client", "server": "server", "simulation": "simulation"}
+ALLOWED: dict[str, set[str]] = {
+    "models": set(),
+    "privacy": set(),
+    "client": {"models", "privacy"},
+    "server": {"models", "privacy"},
+    "simulation": {"models", "privacy", "client", "server"},
+}
+NO_FLWR = {"models", "privacy"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(FOLDERS))
+def test_layer_imports_only_what_design_allows(layer: str) -> None:
+    problems = []
+    for path in sorted((ROOT / FOLDERS[layer]).rglob("*.py")):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "stamen" and len(parts) > 1:
+                target = parts[1]
+                if target != layer and target not in ALLOWED[layer]:
+                    problems.append(f"{path.relative_to(ROOT)} imports stamen.{target}")
+            if parts[0] in FOLDERS:
+                problems.append(f"{path.relative_to(ROOT)} imports top-level {parts[0]!r}")
+            if layer in NO_FLWR and parts[0] == "flwr":
+                problems.append(f"{path.relative_to(ROOT)} imports flwr")
+    assert not problems, "\n".join(problems)
+
+
+def test_setuptools_package_list_is_complete() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = config["package-dir"]
+    found = {"stamen"}
+    for top, folder in FOLDERS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join(["stamen", top, *rel.parts]))
+    assert found == listed
+    for package in listed:
+        assert package in mapping, f"{package} lacks a package-dir entry"
+        assert (ROOT / mapping[package] / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["stamen.models", "stamen.privacy", "stamen.client", "stamen.server", "stamen.simulation",
+     "stamen.simulation.datasets"],
+)
+def test_all_is_sorted_and_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = list(module.__all__)
+    assert exported == sorted(exported)
+    for name in exported:
+        assert hasattr(module, name), f"{package}.__all__ names missing {name!r}"

@@ -1,0 +1,75 @@
+"""Ranking metrics against hand-computed cases and a slow per-user reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stamen.models.batches import UserItems
+from stamen.models.metrics import batch_metrics, full_ranks, ranking_metrics, sampled_ranks, top_k
+
+
+def test_hand_computed_full_ranking() -> None:
+    # user 0: item 3 is the target; items 0 and 1 are seen (excluded).
+    # scores: item0 9 (excluded), item1 8 (excluded), item2 5, item3 4, item4 1 -> rank 1
+    # user 1: target item 0 scores lowest of the unexcluded five items -> rank 4
+    scores = torch.tensor([[9.0, 8.0, 5.0, 4.0, 1.0], [0.0, 1.0, 2.0, 3.0, 4.0]])
+    exclude = UserItems(indptr=np.array([0, 2, 2]), items=np.array([0, 1]), n_items=5)
+    ranks = full_ranks(scores, np.array([3, 0]), exclude=exclude)
+    assert ranks[:, 0].tolist() == [1, 4]
+    m = ranking_metrics(ranks, ks=(2, 10))
+    assert m["hr@2"].tolist() == [1.0, 0.0]
+    assert m["ndcg@2"][0] == pytest.approx(1 / math.log2(3))
+    assert m["ndcg@10"][1] == pytest.approx(1 / math.log2(6))
+    assert m["recall@10"].tolist() == [1.0, 1.0]
+
+
+def test_hand_computed_sampled_and_multi_target() -> None:
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
+    assert sampled_ranks(scores, np.array([2]), np.array([[0, 1, 3]])).tolist() == [2]
+    # two targets at ranks 0 and 3 with k=2: one hit; ideal DCG for 2 targets
+    m = ranking_metrics(np.array([[0, 3]]), ks=(2,))
+    assert m["recall@2"][0] == pytest.approx(0.5)
+    assert m["ndcg@2"][0] == pytest.approx(1.0 / (1.0 + 1 / math.log2(3)))
+    assert m["hr@2"][0] == 1.0
+
+
+def test_top_k_masks_excluded_items() -> None:
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.0]])
+    ids, _ = top_k(scores, 2, exclude=UserItems.single(np.array([0]), n_items=4))
+    assert ids.tolist() == [[1, 2]]
+
+
+def _slow_reference(scores: np.ndarray, seen: list[set[int]], targets: np.ndarray, k: int) -> tuple[float, float]:
+    hr = ndcg = 0.0
+    for u, target in enumerate(targets):
+        ranked = [i for i in np.argsort(-scores[u], kind="stable") if i not in seen[u]]
+        pos = ranked.index(target)
+        if pos < k:
+            hr += 1
+            ndcg += 1 / math.log2(pos + 2)
+    return hr / len(targets), ndcg / len(targets)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n_users=st.integers(1, 12), n_items=st.integers(12, 40))
+def test_batched_metrics_match_slow_reference(seed: int, n_users: int, n_items: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.permutation(n_users * n_items).reshape(n_users, n_items).astype(np.float32)
+    seen_sets, users, items, targets = [], [], [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=rng.integers(1, n_items // 2), replace=False)
+        seen_sets.append(set(chosen[1:].tolist()))
+        targets.append(int(chosen[0]))
+        users += [u] * (len(chosen) - 1)
+        items += chosen[1:].tolist()
+    exclude = UserItems.from_pairs(np.array(users, np.int64), np.array(items, np.int64), n_users=n_users, n_items=n_items)
+    out = batch_metrics(torch.from_numpy(scores), np.array(targets), exclude=exclude, ks=(5,))
+    hr, ndcg = _slow_reference(scores, seen_sets, np.array(targets), 5)
+    assert out["hr@5"].mean() == pytest.approx(hr)
+    assert out["ndcg@5"].mean() == pytest.approx(ndcg)

@@ -1,0 +1,70 @@
+"""The leave-one-out split: order by time, seeded tie-breaking, negatives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stamen.models import DataError, Interactions
+from stamen.simulation.split import leave_one_out
+
+
+def _table(users, items, times, n_items=None):
+    item_ids = np.arange(n_items) if n_items else None
+    return Interactions.from_raw(
+        np.array(users), np.array(items), np.ones(len(users)), None if times is None else np.array(times),
+        item_ids=item_ids,
+    )
+
+
+def test_latest_is_test_and_previous_is_validation() -> None:
+    data = _table([0, 0, 0, 0, 1, 1, 1], [5, 3, 9, 1, 2, 4, 6], [10, 40, 20, 30, 3, 1, 2], n_items=120)
+    split = leave_one_out(data, seed=0)
+    assert split.test.tolist() == [3, 2]
+    assert split.valid.tolist() == [1, 6]
+    assert sorted(split.train.row(0).tolist()) == [5, 9]
+    assert split.train.row(1).tolist() == [4]
+
+
+def test_users_with_fewer_than_three_items_train_only() -> None:
+    data = _table([0, 0, 1, 1, 1], [1, 2, 3, 4, 5], [1, 2, 1, 2, 3], n_items=120)
+    split = leave_one_out(data, seed=0)
+    assert split.test[0] == -1 and split.valid[0] == -1
+    assert sorted(split.train.row(0).tolist()) == [1, 2]
+    assert (split.negatives[0] == -1).all()
+    assert split.stats()["train_only_users"] == 1
+
+
+def test_ties_are_broken_by_seeded_shuffle_not_item_id() -> None:
+    # one user, 30 interactions all in the same second
+    data = _table([0] * 30, list(range(30)), [100] * 30, n_items=200)
+    tests = {int(leave_one_out(data, seed=s).test[0]) for s in range(20)}
+    assert len(tests) > 5  # not always the highest (or lowest) item id
+    assert leave_one_out(data, seed=3).test[0] == leave_one_out(data, seed=3).test[0]
+
+
+def test_negatives_are_fixed_by_seed_and_disjoint_from_all_user_items() -> None:
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(50), 20)
+    items = np.concatenate([rng.choice(300, 20, replace=False) for _ in range(50)])
+    data = _table(users, items, rng.integers(0, 1000, len(users)), n_items=300)
+    a, b = leave_one_out(data, seed=7), leave_one_out(data, seed=7)
+    assert np.array_equal(a.negatives, b.negatives)
+    assert not np.array_equal(a.negatives, leave_one_out(data, seed=8).negatives)
+    for u in range(50):
+        own = set(items[users == u].tolist())
+        neg = a.negatives[u]
+        assert len(set(neg.tolist())) == 99
+        assert not own & set(neg.tolist())
+
+
+def test_too_small_catalogue_for_negatives_is_an_error() -> None:
+    data = _table([0, 0, 0], [0, 1, 2], [1, 2, 3], n_items=50)
+    with pytest.raises(DataError, match="99 sampled negatives"):
+        leave_one_out(data, seed=0)
+
+
+def test_random_holdout_without_timestamps() -> None:
+    data = _table([0] * 10, list(range(10)), None, n_items=200)
+    held = {int(leave_one_out(data, seed=s).test[0]) for s in range(15)}
+    assert len(held) > 3
