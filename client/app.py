@@ -41,7 +41,9 @@ class MFClient(NumPyClient):
         self.row = row
 
     def _rng(self, config: dict, purpose: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.row, int(config.get("server-round", 0)), purpose])
+        return np.random.default_rng(
+            [self.seed, self.row, int(config.get("server-round", 0)), purpose]
+        )
 
     def _factor(self) -> np.ndarray | None:
         if USER_STATE_KEY in self.state:

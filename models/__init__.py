@@ -3,6 +3,7 @@
 Imports no other Stamen package and never ``flwr``.
 """
 
+from stamen.models.batches import Batch, UserItems, user_batches
 from stamen.models.errors import (
     CheckpointError,
     ChecksumError,
@@ -11,7 +12,6 @@ from stamen.models.errors import (
     DataFormatError,
     StamenError,
 )
-from stamen.models.batches import Batch, UserItems, user_batches
 from stamen.models.losses import LOSSES, bce_loss, bpr_loss, softmax_loss
 from stamen.models.metrics import batch_metrics, full_ranks, ranking_metrics, sampled_ranks, top_k
 from stamen.models.mf import SHARED_PARAMETERS, MatrixFactorization

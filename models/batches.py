@@ -69,7 +69,9 @@ class UserItems:
         starts = self.indptr[users]
         offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], counts)
         return UserItems(
-            indptr=indptr, items=self.items[np.repeat(starts, counts) + offsets], n_items=self.n_items
+            indptr=indptr,
+            items=self.items[np.repeat(starts, counts) + offsets],
+            n_items=self.n_items,
         )
 
     def mask(self) -> torch.Tensor:

@@ -22,7 +22,9 @@ LossFn = Callable[[MatrixFactorization, Batch, torch.Generator], torch.Tensor]
 NEGATIVES_PER_POSITIVE = 4
 
 
-def softmax_loss(model: MatrixFactorization, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+def softmax_loss(
+    model: MatrixFactorization, batch: Batch, generator: torch.Generator
+) -> torch.Tensor:
     """Multinomial likelihood over the whole catalogue (full softmax; no sampling).
 
     For one user the softmax normaliser is shared by all of that user's positives, so the

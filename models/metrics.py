@@ -24,7 +24,9 @@ def _masked(scores: torch.Tensor, exclude: UserItems) -> torch.Tensor:
     return out
 
 
-def top_k(scores: torch.Tensor, k: int, *, exclude: UserItems | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    scores: torch.Tensor, k: int, *, exclude: UserItems | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Ids and scores ``(B, k)`` of the best items per row, ``exclude`` masked out."""
     if exclude is not None:
         scores = _masked(scores, exclude)

@@ -53,7 +53,9 @@ class CheckpointStore:
         )
         os.replace(tmp, path)
         latest = self.folder / "latest.json"
-        latest.with_suffix(".tmp").write_text(json.dumps({"round": checkpoint.round, "file": path.name}))
+        latest.with_suffix(".tmp").write_text(
+            json.dumps({"round": checkpoint.round, "file": path.name})
+        )
         os.replace(latest.with_suffix(".tmp"), latest)
         for old in sorted(self.folder.glob("round-*.pt"))[: -self.keep]:
             old.unlink()
@@ -97,4 +99,6 @@ class CheckpointStore:
         }
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
-            raise CheckpointError(f"checkpoint from round {checkpoint.round} does not fit this run ({detail})")
+            raise CheckpointError(
+                f"checkpoint from round {checkpoint.round} does not fit this run ({detail})"
+            )

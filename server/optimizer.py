@@ -45,7 +45,8 @@ class ServerOptimizer:
     def __init__(self, arrays: list[np.ndarray], settings: ServerOptimizerSettings) -> None:
         if settings.name not in SERVER_OPTIMIZERS:
             raise ValueError(
-                f"unknown server optimiser {settings.name!r}; choose one of {sorted(SERVER_OPTIMIZERS)}"
+                f"unknown server optimiser {settings.name!r}; "
+                f"choose one of {sorted(SERVER_OPTIMIZERS)}"
             )
         self.settings = settings
         self.params = [torch.tensor(a, dtype=torch.float32) for a in arrays]
@@ -63,14 +64,19 @@ class ServerOptimizer:
             raise ValueError(f"expected {len(self.params)} update arrays, got {len(mean_delta)}")
         for p, d in zip(self.params, mean_delta, strict=True):
             if tuple(d.shape) != tuple(p.shape):
-                raise ValueError(f"update of shape {d.shape} for a parameter of shape {tuple(p.shape)}")
+                raise ValueError(
+                    f"update of shape {d.shape} for a parameter of shape {tuple(p.shape)}"
+                )
             p.grad = -torch.as_tensor(d, dtype=torch.float32)
         self.optimizer.step()
         return self.arrays()
 
     def state_dict(self) -> dict[str, Any]:
         """Parameters and optimiser state, for checkpoints."""
-        return {"params": [p.detach().clone() for p in self.params], "optimizer": self.optimizer.state_dict()}
+        return {
+            "params": [p.detach().clone() for p in self.params],
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""

@@ -43,9 +43,7 @@ def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float
     if total == 0:
         return {}
     names = sorted({k for _, m in pairs for k in m})
-    return {
-        k: float(sum(n * float(m[k]) for n, m in pairs if k in m) / total) for k in names
-    }
+    return {k: float(sum(n * float(m[k]) for n, m in pairs if k in m) / total) for k in names}
 
 
 class FederatedMF(Strategy):
@@ -101,7 +99,9 @@ class FederatedMF(Strategy):
         clients = client_manager.all()
         return [clients[cid] for cid in sorted(clients)]
 
-    def _sample(self, clients: list[ClientProxy], n: int, purpose: int, rnd: int) -> list[ClientProxy]:
+    def _sample(
+        self, clients: list[ClientProxy], n: int, purpose: int, rnd: int
+    ) -> list[ClientProxy]:
         if n >= len(clients):
             return clients
         rng = np.random.default_rng([self.settings.seed, rnd, purpose])
@@ -135,12 +135,16 @@ class FederatedMF(Strategy):
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
         if not results:
-            raise RuntimeError(f"round {rnd}: no device returned an update ({len(failures)} failures)")
+            raise RuntimeError(
+                f"round {rnd}: no device returned an update ({len(failures)} failures)"
+            )
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         shapes = [tuple(a.shape) for a in self.server.arrays()]
         for arrays, _ in updates:
             if [tuple(a.shape) for a in arrays] != shapes:
-                raise RuntimeError(f"round {rnd}: an update's shapes differ from the model's {shapes}")
+                raise RuntimeError(
+                    f"round {rnd}: an update's shapes differ from the model's {shapes}"
+                )
         mean = aggregate(updates)
         if not all(np.all(np.isfinite(a)) for a in mean):
             raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
@@ -152,7 +156,9 @@ class FederatedMF(Strategy):
                 "devices": len(results),
                 "failures": len(failures),
                 "upload_bytes_per_device": int(sum(4 * p.numel() for p in self.server.params)),
-                "update_norm": float(np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))),
+                "update_norm": float(
+                    np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
+                ),
             }
         )
         if not self._evaluates(rnd):
@@ -191,7 +197,9 @@ class FederatedMF(Strategy):
         self._finish_round(rnd)
         return metrics.get("loss"), metrics
 
-    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
         """No server-side evaluation: the server holds no interaction data."""
         return None
 

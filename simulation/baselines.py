@@ -20,7 +20,9 @@ __all__ = ["mf_scorer", "popularity_scorer", "shared_model_scorer", "train_centr
 
 def popularity_scorer(split: Split) -> Scorer:
     """Scores every item by its number of training interactions."""
-    counts = torch.from_numpy(np.bincount(split.train.items, minlength=split.n_items).astype(np.float32))
+    counts = torch.from_numpy(
+        np.bincount(split.train.items, minlength=split.n_items).astype(np.float32)
+    )
     return lambda users: counts.expand(len(users), -1)
 
 
@@ -47,12 +49,19 @@ def train_centralised_mf(
         init_std=local.init_std,
         generator=torch.Generator().manual_seed(seed),
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     best, best_epoch, best_state = -1.0, 0, model.state_dict()
     for epoch in range(1, settings.epochs + 1):
         loss = fit(
-            model, split.train, loss=local.loss, optimizer=optimizer, epochs=1,
-            batch_size=settings.batch_size, rng=rng,
+            model,
+            split.train,
+            loss=local.loss,
+            optimizer=optimizer,
+            epochs=1,
+            batch_size=settings.batch_size,
+            rng=rng,
         )[0]
         score = evaluate(mf_scorer(model), split, stage="valid")["ndcg@10"]
         if on_epoch is not None:
@@ -72,12 +81,20 @@ def shared_model_scorer(
     """Scores from a federated model's shared item side, with every user's factor
     re-solved by the devices' own refresh step (batched over all users)."""
     model = MatrixFactorization(
-        split.n_users, split.n_items, local.dim, init_std=local.init_std,
+        split.n_users,
+        split.n_items,
+        local.dim,
+        init_std=local.init_std,
         generator=torch.Generator().manual_seed(seed),
     )
     model.load_shared_arrays(shared)
     refresh_users(
-        model, split.train, loss=local.loss, steps=max(local.refresh_steps, 1),
-        lr=local.refresh_lr, weight_decay=local.weight_decay, rng=np.random.default_rng([seed, 2]),
+        model,
+        split.train,
+        loss=local.loss,
+        steps=max(local.refresh_steps, 1),
+        lr=local.refresh_lr,
+        weight_decay=local.weight_decay,
+        rng=np.random.default_rng([seed, 2]),
     )
     return mf_scorer(model)

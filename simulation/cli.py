@@ -27,16 +27,28 @@ def _root() -> None:
 
 @app.command()
 def simulate(
-    dataset: Annotated[str | None, typer.Option(help="ml-100k, ml-1m, …, lastfm-2k or synthetic")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="ml-100k, ml-1m, …, lastfm-2k or synthetic")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="model family (mf)")] = None,
     rounds: Annotated[int | None, typer.Option(help="federated rounds")] = None,
     clients_per_round: Annotated[int | None, typer.Option(help="devices sampled per round")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the split, sampling and init")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="federated evaluation period (0: last round)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="folder holding the data sets [env STAMEN_DATA_DIR]")] = None,
-    output: Annotated[Path | None, typer.Option(help="folder for results.json, metrics.png, checkpoints")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file of settings (flags override it)")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint in --output")] = False,
+    eval_every: Annotated[
+        int | None, typer.Option(help="federated evaluation period (0: last round)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder holding the data sets [env STAMEN_DATA_DIR]")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="folder for results.json, metrics.png, checkpoints")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file of settings (flags override it)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue from the latest checkpoint in --output")
+    ] = False,
     secure_aggregation: Annotated[
         bool | None, typer.Option(help="aggregate updates with Flower SecAgg+")
     ] = None,

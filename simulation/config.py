@@ -85,7 +85,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> SimulationConfig:
+def load_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> SimulationConfig:
     """Defaults, then the TOML file at ``path``, then ``overrides`` (``None`` values skipped)."""
     data: dict[str, Any] = {}
     source = "command line"

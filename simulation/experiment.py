@@ -23,7 +23,12 @@ from stamen.simulation.baselines import (
     train_centralised_mf,
 )
 from stamen.simulation.config import SimulationConfig
-from stamen.simulation.datasets import default_data_dir, find_local, generate_synthetic, load_dataset
+from stamen.simulation.datasets import (
+    default_data_dir,
+    find_local,
+    generate_synthetic,
+    load_dataset,
+)
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.report import plot_history, print_table, write_results
 from stamen.simulation.runner import run_federated
@@ -89,7 +94,8 @@ def run_experiment(
     timings["data"] = time.perf_counter() - started
     console.print(
         f"[bold]{dataset.name}[/bold] from {source}: {split.n_users} users, {split.n_items} items, "
-        f"{len(dataset.interactions)} interactions; {split.stats()['evaluated_users']} users evaluated"
+        f"{len(dataset.interactions)} interactions; "
+        f"{split.stats()['evaluated_users']} users evaluated"
     )
 
     methods: dict[str, dict[str, float]] = {}
@@ -101,11 +107,17 @@ def run_experiment(
         task = progress.add_task("centralised MF", total=config.centralised.epochs, status="")
 
         def on_epoch(epoch: int, loss: float, valid: float) -> None:
-            progress.update(task, completed=epoch, status=f"loss {loss:.3f}  valid NDCG@10 {valid:.4f}")
+            progress.update(
+                task, completed=epoch, status=f"loss {loss:.3f}  valid NDCG@10 {valid:.4f}"
+            )
 
         started = time.perf_counter()
         model, info = train_centralised_mf(
-            split, local=config.local, settings=config.centralised, seed=config.seed, on_epoch=on_epoch
+            split,
+            local=config.local,
+            settings=config.centralised,
+            seed=config.seed,
+            on_epoch=on_epoch,
         )
         progress.update(task, completed=config.centralised.epochs)
     methods["centralised MF"] = evaluate(mf_scorer(model), split)
@@ -123,19 +135,28 @@ def run_experiment(
         fed = run_federated(config, split, output=output, on_round=on_round, verbose=verbose)
     timings["federated"] = fed.seconds
     final = fed.history[-1].get("evaluate", {})
-    offline = evaluate(shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split)
+    offline = evaluate(
+        shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split
+    )
     methods["federated MF"] = {**{k: v for k, v in final.items() if k != "devices"}}
     methods["federated MF"]["coverage@10"] = offline["coverage@10"]
 
-    print_table(methods, title=f"{dataset.name}: test metrics (full ranking; sampled = 99 negatives)", console=console)
-    ratio = methods["federated MF"].get("ndcg@10", 0.0) / max(methods["centralised MF"]["ndcg@10"], 1e-12)
+    print_table(
+        methods,
+        title=f"{dataset.name}: test metrics (full ranking; sampled = 99 negatives)",
+        console=console,
+    )
+    ratio = methods["federated MF"].get("ndcg@10", 0.0) / max(
+        methods["centralised MF"]["ndcg@10"], 1e-12
+    )
     console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
 
     results = {
         "config": config.model_dump(mode="json"),
         "dataset": {"name": dataset.name, "source": source, **split.stats()},
         "protocol": {
-            "split": "per-user temporal leave-one-out (seeded tie-break); validation = second-to-last",
+            "split": "per-user temporal leave-one-out (seeded tie-break); "
+            "validation = second-to-last",
             "full_ranking": "all items except the user's train and validation items",
             "sampled": "99 negatives per user, fixed by seed, disjoint from all the user's items",
             "negatives_file": "negatives.npz",

@@ -30,20 +30,27 @@ TABLE_METRICS: tuple[str, ...] = (
 
 def write_results(path: Path, results: dict[str, Any]) -> Path:
     """Write the results record as indented JSON (with the Python and platform versions)."""
-    results = {**results, "environment": {"python": platform.python_version(), "platform": platform.platform()}}
+    results = {
+        **results,
+        "environment": {"python": platform.python_version(), "platform": platform.platform()},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 
-def print_table(rows: dict[str, dict[str, float]], *, title: str, console: Console | None = None) -> None:
+def print_table(
+    rows: dict[str, dict[str, float]], *, title: str, console: Console | None = None
+) -> None:
     """One row per method, one column per metric in ``TABLE_METRICS`` (blank if absent)."""
     table = Table(title=title)
     table.add_column("method")
     for name in TABLE_METRICS:
         table.add_column(name, justify="right")
     for method, metrics in rows.items():
-        table.add_row(method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in TABLE_METRICS))
+        table.add_row(
+            method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in TABLE_METRICS)
+        )
     (console or Console()).print(table)
 
 

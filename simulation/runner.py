@@ -45,7 +45,10 @@ class FederatedResult:
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
     """The seeded initial item side."""
     model = MatrixFactorization(
-        1, n_items, config.local.dim, init_std=config.local.init_std,
+        1,
+        n_items,
+        config.local.dim,
+        init_std=config.local.init_std,
         generator=torch.Generator().manual_seed(config.seed),
     )
     return model.shared_arrays()
@@ -61,7 +64,10 @@ def run_federated(
 ) -> FederatedResult:
     """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices."""
     store = write_store(
-        output / "devices", train=split.train, valid=split.valid, test=split.test,
+        output / "devices",
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
         negatives=split.negatives,
     )
     checkpoints = CheckpointStore(output / "checkpoints")
@@ -118,7 +124,8 @@ def run_federated(
     done = strategy.history[-1]["round"] if strategy.history else 0
     if done < config.rounds:
         raise RuntimeError(
-            f"the Flower simulation stopped after round {done} of {config.rounds}; see the log above"
+            f"the Flower simulation stopped after round {done} of {config.rounds}; "
+            "see the log above"
         )
     return FederatedResult(
         history=strategy.history,

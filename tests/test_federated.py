@@ -25,8 +25,16 @@ pytestmark = pytest.mark.slow
 N_USERS, N_ITEMS, DIM = 8, 150, 8
 FIT_METRICS = {"train_loss"}
 EVAL_METRICS = {
-    "hr@10", "hr@20", "ndcg@10", "ndcg@20", "recall@10", "recall@20",
-    "sampled_hr@10", "sampled_hr@20", "sampled_ndcg@10", "sampled_ndcg@20",
+    "hr@10",
+    "hr@20",
+    "ndcg@10",
+    "ndcg@20",
+    "recall@10",
+    "recall@20",
+    "sampled_hr@10",
+    "sampled_hr@20",
+    "sampled_ndcg@10",
+    "sampled_ndcg@20",
 }
 
 
@@ -38,8 +46,13 @@ def _population(seed: int = 0) -> Interactions:
         users += [u] * 12
         items += chosen.tolist()
         times += sorted(rng.integers(0, 10_000, 12).tolist())
-    return Interactions.from_raw(np.array(users), np.array(items), np.ones(len(users)), np.array(times),
-                                 item_ids=np.arange(N_ITEMS))
+    return Interactions.from_raw(
+        np.array(users),
+        np.array(items),
+        np.ones(len(users)),
+        np.array(times),
+        item_ids=np.arange(N_ITEMS),
+    )
 
 
 class _Capture:
@@ -59,7 +72,9 @@ class _Capture:
             "metrics": {k: dict(r) for k, r in content.metric_records.items()},
             "configs": {k: dict(r) for k, r in content.config_records.items()},
             "user_factor": (
-                context.state[USER_STATE_KEY].to_numpy_ndarrays()[0] if USER_STATE_KEY in context.state else None
+                context.state[USER_STATE_KEY].to_numpy_ndarrays()[0]
+                if USER_STATE_KEY in context.state
+                else None
             ),
         }
         name = f"{reply.metadata.message_type}-{uuid.uuid4().hex}.pkl"
@@ -73,12 +88,21 @@ def federated_run(tmp_path_factory, monkeypatch_module):
     output = tmp_path_factory.mktemp("run")
     original = runner_module.build_client_app
     monkeypatch_module.setattr(
-        runner_module, "build_client_app",
+        runner_module,
+        "build_client_app",
         lambda *a, **k: original(*a, **k, outer_mods=[_Capture(captured)]),
     )
     split = leave_one_out(_population(), seed=0)
-    config = load_config(None, {"rounds": 2, "clients_per_round": 4, "eval_every": 1,
-                                "local": {"dim": DIM, "refresh_steps": 3}, "output": str(output)})
+    config = load_config(
+        None,
+        {
+            "rounds": 2,
+            "clients_per_round": 4,
+            "eval_every": 1,
+            "local": {"dim": DIM, "refresh_steps": 3},
+            "output": str(output),
+        },
+    )
     result = run_federated(config, split, output=output)
     messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
     return config, split, result, messages, output
@@ -136,7 +160,9 @@ def test_user_factor_never_appears_in_any_message(federated_run) -> None:
         for record in [*m["metrics"].values(), *m["configs"].values()]:
             for value in record.values():
                 flat = np.ravel(np.asarray(value, dtype=object))
-                assert not any(np.isclose(float(v), factor).all() for v in flat if isinstance(v, float))
+                assert not any(
+                    np.isclose(float(v), factor).all() for v in flat if isinstance(v, float)
+                )
     assert checked == 8
 
 
@@ -149,7 +175,12 @@ def test_resume_continues_from_the_checkpoint(federated_run, tmp_path) -> None:
     assert result.resumed_from == 2
     assert [h["round"] for h in result.history] == [1, 2, 3]
     assert not np.allclose(result.shared[0], first.shared[0])
-    wrong = config.model_copy(update={"rounds": 4, "resume": True,
-                                      "local": config.local.model_copy(update={"dim": DIM * 2})})
+    wrong = config.model_copy(
+        update={
+            "rounds": 4,
+            "resume": True,
+            "local": config.local.model_copy(update={"dim": DIM * 2}),
+        }
+    )
     with pytest.raises(CheckpointError, match="dim"):
         run_federated(wrong, split, output=output)

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"models": "models", "privacy": "privacy", "client": "client", "server": "server", "simulation": "simulation"}
+FOLDERS = {
+    "models": "models",
+    "privacy": "privacy",
+    "client": "client",
+    "server": "server",
+    "simulation": "simulation",
+}
 ALLOWED: dict[str, set[str]] = {
     "models": set(),
     "privacy": set(),
@@ -66,8 +72,14 @@ def test_setuptools_package_list_is_complete() -> None:
 
 @pytest.mark.parametrize(
     "package",
-    ["stamen.models", "stamen.privacy", "stamen.client", "stamen.server", "stamen.simulation",
-     "stamen.simulation.datasets"],
+    [
+        "stamen.models",
+        "stamen.privacy",
+        "stamen.client",
+        "stamen.server",
+        "stamen.simulation",
+        "stamen.simulation.datasets",
+    ],
 )
 def test_all_is_sorted_and_resolves(package: str) -> None:
     module = importlib.import_module(package)

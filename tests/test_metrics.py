@@ -45,7 +45,9 @@ def test_top_k_masks_excluded_items() -> None:
     assert ids.tolist() == [[1, 2]]
 
 
-def _slow_reference(scores: np.ndarray, seen: list[set[int]], targets: np.ndarray, k: int) -> tuple[float, float]:
+def _slow_reference(
+    scores: np.ndarray, seen: list[set[int]], targets: np.ndarray, k: int
+) -> tuple[float, float]:
     hr = ndcg = 0.0
     for u, target in enumerate(targets):
         ranked = [i for i in np.argsort(-scores[u], kind="stable") if i not in seen[u]]
@@ -68,7 +70,9 @@ def test_batched_metrics_match_slow_reference(seed: int, n_users: int, n_items: 
         targets.append(int(chosen[0]))
         users += [u] * (len(chosen) - 1)
         items += chosen[1:].tolist()
-    exclude = UserItems.from_pairs(np.array(users, np.int64), np.array(items, np.int64), n_users=n_users, n_items=n_items)
+    exclude = UserItems.from_pairs(
+        np.array(users, np.int64), np.array(items, np.int64), n_users=n_users, n_items=n_items
+    )
     out = batch_metrics(torch.from_numpy(scores), np.array(targets), exclude=exclude, ks=(5,))
     hr, ndcg = _slow_reference(scores, seen_sets, np.array(targets), 5)
     assert out["hr@5"].mean() == pytest.approx(hr)

@@ -12,13 +12,18 @@ from stamen.simulation.split import leave_one_out
 def _table(users, items, times, n_items=None):
     item_ids = np.arange(n_items) if n_items else None
     return Interactions.from_raw(
-        np.array(users), np.array(items), np.ones(len(users)), None if times is None else np.array(times),
+        np.array(users),
+        np.array(items),
+        np.ones(len(users)),
+        None if times is None else np.array(times),
         item_ids=item_ids,
     )
 
 
 def test_latest_is_test_and_previous_is_validation() -> None:
-    data = _table([0, 0, 0, 0, 1, 1, 1], [5, 3, 9, 1, 2, 4, 6], [10, 40, 20, 30, 3, 1, 2], n_items=120)
+    data = _table(
+        [0, 0, 0, 0, 1, 1, 1], [5, 3, 9, 1, 2, 4, 6], [10, 40, 20, 30, 3, 1, 2], n_items=120
+    )
     split = leave_one_out(data, seed=0)
     assert split.test.tolist() == [3, 2]
     assert split.valid.tolist() == [1, 6]

@@ -1,0 +1,39 @@
+"""Configuration is parsed once, at the edge, with errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from stamen.models import ConfigError
+from stamen.simulation.config import load_config
+
+
+def test_toml_with_kebab_keys_and_flag_overrides(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'rounds = 7\nclients-per-round = 9\n[local]\nlocal-epochs = 2\n[optimizer]\nname = "fedavg"\n'
+    )
+    config = load_config(path, {"rounds": 11, "seed": None})
+    assert config.rounds == 11 and config.clients_per_round == 9 and config.seed == 0
+    assert config.local.local_epochs == 2 and config.optimizer.name == "fedavg"
+
+
+def test_bad_values_name_the_file_and_field(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("rounds = 0\n[local]\ndim = -3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (
+        "bad.toml" in str(err.value)
+        and "rounds" in str(err.value)
+        and "local.dim" in str(err.value)
+    )
+
+
+def test_unknown_keys_and_even_secagg_shares_are_rejected(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="roundz"):
+        load_config(None, {"roundz": 3})
+    with pytest.raises(ConfigError, match="num_shares must be odd"):
+        load_config(None, {"secagg": {"enabled": True, "num_shares": 4}})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")

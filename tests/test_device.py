@@ -1,0 +1,106 @@
+"""The device step, the device store, and the server optimisers and checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stamen.client.local import local_update
+from stamen.client.store import read_device_data, write_store
+from stamen.models import CheckpointError, DataError, LocalSettings, MatrixFactorization, UserItems
+from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
+
+
+def _shared(n_items: int = 40, dim: int = 4) -> list[np.ndarray]:
+    return MatrixFactorization(
+        1, n_items, dim, generator=torch.Generator().manual_seed(0)
+    ).shared_arrays()
+
+
+@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+def test_local_update_is_dense_and_keeps_the_user_factor_local(loss: str) -> None:
+    shared = _shared()
+    settings = LocalSettings(dim=4, loss=loss, refresh_steps=3)
+    result = local_update(
+        shared, None, items=np.array([1, 5, 7]), settings=settings, rng=np.random.default_rng(0)
+    )
+    assert [d.shape for d in result.delta] == [s.shape for s in shared]
+    assert all(d.dtype == np.float32 for d in result.delta)
+    assert np.abs(result.delta[0][[1, 5, 7]]).sum() > 0
+    assert result.user_factor.shape == (4,)
+    assert set(result.metrics) == {"train_loss"}
+    again = local_update(
+        shared, None, items=np.array([1, 5, 7]), settings=settings, rng=np.random.default_rng(0)
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(result.delta, again.delta, strict=True))
+
+
+def test_store_round_trip_and_errors(tmp_path) -> None:
+    train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
+    write_store(
+        tmp_path,
+        train=train,
+        valid=np.array([6, -1]),
+        test=np.array([7, -1]),
+        negatives=np.array([[8, 9], [-1, -1]]),
+    )
+    first = read_device_data(tmp_path, 0)
+    assert first.train_items.tolist() == [1, 2] and first.valid_item == 6 and first.test_item == 7
+    assert first.negatives.tolist() == [8, 9] and first.evaluable
+    second = read_device_data(tmp_path, 1)
+    assert second.train_items.tolist() == [3, 4, 5] and not second.evaluable
+    with pytest.raises(DataError, match="row 2 outside"):
+        read_device_data(tmp_path, 2)
+    with pytest.raises(DataError, match="not a Stamen device store"):
+        read_device_data(tmp_path / "nowhere", 0)
+
+
+def test_fedavg_with_unit_server_lr_adds_the_mean_update() -> None:
+    start = [np.ones((3, 2), np.float32), np.zeros(3, np.float32)]
+    opt = ServerOptimizer(start, ServerOptimizerSettings(name="fedavg", lr=1.0))
+    delta = [np.full((3, 2), 0.5, np.float32), np.arange(3, dtype=np.float32)]
+    new = opt.step(delta)
+    assert np.allclose(new[0], 1.5) and np.allclose(new[1], [0, 1, 2])
+
+
+def test_server_optimizer_rejects_unknown_names_and_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="unknown server optimiser 'fedsgd'"):
+        ServerOptimizer([np.zeros(2)], ServerOptimizerSettings(name="fedsgd"))
+    opt = ServerOptimizer([np.zeros(2, np.float32)], ServerOptimizerSettings())
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([np.zeros(3, np.float32)])
+
+
+def test_checkpoint_round_trip_resumes_the_same_trajectory(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    updates = [[rng.normal(size=(4, 2)).astype(np.float32)] for _ in range(4)]
+    straight = ServerOptimizer([np.zeros((4, 2), np.float32)], ServerOptimizerSettings())
+    for u in updates:
+        straight.step(u)
+    first = ServerOptimizer([np.zeros((4, 2), np.float32)], ServerOptimizerSettings())
+    for u in updates[:2]:
+        first.step(u)
+    store = CheckpointStore(tmp_path)
+    store.save(
+        Checkpoint(
+            round=2, server_state=first.state_dict(), history=[{"round": 2}], fingerprint={"dim": 2}
+        )
+    )
+    loaded = store.latest()
+    assert loaded is not None and loaded.round == 2 and loaded.history == [{"round": 2}]
+    resumed = ServerOptimizer([np.zeros((4, 2), np.float32)], ServerOptimizerSettings())
+    resumed.load_state_dict(loaded.server_state)
+    for u in updates[2:]:
+        resumed.step(u)
+    assert np.array_equal(resumed.arrays()[0], straight.arrays()[0])
+    with pytest.raises(CheckpointError, match="dim: checkpoint 2 vs run 3"):
+        CheckpointStore.check_fingerprint(loaded, {"dim": 3})
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path) -> None:
+    (tmp_path / "round-00001.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "latest.json").write_text('{"round": 1, "file": "round-00001.pt"}')
+    with pytest.raises(CheckpointError, match="corrupt checkpoint"):
+        CheckpointStore(tmp_path).latest()
