@@ -1,0 +1,108 @@
+"""The Flower App behind ``flwr run .`` (simulation runtime).
+
+``pyproject.toml`` names ``server_app`` and ``client_app`` here. The run config
+(``[tool.flwr.app.config]``, overridable with ``flwr run . --run-config "k=v ..."``) holds
+flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
+``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``secure-aggregation``.
+The federation must have one SuperNode per user (``num-supernodes`` = the data set's
+user count, e.g. 943 for ml-100k). The ServerApp prepares the device store under
+``output`` before the first round; each virtual device reads its own row of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.client import Client, ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Message
+from flwr.server import Grid, ServerApp
+
+from stamen.client.app import make_client_fn
+from stamen.client.store import write_store
+from stamen.server.app import run_rounds
+from stamen.server.checkpoint import CheckpointStore
+from stamen.server.strategy import FederatedMF
+from stamen.simulation.config import SimulationConfig, load_config
+from stamen.simulation.experiment import load_for_config
+from stamen.simulation.report import write_results
+from stamen.simulation.runner import initial_shared
+from stamen.simulation.split import leave_one_out
+
+__all__ = ["client_app", "config_from_run_config", "server_app"]
+
+_log = logging.getLogger("stamen")
+
+_KEYS = {
+    "dataset": "dataset",
+    "data-dir": "data_dir",
+    "num-server-rounds": "rounds",
+    "clients-per-round": "clients_per_round",
+    "eval-every": "eval_every",
+    "seed": "seed",
+    "output": "output",
+}
+
+
+def config_from_run_config(run_config: dict) -> SimulationConfig:
+    """Map Flower's flat run config onto Stamen's settings (empty values: defaults)."""
+    overrides = {ours: run_config.get(theirs) for theirs, ours in _KEYS.items()}
+    overrides = {k: v for k, v in overrides.items() if v not in (None, "")}
+    if "secure-aggregation" in run_config:
+        overrides["secagg"] = {"enabled": bool(run_config["secure-aggregation"])}
+    return load_config(None, overrides)
+
+
+def _store(config: SimulationConfig) -> Path:
+    return config.output / "devices"
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server(grid: Grid, context: Context) -> None:
+    config = config_from_run_config(dict(context.run_config))
+    dataset, source = load_for_config(config, say=_log.warning)
+    split = leave_one_out(dataset.interactions, seed=config.seed)
+    write_store(
+        _store(config),
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        negatives=split.negatives,
+    )
+    strategy = FederatedMF(
+        config.server_settings(),
+        initial=initial_shared(split.n_items, config),
+        checkpoints=CheckpointStore(config.output / "checkpoints"),
+        fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},
+    )
+    run_rounds(grid, context, strategy)
+    write_results(
+        config.output / "results.json",
+        {
+            "config": config.model_dump(mode="json"),
+            "dataset": {"name": dataset.name, "source": source},
+            "federated": {"rounds": strategy.history},
+        },
+    )
+
+
+def _device_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Applies SecAgg+ when the run asks for it; a device that requires secure
+    aggregation then refuses a plain training request instead of sending in the clear."""
+    if config_from_run_config(dict(context.run_config)).secagg.enabled:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def _client_fn(context: Context) -> Client:
+    config = config_from_run_config(dict(context.run_config))
+    return make_client_fn(_store(config), seed=config.seed)(context)
+
+
+client_app = ClientApp(client_fn=_client_fn, mods=[_device_policy_mod])
