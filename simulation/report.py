@@ -27,6 +27,16 @@ TABLE_METRICS: tuple[str, ...] = (
     "sampled_ndcg@10",
 )
 
+_HEADERS = {
+    "hr@10": "HR@10",
+    "ndcg@10": "NDCG@10",
+    "hr@20": "HR@20",
+    "ndcg@20": "NDCG@20",
+    "coverage@10": "Cov@10",
+    "sampled_hr@10": "sHR@10",
+    "sampled_ndcg@10": "sNDCG@10",
+}
+
 
 def write_results(path: Path, results: dict[str, Any]) -> Path:
     """Write the results record as indented JSON (with the Python and platform versions)."""
@@ -43,10 +53,10 @@ def print_table(
     rows: dict[str, dict[str, float]], *, title: str, console: Console | None = None
 ) -> None:
     """One row per method, one column per metric in ``TABLE_METRICS`` (blank if absent)."""
-    table = Table(title=title)
-    table.add_column("method")
+    table = Table(title=title, caption="s = sampled protocol (99 negatives); Cov = coverage")
+    table.add_column("method", no_wrap=True)
     for name in TABLE_METRICS:
-        table.add_column(name, justify="right")
+        table.add_column(_HEADERS.get(name, name), justify="right", no_wrap=True)
     for method, metrics in rows.items():
         table.add_row(
             method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in TABLE_METRICS)

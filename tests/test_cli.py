@@ -1,0 +1,79 @@
+"""The command line end to end on a small synthetic population, and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from stamen.simulation import experiment
+from stamen.simulation.cli import app
+from stamen.simulation.config import load_config
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "synthetic-users = 30\nsynthetic-items = 400\neval-every = 1\n"
+        "[local]\ndim = 8\nrefresh-steps = 3\n[centralised]\nepochs = 3\n"
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--dataset",
+            "synthetic",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "5",
+            "--seed",
+            "1",
+            "--config",
+            str(config),
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "federated MF" in result.output and "centralised MF" in result.output
+    record = json.loads((out / "results.json").read_text())
+    assert record["seed"] == 1 and record["config"]["rounds"] == 2
+    assert set(record["methods"]) == {"popularity", "centralised MF", "federated MF"}
+    rounds = record["federated"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["upload_bytes_per_device"] == 400 * (8 + 1) * 4 for r in rounds)
+    assert 0.0 <= record["methods"]["federated MF"]["ndcg@10"] <= 1.0
+    assert (out / "metrics.png").stat().st_size > 1000
+    assert (out / "negatives.npz").is_file()
+
+
+def test_bad_settings_exit_with_a_message(tmp_path) -> None:
+    result = runner.invoke(app, ["simulate", "--rounds", "0", "--output", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "rounds" in result.output
+
+
+def test_missing_data_without_network_falls_back_to_synthetic(tmp_path, monkeypatch) -> None:
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(experiment, "load_dataset", offline)
+    said: list[str] = []
+    config = load_config(
+        None,
+        {
+            "dataset": "ml-100k",
+            "data_dir": str(tmp_path),
+            "synthetic_users": 20,
+            "synthetic_items": 150,
+        },
+    )
+    data, source = experiment.load_for_config(config, say=said.append)
+    assert data.name == "synthetic" and "fallback" in source
+    assert said and "falling back to the built-in synthetic data set" in said[0]
