@@ -20,7 +20,9 @@ class ServerSettings(BaseModel):
     clients_per_round: int = Field(100, ge=1)
     eval_every: int = Field(0, ge=0, description="federated evaluation period; 0: last round only")
     eval_stage: str = Field("test", pattern="^(valid|test)$")
-    eval_clients: int | None = Field(None, ge=1, description="devices per evaluation; None: all")
+    eval_clients: int | None = Field(
+        None, ge=1, description="devices per intermediate evaluation (the last round uses all)"
+    )
     seed: int = 0
     local: LocalSettings = LocalSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()

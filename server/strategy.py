@@ -172,12 +172,15 @@ class FederatedMF(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        """All devices (or a seeded sample) on evaluation rounds; none otherwise."""
+        """On evaluation rounds, a seeded sample of ``eval_clients`` devices (every device on
+        the last round); none on other rounds."""
         rnd = self._global_round(server_round)
         if not self._evaluates(rnd):
             return []
         clients = self._sorted_clients(client_manager)
-        n = self.settings.eval_clients or len(clients)
+        n = len(clients)
+        if rnd != self.settings.rounds and self.settings.eval_clients is not None:
+            n = self.settings.eval_clients
         chosen = self._sample(clients, n, 1, rnd)
         config = {**self._config(rnd), "stage": self.settings.eval_stage}
         return [(client, EvaluateIns(parameters, config)) for client in chosen]

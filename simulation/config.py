@@ -45,6 +45,7 @@ class SimulationConfig(BaseModel):
     rounds: int = Field(100, ge=1)
     clients_per_round: int = Field(100, ge=2)
     eval_every: int = Field(10, ge=0)
+    eval_clients: int | None = Field(200, ge=1)
     seed: int = 0
     output: Path = Path("results/run")
     resume: bool = False
@@ -62,6 +63,7 @@ class SimulationConfig(BaseModel):
             rounds=self.rounds,
             clients_per_round=self.clients_per_round,
             eval_every=self.eval_every,
+            eval_clients=self.eval_clients,
             seed=self.seed,
             local=self.local,
             optimizer=self.optimizer,
