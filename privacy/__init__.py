@@ -1,8 +1,60 @@
-"""Privacy building blocks: secure-aggregation settings (more to come: DP, encryption).
+"""Privacy building blocks: clipping, DP accounting, SecAgg+ settings, encryption, signing.
 
 Imports no other Stamen package and never ``flwr``.
 """
 
+from stamen.privacy.accountant import (
+    ACCOUNTANTS,
+    DPSettings,
+    PrivacyAccountant,
+    noise_for_target,
+)
+from stamen.privacy.clipping import check_update, clip_update, update_norm
+from stamen.privacy.encryption import (
+    decrypt,
+    decrypt_file,
+    encrypt,
+    encrypt_file,
+    generate_key,
+)
+from stamen.privacy.errors import (
+    BudgetExceededError,
+    DecryptionError,
+    PrivacyError,
+    SignatureError,
+)
 from stamen.privacy.secagg import SecAggSettings
+from stamen.privacy.signing import (
+    generate_signing_key,
+    release_digest,
+    sign_arrays,
+    sign_release,
+    verify_arrays,
+    verify_release,
+)
 
-__all__ = ["SecAggSettings"]
+__all__ = [
+    "ACCOUNTANTS",
+    "BudgetExceededError",
+    "DPSettings",
+    "DecryptionError",
+    "PrivacyAccountant",
+    "PrivacyError",
+    "SecAggSettings",
+    "SignatureError",
+    "check_update",
+    "clip_update",
+    "decrypt",
+    "decrypt_file",
+    "encrypt",
+    "encrypt_file",
+    "generate_key",
+    "generate_signing_key",
+    "noise_for_target",
+    "release_digest",
+    "sign_arrays",
+    "sign_release",
+    "update_norm",
+    "verify_arrays",
+    "verify_release",
+]

@@ -45,7 +45,7 @@ def train_centralised_mf(
     model = MatrixFactorization(
         split.n_users,
         split.n_items,
-        local.dim,
+        settings.dim or local.dim,
         init_std=local.init_std,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -23,13 +23,15 @@ __all__ = ["CentralisedSettings", "SimulationConfig", "load_config"]
 
 
 class CentralisedSettings(BaseModel):
-    """The centralised MF baseline: same model and loss, trained on pooled data."""
+    """The centralised MF baseline: same model, loss and training loop, trained on pooled
+    data; its hyper-parameters are tuned on validation separately from the federated ones."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: int = Field(60, ge=1)
+    dim: int | None = Field(128, gt=0, description="latent dimension; None: the devices' dim")
+    epochs: int = Field(100, ge=1)
     lr: float = Field(0.005, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
 
