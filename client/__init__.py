@@ -3,7 +3,13 @@
 Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``.
 """
 
-from stamen.client.app import USER_STATE_KEY, MFClient, build_client_app, make_client_fn
+from stamen.client.app import (
+    USER_STATE_KEY,
+    VALID_METRICS,
+    MFClient,
+    build_client_app,
+    make_client_fn,
+)
 from stamen.client.local import LocalResult, build_local_model, local_update
 from stamen.client.store import DeviceData, read_device_data, write_store
 
@@ -12,6 +18,7 @@ __all__ = [
     "LocalResult",
     "MFClient",
     "USER_STATE_KEY",
+    "VALID_METRICS",
     "build_client_app",
     "build_local_model",
     "local_update",

@@ -23,10 +23,19 @@ from stamen.client.store import DeviceData, read_device_data
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
 
-__all__ = ["USER_STATE_KEY", "MFClient", "build_client_app", "make_client_fn"]
+__all__ = [
+    "MFClient",
+    "USER_STATE_KEY",
+    "VALID_METRICS",
+    "build_client_app",
+    "make_client_fn",
+]
 
 #: Key of the user factor in the node's persistent ``context.state``.
 USER_STATE_KEY = "stamen-user-factor"
+
+#: Validation metrics a device reports beside the test metrics (prefixed ``valid_``).
+VALID_METRICS = ("hr@10", "ndcg@10", "sampled_hr@10")
 
 _LOCAL_KEYS = frozenset(LocalSettings.model_fields)
 
@@ -70,7 +79,8 @@ class MFClient(NumPyClient):
         return result.delta, 1, {"train_loss": float(result.metrics["train_loss"])}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
-        """Rank the held-out item (``config["stage"]``: "valid" or "test") on the device."""
+        """Rank the held-out items on the device: the test item (train and validation items
+        excluded) and the validation item (train items excluded, ``valid_`` metrics)."""
         if not self.data.evaluable:
             return 0.0, 0, {}
         settings = self._settings(config)
@@ -79,21 +89,24 @@ class MFClient(NumPyClient):
             parameters, self._factor(), settings=settings, items=train, rng=self._rng(config, 1)
         )
         self._keep(model.users.weight.detach()[0].numpy())
-        test = config.get("stage", "test") == "test"
-        target = self.data.test_item if test else self.data.valid_item
-        seen = self.data.train_items
-        if test:
-            seen = np.append(seen, self.data.valid_item)
         with torch.no_grad():
             scores = model.logits(model(torch.zeros(1, dtype=torch.long)))
-            nll = float(torch.logsumexp(scores[0], 0) - scores[0, target])
-        metrics = batch_metrics(
-            scores,
-            np.array([target]),
-            exclude=UserItems.single(seen, n_items=self.data.n_items),
-            negatives=self.data.negatives[None, :],
-        )
-        return nll, 1, {name: float(values[0]) for name, values in metrics.items()}
+        test, valid = self.data.test_item, self.data.valid_item
+        nll = float(torch.logsumexp(scores[0], 0) - scores[0, test])
+        negatives = self.data.negatives[None, :]
+        seen = UserItems.single(np.append(self.data.train_items, valid), n_items=self.data.n_items)
+        metrics = {
+            name: float(values[0])
+            for name, values in batch_metrics(
+                scores, np.array([test]), exclude=seen, negatives=negatives
+            ).items()
+        }
+        for name, values in batch_metrics(
+            scores, np.array([valid]), exclude=train, negatives=negatives, ks=(10,)
+        ).items():
+            if name in VALID_METRICS:
+                metrics[f"valid_{name}"] = float(values[0])
+        return nll, 1, metrics
 
 
 def make_client_fn(store: str | Path, *, seed: int) -> Callable[[Context], Client]:

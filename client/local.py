@@ -7,6 +7,14 @@
    items through the one training loop, ``stamen.models.training.fit``.
 4. Return the dense difference of the shared parameters: every item row, touched or not,
    so the update's shape says nothing about which items the device holds.
+
+With ``update_weighting="positives"`` (the default) the delta is scaled by the device's
+number of training positives: the cohort's mean update then weighs every positive pair
+equally, exactly as the centralised loss does (a per-positive mean over a batch of users),
+instead of weighing every user equally. With one local epoch this is the update of the
+per-user *sum* loss. The user factor's own step is not scaled. Only the cohort's mean (or
+sum) of updates leaves secure aggregation, so the scale reveals nothing more than before.
+On MovieLens-100K this weighting is what closes most of the gap to centralised training.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import torch
 from stamen.models.batches import UserItems
 from stamen.models.mf import MatrixFactorization
 from stamen.models.settings import LocalSettings
-from stamen.models.training import fit, refresh_users
+from stamen.models.training import fit, refit_users
 
 __all__ = ["LocalResult", "LocalSettings", "build_local_model", "local_update"]
 
@@ -51,16 +59,7 @@ def build_local_model(
         else:
             start = user_factor
         model.users.weight[0] = torch.as_tensor(start, dtype=torch.float32)
-    if settings.refresh_steps:
-        refresh_users(
-            model,
-            items,
-            loss=settings.loss,
-            steps=settings.refresh_steps,
-            lr=settings.refresh_lr,
-            weight_decay=settings.weight_decay,
-            rng=rng,
-        )
+    refit_users(model, items, settings, rng)
     return model
 
 
@@ -81,13 +80,21 @@ def local_update(
     losses = fit(
         model,
         data,
-        loss=settings.loss,
+        loss=settings.loss_fn(),
         optimizer=optimizer,
         epochs=settings.local_epochs,
         batch_size=1,
         rng=rng,
     )
     updated = model.shared_arrays()
-    delta = [(new - old).astype(np.float32) for new, old in zip(updated, shared, strict=True)]
+    weight = _update_weight(settings, len(items))
+    delta = [
+        ((new - old) * weight).astype(np.float32) for new, old in zip(updated, shared, strict=True)
+    ]
     factor = model.users.weight.detach()[0].numpy().copy()
     return LocalResult(delta=delta, user_factor=factor, metrics={"train_loss": losses[-1]})
+
+
+def _update_weight(settings: LocalSettings, n_positives: int) -> float:
+    """Scale of this device's delta in the cohort mean (see module docstring)."""
+    return float(n_positives) if settings.update_weighting == "positives" else 1.0

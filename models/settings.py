@@ -3,7 +3,11 @@ round) and the device (which validates them on receipt)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from stamen.models.losses import LossFn, make_loss
 
 __all__ = ["LocalSettings"]
 
@@ -13,15 +17,34 @@ class LocalSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    loss: str = "softmax"
+    loss: str = "ials"
     dim: int = Field(64, gt=0)
     init_std: float = Field(0.1, gt=0)
-    refresh_steps: int = Field(20, ge=0)
-    refresh_lr: float = Field(0.1, gt=0)
+    refresh_steps: int = Field(5, ge=0, description="Adam steps re-fitting the user factor")
+    refresh_lr: float = Field(0.005, gt=0)
     local_epochs: int = Field(1, ge=1)
     local_lr: float = Field(0.05, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    update_weighting: Literal["uniform", "positives"] = Field(
+        "uniform", description="scale each update by 1 or by the device's positives"
+    )
+    alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
+    l2: float = Field(10.0, ge=0, description="ials: L2 weight on the user factor")
+    item_l2: float | None = Field(
+        None, ge=0, description="ials: L2 weight on the item table per device; None: l2 / devices"
+    )
+
+    def loss_fn(self) -> LossFn:
+        """The configured loss with its hyper-parameters bound."""
+        return make_loss(self.loss, alpha=self.alpha, l2=self.l2, item_l2=self.item_l2 or 0.0)
+
+    def for_population(self, devices: int) -> LocalSettings:
+        """These settings with ``item_l2`` resolved for a population of ``devices`` (the
+        per-device share of the item-table penalty ``l2``, as in the pooled objective)."""
+        if self.item_l2 is not None:
+            return self
+        return self.model_copy(update={"item_l2": self.l2 / max(devices, 1)})
 
     def to_config(self) -> dict[str, bool | bytes | float | int | str]:
-        """Flat form for a Flower ``FitIns.config``."""
-        return self.model_dump()
+        """Flat form for a Flower ``FitIns.config`` (unset values left out)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}

@@ -11,8 +11,17 @@ import torch
 from stamen.models.batches import UserItems, user_batches
 from stamen.models.losses import LOSSES, LossFn
 from stamen.models.mf import MatrixFactorization
+from stamen.models.settings import LocalSettings
 
-__all__ = ["fit", "refresh_users", "resolve_loss", "torch_generator"]
+__all__ = [
+    "REFITTERS",
+    "fit",
+    "refit_users",
+    "refresh_users",
+    "resolve_loss",
+    "solve_users",
+    "torch_generator",
+]
 
 
 def torch_generator(rng: np.random.Generator) -> torch.Generator:
@@ -105,3 +114,71 @@ def refresh_users(
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def solve_users(
+    model: MatrixFactorization,
+    data: UserItems,
+    *,
+    alpha: float,
+    l2: float,
+    batch_size: int = 256,
+) -> None:
+    """Set each user's factor to the exact minimiser of the ``ials`` loss against the
+    frozen item side: ``(QᵀQ + alpha Q_uᵀQ_u + l2 I) p_u = Qᵀ(-b) + Σ_{i∈u}(1 + alpha -
+    alpha b_i) q_i`` (one small linear solve per user, batched). Row ``u`` of ``data`` is
+    row ``u`` of the model's user table."""
+    with torch.no_grad():
+        q = model.items.weight.detach().double()
+        b = model.items.bias.detach().double()
+        gram = q.T @ q + l2 * torch.eye(q.shape[1], dtype=q.dtype)
+        base = -(q.T @ b)
+        for start in range(0, data.n_users, batch_size):
+            users = np.arange(start, min(start + batch_size, data.n_users))
+            sub = data.select(users)
+            counts = sub.counts()
+            width = max(int(counts.max()) if len(counts) else 0, 1)
+            rows, items = sub.pairs()
+            slots = np.arange(len(items)) - np.repeat(sub.indptr[:-1], counts)
+            padded = torch.zeros(len(users), width, q.shape[1], dtype=q.dtype)
+            weights = torch.zeros(len(users), width, dtype=q.dtype)
+            item_t = torch.from_numpy(items)
+            padded[rows, slots] = q[item_t]
+            weights[rows, slots] = 1.0 + alpha - alpha * b[item_t]
+            lhs = gram + alpha * padded.transpose(1, 2) @ padded
+            rhs = base + (weights[:, :, None] * padded).sum(1)
+            solution = torch.linalg.solve(lhs, rhs)
+            model.users.weight[torch.from_numpy(users)] = solution.float()
+
+
+def _refresh_by_gradient(
+    model: MatrixFactorization, data: UserItems, settings: LocalSettings, rng: np.random.Generator
+) -> None:
+    if settings.refresh_steps:
+        refresh_users(
+            model,
+            data,
+            loss=settings.loss_fn(),
+            steps=settings.refresh_steps,
+            lr=settings.refresh_lr,
+            weight_decay=settings.weight_decay,
+            rng=rng,
+        )
+
+
+def _refresh_exactly(
+    model: MatrixFactorization, data: UserItems, settings: LocalSettings, rng: np.random.Generator
+) -> None:
+    solve_users(model, data, alpha=settings.alpha, l2=settings.l2)
+
+
+#: How each loss re-fits user factors against a frozen item side (default: Adam steps).
+REFITTERS = {"ials": _refresh_exactly}
+
+
+def refit_users(
+    model: MatrixFactorization, data: UserItems, settings: LocalSettings, rng: np.random.Generator
+) -> None:
+    """Re-fit every user factor of ``model`` (rows of ``data``) the way ``settings.loss``
+    prescribes: an exact solve for ``ials``, a few Adam steps otherwise."""
+    REFITTERS.get(settings.loss, _refresh_by_gradient)(model, data, settings, rng)

@@ -19,7 +19,6 @@ class ServerSettings(BaseModel):
     rounds: int = Field(100, ge=1)
     clients_per_round: int = Field(100, ge=1)
     eval_every: int = Field(0, ge=0, description="federated evaluation period; 0: last round only")
-    eval_stage: str = Field("test", pattern="^(valid|test)$")
     eval_clients: int | None = Field(
         None, ge=1, description="devices per intermediate evaluation (the last round uses all)"
     )

@@ -182,7 +182,7 @@ class FederatedMF(Strategy):
         if rnd != self.settings.rounds and self.settings.eval_clients is not None:
             n = self.settings.eval_clients
         chosen = self._sample(clients, n, 1, rnd)
-        config = {**self._config(rnd), "stage": self.settings.eval_stage}
+        config = self._config(rnd)
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
 
     def aggregate_evaluate(

@@ -10,10 +10,13 @@ import torch
 
 from stamen.models.mf import MatrixFactorization
 from stamen.models.settings import LocalSettings
-from stamen.models.training import fit, refresh_users
+from stamen.models.training import fit, refit_users
 from stamen.simulation.config import CentralisedSettings
 from stamen.simulation.evaluate import Scorer, evaluate
 from stamen.simulation.split import Split
+
+#: Adam steps that re-fit a user factor from scratch for offline scoring.
+SERVING_REFRESH_STEPS = 50
 
 __all__ = ["mf_scorer", "popularity_scorer", "shared_model_scorer", "train_centralised_mf"]
 
@@ -42,6 +45,7 @@ def train_centralised_mf(
     """Train MF on the pooled training data; keep the epoch with the best validation
     NDCG@10 (stop after ``settings.patience`` epochs without gain)."""
     rng = np.random.default_rng([seed, 1])
+    local = local.for_population(split.n_users)
     model = MatrixFactorization(
         split.n_users,
         split.n_items,
@@ -57,7 +61,7 @@ def train_centralised_mf(
         loss = fit(
             model,
             split.train,
-            loss=local.loss,
+            loss=local.loss_fn(),
             optimizer=optimizer,
             epochs=1,
             batch_size=settings.batch_size,
@@ -78,8 +82,10 @@ def train_centralised_mf(
 def shared_model_scorer(
     shared: list[np.ndarray], split: Split, *, local: LocalSettings, seed: int
 ) -> Scorer:
-    """Scores from a federated model's shared item side, with every user's factor
-    re-solved by the devices' own refresh step (batched over all users)."""
+    """Scores from a federated model's shared item side, every user's factor re-fitted
+    from scratch (batched over all users): exactly for ``ials``, else with
+    ``SERVING_REFRESH_STEPS`` Adam steps (the devices' gentle in-training refresh assumes a
+    warm start)."""
     model = MatrixFactorization(
         split.n_users,
         split.n_items,
@@ -88,13 +94,6 @@ def shared_model_scorer(
         generator=torch.Generator().manual_seed(seed),
     )
     model.load_shared_arrays(shared)
-    refresh_users(
-        model,
-        split.train,
-        loss=local.loss,
-        steps=max(local.refresh_steps, 1),
-        lr=local.refresh_lr,
-        weight_decay=local.weight_decay,
-        rng=np.random.default_rng([seed, 2]),
-    )
+    serving = local.model_copy(update={"refresh_steps": SERVING_REFRESH_STEPS, "refresh_lr": 0.05})
+    refit_users(model, split.train, serving, np.random.default_rng([seed, 2]))
     return mf_scorer(model)

@@ -28,10 +28,10 @@ class CentralisedSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dim: int | None = Field(128, gt=0, description="latent dimension; None: the devices' dim")
+    dim: int | None = Field(None, gt=0, description="latent dimension; None: the devices' dim")
     epochs: int = Field(100, ge=1)
-    lr: float = Field(0.005, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
 
@@ -44,10 +44,10 @@ class SimulationConfig(BaseModel):
     dataset: str = "ml-100k"
     data_dir: Path | None = None
     model: str = Field("mf", pattern="^mf$")
-    rounds: int = Field(100, ge=1)
-    clients_per_round: int = Field(100, ge=2)
-    eval_every: int = Field(10, ge=0)
-    eval_clients: int | None = Field(200, ge=1)
+    rounds: int = Field(300, ge=1)
+    clients_per_round: int = Field(64, ge=2)
+    eval_every: int = Field(25, ge=0)
+    eval_clients: int | None = Field(None, ge=1)
     seed: int = 0
     output: Path = Path("results/run")
     resume: bool = False
@@ -59,15 +59,15 @@ class SimulationConfig(BaseModel):
     secagg: SecAggSettings = SecAggSettings()
     centralised: CentralisedSettings = CentralisedSettings()
 
-    def server_settings(self) -> ServerSettings:
-        """The server's view of this run."""
+    def server_settings(self, devices: int) -> ServerSettings:
+        """The server's view of this run over ``devices`` devices."""
         return ServerSettings(
             rounds=self.rounds,
             clients_per_round=self.clients_per_round,
             eval_every=self.eval_every,
             eval_clients=self.eval_clients,
             seed=self.seed,
-            local=self.local,
+            local=self.local.for_population(devices),
             optimizer=self.optimizer,
             secagg=self.secagg,
         )

@@ -34,7 +34,7 @@ from stamen.simulation.report import plot_history, print_table, write_results
 from stamen.simulation.runner import run_federated
 from stamen.simulation.split import leave_one_out
 
-__all__ = ["ExperimentResult", "load_for_config", "run_experiment"]
+__all__ = ["ExperimentResult", "load_for_config", "run_experiment", "select_round"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,15 @@ def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> 
         )
         data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
         return data, f"synthetic fallback ({config.dataset} unavailable)"
+
+
+def select_round(history: list[dict[str, Any]], *, devices: int) -> dict[str, Any]:
+    """The round whose federated evaluation (over all ``devices`` evaluable devices) had
+    the best validation NDCG@10: early stopping on validation, as for the baseline."""
+    full = [h for h in history if h.get("evaluate", {}).get("devices") == devices]
+    if not full:
+        raise StamenError("no federated evaluation covered every device; cannot select a round")
+    return max(full, key=lambda h: (h["evaluate"].get("valid_ndcg@10", 0.0), h["round"]))
 
 
 def run_experiment(
@@ -134,11 +143,13 @@ def run_experiment(
 
         fed = run_federated(config, split, output=output, on_round=on_round, verbose=verbose)
     timings["federated"] = fed.seconds
-    final = fed.history[-1].get("evaluate", {})
+    chosen = select_round(fed.history, devices=split.stats()["evaluated_users"])
     offline = evaluate(
         shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split
     )
-    methods["federated MF"] = {**{k: v for k, v in final.items() if k != "devices"}}
+    methods["federated MF"] = {
+        k: v for k, v in chosen["evaluate"].items() if k != "devices" and not k.startswith("valid_")
+    }
     methods["federated MF"]["coverage@10"] = offline["coverage@10"]
 
     print_table(
@@ -165,6 +176,8 @@ def run_experiment(
         "methods": methods,
         "centralised": info,
         "federated": {
+            "selected_round": chosen["round"],
+            "selection": "the evaluated round with the best validation NDCG@10 (all devices)",
             "rounds": fed.history,
             "resumed_from_round": fed.resumed_from,
             "offline_check": offline,

@@ -76,7 +76,7 @@ def _server(grid: Grid, context: Context) -> None:
         negatives=split.negatives,
     )
     strategy = FederatedMF(
-        config.server_settings(),
+        config.server_settings(split.n_users),
         initial=initial_shared(split.n_items, config),
         checkpoints=CheckpointStore(config.output / "checkpoints"),
         fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},

@@ -83,7 +83,7 @@ def run_federated(
 
     def make_strategy(context: Context) -> FederatedMF:
         strategy = FederatedMF(
-            config.server_settings(),
+            config.server_settings(split.n_users),
             initial=initial_shared(split.n_items, config),
             checkpoints=checkpoints,
             resume=resume,

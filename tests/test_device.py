@@ -19,7 +19,7 @@ def _shared(n_items: int = 40, dim: int = 4) -> list[np.ndarray]:
     ).shared_arrays()
 
 
-@pytest.mark.parametrize("loss", ["softmax", "bpr"])
+@pytest.mark.parametrize("loss", ["ials", "softmax", "bpr"])
 def test_local_update_is_dense_and_keeps_the_user_factor_local(loss: str) -> None:
     shared = _shared()
     settings = LocalSettings(dim=4, loss=loss, refresh_steps=3)

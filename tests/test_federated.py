@@ -35,6 +35,9 @@ EVAL_METRICS = {
     "sampled_hr@20",
     "sampled_ndcg@10",
     "sampled_ndcg@20",
+    "valid_hr@10",
+    "valid_ndcg@10",
+    "valid_sampled_hr@10",
 }
 
 
