@@ -38,3 +38,10 @@ def test_unknown_keys_and_even_secagg_shares_are_rejected(tmp_path) -> None:
         load_config(None, {"secagg": {"enabled": True, "num_shares": 4}})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_the_example_config_spells_out_the_defaults() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "ml-100k.toml"
+    assert load_config(example) == load_config()
