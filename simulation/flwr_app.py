@@ -3,7 +3,8 @@
 ``pyproject.toml`` names ``server_app`` and ``client_app`` here. The run config
 (``[tool.flwr.app.config]``, overridable with ``flwr run . --run-config "k=v ..."``) holds
 flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
-``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``secure-aggregation``.
+``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``secure-aggregation``,
+``synthetic-users``, ``synthetic-items``.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
 user count, e.g. 943 for ml-100k). The ServerApp prepares the device store under
 ``output`` before the first round; each virtual device reads its own row of it.
@@ -44,6 +45,8 @@ _KEYS = {
     "eval-every": "eval_every",
     "seed": "seed",
     "output": "output",
+    "synthetic-users": "synthetic_users",
+    "synthetic-items": "synthetic_items",
 }
 
 
