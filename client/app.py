@@ -22,6 +22,7 @@ from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.store import DeviceData, read_device_data
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
+from stamen.privacy import clip_update, gaussian_noise
 
 __all__ = [
     "MFClient",
@@ -76,7 +77,23 @@ class MFClient(NumPyClient):
             rng=self._rng(config, 0),
         )
         self._keep(result.user_factor)
-        return result.delta, 1, {"train_loss": float(result.metrics["train_loss"])}
+        return (
+            self._privatise(result.delta, config),
+            1,
+            {"train_loss": float(result.metrics["train_loss"])},
+        )
+
+    def _privatise(self, delta: list[np.ndarray], config: dict) -> list[np.ndarray]:
+        """User-level DP on the device: clip the whole update to ``dp-clip-norm`` and, in
+        distributed mode, add this device's share of the noise (``dp-noise-std``)."""
+        if "dp-clip-norm" not in config:
+            return delta
+        clipped, _ = clip_update(delta, max_norm=float(config["dp-clip-norm"]))
+        std = float(config.get("dp-noise-std", 0.0))
+        if std > 0:
+            noise = gaussian_noise([a.shape for a in clipped], std=std, rng=self._rng(config, 2))
+            clipped = [a + n for a, n in zip(clipped, noise, strict=True)]
+        return clipped
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         """Rank the held-out items on the device: the test item (train and validation items

@@ -10,6 +10,7 @@ from stamen.privacy.accountant import (
     noise_for_target,
 )
 from stamen.privacy.clipping import check_update, clip_update, update_norm
+from stamen.privacy.dp import UserDP, gaussian_noise, noise_share_std
 from stamen.privacy.encryption import (
     decrypt,
     decrypt_file,
@@ -42,15 +43,18 @@ __all__ = [
     "PrivacyError",
     "SecAggSettings",
     "SignatureError",
+    "UserDP",
     "check_update",
     "clip_update",
     "decrypt",
     "decrypt_file",
     "encrypt",
     "encrypt_file",
+    "gaussian_noise",
     "generate_key",
     "generate_signing_key",
     "noise_for_target",
+    "noise_share_std",
     "release_digest",
     "sign_arrays",
     "sign_release",

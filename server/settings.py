@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models.settings import LocalSettings
-from stamen.privacy import SecAggSettings
+from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.optimizer import ServerOptimizerSettings
 
 __all__ = ["ServerSettings"]
@@ -26,6 +26,7 @@ class ServerSettings(BaseModel):
     local: LocalSettings = LocalSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
+    dp: UserDP = UserDP()
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -33,5 +34,14 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 f"SecAgg+ needs at least num_shares={self.secagg.num_shares} devices per round "
                 f"(got clients_per_round={self.clients_per_round})"
+            )
+        if (
+            self.dp.enabled
+            and self.secagg.enabled
+            and self.secagg.clipping_range < self.dp.clip_norm
+        ):
+            raise ValueError(
+                f"secagg.clipping_range ({self.secagg.clipping_range}) is below the DP clip norm "
+                f"({self.dp.clip_norm}): SecAgg+ would clip clipped updates again"
             )
         return self

@@ -29,6 +29,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
+from stamen.privacy import PrivacyAccountant, gaussian_noise, noise_share_std
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
@@ -56,6 +57,8 @@ class FederatedMF(Strategy):
         resume: a checkpoint to continue from; its round becomes round 0 of this run.
         fingerprint: what a checkpoint must match to be resumed (model shape, optimiser).
         on_round: called with each finished round's record (progress bars, logs).
+        population: number of devices (needed for differential privacy's sampling rate
+            and default delta).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FederatedMF(Strategy):
         resume: Checkpoint | None = None,
         fingerprint: dict[str, Any] | None = None,
         on_round: RoundCallback | None = None,
+        population: int | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -83,6 +87,14 @@ class FederatedMF(Strategy):
             self.start_round = resume.round
         self._record: dict[str, Any] = {}
         self._started = 0.0
+        self.accountant: PrivacyAccountant | None = None
+        if settings.dp.enabled:
+            if population is None:
+                raise ValueError("differential privacy needs the population size")
+            dp = settings.dp.resolve(
+                population=population, cohort=settings.clients_per_round, rounds=settings.rounds
+            )
+            self.accountant = PrivacyAccountant(dp, rounds=self.start_round)
 
     @property
     def remaining_rounds(self) -> int:
@@ -108,7 +120,18 @@ class FederatedMF(Strategy):
         return [clients[i] for i in np.sort(rng.choice(len(clients), n, replace=False))]
 
     def _config(self, rnd: int) -> dict[str, Scalar]:
-        return {"server-round": rnd, **self.settings.local.to_config()}
+        config: dict[str, Scalar] = {"server-round": rnd, **self.settings.local.to_config()}
+        if self.accountant is not None:
+            dp = self.accountant.settings
+            share = 0.0
+            if self.settings.dp.mode == "distributed":
+                share = noise_share_std(
+                    noise_multiplier=dp.noise_multiplier,
+                    clip_norm=dp.clip_norm,
+                    cohort=self.settings.clients_per_round,
+                )
+            config.update({"dp-clip-norm": dp.clip_norm, "dp-noise-std": share})
+        return config
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The global item side (fresh or from the resumed checkpoint)."""
@@ -121,6 +144,11 @@ class FederatedMF(Strategy):
         rnd = self._global_round(server_round)
         self._started = time.perf_counter()
         self._record = {"round": rnd}
+        if self._budget_spent():
+            self._record["skipped"] = "privacy budget (target epsilon) reached"
+            if not self._evaluates(rnd):
+                self._finish_round(rnd)
+            return []
         clients = self._sorted_clients(client_manager)
         cohort = self._sample(clients, self.settings.clients_per_round, 0, rnd)
         fit_ins = FitIns(parameters, self._config(rnd))
@@ -148,7 +176,10 @@ class FederatedMF(Strategy):
         mean = aggregate(updates)
         if not all(np.all(np.isfinite(a)) for a in mean):
             raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
-        new = self.server.step([np.asarray(a, np.float32) for a in mean])
+        mean = [np.asarray(a, np.float32) for a in mean]
+        if self.accountant is not None:
+            mean = self._privatise(mean, devices=len(results), rnd=rnd)
+        new = self.server.step(mean)
         metrics = _mean_metrics([(r.num_examples, r.metrics) for _, r in results])
         self._record.update(
             {
@@ -164,6 +195,32 @@ class FederatedMF(Strategy):
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
+
+    def _privatise(self, mean: list[np.ndarray], *, devices: int, rnd: int) -> list[np.ndarray]:
+        """Central mode: add N(0, (z C)²) to the sum, i.e. (z C / n)² to the mean. Both
+        modes: record the round with the accountant."""
+        assert self.accountant is not None
+        dp = self.accountant.settings
+        if self.settings.dp.mode == "central":
+            rng = np.random.default_rng([self.settings.seed, rnd, 7])
+            std = dp.noise_multiplier * dp.clip_norm / devices
+            noise = gaussian_noise([a.shape for a in mean], std=std, rng=rng)
+            mean = [a + n for a, n in zip(mean, noise, strict=True)]
+        self.accountant.step()
+        self._record["privacy"] = {"epsilon": self.accountant.epsilon, "delta": dp.delta}
+        return mean
+
+    def _budget_spent(self) -> bool:
+        accountant = self.accountant
+        if accountant is None or accountant.settings.target_epsilon is None:
+            return False
+        return accountant.would_exceed(rounds=1)
+
+    def privacy_report(self) -> dict[str, Any] | None:
+        """The run's (ε, δ), noise multiplier, clip norm, sampling rate, rounds, mode."""
+        if self.accountant is None:
+            return None
+        return {**self.accountant.report(), "mode": self.settings.dp.mode}
 
     def _evaluates(self, rnd: int) -> bool:
         every = self.settings.eval_every

@@ -52,6 +52,16 @@ def simulate(
     secure_aggregation: Annotated[
         bool | None, typer.Option(help="aggregate updates with Flower SecAgg+")
     ] = None,
+    dp: Annotated[
+        str | None, typer.Option(help="user-level DP: off, central or distributed")
+    ] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="target ε: sizes the noise, stops the run at the budget")
+    ] = None,
+    noise_multiplier: Annotated[float | None, typer.Option(help="DP noise multiplier z")] = None,
+    clip_norm: Annotated[
+        float | None, typer.Option(help="DP clip norm C of a device update")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Federated MF on Flower's simulation engine, against popularity and centralised MF."""
@@ -72,6 +82,14 @@ def simulate(
     }
     if secure_aggregation is not None:
         overrides["secagg"] = {"enabled": secure_aggregation}
+    dp_overrides = {
+        "mode": dp,
+        "target_epsilon": epsilon,
+        "noise_multiplier": noise_multiplier,
+        "clip_norm": clip_norm,
+    }
+    if any(v is not None for v in dp_overrides.values()):
+        overrides["dp"] = {k: v for k, v in dp_overrides.items() if v is not None}
     try:
         settings = load_config(config, overrides)
         run_experiment(settings, console=console, verbose=verbose)

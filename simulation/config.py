@@ -2,7 +2,7 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[optimizer]``, ``[secagg]`` and ``[centralised]``.
+``[optimizer]``, ``[secagg]``, ``[dp]`` and ``[centralised]``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stamen.models import ConfigError
 from stamen.models.settings import LocalSettings
-from stamen.privacy import SecAggSettings
+from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.settings import ServerSettings
 
@@ -57,6 +57,7 @@ class SimulationConfig(BaseModel):
     local: LocalSettings = LocalSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
+    dp: UserDP = UserDP()
     centralised: CentralisedSettings = CentralisedSettings()
 
     def server_settings(self, devices: int) -> ServerSettings:
@@ -70,6 +71,7 @@ class SimulationConfig(BaseModel):
             local=self.local.for_population(devices),
             optimizer=self.optimizer,
             secagg=self.secagg,
+            dp=self.dp,
         )
 
 

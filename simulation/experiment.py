@@ -161,6 +161,13 @@ def run_experiment(
         methods["centralised MF"]["ndcg@10"], 1e-12
     )
     console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
+    if fed.privacy is not None:
+        p = fed.privacy
+        console.print(
+            f"user-level DP ({p['mode']}): ε = {p['epsilon']:.3f} at δ = {p['delta']:.2e} "
+            f"(z = {p['noise_multiplier']:.3f}, C = {p['clip_norm']}, "
+            f"q = {p['sampling_rate']:.4f}, {p['rounds']} rounds, {p['accountant']})"
+        )
 
     results = {
         "config": config.model_dump(mode="json"),
@@ -183,6 +190,7 @@ def run_experiment(
             "offline_check": offline,
             "federated_over_centralised_ndcg@10": ratio,
         },
+        "privacy": fed.privacy or {"mode": "off", "epsilon": float("inf")},
         "wall_seconds": timings,
     }
     results_path = write_results(output / "results.json", results)

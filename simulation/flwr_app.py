@@ -83,6 +83,7 @@ def _server(grid: Grid, context: Context) -> None:
         initial=initial_shared(split.n_items, config),
         checkpoints=CheckpointStore(config.output / "checkpoints"),
         fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},
+        population=split.n_users,
     )
     run_rounds(grid, context, strategy)
     write_results(

@@ -40,6 +40,7 @@ class FederatedResult:
     shared: list[np.ndarray]
     seconds: float
     resumed_from: int
+    privacy: dict[str, Any] | None
 
 
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
@@ -89,6 +90,7 @@ def run_federated(
             resume=resume,
             fingerprint=fingerprint,
             on_round=on_round,
+            population=split.n_users,
         )
         built.append(strategy)
         return strategy
@@ -132,4 +134,5 @@ def run_federated(
         shared=strategy.server.arrays(),
         seconds=seconds,
         resumed_from=strategy.start_round,
+        privacy=strategy.privacy_report(),
     )
