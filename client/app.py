@@ -22,7 +22,7 @@ from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.store import DeviceData, read_device_data
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
-from stamen.privacy import clip_update, gaussian_noise
+from stamen.privacy import SignatureError, clip_update, gaussian_noise, verify_arrays
 
 __all__ = [
     "MFClient",
@@ -44,11 +44,31 @@ _LOCAL_KEYS = frozenset(LocalSettings.model_fields)
 class MFClient(NumPyClient):
     """A device holding one user's interactions (see module docstring)."""
 
-    def __init__(self, data: DeviceData, state: RecordDict, *, seed: int, row: int) -> None:
+    def __init__(
+        self,
+        data: DeviceData,
+        state: RecordDict,
+        *,
+        seed: int,
+        row: int,
+        release_key: bytes | None = None,
+    ) -> None:
         self.data = data
         self.state = state
         self.seed = seed
         self.row = row
+        self.release_key = release_key
+
+    def _verify(self, parameters: list[np.ndarray], config: dict) -> None:
+        """Refuse a global model whose Ed25519 signature does not verify."""
+        if self.release_key is None:
+            return
+        signature = config.get("release-signature")
+        if not isinstance(signature, bytes):
+            raise SignatureError("model release is unsigned; this device requires signed releases")
+        verify_arrays(
+            parameters, signature, round=int(config["server-round"]), public_key=self.release_key
+        )
 
     def _rng(self, config: dict, purpose: int) -> np.random.Generator:
         return np.random.default_rng(
@@ -69,6 +89,7 @@ class MFClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         """One local step; uploads only the dense update of the shared parameters."""
+        self._verify(parameters, config)
         result = local_update(
             parameters,
             self._factor(),
@@ -98,6 +119,7 @@ class MFClient(NumPyClient):
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         """Rank the held-out items on the device: the test item (train and validation items
         excluded) and the validation item (train items excluded, ``valid_`` metrics)."""
+        self._verify(parameters, config)
         if not self.data.evaluable:
             return 0.0, 0, {}
         settings = self._settings(config)
@@ -126,14 +148,18 @@ class MFClient(NumPyClient):
         return nll, 1, metrics
 
 
-def make_client_fn(store: str | Path, *, seed: int) -> Callable[[Context], Client]:
-    """A ``client_fn`` for devices whose data is row ``partition-id`` of ``store``."""
+def make_client_fn(
+    store: str | Path, *, seed: int, release_key: bytes | None = None
+) -> Callable[[Context], Client]:
+    """A ``client_fn`` for devices whose data is row ``partition-id`` of ``store``; with
+    ``release_key`` (raw Ed25519 public key) they accept only signed global models."""
 
     def client_fn(context: Context) -> Client:
         torch.set_num_threads(1)
         row = int(context.node_config["partition-id"])
         data = read_device_data(store, row)
-        return MFClient(data, context.state, seed=seed, row=row).to_client()
+        client = MFClient(data, context.state, seed=seed, row=row, release_key=release_key)
+        return client.to_client()
 
     return client_fn
 
@@ -143,10 +169,12 @@ def build_client_app(
     *,
     seed: int,
     secure_aggregation: bool,
+    release_key: bytes | None = None,
     outer_mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """The ClientApp for devices reading ``store``; with ``secure_aggregation`` every
     update goes through Flower's SecAgg+ mod before it leaves the device. ``outer_mods``
     wrap everything (they see exactly what the device sends; tests audit with them)."""
     mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
-    return ClientApp(client_fn=make_client_fn(store, seed=seed), mods=mods)
+    client_fn = make_client_fn(store, seed=seed, release_key=release_key)
+    return ClientApp(client_fn=client_fn, mods=mods)

@@ -29,7 +29,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
-from stamen.privacy import PrivacyAccountant, gaussian_noise, noise_share_std
+from stamen.privacy import PrivacyAccountant, gaussian_noise, noise_share_std, sign_arrays
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
@@ -59,6 +59,8 @@ class FederatedMF(Strategy):
         on_round: called with each finished round's record (progress bars, logs).
         population: number of devices (needed for differential privacy's sampling rate
             and default delta).
+        release_key: raw Ed25519 private key; every global model sent to devices is then
+            signed (``release-signature`` in the config) and devices verify it before use.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class FederatedMF(Strategy):
         fingerprint: dict[str, Any] | None = None,
         on_round: RoundCallback | None = None,
         population: int | None = None,
+        release_key: bytes | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -87,6 +90,7 @@ class FederatedMF(Strategy):
             self.start_round = resume.round
         self._record: dict[str, Any] = {}
         self._started = 0.0
+        self.release_key = release_key
         self.accountant: PrivacyAccountant | None = None
         if settings.dp.enabled:
             if population is None:
@@ -133,6 +137,15 @@ class FederatedMF(Strategy):
             config.update({"dp-clip-norm": dp.clip_norm, "dp-noise-std": share})
         return config
 
+    def _signed(
+        self, config: dict[str, Scalar], parameters: Parameters, rnd: int
+    ) -> dict[str, Scalar]:
+        if self.release_key is None:
+            return config
+        arrays = parameters_to_ndarrays(parameters)
+        signature = sign_arrays(arrays, round=rnd, private_key=self.release_key)
+        return {**config, "release-signature": signature}
+
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The global item side (fresh or from the resumed checkpoint)."""
         return ndarrays_to_parameters(self.server.arrays())
@@ -151,7 +164,7 @@ class FederatedMF(Strategy):
             return []
         clients = self._sorted_clients(client_manager)
         cohort = self._sample(clients, self.settings.clients_per_round, 0, rnd)
-        fit_ins = FitIns(parameters, self._config(rnd))
+        fit_ins = FitIns(parameters, self._signed(self._config(rnd), parameters, rnd))
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
@@ -239,7 +252,7 @@ class FederatedMF(Strategy):
         if rnd != self.settings.rounds and self.settings.eval_clients is not None:
             n = self.settings.eval_clients
         chosen = self._sample(clients, n, 1, rnd)
-        config = self._config(rnd)
+        config = self._signed(self._config(rnd), parameters, rnd)
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
 
     def aggregate_evaluate(

@@ -46,7 +46,7 @@ class SimulationConfig(BaseModel):
     model: str = Field("mf", pattern="^mf$")
     rounds: int = Field(300, ge=1)
     clients_per_round: int = Field(64, ge=2)
-    eval_every: int = Field(25, ge=0)
+    eval_every: int = Field(50, ge=0)
     eval_clients: int | None = Field(None, ge=1)
     seed: int = 0
     output: Path = Path("results/run")

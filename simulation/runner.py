@@ -23,6 +23,7 @@ from flwr.simulation import run_simulation
 from stamen.client.app import build_client_app
 from stamen.client.store import write_store
 from stamen.models.mf import MatrixFactorization
+from stamen.privacy import generate_signing_key
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.strategy import FederatedMF
@@ -81,6 +82,7 @@ def run_federated(
         "seed": config.seed,
     }
     built: list[FederatedMF] = []
+    release_private, release_public = generate_signing_key()
 
     def make_strategy(context: Context) -> FederatedMF:
         strategy = FederatedMF(
@@ -91,12 +93,18 @@ def run_federated(
             fingerprint=fingerprint,
             on_round=on_round,
             population=split.n_users,
+            release_key=release_private,
         )
         built.append(strategy)
         return strategy
 
     server_app = build_server_app(make_strategy)
-    client_app = build_client_app(store, seed=config.seed, secure_aggregation=config.secagg.enabled)
+    client_app = build_client_app(
+        store,
+        seed=config.seed,
+        secure_aggregation=config.secagg.enabled,
+        release_key=release_public,
+    )
     backend_config = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},

@@ -115,3 +115,23 @@ def test_noise_is_sized_from_a_target_when_no_multiplier_is_given() -> None:
 def test_dp_without_noise_or_target_is_rejected() -> None:
     with pytest.raises(ValueError, match="noise_multiplier or target_epsilon"):
         UserDP(mode="central")
+
+
+def test_device_refuses_unsigned_or_tampered_releases() -> None:
+    from stamen.privacy import SignatureError, generate_signing_key, sign_arrays
+
+    private, public = generate_signing_key()
+    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), N_ITEMS)
+    client = MFClient(data, {}, seed=0, row=0, release_key=public)  # type: ignore[arg-type]
+    shared = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    config = {"server-round": 3, "dim": DIM, "loss": "ials", "item_l2": 0.1}
+    good = {**config, "release-signature": sign_arrays(shared, round=3, private_key=private)}
+    client._verify(shared, good)  # verifies
+    with pytest.raises(SignatureError, match="unsigned"):
+        client.fit(shared, config)
+    tampered = [shared[0].copy(), shared[1].copy()]
+    tampered[1][7] = 1.0
+    with pytest.raises(SignatureError, match="does not verify"):
+        client.fit(tampered, good)
+    with pytest.raises(SignatureError, match="does not verify"):
+        client.evaluate(shared, {**good, "server-round": 4})
