@@ -37,14 +37,11 @@ METRICS = (
 )
 
 
-CENTRAL_GRID = {"dim": (64, 128), "lr": (0.005, 0.01)}
-
-
-def tune_centralised(split, config):
+def tune_centralised(split, config, *, dims, lrs):
     """Grid-search the centralised baseline on validation NDCG@10 (test never looked at)."""
     scores = {}
-    for dim in CENTRAL_GRID["dim"]:
-        for lr in CENTRAL_GRID["lr"]:
+    for dim in dims:
+        for lr in lrs:
             settings = config.centralised.model_copy(update={"dim": dim, "lr": lr})
             _, info = train_centralised_mf(
                 split, local=config.local, settings=settings, seed=config.seed
@@ -64,6 +61,8 @@ def main() -> None:
     parser.add_argument(
         "--config", type=Path, default=None, help="TOML settings for stamen simulate"
     )
+    parser.add_argument("--central-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--central-lrs", type=float, nargs="+", default=[0.005, 0.01])
     parser.add_argument("--output", type=Path, default=HERE.parent / "results" / "bench")
     args = parser.parse_args()
     console = Console()
@@ -80,7 +79,9 @@ def main() -> None:
         )
         started = time.perf_counter()
         split = leave_one_out(load_dataset(args.dataset, local).interactions, seed=seed)
-        best_central, tried = tune_centralised(split, config)
+        best_central, tried = tune_centralised(
+            split, config, dims=args.central_dims, lrs=args.central_lrs
+        )
         console.print(f"seed {seed}: centralised MF tuned on validation: {best_central} ({tried})")
         config = config.model_copy(update={"centralised": best_central})
         result = run_experiment(config, console=console)

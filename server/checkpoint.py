@@ -61,6 +61,11 @@ class CheckpointStore:
             old.unlink()
         return path
 
+    def clear(self) -> None:
+        """Remove every checkpoint in the folder (a fresh run in a used output folder)."""
+        for path in [*self.folder.glob("round-*.pt"), self.folder / "latest.json"]:
+            path.unlink(missing_ok=True)
+
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint, or ``None`` when the folder holds none."""
         pointer = self.folder / "latest.json"

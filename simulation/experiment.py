@@ -143,6 +143,8 @@ def run_experiment(
 
         fed = run_federated(config, split, output=output, on_round=on_round, verbose=verbose)
     timings["federated"] = fed.seconds
+    if config.resume:
+        console.print(f"resumed from round {fed.resumed_from} (0: no checkpoint was found)")
     chosen = select_round(fed.history, devices=split.stats()["evaluated_users"])
     offline = evaluate(
         shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split

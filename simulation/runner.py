@@ -74,6 +74,8 @@ def run_federated(
     )
     checkpoints = CheckpointStore(output / "checkpoints")
     resume = checkpoints.latest() if config.resume else None
+    if not config.resume:
+        checkpoints.clear()
     fingerprint = {
         "dataset": config.dataset,
         "n_items": split.n_items,

@@ -11,7 +11,7 @@ from stamen.simulation.config import load_config
 def test_toml_with_kebab_keys_and_flag_overrides(tmp_path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(
-        'rounds = 7\nclients-per-round = 9\n[local]\nlocal-epochs = 2\n'
+        "rounds = 7\nclients-per-round = 9\n[local]\nlocal-epochs = 2\n"
         '[optimizer]\nname = "fedavg"\n'
     )
     config = load_config(path, {"rounds": 11, "seed": None})

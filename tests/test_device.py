@@ -104,3 +104,11 @@ def test_corrupt_checkpoint_is_reported(tmp_path) -> None:
     (tmp_path / "latest.json").write_text('{"round": 1, "file": "round-00001.pt"}')
     with pytest.raises(CheckpointError, match="corrupt checkpoint"):
         CheckpointStore(tmp_path).latest()
+
+
+def test_clear_removes_old_checkpoints(tmp_path) -> None:
+    store = CheckpointStore(tmp_path)
+    for rnd in (1, 24):
+        store.save(Checkpoint(round=rnd, server_state={}, history=[], fingerprint={}))
+    store.clear()
+    assert store.latest() is None and not list(tmp_path.glob("round-*.pt"))
