@@ -52,6 +52,68 @@ def tune_centralised(split, config, *, dims, lrs):
     return config.centralised.model_copy(update={"dim": dim, "lr": lr}), tried
 
 
+def write_summary(args: argparse.Namespace, per_seed: list[dict]) -> list[str]:
+    """Write the JSON and markdown records for the seeds done so far."""
+    summary = {}
+    for method in per_seed[0]["methods"]:
+        summary[method] = {
+            m: {
+                "mean": float(np.mean([s["methods"][method][m] for s in per_seed])),
+                "std": float(np.std([s["methods"][method][m] for s in per_seed])),
+            }
+            for m in METRICS
+            if m in per_seed[0]["methods"][method]
+        }
+    ratio = [
+        s["methods"]["federated MF"]["ndcg@10"] / s["methods"]["centralised MF"]["ndcg@10"]
+        for s in per_seed
+    ]
+    command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
+    record = {
+        "command": command,
+        "dataset": args.dataset,
+        "seeds": [s["seed"] for s in per_seed],
+        "summary": summary,
+        "federated_over_centralised_ndcg@10": {"mean": float(np.mean(ratio)), "per_seed": ratio},
+        "per_seed": per_seed,
+    }
+    out = HERE / "results" / f"{args.dataset}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        f"# {args.dataset}: test metrics, mean ± std over seeds {[s['seed'] for s in per_seed]}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 1) + "|",
+    ]
+    for method, metrics in summary.items():
+        cells = [
+            f"{metrics[m]['mean']:.4f} ± {metrics[m]['std']:.4f}" if m in metrics else "—"
+            for m in METRICS
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Federated / centralised NDCG@10: {np.mean(ratio):.3f} (per seed: "
+        + ", ".join(f"{r:.3f}" for r in ratio)
+        + ")",
+        "",
+        "| seed | federated round kept (best valid) | federated wall s | seed total s | "
+        "centralised (dim, lr) | ALS params |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in per_seed:
+        central = s["config"]["centralised"]
+        lines.append(
+            f"| {s['seed']} | {s['selected_round']} | {s['federated_wall_seconds']:.0f} | "
+            f"{s['total_seconds']:.0f} | ({central['dim']}, {central['lr']}) | {s['als_params']} |"
+        )
+    lines.append("")
+    (HERE / "results" / f"{args.dataset}.md").write_text("\n".join(lines))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -101,53 +163,8 @@ def main() -> None:
                 "selected_round": result.results["federated"]["selected_round"],
             }
         )
-    summary = {}
-    for method in per_seed[0]["methods"]:
-        summary[method] = {
-            m: {
-                "mean": float(np.mean([s["methods"][method][m] for s in per_seed])),
-                "std": float(np.std([s["methods"][method][m] for s in per_seed])),
-            }
-            for m in METRICS
-            if m in per_seed[0]["methods"][method]
-        }
-    ratio = [
-        s["methods"]["federated MF"]["ndcg@10"] / s["methods"]["centralised MF"]["ndcg@10"]
-        for s in per_seed
-    ]
-    command = "python " + " ".join([sys.argv[0], *sys.argv[1:]])
-    record = {
-        "command": command,
-        "dataset": args.dataset,
-        "seeds": args.seeds,
-        "summary": summary,
-        "federated_over_centralised_ndcg@10": {"mean": float(np.mean(ratio)), "per_seed": ratio},
-        "per_seed": per_seed,
-    }
-    out = HERE / "results" / f"{args.dataset}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    lines = [
-        f"# {args.dataset}: test metrics, mean ± std over seeds {args.seeds}",
-        "",
-        f"Command: `{command}`",
-        "",
-        "| method | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
-    ]
-    for method, metrics in summary.items():
-        cells = [
-            f"{metrics[m]['mean']:.4f} ± {metrics[m]['std']:.4f}" if m in metrics else "—"
-            for m in METRICS
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Federated / centralised NDCG@10: {np.mean(ratio):.3f} (per seed: "
-        + ", ".join(f"{r:.3f}" for r in ratio)
-        + ")",
-        "",
-    ]
-    (HERE / "results" / f"{args.dataset}.md").write_text("\n".join(lines))
+        lines = write_summary(args, per_seed)
+
     console.print("\n".join(lines))
 
 
