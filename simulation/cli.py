@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from stamen.models import StamenError
 
@@ -67,8 +66,9 @@ def simulate(
     """Federated MF on Flower's simulation engine, against popularity and centralised MF."""
     from stamen.simulation.config import load_config
     from stamen.simulation.experiment import run_experiment
+    from stamen.simulation.report import wide_console
 
-    console = Console()
+    console = wide_console()
     overrides: dict[str, Any] = {
         "dataset": dataset,
         "model": model,

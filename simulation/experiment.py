@@ -30,7 +30,7 @@ from stamen.simulation.datasets import (
     load_dataset,
 )
 from stamen.simulation.evaluate import evaluate
-from stamen.simulation.report import plot_history, print_table, write_results
+from stamen.simulation.report import plot_history, print_table, wide_console, write_results
 from stamen.simulation.runner import run_federated
 from stamen.simulation.split import leave_one_out
 
@@ -91,7 +91,7 @@ def run_experiment(
     config: SimulationConfig, *, console: Console | None = None, verbose: bool = False
 ) -> ExperimentResult:
     """Run the baselines and the federated simulation; write results JSON, plot, negatives."""
-    console = console or Console()
+    console = console or wide_console()
     output = config.output
     output.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-__all__ = ["TABLE_METRICS", "plot_history", "print_table", "write_results"]
+__all__ = ["TABLE_METRICS", "plot_history", "print_table", "wide_console", "write_results"]
 
 #: Columns of the final table, in order.
 TABLE_METRICS: tuple[str, ...] = (
@@ -36,6 +36,13 @@ _HEADERS = {
     "sampled_hr@10": "sHR@10",
     "sampled_ndcg@10": "sNDCG@10",
 }
+
+
+def wide_console() -> Console:
+    """A console for reports: the terminal's width, or 120 columns when not a terminal
+    (rich's 80-column default would truncate the results table in logs)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def write_results(path: Path, results: dict[str, Any]) -> Path:
@@ -61,7 +68,7 @@ def print_table(
         table.add_row(
             method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in TABLE_METRICS)
         )
-    (console or Console()).print(table)
+    (console or wide_console()).print(table)
 
 
 def plot_history(
