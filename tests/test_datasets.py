@@ -36,7 +36,20 @@ from stamen.simulation.datasets import (
 )
 from stamen.simulation.datasets.download import MARKER, fetch_url, file_sha256
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+def _materialise_fixtures() -> Path:
+    """Copy tests/fixtures/*/NAME.fixture to a temporary tree as NAME. The files keep a
+    suffix in the repository so that no tracked file carries a real data set's name."""
+    source = Path(__file__).resolve().parent / "fixtures"
+    target = Path(tempfile.mkdtemp(prefix="stamen-fixtures-"))
+    for path in source.glob("*/*.fixture"):
+        dest = target / path.parent.name / path.name.removesuffix(".fixture")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+    return target
+
+
+FIXTURES = _materialise_fixtures()
 REAL = Path(
     os.environ.get("STAMEN_DATA_DIR")
     or Path(__file__).resolve().parents[1].parent / "shared" / "data"
