@@ -23,18 +23,11 @@ from stamen.simulation.baselines import train_centralised_mf
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.experiment import run_experiment
+from stamen.simulation.report import TABLE_METRICS
 from stamen.simulation.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
-METRICS = (
-    "hr@10",
-    "ndcg@10",
-    "hr@20",
-    "ndcg@20",
-    "coverage@10",
-    "sampled_hr@10",
-    "sampled_ndcg@10",
-)
+METRICS = TABLE_METRICS
 
 
 def tune_centralised(split, config, *, dims, lrs):
