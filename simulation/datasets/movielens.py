@@ -310,15 +310,29 @@ def _read_movies_dat(path: Path):
                 line=number,
                 field=names[min(len(fields), 2)],
             )
-        movie_id = parse_int(fields[0], path=path, line=number, field="MovieID")
-        _check_new_id(seen, movie_id, path, number, "MovieID")
-        ids.append(movie_id)
-        titles.append(fields[1])
-        years.append(year_from_title(fields[1]))
-        genres.append(_split_genres(fields[2], path, number, "Genres"))
+        _add_movie(fields, (ids, titles, genres, years), seen, path, number, ("MovieID", "Genres"))
     if not ids:
         raise DataFormatError("no movies listed", path=path)
     return ids, titles, genres, years
+
+
+def _add_movie(
+    fields: list[str],
+    columns: tuple[list[int], list[str], list[tuple[str, ...]], list[int]],
+    seen: dict[int, int],
+    path: Path,
+    number: int,
+    names: tuple[str, str],
+) -> None:
+    """Parse one (id, title, genres) movie row of either MovieLens format into ``columns``;
+    ``names`` are the file's names of the id and genres fields, for error messages."""
+    ids, titles, genres, years = columns
+    movie_id = parse_int(fields[0], path=path, line=number, field=names[0])
+    _check_new_id(seen, movie_id, path, number, names[0])
+    ids.append(movie_id)
+    titles.append(fields[1])
+    years.append(year_from_title(fields[1]))
+    genres.append(_split_genres(fields[2], path, number, names[1]))
 
 
 def load_movielens_dat(path: str | Path, name: str) -> Dataset:
@@ -364,12 +378,7 @@ def _read_movies_csv(path: Path):
                 line=number,
                 field=names[min(len(row), 2)],
             )
-        movie_id = parse_int(row[0], path=path, line=number, field="movieId")
-        _check_new_id(seen, movie_id, path, number, "movieId")
-        ids.append(movie_id)
-        titles.append(row[1])
-        years.append(year_from_title(row[1]))
-        genres.append(_split_genres(row[2], path, number, "genres"))
+        _add_movie(row, (ids, titles, genres, years), seen, path, number, ("movieId", "genres"))
     if not ids:
         raise DataFormatError("no movies listed", path=path)
     return ids, titles, genres, years
