@@ -11,6 +11,7 @@ from stamen.client.app import (
     make_client_fn,
 )
 from stamen.client.local import LocalResult, build_local_model, local_update
+from stamen.client.record_dp import record_dp_update
 from stamen.client.store import DeviceData, read_device_data, write_store
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "local_update",
     "make_client_fn",
     "read_device_data",
+    "record_dp_update",
     "write_store",
 ]

@@ -19,10 +19,11 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
 from stamen.client.local import LocalSettings, build_local_model, local_update
+from stamen.client.record_dp import record_dp_update
 from stamen.client.store import DeviceData, read_device_data
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
-from stamen.privacy import SignatureError, clip_update, gaussian_noise, verify_arrays
+from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
 
 __all__ = [
     "MFClient",
@@ -88,20 +89,35 @@ class MFClient(NumPyClient):
         return LocalSettings.model_validate({k: v for k, v in config.items() if k in _LOCAL_KEYS})
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
-        """One local step; uploads only the dense update of the shared parameters."""
+        """One local step; uploads only the dense update of the shared parameters (and its
+        training loss unless the server's ``fit-metrics`` says the run is private). With
+        ``record-dp-*`` keys in ``config`` the step is record-level DP-SGD
+        (``stamen.client.record_dp``), and the user factor is only ever trained by it."""
         self._verify(parameters, config)
-        result = local_update(
-            parameters,
-            self._factor(),
-            items=self.data.train_items,
-            settings=self._settings(config),
-            rng=self._rng(config, 0),
-        )
+        record_dp = RecordDP.from_config(config)
+        if record_dp is None:
+            result = local_update(
+                parameters,
+                self._factor(),
+                items=self.data.train_items,
+                settings=self._settings(config),
+                rng=self._rng(config, 0),
+            )
+        else:
+            result = record_dp_update(
+                parameters,
+                self._factor(),
+                items=self.data.train_items,
+                settings=self._settings(config),
+                record_dp=record_dp,
+                rng=self._rng(config, 0),
+            )
         self._keep(result.user_factor)
+        metrics = {"train_loss": float(result.metrics["train_loss"])}
         return (
             self._privatise(result.delta, config),
             1,
-            {"train_loss": float(result.metrics["train_loss"])},
+            metrics if config.get("fit-metrics", True) else {},
         )
 
     def _privatise(self, delta: list[np.ndarray], config: dict) -> list[np.ndarray]:
@@ -118,7 +134,10 @@ class MFClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         """Rank the held-out items on the device: the test item (train and validation items
-        excluded) and the validation item (train items excluded, ``valid_`` metrics)."""
+        excluded) and the validation item (train items excluded, ``valid_`` metrics).
+
+        Under record-level DP the factor re-fitted for ranking is not stored: the stored
+        factor, which the next DP-SGD step starts from, comes from DP-SGD alone."""
         self._verify(parameters, config)
         if not self.data.evaluable:
             return 0.0, 0, {}
@@ -127,7 +146,8 @@ class MFClient(NumPyClient):
         model = build_local_model(
             parameters, self._factor(), settings=settings, items=train, rng=self._rng(config, 1)
         )
-        self._keep(model.users.weight.detach()[0].numpy())
+        if RecordDP.from_config(config) is None:
+            self._keep(model.users.weight.detach()[0].numpy())
         with torch.no_grad():
             scores = model.logits(model(torch.zeros(1, dtype=torch.long)))
         test, valid = self.data.test_item, self.data.valid_item

@@ -48,8 +48,10 @@ def build_local_model(
     settings: LocalSettings,
     items: UserItems,
     rng: np.random.Generator,
+    refit: bool = True,
 ) -> MatrixFactorization:
-    """A one-user model holding the shared arrays and a user factor refreshed against them."""
+    """A one-user model holding the shared arrays and a user factor refreshed against them
+    (with ``refit=False``, the stored factor or the seeded draw as it is)."""
     n_items = shared[0].shape[0]
     model = MatrixFactorization(1, n_items, settings.dim, init_std=settings.init_std)
     model.load_shared_arrays(shared)
@@ -59,7 +61,8 @@ def build_local_model(
         else:
             start = user_factor
         model.users.weight[0] = torch.as_tensor(start, dtype=torch.float32)
-    refit_users(model, items, settings, rng)
+    if refit:
+        refit_users(model, items, settings, rng)
     return model
 
 

@@ -24,6 +24,7 @@ from stamen.privacy.errors import (
     PrivacyError,
     SignatureError,
 )
+from stamen.privacy.record_dp import RecordDP, record_epsilon
 from stamen.privacy.secagg import SecAggSettings
 from stamen.privacy.signing import (
     generate_signing_key,
@@ -41,6 +42,7 @@ __all__ = [
     "DecryptionError",
     "PrivacyAccountant",
     "PrivacyError",
+    "RecordDP",
     "SecAggSettings",
     "SignatureError",
     "UserDP",
@@ -55,6 +57,7 @@ __all__ = [
     "generate_signing_key",
     "noise_for_target",
     "noise_share_std",
+    "record_epsilon",
     "release_digest",
     "sign_arrays",
     "sign_release",

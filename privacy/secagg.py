@@ -12,7 +12,7 @@ __all__ = ["SecAggSettings"]
 
 
 class SecAggSettings(BaseModel):
-    """SecAgg+ parameters.
+    """SecAgg+ parameters (on by default).
 
     ``num_shares`` (odd, at least 3) is how many neighbours hold a share of each device's
     key; ``reconstruction_threshold`` how many shares rebuild it (so at most
@@ -23,7 +23,7 @@ class SecAggSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = False
+    enabled: bool = True
     num_shares: int = Field(5, ge=3)
     reconstruction_threshold: int = Field(3, ge=2)
     clipping_range: float = Field(1.0, gt=0)
@@ -34,10 +34,10 @@ class SecAggSettings(BaseModel):
     def _check(self) -> SecAggSettings:
         if self.num_shares % 2 == 0:
             raise ValueError(f"num_shares must be odd (got {self.num_shares})")
-        if self.reconstruction_threshold > self.num_shares:
+        if self.reconstruction_threshold >= self.num_shares:
             raise ValueError(
-                f"reconstruction_threshold ({self.reconstruction_threshold}) exceeds "
-                f"num_shares ({self.num_shares})"
+                f"reconstruction_threshold ({self.reconstruction_threshold}) must be below "
+                f"num_shares ({self.num_shares}), as Flower's SecAggPlusWorkflow requires"
             )
         return self
 

@@ -26,7 +26,7 @@ class ServerOptimizerSettings(BaseModel):
     # Tuned on MovieLens-100K validation NDCG@10 (cohort 64, ~300 rounds, positives-weighted
     # client updates). tau must stay far below the pseudo-gradient's per-coordinate scale:
     # at 1e-3 FedAdam degenerates into plain SGD with a tiny step.
-    lr: float = Field(0.005, gt=0)
+    lr: float = Field(0.01, gt=0)
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-7, gt=0)

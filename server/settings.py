@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models.settings import LocalSettings
-from stamen.privacy import SecAggSettings, UserDP
+from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.optimizer import ServerOptimizerSettings
 
 __all__ = ["ServerSettings"]
 
 
 class ServerSettings(BaseModel):
-    """Rounds, cohort, evaluation schedule, and the local / server / SecAgg+ settings."""
+    """Rounds, cohort, evaluation schedule, and the local / server / SecAgg+ / DP settings
+    (``dp``: user-level DP-FedAvg; ``record_dp``: record-level DP-SGD on the devices)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -27,6 +28,7 @@ class ServerSettings(BaseModel):
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
+    record_dp: RecordDP = RecordDP()
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -43,5 +45,10 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 f"secagg.clipping_range ({self.secagg.clipping_range}) is below the DP clip norm "
                 f"({self.dp.clip_norm}): SecAgg+ would clip clipped updates again"
+            )
+        if self.record_dp.enabled and self.local.update_weighting != "uniform":
+            raise ValueError(
+                "record-level DP needs local.update_weighting = 'uniform': scaling an update "
+                "by the device's number of positives would make it depend on that count"
             )
         return self

@@ -9,7 +9,9 @@ asks devices to rank their own held-out item and averages the metrics they retur
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,9 @@ from stamen.privacy import PrivacyAccountant, gaussian_noise, noise_share_std, s
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
+
+#: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
+MASKED_VALUE_BYTES = 8
 
 __all__ = ["FederatedMF", "RoundCallback"]
 
@@ -99,6 +104,17 @@ class FederatedMF(Strategy):
                 population=population, cohort=settings.clients_per_round, rounds=settings.rounds
             )
             self.accountant = PrivacyAccountant(dp, rounds=self.start_round)
+        # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
+        # resume, the earlier rounds' largest count is carried as a conservative offset.
+        self.participations: Counter[str] = Counter()
+        self._participations_before = max(
+            (
+                h["record_privacy"]["max_participations"]
+                for h in self.history
+                if "record_privacy" in h
+            ),
+            default=0,
+        )
 
     @property
     def remaining_rounds(self) -> int:
@@ -125,6 +141,11 @@ class FederatedMF(Strategy):
 
     def _config(self, rnd: int) -> dict[str, Scalar]:
         config: dict[str, Scalar] = {"server-round": rnd, **self.settings.local.to_config()}
+        # A device's own training loss would bypass both protections: report it only when
+        # neither secure aggregation nor DP is on.
+        settings = self.settings
+        private = settings.secagg.enabled or settings.dp.enabled or settings.record_dp.enabled
+        config["fit-metrics"] = not private
         if self.accountant is not None:
             dp = self.accountant.settings
             share = 0.0
@@ -135,6 +156,8 @@ class FederatedMF(Strategy):
                     cohort=self.settings.clients_per_round,
                 )
             config.update({"dp-clip-norm": dp.clip_norm, "dp-noise-std": share})
+        if self.settings.record_dp.enabled:
+            config.update(self.settings.record_dp.to_config())
         return config
 
     def _signed(
@@ -164,6 +187,12 @@ class FederatedMF(Strategy):
             return []
         clients = self._sorted_clients(client_manager)
         cohort = self._sample(clients, self.settings.clients_per_round, 0, rnd)
+        if self.settings.record_dp.enabled:
+            self.participations.update(str(client.cid) for client in cohort)
+            self._record["record_privacy"] = {
+                "epsilon": self._record_dp_report()["epsilon"],
+                "max_participations": self.max_participations,
+            }
         fit_ins = FitIns(parameters, self._signed(self._config(rnd), parameters, rnd))
         return [(client, fit_ins) for client in cohort]
 
@@ -199,7 +228,7 @@ class FederatedMF(Strategy):
                 "fit": metrics,
                 "devices": len(results),
                 "failures": len(failures),
-                "upload_bytes_per_device": int(sum(4 * p.numel() for p in self.server.params)),
+                "upload_bytes_per_device": self._upload_bytes(),
                 "update_norm": float(
                     np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
                 ),
@@ -208,6 +237,13 @@ class FederatedMF(Strategy):
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
+
+    def _upload_bytes(self) -> int:
+        """Bytes of the update a device uploads: float32 parameters, or under SecAgg+ the
+        masked vector, which Flower sends as int64 (key agreement adds a few small
+        messages on top)."""
+        per_value = MASKED_VALUE_BYTES if self.settings.secagg.enabled else 4
+        return int(sum(per_value * p.numel() for p in self.server.params))
 
     def _privatise(self, mean: list[np.ndarray], *, devices: int, rnd: int) -> list[np.ndarray]:
         """Central mode: add N(0, (z C)²) to the sum, i.e. (z C / n)² to the mean. Both
@@ -229,11 +265,25 @@ class FederatedMF(Strategy):
             return False
         return accountant.would_exceed(rounds=1)
 
+    @property
+    def max_participations(self) -> int:
+        """Rounds the most-sampled device took part in (an upper bound after a resume)."""
+        return self._participations_before + max(self.participations.values(), default=0)
+
+    def _record_dp_report(self) -> dict[str, Any]:
+        return self.settings.record_dp.report(self.max_participations)
+
     def privacy_report(self) -> dict[str, Any] | None:
-        """The run's (ε, δ), noise multiplier, clip norm, sampling rate, rounds, mode."""
-        if self.accountant is None:
-            return None
-        return {**self.accountant.report(), "mode": self.settings.dp.mode}
+        """The run's user-level (ε, δ), noise multiplier, clip norm, sampling rate, rounds,
+        mode; with record-level DP, its own figures under ``"record"`` (ε of the
+        most-sampled device's records). ``None`` when neither kind of DP is on."""
+        report: dict[str, Any] | None = None
+        if self.accountant is not None:
+            report = {**self.accountant.report(), "mode": self.settings.dp.mode}
+        if self.settings.record_dp.enabled:
+            report = report or {"mode": "off", "epsilon": math.inf}
+            report["record"] = self._record_dp_report()
+        return report
 
     def _evaluates(self, rnd: int) -> bool:
         every = self.settings.eval_every

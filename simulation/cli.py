@@ -61,6 +61,15 @@ def simulate(
     clip_norm: Annotated[
         float | None, typer.Option(help="DP clip norm C of a device update")
     ] = None,
+    record_dp_noise: Annotated[
+        float | None, typer.Option(help="record-level DP-SGD on devices: noise multiplier z")
+    ] = None,
+    record_dp_clip: Annotated[
+        float | None, typer.Option(help="record-level DP-SGD: per-record clip norm C")
+    ] = None,
+    record_dp_rate: Annotated[
+        float | None, typer.Option(help="record-level DP-SGD: Poisson rate q of records per step")
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Federated MF on Flower's simulation engine, against popularity and centralised MF."""
@@ -90,6 +99,16 @@ def simulate(
     }
     if any(v is not None for v in dp_overrides.values()):
         overrides["dp"] = {k: v for k, v in dp_overrides.items() if v is not None}
+    record_overrides = {
+        "noise_multiplier": record_dp_noise,
+        "max_grad_norm": record_dp_clip,
+        "sample_rate": record_dp_rate,
+    }
+    if any(v is not None for v in record_overrides.values()):
+        overrides["record_dp"] = {
+            "enabled": True,
+            **{k: v for k, v in record_overrides.items() if v is not None},
+        }
     try:
         settings = load_config(config, overrides)
         run_experiment(settings, console=console, verbose=verbose)

@@ -2,7 +2,7 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[optimizer]``, ``[secagg]``, ``[dp]`` and ``[centralised]``.
+``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]`` and ``[centralised]``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stamen.models import ConfigError
 from stamen.models.settings import LocalSettings
-from stamen.privacy import SecAggSettings, UserDP
+from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.settings import ServerSettings
 
@@ -44,9 +44,9 @@ class SimulationConfig(BaseModel):
     dataset: str = "ml-100k"
     data_dir: Path | None = None
     model: str = Field("mf", pattern="^mf$")
-    rounds: int = Field(200, ge=1)
+    rounds: int = Field(80, ge=1)
     clients_per_round: int = Field(64, ge=2)
-    eval_every: int = Field(100, ge=0)
+    eval_every: int = Field(40, ge=0)
     eval_clients: int | None = Field(None, ge=1)
     seed: int = 0
     output: Path = Path("results/run")
@@ -58,6 +58,7 @@ class SimulationConfig(BaseModel):
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
+    record_dp: RecordDP = RecordDP()
     centralised: CentralisedSettings = CentralisedSettings()
 
     def server_settings(self, devices: int) -> ServerSettings:
@@ -72,6 +73,7 @@ class SimulationConfig(BaseModel):
             optimizer=self.optimizer,
             secagg=self.secagg,
             dp=self.dp,
+            record_dp=self.record_dp,
         )
 
 

@@ -163,12 +163,20 @@ def run_experiment(
         methods["centralised MF"]["ndcg@10"], 1e-12
     )
     console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
-    if fed.privacy is not None:
+    if fed.privacy is not None and fed.privacy["mode"] != "off":
         p = fed.privacy
         console.print(
             f"user-level DP ({p['mode']}): ε = {p['epsilon']:.3f} at δ = {p['delta']:.2e} "
             f"(z = {p['noise_multiplier']:.3f}, C = {p['clip_norm']}, "
             f"q = {p['sampling_rate']:.4f}, {p['rounds']} rounds, {p['accountant']})"
+        )
+    if fed.privacy is not None and "record" in fed.privacy:
+        r = fed.privacy["record"]
+        console.print(
+            f"record-level DP-SGD: ε = {r['epsilon']:.3f} at δ = {r['delta']:.2e} per record "
+            f"(z = {r['noise_multiplier']:.3f}, C = {r['max_grad_norm']}, "
+            f"q = {r['sample_rate']:.4f}, {r['steps_per_round']} steps × "
+            f"{r['max_participations']} rounds of the most-sampled device, {r['accountant']})"
         )
 
     results = {

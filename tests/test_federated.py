@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.common import bytes_to_ndarray
 
+from stamen.client.app import build_client_app
 from stamen.models import CheckpointError, Interactions
 from stamen.server.checkpoint import CheckpointStore
 from stamen.simulation import runner as runner_module
@@ -85,15 +87,25 @@ class _Capture:
         return reply
 
 
-@pytest.fixture(scope="module")
-def federated_run(tmp_path_factory, monkeypatch_module):
+#: The two ways a run can leave a device: plain aggregation, and the default SecAgg+ with
+#: distributed user-level DP on top (each device clips and adds its noise share).
+VARIANTS = {
+    "plain": {"secagg": {"enabled": False}},
+    "secagg-dp": {
+        "secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2},
+        "dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip_norm": 1.0},
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def federated_run(request, tmp_path_factory, monkeypatch_module):
     captured = tmp_path_factory.mktemp("messages")
     output = tmp_path_factory.mktemp("run")
-    original = runner_module.build_client_app
     monkeypatch_module.setattr(
         runner_module,
         "build_client_app",
-        lambda *a, **k: original(*a, **k, outer_mods=[_Capture(captured)]),
+        lambda *a, **k: build_client_app(*a, **k, outer_mods=[_Capture(captured)]),
     )
     split = leave_one_out(_population(), seed=0)
     config = load_config(
@@ -104,6 +116,7 @@ def federated_run(tmp_path_factory, monkeypatch_module):
             "eval_every": 1,
             "local": {"dim": DIM, "refresh_steps": 3},
             "output": str(output),
+            **VARIANTS[request.param],
         },
     )
     result = run_federated(config, split, output=output)
@@ -128,8 +141,18 @@ def test_item_factors_change_and_rounds_complete(federated_run) -> None:
     assert set(result.history[-1]["evaluate"]) >= EVAL_METRICS
 
 
+def _check_evaluate_replies(evals: list[dict]) -> None:
+    for m in evals:
+        assert not m["arrays"]
+        assert set(m["metrics"]) == {"evaluateres.loss", "evaluateres.num_examples"}
+        assert m["metrics"]["evaluateres.num_examples"]["num_examples"] in (0, 1)
+        assert set(m["configs"]["evaluateres.metrics"]) <= EVAL_METRICS
+
+
 def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(federated_run) -> None:
-    _, split, _, messages, _ = federated_run
+    config, split, result, messages, _ = federated_run
+    if config.secagg.enabled:
+        pytest.skip("under SecAgg+ devices send masked vectors: see the SecAgg+ audit")
     fits = [m for m in messages if m["type"] == "train"]
     evals = [m for m in messages if m["type"] == "evaluate"]
     assert len(fits) == 8 and len(evals) == 2 * N_USERS
@@ -140,20 +163,71 @@ def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(federated_
         assert m["metrics"] == {"fitres.num_examples": {"num_examples": 1}}
         assert set(m["configs"]) == {"fitres.metrics", "fitres.status"}
         assert set(m["configs"]["fitres.metrics"]) == FIT_METRICS
-    for m in evals:
-        assert not m["arrays"]
-        assert set(m["metrics"]) == {"evaluateres.loss", "evaluateres.num_examples"}
-        assert m["metrics"]["evaluateres.num_examples"]["num_examples"] in (0, 1)
-        assert set(m["configs"]["evaluateres.metrics"]) <= EVAL_METRICS
+        payload = sum(a.nbytes for a in m["arrays"]["fitres.parameters"])
+        assert all(h["upload_bytes_per_device"] == payload for h in result.history)
+    _check_evaluate_replies(evals)
+
+
+#: What each SecAgg+ stage's reply may hold (Flower's secaggplus_mod keys).
+SECAGG_STAGE_KEYS = [{"pk1", "pk2"}, {"dsts", "ctxts"}, {"masked_params"}, {"nids", "shares"}]
+
+
+def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(federated_run) -> None:
+    config, split, result, messages, _ = federated_run
+    if not config.secagg.enabled:
+        pytest.skip("plain aggregation: see the plain audit")
+    fits = [m for m in messages if m["type"] == "train"]
+    evals = [m for m in messages if m["type"] == "evaluate"]
+    assert len(fits) == 4 * 8 and len(evals) == 2 * N_USERS  # 4 stages x 4 devices x 2
+    stages = [0, 0, 0, 0]
+    mod_range = 2**32  # SecAggPlusWorkflow's default modulus
+    for m in fits:
+        secagg = m["configs"]["secaggplus_configs"]
+        stage = SECAGG_STAGE_KEYS.index(set(secagg))
+        stages[stage] += 1
+        if stage != 2:
+            assert not m["arrays"] and not m["metrics"]
+            assert set(m["configs"]) == {"secaggplus_configs"}
+            continue
+        # the masked update: no plain parameters, no training loss, no counts
+        assert m["arrays"] == {"fitres.parameters": []}
+        assert m["metrics"] == {"fitres.num_examples": {"num_examples": 1}}
+        assert m["configs"]["fitres.metrics"] == {}
+        weight, *masked = [bytes_to_ndarray(b) for b in secagg["masked_params"]]
+        assert weight.shape == (1,)
+        assert [a.shape for a in masked] == [(split.n_items, DIM), (split.n_items,)]
+        values = np.concatenate([a.ravel() for a in masked]).astype(np.float64)
+        # Unmasked, a quantised update sits inside [0, quantization_range); masked, it is
+        # spread over the whole modulus (expected share inside: 2**22 / 2**32 < 0.1%).
+        inside = np.mean(values < config.secagg.quantization_range)
+        assert inside < 0.01, inside
+        assert values.min() >= 0 and values.max() < mod_range and values.max() > mod_range / 2
+        payload = sum(a.nbytes for a in masked)
+        assert all(h["upload_bytes_per_device"] == payload for h in result.history)
+    assert stages == [8, 8, 8, 8]
+    _check_evaluate_replies(evals)
+    assert all(h["privacy"]["epsilon"] > 0 for h in result.history)
+
+
+def _sent_arrays(m: dict) -> list[np.ndarray]:
+    """Every array in a reply: array records and SecAgg+'s serialised masked vector."""
+    arrays = [a for record in m["arrays"].values() for a in record]
+    secagg = m["configs"].get("secaggplus_configs", {})
+    arrays += [bytes_to_ndarray(b).astype(np.float64) for b in secagg.get("masked_params", [])]
+    return arrays
 
 
 def test_user_factor_never_appears_in_any_message(federated_run) -> None:
-    _, _, _, messages, _ = federated_run
+    config, _, _, messages, _ = federated_run
     checked = 0
     for m in messages:
         factor = m["user_factor"]
-        assert factor is not None and factor.shape == (DIM,)
-        for arrays in m["arrays"].values():
+        if factor is None:  # SecAgg+ key set-up of round 1 runs before the first fit
+            assert config.secagg.enabled
+            assert set(m["configs"]["secaggplus_configs"]) in SECAGG_STAGE_KEYS[:2]
+            continue
+        assert factor.shape == (DIM,)
+        for arrays in [_sent_arrays(m)]:
             for a in arrays:
                 assert a.shape != factor.shape
                 rows = a.reshape(-1, DIM) if a.size % DIM == 0 else a.reshape(1, -1)

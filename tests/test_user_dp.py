@@ -10,7 +10,7 @@ from opacus.accountants import RDPAccountant
 
 from stamen.client.app import MFClient
 from stamen.client.store import DeviceData
-from stamen.privacy import UserDP, update_norm
+from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedMF
 
@@ -28,7 +28,10 @@ class _Clients:
 def _strategy(
     dp: UserDP, *, rounds: int = 10, cohort: int = 5, population: int = 50
 ) -> FederatedMF:
-    settings = ServerSettings(rounds=rounds, clients_per_round=cohort, dp=dp)
+    # a strategy unit test: the aggregation path is the same with or without SecAgg+
+    settings = ServerSettings(
+        rounds=rounds, clients_per_round=cohort, dp=dp, secagg=SecAggSettings(enabled=False)
+    )
     initial = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
     return FederatedMF(settings, initial=initial, population=population)
 

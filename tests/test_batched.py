@@ -1,0 +1,122 @@
+"""The batched simulation replays the devices' and server's arithmetic exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.common.secure_aggregation.quantization import quantize
+
+from stamen.client.local import local_update
+from stamen.privacy import PrivacyAccountant, SecAggSettings, UserDP, clip_update, update_norm
+from stamen.simulation.batched import _round_mean, device_deltas, run_batched, secagg_mean
+from stamen.simulation.config import load_config
+from stamen.simulation.datasets import generate_synthetic
+from stamen.simulation.runner import initial_shared
+from stamen.simulation.split import leave_one_out
+
+N_USERS, N_ITEMS, DIM = 60, 400, 8
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(generate_synthetic(N_USERS, N_ITEMS, seed=3).interactions, seed=0)
+
+
+def _settings(split, **overrides):
+    config = load_config(None, {"local": {"dim": DIM}, "clients_per_round": 10, **overrides})
+    return config, config.server_settings(split.n_users)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "positives"])
+def test_device_deltas_equal_local_update_for_every_device(split, weighting) -> None:
+    config, settings = _settings(split, local={"dim": DIM, "update_weighting": weighting})
+    shared = initial_shared(split.n_items, config)
+    shared = [a + np.float32(0.05) for a in shared]  # away from the symmetric start
+    users = np.arange(12)
+    d_w, d_b = device_deltas(shared, split.train.select(users), settings)
+    for u in users:
+        expected = local_update(
+            shared,
+            None,
+            items=split.train.row(u),
+            settings=settings.local,
+            rng=np.random.default_rng(u),
+        ).delta
+        scale = float(np.abs(expected[0]).max())
+        np.testing.assert_allclose(d_w[u].numpy(), expected[0], atol=1e-5 * scale + 1e-9)
+        np.testing.assert_allclose(d_b[u].numpy(), expected[1], atol=1e-5 * scale + 1e-9)
+
+
+def test_device_deltas_refuse_settings_they_do_not_replay(split) -> None:
+    _, settings = _settings(split, local={"dim": DIM, "loss": "bpr"})
+    with pytest.raises(ValueError, match="ials"):
+        run_batched(split, settings, initial=initial_shared(split.n_items, load_config()))
+
+
+def test_secagg_mean_is_flowers_reconstruction_of_the_mean() -> None:
+    secagg = SecAggSettings()
+    rng = np.random.default_rng(0)
+    updates = rng.normal(0, 0.05, size=(7, 30)).astype(np.float32)
+    (quantised,) = quantize([updates], secagg.clipping_range, secagg.quantization_range)
+    (mean,) = secagg_mean([quantised.astype(np.int64).sum(0)], 7, secagg)
+    assert np.abs(mean - updates.mean(0)).max() <= secagg.quantization_step()
+    assert np.abs(mean - updates.mean(0)).max() > 0  # quantised, not the float mean
+
+
+def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
+    clip = 0.01
+    config, settings = _settings(
+        split, dp={"mode": "central", "noise_multiplier": 0.0, "clip_norm": clip}
+    )
+    shared = initial_shared(split.n_items, config)
+    data = split.train.select(np.arange(10))
+    d_w, d_b = device_deltas(shared, data, settings)
+    clipped = [
+        clip_update([w.numpy(), b.numpy()], max_norm=clip)[0] for w, b in zip(d_w, d_b, strict=True)
+    ]
+    assert min(update_norm([w.numpy(), b.numpy()]) for w, b in zip(d_w, d_b, strict=True)) > clip
+    expected = [np.mean([c[i] for c in clipped], axis=0) for i in range(2)]
+    dp = settings.dp.resolve(population=split.n_users, cohort=10, rounds=settings.rounds)
+    mean = _round_mean(shared, data, settings, 1, PrivacyAccountant(dp))
+    step = settings.secagg.quantization_step()  # SecAgg+ is on by default
+    for got, want in zip(mean, expected, strict=True):
+        assert np.abs(got - want).max() <= step
+
+    noisy_config, noisy = _settings(
+        split, dp={"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": clip}
+    )
+    dp = noisy.dp.resolve(population=split.n_users, cohort=10, rounds=noisy.rounds)
+    mean = _round_mean(shared, data, noisy, 1, PrivacyAccountant(dp))
+    noise = np.concatenate([(g - w).ravel() for g, w in zip(mean, expected, strict=True)])
+    assert noise.std() == pytest.approx(2.0 * clip / 10, rel=0.05)
+
+
+def test_run_trains_accounts_and_reports(split) -> None:
+    config, settings = _settings(
+        split,
+        rounds=6,
+        eval_every=3,
+        dp={"mode": "central", "target_epsilon": 50.0, "clip_norm": 1.0},
+    )
+    torch.manual_seed(0)
+    seen: list[int] = []
+    result = run_batched(
+        split,
+        settings,
+        initial=initial_shared(split.n_items, config),
+        on_round=lambda r: seen.append(r["round"]),
+    )
+    assert seen == [1, 2, 3, 4, 5, 6]
+    evaluated = [h for h in result.history if "evaluate" in h]
+    assert [h["round"] for h in evaluated] == [3, 6]
+    assert evaluated[-1]["evaluate"]["devices"] == len(split.evaluated)
+    assert {"ndcg@10", "valid_ndcg@10", "sampled_hr@10"} <= set(evaluated[-1]["evaluate"])
+    assert result.privacy is not None and result.privacy["rounds"] == 6
+    dp = UserDP(mode="central", target_epsilon=50.0, clip_norm=1.0).resolve(
+        population=split.n_users, cohort=10, rounds=6
+    )
+    assert result.privacy["epsilon"] == pytest.approx(PrivacyAccountant(dp, rounds=6).epsilon)
+    assert result.privacy["epsilon"] <= 50.0
+    start = initial_shared(split.n_items, config)
+    assert not np.allclose(result.shared[0], start[0])
