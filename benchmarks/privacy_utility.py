@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from stamen.privacy import secagg_range_for  # noqa: E402
 from stamen.simulation.baselines import popularity_scorer  # noqa: E402
 from stamen.simulation.batched import run_batched  # noqa: E402
 from stamen.simulation.config import load_config  # noqa: E402
@@ -96,6 +97,13 @@ def one_run(split, *, seed: int, schedule: str, eval_every: int, dp: dict | None
     if dp:
         overrides["dp"] = dp
     config = load_config(None, overrides)
+    if dp:  # a SecAgg+ range that never clips the devices' noise shares
+        z = config.dp.resolve(population=split.n_users, cohort=cohort, rounds=rounds)
+        needed = secagg_range_for(
+            noise_multiplier=z.noise_multiplier, clip_norm=clip, cohort=cohort
+        )
+        secagg = {"enabled": True, "clipping_range": max(1.0, needed)}
+        config = load_config(None, {**overrides, "secagg": secagg})
     settings = config.server_settings(split.n_users)
     result = run_batched(split, settings, initial=initial_shared(split.n_items, config))
     best = select_round(result.history, devices=len(split.evaluated))

@@ -169,15 +169,20 @@ class MFClient(NumPyClient):
 
 
 def make_client_fn(
-    store: str | Path, *, seed: int, release_key: bytes | None = None
+    store: str | Path,
+    *,
+    seed: int,
+    release_key: bytes | None = None,
+    store_key: bytes | None = None,
 ) -> Callable[[Context], Client]:
     """A ``client_fn`` for devices whose data is row ``partition-id`` of ``store``; with
-    ``release_key`` (raw Ed25519 public key) they accept only signed global models."""
+    ``release_key`` (raw Ed25519 public key) they accept only signed global models;
+    ``store_key`` decrypts a store encrypted at rest."""
 
     def client_fn(context: Context) -> Client:
         torch.set_num_threads(1)
         row = int(context.node_config["partition-id"])
-        data = read_device_data(store, row)
+        data = read_device_data(store, row, key=store_key)
         client = MFClient(data, context.state, seed=seed, row=row, release_key=release_key)
         return client.to_client()
 
@@ -190,11 +195,13 @@ def build_client_app(
     seed: int,
     secure_aggregation: bool,
     release_key: bytes | None = None,
+    store_key: bytes | None = None,
     outer_mods: Sequence[Mod] = (),
 ) -> ClientApp:
-    """The ClientApp for devices reading ``store``; with ``secure_aggregation`` every
-    update goes through Flower's SecAgg+ mod before it leaves the device. ``outer_mods``
-    wrap everything (they see exactly what the device sends; tests audit with them)."""
+    """The ClientApp for devices reading ``store`` (decrypted with ``store_key`` when it is
+    encrypted at rest); with ``secure_aggregation`` every update goes through Flower's
+    SecAgg+ mod before it leaves the device. ``outer_mods`` wrap everything (they see
+    exactly what the device sends; tests audit with them)."""
     mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
-    client_fn = make_client_fn(store, seed=seed, release_key=release_key)
+    client_fn = make_client_fn(store, seed=seed, release_key=release_key, store_key=store_key)
     return ClientApp(client_fn=client_fn, mods=mods)

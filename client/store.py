@@ -10,10 +10,17 @@ device holds a store with its own row only):
     meta.json                           {"n_items": ..., "rows": ..., "format": 1}
 
 Arrays are memory-mapped, so a device reads its own row without loading anyone else's.
+
+With a ``key`` the store is encrypted at rest instead (AES-256-GCM, ``stamen.privacy``):
+each row is one authenticated blob ``row-<i>.enc`` holding that device's arrays, bound to
+its row number, so a device decrypts only its own data and a blob moved to another row,
+tampered with, or read with the wrong key yields nothing. ``meta.json`` then says
+``"encrypted": true``; reading it without the key (or a plain store with one) is an error.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +29,7 @@ import numpy as np
 
 from stamen.models import DataError
 from stamen.models.batches import UserItems
+from stamen.privacy import decrypt_file, encrypt_file
 
 __all__ = ["DeviceData", "read_device_data", "write_store"]
 
@@ -51,12 +59,30 @@ def write_store(
     valid: np.ndarray,
     test: np.ndarray,
     negatives: np.ndarray,
+    key: bytes | None = None,
 ) -> Path:
-    """Write a store for ``train.n_users`` rows into ``folder`` (created if needed)."""
+    """Write a store for ``train.n_users`` rows into ``folder`` (created if needed);
+    encrypted at rest when ``key`` (32 bytes, ``stamen.privacy.generate_key``) is given."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = train.n_users
     if not (len(valid) == len(test) == len(negatives) == rows):
         raise DataError("store columns differ in length")
+    if key is not None:
+        for row in range(rows):
+            buffer = io.BytesIO()
+            np.savez(
+                buffer,
+                train_items=train.row(row),
+                valid=np.int64(valid[row]),
+                test=np.int64(test[row]),
+                negatives=np.asarray(negatives[row], np.int64),
+            )
+            encrypt_file(
+                folder / f"row-{row}.enc", buffer.getvalue(), key=key, associated_data=_bound(row)
+            )
+        meta = {"format": _FORMAT, "n_items": train.n_items, "rows": rows, "encrypted": True}
+        (folder / "meta.json").write_text(json.dumps(meta))
+        return folder
     np.save(folder / "train_indptr.npy", train.indptr)
     np.save(folder / "train_items.npy", train.items)
     np.save(folder / "valid.npy", np.asarray(valid, np.int64))
@@ -67,8 +93,19 @@ def write_store(
     return folder
 
 
-def read_device_data(folder: str | Path, row: int) -> DeviceData:
-    """Read row ``row`` of the store in ``folder``."""
+def _bound(row: int) -> bytes:
+    """Associated data binding an encrypted row blob to its row."""
+    return f"stamen-device-store:{_FORMAT}:row-{row}".encode()
+
+
+def read_device_data(folder: str | Path, row: int, *, key: bytes | None = None) -> DeviceData:
+    """Read row ``row`` of the store in ``folder`` (``key``: the store's encryption key).
+
+    Raises:
+        DataError: not a store, unsupported format, row out of range, or the key given
+            for a plain store / missing for an encrypted one.
+        DecryptionError: the row's blob does not authenticate under ``key``.
+    """
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -78,6 +115,22 @@ def read_device_data(folder: str | Path, row: int) -> DeviceData:
         raise DataError(f"{meta_path}: unsupported store format {meta.get('format')!r}")
     if not 0 <= row < meta["rows"]:
         raise DataError(f"{folder}: row {row} outside [0, {meta['rows']})")
+
+    encrypted = bool(meta.get("encrypted", False))
+    if encrypted and key is None:
+        raise DataError(f"{folder}: the store is encrypted at rest; its key is needed")
+    if key is not None and not encrypted:
+        raise DataError(f"{folder}: a key was given but the store is not encrypted")
+    if key is not None:
+        blob = decrypt_file(folder / f"row-{row}.enc", key=key, associated_data=_bound(row))
+        with np.load(io.BytesIO(blob)) as arrays:
+            return DeviceData(
+                train_items=arrays["train_items"],
+                valid_item=int(arrays["valid"]),
+                test_item=int(arrays["test"]),
+                negatives=arrays["negatives"],
+                n_items=int(meta["n_items"]),
+            )
 
     def load(name: str) -> np.ndarray:
         return np.load(folder / name, mmap_mode="r")

@@ -10,7 +10,7 @@ from stamen.privacy.accountant import (
     noise_for_target,
 )
 from stamen.privacy.clipping import check_update, clip_update, update_norm
-from stamen.privacy.dp import UserDP, gaussian_noise, noise_share_std
+from stamen.privacy.dp import UserDP, gaussian_noise, noise_share_std, secagg_range_for
 from stamen.privacy.encryption import (
     decrypt,
     decrypt_file,
@@ -59,6 +59,7 @@ __all__ = [
     "noise_share_std",
     "record_epsilon",
     "release_digest",
+    "secagg_range_for",
     "sign_arrays",
     "sign_release",
     "update_norm",

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.privacy.accountant import ACCOUNTANTS, DPSettings, noise_for_target
 
-__all__ = ["UserDP", "gaussian_noise", "noise_share_std"]
+__all__ = ["UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"]
 
 
 class UserDP(BaseModel):
@@ -86,6 +86,16 @@ def noise_share_std(*, noise_multiplier: float, clip_norm: float, cohort: int) -
     """Standard deviation of one device's noise share in distributed mode: ``cohort``
     shares sum to noise of standard deviation ``noise_multiplier * clip_norm``."""
     return noise_multiplier * clip_norm / math.sqrt(max(cohort, 1))
+
+
+def secagg_range_for(*, noise_multiplier: float, clip_norm: float, cohort: int) -> float:
+    """Smallest SecAgg+ clipping range for distributed DP: a device's clipped update plus
+    seven standard deviations of its noise share, so SecAgg+'s per-coordinate clipping
+    (which would shrink the noise and void the guarantee) touches a coordinate with
+    probability below 3e-12."""
+    return clip_norm + 7 * noise_share_std(
+        noise_multiplier=noise_multiplier, clip_norm=clip_norm, cohort=cohort
+    )
 
 
 def gaussian_noise(

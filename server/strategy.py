@@ -31,7 +31,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
-from stamen.privacy import PrivacyAccountant, gaussian_noise, noise_share_std, sign_arrays
+from stamen.privacy import (
+    PrivacyAccountant,
+    gaussian_noise,
+    noise_share_std,
+    secagg_range_for,
+    sign_arrays,
+)
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
@@ -42,6 +48,24 @@ MASKED_VALUE_BYTES = 8
 __all__ = ["FederatedMF", "RoundCallback"]
 
 RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
+    """Refuse distributed DP whose noise shares SecAgg+ would clip (see
+    ``secagg_range_for``)."""
+    if not (settings.secagg.enabled and settings.dp.mode == "distributed"):
+        return
+    needed = secagg_range_for(
+        noise_multiplier=noise_multiplier,
+        clip_norm=settings.dp.clip_norm,
+        cohort=settings.clients_per_round,
+    )
+    if settings.secagg.clipping_range < needed:
+        raise ValueError(
+            f"secagg.clipping_range ({settings.secagg.clipping_range:g}) would clip the "
+            f"devices' noise shares (z = {noise_multiplier:.3g}); set it to at least "
+            f"{needed:.3g}"
+        )
 
 
 def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float]:
@@ -104,6 +128,7 @@ class FederatedMF(Strategy):
                 population=population, cohort=settings.clients_per_round, rounds=settings.rounds
             )
             self.accountant = PrivacyAccountant(dp, rounds=self.start_round)
+            check_distributed_range(settings, dp.noise_multiplier)
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
         # resume, the earlier rounds' largest count is carried as a conservative offset.
         self.participations: Counter[str] = Counter()

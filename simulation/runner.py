@@ -23,7 +23,7 @@ from flwr.simulation import run_simulation
 from stamen.client.app import build_client_app
 from stamen.client.store import write_store
 from stamen.models.mf import MatrixFactorization
-from stamen.privacy import generate_signing_key
+from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.strategy import FederatedMF
@@ -42,6 +42,20 @@ class FederatedResult:
     seconds: float
     resumed_from: int
     privacy: dict[str, Any] | None
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps the Flower errors of a run, to explain a run that stops early."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def summary(self, last: int = 10) -> str:
+        return " | ".join(line.strip() for line in self.lines[-last:])
 
 
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
@@ -65,12 +79,15 @@ def run_federated(
     verbose: bool = False,
 ) -> FederatedResult:
     """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices."""
+    # Devices keep their data encrypted at rest under a key that lives only in this run.
+    store_key = generate_key()
     store = write_store(
         output / "devices",
         train=split.train,
         valid=split.valid,
         test=split.test,
         negatives=split.negatives,
+        key=store_key,
     )
     checkpoints = CheckpointStore(output / "checkpoints")
     resume = checkpoints.latest() if config.resume else None
@@ -106,6 +123,7 @@ def run_federated(
         seed=config.seed,
         secure_aggregation=config.secagg.enabled,
         release_key=release_public,
+        store_key=store_key,
     )
     backend_config = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
@@ -115,6 +133,8 @@ def run_federated(
     level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.ERROR)
+    errors = _ErrorLog()
+    flwr_logger.addHandler(errors)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     started = time.perf_counter()
     try:
@@ -129,6 +149,7 @@ def run_federated(
             )
     finally:
         flwr_logger.setLevel(level)
+        flwr_logger.removeHandler(errors)
     seconds = time.perf_counter() - started
     if not built:
         raise RuntimeError("the Flower simulation ended before the server strategy was built")
@@ -137,7 +158,7 @@ def run_federated(
     if done < config.rounds:
         raise RuntimeError(
             f"the Flower simulation stopped after round {done} of {config.rounds}; "
-            "see the log above"
+            f"Flower's errors: {errors.summary() or 'none logged'}"
         )
     return FederatedResult(
         history=strategy.history,

@@ -9,7 +9,13 @@ from flwr.common.secure_aggregation.quantization import quantize
 
 from stamen.client.local import local_update
 from stamen.privacy import PrivacyAccountant, SecAggSettings, UserDP, clip_update, update_norm
-from stamen.simulation.batched import _round_mean, device_deltas, run_batched, secagg_mean
+from stamen.simulation.batched import (
+    _fast_round_mean,
+    _round_mean,
+    device_deltas,
+    run_batched,
+    secagg_mean,
+)
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.runner import initial_shared
@@ -120,3 +126,30 @@ def test_run_trains_accounts_and_reports(split) -> None:
     assert result.privacy["epsilon"] <= 50.0
     start = initial_shared(split.n_items, config)
     assert not np.allclose(result.shared[0], start[0])
+
+
+@pytest.mark.parametrize("mode", ["off", "central"])
+def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
+    dp = {"mode": mode, "noise_multiplier": 0.0, "clip_norm": 0.05} if mode != "off" else {}
+    config, settings = _settings(split, dp=dp or {"mode": "off"})
+    shared = [a + np.float32(0.03) for a in initial_shared(split.n_items, config)]
+    data = split.train.select(np.arange(3, 40))
+
+    def accountant():
+        if not settings.dp.enabled:
+            return None
+        resolved = settings.dp.resolve(population=split.n_users, cohort=37, rounds=5)
+        return PrivacyAccountant(resolved)
+
+    exact = _round_mean(shared, data, settings, 1, accountant())
+    fast = _fast_round_mean(shared, data, settings, 1, accountant())
+    assert fast is not None
+    step = settings.secagg.quantization_step()
+    for e, f in zip(exact, fast, strict=True):
+        assert np.abs(e - f).max() <= step + 1e-7 * np.abs(e).max()
+
+
+def test_fast_round_mean_defers_to_the_exact_path_near_the_clipping_range(split) -> None:
+    config, settings = _settings(split, secagg={"clipping_range": 1e-4})
+    data = split.train.select(np.arange(10))
+    assert _fast_round_mean(initial_shared(split.n_items, config), data, settings, 1, None) is None

@@ -47,7 +47,9 @@ def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
     assert set(record["methods"]) == {"popularity", "centralised MF", "federated MF"}
     rounds = record["federated"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
-    assert all(r["upload_bytes_per_device"] == 400 * (8 + 1) * 4 for r in rounds)
+    # SecAgg+ is on by default: each device uploads a masked int64 vector
+    assert record["config"]["secagg"]["enabled"] is True
+    assert all(r["upload_bytes_per_device"] == 400 * (8 + 1) * 8 for r in rounds)
     assert 0.0 <= record["methods"]["federated MF"]["ndcg@10"] <= 1.0
     assert (out / "metrics.png").stat().st_size > 1000
     assert (out / "negatives.npz").is_file()

@@ -9,6 +9,7 @@ import torch
 from stamen.client.local import local_update
 from stamen.client.store import read_device_data, write_store
 from stamen.models import CheckpointError, DataError, LocalSettings, MatrixFactorization, UserItems
+from stamen.privacy import DecryptionError, generate_key
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
 
@@ -55,6 +56,43 @@ def test_store_round_trip_and_errors(tmp_path) -> None:
         read_device_data(tmp_path, 2)
     with pytest.raises(DataError, match="not a Stamen device store"):
         read_device_data(tmp_path / "nowhere", 0)
+
+
+def test_encrypted_store_round_trip_and_refusals(tmp_path) -> None:
+    train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
+    key = generate_key()
+    columns = {
+        "valid": np.array([6, -1]),
+        "test": np.array([7, -1]),
+        "negatives": np.array([[8, 9], [-1, -1]]),
+    }
+    write_store(tmp_path, train=train, key=key, **columns)
+    second = read_device_data(tmp_path, 1, key=key)
+    assert second.train_items.tolist() == [3, 4, 5] and second.valid_item == -1
+    first = read_device_data(tmp_path, 0, key=key)
+    assert first.negatives.tolist() == [8, 9] and first.test_item == 7
+    # nothing of the data is on disk in the clear
+    for path in tmp_path.iterdir():
+        assert not path.name.endswith(".npy")
+    blob = (tmp_path / "row-1.enc").read_bytes()
+    assert np.array([3, 4, 5], np.int64).tobytes() not in blob
+    with pytest.raises(DataError, match="encrypted"):
+        read_device_data(tmp_path, 0)
+    with pytest.raises(DecryptionError, match="row-0.enc"):
+        read_device_data(tmp_path, 0, key=generate_key())
+    # a row's blob moved to another row does not authenticate there
+    (tmp_path / "row-0.enc").write_bytes(blob)
+    with pytest.raises(DecryptionError):
+        read_device_data(tmp_path, 0, key=key)
+    tampered = bytearray(blob)
+    tampered[-20] ^= 1
+    (tmp_path / "row-1.enc").write_bytes(bytes(tampered))
+    with pytest.raises(DecryptionError):
+        read_device_data(tmp_path, 1, key=key)
+    plain = tmp_path / "plain"
+    write_store(plain, train=train, **columns)
+    with pytest.raises(DataError, match="not encrypted"):
+        read_device_data(plain, 0, key=key)
 
 
 def test_fedavg_with_unit_server_lr_adds_the_mean_update() -> None:

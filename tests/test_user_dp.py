@@ -138,3 +138,13 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
         client.fit(tampered, good)
     with pytest.raises(SignatureError, match="does not verify"):
         client.evaluate(shared, {**good, "server-round": 4})
+
+
+def test_distributed_noise_shares_must_fit_secaggs_clipping_range() -> None:
+    dp = UserDP(mode="distributed", noise_multiplier=4.0, clip_norm=1.0)
+    tight = ServerSettings(rounds=10, clients_per_round=5, dp=dp)  # range 1.0, SecAgg+ on
+    initial = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    with pytest.raises(ValueError, match="clipping_range"):
+        FederatedMF(tight, initial=initial, population=50)
+    wide = tight.model_copy(update={"secagg": SecAggSettings(clipping_range=14.0)})
+    assert FederatedMF(wide, initial=initial, population=50).accountant is not None

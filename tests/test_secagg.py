@@ -1,0 +1,139 @@
+"""SecAgg+ under dropouts: a device that fails after key sharing does not fail the round,
+and the server still gets exactly the survivors' mean (Flower's workflow rebuilds the
+dropped device's masks from its neighbours' shares while at least the threshold remain)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from flwr.common import parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    Key,
+    Stage,
+)
+
+from stamen.client.app import build_client_app
+from stamen.client.local import local_update
+from stamen.client.store import write_store
+from stamen.server.app import build_server_app
+from stamen.server.strategy import FederatedMF
+from stamen.simulation.config import load_config
+from stamen.simulation.datasets import generate_synthetic
+from stamen.simulation.runner import initial_shared
+from stamen.simulation.split import leave_one_out
+
+pytestmark = pytest.mark.slow
+
+N_DEVICES, N_ITEMS, DIM = 10, 300, 4
+DROPPED = 0  # partition id of the device that fails
+
+
+class _DropOut:
+    """A Flower mod (picklable for Ray) that makes one device fail in the stage where it
+    should upload its masked update, i.e. after its key shares went out."""
+
+    def __call__(self, msg, context, call_next):  # noqa: ANN001, ANN204
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        stage = configs.get(Key.STAGE) if configs is not None else None
+        if (
+            stage == Stage.COLLECT_MASKED_VECTORS
+            and int(context.node_config["partition-id"]) == DROPPED
+        ):
+            raise RuntimeError("simulated dropout")
+        return call_next(msg, context)
+
+
+class _Recording(FederatedMF):
+    """``FederatedMF`` that keeps what its ``aggregate_fit`` receives."""
+
+    received: list[tuple[list[np.ndarray], int, int]]
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        """Record the aggregate and the result / failure counts, then aggregate."""
+        self.received.append(
+            (parameters_to_ndarrays(results[0][1].parameters), len(results), len(failures))
+        )
+        return super().aggregate_fit(server_round, results, failures)
+
+
+def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> None:
+    from flwr.simulation import run_simulation
+
+    torch.set_num_threads(1)
+    data = generate_synthetic(N_DEVICES, N_ITEMS, seed=5)
+    split = leave_one_out(data.interactions, seed=0)
+    config = load_config(
+        None,
+        {
+            "rounds": 1,
+            "clients_per_round": N_DEVICES,
+            "eval_every": 0,
+            "local": {"dim": DIM},
+            "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
+        },
+    )
+    initial = initial_shared(split.n_items, config)
+    built: list[_Recording] = []
+
+    def make_strategy(context) -> FederatedMF:  # noqa: ANN001
+        strategy = _Recording(config.server_settings(N_DEVICES), initial=initial)
+        strategy.received = []
+        built.append(strategy)
+        return strategy
+
+    store = write_store(
+        tmp_path / "devices",
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        negatives=split.negatives,
+    )
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=build_server_app(make_strategy),
+                client_app=build_client_app(
+                    store, seed=config.seed, secure_aggregation=True, outer_mods=[_DropOut()]
+                ),
+                num_supernodes=N_DEVICES,
+                backend_config={
+                    "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+                    "init_args": {"include_dashboard": False, "log_to_driver": False},
+                },
+            )
+    finally:
+        flwr_logger.setLevel(level)
+
+    assert built and len(built[0].received) == 1, "the round did not reach aggregate_fit"
+    view, n_results, n_failures = built[0].received[0]
+    assert n_results == N_DEVICES - 1
+    assert built[0].history[0]["devices"] == N_DEVICES - 1
+    survivors = [row for row in range(N_DEVICES) if row != DROPPED]
+    individual = [
+        local_update(
+            initial,
+            None,
+            items=split.train.row(row),
+            settings=config.server_settings(N_DEVICES).local,
+            rng=np.random.default_rng([config.seed, row, 1, 0]),
+        ).delta
+        for row in range(N_DEVICES)
+    ]
+    step = config.secagg.quantization_step()
+    for i, received in enumerate(view):
+        survivors_mean = np.mean([individual[r][i].astype(np.float64) for r in survivors], axis=0)
+        everyone_mean = np.mean([d[i].astype(np.float64) for d in individual], axis=0)
+        assert np.abs(received - survivors_mean).max() <= step
+        # the dropped device's update is not in it (its contribution is far above a step)
+        assert np.abs(received - everyone_mean).max() > 10 * step
