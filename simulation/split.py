@@ -61,6 +61,17 @@ class Split:
         items = np.concatenate([self.train.items, self.valid[extra]])
         return UserItems.from_pairs(users, items, n_users=self.n_users, n_items=self.n_items)
 
+    def select(self, users: np.ndarray) -> Split:
+        """The split restricted to ``users`` (row indices), in that order."""
+        users = np.asarray(users, np.int64)
+        return Split(
+            train=self.train.select(users),
+            valid=self.valid[users],
+            test=self.test[users],
+            negatives=self.negatives[users],
+            seed=self.seed,
+        )
+
     def stats(self) -> dict[str, int]:
         """Counts describing the split."""
         return {

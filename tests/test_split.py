@@ -73,3 +73,19 @@ def test_random_holdout_without_timestamps() -> None:
     data = _table([0] * 10, list(range(10)), None, n_items=200)
     held = {int(leave_one_out(data, seed=s).test[0]) for s in range(15)}
     assert len(held) > 3
+
+
+def test_select_keeps_each_chosen_users_rows() -> None:
+    interactions = Interactions.from_raw(
+        np.repeat(np.arange(4), 4),
+        np.tile(np.arange(4), 4) + np.repeat(np.arange(4), 4),
+        np.ones(16),
+        np.tile(np.arange(4), 4),
+        item_ids=np.arange(7),
+    )
+    split = leave_one_out(interactions, seed=0, n_negatives=2)
+    sub = split.select(np.array([2, 0]))
+    assert sub.n_users == 2 and sub.n_items == split.n_items
+    assert sub.train.row(0).tolist() == split.train.row(2).tolist()
+    assert [sub.valid[1], sub.test[1]] == [split.valid[0], split.test[0]]
+    assert sub.negatives[0].tolist() == split.negatives[2].tolist()
