@@ -18,7 +18,8 @@ class SecAggSettings(BaseModel):
     key; ``reconstruction_threshold`` how many shares rebuild it (so at most
     ``num_shares - threshold`` neighbours of a device may drop out); values are clipped to
     ``[-clipping_range, clipping_range]`` and quantised into ``quantization_range`` levels
-    before masking.
+    before masking. ``timeout`` bounds each stage's wait for replies (``None``: no bound;
+    a deployment sets one so that silent devices count as dropouts).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,7 +29,12 @@ class SecAggSettings(BaseModel):
     reconstruction_threshold: int = Field(3, ge=2)
     clipping_range: float = Field(1.0, gt=0)
     quantization_range: int = Field(2**22, gt=1)
-    timeout: float | None = Field(120.0, gt=0)
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds to wait for each SecAgg+ stage; None waits for every device "
+        "(right for simulation, where a device cannot vanish; set it for deployments)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SecAggSettings:

@@ -352,6 +352,10 @@ class FederatedMF(Strategy):
         return None
 
     def _finish_round(self, rnd: int) -> None:
+        if "devices" not in self._record and "skipped" not in self._record:
+            # the fit workflow ended without aggregating (e.g. SecAgg+ halted below its
+            # reconstruction threshold): the model did not change this round
+            self._record.update({"devices": 0, "aggregation": "none: no aggregate arrived"})
         self._record["seconds"] = time.perf_counter() - self._started
         self.history.append(self._record)
         if self.checkpoints is not None:

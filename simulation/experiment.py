@@ -170,6 +170,14 @@ def run_experiment(
             f"(z = {p['noise_multiplier']:.3f}, C = {p['clip_norm']}, "
             f"q = {p['sampling_rate']:.4f}, {p['rounds']} rounds, {p['accountant']})"
         )
+    if config.secagg.enabled:
+        sa = config.secagg
+        plain = fed.privacy is None or fed.privacy["mode"] == "off"
+        console.print(
+            f"secure aggregation: Flower SecAgg+ ({sa.num_shares} shares, threshold "
+            f"{sa.reconstruction_threshold})"
+            + ("; no user-level DP, so ε = ∞ for what the cohort sum reveals" if plain else "")
+        )
     if fed.privacy is not None and "record" in fed.privacy:
         r = fed.privacy["record"]
         console.print(
@@ -200,7 +208,11 @@ def run_experiment(
             "offline_check": offline,
             "federated_over_centralised_ndcg@10": ratio,
         },
-        "privacy": fed.privacy or {"mode": "off", "epsilon": float("inf")},
+        "privacy": {
+            **(fed.privacy or {"mode": "off", "epsilon": float("inf"), "delta": None}),
+            "secure_aggregation": config.secagg.model_dump(mode="json"),
+            "encrypted_at_rest": True,
+        },
         "wall_seconds": timings,
     }
     results_path = write_results(output / "results.json", results)

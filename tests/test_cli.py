@@ -49,6 +49,9 @@ def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
     assert [r["round"] for r in rounds] == [1, 2]
     # SecAgg+ is on by default: each device uploads a masked int64 vector
     assert record["config"]["secagg"]["enabled"] is True
+    assert record["privacy"]["secure_aggregation"]["num_shares"] == 5
+    assert record["privacy"]["epsilon"] == float("inf") and record["privacy"]["mode"] == "off"
+    assert "secure aggregation: Flower SecAgg+" in result.output
     assert all(r["upload_bytes_per_device"] == 400 * (8 + 1) * 8 for r in rounds)
     assert 0.0 <= record["methods"]["federated MF"]["ndcg@10"] <= 1.0
     assert (out / "metrics.png").stat().st_size > 1000

@@ -92,7 +92,12 @@ class _Capture:
 VARIANTS = {
     "plain": {"secagg": {"enabled": False}},
     "secagg-dp": {
-        "secagg": {"enabled": True, "num_shares": 3, "reconstruction_threshold": 2},
+        "secagg": {
+            "enabled": True,
+            "num_shares": 3,
+            "reconstruction_threshold": 2,
+            "clipping_range": 3.0,  # room for the noise shares (1 + 7 * 0.5 / 2 = 2.75)
+        },
         "dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip_norm": 1.0},
     },
 }

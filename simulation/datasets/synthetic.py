@@ -168,8 +168,9 @@ def generate_synthetic(
     """Generate the data set ``"synthetic"`` with exactly ``n_users`` users and
     ``n_items`` catalogue items (see the module docstring for the model).
 
-    ``interactions_per_user`` is the mean of a log-normal count (at least 5, at most
-    ``n_items``); ``popularity_skew`` the exponent of item popularity, ``(rank + 1)**-s``;
+    ``interactions_per_user`` is the mean of a log-normal count (at least 5, at most half
+    the catalogue, so every user leaves unseen items to rank and to sample negatives
+    from); ``popularity_skew`` the exponent of item popularity, ``(rank + 1)**-s``;
     ``n_genres`` the number of genres (the MovieLens names first). Values are ratings
     1 to 5, timestamps seconds from 2000 on. Reproducible bit for bit from ``seed``.
     Raises ``ConfigError`` for out-of-range arguments.
@@ -184,7 +185,7 @@ def generate_synthetic(
 
     mu = np.log(interactions_per_user) - _COUNT_SIGMA**2 / 2
     counts = np.rint(rng.lognormal(mu, _COUNT_SIGMA, size=n_users)).astype(np.int64)
-    counts = np.clip(counts, MIN_ITEMS, n_items)
+    counts = np.clip(counts, MIN_ITEMS, max(MIN_ITEMS, n_items // 2))
 
     genre_names, genres = _genres(rng, items, n_genres)
     year = np.clip(2024 - np.floor(rng.exponential(10.0, size=n_items)), 1920, 2024)
