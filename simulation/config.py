@@ -44,9 +44,9 @@ class SimulationConfig(BaseModel):
     dataset: str = "ml-100k"
     data_dir: Path | None = None
     model: str = Field("mf", pattern="^mf$")
-    rounds: int = Field(80, ge=1)
+    rounds: int = Field(64, ge=1)
     clients_per_round: int = Field(64, ge=2)
-    eval_every: int = Field(40, ge=0)
+    eval_every: int = Field(32, ge=0)
     eval_clients: int | None = Field(None, ge=1)
     seed: int = 0
     output: Path = Path("results/run")
