@@ -103,8 +103,7 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
-def federated_run(request, tmp_path_factory, monkeypatch_module):
+def _run(variant: str, tmp_path_factory, monkeypatch_module):  # noqa: ANN001, ANN202
     captured = tmp_path_factory.mktemp("messages")
     output = tmp_path_factory.mktemp("run")
     monkeypatch_module.setattr(
@@ -121,12 +120,28 @@ def federated_run(request, tmp_path_factory, monkeypatch_module):
             "eval_every": 1,
             "local": {"dim": DIM, "refresh_steps": 3},
             "output": str(output),
-            **VARIANTS[request.param],
+            **VARIANTS[variant],
         },
     )
     result = run_federated(config, split, output=output)
     messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
     return config, split, result, messages, output
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, monkeypatch_module):
+    return _run("plain", tmp_path_factory, monkeypatch_module)
+
+
+@pytest.fixture(scope="module")
+def secagg_run(tmp_path_factory, monkeypatch_module):
+    return _run("secagg-dp", tmp_path_factory, monkeypatch_module)
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def federated_run(request):
+    """Each run in turn, for the checks that hold for both."""
+    return request.getfixturevalue({"plain": "plain_run", "secagg-dp": "secagg_run"}[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +169,9 @@ def _check_evaluate_replies(evals: list[dict]) -> None:
         assert set(m["configs"]["evaluateres.metrics"]) <= EVAL_METRICS
 
 
-def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(federated_run) -> None:
-    config, split, result, messages, _ = federated_run
-    if config.secagg.enabled:
-        pytest.skip("under SecAgg+ devices send masked vectors: see the SecAgg+ audit")
+def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(plain_run) -> None:
+    config, split, result, messages, _ = plain_run
+    assert not config.secagg.enabled
     fits = [m for m in messages if m["type"] == "train"]
     evals = [m for m in messages if m["type"] == "evaluate"]
     assert len(fits) == 8 and len(evals) == 2 * N_USERS
@@ -177,10 +191,9 @@ def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(federated_
 SECAGG_STAGE_KEYS = [{"pk1", "pk2"}, {"dsts", "ctxts"}, {"masked_params"}, {"nids", "shares"}]
 
 
-def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(federated_run) -> None:
-    config, split, result, messages, _ = federated_run
-    if not config.secagg.enabled:
-        pytest.skip("plain aggregation: see the plain audit")
+def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(secagg_run) -> None:
+    config, split, result, messages, _ = secagg_run
+    assert config.secagg.enabled and config.dp.mode == "distributed"
     fits = [m for m in messages if m["type"] == "train"]
     evals = [m for m in messages if m["type"] == "evaluate"]
     assert len(fits) == 4 * 8 and len(evals) == 2 * N_USERS  # 4 stages x 4 devices x 2
