@@ -49,7 +49,7 @@ def simulate(
         bool, typer.Option(help="continue from the latest checkpoint in --output")
     ] = False,
     secure_aggregation: Annotated[
-        bool | None, typer.Option(help="aggregate updates with Flower SecAgg+")
+        bool | None, typer.Option(help="aggregate updates with Flower SecAgg+ (default: on)")
     ] = None,
     dp: Annotated[
         str | None, typer.Option(help="user-level DP: off, central or distributed")
