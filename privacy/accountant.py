@@ -15,15 +15,15 @@ import math
 from collections.abc import Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from stamen.privacy.errors import BudgetExceededError
 
-__all__ = ["ACCOUNTANTS", "DPSettings", "PrivacyAccountant", "noise_for_target"]
+__all__ = ["ACCOUNTANTS", "AccountantName", "DPSettings", "PrivacyAccountant", "noise_for_target"]
 
 ACCOUNTANTS: Mapping[str, type[IAccountant]] = MappingProxyType(
     {"prv": PRVAccountant, "rdp": RDPAccountant}
@@ -31,6 +31,16 @@ ACCOUNTANTS: Mapping[str, type[IAccountant]] = MappingProxyType(
 """Accountant registry: name (Opacus' mechanism name) → Opacus accountant class."""
 
 _MAX_ROUNDS = 10**12
+
+
+def _known_accountant(name: str) -> str:
+    if name not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {name!r}; known: {', '.join(ACCOUNTANTS)}")
+    return name
+
+
+#: The name of an accountant in :data:`ACCOUNTANTS`, checked when a settings model is built.
+AccountantName = Annotated[str, AfterValidator(_known_accountant)]
 
 
 class DPSettings(BaseModel):
@@ -50,14 +60,7 @@ class DPSettings(BaseModel):
     sampling_rate: float = Field(0.01, gt=0, le=1)
     delta: float = Field(1e-5, gt=0, lt=1)
     target_epsilon: float | None = Field(None, gt=0, allow_inf_nan=False)
-    accountant: str = "rdp"
-
-    @field_validator("accountant")
-    @classmethod
-    def _known_accountant(cls, name: str) -> str:
-        if name not in ACCOUNTANTS:
-            raise ValueError(f"unknown accountant {name!r}; known: {', '.join(ACCOUNTANTS)}")
-        return name
+    accountant: AccountantName = "rdp"
 
 
 @lru_cache(maxsize=4096)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
+from stamen.client.app import VALID_METRICS
 from stamen.models.batches import UserItems
 from stamen.models.mf import MatrixFactorization
 from stamen.models.training import solve_users
@@ -41,7 +42,7 @@ from stamen.privacy import PrivacyAccountant, SecAggSettings, noise_share_std
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import check_distributed_range
-from stamen.simulation.baselines import mf_scorer
+from stamen.simulation.baselines import shared_model_scorer
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.split import Split
 
@@ -146,15 +147,12 @@ def secagg_mean(quantised_sum: list[np.ndarray], devices: int, secagg: SecAggSet
 
 
 def _evaluate(shared: list[np.ndarray], split: Split, settings: ServerSettings) -> dict:
-    local = settings.local
-    model = MatrixFactorization(split.n_users, split.n_items, local.dim)
-    model.load_shared_arrays(shared)
-    solve_users(model, split.train, alpha=local.alpha, l2=local.l2)
-    test = evaluate(mf_scorer(model), split, stage="test")
-    valid = evaluate(mf_scorer(model), split, stage="valid", ks=(10,))
+    scorer = shared_model_scorer(shared, split, local=settings.local, seed=settings.seed)
+    test = evaluate(scorer, split, stage="test")
+    valid = evaluate(scorer, split, stage="valid", ks=(10,))
     return {
         **test,
-        **{f"valid_{k}": v for k, v in valid.items() if k in ("hr@10", "ndcg@10", "sampled_hr@10")},
+        **{f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS},
         "devices": len(split.evaluated),
     }
 

@@ -9,7 +9,6 @@ margin. The attacker is always handed k = |S|, the device's true number of items
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import warnings
@@ -18,13 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.common import parameters_to_ndarrays
+from flower_rounds import run_recorded
 
 from stamen.client.local import local_update
-from stamen.client.store import write_store
 from stamen.models import LocalSettings
-from stamen.server.app import build_server_app
-from stamen.server.strategy import FederatedMF
 from stamen.simulation import attack as atk
 from stamen.simulation.config import load_config
 from stamen.simulation.runner import initial_shared
@@ -242,35 +238,12 @@ def test_attack_under_dp_noise_is_near_chance(population, noise, epsilon) -> Non
 N_DEVICES, E2E_DIM = 20, 4
 
 
-class _RecordingMF(FederatedMF):
-    """``FederatedMF`` that keeps exactly what its ``aggregate_fit`` receives."""
-
-    received: list[list[list[np.ndarray]]]
-
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
-        """Record every result's parameters, then aggregate as usual."""
-        if failures:
-            raise RuntimeError(f"round {server_round}: {failures}")
-        self.received.append([parameters_to_ndarrays(r.parameters) for _, r in results])
-        return super().aggregate_fit(server_round, results, failures)
-
-
 @pytest.mark.slow
 def test_secagg_server_sees_only_the_mean_and_the_attack_fails_on_it(tmp_path) -> None:
-    from flwr.simulation import run_simulation
-
-    from stamen.client.app import build_client_app
-
     torch.set_num_threads(1)
     full = _ml100k_split()
     users = np.sort(np.random.default_rng(2).choice(full.n_users, N_DEVICES, replace=False))
-    split = Split(
-        train=full.train.select(users),
-        valid=full.valid[users],
-        test=full.test[users],
-        negatives=full.negatives[users],
-        seed=full.seed,
-    )
+    split = full.select(users)
     config = load_config(
         None,
         {
@@ -282,41 +255,10 @@ def test_secagg_server_sees_only_the_mean_and_the_attack_fails_on_it(tmp_path) -
         },
     )
     initial = initial_shared(split.n_items, config)
-    built: list[_RecordingMF] = []
-
-    def make_strategy(context) -> FederatedMF:  # noqa: ANN001
-        strategy = _RecordingMF(config.server_settings(N_DEVICES), initial=initial)
-        strategy.received = []
-        built.append(strategy)
-        return strategy
-
-    store = write_store(
-        tmp_path / "devices",
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-    )
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            run_simulation(
-                server_app=build_server_app(make_strategy),
-                client_app=build_client_app(store, seed=config.seed, secure_aggregation=True),
-                num_supernodes=N_DEVICES,
-                backend_config={
-                    "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-                    "init_args": {"include_dashboard": False, "log_to_driver": False},
-                },
-            )
-    finally:
-        flwr_logger.setLevel(level)
-    assert built and len(built[0].received) == 1, "aggregate_fit did not run exactly once"
-    received = built[0].received[0]
+    strategy = run_recorded(split, config, initial=initial, folder=tmp_path)
+    assert len(strategy.received) == 1, "aggregate_fit did not run exactly once"
+    received, failures = strategy.received[0]
+    assert failures == 0
     assert len(received) == N_DEVICES
     view = received[0]
     for other in received[1:]:  # Flower hands every FitRes the same aggregate

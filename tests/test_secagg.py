@@ -5,24 +5,18 @@ dropped device's masks from its neighbours' shares while at least the threshold 
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from flwr.common import parameters_to_ndarrays
+from flower_rounds import run_recorded
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     Key,
     Stage,
 )
 
-from stamen.client.app import build_client_app
 from stamen.client.local import local_update
-from stamen.client.store import write_store
-from stamen.server.app import build_server_app
-from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.runner import initial_shared
@@ -49,21 +43,7 @@ class _DropOut:
         return call_next(msg, context)
 
 
-class _Recording(FederatedMF):
-    """``FederatedMF`` that keeps what its ``aggregate_fit`` receives."""
-
-    received: list[tuple[list[np.ndarray], int, int]]
-
-    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
-        """Record the aggregate and the result / failure counts, then aggregate."""
-        self.received.append(
-            (parameters_to_ndarrays(results[0][1].parameters), len(results), len(failures))
-        )
-        return super().aggregate_fit(server_round, results, failures)
-
-
 def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> None:
-    from flwr.simulation import run_simulation
 
     torch.set_num_threads(1)
     data = generate_synthetic(N_DEVICES, N_ITEMS, seed=5)
@@ -79,46 +59,19 @@ def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> Non
         },
     )
     initial = initial_shared(split.n_items, config)
-    built: list[_Recording] = []
-
-    def make_strategy(context) -> FederatedMF:  # noqa: ANN001
-        strategy = _Recording(config.server_settings(N_DEVICES), initial=initial)
-        strategy.received = []
-        built.append(strategy)
-        return strategy
-
-    store = write_store(
-        tmp_path / "devices",
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
+    strategy = run_recorded(
+        split,
+        config,
+        initial=initial,
+        folder=tmp_path,
+        outer_mods=[_DropOut()],
+        log_level=logging.CRITICAL,  # the dropout's error is expected
     )
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            run_simulation(
-                server_app=build_server_app(make_strategy),
-                client_app=build_client_app(
-                    store, seed=config.seed, secure_aggregation=True, outer_mods=[_DropOut()]
-                ),
-                num_supernodes=N_DEVICES,
-                backend_config={
-                    "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
-                    "init_args": {"include_dashboard": False, "log_to_driver": False},
-                },
-            )
-    finally:
-        flwr_logger.setLevel(level)
-
-    assert built and len(built[0].received) == 1, "the round did not reach aggregate_fit"
-    view, n_results, n_failures = built[0].received[0]
-    assert n_results == N_DEVICES - 1
-    assert built[0].history[0]["devices"] == N_DEVICES - 1
+    assert len(strategy.received) == 1, "the round did not reach aggregate_fit"
+    received, _ = strategy.received[0]
+    view = received[0]
+    assert len(received) == N_DEVICES - 1
+    assert strategy.history[0]["devices"] == N_DEVICES - 1
     survivors = [row for row in range(N_DEVICES) if row != DROPPED]
     individual = [
         local_update(

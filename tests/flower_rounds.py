@@ -1,0 +1,90 @@
+"""Test harness: run Stamen's ServerApp and ClientApp on Flower's simulation engine for a
+given split and config, keeping exactly what the strategy's ``aggregate_fit`` receives."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from flwr.clientapp.typing import Mod
+from flwr.common import parameters_to_ndarrays
+
+from stamen.client.app import build_client_app
+from stamen.client.store import write_store
+from stamen.server.app import build_server_app
+from stamen.server.strategy import FederatedMF
+from stamen.simulation.config import SimulationConfig
+from stamen.simulation.split import Split
+
+
+class RecordingMF(FederatedMF):
+    """``FederatedMF`` that keeps, per round, every result's parameters and the number of
+    failures its ``aggregate_fit`` was handed."""
+
+    received: list[tuple[list[list[np.ndarray]], int]]
+
+    def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
+        """Record the round's results and failure count, then aggregate as usual."""
+        self.received.append(
+            ([parameters_to_ndarrays(r.parameters) for _, r in results], len(failures))
+        )
+        return super().aggregate_fit(server_round, results, failures)
+
+
+def run_recorded(
+    split: Split,
+    config: SimulationConfig,
+    *,
+    initial: list[np.ndarray],
+    folder: Path,
+    outer_mods: Sequence[Mod] = (),
+    log_level: int = logging.ERROR,
+) -> RecordingMF:
+    """Run ``config`` with one device per row of ``split`` (store written under
+    ``folder``); returns the strategy, or fails if Flower never built it."""
+    from flwr.simulation import run_simulation
+
+    built: list[RecordingMF] = []
+
+    def make_strategy(context) -> FederatedMF:  # noqa: ANN001
+        strategy = RecordingMF(config.server_settings(split.n_users), initial=initial)
+        strategy.received = []
+        built.append(strategy)
+        return strategy
+
+    store = write_store(
+        folder / "devices",
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        negatives=split.negatives,
+    )
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(log_level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            run_simulation(
+                server_app=build_server_app(make_strategy),
+                client_app=build_client_app(
+                    store,
+                    seed=config.seed,
+                    secure_aggregation=config.secagg.enabled,
+                    outer_mods=outer_mods,
+                ),
+                num_supernodes=split.n_users,
+                backend_config={
+                    "client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
+                    "init_args": {"include_dashboard": False, "log_to_driver": False},
+                },
+            )
+    finally:
+        flwr_logger.setLevel(level)
+    assert built, "the Flower simulation never built the strategy"
+    return built[0]
