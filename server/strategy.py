@@ -50,6 +50,19 @@ __all__ = ["FederatedMF", "RoundCallback"]
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
+def _failure_reasons(
+    failures: list[tuple[ClientProxy, Any] | BaseException], *, key: str = "failure_reasons"
+) -> dict[str, list[str]]:
+    """``{key: [why each failed device failed]}`` (the exception, or the status message of a
+    reply that was not OK); empty when nothing failed, so a clean round's record stays
+    small."""
+    reasons = [
+        f"{type(f).__name__}: {f}" if isinstance(f, BaseException) else str(f[1].status.message)
+        for f in failures
+    ]
+    return {key: reasons} if reasons else {}
+
+
 def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
     """Refuse distributed DP whose noise shares SecAgg+ would clip (see
     ``secagg_range_for``)."""
@@ -230,8 +243,10 @@ class FederatedMF(Strategy):
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
         if not results:
+            reasons = _failure_reasons(failures).get("failure_reasons", [])
             raise RuntimeError(
-                f"round {rnd}: no device returned an update ({len(failures)} failures)"
+                f"round {rnd}: no device returned an update ({len(failures)} failures: "
+                f"{'; '.join(reasons) or 'no reason given'})"
             )
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         shapes = [tuple(a.shape) for a in self.server.arrays()]
@@ -253,6 +268,7 @@ class FederatedMF(Strategy):
                 "fit": metrics,
                 "devices": len(results),
                 "failures": len(failures),
+                **_failure_reasons(failures),
                 "upload_bytes_per_device": self._upload_bytes(),
                 "update_norm": float(
                     np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
@@ -342,6 +358,7 @@ class FederatedMF(Strategy):
         metrics = _mean_metrics(pairs)
         self._record["evaluate"] = {**metrics, "devices": sum(n for n, _ in pairs)}
         self._record["evaluate_failures"] = len(failures)
+        self._record.update(_failure_reasons(failures, key="evaluate_failure_reasons"))
         self._finish_round(rnd)
         return metrics.get("loss"), metrics
 

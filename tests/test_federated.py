@@ -124,6 +124,12 @@ def _run(variant: str, tmp_path_factory, monkeypatch_module):  # noqa: ANN001, A
         },
     )
     result = run_federated(config, split, output=output)
+    failed = {
+        h["round"]: h.get("failure_reasons", []) + h.get("evaluate_failure_reasons", [])
+        for h in result.history
+        if h["failures"] or h.get("evaluate_failures")
+    }
+    assert not failed, f"devices failed (round: reasons): {failed}"
     messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
     return config, split, result, messages, output
 
