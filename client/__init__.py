@@ -10,12 +10,14 @@ from stamen.client.app import (
     build_client_app,
     make_client_fn,
 )
+from stamen.client.keys import DeviceKeys
 from stamen.client.local import LocalResult, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
 from stamen.client.store import DeviceData, read_device_data, write_store
 
 __all__ = [
     "DeviceData",
+    "DeviceKeys",
     "LocalResult",
     "MFClient",
     "USER_STATE_KEY",

@@ -34,7 +34,13 @@ from stamen.simulation.report import plot_history, print_table, wide_console, wr
 from stamen.simulation.runner import run_federated
 from stamen.simulation.split import leave_one_out
 
-__all__ = ["ExperimentResult", "load_for_config", "run_experiment", "select_round"]
+__all__ = [
+    "ExperimentResult",
+    "load_for_config",
+    "privacy_section",
+    "run_experiment",
+    "select_round",
+]
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,18 @@ def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> 
         )
         data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
         return data, f"synthetic fallback ({config.dataset} unavailable)"
+
+
+def privacy_section(report: dict[str, Any] | None, config: SimulationConfig) -> dict[str, Any]:
+    """The results JSON's ``privacy``: the strategy's (ε, δ) report (mode ``off`` and
+    ε = ∞ without DP), the SecAgg+ settings, and the at-rest / release protections every
+    run has (device stores encrypted, global models signed)."""
+    return {
+        **(report or {"mode": "off", "epsilon": float("inf"), "delta": None}),
+        "secure_aggregation": config.secagg.model_dump(mode="json"),
+        "encrypted_at_rest": True,
+        "signed_releases": True,
+    }
 
 
 def select_round(history: list[dict[str, Any]], *, devices: int) -> dict[str, Any]:
@@ -208,11 +226,7 @@ def run_experiment(
             "offline_check": offline,
             "federated_over_centralised_ndcg@10": ratio,
         },
-        "privacy": {
-            **(fed.privacy or {"mode": "off", "epsilon": float("inf"), "delta": None}),
-            "secure_aggregation": config.secagg.model_dump(mode="json"),
-            "encrypted_at_rest": True,
-        },
+        "privacy": privacy_section(fed.privacy, config),
         "wall_seconds": timings,
     }
     results_path = write_results(output / "results.json", results)

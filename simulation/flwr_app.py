@@ -6,8 +6,12 @@ flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
 ``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``secure-aggregation``,
 ``synthetic-users``, ``synthetic-items``.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
-user count, e.g. 943 for ml-100k). The ServerApp prepares the device store under
-``output`` before the first round; each virtual device reads its own row of it.
+user count, e.g. 943 for ml-100k). Before the first round the ServerApp provisions the
+virtual devices, as ``stamen simulate`` does: the device store under ``output/devices``,
+encrypted at rest (AES-256-GCM, one blob per row) under a fresh key, and
+``output/device-keys`` (``stamen.client.DeviceKeys``: that key and the public half of a
+fresh Ed25519 key pair). Each virtual device decrypts only its own row and accepts only
+global models signed with the private half, which stays in the ServerApp's memory.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from flwr.common import Message
 from flwr.server import Grid, ServerApp
 
 from stamen.client.app import make_client_fn
+from stamen.client.keys import DeviceKeys
 from stamen.client.store import write_store
+from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig, load_config
-from stamen.simulation.experiment import load_for_config
+from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.report import write_results
 from stamen.simulation.runner import initial_shared
 from stamen.simulation.split import leave_one_out
@@ -63,6 +69,10 @@ def _store(config: SimulationConfig) -> Path:
     return config.output / "devices"
 
 
+def _keys(config: SimulationConfig) -> Path:
+    return config.output / "device-keys"
+
+
 server_app = ServerApp()
 
 
@@ -71,12 +81,16 @@ def _server(grid: Grid, context: Context) -> None:
     config = config_from_run_config(dict(context.run_config))
     dataset, source = load_for_config(config, say=_log.warning)
     split = leave_one_out(dataset.interactions, seed=config.seed)
+    release_private, release_public = generate_signing_key()
+    keys = DeviceKeys(store_key=generate_key(), release_key=release_public)
+    keys.save(_keys(config))
     write_store(
         _store(config),
         train=split.train,
         valid=split.valid,
         test=split.test,
         negatives=split.negatives,
+        key=keys.store_key,
     )
     strategy = FederatedMF(
         config.server_settings(split.n_users),
@@ -84,6 +98,7 @@ def _server(grid: Grid, context: Context) -> None:
         checkpoints=CheckpointStore(config.output / "checkpoints"),
         fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},
         population=split.n_users,
+        release_key=release_private,
     )
     run_rounds(grid, context, strategy)
     write_results(
@@ -92,6 +107,7 @@ def _server(grid: Grid, context: Context) -> None:
             "config": config.model_dump(mode="json"),
             "dataset": {"name": dataset.name, "source": source},
             "federated": {"rounds": strategy.history},
+            "privacy": privacy_section(strategy.privacy_report(), config),
         },
     )
 
@@ -106,7 +122,10 @@ def _device_policy_mod(msg: Message, context: Context, call_next: ClientAppCalla
 
 def _client_fn(context: Context) -> Client:
     config = config_from_run_config(dict(context.run_config))
-    return make_client_fn(_store(config), seed=config.seed)(context)
+    keys = DeviceKeys.load(_keys(config))
+    return make_client_fn(
+        _store(config), seed=config.seed, release_key=keys.release_key, store_key=keys.store_key
+    )(context)
 
 
 client_app = ClientApp(client_fn=_client_fn, mods=[_device_policy_mod])

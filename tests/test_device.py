@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from stamen.client.keys import DeviceKeys
 from stamen.client.local import local_update
 from stamen.client.store import read_device_data, write_store
 from stamen.models import CheckpointError, DataError, LocalSettings, MatrixFactorization, UserItems
-from stamen.privacy import DecryptionError, generate_key
+from stamen.privacy import DecryptionError, generate_key, generate_signing_key
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
 
@@ -93,6 +94,23 @@ def test_encrypted_store_round_trip_and_refusals(tmp_path) -> None:
     write_store(plain, train=train, **columns)
     with pytest.raises(DataError, match="not encrypted"):
         read_device_data(plain, 0, key=key)
+
+
+def test_device_keys_round_trip_owner_only_and_refusals(tmp_path) -> None:
+    keys = DeviceKeys(store_key=generate_key(), release_key=generate_signing_key()[1])
+    folder = keys.save(tmp_path / "keys")
+    assert DeviceKeys.load(folder) == keys
+    assert sorted(p.name for p in folder.iterdir()) == ["release.pub", "store.key"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in folder.iterdir())
+    (folder / "store.key").write_bytes(b"short")
+    with pytest.raises(DataError, match=r"store\.key: 5 bytes, expected 32"):
+        DeviceKeys.load(folder)
+    keys.save(folder)
+    (folder / "release.pub").unlink()
+    with pytest.raises(DataError, match=r"release\.pub: missing"):
+        DeviceKeys.load(folder)
+    with pytest.raises(ValueError, match="release_key must be 32 bytes"):
+        DeviceKeys(store_key=generate_key(), release_key=b"x")
 
 
 def test_fedavg_with_unit_server_lr_adds_the_mean_update() -> None:

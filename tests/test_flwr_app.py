@@ -1,0 +1,144 @@
+"""``flwr run .`` end to end: a SuperLink of our own (simulation runtime, 127.0.0.1 only,
+stopped by the fixture) runs the Flower App named in pyproject.toml on 12 synthetic
+devices for 2 rounds with SecAgg+ (the default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stamen.client import DeviceKeys, read_device_data
+from stamen.models import DataError
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+USERS, COHORT = 12, 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(port: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} in {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
+    """Run the app once; yields the output folder and the CLI's output."""
+    home = tmp_path_factory.mktemp("flwr-home")
+    output = tmp_path_factory.mktemp("flwr-output")
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # for flower-superexec
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    }
+    port, fleet, control = _free_port(), _free_port(), _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    log = (home / "superlink.log").open("wb")
+    superlink = subprocess.Popen(
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--fleet-api-address=127.0.0.1:{fleet}",
+            f"--control-api-address=127.0.0.1:{control}",
+            f"--database={home / 'state.db'}",
+            "--disable-runtime-dependency-installation",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(port, superlink)
+        run_config = (
+            f"dataset='synthetic' synthetic-users={USERS} synthetic-items=400 "
+            f"num-server-rounds=2 clients-per-round={COHORT} output='{output}'"
+        )
+        done = subprocess.run(
+            [
+                str(BIN / "flwr"),
+                "run",
+                ".",
+                "test",
+                "--stream",
+                "--federation-config",
+                f"num-supernodes={USERS} client-resources-num-cpus=1",
+                "--run-config",
+                run_config,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        yield output, done.stdout + done.stderr
+    finally:
+        superlink.terminate()
+        try:
+            superlink.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            superlink.kill()
+            superlink.wait()
+        log.close()
+
+
+def test_rounds_complete_under_secagg_with_every_device(flwr_run) -> None:
+    output, printed = flwr_run
+    results_path = output / "results.json"
+    assert results_path.is_file(), printed[-3000:]
+    results = json.loads(results_path.read_text())
+    rounds = results["federated"]["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["devices"] == COHORT and r["failures"] == 0 for r in rounds), rounds
+    assert all(r["upload_bytes_per_device"] > 0 for r in rounds)
+    assert results["config"]["secagg"]["enabled"]
+    privacy = results["privacy"]
+    assert privacy["secure_aggregation"]["enabled"]
+    assert privacy["encrypted_at_rest"] and privacy["signed_releases"]
+    assert privacy["mode"] == "off" and privacy["epsilon"] == float("inf")
+
+
+def test_device_store_is_encrypted_and_keys_are_owner_only(flwr_run) -> None:
+    output, _ = flwr_run
+    store, key_folder = output / "devices", output / "device-keys"
+    assert json.loads((store / "meta.json").read_text())["encrypted"] is True
+    assert sorted(p.name for p in store.glob("*.npy")) == []
+    assert len(list(store.glob("row-*.enc"))) == USERS
+    for path in key_folder.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600
+    keys = DeviceKeys.load(key_folder)
+    assert read_device_data(store, 0, key=keys.store_key).train_items.size > 0
+    with pytest.raises(DataError, match="encrypted at rest"):
+        read_device_data(store, 0)
