@@ -94,11 +94,14 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: Path | None = None, overrides: dict[str, Any] | None = None
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    source: str = "command line",
 ) -> SimulationConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (``None`` values skipped)."""
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (``None`` values skipped).
+    Errors name ``path``, or ``source`` (where the overrides came from) without one."""
     data: dict[str, Any] = {}
-    source = "command line"
     if path is not None:
         source = str(path)
         try:

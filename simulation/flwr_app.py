@@ -62,7 +62,7 @@ def config_from_run_config(run_config: dict) -> SimulationConfig:
     overrides = {k: v for k, v in overrides.items() if v not in (None, "")}
     if "secure-aggregation" in run_config:
         overrides["secagg"] = {"enabled": bool(run_config["secure-aggregation"])}
-    return load_config(None, overrides)
+    return load_config(None, overrides, source="flwr run config")
 
 
 def _store(config: SimulationConfig) -> Path:

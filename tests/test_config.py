@@ -45,3 +45,16 @@ def test_the_example_config_spells_out_the_defaults() -> None:
 
     example = Path(__file__).resolve().parents[1] / "examples" / "ml-100k.toml"
     assert load_config(example) == load_config()
+
+
+def test_flwr_run_config_maps_onto_settings_and_names_its_source() -> None:
+    from stamen.simulation.flwr_app import config_from_run_config
+
+    config = config_from_run_config(
+        {"num-server-rounds": 7, "clients-per-round": 9, "secure-aggregation": False, "seed": ""}
+    )
+    assert (config.rounds, config.clients_per_round, config.secagg.enabled) == (7, 9, False)
+    assert config.seed == load_config(None, {}).seed  # empty values keep the defaults
+    assert config_from_run_config({}).secagg.enabled
+    with pytest.raises(ConfigError, match="flwr run config: synthetic_items"):
+        config_from_run_config({"synthetic-items": 5})
