@@ -24,6 +24,11 @@ class ServerSettings(BaseModel):
         None, ge=1, description="devices per intermediate evaluation (the last round uses all)"
     )
     seed: int = 0
+    connect_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="seconds a round waits for devices to connect before it samples a cohort",
+    )
     local: LocalSettings = LocalSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()

@@ -9,6 +9,7 @@ asks devices to rank their own held-out item and averages the metrics they retur
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -46,6 +47,8 @@ from stamen.server.settings import ServerSettings
 MASKED_VALUE_BYTES = 8
 
 __all__ = ["FederatedMF", "RoundCallback"]
+
+_log = logging.getLogger("stamen")
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -100,7 +103,10 @@ class FederatedMF(Strategy):
         fingerprint: what a checkpoint must match to be resumed (model shape, optimiser).
         on_round: called with each finished round's record (progress bars, logs).
         population: number of devices (needed for differential privacy's sampling rate
-            and default delta).
+            and default delta). Each round first waits up to ``connect_timeout`` for this
+            many devices to connect (without it, for ``clients_per_round``), so a seeded
+            cohort is drawn from the whole population, not from the devices that happened
+            to connect first.
         release_key: raw Ed25519 private key; every global model sent to devices is then
             signed (``release-signature`` in the config) and devices verify it before use.
     """
@@ -133,6 +139,7 @@ class FederatedMF(Strategy):
         self._record: dict[str, Any] = {}
         self._started = 0.0
         self.release_key = release_key
+        self.population = population
         self.accountant: PrivacyAccountant | None = None
         if settings.dp.enabled:
             if population is None:
@@ -165,7 +172,34 @@ class FederatedMF(Strategy):
     def __repr__(self) -> str:
         return f"FederatedMF(optimizer={self.settings.optimizer.name})"
 
+    def _await_devices(self, client_manager: ClientManager) -> int:
+        """Wait until the population (or a cohort) is connected; returns how many are.
+
+        Raises:
+            RuntimeError: fewer than ``clients_per_round`` connected within the timeout.
+        """
+        cohort = self.settings.clients_per_round
+        needed = self.population or cohort
+        deadline = time.monotonic() + self.settings.connect_timeout
+        while (available := client_manager.num_available()) < needed:
+            if time.monotonic() >= deadline:
+                if available < cohort:
+                    raise RuntimeError(
+                        f"only {available} devices connected within "
+                        f"{self.settings.connect_timeout:g} s; a round needs {cohort}"
+                    )
+                _log.warning(
+                    "%d of %d devices connected within %g s; sampling from those",
+                    available,
+                    needed,
+                    self.settings.connect_timeout,
+                )
+                break
+            time.sleep(0.05)
+        return available
+
     def _sorted_clients(self, client_manager: ClientManager) -> list[ClientProxy]:
+        self._await_devices(client_manager)
         clients = client_manager.all()
         return [clients[cid] for cid in sorted(clients)]
 

@@ -42,6 +42,8 @@ class FederatedResult:
     seconds: float
     resumed_from: int
     privacy: dict[str, Any] | None
+    #: Flower's ERROR log lines during the run (e.g. a device's traceback), oldest first.
+    errors: tuple[str, ...] = ()
 
 
 class _ErrorLog(logging.Handler):
@@ -166,4 +168,5 @@ def run_federated(
         seconds=seconds,
         resumed_from=strategy.start_round,
         privacy=strategy.privacy_report(),
+        errors=tuple(errors.lines),
     )

@@ -51,7 +51,9 @@ def run_recorded(
     built: list[RecordingMF] = []
 
     def make_strategy(context) -> FederatedMF:  # noqa: ANN001
-        strategy = RecordingMF(config.server_settings(split.n_users), initial=initial)
+        strategy = RecordingMF(
+            config.server_settings(split.n_users), initial=initial, population=split.n_users
+        )
         strategy.received = []
         built.append(strategy)
         return strategy

@@ -145,7 +145,7 @@ def _run(variant: str, tmp_path_factory, monkeypatch_module):  # noqa: ANN001, A
         warnings.warn(
             f"{variant} run retried after simulation-worker failures: {failed}", stacklevel=2
         )
-    assert not failed, f"devices failed (round: reasons): {failed}"
+    assert not failed, f"devices failed (round: reasons): {failed}; Flower: {result.errors[-4:]}"
     messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
     return config, split, result, messages, output
 
@@ -291,6 +291,7 @@ def test_resume_continues_from_the_checkpoint(federated_run, tmp_path) -> None:
     result = run_federated(resumed_config, split, output=output)
     assert result.resumed_from == 2
     assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert result.history[-1]["devices"] == 4, (result.history[-1], result.errors[-4:])
     assert not np.allclose(result.shared[0], first.shared[0])
     wrong = config.model_copy(
         update={

@@ -3,8 +3,6 @@ wiring through the client, the strategy and the configuration (no Flower simulat
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,7 @@ from flwr.common import ndarrays_to_parameters
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from static_clients import StaticClients
 from typer.testing import CliRunner
 
 from stamen.client import record_dp as record_dp_module
@@ -309,14 +308,6 @@ def test_ten_thousand_items_by_64_run_one_round_in_ghost_mode(monkeypatch) -> No
 # (f) the strategy sends the settings, counts participations and reports a separate ε
 
 
-class _Clients:
-    def __init__(self, n: int) -> None:
-        self.clients = {f"{i:03d}": SimpleNamespace(cid=f"{i:03d}") for i in range(n)}
-
-    def all(self) -> dict:
-        return self.clients
-
-
 def _zeros() -> list[np.ndarray]:
     return [np.zeros((50, 4), np.float32), np.zeros(50, np.float32)]
 
@@ -325,7 +316,7 @@ def test_strategy_reports_record_epsilon_of_the_most_sampled_device() -> None:
     rdp = RecordDP(enabled=True, noise_multiplier=1.1, max_grad_norm=0.5, sample_rate=0.1)
     settings = _server(rounds=6, clients_per_round=4, record_dp=rdp)
     strategy = FederatedMF(settings, initial=_zeros(), population=20)
-    clients = _Clients(20)
+    clients = StaticClients(20)
     counts: dict[str, int] = {}
     for rnd in range(1, 7):
         instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(_zeros()), clients)
@@ -378,7 +369,7 @@ def test_resumed_strategy_carries_the_earlier_participations() -> None:
     )
     resumed = FederatedMF(settings, initial=_zeros(), resume=resume)
     assert resumed.max_participations == 3
-    resumed.configure_fit(1, ndarrays_to_parameters(_zeros()), _Clients(4))
+    resumed.configure_fit(1, ndarrays_to_parameters(_zeros()), StaticClients(4))
     # an upper bound: the earlier maximum plus this run's most-sampled device
     assert resumed.max_participations == 4
     assert resumed.privacy_report()["record"]["epsilon"] == pytest.approx(  # type: ignore[index]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from opacus.accountants import RDPAccountant
+from static_clients import StaticClients
 
 from stamen.client.app import MFClient
 from stamen.client.store import DeviceData
@@ -17,12 +18,8 @@ from stamen.server.strategy import FederatedMF
 N_ITEMS, DIM = 50, 4
 
 
-class _Clients:
-    def __init__(self, n: int) -> None:
-        self.clients = {f"{i:03d}": object() for i in range(n)}
-
-    def all(self) -> dict:
-        return self.clients
+def _zeros() -> list[np.ndarray]:
+    return [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
 
 
 def _strategy(
@@ -32,7 +29,7 @@ def _strategy(
     settings = ServerSettings(
         rounds=rounds, clients_per_round=cohort, dp=dp, secagg=SecAggSettings(enabled=False)
     )
-    initial = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    initial = _zeros()
     return FederatedMF(settings, initial=initial, population=population)
 
 
@@ -68,8 +65,8 @@ def test_strategy_sends_dp_settings_and_distributed_shares() -> None:
 def test_central_noise_is_calibrated_and_rounds_are_accounted_like_opacus() -> None:
     z, clip, cohort, population = 1.5, 0.5, 5, 50
     strategy = _strategy(UserDP(mode="central", noise_multiplier=z, clip_norm=clip), cohort=cohort)
-    zeros = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
-    strategy.configure_fit(1, ndarrays_to_parameters(zeros), _Clients(population))
+    zeros = _zeros()
+    strategy.configure_fit(1, ndarrays_to_parameters(zeros), StaticClients(population))
     params, _ = strategy.aggregate_fit(1, [(None, _fit_res(zeros)) for _ in range(cohort)], [])
     model = np.concatenate([a.ravel() for a in parameters_to_ndarrays(params)])
     # FedAdam's first step normalises; check the noise through the recorded pseudo-gradient:
@@ -93,8 +90,8 @@ def test_run_stops_at_the_target_epsilon() -> None:
     strategy = _strategy(dp, rounds=50, cohort=5)
     allowed = strategy.accountant.rounds_within()
     assert 0 < allowed < 50
-    zeros = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
-    clients = _Clients(50)
+    zeros = _zeros()
+    clients = StaticClients(50)
     ran = 0
     for rnd in range(1, 51):
         instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(zeros), clients)
@@ -126,7 +123,7 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
     private, public = generate_signing_key()
     data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), N_ITEMS)
     client = MFClient(data, {}, seed=0, row=0, release_key=public)  # type: ignore[arg-type]
-    shared = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    shared = _zeros()
     config = {"server-round": 3, "dim": DIM, "loss": "ials", "item_l2": 0.1}
     good = {**config, "release-signature": sign_arrays(shared, round=3, private_key=private)}
     client._verify(shared, good)  # verifies
@@ -143,8 +140,44 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
 def test_distributed_noise_shares_must_fit_secaggs_clipping_range() -> None:
     dp = UserDP(mode="distributed", noise_multiplier=4.0, clip_norm=1.0)
     tight = ServerSettings(rounds=10, clients_per_round=5, dp=dp)  # range 1.0, SecAgg+ on
-    initial = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    initial = _zeros()
     with pytest.raises(ValueError, match="clipping_range"):
         FederatedMF(tight, initial=initial, population=50)
     wide = tight.model_copy(update={"secagg": SecAggSettings(clipping_range=14.0)})
     assert FederatedMF(wide, initial=initial, population=50).accountant is not None
+
+
+class _Connecting(StaticClients):
+    """Devices that connect one at a time, one per look at the count."""
+
+    def __init__(self, n: int, *, stop_at: int | None = None) -> None:
+        super().__init__(n)
+        self.everyone, self.clients = self.clients, {}
+        self.stop_at = n if stop_at is None else stop_at
+
+    def num_available(self) -> int:
+        if len(self.clients) < self.stop_at:
+            cid = sorted(self.everyone)[len(self.clients)]
+            self.clients[cid] = self.everyone[cid]
+        return len(self.clients)
+
+
+def test_a_round_waits_for_the_whole_population_before_sampling() -> None:
+    strategy = _strategy(UserDP(), cohort=5, population=50)
+    early = _Connecting(50)
+    cohort = strategy.configure_fit(1, ndarrays_to_parameters(_zeros()), early)
+    assert len(early.clients) == 50
+    settled = strategy.configure_fit(1, ndarrays_to_parameters(_zeros()), StaticClients(50))
+    assert [c.cid for c, _ in cohort] == [c.cid for c, _ in settled]
+
+
+def test_too_few_devices_connecting_in_time_is_an_error() -> None:
+    settings = ServerSettings(
+        clients_per_round=5, connect_timeout=0.2, secagg=SecAggSettings(enabled=False)
+    )
+    initial = _zeros()
+    partial = FederatedMF(settings, initial=initial, population=50)
+    cohort = partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=8))
+    assert len(cohort) == 5  # the population never arrived: sampled from the 8 there
+    with pytest.raises(RuntimeError, match="only 3 devices connected within 0.2 s"):
+        partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=3))
