@@ -3,8 +3,11 @@
 ``pyproject.toml`` names ``server_app`` and ``client_app`` here. The run config
 (``[tool.flwr.app.config]``, overridable with ``flwr run . --run-config "k=v ..."``) holds
 flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
-``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``secure-aggregation``,
-``synthetic-users``, ``synthetic-items``.
+``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``synthetic-users``,
+``synthetic-items``; SecAgg+: ``secure-aggregation``, ``secagg-num-shares``,
+``secagg-reconstruction-threshold``, ``secagg-clipping-range``; user-level DP: ``dp``
+(``off``, ``central`` or ``distributed``), ``dp-epsilon`` (target ε), ``dp-delta``,
+``dp-noise-multiplier``, ``dp-clip-norm``. An empty value keeps the default.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
 user count, e.g. 943 for ml-100k). Before the first round the ServerApp provisions the
 virtual devices, as ``stamen simulate`` does: the device store under ``output/devices``,
@@ -29,6 +32,7 @@ from flwr.server import Grid, ServerApp
 from stamen.client.app import make_client_fn
 from stamen.client.keys import DeviceKeys
 from stamen.client.store import write_store
+from stamen.models import ConfigError
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
@@ -56,12 +60,43 @@ _KEYS = {
 }
 
 
+_SECTIONS = {
+    "secagg": {
+        "secure-aggregation": "enabled",
+        "secagg-num-shares": "num_shares",
+        "secagg-reconstruction-threshold": "reconstruction_threshold",
+        "secagg-clipping-range": "clipping_range",
+    },
+    "dp": {
+        "dp": "mode",
+        "dp-epsilon": "target_epsilon",
+        "dp-delta": "delta",
+        "dp-noise-multiplier": "noise_multiplier",
+        "dp-clip-norm": "clip_norm",
+    },
+}
+
+
+def _given(run_config: dict, keys: dict[str, str]) -> dict:
+    """Stamen's names for the ``keys`` set in ``run_config`` (empty strings: unset)."""
+    return {
+        ours: run_config[theirs]
+        for theirs, ours in keys.items()
+        if run_config.get(theirs, "") != ""
+    }
+
+
 def config_from_run_config(run_config: dict) -> SimulationConfig:
     """Map Flower's flat run config onto Stamen's settings (empty values: defaults)."""
-    overrides = {ours: run_config.get(theirs) for theirs, ours in _KEYS.items()}
-    overrides = {k: v for k, v in overrides.items() if v not in (None, "")}
-    if "secure-aggregation" in run_config:
-        overrides["secagg"] = {"enabled": bool(run_config["secure-aggregation"])}
+    known = set(_KEYS).union(*_SECTIONS.values())
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        raise ConfigError(f"flwr run config: unknown keys {unknown}; known: {sorted(known)}")
+    run_config = {k: v for k, v in run_config.items() if v is not None}
+    overrides = _given(run_config, _KEYS)
+    for section, keys in _SECTIONS.items():
+        if values := _given(run_config, keys):
+            overrides[section] = values
     return load_config(None, overrides, source="flwr run config")
 
 

@@ -58,3 +58,44 @@ def test_flwr_run_config_maps_onto_settings_and_names_its_source() -> None:
     assert config_from_run_config({}).secagg.enabled
     with pytest.raises(ConfigError, match="flwr run config: synthetic_items"):
         config_from_run_config({"synthetic-items": 5})
+
+
+def test_flwr_run_config_sets_secagg_and_dp_and_refuses_unknown_keys() -> None:
+    from stamen.simulation.flwr_app import config_from_run_config
+
+    config = config_from_run_config(
+        {
+            "secagg-num-shares": 7,
+            "secagg-reconstruction-threshold": 4,
+            "secagg-clipping-range": 4.0,
+            "dp": "distributed",
+            "dp-epsilon": 4.0,
+            "dp-clip-norm": 0.5,
+            "dp-noise-multiplier": "",
+        }
+    )
+    assert (config.secagg.num_shares, config.secagg.reconstruction_threshold) == (7, 4)
+    assert config.secagg.enabled and config.secagg.clipping_range == 4.0
+    assert (config.dp.mode, config.dp.target_epsilon, config.dp.clip_norm) == (
+        "distributed",
+        4.0,
+        0.5,
+    )
+    assert config.dp.noise_multiplier is None
+    with pytest.raises(ConfigError, match=r"unknown keys \['num-rounds'\]"):
+        config_from_run_config({"num-rounds": 3})
+    with pytest.raises(ConfigError, match="flwr run config: dp.mode"):
+        config_from_run_config({"dp": "local", "dp-epsilon": 1.0})
+
+
+def test_the_flower_app_config_in_pyproject_maps_onto_the_defaults() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from stamen.simulation.flwr_app import config_from_run_config
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    app_config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    config = config_from_run_config(app_config)
+    assert config.secagg == load_config(None, {}).secagg and not config.dp.enabled
+    assert config.rounds == app_config["num-server-rounds"]

@@ -1,6 +1,7 @@
 """``flwr run .`` end to end: a SuperLink of our own (simulation runtime, 127.0.0.1 only,
 stopped by the fixture) runs the Flower App named in pyproject.toml on 12 synthetic
-devices for 2 rounds with SecAgg+ (the default)."""
+devices for 2 rounds with SecAgg+ (the default) and distributed user-level DP at a
+target ε of 8."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-USERS, COHORT = 12, 6
+USERS, COHORT, EPSILON = 12, 6, 8.0
 
 
 def _free_port() -> int:
@@ -83,7 +84,8 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
         _wait_for(port, superlink)
         run_config = (
             f"dataset='synthetic' synthetic-users={USERS} synthetic-items=400 "
-            f"num-server-rounds=2 clients-per-round={COHORT} output='{output}'"
+            f"num-server-rounds=2 clients-per-round={COHORT} output='{output}' "
+            f"dp='distributed' dp-epsilon={EPSILON} secagg-clipping-range=8.0"
         )
         done = subprocess.run(
             [
@@ -114,7 +116,7 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
         log.close()
 
 
-def test_rounds_complete_under_secagg_with_every_device(flwr_run) -> None:
+def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None:
     output, printed = flwr_run
     results_path = output / "results.json"
     assert results_path.is_file(), printed[-3000:]
@@ -127,7 +129,10 @@ def test_rounds_complete_under_secagg_with_every_device(flwr_run) -> None:
     privacy = results["privacy"]
     assert privacy["secure_aggregation"]["enabled"]
     assert privacy["encrypted_at_rest"] and privacy["signed_releases"]
-    assert privacy["mode"] == "off" and privacy["epsilon"] == float("inf")
+    assert privacy["mode"] == "distributed" and privacy["rounds"] == 2
+    assert 0 < privacy["epsilon"] <= EPSILON and privacy["delta"] == pytest.approx(1 / USERS)
+    assert privacy["noise_multiplier"] > 0 and privacy["sampling_rate"] == COHORT / USERS
+    assert all(0 < r["privacy"]["epsilon"] <= EPSILON for r in rounds)
 
 
 def test_device_store_is_encrypted_and_keys_are_owner_only(flwr_run) -> None:
