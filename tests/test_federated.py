@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pickle
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,37 +113,29 @@ def _failed_devices(result) -> dict[int, list[str]]:  # noqa: ANN001
 
 
 def _run(variant: str, tmp_path_factory, monkeypatch_module):  # noqa: ANN001, ANN202
-    """Run ``variant`` and capture what devices send. Devices failing because our ClientApp
-    raised fail the fixture at once; a failure of Flower's Ray workers themselves (not a
-    ``ClientAppException``) is retried once, with a warning, and fails the second time."""
+    """Run ``variant``, capturing what devices send; any device failing fails the fixture
+    with the reasons the server recorded and Flower's last error lines."""
+    captured = tmp_path_factory.mktemp("messages")
+    output = tmp_path_factory.mktemp("run")
+    monkeypatch_module.setattr(
+        runner_module,
+        "build_client_app",
+        lambda *a, **k: build_client_app(*a, **k, outer_mods=[_Capture(captured)]),
+    )
     split = leave_one_out(_population(), seed=0)
-    for attempt in range(2):
-        captured = tmp_path_factory.mktemp("messages")
-        output = tmp_path_factory.mktemp("run")
-        monkeypatch_module.setattr(
-            runner_module,
-            "build_client_app",
-            lambda *a, _to=captured, **k: build_client_app(*a, **k, outer_mods=[_Capture(_to)]),
-        )
-        config = load_config(
-            None,
-            {
-                "rounds": 2,
-                "clients_per_round": 4,
-                "eval_every": 1,
-                "local": {"dim": DIM, "refresh_steps": 3},
-                "output": str(output),
-                **VARIANTS[variant],
-            },
-        )
-        result = run_federated(config, split, output=output)
-        failed = _failed_devices(result)
-        reasons = [r for rs in failed.values() for r in rs]
-        if not failed or attempt == 1 or any("ClientAppException" in r for r in reasons):
-            break
-        warnings.warn(
-            f"{variant} run retried after simulation-worker failures: {failed}", stacklevel=2
-        )
+    config = load_config(
+        None,
+        {
+            "rounds": 2,
+            "clients_per_round": 4,
+            "eval_every": 1,
+            "local": {"dim": DIM, "refresh_steps": 3},
+            "output": str(output),
+            **VARIANTS[variant],
+        },
+    )
+    result = run_federated(config, split, output=output)
+    failed = _failed_devices(result)
     assert not failed, f"devices failed (round: reasons): {failed}; Flower: {result.errors[-4:]}"
     messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
     return config, split, result, messages, output
