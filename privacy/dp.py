@@ -43,6 +43,12 @@ class UserDP(BaseModel):
     def _check(self) -> UserDP:
         if self.mode != "off" and self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("differential privacy needs noise_multiplier or target_epsilon")
+        if self.mode == "off" and (self.noise_multiplier, self.target_epsilon) != (None, None):
+            # a run the user believes private must not quietly run without noise
+            raise ValueError(
+                "noise_multiplier / target_epsilon given but mode is 'off': "
+                "set mode to 'central' or 'distributed'"
+            )
         return self
 
     @property

@@ -117,6 +117,12 @@ def test_dp_without_noise_or_target_is_rejected() -> None:
         UserDP(mode="central")
 
 
+@pytest.mark.parametrize("given", [{"target_epsilon": 4.0}, {"noise_multiplier": 1.0}])
+def test_noise_settings_without_a_dp_mode_are_rejected(given: dict) -> None:
+    with pytest.raises(ValueError, match="mode is 'off'"):
+        UserDP(**given)
+
+
 def test_device_refuses_unsigned_or_tampered_releases() -> None:
     from stamen.privacy import SignatureError, generate_signing_key, sign_arrays
 
