@@ -53,17 +53,12 @@ _log = logging.getLogger("stamen")
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
-def _failure_reasons(
-    failures: list[tuple[ClientProxy, Any] | BaseException], *, key: str = "failure_reasons"
-) -> dict[str, list[str]]:
-    """``{key: [why each failed device failed]}`` (the exception, or the status message of a
-    reply that was not OK); empty when nothing failed, so a clean round's record stays
-    small."""
-    reasons = [
+def _failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
+    """Why each failed device failed: the exception, or the status of a reply not OK."""
+    return [
         f"{type(f).__name__}: {f}" if isinstance(f, BaseException) else str(f[1].status.message)
         for f in failures
     ]
-    return {key: reasons} if reasons else {}
 
 
 def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
@@ -172,8 +167,8 @@ class FederatedMF(Strategy):
     def __repr__(self) -> str:
         return f"FederatedMF(optimizer={self.settings.optimizer.name})"
 
-    def _await_devices(self, client_manager: ClientManager) -> int:
-        """Wait until the population (or a cohort) is connected; returns how many are.
+    def _await_devices(self, client_manager: ClientManager) -> None:
+        """Wait until the population (or a cohort) is connected.
 
         Raises:
             RuntimeError: fewer than ``clients_per_round`` connected within the timeout.
@@ -196,7 +191,6 @@ class FederatedMF(Strategy):
                 )
                 break
             time.sleep(0.05)
-        return available
 
     def _sorted_clients(self, client_manager: ClientManager) -> list[ClientProxy]:
         self._await_devices(client_manager)
@@ -277,7 +271,7 @@ class FederatedMF(Strategy):
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
         if not results:
-            reasons = _failure_reasons(failures).get("failure_reasons", [])
+            reasons = _failure_reasons(failures)
             raise RuntimeError(
                 f"round {rnd}: no device returned an update ({len(failures)} failures: "
                 f"{'; '.join(reasons) or 'no reason given'})"
@@ -302,13 +296,14 @@ class FederatedMF(Strategy):
                 "fit": metrics,
                 "devices": len(results),
                 "failures": len(failures),
-                **_failure_reasons(failures),
                 "upload_bytes_per_device": self._upload_bytes(),
                 "update_norm": float(
                     np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
                 ),
             }
         )
+        if failures:  # only then, so a clean round's record stays small
+            self._record["failure_reasons"] = _failure_reasons(failures)
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
@@ -392,7 +387,8 @@ class FederatedMF(Strategy):
         metrics = _mean_metrics(pairs)
         self._record["evaluate"] = {**metrics, "devices": sum(n for n, _ in pairs)}
         self._record["evaluate_failures"] = len(failures)
-        self._record.update(_failure_reasons(failures, key="evaluate_failure_reasons"))
+        if failures:
+            self._record["evaluate_failure_reasons"] = _failure_reasons(failures)
         self._finish_round(rnd)
         return metrics.get("loss"), metrics
 

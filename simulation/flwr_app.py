@@ -31,7 +31,6 @@ from flwr.server import Grid, ServerApp
 
 from stamen.client.app import make_client_fn
 from stamen.client.keys import DeviceKeys
-from stamen.client.store import write_store
 from stamen.models import ConfigError
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
@@ -40,7 +39,7 @@ from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.report import write_results
-from stamen.simulation.runner import initial_shared
+from stamen.simulation.runner import initial_shared, write_split_store
 from stamen.simulation.split import leave_one_out
 
 __all__ = ["client_app", "config_from_run_config", "server_app"]
@@ -119,14 +118,7 @@ def _server(grid: Grid, context: Context) -> None:
     release_private, release_public = generate_signing_key()
     keys = DeviceKeys(store_key=generate_key(), release_key=release_public)
     keys.save(_keys(config))
-    write_store(
-        _store(config),
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-        key=keys.store_key,
-    )
+    write_split_store(split, _store(config), key=keys.store_key)
     strategy = FederatedMF(
         config.server_settings(split.n_users),
         initial=initial_shared(split.n_items, config),

@@ -30,7 +30,7 @@ from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.split import Split
 
-__all__ = ["FederatedResult", "run_federated"]
+__all__ = ["FederatedResult", "run_federated", "write_split_store"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,18 @@ class _ErrorLog(logging.Handler):
         return " | ".join(line.strip() for line in self.lines[-last:])
 
 
+def write_split_store(split: Split, folder: Path, *, key: bytes | None = None) -> Path:
+    """The device store of every user in ``split`` (encrypted at rest under ``key``)."""
+    return write_store(
+        folder,
+        train=split.train,
+        valid=split.valid,
+        test=split.test,
+        negatives=split.negatives,
+        key=key,
+    )
+
+
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
     """The seeded initial item side."""
     model = MatrixFactorization(
@@ -83,14 +95,7 @@ def run_federated(
     """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices."""
     # Devices keep their data encrypted at rest under a key that lives only in this run.
     store_key = generate_key()
-    store = write_store(
-        output / "devices",
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-        key=store_key,
-    )
+    store = write_split_store(split, output / "devices", key=store_key)
     checkpoints = CheckpointStore(output / "checkpoints")
     resume = checkpoints.latest() if config.resume else None
     if not config.resume:

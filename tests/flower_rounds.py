@@ -14,10 +14,10 @@ from flwr.clientapp.typing import Mod
 from flwr.common import parameters_to_ndarrays
 
 from stamen.client.app import build_client_app
-from stamen.client.store import write_store
 from stamen.server.app import build_server_app
 from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig
+from stamen.simulation.runner import write_split_store
 from stamen.simulation.split import Split
 
 
@@ -58,13 +58,7 @@ def run_recorded(
         built.append(strategy)
         return strategy
 
-    store = write_store(
-        folder / "devices",
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-    )
+    store = write_split_store(split, folder / "devices")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
