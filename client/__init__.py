@@ -1,4 +1,5 @@
-"""The device side: the local store, the local training step and Stamen's Flower ClientApp.
+"""The device side: the embeddable ``Device`` (encrypted event store, signed releases,
+recommendations), the local training step and Stamen's Flower ClientApp.
 
 Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``.
 """
@@ -10,16 +11,34 @@ from stamen.client.app import (
     build_client_app,
     make_client_fn,
 )
+from stamen.client.device import (
+    Device,
+    DeviceClosedError,
+    Recommendation,
+    ReleaseError,
+    ReleaseInfo,
+    RollbackError,
+)
+from stamen.client.events import EVENT_KINDS, Event, EventError
 from stamen.client.keys import DeviceKeys
 from stamen.client.local import LocalResult, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
 from stamen.client.store import DeviceData, read_device_data, write_store
 
 __all__ = [
+    "Device",
+    "DeviceClosedError",
     "DeviceData",
     "DeviceKeys",
+    "EVENT_KINDS",
+    "Event",
+    "EventError",
     "LocalResult",
     "MFClient",
+    "Recommendation",
+    "ReleaseError",
+    "ReleaseInfo",
+    "RollbackError",
     "USER_STATE_KEY",
     "VALID_METRICS",
     "build_client_app",

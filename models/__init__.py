@@ -4,6 +4,7 @@ Imports no other Stamen package and never ``flwr``.
 """
 
 from stamen.models.batches import Batch, UserItems, user_batches
+from stamen.models.bundle import BUNDLE_FORMAT, BundleError, ReleaseBundle, ReleaseCatalog
 from stamen.models.errors import (
     CheckpointError,
     ChecksumError,
@@ -15,12 +16,15 @@ from stamen.models.errors import (
 from stamen.models.losses import LOSSES, bce_loss, bpr_loss, softmax_loss
 from stamen.models.metrics import batch_metrics, full_ranks, ranking_metrics, sampled_ranks, top_k
 from stamen.models.mf import SHARED_PARAMETERS, MatrixFactorization
+from stamen.models.quantize import ItemTable
 from stamen.models.schema import Catalog, Dataset, Interactions
 from stamen.models.settings import LocalSettings
 from stamen.models.training import fit, refresh_users, torch_generator
 
 __all__ = [
+    "BUNDLE_FORMAT",
     "Batch",
+    "BundleError",
     "Catalog",
     "CheckpointError",
     "ChecksumError",
@@ -29,9 +33,12 @@ __all__ = [
     "DataFormatError",
     "Dataset",
     "Interactions",
+    "ItemTable",
     "LOSSES",
     "LocalSettings",
     "MatrixFactorization",
+    "ReleaseBundle",
+    "ReleaseCatalog",
     "SHARED_PARAMETERS",
     "StamenError",
     "UserItems",

@@ -4,6 +4,7 @@ they differ only in the data and the parameters they hand it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,9 +12,11 @@ import torch
 from stamen.models.batches import UserItems, user_batches
 from stamen.models.losses import LOSSES, LossFn
 from stamen.models.mf import MatrixFactorization
+from stamen.models.quantize import ItemTable
 from stamen.models.settings import LocalSettings
 
 __all__ = [
+    "IALSSolver",
     "REFITTERS",
     "fit",
     "refit_users",
@@ -116,6 +119,58 @@ def refresh_users(
             p.requires_grad_(True)
 
 
+@dataclass(frozen=True, eq=False)
+class IALSSolver:
+    """The exact ``ials`` user solve against a frozen item side, batch-first.
+
+    The user factor minimising the ``ials`` loss is the solution of ``(QᵀQ + alpha
+    Q_uᵀQ_u + l2 I) p_u = -Qᵀb + Σ_{i∈u}(1 + alpha - alpha b_i) q_i``. Everything but
+    the user's own rows is fixed by the item side, so :meth:`build` computes ``QᵀQ +
+    l2 I`` and ``-Qᵀb`` once (in float64, a block of rows at a time) and :meth:`solve`
+    then costs one small ``dim x dim`` system per user: what a device pays per event.
+    """
+
+    table: ItemTable
+    bias: np.ndarray
+    gram: np.ndarray
+    base: np.ndarray
+    alpha: float
+
+    @classmethod
+    def build(
+        cls, table: ItemTable, bias: np.ndarray, *, alpha: float, l2: float, block: int = 65536
+    ) -> IALSSolver:
+        """Precompute the item side's part of the system (see class docstring)."""
+        dim = table.dim
+        gram = l2 * np.eye(dim)
+        base = np.zeros(dim)
+        bias = np.asarray(bias, np.float64)
+        for start in range(0, len(table), block):
+            rows = table.rows(np.arange(start, min(start + block, len(table)))).astype(np.float64)
+            gram += rows.T @ rows
+            base -= rows.T @ bias[start : start + len(rows)]
+        return cls(table=table, bias=bias, gram=gram, base=base, alpha=alpha)
+
+    def solve(self, data: UserItems, *, batch_size: int = 256) -> np.ndarray:
+        """The factor ``(n_users, dim)`` (float32) of every row of ``data``."""
+        out = np.zeros((data.n_users, self.table.dim), np.float32)
+        for start in range(0, data.n_users, batch_size):
+            users = np.arange(start, min(start + batch_size, data.n_users))
+            sub = data.select(users)
+            counts = sub.counts()
+            width = max(int(counts.max()) if len(counts) else 0, 1)
+            rows, items = sub.pairs()
+            slots = np.arange(len(items)) - np.repeat(sub.indptr[:-1], counts)
+            padded = np.zeros((len(users), width, self.table.dim))
+            weights = np.zeros((len(users), width))
+            padded[rows, slots] = self.table.rows(items)
+            weights[rows, slots] = 1.0 + self.alpha - self.alpha * self.bias[items]
+            lhs = self.gram + self.alpha * padded.transpose(0, 2, 1) @ padded
+            rhs = self.base + (weights[:, :, None] * padded).sum(1)
+            out[users] = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
+        return out
+
+
 def solve_users(
     model: MatrixFactorization,
     data: UserItems,
@@ -125,30 +180,13 @@ def solve_users(
     batch_size: int = 256,
 ) -> None:
     """Set each user's factor to the exact minimiser of the ``ials`` loss against the
-    frozen item side: ``(QᵀQ + alpha Q_uᵀQ_u + l2 I) p_u = Qᵀ(-b) + Σ_{i∈u}(1 + alpha -
-    alpha b_i) q_i`` (one small linear solve per user, batched). Row ``u`` of ``data`` is
-    row ``u`` of the model's user table."""
+    frozen item side (:class:`IALSSolver`). Row ``u`` of ``data`` is row ``u`` of the
+    model's user table."""
+    table = ItemTable.dense(model.items.weight.detach().numpy())
+    solver = IALSSolver.build(table, model.items.bias.detach().numpy(), alpha=alpha, l2=l2)
+    factors = solver.solve(data, batch_size=batch_size)
     with torch.no_grad():
-        q = model.items.weight.detach().double()
-        b = model.items.bias.detach().double()
-        gram = q.T @ q + l2 * torch.eye(q.shape[1], dtype=q.dtype)
-        base = -(q.T @ b)
-        for start in range(0, data.n_users, batch_size):
-            users = np.arange(start, min(start + batch_size, data.n_users))
-            sub = data.select(users)
-            counts = sub.counts()
-            width = max(int(counts.max()) if len(counts) else 0, 1)
-            rows, items = sub.pairs()
-            slots = np.arange(len(items)) - np.repeat(sub.indptr[:-1], counts)
-            padded = torch.zeros(len(users), width, q.shape[1], dtype=q.dtype)
-            weights = torch.zeros(len(users), width, dtype=q.dtype)
-            item_t = torch.from_numpy(items)
-            padded[rows, slots] = q[item_t]
-            weights[rows, slots] = 1.0 + alpha - alpha * b[item_t]
-            lhs = gram + alpha * padded.transpose(1, 2) @ padded
-            rhs = base + (weights[:, :, None] * padded).sum(1)
-            solution = torch.linalg.solve(lhs, rhs)
-            model.users.weight[torch.from_numpy(users)] = solution.float()
+        model.users.weight[: data.n_users] = torch.from_numpy(factors)
 
 
 def _refresh_by_gradient(

@@ -1,4 +1,5 @@
-"""Privacy building blocks: clipping, DP accounting, SecAgg+ settings, encryption, signing.
+"""Privacy building blocks: clipping, DP accounting, SecAgg+ settings, encryption at rest
+(AES-GCM blobs and SQLCipher databases), signing.
 
 Imports no other Stamen package and never ``flwr``.
 """
@@ -10,10 +11,12 @@ from stamen.privacy.accountant import (
     noise_for_target,
 )
 from stamen.privacy.clipping import check_update, clip_update, update_norm
+from stamen.privacy.database import DatabaseError, open_encrypted_database
 from stamen.privacy.dp import UserDP, gaussian_noise, noise_share_std, secagg_range_for
 from stamen.privacy.encryption import (
     decrypt,
     decrypt_file,
+    derive_key,
     encrypt,
     encrypt_file,
     generate_key,
@@ -27,8 +30,11 @@ from stamen.privacy.errors import (
 from stamen.privacy.record_dp import RecordDP, record_epsilon
 from stamen.privacy.secagg import SecAggSettings
 from stamen.privacy.signing import (
+    SIGNED_MAGIC,
     generate_signing_key,
+    open_signed,
     release_digest,
+    seal_signed,
     sign_arrays,
     sign_release,
     verify_arrays,
@@ -39,10 +45,12 @@ __all__ = [
     "ACCOUNTANTS",
     "BudgetExceededError",
     "DPSettings",
+    "DatabaseError",
     "DecryptionError",
     "PrivacyAccountant",
     "PrivacyError",
     "RecordDP",
+    "SIGNED_MAGIC",
     "SecAggSettings",
     "SignatureError",
     "UserDP",
@@ -50,6 +58,7 @@ __all__ = [
     "clip_update",
     "decrypt",
     "decrypt_file",
+    "derive_key",
     "encrypt",
     "encrypt_file",
     "gaussian_noise",
@@ -57,8 +66,11 @@ __all__ = [
     "generate_signing_key",
     "noise_for_target",
     "noise_share_std",
+    "open_encrypted_database",
+    "open_signed",
     "record_epsilon",
     "release_digest",
+    "seal_signed",
     "secagg_range_for",
     "sign_arrays",
     "sign_release",

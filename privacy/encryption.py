@@ -14,11 +14,13 @@ import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stamen.privacy.errors import DecryptionError
 
-__all__ = ["decrypt", "decrypt_file", "encrypt", "encrypt_file", "generate_key"]
+__all__ = ["decrypt", "decrypt_file", "derive_key", "encrypt", "encrypt_file", "generate_key"]
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32
@@ -30,6 +32,18 @@ _HEADER_BYTES = 1 + NONCE_BYTES
 def generate_key() -> bytes:
     """A fresh random 32-byte AES-256-GCM key."""
     return AESGCM.generate_key(bit_length=8 * KEY_BYTES)
+
+
+def derive_key(master: bytes, *, purpose: str) -> bytes:
+    """A 32-byte key for ``purpose`` (e.g. one simulated device's store) derived from
+    ``master`` with HKDF-SHA256; different purposes give independent keys.
+
+    Raises:
+        ValueError: ``master`` is not 32 bytes.
+    """
+    _cipher(master)
+    kdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=purpose.encode())
+    return kdf.derive(bytes(master))
 
 
 def _cipher(key: bytes) -> AESGCM:

@@ -2,8 +2,9 @@
 
 The server signs :func:`release_digest` of the global model's arrays and round number;
 a device recomputes the digest from what it received and verifies it with the server's
-public key before using the model. Keys are raw bytes (32 each, ``cryptography``'s raw
-Ed25519 encoding).
+public key before using the model. Release bundles (files a device installs) are
+signed as a whole by :func:`seal_signed` and checked by :func:`open_signed`. Keys are raw
+bytes (32 each, ``cryptography``'s raw Ed25519 encoding).
 """
 
 from __future__ import annotations
@@ -19,15 +20,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from stamen.privacy.errors import SignatureError
 
 __all__ = [
+    "SIGNED_MAGIC",
     "generate_signing_key",
+    "open_signed",
     "release_digest",
     "sign_arrays",
+    "seal_signed",
     "sign_release",
     "verify_arrays",
     "verify_release",
 ]
 
 _DIGEST_DOMAIN = b"stamen/model-release/v1\x00"
+_FILE_DOMAIN = b"stamen/signed-file/v1\x00"
+
+#: First bytes of a signed file: ``SIGNED_MAGIC || payload || signature (64 bytes)``.
+SIGNED_MAGIC = b"STAMEN-SIGNED\x00v1"
+SIGNATURE_BYTES = 64
 
 
 def generate_signing_key() -> tuple[bytes, bytes]:
@@ -105,3 +114,35 @@ def verify_arrays(
 ) -> None:
     """Verify a :func:`sign_arrays` signature; raise :class:`SignatureError` if it fails."""
     verify_release(release_digest(arrays, round=round), signature, public_key=public_key)
+
+
+def _file_digest(body: memoryview) -> bytes:
+    return _FILE_DOMAIN + hashlib.sha256(body).digest()
+
+
+def seal_signed(payload: bytes, *, private_key: bytes) -> bytes:
+    """Wrap ``payload`` (a release bundle's bytes) in a signed file: the magic, the
+    payload, then an Ed25519 signature of the SHA-256 digest of everything before it
+    (the whole file but the signature), under a domain tag."""
+    body = SIGNED_MAGIC + bytes(payload)
+    return body + sign_release(_file_digest(memoryview(body)), private_key=private_key)
+
+
+def open_signed(data: bytes, *, public_key: bytes, source: str = "release") -> memoryview:
+    """The payload of a :func:`seal_signed` file (a view into ``data``, no copy), after
+    verifying its signature.
+
+    Raises:
+        SignatureError: the data is not a signed file (unsigned), or its signature does
+            not verify under ``public_key`` (tampered, truncated, or signed by another
+            key). ``source`` (a file name) starts the message.
+    """
+    view = memoryview(data)
+    if bytes(view[: len(SIGNED_MAGIC)]) != SIGNED_MAGIC or len(view) < len(SIGNED_MAGIC) + 64:
+        raise SignatureError(f"{source}: unsigned (not a signed Stamen file); refused")
+    body, signature = view[:-SIGNATURE_BYTES], bytes(view[-SIGNATURE_BYTES:])
+    try:
+        verify_release(_file_digest(body), signature, public_key=public_key)
+    except SignatureError as error:
+        raise SignatureError(f"{source}: {error}") from None
+    return body[len(SIGNED_MAGIC) :]

@@ -1,0 +1,565 @@
+"""``Device``: the library an app embeds (record events, apply releases, recommend).
+
+A device lives in one folder of its own::
+
+    device.db, device.db-wal, device.db-shm   the events, encrypted as a whole (SQLCipher)
+    release.stamen                            the installed release, signed, as published
+
+The store key comes from the app's keystore and is never written to the folder; the
+publisher's Ed25519 public key is pinned in the (encrypted, authenticated) store when the
+device is created. The release file holds only the published model and catalogue, never
+anything about the person, and is verified again every time the device opens.
+
+What the device knows about the person is derived from the events on every event: their
+items (the most recent event positive), the items they rejected (the most recent event
+negative feedback), and for matrix factorisation the user factor, re-solved exactly
+against the installed item factors for the ``ials`` objective (a few gradient steps for
+other losses). ``recommend`` ranks the catalogue with it; nothing leaves the device.
+
+Thread safety: every public method takes one lock, so a UI thread may record while a
+background thread recommends or trains; calls are serialised, never interleaved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stamen.client.device_store import DB_NAME, EventStore
+from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
+from stamen.client.local import build_local_model
+from stamen.models.batches import UserItems
+from stamen.models.bundle import ReleaseBundle
+from stamen.models.errors import DataError, StamenError
+from stamen.models.metrics import top_k
+from stamen.models.settings import LocalSettings
+from stamen.models.training import IALSSolver
+from stamen.privacy import SignatureError, open_signed
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "RELEASE_FILE",
+    "Device",
+    "DeviceClosedError",
+    "Recommendation",
+    "ReleaseError",
+    "ReleaseInfo",
+    "RollbackError",
+]
+
+_log = logging.getLogger("stamen.device")
+
+RELEASE_FILE = "release.stamen"
+EXPORT_FORMAT = "stamen-device-export/1"
+_PINNED_KEY = "release_key"
+_HIGHEST = "highest_release"
+_DIGEST = "release_sha256"
+_POPULAR_REASON = "Popular right now"
+
+
+class ReleaseError(StamenError):
+    """A release was refused (the message says why); the installed release stays."""
+
+
+class RollbackError(ReleaseError):
+    """A release older than the newest one this device has installed was refused."""
+
+
+class DeviceClosedError(StamenError):
+    """The device was closed or forgotten; open it again."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item: the app's id, its score, a reason a person can read, and the
+    stage that produced it (``"cf"``: collaborative filtering; ``"popular"``: the
+    fallback for a device with no history)."""
+
+    item: str
+    score: float
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What is installed: release number, model kind, catalogue size, int8 table or not."""
+
+    number: int
+    model: str
+    items: int
+    quantized: bool
+
+
+class _Serving:
+    """What a device derives from an installed release (held in memory only)."""
+
+    def __init__(self, bundle: ReleaseBundle) -> None:
+        self.bundle = bundle
+        self.settings = LocalSettings.model_validate(
+            {k: v for k, v in bundle.settings.items() if k in LocalSettings.model_fields}
+        )
+        self.table = bundle.table("items.weight")
+        self.bias = np.asarray(bundle.arrays["items.bias"], np.float32)
+        self.solver = (
+            IALSSolver.build(self.table, self.bias, alpha=self.settings.alpha, l2=self.settings.l2)
+            if self.settings.loss == "ials"
+            else None
+        )
+
+    def factor(self, items: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+        """The user factor for ``items`` (rows), ``None`` without any."""
+        if not len(items):
+            return None
+        data = UserItems.single(items, n_items=len(self.table))
+        if self.solver is not None:
+            return self.solver.solve(data)[0]
+        model = build_local_model(
+            self.bundle.shared_arrays(),
+            previous,
+            settings=self.settings,
+            items=data,
+            rng=np.random.default_rng(len(items)),
+        )
+        return model.users.weight.detach()[0].numpy().copy()
+
+
+class Device:
+    """One person's device (see module docstring). Create with :meth:`open`."""
+
+    def __init__(self, folder: Path, store: EventStore, release_key: bytes) -> None:
+        self.folder = folder
+        self._store: EventStore | None = store
+        self._release_key = release_key
+        self._lock = threading.RLock()
+        self._latest: dict[str, tuple[float, str]] = {}
+        self._serving: _Serving | None = None
+        self._factor: np.ndarray | None = None
+        self._items = np.zeros(0, np.int64)
+        self._rejected = np.zeros(0, np.int64)
+        self._track(store.events())
+        self._load_installed()
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, key: bytes, release_key: bytes | None = None
+    ) -> Device:
+        """Open the device in folder ``path``, creating it (and the folder) if needed.
+
+        Args:
+            path: the device's own folder.
+            key: the 32-byte store key, from the app's keystore (never written here).
+            release_key: the publisher's raw 32-byte Ed25519 public key. Required to
+                create a device, which pins it for life; later opens may omit it, and a
+                different key is refused.
+
+        Raises:
+            DecryptionError: the store does not open under ``key``.
+            ReleaseError: ``release_key`` differs from the pinned key, or is missing for
+                a new device.
+            ValueError: a key has the wrong length.
+        """
+        folder = Path(path)
+        if release_key is not None and len(release_key) != 32:
+            raise ValueError(f"release_key must be 32 bytes (got {len(release_key)})")
+        new = not (folder / DB_NAME).exists()
+        if new and release_key is None:
+            raise ReleaseError(f"{folder}: a new device needs the publisher's release key to pin")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = EventStore(folder, key=key)
+        pinned = store.get_meta(_PINNED_KEY)
+        if pinned is None:
+            if release_key is None:
+                store.close()
+                raise ReleaseError(f"{folder}: no release key pinned; pass release_key")
+            store.set_meta({_PINNED_KEY: bytes(release_key)})
+            pinned = bytes(release_key)
+        elif release_key is not None and bytes(release_key) != pinned:
+            store.close()
+            raise ReleaseError(
+                f"{folder}: this device is pinned to another release key "
+                f"({pinned.hex()[:16]}…); a device's release key never changes"
+            )
+        return cls(folder, store, pinned)
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store (further calls raise ``DeviceClosedError``)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def _open_store(self) -> EventStore:
+        if self._store is None:
+            raise DeviceClosedError(f"{self.folder}: the device is closed")
+        return self._store
+
+    def _load_installed(self) -> None:
+        path = self.folder / RELEASE_FILE
+        if not path.exists():
+            return
+        try:
+            bundle, digest = self._verified(path.read_bytes(), str(path))
+        except (SignatureError, DataError, ReleaseError) as error:
+            _log.warning("%s: installed release ignored (%s); apply a release again", path, error)
+            return
+        highest = self._highest()
+        if bundle.release < highest or (
+            bundle.release == highest and digest != self._open_store().get_meta(_DIGEST)
+        ):
+            _log.warning(
+                "%s: installed release %d is not the release %d this device last installed; "
+                "ignored",
+                path,
+                bundle.release,
+                highest,
+            )
+            return
+        self._serving = _Serving(bundle)
+        self._refresh()
+
+    # -- events --------------------------------------------------------------------------
+
+    def record(
+        self,
+        item: str,
+        kind: str,
+        *,
+        value: float = 1.0,
+        at: float | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Store one event durably and update the person's state before returning.
+
+        ``kind`` is one of ``EVENT_KINDS``; ``value`` carries a rating or a watch
+        fraction; ``at`` (seconds since the epoch, or an aware ``datetime``) defaults to
+        now; ``context`` is a small mapping (``hour``, ``weekday``, ``device``,
+        ``region``, …). An item the installed release does not know is kept, and counts
+        once a release knows it.
+
+        Raises:
+            EventError: a malformed event (the message names the field); nothing stored.
+        """
+        event = validate_event(item, kind, value=value, at=at, context=context)
+        self._append([event])
+        return event
+
+    def record_many(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
+        """Store a batch of events (``Event`` objects or dicts with ``item``, ``kind`` and
+        optionally ``value``, ``at``, ``context``) in one transaction: all or none.
+
+        Raises:
+            EventError: naming the first malformed event's index and field; nothing
+                of the batch is stored.
+        """
+        now = time.time()
+        checked = []
+        for index, raw in enumerate(events):
+            fields = raw.to_json() if isinstance(raw, Event) else raw
+            if not isinstance(fields, Mapping):
+                raise EventError(
+                    f"expected a mapping, got {type(raw).__name__}", field="event", index=index
+                )
+            unknown = set(fields) - {"item", "kind", "value", "at", "context"}
+            if unknown:
+                raise EventError(
+                    f"unknown fields {sorted(unknown)}", field=sorted(unknown)[0], index=index
+                )
+            checked.append(
+                validate_event(
+                    fields.get("item"),
+                    fields.get("kind"),
+                    value=fields.get("value", 1.0),
+                    at=fields.get("at"),
+                    context=fields.get("context"),
+                    index=index,
+                    now=now,
+                )
+            )
+        self._append(checked)
+        return len(checked)
+
+    def _append(self, events: list[Event]) -> None:
+        with self._lock:
+            self._open_store().append(events)
+            if self._track(events):
+                self._refresh()
+
+    def _track(self, events: Iterable[Event]) -> bool:
+        """Fold events into the latest event per item; whether any item changed side."""
+        changed = False
+        for event in events:
+            before = self._latest.get(event.item)
+            if before is None or event.at >= before[0]:
+                was = None if before is None else EVENT_KINDS[before[1]].positive
+                self._latest[event.item] = (event.at, event.kind)
+                changed |= was != EVENT_KINDS[event.kind].positive
+        return changed
+
+    def _ids(self, positive: bool) -> list[str]:
+        return [
+            item
+            for item, (_, kind) in self._latest.items()
+            if EVENT_KINDS[kind].positive == positive
+        ]
+
+    def _refresh(self) -> None:
+        """Re-derive the person's state from the events and the installed release."""
+        serving = self._serving
+        if serving is None:
+            self._factor = None
+            self._items = self._rejected = np.zeros(0, np.int64)
+            return
+        catalog = serving.bundle.catalog
+        items = np.unique(catalog.index_of(self._ids(True)))
+        rejected = np.unique(catalog.index_of(self._ids(False)))
+        self._items, self._rejected = items[items >= 0], rejected[rejected >= 0]
+        self._factor = serving.factor(self._items, self._factor)
+
+    def history(self) -> list[Event]:
+        """Every stored event, in the order recorded."""
+        with self._lock:
+            return list(self._open_store().events())
+
+    def item_indices(self) -> np.ndarray:
+        """The person's items as rows of the installed release's catalogue (sorted; items
+        the release does not know are left out). Empty without a release."""
+        with self._lock:
+            return self._items.copy()
+
+    @property
+    def user_factor(self) -> np.ndarray | None:
+        """The person's current user factor (``None``: no release or no known items)."""
+        with self._lock:
+            return None if self._factor is None else self._factor.copy()
+
+    # -- releases ------------------------------------------------------------------------
+
+    @property
+    def release(self) -> ReleaseInfo | None:
+        """The installed release, or ``None``."""
+        with self._lock:
+            if self._serving is None:
+                return None
+            bundle = self._serving.bundle
+            return ReleaseInfo(
+                number=bundle.release,
+                model=bundle.model,
+                items=len(bundle.catalog),
+                quantized=bool(bundle.quantized),
+            )
+
+    def _highest(self) -> int:
+        raw = self._open_store().get_meta(_HIGHEST)
+        return -1 if raw is None else int(raw.decode())
+
+    def _verified(self, data: bytes, source: str) -> tuple[ReleaseBundle, bytes]:
+        payload = open_signed(data, public_key=self._release_key, source=source)
+        bundle = ReleaseBundle.decode(payload, source=source)
+        if bundle.model != "mf":
+            raise ReleaseError(f"{source}: model {bundle.model!r} is not one this device serves")
+        return bundle, hashlib.sha256(data).digest()
+
+    def apply_release(self, bundle: bytes | str | os.PathLike[str]) -> ReleaseInfo:
+        """Verify and install a signed release (a file path or its bytes).
+
+        Re-applying the installed release changes nothing.
+
+        Raises:
+            SignatureError: unsigned, tampered, or signed by another key than the pinned.
+            BundleError: signed but not a readable bundle.
+            RollbackError: older than the newest release this device installed.
+            ReleaseError: same number as the installed one with other contents, or a
+                model this device does not serve.
+            In every case the installed release stays.
+        """
+        path = None if isinstance(bundle, bytes | bytearray | memoryview) else Path(bundle)
+        data = bytes(bundle) if path is None else path.read_bytes()  # type: ignore[arg-type]
+        source = "release bundle" if path is None else str(path)
+        with self._lock:
+            store = self._open_store()
+            release, digest = self._verified(data, source)
+            highest = self._highest()
+            if release.release < highest:
+                raise RollbackError(
+                    f"{source}: release {release.release} is older than release {highest}, "
+                    "which this device installed; refused"
+                )
+            if release.release == highest and digest != store.get_meta(_DIGEST):
+                raise ReleaseError(
+                    f"{source}: release {highest} is installed with other contents; refused"
+                )
+            self._install_file(data, path)
+            store.set_meta({_HIGHEST: str(release.release).encode(), _DIGEST: digest})
+            self._serving = _Serving(release)
+            self._refresh()
+            return self.release  # type: ignore[return-value]
+
+    def _install_file(self, data: bytes, source: Path | None) -> None:
+        """Put the release file in place atomically: a hard link to the verified source
+        file where possible (simulations install one release on many devices), else a
+        written, fsynced copy; then ``os.replace``."""
+        target = self.folder / RELEASE_FILE
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{RELEASE_FILE}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            linked = False
+            if source is not None:
+                try:
+                    os.unlink(tmp)
+                    os.link(source, tmp)
+                    linked = True
+                except OSError:
+                    linked = False
+            if not linked:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- recommending --------------------------------------------------------------------
+
+    def recommend(
+        self, k: int = 10, *, context: Mapping[str, Any] | None = None
+    ) -> list[Recommendation]:
+        """The ``k`` best items for the person, best first, each with a reason.
+
+        Collaborative filtering: the item factors scored against the user factor, the
+        person's items and rejected items excluded, each reason naming the person's item
+        whose factor is closest (cosine) to the recommendation's. Fallbacks, never an
+        exception: with no known items, the release's most popular items (``source``
+        ``"popular"``); with no release, an empty list (nothing is known to recommend).
+        ``context`` is accepted for the on-device pipeline; CF retrieval ignores it.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1 (got {k})")
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None:
+                return []
+            if self._factor is None:
+                scores, source = np.array(serving.bundle.popularity, np.float32), "popular"
+            else:
+                scores = serving.table.scores(self._factor[None])[0] + serving.bias
+                source = "cf"
+            excluded = np.union1d(self._items, self._rejected)
+            ids, values = top_k(
+                torch.from_numpy(scores[None]),
+                k,
+                exclude=UserItems.single(excluded, n_items=len(scores)),
+            )
+            keep = np.isfinite(values[0])
+            ids, values = ids[0][keep], values[0][keep]
+            reasons = [_POPULAR_REASON] * len(ids) if source == "popular" else self._reasons(ids)
+            catalog = serving.bundle.catalog
+            return [
+                Recommendation(catalog.item_id(int(i)), float(v), reason, source)
+                for i, v, reason in zip(ids, values, reasons, strict=True)
+            ]
+
+    def _reasons(self, ids: np.ndarray) -> list[str]:
+        """ "Because you <verb> <title>": the person's item most similar to each pick."""
+        serving = self._serving
+        assert serving is not None
+        history = serving.table.rows(self._items)
+        picks = serving.table.rows(ids)
+        history = history / np.maximum(np.linalg.norm(history, axis=1, keepdims=True), 1e-12)
+        picks = picks / np.maximum(np.linalg.norm(picks, axis=1, keepdims=True), 1e-12)
+        nearest = self._items[np.argmax(picks @ history.T, axis=1)]
+        catalog = serving.bundle.catalog
+        reasons = []
+        for index in nearest:
+            item = catalog.item_id(int(index))
+            verb = EVENT_KINDS[self._latest[item][1]].verb
+            reasons.append(f"Because you {verb} {catalog.title(int(index))}")
+        return reasons
+
+    # -- the person's rights -------------------------------------------------------------
+
+    def export(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Everything stored about the person, as JSON (written to ``path`` if given):
+        the events, the derived state (items, rejected items, user factor) and what is
+        installed. :meth:`restore` reads it back."""
+        with self._lock:
+            release = self.release
+            catalog = None if self._serving is None else self._serving.bundle.catalog
+            ids = (lambda rows: [catalog.item_id(int(i)) for i in rows]) if catalog else None
+            data = {
+                "format": EXPORT_FORMAT,
+                "exported_at": time.time(),
+                "release_key": self._release_key.hex(),
+                "release": None if release is None else release.__dict__,
+                "events": [event.to_json() for event in self._open_store().events()],
+                "state": {
+                    "items": ids(self._items) if ids else [],
+                    "rejected": ids(self._rejected) if ids else [],
+                    "user_factor": None if self._factor is None else self._factor.tolist(),
+                },
+            }
+        if path is not None:
+            Path(path).write_text(json.dumps(data, indent=1))
+        return data
+
+    def restore(self, export: Mapping[str, Any] | str | os.PathLike[str]) -> int:
+        """Record the events of an :meth:`export` (a dict or the JSON file's path) into
+        this device, which must hold no events yet. Returns the number restored.
+
+        Raises:
+            DataError: not an export of this format, or the device already holds events.
+            EventError: an exported event is malformed (nothing is stored).
+        """
+        if not isinstance(export, Mapping):
+            source = str(export)
+            try:
+                export = json.loads(Path(export).read_text())
+            except (OSError, ValueError) as error:
+                raise DataError(f"{source}: not a readable export ({error})") from None
+        if not isinstance(export, Mapping) or export.get("format") != EXPORT_FORMAT:
+            raise DataError(f"not a {EXPORT_FORMAT} export")
+        with self._lock:
+            if self._open_store().count():
+                raise DataError(f"{self.folder}: restore needs a device without events")
+            return self.record_many(export.get("events", []))
+
+    def forget(self) -> None:
+        """Erase everything this device stored: the database with its WAL and journal
+        files, the installed release, the derived state. The folder is left empty and
+        the device closed."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            for path in self.folder.iterdir():
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            self._latest.clear()
+            self._serving, self._factor = None, None
+            self._items = self._rejected = np.zeros(0, np.int64)

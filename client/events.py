@@ -1,0 +1,196 @@
+"""What an app records on a device: events, their kinds, and their validation.
+
+Kinds (``EVENT_KINDS``) are positive engagement (``view``, ``click``, ``play``,
+``complete``, ``rating``, ``purchase``, ``add_to_list``) or negative feedback (``skip``,
+``dismiss``, ``not_interested``); hyphenated spellings (``add-to-list``) are accepted.
+An item counts as one of the person's items when its most recent event is positive; an
+item whose most recent event is negative is *rejected*: it is never recommended and it
+does not count. Ratings count as engagement whatever their value, as in the training
+data (every MovieLens rating is an implicit positive).
+
+Validation happens before anything is stored and names the field: an empty or oversized
+item id, an unknown kind, a non-finite or out-of-range value, a timestamp before 1970 or
+more than a day ahead, a context that is not a small mapping of scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stamen.models.errors import DataError
+
+__all__ = [
+    "CONTEXT_LIMITS",
+    "EVENT_KINDS",
+    "Event",
+    "EventError",
+    "EventKind",
+    "validate_event",
+]
+
+
+@dataclass(frozen=True)
+class EventKind:
+    """A kind of event: whether it is engagement, the verb a reason uses, and the range
+    its value must lie in."""
+
+    positive: bool
+    verb: str
+    low: float = 0.0
+    high: float = math.inf
+
+
+#: Every kind an app may record (see module docstring).
+EVENT_KINDS: dict[str, EventKind] = {
+    "view": EventKind(True, "viewed"),
+    "click": EventKind(True, "clicked"),
+    "play": EventKind(True, "played"),
+    "complete": EventKind(True, "finished", high=1.0),
+    "rating": EventKind(True, "rated", low=-math.inf),
+    "purchase": EventKind(True, "bought"),
+    "add_to_list": EventKind(True, "saved"),
+    "skip": EventKind(False, "skipped"),
+    "dismiss": EventKind(False, "dismissed"),
+    "not_interested": EventKind(False, "marked not interested"),
+}
+
+#: Bounds of an event's id and context.
+CONTEXT_LIMITS = {"item_chars": 256, "keys": 16, "key_chars": 64, "json_bytes": 1024}
+
+_CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6)}
+_FUTURE_SLACK = 86400.0
+
+
+class EventError(DataError):
+    """An event is malformed. ``field`` names the offending field; ``index`` is the
+    event's position in a batch (``None`` for a single ``record``)."""
+
+    def __init__(self, message: str, *, field: str, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        where = f"field {field!r}" if index is None else f"event {index}, field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One validated event: the app's item id, the canonical kind, the value, the time
+    in seconds since the epoch, and the context (a small mapping of scalars)."""
+
+    item: str
+    kind: str
+    value: float = 1.0
+    at: float = 0.0
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the form ``export`` writes and ``record_many`` accepts)."""
+        return {
+            "item": self.item,
+            "kind": self.kind,
+            "value": self.value,
+            "at": self.at,
+            "context": dict(self.context),
+        }
+
+
+def _timestamp(at: Any, now: float) -> float:
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ValueError("a datetime needs a time zone (use datetime.now(timezone.utc))")
+        at = at.timestamp()
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        raise ValueError(f"expected seconds since the epoch or a datetime, got {at!r}")
+    at = float(at)
+    if not math.isfinite(at):
+        raise ValueError(f"{at!r} is not finite")
+    if at < 0:
+        raise ValueError(f"{at!r} is before 1970")
+    if at > now + _FUTURE_SLACK:
+        raise ValueError(f"{at!r} is more than a day ahead of the device's clock ({now:.0f})")
+    return at
+
+
+def _context(context: Any) -> dict[str, Any]:
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping):
+        raise ValueError(f"expected a mapping, got {type(context).__name__}")
+    limits = CONTEXT_LIMITS
+    if len(context) > limits["keys"]:
+        raise ValueError(f"{len(context)} keys; at most {limits['keys']}")
+    for key, value in context.items():
+        if not isinstance(key, str) or not 0 < len(key) <= limits["key_chars"]:
+            raise ValueError(f"key {key!r} is not a string of 1 to {limits['key_chars']} chars")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise ValueError(f"{key!r} holds a {type(value).__name__}; only scalars are kept")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key!r} is not finite")
+        if key in _CONTEXT_RANGES:
+            low, high = _CONTEXT_RANGES[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{key!r} must be an integer in [{low}, {high}], got {value!r}")
+    size = len(json.dumps(dict(context)).encode("utf-8"))
+    if size > limits["json_bytes"]:
+        raise ValueError(f"{size} bytes as JSON; at most {limits['json_bytes']}")
+    return dict(context)
+
+
+def validate_event(
+    item: Any,
+    kind: Any,
+    *,
+    value: Any = 1.0,
+    at: Any = None,
+    context: Any = None,
+    index: int | None = None,
+    now: float | None = None,
+) -> Event:
+    """Check one event and return it in canonical form (``at`` defaults to now).
+
+    Raises:
+        EventError: naming the field (and ``index``, for an event of a batch).
+    """
+    now = time.time() if now is None else now
+    if not isinstance(item, str) or not item.strip():
+        raise EventError(
+            f"the item id must be a non-empty string, got {item!r}", field="item", index=index
+        )
+    if len(item) > CONTEXT_LIMITS["item_chars"] or "\x00" in item:
+        raise EventError(
+            f"the item id must be at most {CONTEXT_LIMITS['item_chars']} characters, no NUL",
+            field="item",
+            index=index,
+        )
+    name = kind.replace("-", "_") if isinstance(kind, str) else kind
+    if name not in EVENT_KINDS:
+        raise EventError(
+            f"unknown kind {kind!r}; known: {', '.join(EVENT_KINDS)}", field="kind", index=index
+        )
+    spec = EVENT_KINDS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(f"expected a number, got {value!r}", field="value", index=index)
+    value = float(value)
+    if not math.isfinite(value):
+        raise EventError(f"{value!r} is not finite", field="value", index=index)
+    if not spec.low <= value <= spec.high:
+        raise EventError(
+            f"{value!r} is outside [{spec.low:g}, {spec.high:g}] for a {name!r} event",
+            field="value",
+            index=index,
+        )
+    try:
+        stamp = now if at is None else _timestamp(at, now)
+    except ValueError as error:
+        raise EventError(str(error), field="at", index=index) from None
+    try:
+        ctx = _context(context)
+    except ValueError as error:
+        raise EventError(str(error), field="context", index=index) from None
+    return Event(item=item, kind=name, value=value, at=stamp, context=ctx)

@@ -1,0 +1,386 @@
+"""The release bundle: one file holding everything a device needs to recommend.
+
+A bundle is a safetensors file (arrays as raw little-endian bytes under a JSON header;
+loading it executes no code) whose header metadata ``"stamen"`` holds a JSON manifest:
+
+    format      bundle format version (``BUNDLE_FORMAT``)
+    release     release number (the server's round; devices refuse older ones)
+    model       model kind (``"mf"``) and ``settings`` (the local settings it trains with)
+    arrays      names of the shared arrays, in upload order
+    quantized   names of arrays stored as int8 with a per-row scale
+    catalog     genre and region names
+    extras      JSON room for later stages (ranker weights, trending)
+
+and whose tensors are the shared arrays (``model/<name>``; an int8 table as
+``model/<name>:int8`` plus ``model/<name>:scale``), the catalogue columns
+(``catalog/...``: the app's item ids, titles, genres, release year, first-seen time,
+regions) and ``popularity`` (a score per item for the no-history fallback).
+
+This module is the format only; ``stamen.privacy.seal_signed`` signs a bundle's bytes
+for distribution and ``stamen.privacy.open_signed`` checks them on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
+
+from stamen.models.errors import DataError
+from stamen.models.quantize import ItemTable
+from stamen.models.schema import Catalog
+
+__all__ = ["BUNDLE_FORMAT", "BundleError", "ReleaseBundle", "ReleaseCatalog"]
+
+BUNDLE_FORMAT = 1
+_MODEL = "model/"
+_CATALOG = "catalog/"
+
+
+class BundleError(DataError):
+    """A release bundle does not decode: not a bundle, an unknown format, or inconsistent."""
+
+
+def _strings(values: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 blob and offsets ``(n + 1,)`` of a column of strings."""
+    encoded = [str(v).encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    blob = np.frombuffer(b"".join(encoded), np.uint8).copy()
+    if not len(blob):
+        blob = np.zeros(0, np.uint8)
+    return blob, offsets
+
+
+def _ragged(groups: Sequence[Sequence[str]], names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    index = {name: j for j, name in enumerate(names)}
+    indptr = np.zeros(len(groups) + 1, np.int64)
+    np.cumsum([len(g) for g in groups], out=indptr[1:])
+    flat = np.array([index[g] for gs in groups for g in gs], np.int32)
+    return indptr, flat
+
+
+@dataclass(frozen=True, eq=False)
+class ReleaseCatalog:
+    """The catalogue as a device holds it: columnar, so a million items cost arrays, not
+    a million Python objects. Item ``i`` is row ``i`` of every model array.
+
+    ``item_ids`` are the app's own string ids (UTF-8, fixed-width bytes for lookup);
+    ``year`` 0 and ``first_seen`` -1 mean unknown; an item with no regions is available
+    everywhere.
+    """
+
+    item_ids: np.ndarray
+    title_blob: np.ndarray
+    title_offsets: np.ndarray
+    genre_names: tuple[str, ...]
+    genre_indptr: np.ndarray
+    genre_index: np.ndarray
+    year: np.ndarray
+    first_seen: np.ndarray
+    region_names: tuple[str, ...] = ()
+    region_indptr: np.ndarray | None = None
+    region_index: np.ndarray | None = None
+    _order: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        checks = {
+            "title_offsets": len(self.title_offsets) == n + 1,
+            "genre_indptr": len(self.genre_indptr) == n + 1,
+            "year": len(self.year) == n,
+            "first_seen": len(self.first_seen) == n,
+        }
+        if self.region_indptr is not None:
+            checks["region_indptr"] = len(self.region_indptr) == n + 1
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise BundleError(f"catalogue columns {bad} do not match its {n} items")
+        order = np.argsort(self.item_ids, kind="stable")
+        ordered = self.item_ids[order]
+        if n > 1 and (ordered[1:] == ordered[:-1]).any():
+            first = ordered[1:][ordered[1:] == ordered[:-1]][0]
+            raise BundleError(f"catalogue item id {first.decode()!r} appears twice")
+        object.__setattr__(self, "_order", order)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def build(
+        cls,
+        item_ids: Sequence[str],
+        *,
+        titles: Sequence[str],
+        genres: Sequence[Sequence[str]] | None = None,
+        year: Sequence[int] | np.ndarray | None = None,
+        first_seen: Sequence[int] | np.ndarray | None = None,
+        regions: Sequence[Sequence[str]] | None = None,
+    ) -> ReleaseCatalog:
+        """A catalogue from Python columns (``None``: unknown for every item).
+
+        Raises:
+            BundleError: an id is empty or holds a NUL character, or columns differ in
+                length.
+        """
+        n = len(item_ids)
+        encoded = [str(i).encode("utf-8") for i in item_ids]
+        if any(not e or b"\x00" in e for e in encoded):
+            raise BundleError("catalogue item ids must be non-empty and free of NUL")
+        width = max((len(e) for e in encoded), default=1)
+        ids = np.array(encoded, dtype=f"S{width}") if n else np.zeros(0, "S1")
+        if len(titles) != n:
+            raise BundleError(f"catalogue has {n} ids but {len(titles)} titles")
+        blob, offsets = _strings(titles, "titles")
+        genres = genres if genres is not None else [()] * n
+        genre_names = tuple(sorted({g for gs in genres for g in gs}))
+        genre_indptr, genre_index = _ragged(genres, genre_names)
+        region_names: tuple[str, ...] = ()
+        region_indptr = region_index = None
+        if regions is not None:
+            region_names = tuple(sorted({r for rs in regions for r in rs}))
+            region_indptr, region_index = _ragged(regions, region_names)
+        return cls(
+            item_ids=ids,
+            title_blob=blob,
+            title_offsets=offsets,
+            genre_names=genre_names,
+            genre_indptr=genre_indptr,
+            genre_index=genre_index,
+            year=np.zeros(n, np.int32) if year is None else np.asarray(year, np.int32),
+            first_seen=(
+                np.full(n, -1, np.int64) if first_seen is None else np.asarray(first_seen, np.int64)
+            ),
+            region_names=region_names,
+            region_indptr=region_indptr,
+            region_index=region_index,
+        )
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> ReleaseCatalog:
+        """The release form of a data set's ``Catalog`` (ids become strings)."""
+        first_seen = None if catalog.first_seen is None else np.asarray(catalog.first_seen)
+        return cls.build(
+            [str(i) for i in catalog.item_ids],
+            titles=catalog.titles,
+            genres=catalog.genres,
+            year=catalog.year,
+            first_seen=first_seen,
+        )
+
+    def item_id(self, index: int) -> str:
+        """The app's id of item ``index``."""
+        return bytes(self.item_ids[index]).decode("utf-8")
+
+    def title(self, index: int) -> str:
+        """The title of item ``index``."""
+        start, end = self.title_offsets[index], self.title_offsets[index + 1]
+        return self.title_blob[start:end].tobytes().decode("utf-8")
+
+    def genres(self, index: int) -> tuple[str, ...]:
+        """The genres of item ``index``."""
+        rows = self.genre_index[self.genre_indptr[index] : self.genre_indptr[index + 1]]
+        return tuple(self.genre_names[j] for j in rows)
+
+    def regions(self, index: int) -> tuple[str, ...]:
+        """Regions where item ``index`` is available (empty: everywhere)."""
+        if self.region_indptr is None or self.region_index is None:
+            return ()
+        rows = self.region_index[self.region_indptr[index] : self.region_indptr[index + 1]]
+        return tuple(self.region_names[j] for j in rows)
+
+    def index_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Row of each app id, ``-1`` for ids this catalogue does not hold (batched)."""
+        if not len(item_ids) or not len(self):
+            return np.full(len(item_ids), -1, np.int64)
+        width = self.item_ids.dtype.itemsize
+        wanted = np.array([str(i).encode("utf-8") for i in item_ids], dtype=object)
+        too_long = np.array([len(w) > width for w in wanted], bool)
+        query = np.array([w[:width] for w in wanted], dtype=f"S{width}")
+        ordered = self.item_ids[self._order]
+        pos = np.minimum(np.searchsorted(ordered, query), len(self) - 1)
+        found = (ordered[pos] == query) & ~too_long
+        return np.where(found, self._order[pos], -1).astype(np.int64)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        """The columns as named arrays (ids as a ``(n, width)`` uint8 matrix)."""
+        width = self.item_ids.dtype.itemsize
+        tensors = {
+            "ids": self.item_ids.view(np.uint8).reshape(len(self), width),
+            "title_blob": self.title_blob,
+            "title_offsets": self.title_offsets,
+            "genre_indptr": self.genre_indptr,
+            "genre_index": self.genre_index,
+            "year": self.year,
+            "first_seen": self.first_seen,
+        }
+        if self.region_indptr is not None and self.region_index is not None:
+            tensors["region_indptr"] = self.region_indptr
+            tensors["region_index"] = self.region_index
+        return {f"{_CATALOG}{name}": array for name, array in tensors.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Any:
+        """Inverse of :meth:`to_tensors` with the manifest's ``catalog`` entry."""
+
+        def get(name: str) -> np.ndarray:
+            try:
+                return tensors[f"{_CATALOG}{name}"]
+            except KeyError:
+                raise BundleError(f"bundle lacks the catalogue column {name!r}") from None
+
+        raw = get("ids")
+        if raw.ndim != 2 or raw.dtype != np.uint8:
+            raise BundleError("catalogue ids must be a 2-D uint8 matrix")
+        ids = np.ascontiguousarray(raw).view(f"S{max(raw.shape[1], 1)}").reshape(raw.shape[0])
+        regions = f"{_CATALOG}region_indptr" in tensors
+        return cls(
+            item_ids=ids,
+            title_blob=get("title_blob"),
+            title_offsets=get("title_offsets"),
+            genre_names=tuple(meta.get("genre_names", ())),
+            genre_indptr=get("genre_indptr"),
+            genre_index=get("genre_index"),
+            year=get("year"),
+            first_seen=get("first_seen"),
+            region_names=tuple(meta.get("region_names", ())),
+            region_indptr=get("region_indptr") if regions else None,
+            region_index=get("region_index") if regions else None,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ReleaseBundle:
+    """One model release (see module docstring). ``arrays`` are the shared arrays in
+    upload order as float32; a decoded bundle that stored a table as int8 holds it in
+    ``quantized`` instead (``table`` serves both; ``shared_arrays`` dequantises)."""
+
+    release: int
+    model: str
+    settings: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray]
+    catalog: ReleaseCatalog
+    popularity: np.ndarray
+    extras: Mapping[str, Any] = field(default_factory=dict)
+    quantized: Mapping[str, ItemTable] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.release, bool) or int(self.release) < 0:
+            raise BundleError(f"release number must be a non-negative integer ({self.release!r})")
+        if not self.names:
+            object.__setattr__(self, "names", tuple(self.arrays) + tuple(self.quantized))
+        n = len(self.catalog)
+        if self.popularity.shape != (n,):
+            raise BundleError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
+        for name in self.names:
+            if name not in self.arrays and name not in self.quantized:
+                raise BundleError(f"bundle lacks the array {name!r}")
+            rows = len(self.table(name)) if name in self.quantized else len(self.arrays[name])
+            if rows != n:
+                raise BundleError(f"array {name!r} has {rows} rows, the catalogue {n}")
+
+    def table(self, name: str) -> ItemTable:
+        """Array ``name`` as a scoring table (the int8 form when it was stored so)."""
+        if name in self.quantized:
+            return self.quantized[name]
+        return ItemTable.dense(self.arrays[name])
+
+    def shared_arrays(self) -> list[np.ndarray]:
+        """The shared arrays in upload order, float32 (int8 tables dequantised)."""
+        return [
+            self.quantized[n].dense_values() if n in self.quantized else self.arrays[n]
+            for n in self.names
+        ]
+
+    def encode(self, *, quantize: Sequence[str] = ()) -> bytes:
+        """The bundle's bytes; arrays named in ``quantize`` are stored as int8 rows with a
+        float32 scale per row (about a quarter of the bytes)."""
+        tensors: dict[str, np.ndarray] = {}
+        stored_int8 = []
+        for name in self.names:
+            if name in quantize or name in self.quantized:
+                table = self.quantized.get(name) or ItemTable.quantize(self.arrays[name])
+                tensors[f"{_MODEL}{name}:int8"] = table.values
+                tensors[f"{_MODEL}{name}:scale"] = table.scale
+                stored_int8.append(name)
+            else:
+                tensors[f"{_MODEL}{name}"] = np.ascontiguousarray(self.arrays[name], np.float32)
+        tensors.update(self.catalog.to_tensors())
+        tensors["popularity"] = np.ascontiguousarray(self.popularity, np.float32)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "release": int(self.release),
+            "model": self.model,
+            "settings": dict(self.settings),
+            "arrays": list(self.names),
+            "quantized": stored_int8,
+            "catalog": {
+                "genre_names": list(self.catalog.genre_names),
+                "region_names": list(self.catalog.region_names),
+            },
+            "extras": dict(self.extras),
+        }
+        return save_tensors(tensors, metadata={"stamen": json.dumps(manifest)})
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, *, source: str = "bundle") -> ReleaseBundle:
+        """Read a bundle's bytes (no code runs: safetensors and JSON only).
+
+        Raises:
+            BundleError: not a bundle, an unsupported format, or missing or inconsistent
+                parts; the message starts with ``source``.
+        """
+        try:
+            manifest = _manifest(data)
+            tensors = load_tensors(bytes(data))
+        except (ValueError, KeyError, struct.error, json.JSONDecodeError) as error:
+            raise BundleError(f"{source}: not a Stamen release bundle ({error})") from None
+        except Exception as error:  # safetensors raises its own SafetensorError
+            raise BundleError(f"{source}: not a Stamen release bundle ({error})") from None
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(
+                f"{source}: bundle format {manifest.get('format')!r}; this build reads "
+                f"{BUNDLE_FORMAT}"
+            )
+        try:
+            arrays: dict[str, np.ndarray] = {}
+            quantized: dict[str, ItemTable] = {}
+            for name in manifest["arrays"]:
+                if name in manifest["quantized"]:
+                    quantized[name] = ItemTable(
+                        tensors[f"{_MODEL}{name}:int8"], tensors[f"{_MODEL}{name}:scale"]
+                    )
+                else:
+                    arrays[name] = tensors[f"{_MODEL}{name}"]
+            return cls(
+                release=int(manifest["release"]),
+                model=str(manifest["model"]),
+                settings=dict(manifest["settings"]),
+                arrays=arrays,
+                catalog=ReleaseCatalog.from_tensors(tensors, manifest["catalog"]),
+                popularity=tensors["popularity"],
+                extras=dict(manifest.get("extras", {})),
+                quantized=quantized,
+                names=tuple(manifest["arrays"]),
+            )
+        except KeyError as error:
+            raise BundleError(f"{source}: bundle lacks {error}") from None
+        except (BundleError, ValueError) as error:
+            raise BundleError(f"{source}: {error}") from None
+
+
+def _manifest(data: bytes | memoryview) -> dict[str, Any]:
+    """The JSON manifest in a safetensors header's metadata (no tensor is read)."""
+    view = memoryview(data)
+    (length,) = struct.unpack("<Q", view[:8])
+    if length > len(view) - 8:
+        raise ValueError("header longer than the file")
+    header = json.loads(bytes(view[8 : 8 + length]))
+    return json.loads(header["__metadata__"]["stamen"])
