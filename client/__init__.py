@@ -7,6 +7,8 @@ Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.serve
 from stamen.client.app import (
     USER_STATE_KEY,
     VALID_METRICS,
+    DeviceData,
+    HeldOut,
     MFClient,
     build_client_app,
     make_client_fn,
@@ -23,7 +25,7 @@ from stamen.client.events import EVENT_KINDS, Event, EventError
 from stamen.client.keys import DeviceKeys
 from stamen.client.local import LocalResult, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
-from stamen.client.store import DeviceData, read_device_data, write_store
+from stamen.client.virtual import VirtualDevices
 
 __all__ = [
     "Device",
@@ -33,6 +35,7 @@ __all__ = [
     "EVENT_KINDS",
     "Event",
     "EventError",
+    "HeldOut",
     "LocalResult",
     "MFClient",
     "Recommendation",
@@ -41,11 +44,10 @@ __all__ = [
     "RollbackError",
     "USER_STATE_KEY",
     "VALID_METRICS",
+    "VirtualDevices",
     "build_client_app",
     "build_local_model",
     "local_update",
     "make_client_fn",
-    "read_device_data",
     "record_dp_update",
-    "write_store",
 ]

@@ -1,15 +1,17 @@
 """Stamen's Flower ClientApp: one device taking part in federated matrix factorisation.
 
-The device's user factor is kept in the node's ``context.state`` between rounds and never
-put into a message. ``fit`` returns the dense update of the shared parameters and the
-local training loss; ``evaluate`` ranks the device's held-out item locally and returns
-only the resulting metrics.
+Each message opens the device of its partition (``stamen.client.VirtualDevices``) and
+trains on the person's items as the device knows them. The training user factor is kept
+in the node's ``context.state`` between rounds and never put into a message. ``fit``
+returns the dense update of the shared parameters and the local training loss;
+``evaluate`` ranks the device's held-out items locally (supplied by the evaluation
+protocol, which lives in ``stamen.simulation``) and returns only the resulting metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,12 +22,14 @@ from flwr.clientapp.typing import Mod
 
 from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
-from stamen.client.store import DeviceData, read_device_data
+from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
 from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
 
 __all__ = [
+    "DeviceData",
+    "HeldOut",
     "MFClient",
     "USER_STATE_KEY",
     "VALID_METRICS",
@@ -40,6 +44,33 @@ USER_STATE_KEY = "stamen-user-factor"
 VALID_METRICS = ("hr@10", "ndcg@10", "sampled_hr@10")
 
 _LOCAL_KEYS = frozenset(LocalSettings.model_fields)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A device's held-out items for federated evaluation: the validation and test items
+    and the fixed sampled negatives (``-1``: none)."""
+
+    valid_item: int
+    test_item: int
+    negatives: np.ndarray
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """What a device trains and evaluates on: its items (catalogue rows), held-out items
+    (``-1``: none) and sampled negatives."""
+
+    train_items: np.ndarray
+    valid_item: int
+    test_item: int
+    negatives: np.ndarray
+    n_items: int
+
+    @property
+    def evaluable(self) -> bool:
+        """Whether the device holds validation and test items."""
+        return self.test_item >= 0 and self.valid_item >= 0
 
 
 class MFClient(NumPyClient):
@@ -169,39 +200,41 @@ class MFClient(NumPyClient):
 
 
 def make_client_fn(
-    store: str | Path,
+    devices: VirtualDevices,
     *,
     seed: int,
-    release_key: bytes | None = None,
-    store_key: bytes | None = None,
+    held_out: Callable[[int], HeldOut] | None = None,
 ) -> Callable[[Context], Client]:
-    """A ``client_fn`` for devices whose data is row ``partition-id`` of ``store``; with
-    ``release_key`` (raw Ed25519 public key) they accept only signed global models;
-    ``store_key`` decrypts a store encrypted at rest."""
+    """A ``client_fn`` for the virtual device ``partition-id`` of ``devices``; it accepts
+    only global models signed with the key the devices pin. ``held_out`` gives a device's
+    held-out items (``None``: the device does not evaluate)."""
 
     def client_fn(context: Context) -> Client:
         torch.set_num_threads(1)
         row = int(context.node_config["partition-id"])
-        data = read_device_data(store, row, key=store_key)
-        client = MFClient(data, context.state, seed=seed, row=row, release_key=release_key)
+        with devices.open(row) as device:
+            items, release = device.item_indices(), device.release
+        if release is None:
+            raise RuntimeError(f"{devices.path(row)}: no release installed; provision it first")
+        held = held_out(row) if held_out is not None else HeldOut(-1, -1, np.zeros(0, np.int64))
+        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, release.items)
+        client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
         return client.to_client()
 
     return client_fn
 
 
 def build_client_app(
-    store: str | Path,
+    devices: VirtualDevices,
     *,
     seed: int,
     secure_aggregation: bool,
-    release_key: bytes | None = None,
-    store_key: bytes | None = None,
+    held_out: Callable[[int], HeldOut] | None = None,
     outer_mods: Sequence[Mod] = (),
 ) -> ClientApp:
-    """The ClientApp for devices reading ``store`` (decrypted with ``store_key`` when it is
-    encrypted at rest); with ``secure_aggregation`` every update goes through Flower's
-    SecAgg+ mod before it leaves the device. ``outer_mods`` wrap everything (they see
-    exactly what the device sends; tests audit with them)."""
+    """The ClientApp for the virtual ``devices``; with ``secure_aggregation`` every update
+    goes through Flower's SecAgg+ mod before it leaves the device. ``outer_mods`` wrap
+    everything (they see exactly what the device sends; tests audit with them)."""
     mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
-    client_fn = make_client_fn(store, seed=seed, release_key=release_key, store_key=store_key)
+    client_fn = make_client_fn(devices, seed=seed, held_out=held_out)
     return ClientApp(client_fn=client_fn, mods=mods)

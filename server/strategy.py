@@ -41,6 +41,7 @@ from stamen.privacy import (
 )
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
+from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings
 
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
@@ -104,6 +105,8 @@ class FederatedMF(Strategy):
             to connect first.
         release_key: raw Ed25519 private key; every global model sent to devices is then
             signed (``release-signature`` in the config) and devices verify it before use.
+        releases: where to publish a signed release bundle after every round (``None``:
+            nowhere); release ``N`` is the global model after round ``N``.
     """
 
     def __init__(
@@ -117,8 +120,10 @@ class FederatedMF(Strategy):
         on_round: RoundCallback | None = None,
         population: int | None = None,
         release_key: bytes | None = None,
+        releases: ReleaseWriter | None = None,
     ) -> None:
         super().__init__()
+        self.releases = releases
         self.settings = settings
         self.checkpoints = checkpoints
         self.fingerprint = fingerprint or {}
@@ -403,6 +408,8 @@ class FederatedMF(Strategy):
             # the fit workflow ended without aggregating (e.g. SecAgg+ halted below its
             # reconstruction threshold): the model did not change this round
             self._record.update({"devices": 0, "aggregation": "none: no aggregate arrived"})
+        if self.releases is not None:
+            self._record["release"] = self.releases.publish(rnd, self.server.arrays()).name
         self._record["seconds"] = time.perf_counter() - self._started
         self.history.append(self._record)
         if self.checkpoints is not None:

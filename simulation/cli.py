@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from stamen.models import StamenError
+from stamen.simulation.device_cli import device_app
 
 __all__ = ["app", "main"]
 
@@ -117,6 +118,13 @@ def simulate(
         raise typer.Exit(code=2) from None
 
 
+app.add_typer(device_app)
+
+
 def main() -> None:
     """Entry point of the ``stamen`` script."""
-    app()
+    try:
+        app()
+    except StamenError as err:  # errors of the device commands
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None

@@ -151,7 +151,9 @@ def run_experiment(
     timings["centralised"] = time.perf_counter() - started
 
     with _progress(console) as progress:
-        task = progress.add_task("federated rounds", total=config.rounds, status="starting Ray…")
+        task = progress.add_task(
+            "federated rounds", total=config.rounds, status="provisioning devices…"
+        )
 
         def on_round(record: dict[str, Any]) -> None:
             status = f"{record['devices']} devices, {record['seconds']:.1f}s"
@@ -159,7 +161,14 @@ def run_experiment(
                 status += f"  NDCG@10 {record['evaluate']['ndcg@10']:.4f}"
             progress.update(task, completed=record["round"], status=status)
 
-        fed = run_federated(config, split, output=output, on_round=on_round, verbose=verbose)
+        fed = run_federated(
+            config,
+            split,
+            catalog=dataset.catalog,
+            output=output,
+            on_round=on_round,
+            verbose=verbose,
+        )
     timings["federated"] = fed.seconds
     if config.resume:
         console.print(f"resumed from round {fed.resumed_from} (0: no checkpoint was found)")

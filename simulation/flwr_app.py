@@ -10,11 +10,12 @@ flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
 ``dp-noise-multiplier``, ``dp-clip-norm``. An empty value keeps the default.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
 user count, e.g. 943 for ml-100k). Before the first round the ServerApp provisions the
-virtual devices, as ``stamen simulate`` does: the device store under ``output/devices``,
-encrypted at rest (AES-256-GCM, one blob per row) under a fresh key, and
-``output/device-keys`` (``stamen.client.DeviceKeys``: that key and the public half of a
-fresh Ed25519 key pair). Each virtual device decrypts only its own row and accepts only
-global models signed with the private half, which stays in the ServerApp's memory.
+virtual devices, as ``stamen simulate`` does: one device per user under
+``output/devices`` (each its own SQLCipher store under a key derived from a fresh master
+key), release 0 installed from ``output/releases``, and ``output/device-keys``
+(``stamen.client.DeviceKeys``: the master key and the public half of a fresh Ed25519 key
+pair). Devices accept only releases and global models signed with the private half, which
+stays in the ServerApp's memory; a signed release is published after every round.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ from flwr.server import Grid, ServerApp
 
 from stamen.client.app import make_client_fn
 from stamen.client.keys import DeviceKeys
+from stamen.client.virtual import VirtualDevices
 from stamen.models import ConfigError
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig, load_config
+from stamen.simulation.devices import Provisioned
 from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.report import write_results
-from stamen.simulation.runner import initial_shared, write_split_store
+from stamen.simulation.runner import initial_shared, provision_run
 from stamen.simulation.split import leave_one_out
 
 __all__ = ["client_app", "config_from_run_config", "server_app"]
@@ -99,10 +102,6 @@ def config_from_run_config(run_config: dict) -> SimulationConfig:
     return load_config(None, overrides, source="flwr run config")
 
 
-def _store(config: SimulationConfig) -> Path:
-    return config.output / "devices"
-
-
 def _keys(config: SimulationConfig) -> Path:
     return config.output / "device-keys"
 
@@ -118,7 +117,14 @@ def _server(grid: Grid, context: Context) -> None:
     release_private, release_public = generate_signing_key()
     keys = DeviceKeys(store_key=generate_key(), release_key=release_public)
     keys.save(_keys(config))
-    write_split_store(split, _store(config), key=keys.store_key)
+    releases, _ = provision_run(
+        config,
+        split,
+        catalog=dataset.catalog,
+        output=config.output,
+        signing_key=(release_private, release_public),
+        master_key=keys.store_key,
+    )
     strategy = FederatedMF(
         config.server_settings(split.n_users),
         initial=initial_shared(split.n_items, config),
@@ -126,6 +132,7 @@ def _server(grid: Grid, context: Context) -> None:
         fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},
         population=split.n_users,
         release_key=release_private,
+        releases=releases,
     )
     run_rounds(grid, context, strategy)
     write_results(
@@ -150,9 +157,11 @@ def _device_policy_mod(msg: Message, context: Context, call_next: ClientAppCalla
 def _client_fn(context: Context) -> Client:
     config = config_from_run_config(dict(context.run_config))
     keys = DeviceKeys.load(_keys(config))
-    return make_client_fn(
-        _store(config), seed=config.seed, release_key=keys.release_key, store_key=keys.store_key
-    )(context)
+    devices = VirtualDevices(
+        config.output / "devices", master_key=keys.store_key, release_key=keys.release_key
+    )
+    provisioned = Provisioned(devices=devices, held_out_folder=config.output / "held-out")
+    return make_client_fn(devices, seed=config.seed, held_out=provisioned.held_out)(context)
 
 
 client_app = ClientApp(client_fn=_client_fn, mods=[_device_policy_mod])

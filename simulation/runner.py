@@ -1,7 +1,11 @@
 """Federated training of MF on Flower's simulation engine: one virtual device per user.
 
-The runner writes the population's device store (each device reads only its own row),
-builds Stamen's ServerApp and ClientApp, and runs them with ``flwr.simulation``.
+The runner publishes release 0 (the initial model), provisions one real device per user
+through the device library (``stamen.simulation.devices``), builds Stamen's ServerApp
+(which publishes a signed release after every round into ``output/releases``) and
+ClientApp, and runs them with ``flwr.simulation``. The publisher's signing key is kept in
+the owner-only file ``output/keys/release.key`` so that a resumed run signs with the same
+key the devices and apps pinned.
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from flwr.app import Context
 from flwr.simulation import run_simulation
 
 from stamen.client.app import build_client_app
-from stamen.client.store import write_store
+from stamen.models.bundle import ReleaseCatalog
 from stamen.models.mf import MatrixFactorization
-from stamen.privacy import generate_key, generate_signing_key
+from stamen.models.schema import Catalog
+from stamen.privacy import generate_key
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
+from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig
+from stamen.simulation.devices import Provisioned, provision_devices
 from stamen.simulation.split import Split
 
-__all__ = ["FederatedResult", "run_federated", "write_split_store"]
+__all__ = ["FederatedResult", "provision_run", "release_catalog", "run_federated"]
 
 
 @dataclass(frozen=True)
@@ -60,16 +67,52 @@ class _ErrorLog(logging.Handler):
         return " | ".join(line.strip() for line in self.lines[-last:])
 
 
-def write_split_store(split: Split, folder: Path, *, key: bytes | None = None) -> Path:
-    """The device store of every user in ``split`` (encrypted at rest under ``key``)."""
-    return write_store(
-        folder,
-        train=split.train,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-        key=key,
+def release_catalog(split: Split, catalog: Catalog | None) -> ReleaseCatalog:
+    """The releases' catalogue: the data set's, or (``None``) ids ``0…n-1`` titled
+    ``Item <i>`` for tables without one."""
+    if catalog is not None:
+        return ReleaseCatalog.from_catalog(catalog)
+    n = split.n_items
+    return ReleaseCatalog.build([str(i) for i in range(n)], titles=[f"Item {i}" for i in range(n)])
+
+
+def provision_run(
+    config: SimulationConfig,
+    split: Split,
+    *,
+    catalog: Catalog | None,
+    output: Path,
+    signing_key: tuple[bytes, bytes],
+    master_key: bytes,
+    resume_from: int | None = None,
+    progress: bool = False,
+) -> tuple[ReleaseWriter, Provisioned]:
+    """The run's release writer (``output/releases``) and its devices: release 0 (or,
+    when resuming, the newest release) installed on one device per user of ``split``."""
+    private, public = signing_key
+    writer = ReleaseWriter(
+        output / "releases",
+        private_key=private,
+        public_key=public,
+        catalog=release_catalog(split, catalog),
+        settings=config.local.for_population(split.n_users),
     )
+    release = latest_release(writer.folder) if resume_from else None
+    if not resume_from:  # a fresh run: the releases of an earlier run in this folder go
+        for old in writer.folder.glob("release-*.stamen"):
+            old.unlink()
+    if release is None or not release.is_file():
+        release = writer.publish(0, initial_shared(split.n_items, config))
+    provisioned = provision_devices(
+        split,
+        writer.catalog,
+        output,
+        master_key=master_key,
+        release_key=public,
+        release=release,
+        progress=progress,
+    )
+    return writer, provisioned
 
 
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
@@ -89,13 +132,12 @@ def run_federated(
     split: Split,
     *,
     output: Path,
+    catalog: Catalog | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
 ) -> FederatedResult:
-    """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices."""
-    # Devices keep their data encrypted at rest under a key that lives only in this run.
-    store_key = generate_key()
-    store = write_split_store(split, output / "devices", key=store_key)
+    """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices;
+    releases carry ``catalog`` (see :func:`release_catalog`)."""
     checkpoints = CheckpointStore(output / "checkpoints")
     resume = checkpoints.latest() if config.resume else None
     if not config.resume:
@@ -108,7 +150,19 @@ def run_federated(
         "seed": config.seed,
     }
     built: list[FederatedMF] = []
-    release_private, release_public = generate_signing_key()
+    signing_key = load_or_create_signing_key(output / "keys" / "release.key")
+    # Devices keep their data encrypted at rest under keys derived from one that lives
+    # only in this run's memory.
+    releases, provisioned = provision_run(
+        config,
+        split,
+        catalog=catalog,
+        output=output,
+        signing_key=signing_key,
+        master_key=generate_key(),
+        resume_from=resume.round if resume is not None else None,
+        progress=verbose,
+    )
 
     def make_strategy(context: Context) -> FederatedMF:
         strategy = FederatedMF(
@@ -119,18 +173,18 @@ def run_federated(
             fingerprint=fingerprint,
             on_round=on_round,
             population=split.n_users,
-            release_key=release_private,
+            release_key=signing_key[0],
+            releases=releases,
         )
         built.append(strategy)
         return strategy
 
     server_app = build_server_app(make_strategy)
     client_app = build_client_app(
-        store,
+        provisioned.devices,
         seed=config.seed,
         secure_aggregation=config.secagg.enabled,
-        release_key=release_public,
-        store_key=store_key,
+        held_out=provisioned.held_out,
     )
     backend_config = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},

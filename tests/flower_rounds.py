@@ -14,10 +14,11 @@ from flwr.clientapp.typing import Mod
 from flwr.common import parameters_to_ndarrays
 
 from stamen.client.app import build_client_app
+from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
 from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig
-from stamen.simulation.runner import write_split_store
+from stamen.simulation.runner import provision_run
 from stamen.simulation.split import Split
 
 
@@ -49,16 +50,27 @@ def run_recorded(
     from flwr.simulation import run_simulation
 
     built: list[RecordingMF] = []
+    signing_key = generate_signing_key()
+    _, provisioned = provision_run(
+        config,
+        split,
+        catalog=None,
+        output=folder,
+        signing_key=signing_key,
+        master_key=generate_key(),
+    )
 
     def make_strategy(context) -> FederatedMF:  # noqa: ANN001
         strategy = RecordingMF(
-            config.server_settings(split.n_users), initial=initial, population=split.n_users
+            config.server_settings(split.n_users),
+            initial=initial,
+            population=split.n_users,
+            release_key=signing_key[0],
         )
         strategy.received = []
         built.append(strategy)
         return strategy
 
-    store = write_split_store(split, folder / "devices")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
@@ -69,8 +81,9 @@ def run_recorded(
             run_simulation(
                 server_app=build_server_app(make_strategy),
                 client_app=build_client_app(
-                    store,
+                    provisioned.devices,
                     seed=config.seed,
+                    held_out=provisioned.held_out,
                     secure_aggregation=config.secagg.enabled,
                     outer_mods=outer_mods,
                 ),

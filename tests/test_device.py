@@ -1,4 +1,5 @@
-"""The device step, the device store, and the server optimisers and checkpoints."""
+"""The device step, provisioning of virtual devices and their held-out items, device keys,
+and the server optimisers and checkpoints."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from stamen.client.device import Device
 from stamen.client.keys import DeviceKeys
 from stamen.client.local import local_update
-from stamen.client.store import read_device_data, write_store
 from stamen.models import CheckpointError, DataError, LocalSettings, MatrixFactorization, UserItems
 from stamen.privacy import DecryptionError, generate_key, generate_signing_key
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
+from stamen.simulation.config import load_config
+from stamen.simulation.holdout import read_held_out, write_held_out
+from stamen.simulation.runner import provision_run
+from stamen.simulation.split import Split
 
 
 def _shared(n_items: int = 40, dim: int = 4) -> list[np.ndarray]:
@@ -39,61 +44,65 @@ def test_local_update_is_dense_and_keeps_the_user_factor_local(loss: str) -> Non
     assert all(np.array_equal(a, b) for a, b in zip(result.delta, again.delta, strict=True))
 
 
-def test_store_round_trip_and_errors(tmp_path) -> None:
-    train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
-    write_store(
+def test_held_out_round_trip_and_refusals(tmp_path) -> None:
+    key = generate_key()
+    write_held_out(
         tmp_path,
+        valid=np.array([6, -1]),
+        test=np.array([7, -1]),
+        negatives=np.array([[8, 9], [-1, -1]]),
+        key=key,
+    )
+    first = read_held_out(tmp_path, 0, key=key)
+    assert (first.valid_item, first.test_item, first.negatives.tolist()) == (6, 7, [8, 9])
+    assert read_held_out(tmp_path, 1, key=key).test_item == -1
+    blob = (tmp_path / "row-1.enc").read_bytes()
+    with pytest.raises(DataError, match="row 2 outside"):
+        read_held_out(tmp_path, 2, key=key)
+    with pytest.raises(DataError, match="not a held-out folder"):
+        read_held_out(tmp_path / "nowhere", 0, key=key)
+    with pytest.raises(DecryptionError, match="row-0.enc"):
+        read_held_out(tmp_path, 0, key=generate_key())
+    # a row's blob moved to another row does not authenticate there
+    (tmp_path / "row-0.enc").write_bytes(blob)
+    with pytest.raises(DecryptionError):
+        read_held_out(tmp_path, 0, key=key)
+
+
+def test_provisioned_devices_hold_their_training_items_and_nothing_else(tmp_path) -> None:
+    train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
+    split = Split(
         train=train,
         valid=np.array([6, -1]),
         test=np.array([7, -1]),
         negatives=np.array([[8, 9], [-1, -1]]),
+        seed=0,
     )
-    first = read_device_data(tmp_path, 0)
-    assert first.train_items.tolist() == [1, 2] and first.valid_item == 6 and first.test_item == 7
-    assert first.negatives.tolist() == [8, 9] and first.evaluable
-    second = read_device_data(tmp_path, 1)
-    assert second.train_items.tolist() == [3, 4, 5] and not second.evaluable
-    with pytest.raises(DataError, match="row 2 outside"):
-        read_device_data(tmp_path, 2)
-    with pytest.raises(DataError, match="not a Stamen device store"):
-        read_device_data(tmp_path / "nowhere", 0)
-
-
-def test_encrypted_store_round_trip_and_refusals(tmp_path) -> None:
-    train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
-    key = generate_key()
-    columns = {
-        "valid": np.array([6, -1]),
-        "test": np.array([7, -1]),
-        "negatives": np.array([[8, 9], [-1, -1]]),
-    }
-    write_store(tmp_path, train=train, key=key, **columns)
-    second = read_device_data(tmp_path, 1, key=key)
-    assert second.train_items.tolist() == [3, 4, 5] and second.valid_item == -1
-    first = read_device_data(tmp_path, 0, key=key)
-    assert first.negatives.tolist() == [8, 9] and first.test_item == 7
-    # nothing of the data is on disk in the clear
-    for path in tmp_path.iterdir():
-        assert not path.name.endswith(".npy")
-    blob = (tmp_path / "row-1.enc").read_bytes()
-    assert np.array([3, 4, 5], np.int64).tobytes() not in blob
-    with pytest.raises(DataError, match="encrypted"):
-        read_device_data(tmp_path, 0)
-    with pytest.raises(DecryptionError, match="row-0.enc"):
-        read_device_data(tmp_path, 0, key=generate_key())
-    # a row's blob moved to another row does not authenticate there
-    (tmp_path / "row-0.enc").write_bytes(blob)
+    config = load_config(None, {"local": {"dim": 4}})
+    private, public = generate_signing_key()
+    writer, provisioned = provision_run(
+        config,
+        split,
+        catalog=None,
+        output=tmp_path,
+        signing_key=(private, public),
+        master_key=generate_key(),
+    )
+    assert (tmp_path / "releases" / "release-000000.stamen").is_file()
+    assert sorted(p.name for p in provisioned.devices.folder.iterdir()) == [
+        "device-000000",
+        "device-000001",
+    ]
+    for row, expected in [(0, [1, 2]), (1, [3, 4, 5])]:
+        with provisioned.devices.open(row) as device:
+            assert device.item_indices().tolist() == expected
+            assert device.release is not None and device.release.number == 0
+            # the held-out items are the protocol's, not the device's
+            assert {e.item for e in device.history()} == {str(i) for i in expected}
+    assert provisioned.held_out(0).test_item == 7
+    # each device has its own key: one device's key does not open another's store
     with pytest.raises(DecryptionError):
-        read_device_data(tmp_path, 0, key=key)
-    tampered = bytearray(blob)
-    tampered[-20] ^= 1
-    (tmp_path / "row-1.enc").write_bytes(bytes(tampered))
-    with pytest.raises(DecryptionError):
-        read_device_data(tmp_path, 1, key=key)
-    plain = tmp_path / "plain"
-    write_store(plain, train=train, **columns)
-    with pytest.raises(DataError, match="not encrypted"):
-        read_device_data(plain, 0, key=key)
+        Device.open(provisioned.devices.path(1), key=provisioned.devices.key(0))
 
 
 def test_device_keys_round_trip_owner_only_and_refusals(tmp_path) -> None:

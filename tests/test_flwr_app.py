@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stamen.client import DeviceKeys, read_device_data
-from stamen.models import DataError
+from stamen.client import Device, DeviceKeys, VirtualDevices
+from stamen.privacy import DecryptionError
+from stamen.server import latest_release
 
 pytestmark = pytest.mark.slow
 
@@ -135,15 +136,22 @@ def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None
     assert all(0 < r["privacy"]["epsilon"] <= EPSILON for r in rounds)
 
 
-def test_device_store_is_encrypted_and_keys_are_owner_only(flwr_run) -> None:
+def test_devices_are_encrypted_keys_owner_only_and_releases_signed(flwr_run) -> None:
     output, _ = flwr_run
     store, key_folder = output / "devices", output / "device-keys"
-    assert json.loads((store / "meta.json").read_text())["encrypted"] is True
-    assert sorted(p.name for p in store.glob("*.npy")) == []
-    assert len(list(store.glob("row-*.enc"))) == USERS
+    assert len(list(store.glob("device-*"))) == USERS
     for path in key_folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600
     keys = DeviceKeys.load(key_folder)
-    assert read_device_data(store, 0, key=keys.store_key).train_items.size > 0
-    with pytest.raises(DataError, match="encrypted at rest"):
-        read_device_data(store, 0)
+    devices = VirtualDevices(store, master_key=keys.store_key, release_key=keys.release_key)
+    with devices.open(0) as device:
+        assert device.item_indices().size > 0
+    with pytest.raises(DecryptionError, match="device.db"):
+        Device.open(devices.path(0), key=keys.store_key)
+    # a signed release after every round, the newest behind `latest`, and a device takes it
+    releases = output / "releases"
+    assert latest_release(releases) == releases / "release-000002.stamen"
+    assert (releases / "release.pub").read_bytes() == keys.release_key
+    with devices.open(1) as device:
+        assert device.apply_release(latest_release(releases)).number == 2
+        assert len(device.recommend(5)) == 5

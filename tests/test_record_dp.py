@@ -15,10 +15,9 @@ from static_clients import StaticClients
 from typer.testing import CliRunner
 
 from stamen.client import record_dp as record_dp_module
-from stamen.client.app import USER_STATE_KEY, MFClient
+from stamen.client.app import USER_STATE_KEY, DeviceData, MFClient
 from stamen.client.local import build_local_model
 from stamen.client.record_dp import record_dp_update
-from stamen.client.store import DeviceData
 from stamen.models.batches import UserItems
 from stamen.models.mf import MatrixFactorization
 from stamen.models.settings import LocalSettings

@@ -9,8 +9,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from opacus.accountants import RDPAccountant
 from static_clients import StaticClients
 
-from stamen.client.app import MFClient
-from stamen.client.store import DeviceData
+from stamen.client.app import DeviceData, MFClient
 from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedMF

@@ -1,0 +1,130 @@
+"""Model releases: a signed bundle after every round, in a folder an app's backend or a
+SuperNode fetches from.
+
+    releases/release-000123.stamen   release 123 (the global model after round 123), signed
+    releases/latest                  the newest file's name, replaced atomically
+    releases/release.pub             the raw Ed25519 public key devices pin
+
+Every file is written to a temporary name, fsynced and renamed, so a reader sees a whole
+release or none. Popularity in a bundle is the learned item bias: it comes out of the
+same federated (securely aggregated, DP when enabled) training as the factors, so the
+no-history fallback costs no extra data from anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
+from stamen.models.errors import DataError
+from stamen.models.mf import SHARED_PARAMETERS
+from stamen.models.settings import LocalSettings
+from stamen.privacy import generate_signing_key, seal_signed
+
+__all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "latest_release", "load_or_create_signing_key"]
+
+PUBLIC_KEY_FILE = "release.pub"
+_LATEST = "latest"
+
+
+def _write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """The publisher's Ed25519 key pair ``(private, public)``, raw bytes: read from the
+    owner-only file ``path``, or generated and written there (mode 0600) on first use.
+
+    Raises:
+        DataError: the file exists but is not a raw 32-byte private key.
+    """
+    path = Path(path)
+    if path.exists():
+        private = path.read_bytes()
+        if len(private) != 32:
+            raise DataError(f"{path}: {len(private)} bytes; a raw Ed25519 private key is 32")
+        public = Ed25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+        return private, public
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private, public = generate_signing_key()
+    _write_atomically(path, private, mode=0o600)
+    return private, public
+
+
+def latest_release(folder: str | os.PathLike[str]) -> Path | None:
+    """The newest release file in ``folder`` (by its ``latest`` pointer), or ``None``."""
+    pointer = Path(folder) / _LATEST
+    if not pointer.is_file():
+        return None
+    return Path(folder) / pointer.read_text().strip()
+
+
+class ReleaseWriter:
+    """Writes signed release bundles of the global MF model into ``folder``.
+
+    Args:
+        folder: the releases folder (created if needed).
+        private_key: the publisher's raw Ed25519 private key.
+        public_key: its public half, written to ``release.pub``.
+        catalog: the item catalogue (the app's ids, titles, genres, ...).
+        settings: the local settings devices solve their user state with.
+        quantize: store the item table as int8 with a per-row scale.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        private_key: bytes,
+        public_key: bytes,
+        catalog: ReleaseCatalog,
+        settings: LocalSettings,
+        quantize: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._private_key = private_key
+        self.catalog = catalog
+        self.settings = settings
+        self.quantize = quantize
+        _write_atomically(self.folder / PUBLIC_KEY_FILE, public_key)
+
+    def path(self, number: int) -> Path:
+        """Where release ``number`` is written."""
+        return self.folder / f"release-{number:06d}.stamen"
+
+    def publish(self, number: int, shared: Sequence[np.ndarray]) -> Path:
+        """Sign and write release ``number`` of the shared arrays (``SHARED_PARAMETERS``
+        order), then point ``latest`` at it. Returns the file's path."""
+        arrays = dict(
+            zip(SHARED_PARAMETERS, (np.asarray(a, np.float32) for a in shared), strict=True)
+        )
+        bundle = ReleaseBundle(
+            release=number,
+            model="mf",
+            settings=self.settings.model_dump(),
+            arrays=arrays,
+            catalog=self.catalog,
+            popularity=arrays["items.bias"],
+        )
+        payload = bundle.encode(quantize=("items.weight",) if self.quantize else ())
+        path = self.path(number)
+        _write_atomically(path, seal_signed(payload, private_key=self._private_key))
+        _write_atomically(self.folder / _LATEST, path.name.encode())
+        return path

@@ -1,0 +1,77 @@
+"""Provisioning a simulation's virtual devices through the device library itself.
+
+For every user of the split: a real :class:`~stamen.client.Device` (its own SQLCipher
+store, under a per-device key derived from the run's master key), the run's first release
+installed, and the user's training items recorded as events. The held-out items go to a
+separate encrypted folder (``stamen.simulation.holdout``): they are the evaluation
+protocol, not device data.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from stamen.client.app import HeldOut
+from stamen.client.virtual import VirtualDevices
+from stamen.models.bundle import ReleaseCatalog
+from stamen.privacy import derive_key
+from stamen.simulation.holdout import read_held_out, write_held_out
+from stamen.simulation.split import Split
+
+__all__ = ["Provisioned", "provision_devices"]
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """A run's virtual devices and where their held-out items are."""
+
+    devices: VirtualDevices
+    held_out_folder: Path
+
+    def held_out(self, row: int) -> HeldOut:
+        """Device ``row``'s held-out items."""
+        key = derive_key(self.devices.master_key, purpose="stamen-held-out")
+        return read_held_out(self.held_out_folder, row, key=key)
+
+
+def provision_devices(
+    split: Split,
+    catalog: ReleaseCatalog,
+    folder: Path,
+    *,
+    master_key: bytes,
+    release_key: bytes,
+    release: Path,
+    progress: bool = False,
+) -> Provisioned:
+    """Create one device per user of ``split`` under ``folder / "devices"`` (anything
+    there before is removed), each with ``release`` installed and its training items
+    recorded as ``view`` events (training uses the item sets only, so values and times
+    are not copied), and the held-out items under ``folder / "held-out"``."""
+    devices = VirtualDevices(folder / "devices", master_key=master_key, release_key=release_key)
+    shutil.rmtree(devices.folder, ignore_errors=True)
+    ids = [catalog.item_id(i) for i in range(len(catalog))]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("provisioning devices", total=split.n_users)
+        for row in range(split.n_users):
+            with devices.open(row) as device:
+                device.apply_release(release)
+                device.record_many(
+                    {"item": ids[item], "kind": "view", "at": 0.0}
+                    for item in split.train.row(row).tolist()
+                )
+            bar.advance(task)
+    held_out = folder / "held-out"
+    shutil.rmtree(held_out, ignore_errors=True)
+    write_held_out(
+        held_out,
+        valid=split.valid,
+        test=split.test,
+        negatives=split.negatives,
+        key=derive_key(master_key, purpose="stamen-held-out"),
+    )
+    return Provisioned(devices=devices, held_out_folder=held_out)

@@ -1,0 +1,102 @@
+"""``stamen device``: the walk-through of the README on a small signed release."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
+from stamen.models.errors import DataError
+from stamen.server import ReleaseWriter, load_or_create_signing_key
+from stamen.simulation.cli import app
+from stamen.simulation.event_files import read_events
+
+runner = CliRunner()
+N_ITEMS, DIM = 30, 4
+
+
+@pytest.fixture
+def release(tmp_path):
+    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
+    catalog = ReleaseCatalog.build(
+        [str(i) for i in range(1, N_ITEMS + 1)],
+        titles=[f"Film {i} (1995)" for i in range(1, N_ITEMS + 1)],
+    )
+    writer = ReleaseWriter(
+        tmp_path / "releases",
+        private_key=private,
+        public_key=public,
+        catalog=catalog,
+        settings=LocalSettings(dim=DIM),
+    )
+    rng = np.random.default_rng(0)
+    shared = [rng.normal(0, 0.3, (N_ITEMS, DIM)).astype(np.float32), np.zeros(N_ITEMS, np.float32)]
+    return writer.publish(3, shared), tmp_path / "releases" / "release.pub"
+
+
+def _ok(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_walk_through(tmp_path, release) -> None:
+    bundle, public = release
+    folder = tmp_path / "phone"
+    events = tmp_path / "u.data"
+    events.write_text("7\t3\t5\t100\n8\t4\t1\t101\n7\t5\t4\t102\n")
+    assert "wrote a new key" in _ok(["device", "init", str(folder), "--release-key", str(public)])
+    key_file = tmp_path / "phone.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    assert not any(p.name.endswith(".key") for p in folder.iterdir())
+    assert "imported 2 events" in _ok(["device", "import", str(folder), str(events), "--user", "7"])
+    _ok(["device", "record", str(folder), "9", "play"])
+    assert "installed release 3" in _ok(["device", "apply", str(folder), str(bundle)])
+    table = _ok(["device", "recommend", str(folder), "--k", "5"])
+    assert "Because you" in table and "Film" in table
+    exported = json.loads(_ok(["device", "export", str(folder)]))
+    assert [e["item"] for e in exported["events"]] == ["3", "5", "9"]
+    assert sorted(exported["state"]["items"]) == ["3", "5", "9"]
+    _ok(["device", "forget", str(folder), "--yes"])
+    assert list(folder.iterdir()) == [] and key_file.is_file()
+    # init again takes the existing key instead of overwriting it
+    assert "took the key" in _ok(["device", "init", str(folder), "--release-key", str(public)])
+
+
+def test_errors_name_the_problem(tmp_path, release) -> None:
+    _, public = release
+    folder = tmp_path / "phone"
+    inside = runner.invoke(
+        app,
+        [
+            "device",
+            "init",
+            str(folder),
+            "--release-key",
+            str(public),
+            "--key-file",
+            str(folder / "k"),
+        ],
+    )
+    assert isinstance(inside.exception, DataError) and "outside" in str(inside.exception)
+    missing = runner.invoke(app, ["device", "recommend", str(tmp_path / "nowhere")])
+    assert isinstance(missing.exception, DataError) and "no device here" in str(missing.exception)
+
+
+def test_event_files_name_file_line_and_field(tmp_path) -> None:
+    bad = tmp_path / "u.data"
+    bad.write_text("1\t2\t5\t100\n1\t3\t9\t101\n")
+    with pytest.raises(DataFormatError, match=r"u\.data, line 2, field 'rating': 9 is above"):
+        read_events(bad)
+    several = tmp_path / "ratings.csv"
+    several.write_text("userId,movieId,rating,timestamp\n1,2,4.5,10\n2,2,3.0,11\n")
+    with pytest.raises(DataError, match="holds 2 users; choose one with --user"):
+        read_events(several)
+    assert read_events(several, user=2) == [
+        {"item": "2", "kind": "rating", "value": 3.0, "at": 11.0}
+    ]
+    with pytest.raises(DataError, match="unknown layout"):
+        read_events(tmp_path / "u.data", layout="events.json")
