@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -47,7 +46,7 @@ from stamen.models.errors import DataError, StamenError
 from stamen.models.metrics import top_k
 from stamen.models.settings import LocalSettings
 from stamen.models.training import IALSSolver
-from stamen.privacy import SignatureError, open_signed
+from stamen.privacy import SignatureError, open_signed, write_atomically
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -418,29 +417,19 @@ class Device:
 
     def _install_file(self, data: bytes, source: Path | None) -> None:
         """Put the release file in place atomically: a hard link to the verified source
-        file where possible (simulations install one release on many devices), else a
-        written, fsynced copy; then ``os.replace``."""
+        file where possible (simulations install one release on many devices; the file is
+        verified again at every open), else a written, fsynced copy."""
         target = self.folder / RELEASE_FILE
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{RELEASE_FILE}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            linked = False
-            if source is not None:
-                try:
-                    os.unlink(tmp)
-                    os.link(source, tmp)
-                    linked = True
-                except OSError:
-                    linked = False
-            if not linked:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if source is not None:
+            link = self.folder / f".{RELEASE_FILE}.link"
+            try:
+                link.unlink(missing_ok=True)
+                os.link(source, link)
+                os.replace(link, target)
+                return
+            except OSError:
+                link.unlink(missing_ok=True)
+        write_atomically(target, data, mode=0o600)
 
     # -- recommending --------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from stamen.privacy.encryption import (
     encrypt,
     encrypt_file,
     generate_key,
+    write_atomically,
 )
 from stamen.privacy.errors import (
     BudgetExceededError,
@@ -77,4 +78,5 @@ __all__ = [
     "update_norm",
     "verify_arrays",
     "verify_release",
+    "write_atomically",
 ]

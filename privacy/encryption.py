@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from stamen.privacy.errors import DecryptionError
 
-__all__ = ["decrypt", "decrypt_file", "derive_key", "encrypt", "encrypt_file", "generate_key"]
+__all__ = [
+    "decrypt",
+    "decrypt_file",
+    "derive_key",
+    "encrypt",
+    "encrypt_file",
+    "generate_key",
+    "write_atomically",
+]
 
 FORMAT_VERSION = 1
 KEY_BYTES = 32
@@ -94,26 +102,30 @@ def decrypt(blob: bytes, *, key: bytes, associated_data: bytes = b"") -> bytes:
         ) from None
 
 
-def encrypt_file(
-    path: str | os.PathLike[str], data: bytes, *, key: bytes, associated_data: bytes = b""
-) -> None:
-    """Encrypt ``data`` into ``path`` atomically: a temporary file, fsync, then ``os.replace``.
-
-    A crash leaves either the old file or the new one, never a partial write. The file is
-    created with the permissions of ``tempfile.mkstemp`` (owner read/write only).
-    """
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync,
+    ``chmod mode``, then ``os.replace``. A crash leaves the old file or the new one,
+    never a partial write."""
     path = Path(path)
-    blob = encrypt(data, key=key, associated_data=associated_data)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def encrypt_file(
+    path: str | os.PathLike[str], data: bytes, *, key: bytes, associated_data: bytes = b""
+) -> None:
+    """Encrypt ``data`` into ``path`` atomically (:func:`write_atomically`, owner
+    read/write only)."""
+    write_atomically(path, encrypt(data, key=key, associated_data=associated_data))
 
 
 def decrypt_file(

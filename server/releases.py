@@ -14,7 +14,6 @@ no-history fallback costs no extra data from anyone.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,26 +24,12 @@ from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.models.errors import DataError
 from stamen.models.mf import SHARED_PARAMETERS
 from stamen.models.settings import LocalSettings
-from stamen.privacy import generate_signing_key, seal_signed
+from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
 __all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "latest_release", "load_or_create_signing_key"]
 
 PUBLIC_KEY_FILE = "release.pub"
 _LATEST = "latest"
-
-
-def _write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
@@ -63,7 +48,7 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[bytes, byt
         return private, public
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     private, public = generate_signing_key()
-    _write_atomically(path, private, mode=0o600)
+    write_atomically(path, private, mode=0o600)
     return private, public
 
 
@@ -103,7 +88,7 @@ class ReleaseWriter:
         self.catalog = catalog
         self.settings = settings
         self.quantize = quantize
-        _write_atomically(self.folder / PUBLIC_KEY_FILE, public_key)
+        write_atomically(self.folder / PUBLIC_KEY_FILE, public_key, mode=0o644)
 
     def path(self, number: int) -> Path:
         """Where release ``number`` is written."""
@@ -125,6 +110,6 @@ class ReleaseWriter:
         )
         payload = bundle.encode(quantize=("items.weight",) if self.quantize else ())
         path = self.path(number)
-        _write_atomically(path, seal_signed(payload, private_key=self._private_key))
-        _write_atomically(self.folder / _LATEST, path.name.encode())
+        write_atomically(path, seal_signed(payload, private_key=self._private_key), mode=0o644)
+        write_atomically(self.folder / _LATEST, path.name.encode(), mode=0o644)
         return path
