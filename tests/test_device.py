@@ -10,8 +10,23 @@ import torch
 from stamen.client.device import Device
 from stamen.client.keys import DeviceKeys
 from stamen.client.local import local_update
-from stamen.models import CheckpointError, DataError, LocalSettings, MatrixFactorization, UserItems
-from stamen.privacy import DecryptionError, generate_key, generate_signing_key
+from stamen.models import (
+    CheckpointError,
+    DataError,
+    LocalSettings,
+    MatrixFactorization,
+    ReleaseBundle,
+    ReleaseCatalog,
+    UserItems,
+)
+from stamen.privacy import (
+    DecryptionError,
+    SignatureError,
+    generate_key,
+    generate_signing_key,
+    open_signed,
+)
+from stamen.server import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
 from stamen.simulation.config import load_config
@@ -177,3 +192,30 @@ def test_clear_removes_old_checkpoints(tmp_path) -> None:
         store.save(Checkpoint(round=rnd, server_state={}, history=[], fingerprint={}))
     store.clear()
     assert store.latest() is None and not list(tmp_path.glob("round-*.pt"))
+
+
+def test_release_writer_publishes_signed_bundles_and_keeps_its_key(tmp_path) -> None:
+    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
+    assert (tmp_path / "keys" / "release.key").stat().st_mode & 0o777 == 0o600
+    assert load_or_create_signing_key(tmp_path / "keys" / "release.key") == (private, public)
+    catalog = ReleaseCatalog.build(["a", "b", "c"], titles=["A", "B", "C"])
+    writer = ReleaseWriter(
+        tmp_path / "releases",
+        private_key=private,
+        public_key=public,
+        catalog=catalog,
+        settings=LocalSettings(dim=2),
+        quantize=True,
+    )
+    shared = [np.arange(6, dtype=np.float32).reshape(3, 2), np.array([0.5, 2.0, 1.0], np.float32)]
+    for number in (1, 2):
+        writer.publish(number, shared)
+    assert latest_release(writer.folder) == writer.path(2)
+    assert (writer.folder / "release.pub").read_bytes() == public
+    bundle = ReleaseBundle.decode(open_signed(writer.path(2).read_bytes(), public_key=public))
+    assert bundle.release == 2 and bundle.settings["dim"] == 2
+    assert bundle.quantized["items.weight"].values.dtype == np.int8
+    # popularity is the learned item bias
+    assert bundle.popularity.tolist() == [0.5, 2.0, 1.0]
+    with pytest.raises(SignatureError):
+        open_signed(writer.path(2).read_bytes(), public_key=generate_signing_key()[1])
