@@ -106,8 +106,9 @@ class ReleaseInfo:
 class _Serving:
     """What a device derives from an installed release (held in memory only)."""
 
-    def __init__(self, bundle: ReleaseBundle) -> None:
+    def __init__(self, bundle: ReleaseBundle, digest: bytes) -> None:
         self.bundle = bundle
+        self.digest = digest
         self.settings = LocalSettings.model_validate(
             {k: v for k, v in bundle.settings.items() if k in LocalSettings.model_fields}
         )
@@ -235,7 +236,7 @@ class Device:
                 highest,
             )
             return
-        self._serving = _Serving(bundle)
+        self._serving = _Serving(bundle, digest)
         self._refresh()
 
     # -- events --------------------------------------------------------------------------
@@ -345,12 +346,14 @@ class Device:
         """The person's items as rows of the installed release's catalogue (sorted; items
         the release does not know are left out). Empty without a release."""
         with self._lock:
+            self._open_store()
             return self._items.copy()
 
     @property
     def user_factor(self) -> np.ndarray | None:
         """The person's current user factor (``None``: no release or no known items)."""
         with self._lock:
+            self._open_store()
             return None if self._factor is None else self._factor.copy()
 
     # -- releases ------------------------------------------------------------------------
@@ -359,6 +362,7 @@ class Device:
     def release(self) -> ReleaseInfo | None:
         """The installed release, or ``None``."""
         with self._lock:
+            self._open_store()
             if self._serving is None:
                 return None
             bundle = self._serving.bundle
@@ -380,10 +384,16 @@ class Device:
             raise ReleaseError(f"{source}: model {bundle.model!r} is not one this device serves")
         return bundle, hashlib.sha256(data).digest()
 
-    def apply_release(self, bundle: bytes | str | os.PathLike[str]) -> ReleaseInfo:
+    def apply_release(
+        self, bundle: bytes | str | os.PathLike[str], *, link: bool = False
+    ) -> ReleaseInfo:
         """Verify and install a signed release (a file path or its bytes).
 
-        Re-applying the installed release changes nothing.
+        The device keeps its own copy of the file. With ``link=True`` (a path only) it
+        hard-links the file instead, where the file system allows: for files that are
+        replaced, never rewritten in place, such as the server's ``release-NNNNNN.stamen``
+        (simulations share one release among many devices this way). Re-applying the
+        installed release changes nothing.
 
         Raises:
             SignatureError: unsigned, tampered, or signed by another key than the pinned.
@@ -409,16 +419,18 @@ class Device:
                 raise ReleaseError(
                     f"{source}: release {highest} is installed with other contents; refused"
                 )
-            self._install_file(data, path)
+            if self._serving is not None and self._serving.digest == digest:
+                return self.release  # type: ignore[return-value]
+            self._install_file(data, path if link else None)
             store.set_meta({_HIGHEST: str(release.release).encode(), _DIGEST: digest})
-            self._serving = _Serving(release)
+            self._serving = _Serving(release, digest)
             self._refresh()
             return self.release  # type: ignore[return-value]
 
     def _install_file(self, data: bytes, source: Path | None) -> None:
-        """Put the release file in place atomically: a hard link to the verified source
-        file where possible (simulations install one release on many devices; the file is
-        verified again at every open), else a written, fsynced copy."""
+        """Put the release file in place atomically: a hard link to ``source`` where given
+        and possible (the file is verified again at every open), else a written, fsynced
+        copy."""
         target = self.folder / RELEASE_FILE
         if source is not None:
             link = self.folder / f".{RELEASE_FILE}.link"

@@ -59,7 +59,7 @@ def provision_devices(
         task = bar.add_task("provisioning devices", total=split.n_users)
         for row in range(split.n_users):
             with devices.open(row) as device:
-                device.apply_release(release)
+                device.apply_release(release, link=True)
                 device.record_many(
                     {"item": ids[item], "kind": "view", "at": 0.0}
                     for item in split.train.row(row).tolist()
