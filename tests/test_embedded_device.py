@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +336,7 @@ def test_malformed_events_are_refused_naming_the_field(
 
 
 def test_valid_events_are_stored_in_canonical_form(tmp_path) -> None:
-    at = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
     with _open(tmp_path / "device", generate_key()) as device:
         event = device.record(
             "item-1", "add-to-list", value=3, at=at, context={"hour": 0, "region": "NL"}
