@@ -1,18 +1,13 @@
 """The device side: the embeddable ``Device`` (encrypted event store, signed releases,
 recommendations), the local training step and Stamen's Flower ClientApp.
 
-Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``.
+Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``. The
+Flower and Opacus parts load on first use: an app that embeds ``Device`` imports neither.
 """
 
-from stamen.client.app import (
-    USER_STATE_KEY,
-    VALID_METRICS,
-    DeviceData,
-    HeldOut,
-    MFClient,
-    build_client_app,
-    make_client_fn,
-)
+import importlib
+from typing import Any
+
 from stamen.client.device import (
     Device,
     DeviceClosedError,
@@ -24,8 +19,31 @@ from stamen.client.device import (
 from stamen.client.events import EVENT_KINDS, Event, EventError
 from stamen.client.keys import DeviceKeys
 from stamen.client.local import LocalResult, build_local_model, local_update
-from stamen.client.record_dp import record_dp_update
 from stamen.client.virtual import VirtualDevices
+
+#: Names loaded on first use (``__getattr__``), by module.
+_LAZY = {
+    "stamen.client.app": (
+        "USER_STATE_KEY",
+        "VALID_METRICS",
+        "DeviceData",
+        "HeldOut",
+        "MFClient",
+        "build_client_app",
+        "make_client_fn",
+    ),
+    "stamen.client.record_dp": ("record_dp_update",),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Device",

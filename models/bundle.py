@@ -88,6 +88,7 @@ class ReleaseCatalog:
     region_indptr: np.ndarray | None = None
     region_index: np.ndarray | None = None
     _order: np.ndarray = field(init=False, repr=False)
+    _sorted_ids: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -108,6 +109,7 @@ class ReleaseCatalog:
             first = ordered[1:][ordered[1:] == ordered[:-1]][0]
             raise BundleError(f"catalogue item id {first.decode()!r} appears twice")
         object.__setattr__(self, "_order", order)
+        object.__setattr__(self, "_sorted_ids", ordered)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -203,9 +205,8 @@ class ReleaseCatalog:
         wanted = np.array([str(i).encode("utf-8") for i in item_ids], dtype=object)
         too_long = np.array([len(w) > width for w in wanted], bool)
         query = np.array([w[:width] for w in wanted], dtype=f"S{width}")
-        ordered = self.item_ids[self._order]
-        pos = np.minimum(np.searchsorted(ordered, query), len(self) - 1)
-        found = (ordered[pos] == query) & ~too_long
+        pos = np.minimum(np.searchsorted(self._sorted_ids, query), len(self) - 1)
+        found = (self._sorted_ids[pos] == query) & ~too_long
         return np.where(found, self._order[pos], -1).astype(np.int64)
 
     def to_tensors(self) -> dict[str, np.ndarray]:

@@ -1,18 +1,15 @@
 """Privacy building blocks: clipping, DP accounting, SecAgg+ settings, encryption at rest
 (AES-GCM blobs and SQLCipher databases), signing.
 
-Imports no other Stamen package and never ``flwr``.
+Imports no other Stamen package and never ``flwr``. The DP names (they import Opacus)
+load on first use, so a device that only stores and verifies pays nothing for them.
 """
 
-from stamen.privacy.accountant import (
-    ACCOUNTANTS,
-    DPSettings,
-    PrivacyAccountant,
-    noise_for_target,
-)
+import importlib
+from typing import Any
+
 from stamen.privacy.clipping import check_update, clip_update, update_norm
 from stamen.privacy.database import DatabaseError, open_encrypted_database
-from stamen.privacy.dp import UserDP, gaussian_noise, noise_share_std, secagg_range_for
 from stamen.privacy.encryption import (
     decrypt,
     decrypt_file,
@@ -28,7 +25,6 @@ from stamen.privacy.errors import (
     PrivacyError,
     SignatureError,
 )
-from stamen.privacy.record_dp import RecordDP, record_epsilon
 from stamen.privacy.secagg import SecAggSettings
 from stamen.privacy.signing import (
     SIGNED_MAGIC,
@@ -41,6 +37,28 @@ from stamen.privacy.signing import (
     verify_arrays,
     verify_release,
 )
+
+#: Names loaded on first use (``__getattr__``), by module.
+_LAZY = {
+    "stamen.privacy.accountant": (
+        "ACCOUNTANTS",
+        "DPSettings",
+        "PrivacyAccountant",
+        "noise_for_target",
+    ),
+    "stamen.privacy.dp": ("UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"),
+    "stamen.privacy.record_dp": ("RecordDP", "record_epsilon"),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ACCOUNTANTS",

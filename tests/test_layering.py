@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -87,3 +89,15 @@ def test_all_is_sorted_and_resolves(package: str) -> None:
     assert exported == sorted(exported)
     for name in exported:
         assert hasattr(module, name), f"{package}.__all__ names missing {name!r}"
+
+
+def test_an_app_embedding_the_device_imports_neither_flower_nor_opacus() -> None:
+    code = (
+        "import sys; from stamen.client import Device, Event; from stamen.privacy import "
+        "generate_key; print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'flwr', 'opacus', 'ray', 'grpc'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "[]"
