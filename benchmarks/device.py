@@ -79,7 +79,6 @@ def one(size: int, quantized: bool, history: int, repeats: int) -> dict:
     from stamen.client.events import Event
     from stamen.models.batches import UserItems
     from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
-    from stamen.models.training import IALSSolver
     from stamen.privacy import generate_key, generate_signing_key, seal_signed
 
     rng = np.random.default_rng(size)
@@ -200,7 +199,7 @@ def main(argv: list[str]) -> None:
 
 def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/device.py " + " ".join(argv)
+    command = " ".join(["python benchmarks/device.py", *argv])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     (args.out / "device.json").write_text(
         json.dumps(
@@ -240,7 +239,7 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
         lines.append(
             f"| {r['items']:,} | {r['table']} | {ms(r, 'recommend')} | "
             f"{r['table_bytes'] / 1e6:.1f} | {r['read_bandwidth_bytes_per_s'] / 1e9:.1f} | "
-            f"{r['floor_ms']:.2f} | {r['recommend']['p50_ms'] / r['floor_ms']:.1f}× | "
+            f"{r['floor_ms']:.3g} | {r['recommend']['p50_ms'] / r['floor_ms']:.1f}× | "
             f"{ms(r, 'bare_matvec_argpartition')} | {r['rss_mib']:.0f} | "
             f"{r['bundle_bytes'] / 1e6:.1f} |"
         )
