@@ -5,9 +5,7 @@ Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.serve
 Flower and Opacus parts load on first use: an app that embeds ``Device`` imports neither.
 """
 
-import importlib
-from typing import Any
-
+from stamen import lazy_attributes
 from stamen.client.device import (
     Device,
     DeviceClosedError,
@@ -34,15 +32,7 @@ _LAZY = {
     ),
     "stamen.client.record_dp": ("record_dp_update",),
 }
-_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -5,9 +5,7 @@ Imports no other Stamen package and never ``flwr``. The DP names (they import Op
 load on first use, so a device that only stores and verifies pays nothing for them.
 """
 
-import importlib
-from typing import Any
-
+from stamen import lazy_attributes
 from stamen.privacy.clipping import check_update, clip_update, update_norm
 from stamen.privacy.database import DatabaseError, open_encrypted_database
 from stamen.privacy.encryption import (
@@ -49,15 +47,7 @@ _LAZY = {
     "stamen.privacy.dp": ("UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"),
     "stamen.privacy.record_dp": ("RecordDP", "record_epsilon"),
 }
-_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
