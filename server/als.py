@@ -1,0 +1,70 @@
+"""The server's half of private ALS: item factors from summed (noisy) statistics.
+
+With ``p̃_u = [p_u, 1]`` and ``q̃_i = [q_i, b_i]`` (item factor and bias), the ``ials``
+objective ``Σ_u Σ_i c_ui (t_ui - p_u·q_i - b_i)² + l2 |q̃_i|²`` (``c = 1 + alpha t``) is
+minimised for each item by ``(G + alpha A_i + l2 I) q̃_i = (1 + alpha) r_i``, where
+``G = Σ_u p̃_u p̃_uᵀ`` over everyone and ``A_i``, ``r_i`` sum ``p̃_u p̃_uᵀ`` and ``p̃_u`` over
+the people who hold item ``i`` (weighted). Without per-item Grams (a quarter of the noise
+at ``dim`` 16 and a ``dim``-times smaller upload) the solve drops ``alpha A_i`` from the
+left-hand side: uniform confidence on the item side. Items outside the head get
+no factor and a bias below every head item's, so they rank after them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stamen.models.als_layout import ALSLayout
+
+__all__ = ["solve_item_side"]
+
+
+def _symmetric(m: np.ndarray) -> np.ndarray:
+    return (m + np.swapaxes(m, -1, -2)) / 2
+
+
+def solve_item_side(
+    total: np.ndarray, layout: ALSLayout, *, n_items: int, alpha: float, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item factors ``(n_items, dim)`` (float32) and biases ``(n_items,)`` from the summed
+    statistics ``total`` (``layout.size``), in two steps so that the noisiest statistics
+    cannot drown the popularity signal:
+
+    1. each head item's bias alone, ``b_i = (1 + alpha) n_i / (N + alpha n_i + 1)``, from
+       its count ``n_i = r_i[-1]`` and the number of devices ``N = G[-1, -1]`` (the
+       ``ials`` minimiser with ``q_i = 0``; popularity, calibrated);
+    2. its factor given the bias, ``(G_pp + alpha A_i,pp + l2 I) q_i = (1 + alpha) r_i,p -
+       b_i (S + alpha r_i,p)`` with ``S = Σ_u p_u = G[:-1, -1]`` (without per-item Grams,
+       ``alpha`` is 0 in this step: uniform confidence on the item side).
+
+    Noise makes ``G`` and ``A_i`` indefinite; their negative eigenvalues are raised to 0
+    first, which keeps the systems positive definite under any ``l2 > 0``. As ``l2``
+    grows the factors shrink to 0 and the model to calibrated popularity."""
+    if l2 <= 0:
+        raise ValueError(f"l2 must be positive (got {l2})")
+    gram, grams, rhs = layout.split(np.asarray(total, np.float64))
+    gram = _psd(_symmetric(gram))
+    devices, counts = max(gram[-1, -1], 1.0), np.maximum(rhs[:, -1], 0.0)
+    conf = alpha if grams is not None else 0.0
+    head_bias = (1.0 + alpha) * counts / (devices + alpha * counts + 1.0)
+    lhs = gram[None, :-1, :-1] + l2 * np.eye(layout.dim)[None]
+    if grams is not None:
+        lhs = lhs + alpha * _psd(_symmetric(grams[:, :-1, :-1]))
+    r = rhs[:, :-1]
+    b = head_bias[:, None]
+    right = (1.0 + conf) * r - b * (gram[None, :-1, -1] + conf * r)
+    solved = np.linalg.solve(lhs, right[:, :, None])[:, :, 0]
+    items = np.zeros((n_items, layout.dim), np.float32)
+    bias = np.zeros(n_items, np.float32)
+    items[layout.head] = solved
+    bias[layout.head] = head_bias
+    tail = np.setdiff1d(np.arange(n_items), layout.head)
+    if len(tail) and len(layout.head):
+        bias[tail] = head_bias.min() - 1.0
+    return items, bias
+
+
+def _psd(m: np.ndarray) -> np.ndarray:
+    """``m`` (symmetric, ``(..., d, d)``) with negative eigenvalues set to 0."""
+    values, vectors = np.linalg.eigh(m)
+    return (vectors * np.maximum(values, 0.0)[..., None, :]) @ np.swapaxes(vectors, -1, -2)
