@@ -7,7 +7,8 @@ minimised for each item by ``(G + alpha A_i + l2 I) q̃_i = (1 + alpha) r_i``, w
 the people who hold item ``i`` (weighted). Without per-item Grams (a quarter of the noise
 at ``dim`` 16 and a ``dim``-times smaller upload) the solve drops ``alpha A_i`` from the
 left-hand side: uniform confidence on the item side. Items outside the head get
-no factor and a bias below every head item's, so they rank after them.
+no factor; their bias comes from the item counts where given, else lies below every head
+item's.
 """
 
 from __future__ import annotations
@@ -24,15 +25,23 @@ def _symmetric(m: np.ndarray) -> np.ndarray:
 
 
 def solve_item_side(
-    total: np.ndarray, layout: ALSLayout, *, n_items: int, alpha: float, l2: float
+    total: np.ndarray,
+    layout: ALSLayout,
+    *,
+    n_items: int,
+    alpha: float,
+    l2: float,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Item factors ``(n_items, dim)`` (float32) and biases ``(n_items,)`` from the summed
     statistics ``total`` (``layout.size``), in two steps so that the noisiest statistics
     cannot drown the popularity signal:
 
-    1. each head item's bias alone, ``b_i = (1 + alpha) n_i / (N + alpha n_i + 1)``, from
-       its count ``n_i = r_i[-1]`` and the number of devices ``N = G[-1, -1]`` (the
-       ``ials`` minimiser with ``q_i = 0``; popularity, calibrated);
+    1. each item's bias alone, ``b_i = (1 + alpha) n_i / (N + alpha n_i + 1)``, from its
+       count ``n_i`` and the number of devices ``N = G[-1, -1]`` (the ``ials`` minimiser
+       with ``q_i = 0``: popularity, calibrated). ``n_i = r_i[-1]`` for head items; with
+       ``counts`` (a separate, less noisy release of item counts for every item, on
+       another scale) ``n_i = κ counts_i``, ``κ = Σ_head r_i[-1] / Σ_head counts_i``;
     2. its factor given the bias, ``(G_pp + alpha A_i,pp + l2 I) q_i = (1 + alpha) r_i,p -
        b_i (S + alpha r_i,p)`` with ``S = Σ_u p_u = G[:-1, -1]`` (without per-item Grams,
        ``alpha`` is 0 in this step: uniform confidence on the item side).
@@ -44,9 +53,15 @@ def solve_item_side(
         raise ValueError(f"l2 must be positive (got {l2})")
     gram, grams, rhs = layout.split(np.asarray(total, np.float64))
     gram = _psd(_symmetric(gram))
-    devices, counts = max(gram[-1, -1], 1.0), np.maximum(rhs[:, -1], 0.0)
+    devices, held = max(gram[-1, -1], 1.0), np.maximum(rhs[:, -1], 0.0)
+    if counts is not None:
+        counts = np.maximum(np.asarray(counts, np.float64), 0.0)
+        scale = held.sum() / max(counts[layout.head].sum(), 1e-12)
+        every = (1.0 + alpha) * scale * counts / (devices + alpha * scale * counts + 1.0)
+        head_bias = every[layout.head]
+    else:
+        head_bias = (1.0 + alpha) * held / (devices + alpha * held + 1.0)
     conf = alpha if grams is not None else 0.0
-    head_bias = (1.0 + alpha) * counts / (devices + alpha * counts + 1.0)
     lhs = gram[None, :-1, :-1] + l2 * np.eye(layout.dim)[None]
     if grams is not None:
         lhs = lhs + alpha * _psd(_symmetric(grams[:, :-1, :-1]))
@@ -59,7 +74,9 @@ def solve_item_side(
     items[layout.head] = solved
     bias[layout.head] = head_bias
     tail = np.setdiff1d(np.arange(n_items), layout.head)
-    if len(tail) and len(layout.head):
+    if counts is not None:
+        bias[tail] = every[tail]
+    elif len(tail) and len(layout.head):
         bias[tail] = head_bias.min() - 1.0
     return items, bias
 

@@ -9,7 +9,9 @@ bounded norm by construction), with full participation and the noise added to th
   items are the ``head`` largest DP counts (that release is charged to the budget); then
   each of ``rounds`` rounds every device solves its user factor exactly against the
   current item side (``IALSSolver``, as on the device), sends its clipped ALS statistics,
-  and the server solves the item side from the noisy sum (``stamen.server.als``).
+  and the server solves the item side from the noisy sum (``stamen.server.als``), its
+  ridge ``item_l2 + noise_l2 · σ`` growing with the noise std ``σ``, so that the factors
+  shrink towards calibrated popularity as ε falls.
 
 The ``rounds + 1`` releases share one noise multiplier ``z``, the smallest whose
 composition (Opacus' RDP accountant, sampling rate 1) stays within ``epsilon`` at
@@ -36,7 +38,13 @@ from stamen.models.training import IALSSolver
 from stamen.privacy import DPSettings, PrivacyAccountant, noise_for_target
 from stamen.server.als import solve_item_side
 
-__all__ = ["PrivateALSResult", "PrivateALSSettings", "dp_item_counts", "run_private_als"]
+__all__ = [
+    "PrivateALSResult",
+    "PrivateALSSettings",
+    "dp_item_counts",
+    "dp_popularity",
+    "run_private_als",
+]
 
 #: Devices whose statistics are materialised at once (memory: chunk × layout.size × 8 B).
 CHUNK = 64
@@ -55,7 +63,10 @@ class PrivateALSSettings(BaseModel):
     user_clip: float = Field(1.0, gt=0, description="L2 bound on a user factor")
     alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
     user_l2: float = Field(1.0, gt=0, description="L2 weight on a user factor")
-    item_l2: float = Field(10.0, gt=0, description="L2 weight on an item factor and bias")
+    item_l2: float = Field(10.0, gt=0, description="L2 weight on an item factor")
+    noise_l2: float = Field(
+        0.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
+    )
     init_std: float = Field(0.1, gt=0, description="std of the public random item start")
 
 
@@ -97,6 +108,16 @@ def dp_item_counts(
     return total + rng.normal(0.0, noise_multiplier, data.n_items)
 
 
+def dp_popularity(
+    data: UserItems, *, epsilon: float, delta: float, seed: int
+) -> tuple[np.ndarray, float]:
+    """The DP popularity baseline: item counts from one Gaussian release within
+    ``(epsilon, delta)``; returns the noisy counts and the ε spent."""
+    z = _noise_multiplier(epsilon, delta, 1)
+    counts = dp_item_counts(data, noise_multiplier=z, rng=np.random.default_rng([seed, 30]))
+    return counts, _spent(z, delta, 1)
+
+
 def run_private_als(
     data: UserItems,
     settings: PrivateALSSettings,
@@ -135,7 +156,12 @@ def run_private_als(
             ).sum(0)
         total += rng.normal(0.0, z * sensitivity, layout.size)
         items, bias = solve_item_side(
-            total, layout, n_items=data.n_items, alpha=settings.alpha, l2=settings.item_l2
+            total,
+            layout,
+            n_items=data.n_items,
+            alpha=settings.alpha,
+            l2=settings.item_l2 + settings.noise_l2 * z * sensitivity,
+            counts=counts,
         )
         history.append({"round": rnd, "clipped_user_factors": clipped})
     return PrivateALSResult(

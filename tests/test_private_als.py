@@ -18,6 +18,7 @@ from stamen.server.als import solve_item_side
 from stamen.simulation.private_als import (
     PrivateALSSettings,
     dp_item_counts,
+    dp_popularity,
     run_private_als,
 )
 
@@ -190,3 +191,24 @@ def test_without_noise_the_counts_are_exact() -> None:
     )
     assert result.noise_multiplier == 0 and result.epsilon == math.inf
     np.testing.assert_allclose(result.counts, item_counts(data).sum(0))
+
+
+def test_dp_popularity_spends_its_budget_in_one_release() -> None:
+    data = _data(np.random.default_rng(9), users=80, items=40, most=10)
+    counts, spent = dp_popularity(data, epsilon=2.0, delta=1e-3, seed=0)
+    assert 1.9 < spent <= 2.0 and counts.shape == (40,)
+    exact, free = dp_popularity(data, epsilon=math.inf, delta=1e-3, seed=0)
+    assert free == math.inf
+    np.testing.assert_allclose(exact, item_counts(data).sum(0))
+
+
+def test_a_count_release_sets_every_bias_on_the_statistics_scale() -> None:
+    rng = np.random.default_rng(10)
+    data = _data(rng, users=50, items=20, most=8)
+    layout = ALSLayout(dim=3, head=np.arange(0, 20, 2), item_grams=False)
+    total = als_statistics(rng.normal(0, 1, (50, 3)), data, layout, user_clip=1.0, cap=100).sum(0)
+    counts = np.bincount(data.pairs()[1], minlength=20).astype(float)
+    # counts on another scale (x 0.25): kappa rescales them onto the statistics' counts
+    _, bias = solve_item_side(total, layout, n_items=20, alpha=1.0, l2=1e12, counts=0.25 * counts)
+    expected = 2.0 * counts / (50 + counts + 1.0)
+    np.testing.assert_allclose(bias, expected, rtol=1e-6)
