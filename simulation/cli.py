@@ -8,9 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from stamen.models import StamenError
+from stamen.privacy.errors import PrivacyError
 from stamen.simulation.device_cli import device_app
 
 __all__ = ["app", "main"]
+
+#: What a command reports as a one-line error (exit status 2) instead of a traceback:
+#: everything Stamen raises on purpose. The privacy errors (wrong store key, a release
+#: that does not verify, a spent budget) have their own root, ``PrivacyError``, because
+#: ``stamen.privacy`` imports no other Stamen package, so it cannot derive from
+#: ``StamenError``.
+_USER_ERRORS = (StamenError, PrivacyError)
 
 app = typer.Typer(
     name="stamen",
@@ -113,7 +121,7 @@ def simulate(
     try:
         settings = load_config(config, overrides)
         run_experiment(settings, console=console, verbose=verbose)
-    except StamenError as err:
+    except _USER_ERRORS as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None
 
@@ -125,6 +133,6 @@ def main() -> None:
     """Entry point of the ``stamen`` script."""
     try:
         app()
-    except StamenError as err:  # errors of the device commands
+    except _USER_ERRORS as err:  # errors of the device commands
         typer.echo(f"error: {err}", err=True)
         raise SystemExit(2) from None

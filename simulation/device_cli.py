@@ -18,6 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from stamen.models.errors import DataError
+from stamen.privacy.errors import DecryptionError
 
 __all__ = ["device_app"]
 
@@ -57,7 +58,11 @@ def _open(folder: Path, key_file: Path | None) -> Any:
 
     if not (folder / "device.db").is_file():
         raise DataError(f"{folder}: no device here; run `stamen device init {folder}` first")
-    return Device.open(folder, key=_read_key(_key_path(folder, key_file)))
+    path = _key_path(folder, key_file)
+    try:
+        return Device.open(folder, key=_read_key(path))
+    except DecryptionError as error:  # name the key file too: it is the likely culprit
+        raise DecryptionError(f"{error} (key file {path})") from None
 
 
 @device_app.command()

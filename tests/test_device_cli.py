@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ from typer.testing import CliRunner
 
 from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
 from stamen.models.errors import DataError
+from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
 from stamen.server import ReleaseWriter, load_or_create_signing_key
+from stamen.simulation import cli
 from stamen.simulation.cli import app
 from stamen.simulation.event_files import read_events
 
@@ -38,7 +42,8 @@ def release(tmp_path):
 
 
 def _ok(args: list[str]) -> str:
-    result = runner.invoke(app, args)
+    # a wide console, so that rich does not wrap a long temporary path inside a phrase
+    result = runner.invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 0, (result.output, result.exception)
     return result.output
 
@@ -84,6 +89,60 @@ def test_errors_name_the_problem(tmp_path, release) -> None:
     assert isinstance(inside.exception, DataError) and "outside" in str(inside.exception)
     missing = runner.invoke(app, ["device", "recommend", str(tmp_path / "nowhere")])
     assert isinstance(missing.exception, DataError) and "no device here" in str(missing.exception)
+
+
+def _stamen(*args: str) -> subprocess.CompletedProcess:
+    """Run the ``stamen`` script's entry point in a fresh interpreter, as a shell would."""
+    entry = "from stamen.simulation.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", entry, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def _one_line_error(run: subprocess.CompletedProcess, *names: str) -> str:
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output
+    assert "Traceback" not in output and run.stdout == "", output
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert all(name in lines[0] for name in names), output
+    return lines[0]
+
+
+def test_privacy_errors_are_one_line_command_errors(tmp_path, release) -> None:
+    """A wrong store key and a tampered release end the command with exit status 2 and
+    one line naming the files, not a traceback (through the real entry point)."""
+    bundle, public = release
+    folder = tmp_path / "phone"
+    _ok(["device", "init", str(folder), "--release-key", str(public)])
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(bytes(range(32)))
+    line = _one_line_error(
+        _stamen("device", "recommend", str(folder), "--key-file", str(wrong)),
+        str(folder / "device.db"),
+        str(wrong),
+    )
+    assert "wrong key" in line
+    tampered = tmp_path / "tampered.stamen"
+    data = bytearray(bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    line = _one_line_error(_stamen("device", "apply", str(folder), str(tampered)), str(tampered))
+    assert "signature does not verify" in line
+    # the device is unharmed: the genuine release still installs
+    assert "installed release 3" in _ok(["device", "apply", str(folder), str(bundle)])
+
+
+@pytest.mark.parametrize("error", [BudgetExceededError, DecryptionError, SignatureError])
+def test_main_turns_every_privacy_error_into_exit_status_2(error, monkeypatch, capsys) -> None:
+    def failing_app() -> None:
+        raise error("/some/file: what went wrong")
+
+    monkeypatch.setattr(cli, "app", failing_app)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: /some/file: what went wrong\n"
 
 
 def test_event_files_name_file_line_and_field(tmp_path) -> None:

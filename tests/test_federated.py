@@ -1,7 +1,8 @@
 """Federated smoke runs on Flower's simulation engine: a few devices, a few rounds.
 
 Every message a device sends is captured by an outermost ClientApp mod (it sees exactly
-what leaves the device) together with the device's private user factor at that moment.
+what leaves the device) together with the device's private user factor at that moment, and
+the message it answered (the global model and settings the server sent).
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class _Capture:
         content = reply.content
         record = {
             "type": reply.metadata.message_type,
+            "row": int(context.node_config["partition-id"]),
+            "received_arrays": {
+                k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items()
+            },
+            "received_configs": {k: dict(r) for k, r in msg.content.config_records.items()},
             "arrays": {k: r.to_numpy_ndarrays() for k, r in content.array_records.items()},
             "metrics": {k: dict(r) for k, r in content.metric_records.items()},
             "configs": {k: dict(r) for k, r in content.config_records.items()},
@@ -272,6 +278,113 @@ def test_user_factor_never_appears_in_any_message(federated_run) -> None:
                     np.isclose(float(v), factor).all() for v in flat if isinstance(v, float)
                 )
     assert checked == 8
+
+
+def _abs_cosines(rows: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """|cos| between each row of ``rows`` and ``factor`` (0 for an all-zero row)."""
+    rows = np.asarray(rows, np.float64)
+    factor = np.asarray(factor, np.float64)
+    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(factor)
+    dots = np.abs(rows @ factor)
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def _plain_reading(m: dict) -> np.ndarray:
+    """What the server reads from a plain upload: each item row's delta minus the item-row
+    term it can compute itself from the global model and the settings it sent.
+
+    For the ``ials`` loss with one local epoch the device's step is one SGD step, taken
+    from the user factor ``u`` that the exact re-solve left at the loss's minimum in ``u``
+    (so the step hardly moves ``u``: its gradient there is zero up to float32 rounding;
+    weight decay would only rescale it). The loss's gradient in item row ``v_j`` is
+    ``-2 c_j r_j u + 2 item_l2 v_j`` (``c_j`` confidence, ``r_j`` residual), so the
+    uploaded delta is ``Δv_j = 2 lr c_j r_j u - lr (2 item_l2 + weight_decay) v_j``: a
+    multiple of ``u`` plus a term in ``v_j`` (the global row the server sent) whose
+    coefficient is made of settings the server chose. Subtracted, every row is exactly
+    ``2 lr c_j r_j u``.
+    """
+    sent = m["received_configs"]["fitins.config"]
+    # the conditions the derivation above rests on (all true of this run's settings)
+    assert sent["loss"] == "ials" and sent["local_epochs"] == 1
+    assert sent["update_weighting"] == "uniform" and "dp-clip-norm" not in sent
+    item_delta, _ = m["arrays"]["fitres.parameters"]
+    global_items, _ = m["received_arrays"]["fitins.parameters"]
+    known = -sent["local_lr"] * (2 * sent["item_l2"] + sent["weight_decay"])
+    return item_delta.astype(np.float64) - known * global_items.astype(np.float64)
+
+
+#: A row reads as pointing along the user factor when |cos| exceeds this. In exact
+#: arithmetic a plain reading's rows are multiples of ``u`` (|cos| = 1, see
+#: ``_plain_reading``); what remains is float32 rounding of the deltas (relative error
+#: ~1e-6 on rows of size ~lr), far inside the 0.99 bound, which would allow an error of
+#: sin(arccos 0.99) = 14% of the row.
+ALIGNED = 0.99
+
+
+def _mean_squared_cosine_bound(n_rows: int, dim: int) -> float:
+    """An upper bound on the mean of cos² over ``n_rows`` rows that carry no direction.
+
+    Rows whose coordinates are independent and symmetric about 0 (the masked vector's
+    coordinates read as signed residues mod 2**32, uniform whatever the update) have
+    E[cos²] = 1/dim with any fixed vector: by symmetry the cross terms vanish and each
+    coordinate carries 1/dim of the squared norm. cos² lies in [0, 1], so by Hoeffding the
+    mean over independent rows exceeds 1/dim + t with probability at most exp(-2 n t²);
+    t = sqrt(6 / n) makes that exp(-12) < 1e-5 per upload. A per-row bound of a few times
+    1/sqrt(dim) says nothing at dim = 8 (random 8-dimensional rows reach |cos| > 0.9 among
+    a few hundred), so the rows are judged together.
+    """
+    return 1 / dim + float(np.sqrt(6 / n_rows))
+
+
+def test_plain_upload_reveals_the_user_factor_direction(plain_run) -> None:
+    """Without SecAgg+ the server reads the user factor's direction from each upload: every
+    item row the device holds, less the term the server knows, is a multiple of it."""
+    _, split, _, messages, _ = plain_run
+    fits = [m for m in messages if m["type"] == "train"]
+    assert len(fits) == 8
+    for m in fits:
+        cosines = _abs_cosines(_plain_reading(m), m["user_factor"])
+        touched = split.train.row(m["row"])
+        assert len(touched) > 0 and cosines[touched].min() > ALIGNED, cosines[touched]
+        # so the rows judged together are far above what rows with no direction give
+        bound = _mean_squared_cosine_bound(len(cosines), DIM)
+        assert np.mean(cosines[touched] ** 2) > bound
+
+
+def _masked_rows(m: dict, n_items: int) -> np.ndarray:
+    """The item-factor rows of a SecAgg+ masked vector, read as signed residues."""
+    modulus = 2**32  # SecAggPlusWorkflow's default modulus
+    _, masked_items, _ = [
+        bytes_to_ndarray(b) for b in m["configs"]["secaggplus_configs"]["masked_params"]
+    ]
+    values = masked_items.astype(np.float64).reshape(n_items, DIM)
+    return np.where(values >= modulus / 2, values - modulus, values)
+
+
+def test_masked_upload_hides_the_user_factor_direction(secagg_run, plain_run) -> None:
+    """Under SecAgg+ the masked vector's rows point nowhere in particular: their mean cos²
+    with the user factor is what direction-free rows give, and no row lines up with it.
+    The same criterion rejects the raw updates of the plain run."""
+    _, split, _, messages, _ = secagg_run
+    masked = [
+        m
+        for m in messages
+        if m["type"] == "train" and "masked_params" in m["configs"]["secaggplus_configs"]
+    ]
+    assert len(masked) == 8
+    bound = _mean_squared_cosine_bound(split.n_items, DIM)
+    for m in masked:
+        cosines = _abs_cosines(_masked_rows(m, split.n_items), m["user_factor"])
+        assert np.mean(cosines**2) < bound, (np.mean(cosines**2), bound)
+        # a direction-free 8-dimensional row has |cos| > 0.99 with probability ~3e-7
+        # (I_{1-0.99²}(7/2, 1/2) for a uniform direction): ~3e-5 over 8 x 11 touched rows
+        assert cosines[split.train.row(m["row"])].max() < ALIGNED
+    # The criterion can fail: the raw updates of the plain run, read the same way (every
+    # row, the device's own or not), break it.
+    _, plain_split, _, plain_messages, _ = plain_run
+    for m in [m for m in plain_messages if m["type"] == "train"]:
+        cosines = _abs_cosines(_plain_reading(m), m["user_factor"])
+        assert np.mean(cosines**2) > _mean_squared_cosine_bound(plain_split.n_items, DIM)
 
 
 def test_resume_continues_from_the_checkpoint(federated_run, tmp_path) -> None:
