@@ -25,6 +25,7 @@ from stamen.client.record_dp import record_dp_update
 from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
+from stamen.models.settings import DEVICE_ID_KEY
 from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
 
 __all__ = [
@@ -90,6 +91,10 @@ class MFClient(NumPyClient):
         self.seed = seed
         self.row = row
         self.release_key = release_key
+
+    def get_properties(self, config: dict) -> dict:
+        """The device's stable id (its partition), by which the server samples cohorts."""
+        return {DEVICE_ID_KEY: self.row}
 
     def _verify(self, parameters: list[np.ndarray], config: dict) -> None:
         """Refuse a global model whose Ed25519 signature does not verify."""

@@ -9,7 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stamen.models.losses import LossFn, make_loss
 
-__all__ = ["LocalSettings"]
+__all__ = ["DEVICE_ID_KEY", "LocalSettings"]
+
+#: The ``get_properties`` key under which a device reports its stable device id (its
+#: partition), by which the server samples cohorts.
+DEVICE_ID_KEY = "device-id"
 
 
 class LocalSettings(BaseModel):

@@ -1,10 +1,14 @@
 """The server strategy for federated matrix factorisation, on Flower's legacy strategy
 API (the stack Flower's ``SecAggPlusWorkflow`` drives in flwr 1.41).
 
-Each round: sample a seeded cohort, send the global item side with the local settings,
-average the devices' dense updates (under SecAgg+ the server only ever receives the
-average), apply the server optimiser (FedAvg / FedAdam), checkpoint. Federated evaluation
-asks devices to rank their own held-out item and averages the metrics they return.
+Each round: sample a seeded cohort over stable device ids (``stamen.server.cohorts``;
+Poisson under user-level DP), send the global item side with the local settings, average
+the devices' dense updates (under SecAgg+ the server only ever receives the average),
+apply the server optimiser (FedAvg / FedAdam), checkpoint. Federated evaluation asks
+devices to rank their own held-out item and averages the metrics they return.
+
+A device names itself by answering ``get_properties`` with :data:`DEVICE_ID_KEY`; the
+strategy asks each connected node once.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from typing import Any
 
 import numpy as np
 from flwr.common import (
+    Code,
     EvaluateIns,
     EvaluateRes,
     FitIns,
     FitRes,
+    GetPropertiesIns,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
@@ -32,6 +38,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
+from stamen.models.settings import DEVICE_ID_KEY
 from stamen.privacy import (
     PrivacyAccountant,
     gaussian_noise,
@@ -40,6 +47,7 @@ from stamen.privacy import (
     sign_arrays,
 )
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings
@@ -47,7 +55,7 @@ from stamen.server.settings import ServerSettings
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
 MASKED_VALUE_BYTES = 8
 
-__all__ = ["FederatedMF", "RoundCallback"]
+__all__ = ["FederatedMF", "RoundCallback", "min_poisson_cohort"]
 
 _log = logging.getLogger("stamen")
 
@@ -60,6 +68,21 @@ def _failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) ->
         f"{type(f).__name__}: {f}" if isinstance(f, BaseException) else str(f[1].status.message)
         for f in failures
     ]
+
+
+def min_poisson_cohort(settings: ServerSettings, noise_multiplier: float) -> int:
+    """Fewest devices a Poisson cohort may have for its round to run: SecAgg+'s
+    ``num_shares``, and under distributed DP enough devices that each one's noise share
+    (``z C / sqrt(n)``, so the shares sum to the full noise) stays inside SecAgg+'s
+    clipping range. Smaller cohorts skip the round, which is charged to the accountant
+    all the same."""
+    floor = settings.secagg.num_shares if settings.secagg.enabled else 1
+    if settings.secagg.enabled and settings.dp.mode == "distributed" and noise_multiplier > 0:
+        room = settings.secagg.clipping_range - settings.dp.clip_norm
+        if room <= 0:
+            raise ValueError("secagg.clipping_range must exceed dp.clip_norm")
+        floor = max(floor, math.ceil((7 * noise_multiplier * settings.dp.clip_norm / room) ** 2))
+    return floor
 
 
 def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
@@ -149,6 +172,8 @@ class FederatedMF(Strategy):
             )
             self.accountant = PrivacyAccountant(dp, rounds=self.start_round)
             check_distributed_range(settings, dp.noise_multiplier)
+            self._min_cohort = min_poisson_cohort(settings, dp.noise_multiplier)
+        self._device_ids: dict[str, int] = {}
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
         # resume, the earlier rounds' largest count is carried as a conservative offset.
         self.participations: Counter[str] = Counter()
@@ -197,20 +222,43 @@ class FederatedMF(Strategy):
                 break
             time.sleep(0.05)
 
-    def _sorted_clients(self, client_manager: ClientManager) -> list[ClientProxy]:
+    def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
+        """Connected devices by device id (each node asked once, then remembered)."""
         self._await_devices(client_manager)
-        clients = client_manager.all()
-        return [clients[cid] for cid in sorted(clients)]
+        devices: dict[int, ClientProxy] = {}
+        for cid, proxy in client_manager.all().items():
+            if cid not in self._device_ids:
+                self._device_ids[cid] = self._ask_device_id(proxy)
+            devices[self._device_ids[cid]] = proxy
+        return dict(sorted(devices.items()))
+
+    def _ask_device_id(self, proxy: ClientProxy) -> int:
+        res = proxy.get_properties(
+            GetPropertiesIns(config={}), timeout=self.settings.connect_timeout, group_id=0
+        )
+        value = res.properties.get(DEVICE_ID_KEY) if res.status.code == Code.OK else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RuntimeError(
+                f"node {proxy.cid} did not report an integer {DEVICE_ID_KEY!r} "
+                f"({res.status.message or res.properties})"
+            )
+        return value
 
     def _sample(
-        self, clients: list[ClientProxy], n: int, purpose: int, rnd: int
+        self, devices: dict[int, ClientProxy], n: int, purpose: int, rnd: int, *, poisson: bool
     ) -> list[ClientProxy]:
-        if n >= len(clients):
-            return clients
-        rng = np.random.default_rng([self.settings.seed, rnd, purpose])
-        return [clients[i] for i in np.sort(rng.choice(len(clients), n, replace=False))]
+        population = max(self.population or 0, max(devices, default=-1) + 1)
+        ids = sample_cohort(
+            population,
+            seed=self.settings.seed,
+            rnd=rnd,
+            purpose=purpose,
+            available=np.fromiter(devices, np.int64, len(devices)),
+            **({"rate": min(n / population, 1.0)} if poisson else {"size": n}),
+        )
+        return [devices[int(i)] for i in ids]
 
-    def _config(self, rnd: int) -> dict[str, Scalar]:
+    def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
         config: dict[str, Scalar] = {"server-round": rnd, **self.settings.local.to_config()}
         # A device's own training loss would bypass both protections: report it only when
         # neither secure aggregation nor DP is on.
@@ -224,7 +272,7 @@ class FederatedMF(Strategy):
                 share = noise_share_std(
                     noise_multiplier=dp.noise_multiplier,
                     clip_norm=dp.clip_norm,
-                    cohort=self.settings.clients_per_round,
+                    cohort=cohort or self.settings.clients_per_round,
                 )
             config.update({"dp-clip-norm": dp.clip_norm, "dp-noise-std": share})
         if self.settings.record_dp.enabled:
@@ -256,15 +304,31 @@ class FederatedMF(Strategy):
             if not self._evaluates(rnd):
                 self._finish_round(rnd)
             return []
-        clients = self._sorted_clients(client_manager)
-        cohort = self._sample(clients, self.settings.clients_per_round, 0, rnd)
+        devices = self._devices(client_manager)
+        private = self.accountant is not None
+        cohort = self._sample(devices, self.settings.clients_per_round, 0, rnd, poisson=private)
+        if private and len(cohort) < self._min_cohort:
+            assert self.accountant is not None
+            self.accountant.step()  # charged although skipped: the draw is not data-free
+            self._record["skipped"] = (
+                f"Poisson cohort of {len(cohort)} devices, below the {self._min_cohort} "
+                "this round needs (SecAgg+ shares, noise shares)"
+            )
+            self._record["privacy"] = {
+                "epsilon": self.accountant.epsilon,
+                "delta": self.accountant.settings.delta,
+            }
+            if not self._evaluates(rnd):
+                self._finish_round(rnd)
+            return []
+        self._record["cohort"] = len(cohort)
         if self.settings.record_dp.enabled:
             self.participations.update(str(client.cid) for client in cohort)
             self._record["record_privacy"] = {
                 "epsilon": self._record_dp_report()["epsilon"],
                 "max_participations": self.max_participations,
             }
-        fit_ins = FitIns(parameters, self._signed(self._config(rnd), parameters, rnd))
+        fit_ins = FitIns(parameters, self._signed(self._config(rnd, len(cohort)), parameters, rnd))
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
@@ -321,13 +385,19 @@ class FederatedMF(Strategy):
         return int(sum(per_value * p.numel() for p in self.server.params))
 
     def _privatise(self, mean: list[np.ndarray], *, devices: int, rnd: int) -> list[np.ndarray]:
-        """Central mode: add N(0, (z C)²) to the sum, i.e. (z C / n)² to the mean. Both
-        modes: record the round with the accountant."""
+        """The fixed-denominator mean of DP-FedAvg (McMahan et al. 2018): the sum over the
+        ``devices`` that reported divided by the *expected* cohort ``clients_per_round``,
+        so one person changes it by at most ``C / clients_per_round`` whatever the
+        Poisson draw. Central mode adds N(0, (z C)²) to the sum, i.e. (z C /
+        clients_per_round)² to that mean. Both modes: record the round with the
+        accountant."""
         assert self.accountant is not None
         dp = self.accountant.settings
+        expected = min(self.settings.clients_per_round, self.population or devices)
+        mean = [a * np.float32(devices / expected) for a in mean]
         if self.settings.dp.mode == "central":
             rng = np.random.default_rng([self.settings.seed, rnd, 7])
-            std = dp.noise_multiplier * dp.clip_norm / devices
+            std = dp.noise_multiplier * dp.clip_norm / expected
             noise = gaussian_noise([a.shape for a in mean], std=std, rng=rng)
             mean = [a + n for a, n in zip(mean, noise, strict=True)]
         self.accountant.step()
@@ -372,11 +442,11 @@ class FederatedMF(Strategy):
         rnd = self._global_round(server_round)
         if not self._evaluates(rnd):
             return []
-        clients = self._sorted_clients(client_manager)
-        n = len(clients)
+        devices = self._devices(client_manager)
+        n = len(devices)
         if rnd != self.settings.rounds and self.settings.eval_clients is not None:
             n = self.settings.eval_clients
-        chosen = self._sample(clients, n, 1, rnd)
+        chosen = self._sample(devices, n, 1, rnd, poisson=False)
         config = self._signed(self._config(rnd), parameters, rnd)
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
 

@@ -13,12 +13,19 @@ from stamen.models.settings import LocalSettings
 from stamen.models.training import fit, refit_users
 from stamen.simulation.config import CentralisedSettings
 from stamen.simulation.evaluate import Scorer, evaluate
+from stamen.simulation.private_als import dp_popularity
 from stamen.simulation.split import Split
 
 #: Adam steps that re-fit a user factor from scratch for offline scoring.
 SERVING_REFRESH_STEPS = 50
 
-__all__ = ["mf_scorer", "popularity_scorer", "shared_model_scorer", "train_centralised_mf"]
+__all__ = [
+    "dp_popularity_scorer",
+    "mf_scorer",
+    "popularity_scorer",
+    "shared_model_scorer",
+    "train_centralised_mf",
+]
 
 
 def popularity_scorer(split: Split) -> Scorer:
@@ -27,6 +34,16 @@ def popularity_scorer(split: Split) -> Scorer:
         np.bincount(split.train.items, minlength=split.n_items).astype(np.float32)
     )
     return lambda users: counts.expand(len(users), -1)
+
+
+def dp_popularity_scorer(
+    split: Split, *, epsilon: float, delta: float, seed: int
+) -> tuple[Scorer, float]:
+    """The DP popularity baseline (``stamen.simulation.private_als.dp_popularity``: one
+    Gaussian release of per-person normalised item counts) and the ε it spent."""
+    counts, spent = dp_popularity(split.train, epsilon=epsilon, delta=delta, seed=seed)
+    scores = torch.from_numpy(counts.astype(np.float32))
+    return (lambda users: scores.expand(len(users), -1)), spent
 
 
 def mf_scorer(model: MatrixFactorization) -> Scorer:

@@ -39,9 +39,10 @@ from stamen.models.batches import UserItems
 from stamen.models.mf import MatrixFactorization
 from stamen.models.training import solve_users
 from stamen.privacy import PrivacyAccountant, SecAggSettings, noise_share_std
+from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import check_distributed_range
+from stamen.server.strategy import check_distributed_range, min_poisson_cohort
 from stamen.simulation.baselines import shared_model_scorer
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.split import Split
@@ -181,6 +182,7 @@ def run_batched(
         dp = settings.dp.resolve(population=population, cohort=cohort, rounds=settings.rounds)
         accountant = PrivacyAccountant(dp)
         check_distributed_range(settings, dp.noise_multiplier)
+        floor = min_poisson_cohort(settings, dp.noise_multiplier)
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     for rnd in range(1, settings.rounds + 1):
@@ -191,16 +193,22 @@ def run_batched(
                 record["skipped"] = "privacy budget (target epsilon) reached"
                 history.append(record)
                 continue
-        rng = np.random.default_rng([settings.seed, rnd, 0])
-        users = np.sort(rng.choice(population, cohort, replace=False))
+        draw = {"rate": cohort / population} if accountant is not None else {"size": cohort}
+        users = sample_cohort(population, seed=settings.seed, rnd=rnd, purpose=0, **draw)
+        if accountant is not None and len(users) < floor:
+            accountant.step()  # charged although skipped, as FederatedMF does
+            record["skipped"] = f"Poisson cohort of {len(users)} devices, below {floor}"
+            record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
+            history.append(record)
+            continue
         data = split.train.select(users)
         mean = None
         if not exact:
-            mean = _fast_round_mean(server.arrays(), data, settings, rnd, accountant)
+            mean = _fast_round_mean(server.arrays(), data, settings, rnd, accountant, cohort)
         if mean is None:
-            mean = _round_mean(server.arrays(), data, settings, rnd, accountant)
+            mean = _round_mean(server.arrays(), data, settings, rnd, accountant, cohort)
         server.step(mean)
-        record.update({"devices": cohort, "failures": 0})
+        record.update({"devices": len(users), "cohort": len(users), "failures": 0})
         if accountant is not None:
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
         every = settings.eval_every
@@ -227,6 +235,7 @@ def _fast_round_mean(
     settings: ServerSettings,
     rnd: int,
     accountant: PrivacyAccountant | None,
+    expected: int,
 ) -> list[np.ndarray] | None:
     """``_round_mean`` without materialising any device's update: per-device norms and the
     clipped sum from the factored form, in float64. Equal to ``_round_mean`` up to SecAgg+'s
@@ -266,13 +275,15 @@ def _fast_round_mean(
             return None
     total = gain.sum()
     sums = [2 * (gain[:, None] * r).T @ x - k * total * w, 2 * gain @ r - wd * total * b]
-    mean = [(a / devices).float().numpy() for a in sums]
+    # under DP the fixed-denominator estimator (FederatedMF._privatise): the expected cohort
+    denominator = expected if dp is not None else devices
+    mean = [(a / denominator).float().numpy() for a in sums]
     if dp is not None:
         # central: the server's draw; distributed: the devices' shares, drawn as their sum
         # (same distribution, its own stream)
         purpose = 7 if settings.dp.mode == "central" else 2
         rng = np.random.default_rng([settings.seed, rnd, purpose])
-        std = dp.noise_multiplier * dp.clip_norm / devices
+        std = dp.noise_multiplier * dp.clip_norm / denominator
         mean = [a + rng.normal(0.0, std, a.shape).astype(np.float32) for a in mean]
         assert accountant is not None
         accountant.step()
@@ -285,6 +296,7 @@ def _round_mean(
     settings: ServerSettings,
     rnd: int,
     accountant: PrivacyAccountant | None,
+    expected: int,
 ) -> list[np.ndarray]:
     """The mean update the server's optimiser receives for one cohort."""
     devices = data.n_users
@@ -321,10 +333,13 @@ def _round_mean(
         mean = secagg_mean(sums, devices, secagg)
     else:
         mean = [(s / devices).astype(np.float32) for s in sums]
+    # under DP the fixed-denominator estimator (FederatedMF._privatise): the expected cohort
+    denominator = expected if dp is not None else devices
+    mean = [a * np.float32(devices / denominator) for a in mean]
     if dp is not None:
         if settings.dp.mode == "central":
             rng = np.random.default_rng([settings.seed, rnd, 7])
-            std = dp.noise_multiplier * dp.clip_norm / devices
+            std = dp.noise_multiplier * dp.clip_norm / denominator
             mean = [a + rng.normal(0.0, std, a.shape).astype(np.float32) for a in mean]
         assert accountant is not None
         accountant.step()

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stamen.models import Dataset, StamenError
 from stamen.simulation.baselines import (
+    dp_popularity_scorer,
     mf_scorer,
     popularity_scorer,
     shared_model_scorer,
@@ -96,13 +97,27 @@ def privacy_section(report: dict[str, Any] | None, config: SimulationConfig) -> 
     }
 
 
-def select_round(history: list[dict[str, Any]], *, devices: int) -> dict[str, Any]:
-    """The round whose federated evaluation (over all ``devices`` evaluable devices) had
-    the best validation NDCG@10: early stopping on validation, as for the baseline."""
+def select_round(
+    history: list[dict[str, Any]], *, devices: int, private: bool = False
+) -> dict[str, Any]:
+    """The round reported: for a private run the last evaluation over all ``devices``
+    evaluable devices (choosing by private validation metrics would spend privacy the
+    accountant does not count); otherwise the one with the best validation NDCG@10, early
+    stopping on validation as for the baseline."""
     full = [h for h in history if h.get("evaluate", {}).get("devices") == devices]
     if not full:
         raise StamenError("no federated evaluation covered every device; cannot select a round")
+    if private:
+        return full[-1]
     return max(full, key=lambda h: (h["evaluate"].get("valid_ndcg@10", 0.0), h["round"]))
+
+
+#: How ``select_round`` chose, as results.json says it.
+SELECTION = {
+    True: "the last evaluated round (all devices): a private run is not selected on "
+    "private validation metrics",
+    False: "the evaluated round with the best validation NDCG@10 (all devices)",
+}
 
 
 def run_experiment(
@@ -172,7 +187,15 @@ def run_experiment(
     timings["federated"] = fed.seconds
     if config.resume:
         console.print(f"resumed from round {fed.resumed_from} (0: no checkpoint was found)")
-    chosen = select_round(fed.history, devices=split.stats()["evaluated_users"])
+    private = config.dp.enabled or config.record_dp.enabled
+    chosen = select_round(fed.history, devices=split.stats()["evaluated_users"], private=private)
+    if fed.privacy is not None and fed.privacy["mode"] != "off":
+        scorer, spent = dp_popularity_scorer(
+            split, epsilon=fed.privacy["epsilon"], delta=fed.privacy["delta"], seed=config.seed
+        )
+        row = {"popularity": methods.pop("popularity")}
+        row[f"DP popularity (ε={spent:.3g})"] = evaluate(scorer, split)
+        methods = {**row, **methods}  # beside the non-private popularity row
     offline = evaluate(
         shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split
     )
@@ -229,7 +252,7 @@ def run_experiment(
         "centralised": info,
         "federated": {
             "selected_round": chosen["round"],
-            "selection": "the evaluated round with the best validation NDCG@10 (all devices)",
+            "selection": SELECTION[private],
             "rounds": fed.history,
             "resumed_from_round": fed.resumed_from,
             "offline_check": offline,

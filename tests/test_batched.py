@@ -84,7 +84,7 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
     assert min(update_norm([w.numpy(), b.numpy()]) for w, b in zip(d_w, d_b, strict=True)) > clip
     expected = [np.mean([c[i] for c in clipped], axis=0) for i in range(2)]
     dp = settings.dp.resolve(population=split.n_users, cohort=10, rounds=settings.rounds)
-    mean = _round_mean(shared, data, settings, 1, PrivacyAccountant(dp))
+    mean = _round_mean(shared, data, settings, 1, PrivacyAccountant(dp), 10)
     step = settings.secagg.quantization_step()  # SecAgg+ is on by default
     for got, want in zip(mean, expected, strict=True):
         assert np.abs(got - want).max() <= step
@@ -93,7 +93,7 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
         split, dp={"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": clip}
     )
     dp = noisy.dp.resolve(population=split.n_users, cohort=10, rounds=noisy.rounds)
-    mean = _round_mean(shared, data, noisy, 1, PrivacyAccountant(dp))
+    mean = _round_mean(shared, data, noisy, 1, PrivacyAccountant(dp), 10)
     noise = np.concatenate([(g - w).ravel() for g, w in zip(mean, expected, strict=True)])
     assert noise.std() == pytest.approx(2.0 * clip / 10, rel=0.05)
 
@@ -141,8 +141,8 @@ def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
         resolved = settings.dp.resolve(population=split.n_users, cohort=37, rounds=5)
         return PrivacyAccountant(resolved)
 
-    exact = _round_mean(shared, data, settings, 1, accountant())
-    fast = _fast_round_mean(shared, data, settings, 1, accountant())
+    exact = _round_mean(shared, data, settings, 1, accountant(), 37)
+    fast = _fast_round_mean(shared, data, settings, 1, accountant(), 37)
     assert fast is not None
     step = settings.secagg.quantization_step()
     for e, f in zip(exact, fast, strict=True):
@@ -152,4 +152,5 @@ def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
 def test_fast_round_mean_defers_to_the_exact_path_near_the_clipping_range(split) -> None:
     config, settings = _settings(split, secagg={"clipping_range": 1e-4})
     data = split.train.select(np.arange(10))
-    assert _fast_round_mean(initial_shared(split.n_items, config), data, settings, 1, None) is None
+    shared = initial_shared(split.n_items, config)
+    assert _fast_round_mean(shared, data, settings, 1, None, 10) is None
