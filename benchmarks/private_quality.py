@@ -71,6 +71,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=20_000, help="synthetic users")
     parser.add_argument("--items", type=int, default=1_000, help="synthetic items")
     parser.add_argument("--tune-epsilon", type=float, default=4.0)
+    parser.add_argument(
+        "--settings-from",
+        type=Path,
+        help="take private ALS settings from this results JSON instead of tuning",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
 
@@ -142,7 +147,11 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     log = lambda message: print(f"[{time.perf_counter() - started:7.1f}s] {message}", flush=True)  # noqa: E731
     torch.set_num_threads(1)
-    config, tried = tune(load_split(args, 0), args, log)
+    if args.settings_from is None:
+        config, tried = tune(load_split(args, 0), args, log)
+    else:
+        config = PrivateALSSettings(**json.loads(args.settings_from.read_text())["config"])
+        tried = {}
     log(f"chosen: {config.model_dump()}")
     runs = []
     for seed in args.seeds:
@@ -223,9 +232,7 @@ def write(args, argv, config, tried, runs, users, items, seconds) -> None:
         f"Command: `{command}` ({users:,} users, {items:,} items; δ = 1/users; "
         f"{len(args.seeds)} seeds, mean ± std; {seconds:.0f} s on 2 CPU cores).",
         "",
-        f"Private ALS settings, tuned on seed 0 validation at ε = {args.tune_epsilon:g} "
-        f"over {len(tried)} grid points (each the mean of {len(TUNING_NOISE_SEEDS)} noise "
-        f"draws): `{json.dumps(config.model_dump())}`; upload per "
+        f"Private ALS settings, {chosen}: `{json.dumps(config.model_dump())}`; upload per "
         f"device and round {runs[1]['upload_bytes']:,} bytes as float64 (SecAgg+ sends "
         "int64, the same size). The last ALS round is reported. Non-private popularity: "
         f"NDCG@10 {pop_text}.",
