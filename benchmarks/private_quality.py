@@ -226,6 +226,13 @@ def write(args, argv, config, tried, runs, users, items, seconds) -> None:
 
     pop, pop_text = stat("popularity", math.inf, "ndcg@10")
     fedavg = _fedavg(args)
+    if tried:
+        chosen = (
+            f"tuned on seed 0 validation at ε = {args.tune_epsilon:g} over {len(tried)} grid "
+            f"points (each the mean of {len(TUNING_NOISE_SEEDS)} noise draws)"
+        )
+    else:
+        chosen = f"taken from `{args.settings_from}` (not tuned here)"
     lines = [
         f"# Private quality: {stem[len('private-quality-') :]}",
         "",

@@ -59,13 +59,13 @@ class PrivateALSSettings(BaseModel):
     rounds: int = Field(3, ge=1, description="ALS rounds, every device in every round")
     head: int = Field(400, gt=0, description="items with factors: the largest DP counts")
     cap: int = Field(32, gt=0, description="sum of a device's squared item weights, at most")
-    item_grams: bool = Field(True, description="send per-item Grams (the alpha term)")
+    item_grams: bool = Field(False, description="send per-item Grams (the alpha term)")
     user_clip: float = Field(1.0, gt=0, description="L2 bound on a user factor")
     alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
     user_l2: float = Field(1.0, gt=0, description="L2 weight on a user factor")
     item_l2: float = Field(10.0, gt=0, description="L2 weight on an item factor")
     noise_l2: float = Field(
-        0.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
+        20.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
     )
     init_std: float = Field(0.1, gt=0, description="std of the public random item start")
 
