@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from stamen.models.settings import LocalSettings
+from stamen.server.als import ALSSettings
 from stamen.simulation.baselines import (
     dp_popularity_scorer,
     popularity_scorer,
@@ -46,7 +47,7 @@ from stamen.simulation.datasets import (
     load_dataset,
 )
 from stamen.simulation.evaluate import evaluate
-from stamen.simulation.private_als import PrivateALSSettings, run_private_als
+from stamen.simulation.private_als import run_private_als
 from stamen.simulation.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
@@ -91,7 +92,7 @@ def load_split(args: argparse.Namespace, seed: int):
     return leave_one_out(data.interactions, seed=seed)
 
 
-def als_run(split, config: PrivateALSSettings, *, epsilon: float, seed: int) -> dict:
+def als_run(split, config: ALSSettings, *, epsilon: float, seed: int) -> dict:
     started = time.perf_counter()
     result = run_private_als(
         split.train, config, epsilon=epsilon, delta=1.0 / split.n_users, seed=seed
@@ -125,10 +126,10 @@ def counts_run(split, *, epsilon: float, seed: int) -> dict:
     }
 
 
-def tune(split, args: argparse.Namespace, log) -> tuple[PrivateALSSettings, dict]:
+def tune(split, args: argparse.Namespace, log) -> tuple[ALSSettings, dict]:
     tried = {}
     for values in itertools.product(*GRID.values()):
-        config = PrivateALSSettings(**dict(zip(GRID, values, strict=True)), item_grams=False)
+        config = ALSSettings(**dict(zip(GRID, values, strict=True)), item_grams=False)
         valid = [
             als_run(split, config, epsilon=args.tune_epsilon, seed=noise)["valid_ndcg@10"]
             for noise in TUNING_NOISE_SEEDS
@@ -139,7 +140,7 @@ def tune(split, args: argparse.Namespace, log) -> tuple[PrivateALSSettings, dict
     best = max(tried, key=tried.get)
     values = dict(zip(GRID, (float(v.split("=")[1]) for v in best.split(",")), strict=True))
     values["rounds"], values["dim"] = int(values["rounds"]), int(values["dim"])
-    return PrivateALSSettings(**values, item_grams=False), tried
+    return ALSSettings(**values, item_grams=False), tried
 
 
 def main(argv: list[str]) -> None:
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> None:
     if args.settings_from is None:
         config, tried = tune(load_split(args, 0), args, log)
     else:
-        config = PrivateALSSettings(**json.loads(args.settings_from.read_text())["config"])
+        config = ALSSettings(**json.loads(args.settings_from.read_text())["config"])
         tried = {}
     log(f"chosen: {config.model_dump()}")
     runs = []

@@ -22,6 +22,7 @@ from flwr.clientapp.typing import Mod
 
 from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
+from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
@@ -130,6 +131,9 @@ class MFClient(NumPyClient):
         ``record-dp-*`` keys in ``config`` the step is record-level DP-SGD
         (``stamen.client.record_dp``), and the user factor is only ever trained by it."""
         self._verify(parameters, config)
+        if ALS_STAGE_KEY in config:  # private ALS: counts or statistics, clipped and noised
+            upload = als_upload(parameters, self.data.train_items, config)
+            return self._privatise(upload, config), 1, {}
         record_dp = RecordDP.from_config(config)
         if record_dp is None:
             result = local_update(

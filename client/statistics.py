@@ -20,15 +20,15 @@ many.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from stamen.models.als_layout import ALSLayout
+from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
+from stamen.models.quantize import ItemTable
+from stamen.models.training import IALSSolver
 from stamen.privacy import clip_update
 
-__all__ = ["als_sensitivity", "als_statistics", "item_counts"]
+__all__ = ["als_statistics", "als_upload", "item_counts"]
 
 
 def item_counts(data: UserItems) -> np.ndarray:
@@ -48,15 +48,6 @@ def _weights(data: UserItems, cap: int) -> np.ndarray:
     counts = data.counts().astype(np.float64)
     per_device = np.minimum(1.0, np.sqrt(cap / np.maximum(counts, 1.0)))
     return np.repeat(per_device, data.counts())
-
-
-def als_sensitivity(*, user_clip: float, cap: int, item_grams: bool = True) -> float:
-    """Largest L2 norm of one device's ALS statistics: ``|p̃|² = user_clip² + 1`` for the
-    global Gram, and item weights whose squares sum to at most ``cap`` on the per-item
-    Grams (``|p̃|²`` each) and right-hand sides (``|p̃|`` each)."""
-    r2 = user_clip**2 + 1.0
-    per_item = (r2 * r2 if item_grams else 0.0) + r2
-    return math.sqrt(r2 * r2 + cap * per_item)
 
 
 def als_statistics(
@@ -91,3 +82,26 @@ def als_statistics(
     for u in range(n):
         out[u] = clip_update([out[u]], max_norm=bound)[0][0]
     return out
+
+
+def als_upload(parameters: list[np.ndarray], items: np.ndarray, config: dict) -> list[np.ndarray]:
+    """What one device sends in a private ALS round: its :func:`item_counts` vector
+    (stage ``counts``), or its user factor solved exactly against the item side
+    ``parameters`` (factors, biases) and its :func:`als_statistics` (stage
+    ``statistics``, with ``als-head`` the head rows as int64 bytes)."""
+    table, bias = parameters
+    data = UserItems.single(np.asarray(items, np.int64), n_items=len(bias))
+    if config[ALS_STAGE_KEY] == "counts":
+        return [item_counts(data)[0]]
+    layout = ALSLayout(
+        dim=table.shape[1],
+        head=np.frombuffer(config["als-head"], np.int64),
+        item_grams=bool(config["als-item-grams"]),
+    )
+    alpha, l2 = float(config["als-alpha"]), float(config["als-user-l2"])
+    solver = IALSSolver.build(ItemTable.dense(table), bias, alpha=alpha, l2=l2)
+    factor = solver.solve(data).astype(np.float64)
+    stats = als_statistics(
+        factor, data, layout, user_clip=float(config["als-user-clip"]), cap=int(config["als-cap"])
+    )
+    return [stats[0]]

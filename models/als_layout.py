@@ -6,11 +6,24 @@ item side from the (noisy) sum.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALSLayout"]
+__all__ = ["ALSLayout", "ALS_STAGE_KEY", "als_sensitivity"]
+
+#: The round config key naming a private ALS stage: ``"counts"`` or ``"statistics"``.
+ALS_STAGE_KEY = "als-stage"
+
+
+def als_sensitivity(*, user_clip: float, cap: int, item_grams: bool = True) -> float:
+    """Largest L2 norm of one device's ALS statistics: ``|p̃|² = user_clip² + 1`` for the
+    global Gram, and item weights whose squares sum to at most ``cap`` on the per-item
+    Grams (``|p̃|²`` each) and right-hand sides (``|p̃|`` each)."""
+    r2 = user_clip**2 + 1.0
+    per_item = (r2 * r2 if item_grams else 0.0) + r2
+    return math.sqrt(r2 * r2 + cap * per_item)
 
 
 @dataclass(frozen=True)

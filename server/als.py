@@ -14,10 +14,44 @@ item's.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from stamen.models.als_layout import ALSLayout
 
-__all__ = ["solve_item_side"]
+__all__ = ["ALSSettings", "choose_head", "initial_item_side", "solve_item_side"]
+
+
+class ALSSettings(BaseModel):
+    """Private ALS hyper-parameters (defaults: the better settings measured on ML-100K,
+    ``benchmarks/private_quality.py``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dim: int = Field(16, gt=0, description="latent dimension (the upload grows with dim²)")
+    rounds: int = Field(3, ge=1, description="ALS rounds, every device in every round")
+    head: int = Field(400, gt=0, description="items with factors: the largest DP counts")
+    cap: int = Field(32, gt=0, description="sum of a device's squared item weights, at most")
+    item_grams: bool = Field(False, description="send per-item Grams (the alpha term)")
+    user_clip: float = Field(1.0, gt=0, description="L2 bound on a user factor")
+    alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
+    user_l2: float = Field(1.0, gt=0, description="L2 weight on a user factor")
+    item_l2: float = Field(10.0, gt=0, description="L2 weight on an item factor")
+    noise_l2: float = Field(
+        20.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
+    )
+    init_std: float = Field(0.1, gt=0, description="std of the public random item start")
+
+
+def initial_item_side(n_items: int, settings: ALSSettings, *, seed: int) -> list[np.ndarray]:
+    """The public, seeded start: Gaussian item factors and zero biases."""
+    rng = np.random.default_rng([seed, 32])
+    items = rng.normal(0.0, settings.init_std, (n_items, settings.dim)).astype(np.float32)
+    return [items, np.zeros(n_items, np.float32)]
+
+
+def choose_head(counts: np.ndarray, settings: ALSSettings) -> np.ndarray:
+    """The ``settings.head`` items with the largest (DP) counts, sorted by row."""
+    return np.sort(np.argsort(-np.asarray(counts), kind="stable")[: settings.head])
 
 
 def _symmetric(m: np.ndarray) -> np.ndarray:

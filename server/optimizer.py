@@ -74,6 +74,15 @@ class ServerOptimizer:
         self.optimizer.step()
         return self.arrays()
 
+    def assign(self, arrays: list[np.ndarray]) -> None:
+        """Replace the global parameters outright (algorithms that solve rather than step,
+        such as private ALS); the optimiser's state is left as it is."""
+        if [tuple(a.shape) for a in arrays] != [tuple(p.shape) for p in self.params]:
+            raise ValueError("assigned arrays must have the parameters' shapes")
+        with torch.no_grad():
+            for p, a in zip(self.params, arrays, strict=True):
+                p.copy_(torch.as_tensor(a, dtype=torch.float32))
+
     def state_dict(self) -> dict[str, Any]:
         """Parameters and optimiser state, for checkpoints."""
         return {

@@ -39,6 +39,10 @@ def simulate(
         str | None, typer.Option(help="ml-100k, ml-1m, …, lastfm-2k or synthetic")
     ] = None,
     model: Annotated[str | None, typer.Option(help="model family (mf)")] = None,
+    algorithm: Annotated[
+        str | None,
+        typer.Option(help="fedavg (DP-FedAvg under --dp) or als (private ALS; [als] section)"),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="federated rounds")] = None,
     clients_per_round: Annotated[int | None, typer.Option(help="devices sampled per round")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the split, sampling and init")] = None,
@@ -90,6 +94,7 @@ def simulate(
     overrides: dict[str, Any] = {
         "dataset": dataset,
         "model": model,
+        "algorithm": algorithm,
         "rounds": rounds,
         "clients_per_round": clients_per_round,
         "seed": seed,

@@ -2,20 +2,22 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]`` and ``[centralised]``.
+``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]`` and ``[als]``.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stamen.models import ConfigError
 from stamen.models.settings import LocalSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
+from stamen.server.als import ALSSettings
+from stamen.server.als_strategy import als_server_settings
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.settings import ServerSettings
 
@@ -44,6 +46,11 @@ class SimulationConfig(BaseModel):
     dataset: str = "ml-100k"
     data_dir: Path | None = None
     model: str = Field("mf", pattern="^mf$")
+    algorithm: Literal["fedavg", "als"] = Field(
+        "fedavg",
+        description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
+        "(als.rounds + 1 rounds, every device in each; see [als])",
+    )
     rounds: int = Field(64, ge=1)
     clients_per_round: int = Field(64, ge=2)
     eval_every: int = Field(32, ge=0)
@@ -60,9 +67,16 @@ class SimulationConfig(BaseModel):
     dp: UserDP = UserDP()
     record_dp: RecordDP = RecordDP()
     centralised: CentralisedSettings = CentralisedSettings()
+    als: ALSSettings = ALSSettings()
 
     def server_settings(self, devices: int) -> ServerSettings:
         """The server's view of this run over ``devices`` devices."""
+        base = self._server_settings(devices)
+        if self.algorithm == "als":
+            return als_server_settings(base, self.als, devices=devices)
+        return base
+
+    def _server_settings(self, devices: int) -> ServerSettings:
         return ServerSettings(
             rounds=self.rounds,
             clients_per_round=self.clients_per_round,

@@ -167,7 +167,9 @@ def run_experiment(
 
     with _progress(console) as progress:
         task = progress.add_task(
-            "federated rounds", total=config.rounds, status="provisioning devices…"
+            "federated rounds",
+            total=config.server_settings(split.n_users).rounds,
+            status="provisioning devices…",
         )
 
         def on_round(record: dict[str, Any]) -> None:

@@ -37,12 +37,11 @@ from stamen.models import ConfigError
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
-from stamen.server.strategy import FederatedMF
 from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.devices import Provisioned
 from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.report import write_results
-from stamen.simulation.runner import initial_shared, provision_run
+from stamen.simulation.runner import build_strategy, provision_run
 from stamen.simulation.split import leave_one_out
 
 __all__ = ["client_app", "config_from_run_config", "server_app"]
@@ -53,6 +52,7 @@ _KEYS = {
     "dataset": "dataset",
     "data-dir": "data_dir",
     "num-server-rounds": "rounds",
+    "algorithm": "algorithm",
     "clients-per-round": "clients_per_round",
     "eval-every": "eval_every",
     "seed": "seed",
@@ -125,12 +125,15 @@ def _server(grid: Grid, context: Context) -> None:
         signing_key=(release_private, release_public),
         master_key=keys.store_key,
     )
-    strategy = FederatedMF(
-        config.server_settings(split.n_users),
-        initial=initial_shared(split.n_items, config),
+    strategy = build_strategy(
+        config,
+        split,
         checkpoints=CheckpointStore(config.output / "checkpoints"),
-        fingerprint={"dataset": config.dataset, "n_items": split.n_items, "dim": config.local.dim},
-        population=split.n_users,
+        fingerprint={
+            "dataset": config.dataset,
+            "n_items": split.n_items,
+            "algorithm": config.algorithm,
+        },
         release_key=release_private,
         releases=releases,
     )

@@ -28,19 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from stamen.client.statistics import als_sensitivity, als_statistics, item_counts
-from stamen.models.als_layout import ALSLayout
+from stamen.client.statistics import als_statistics, item_counts
+from stamen.models.als_layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
 from stamen.models.quantize import ItemTable
 from stamen.models.training import IALSSolver
 from stamen.privacy import DPSettings, PrivacyAccountant, noise_for_target
-from stamen.server.als import solve_item_side
+from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
 
 __all__ = [
     "PrivateALSResult",
-    "PrivateALSSettings",
     "dp_item_counts",
     "dp_popularity",
     "run_private_als",
@@ -48,26 +46,6 @@ __all__ = [
 
 #: Devices whose statistics are materialised at once (memory: chunk × layout.size × 8 B).
 CHUNK = 64
-
-
-class PrivateALSSettings(BaseModel):
-    """Private ALS hyper-parameters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    dim: int = Field(16, gt=0, description="latent dimension (the upload grows with dim²)")
-    rounds: int = Field(3, ge=1, description="ALS rounds, every device in every round")
-    head: int = Field(400, gt=0, description="items with factors: the largest DP counts")
-    cap: int = Field(32, gt=0, description="sum of a device's squared item weights, at most")
-    item_grams: bool = Field(False, description="send per-item Grams (the alpha term)")
-    user_clip: float = Field(1.0, gt=0, description="L2 bound on a user factor")
-    alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
-    user_l2: float = Field(1.0, gt=0, description="L2 weight on a user factor")
-    item_l2: float = Field(10.0, gt=0, description="L2 weight on an item factor")
-    noise_l2: float = Field(
-        20.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
-    )
-    init_std: float = Field(0.1, gt=0, description="std of the public random item start")
 
 
 @dataclass(frozen=True)
@@ -120,7 +98,7 @@ def dp_popularity(
 
 def run_private_als(
     data: UserItems,
-    settings: PrivateALSSettings,
+    settings: ALSSettings,
     *,
     epsilon: float,
     delta: float,
@@ -132,11 +110,9 @@ def run_private_als(
     z = _noise_multiplier(epsilon, delta, releases)
     rng = np.random.default_rng([seed, 31])
     counts = dp_item_counts(data, noise_multiplier=z, rng=rng)
-    head = np.sort(np.argsort(-counts, kind="stable")[: settings.head])
+    head = choose_head(counts, settings)
     layout = ALSLayout(dim=settings.dim, head=head, item_grams=settings.item_grams)
-    start = np.random.default_rng([seed, 32])
-    items = start.normal(0.0, settings.init_std, (data.n_items, settings.dim)).astype(np.float32)
-    bias = np.zeros(data.n_items, np.float32)
+    items, bias = initial_item_side(data.n_items, settings, seed=seed)
     sensitivity = als_sensitivity(
         user_clip=settings.user_clip, cap=settings.cap, item_grams=settings.item_grams
     )

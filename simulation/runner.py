@@ -29,6 +29,7 @@ from stamen.models.bundle import ReleaseCatalog
 from stamen.models.mf import MatrixFactorization
 from stamen.models.schema import Catalog
 from stamen.privacy import generate_key
+from stamen.server.als_strategy import FederatedALS
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
@@ -37,7 +38,13 @@ from stamen.simulation.config import SimulationConfig
 from stamen.simulation.devices import Provisioned, provision_devices
 from stamen.simulation.split import Split
 
-__all__ = ["FederatedResult", "provision_run", "release_catalog", "run_federated"]
+__all__ = [
+    "FederatedResult",
+    "build_strategy",
+    "provision_run",
+    "release_catalog",
+    "run_federated",
+]
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,9 @@ def provision_run(
 
 
 def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
-    """The seeded initial item side."""
+    """The seeded initial item side (private ALS: its public random start)."""
+    if config.algorithm == "als":
+        return FederatedALS.initial(n_items, config.als, seed=config.seed)
     model = MatrixFactorization(
         1,
         n_items,
@@ -125,6 +134,18 @@ def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
         generator=torch.Generator().manual_seed(config.seed),
     )
     return model.shared_arrays()
+
+
+def build_strategy(config: SimulationConfig, split: Split, **kwargs: Any) -> FederatedMF:
+    """The run's server strategy: ``FederatedMF`` (FedAvg / FedAdam, DP-FedAvg) or
+    ``FederatedALS`` (private ALS), over ``split``'s devices; ``kwargs`` go to it."""
+    settings = config.server_settings(split.n_users)
+    initial = initial_shared(split.n_items, config)
+    if config.algorithm == "als":
+        return FederatedALS(
+            settings, config.als, initial=initial, population=split.n_users, **kwargs
+        )
+    return FederatedMF(settings, initial=initial, population=split.n_users, **kwargs)
 
 
 def run_federated(
@@ -145,8 +166,9 @@ def run_federated(
     fingerprint = {
         "dataset": config.dataset,
         "n_items": split.n_items,
-        "dim": config.local.dim,
+        "dim": config.local.dim if config.algorithm == "fedavg" else config.als.dim,
         "optimizer": config.optimizer.name,
+        "algorithm": config.algorithm,
         "seed": config.seed,
     }
     built: list[FederatedMF] = []
@@ -165,14 +187,13 @@ def run_federated(
     )
 
     def make_strategy(context: Context) -> FederatedMF:
-        strategy = FederatedMF(
-            config.server_settings(split.n_users),
-            initial=initial_shared(split.n_items, config),
+        strategy = build_strategy(
+            config,
+            split,
             checkpoints=checkpoints,
             resume=resume,
             fingerprint=fingerprint,
             on_round=on_round,
-            population=split.n_users,
             release_key=signing_key[0],
             releases=releases,
         )
@@ -216,9 +237,10 @@ def run_federated(
         raise RuntimeError("the Flower simulation ended before the server strategy was built")
     strategy = built[0]
     done = strategy.history[-1]["round"] if strategy.history else 0
-    if done < config.rounds:
+    planned = strategy.settings.rounds
+    if done < planned:
         raise RuntimeError(
-            f"the Flower simulation stopped after round {done} of {config.rounds}; "
+            f"the Flower simulation stopped after round {done} of {planned}; "
             f"Flower's errors: {errors.summary() or 'none logged'}"
         )
     return FederatedResult(

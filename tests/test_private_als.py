@@ -10,13 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.statistics import als_sensitivity, als_statistics, item_counts
-from stamen.models.als_layout import ALSLayout
+from stamen.client.statistics import als_statistics, item_counts
+from stamen.models.als_layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
 from stamen.privacy import DPSettings, PrivacyAccountant
-from stamen.server.als import solve_item_side
+from stamen.server.als import ALSSettings, solve_item_side
 from stamen.simulation.private_als import (
-    PrivateALSSettings,
     dp_item_counts,
     dp_popularity,
     run_private_als,
@@ -164,7 +163,7 @@ def test_items_outside_the_head_rank_after_it() -> None:
 @pytest.mark.parametrize("epsilon", [1.0, 4.0])
 def test_private_als_spends_at_most_its_budget_and_is_reproducible(epsilon: float) -> None:
     data = _data(np.random.default_rng(7), users=60, items=50, most=10)
-    config = PrivateALSSettings(dim=4, rounds=2, head=30, cap=8)
+    config = ALSSettings(dim=4, rounds=2, head=30, cap=8)
     first = run_private_als(data, config, epsilon=epsilon, delta=1e-3, seed=3)
     again = run_private_als(data, config, epsilon=epsilon, delta=1e-3, seed=3)
     assert first.epsilon <= epsilon and first.epsilon > 0.95 * epsilon
@@ -184,7 +183,7 @@ def test_without_noise_the_counts_are_exact() -> None:
     data = _data(np.random.default_rng(8), users=40, items=30, most=8)
     result = run_private_als(
         data,
-        PrivateALSSettings(dim=3, rounds=1, head=30, cap=1000),
+        ALSSettings(dim=3, rounds=1, head=30, cap=1000),
         epsilon=math.inf,
         delta=1e-3,
         seed=0,

@@ -1,0 +1,176 @@
+"""Private ALS as a Flower server algorithm, next to DP-FedAvg (``FederatedMF``).
+
+Round 1 sums every device's item counts (``stamen.client.statistics.item_counts``);
+rounds 2 … ``als.rounds + 1`` every device's ALS statistics for the current item side.
+Each sum goes through SecAgg+ (or plain aggregation) and gets Gaussian noise of standard
+deviation ``z × sensitivity`` (central: added by the server; distributed: each of the
+``n`` devices adds a share ``z × sensitivity / sqrt(n)``). The server picks the head items
+from the noisy counts and solves the item side (``stamen.server.als``). Every device takes
+part in every round (sampling rate 1), so the ``als.rounds + 1`` releases compose through
+Opacus' RDP accountant as full-batch Gaussian mechanisms. The arithmetic is the one
+``stamen.simulation.private_als`` simulates (``tests/test_als_strategy.py`` checks the two
+agree).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy.aggregate import aggregate
+
+from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
+from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF
+
+__all__ = ["FederatedALS", "als_server_settings"]
+
+
+def als_server_settings(base: ServerSettings, als: ALSSettings, *, devices: int) -> ServerSettings:
+    """``base`` with what private ALS fixes: ``als.rounds + 1`` rounds, every device in
+    every round, and the devices' exact ``ials`` solve in ``als.dim`` dimensions."""
+    local = base.local.model_copy(
+        update={"loss": "ials", "dim": als.dim, "alpha": als.alpha, "l2": als.user_l2}
+    )
+    return base.model_copy(
+        update={"rounds": als.rounds + 1, "clients_per_round": devices, "local": local}
+    )
+
+
+class FederatedALS(FederatedMF):
+    """Private ALS (module docstring). ``settings`` must come from
+    :func:`als_server_settings`; the other arguments are ``FederatedMF``'s."""
+
+    def __init__(self, settings: ServerSettings, als: ALSSettings, **kwargs: Any) -> None:
+        population = kwargs.get("population")
+        if population is None or settings.clients_per_round != population:
+            raise ValueError("private ALS takes every device in every round: cohort = population")
+        if settings.rounds != als.rounds + 1:
+            raise ValueError(f"private ALS runs als.rounds + 1 = {als.rounds + 1} rounds")
+        if settings.record_dp.enabled:
+            raise ValueError("private ALS has no record-level DP-SGD step")
+        if kwargs.get("resume") is not None:
+            raise ValueError("private ALS runs are not resumed (their rounds are few)")
+        n_items = len(kwargs["initial"][1])
+        super().__init__(settings, **kwargs)
+        self.als = als
+        self.n_items = n_items
+        self.counts: np.ndarray | None = None
+        self.head: np.ndarray | None = None
+        z = 0.0 if self.accountant is None else self.accountant.settings.noise_multiplier
+        self.noise_multiplier = z
+        self._check_range(population)
+
+    @classmethod
+    def initial(cls, n_items: int, als: ALSSettings, *, seed: int) -> list[np.ndarray]:
+        """The public start of the item side."""
+        return initial_item_side(n_items, als, seed=seed)
+
+    def __repr__(self) -> str:
+        return f"FederatedALS(rounds={self.als.rounds}, dim={self.als.dim})"
+
+    def _stage(self, rnd: int) -> str:
+        return "counts" if rnd == 1 else "statistics"
+
+    def _sensitivity(self, rnd: int) -> float:
+        if self._stage(rnd) == "counts":
+            return 1.0
+        return als_sensitivity(
+            user_clip=self.als.user_clip, cap=self.als.cap, item_grams=self.als.item_grams
+        )
+
+    def _check_range(self, devices: int) -> None:
+        """SecAgg+ clips every coordinate to its range: a statistic reaches
+        ``user_clip² + 1`` (a count 1), plus seven standard deviations of a noise share."""
+        secagg = self.settings.secagg
+        if not secagg.enabled:
+            return
+        share = 0.0
+        if self.settings.dp.mode == "distributed":
+            share = self.noise_multiplier * self._sensitivity(2) / math.sqrt(devices)
+        needed = self.als.user_clip**2 + 1.0 + 7 * share
+        if secagg.clipping_range < needed:
+            raise ValueError(
+                f"secagg.clipping_range ({secagg.clipping_range:g}) would clip private ALS "
+                f"statistics (up to {self.als.user_clip**2 + 1:g}, noise shares "
+                f"{share:.3g}); set it to at least {needed:.3g}"
+            )
+
+    def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+        config = super()._config(rnd, cohort)
+        config[ALS_STAGE_KEY] = self._stage(rnd)
+        if self._stage(rnd) == "statistics":
+            assert self.head is not None
+            config.update(
+                {
+                    "als-head": self.head.astype(np.int64).tobytes(),
+                    "als-item-grams": self.als.item_grams,
+                    "als-alpha": self.als.alpha,
+                    "als-user-l2": self.als.user_l2,
+                    "als-user-clip": self.als.user_clip,
+                    "als-cap": self.als.cap,
+                }
+            )
+        if self.accountant is not None:
+            sensitivity = self._sensitivity(rnd)
+            share = 0.0
+            if self.settings.dp.mode == "distributed":
+                n = cohort or self.settings.clients_per_round
+                share = self.noise_multiplier * sensitivity / math.sqrt(n)
+            config.update({"dp-clip-norm": sensitivity, "dp-noise-std": share})
+        return config
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Sum the devices' vectors, add the noise, then take the head from the counts or
+        solve the item side from the statistics; checkpoint and publish."""
+        rnd = self._global_round(server_round)
+        if not results:
+            raise RuntimeError(f"round {rnd}: no device returned its private ALS statistics")
+        updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
+        total = np.asarray(aggregate(updates)[0], np.float64) * len(results)
+        sigma = self.noise_multiplier * self._sensitivity(rnd)
+        if self.accountant is not None:
+            if self.settings.dp.mode == "central":
+                rng = np.random.default_rng([self.settings.seed, rnd, 7])
+                total = total + rng.normal(0.0, sigma, total.shape)
+            self.accountant.step()
+            self._record["privacy"] = {
+                "epsilon": self.accountant.epsilon,
+                "delta": self.accountant.settings.delta,
+            }
+        if self._stage(rnd) == "counts":
+            self.counts = total
+            self.head = choose_head(total, self.als)
+        else:
+            assert self.head is not None
+            layout = ALSLayout(dim=self.als.dim, head=self.head, item_grams=self.als.item_grams)
+            items, bias = solve_item_side(
+                total,
+                layout,
+                n_items=self.n_items,
+                alpha=self.als.alpha,
+                l2=self.als.item_l2 + self.als.noise_l2 * sigma,
+                counts=self.counts,
+            )
+            self.server.assign([items, bias])
+        per_value = MASKED_VALUE_BYTES if self.settings.secagg.enabled else total.itemsize
+        self._record.update(
+            {
+                "stage": self._stage(rnd),
+                "devices": len(results),
+                "failures": len(failures),
+                "upload_bytes_per_device": int(per_value * total.size),
+            }
+        )
+        if not self._evaluates(rnd):
+            self._finish_round(rnd)
+        return ndarrays_to_parameters(self.server.arrays()), {}

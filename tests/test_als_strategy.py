@@ -1,0 +1,112 @@
+"""Private ALS on Flower: the federated path computes what the simulation computes, runs
+under SecAgg+ with central noise within its ε, and refuses settings it cannot honour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stamen.models.als_layout import ALSLayout
+from stamen.privacy import SecAggSettings, UserDP
+from stamen.server.als import ALSSettings
+from stamen.server.als_strategy import FederatedALS, als_server_settings
+from stamen.server.settings import ServerSettings
+from stamen.simulation.config import load_config
+from stamen.simulation.datasets import generate_synthetic
+from stamen.simulation.private_als import run_private_als
+from stamen.simulation.runner import run_federated
+from stamen.simulation.split import leave_one_out
+
+USERS, ITEMS = 10, 300
+ALS = {"dim": 4, "rounds": 2, "head": 60, "cap": 8, "user_clip": 1.0}
+
+
+@pytest.fixture(scope="module")
+def split():
+    return leave_one_out(generate_synthetic(USERS, ITEMS, seed=0).interactions, seed=0)
+
+
+def _config(tmp_path, **overrides):
+    return load_config(
+        None,
+        {
+            "dataset": "synthetic",
+            "algorithm": "als",
+            "als": ALS,
+            "eval_every": 0,
+            "output": str(tmp_path),
+            **overrides,
+        },
+    )
+
+
+@pytest.mark.slow
+def test_flower_private_als_equals_the_simulation_without_noise(split, tmp_path) -> None:
+    config = _config(tmp_path, secagg={"enabled": False})
+    result = run_federated(config, split, output=tmp_path)
+    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert [h["stage"] for h in result.history] == ["counts", "statistics", "statistics"]
+    assert all(h["devices"] == USERS and h["failures"] == 0 for h in result.history)
+    simulated = run_private_als(
+        split.train, config.als, epsilon=float("inf"), delta=1 / USERS, seed=config.seed
+    )
+    items, bias = result.shared
+    np.testing.assert_allclose(items, simulated.items, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bias, simulated.bias, rtol=1e-4, atol=1e-6)
+    assert np.abs(items).max() > 0.01  # the item side was solved, not left at its start
+    assert set(result.history[-1]["evaluate"]) >= {"ndcg@10", "hr@10"}
+
+
+@pytest.mark.slow
+def test_private_als_under_secagg_and_central_noise_spends_its_epsilon(split, tmp_path) -> None:
+    config = _config(
+        tmp_path,
+        secagg={
+            "enabled": True,
+            "num_shares": 3,
+            "reconstruction_threshold": 2,
+            "clipping_range": 2.5,
+        },
+        dp={"mode": "central", "target_epsilon": 8.0},
+    )
+    result = run_federated(config, split, output=tmp_path)
+    assert all(h["devices"] == USERS and h["failures"] == 0 for h in result.history)
+    layout = ALSLayout(dim=ALS["dim"], head=np.arange(ALS["head"]), item_grams=False)
+    sizes = [h["upload_bytes_per_device"] for h in result.history]
+    assert sizes == [8 * ITEMS, 8 * layout.size, 8 * layout.size]  # SecAgg+ sends int64
+    privacy = result.privacy
+    assert privacy is not None and privacy["rounds"] == 3 and privacy["sampling_rate"] == 1.0
+    assert 7.5 < privacy["epsilon"] <= 8.0 and privacy["delta"] == pytest.approx(1 / USERS)
+    assert [h["privacy"]["epsilon"] for h in result.history] == sorted(
+        h["privacy"]["epsilon"] for h in result.history
+    )
+    assert np.isfinite(result.shared[0]).all() and np.abs(result.shared[0]).max() > 0
+
+
+def _settings(**overrides) -> ServerSettings:
+    base = ServerSettings(secagg=SecAggSettings(enabled=False), **overrides)
+    return als_server_settings(base, ALSSettings(**ALS), devices=20)
+
+
+def test_private_als_settings_fix_rounds_cohort_and_the_device_solve() -> None:
+    settings = _settings()
+    assert settings.rounds == ALS["rounds"] + 1 and settings.clients_per_round == 20
+    assert settings.local.loss == "ials" and settings.local.dim == ALS["dim"]
+
+
+def test_private_als_refuses_what_it_cannot_honour() -> None:
+    als = ALSSettings(**ALS)
+    initial = FederatedALS.initial(50, als, seed=0)
+    with pytest.raises(ValueError, match="cohort = population"):
+        FederatedALS(_settings(), als, initial=initial, population=25)
+    wrong_rounds = _settings().model_copy(update={"rounds": 7})
+    with pytest.raises(ValueError, match="rounds"):
+        FederatedALS(wrong_rounds, als, initial=initial, population=20)
+    tight = ServerSettings(
+        secagg=SecAggSettings(clipping_range=1.5),
+        dp=UserDP(mode="central", noise_multiplier=1.0),
+    )
+    with pytest.raises(ValueError, match="would clip private ALS statistics"):
+        FederatedALS(
+            als_server_settings(tight, als, devices=20), als, initial=initial, population=20
+        )
