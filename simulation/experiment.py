@@ -253,6 +253,7 @@ def run_experiment(
         "methods": methods,
         "centralised": info,
         "federated": {
+            "algorithm": config.algorithm,
             "selected_round": chosen["round"],
             "selection": SELECTION[private],
             "rounds": fed.history,

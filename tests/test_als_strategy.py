@@ -88,7 +88,9 @@ def _settings(**overrides) -> ServerSettings:
     return als_server_settings(base, ALSSettings(**ALS), devices=20)
 
 
-def test_private_als_settings_fix_rounds_cohort_and_the_device_solve() -> None:
+def test_private_als_settings_fix_rounds_cohort_and_the_device_solve(tmp_path) -> None:
+    from_config = _config(tmp_path).server_settings(12)
+    assert from_config.rounds == ALS["rounds"] + 1 and from_config.clients_per_round == 12
     settings = _settings()
     assert settings.rounds == ALS["rounds"] + 1 and settings.clients_per_round == 20
     assert settings.local.loss == "ials" and settings.local.dim == ALS["dim"]
