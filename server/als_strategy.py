@@ -25,7 +25,7 @@ from flwr.server.strategy.aggregate import aggregate
 from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
 from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF
+from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF, _failure_reasons
 
 __all__ = ["FederatedALS", "als_server_settings"]
 
@@ -134,7 +134,11 @@ class FederatedALS(FederatedMF):
         solve the item side from the statistics; checkpoint and publish."""
         rnd = self._global_round(server_round)
         if not results:
-            raise RuntimeError(f"round {rnd}: no device returned its private ALS statistics")
+            reasons = "; ".join(_failure_reasons(failures)) or "no reason given"
+            raise RuntimeError(
+                f"round {rnd}: no device returned its private ALS statistics "
+                f"({len(failures)} failures: {reasons})"
+            )
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         total = np.asarray(aggregate(updates)[0], np.float64) * len(results)
         sigma = self.noise_multiplier * self._sensitivity(rnd)
@@ -171,6 +175,8 @@ class FederatedALS(FederatedMF):
                 "upload_bytes_per_device": int(per_value * total.size),
             }
         )
+        if failures:
+            self._record["failure_reasons"] = _failure_reasons(failures)
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(self.server.arrays()), {}
