@@ -27,18 +27,45 @@ from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF, _failure_reasons
 
-__all__ = ["FederatedALS", "als_server_settings"]
+__all__ = ["FederatedALS", "als_clipping_range", "als_server_settings"]
 
 
 def als_server_settings(base: ServerSettings, als: ALSSettings, *, devices: int) -> ServerSettings:
     """``base`` with what private ALS fixes: ``als.rounds + 1`` rounds, every device in
-    every round, and the devices' exact ``ials`` solve in ``als.dim`` dimensions."""
+    every round, the devices' exact ``ials`` solve in ``als.dim`` dimensions, and a SecAgg+
+    clipping range raised, where needed, to cover the statistics and noise shares
+    (:func:`als_clipping_range`)."""
     local = base.local.model_copy(
         update={"loss": "ials", "dim": als.dim, "alpha": als.alpha, "l2": als.user_l2}
     )
-    return base.model_copy(
+    settings = base.model_copy(
         update={"rounds": als.rounds + 1, "clients_per_round": devices, "local": local}
     )
+    z = 0.0
+    if settings.dp.enabled:
+        z = settings.dp.resolve(
+            population=devices, cohort=devices, rounds=settings.rounds
+        ).noise_multiplier
+    needed = als_clipping_range(settings, als, noise_multiplier=z, devices=devices)
+    if settings.secagg.enabled and settings.secagg.clipping_range < needed:
+        secagg = settings.secagg.model_copy(update={"clipping_range": needed})
+        settings = settings.model_copy(update={"secagg": secagg})
+    return settings
+
+
+def als_clipping_range(
+    settings: ServerSettings, als: ALSSettings, *, noise_multiplier: float, devices: int
+) -> float:
+    """The SecAgg+ clipping range private ALS needs: a statistic reaches ``user_clip² +
+    1`` (a count 1), plus, under distributed DP, seven standard deviations of a device's
+    noise share ``z Δ / sqrt(n)``."""
+    share = 0.0
+    if settings.dp.mode == "distributed":
+        sensitivity = als_sensitivity(
+            user_clip=als.user_clip, cap=als.cap, item_grams=als.item_grams
+        )
+        share = noise_multiplier * sensitivity / math.sqrt(devices)
+    return als.user_clip**2 + 1.0 + 7 * share
 
 
 class FederatedALS(FederatedMF):
@@ -84,20 +111,15 @@ class FederatedALS(FederatedMF):
         )
 
     def _check_range(self, devices: int) -> None:
-        """SecAgg+ clips every coordinate to its range: a statistic reaches
-        ``user_clip² + 1`` (a count 1), plus seven standard deviations of a noise share."""
+        """Refuse a SecAgg+ clipping range that would clip statistics or noise shares."""
         secagg = self.settings.secagg
-        if not secagg.enabled:
-            return
-        share = 0.0
-        if self.settings.dp.mode == "distributed":
-            share = self.noise_multiplier * self._sensitivity(2) / math.sqrt(devices)
-        needed = self.als.user_clip**2 + 1.0 + 7 * share
-        if secagg.clipping_range < needed:
+        needed = als_clipping_range(
+            self.settings, self.als, noise_multiplier=self.noise_multiplier, devices=devices
+        )
+        if secagg.enabled and secagg.clipping_range < needed:
             raise ValueError(
                 f"secagg.clipping_range ({secagg.clipping_range:g}) would clip private ALS "
-                f"statistics (up to {self.als.user_clip**2 + 1:g}, noise shares "
-                f"{share:.3g}); set it to at least {needed:.3g}"
+                f"statistics or noise shares; set it to at least {needed:.3g}"
             )
 
     def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:

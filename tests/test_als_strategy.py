@@ -9,7 +9,7 @@ import pytest
 from stamen.models.als_layout import ALSLayout
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
-from stamen.server.als_strategy import FederatedALS, als_server_settings
+from stamen.server.als_strategy import FederatedALS, als_clipping_range, als_server_settings
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
@@ -106,9 +106,12 @@ def test_private_als_refuses_what_it_cannot_honour() -> None:
         FederatedALS(wrong_rounds, als, initial=initial, population=20)
     tight = ServerSettings(
         secagg=SecAggSettings(clipping_range=1.5),
-        dp=UserDP(mode="central", noise_multiplier=1.0),
+        dp=UserDP(mode="distributed", noise_multiplier=1.0),
     )
-    with pytest.raises(ValueError, match="would clip private ALS statistics"):
-        FederatedALS(
-            als_server_settings(tight, als, devices=20), als, initial=initial, population=20
-        )
+    sized = als_server_settings(tight, als, devices=20)  # raised to fit the statistics
+    expected = als_clipping_range(sized, als, noise_multiplier=1.0, devices=20)
+    assert sized.secagg.clipping_range == pytest.approx(expected) and expected > 2.0
+    FederatedALS(sized, als, initial=initial, population=20)
+    unsized = sized.model_copy(update={"secagg": tight.secagg})
+    with pytest.raises(ValueError, match="would clip"):
+        FederatedALS(unsized, als, initial=initial, population=20)
