@@ -16,7 +16,7 @@ catalogue generator at every size), seed 0, δ = 1/users, ε ∈ ``--epsilons`` 
 
 "Kept" is NDCG@10 at ε over NDCG@10 at ε = ∞ of the same algorithm and population; the
 table also names the smallest population that keeps at least 90% (DP costing under 10%).
-Writes benchmarks/results/population.{json,md,png} after every run.
+Writes benchmarks/results/population[-TAG].{json,md,png} after every run.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         default=HERE / "results" / "private-quality-synthetic-20000.json",
     )
+    parser.add_argument("--tag", default="", help="results file suffix (population-TAG)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
 
@@ -134,7 +135,8 @@ def _kept(rows: list[dict]) -> dict[tuple[str, int, float], float]:
 def write(args, argv, rows, als_settings: ALSSettings, seconds: float) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/population.py", *argv])
-    (args.out / "population.json").write_text(
+    stem = "population" + (f"-{args.tag}" if args.tag else "")
+    (args.out / f"{stem}.json").write_text(
         json.dumps(
             {
                 "command": command,
@@ -187,7 +189,7 @@ def write(args, argv, rows, als_settings: ALSSettings, seconds: float) -> None:
                 f"- {algorithm}, ε = {e:g}: "
                 + (f"{enough[0]:,} users" if enough else "none of the sizes run")
             )
-    (args.out / "population.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for algorithm, style in zip(args.algorithms, ("-", "--"), strict=False):
         for e in args.epsilons:
@@ -204,7 +206,7 @@ def write(args, argv, rows, als_settings: ALSSettings, seconds: float) -> None:
     axis.set_ylabel("NDCG@10 kept (ε vs ∞)")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(args.out / "population.png", dpi=120)
+    figure.savefig(args.out / f"{stem}.png", dpi=120)
     plt.close(figure)
 
 

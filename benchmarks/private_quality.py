@@ -62,6 +62,14 @@ GRID = {
     "noise_l2": (10.0, 20.0, 40.0),
     "user_clip": (1.0, 2.0),
 }
+#: ``--small-grid``: for large populations, where one grid point costs minutes.
+SMALL_GRID = {
+    "rounds": (2, 3),
+    "dim": (16,),
+    "item_l2": (10.0,),
+    "noise_l2": (10.0, 20.0, 40.0),
+    "user_clip": (1.0, 2.0),
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -72,6 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=20_000, help="synthetic users")
     parser.add_argument("--items", type=int, default=1_000, help="synthetic items")
     parser.add_argument("--tune-epsilon", type=float, default=4.0)
+    parser.add_argument("--small-grid", action="store_true", help="tune over SMALL_GRID")
     parser.add_argument(
         "--settings-from",
         type=Path,
@@ -127,18 +136,19 @@ def counts_run(split, *, epsilon: float, seed: int) -> dict:
 
 
 def tune(split, args: argparse.Namespace, log) -> tuple[ALSSettings, dict]:
+    grid = SMALL_GRID if args.small_grid else GRID
     tried = {}
-    for values in itertools.product(*GRID.values()):
-        config = ALSSettings(**dict(zip(GRID, values, strict=True)), item_grams=False)
+    for values in itertools.product(*grid.values()):
+        config = ALSSettings(**dict(zip(grid, values, strict=True)), item_grams=False)
         valid = [
             als_run(split, config, epsilon=args.tune_epsilon, seed=noise)["valid_ndcg@10"]
             for noise in TUNING_NOISE_SEEDS
         ]
-        key = ",".join(f"{k}={v:g}" for k, v in zip(GRID, values, strict=True))
+        key = ",".join(f"{k}={v:g}" for k, v in zip(grid, values, strict=True))
         tried[key] = round(float(np.mean(valid)), 4)
         log(f"tune {key}: valid NDCG@10 {tried[key]:.4f}")
     best = max(tried, key=tried.get)
-    values = dict(zip(GRID, (float(v.split("=")[1]) for v in best.split(",")), strict=True))
+    values = dict(zip(grid, (float(v.split("=")[1]) for v in best.split(",")), strict=True))
     values["rounds"], values["dim"] = int(values["rounds"]), int(values["dim"])
     return ALSSettings(**values, item_grams=False), tried
 
