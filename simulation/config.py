@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stamen.models import ConfigError
 from stamen.models.settings import LocalSettings
@@ -68,6 +68,14 @@ class SimulationConfig(BaseModel):
     record_dp: RecordDP = RecordDP()
     centralised: CentralisedSettings = CentralisedSettings()
     als: ALSSettings = ALSSettings()
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> SimulationConfig:
+        if self.algorithm == "als" and self.resume:
+            raise ValueError("private ALS runs are not resumed (their rounds are few)")
+        if self.algorithm == "als" and self.record_dp.enabled:
+            raise ValueError("private ALS has no record-level DP-SGD step")
+        return self
 
     def server_settings(self, devices: int) -> ServerSettings:
         """The server's view of this run over ``devices`` devices."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stamen.models import ConfigError
 from stamen.models.als_layout import ALSLayout
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
@@ -115,3 +116,12 @@ def test_private_als_refuses_what_it_cannot_honour() -> None:
     unsized = sized.model_copy(update={"secagg": tight.secagg})
     with pytest.raises(ValueError, match="would clip"):
         FederatedALS(unsized, als, initial=initial, population=20)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"resume": True}, "not resumed"), ({"record_dp": {"enabled": True}}, "record-level")],
+)
+def test_private_als_config_refuses_resume_and_record_dp(tmp_path, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, **overrides)
