@@ -91,6 +91,8 @@ class FederatedALS(FederatedMF):
         z = 0.0 if self.accountant is None else self.accountant.settings.noise_multiplier
         self.noise_multiplier = z
         self._check_range(population)
+        # every device is in every round; the noise shares' room is _check_range's concern
+        self._min_cohort = settings.secagg.num_shares if settings.secagg.enabled else 1
 
     @classmethod
     def initial(cls, n_items: int, als: ALSSettings, *, seed: int) -> list[np.ndarray]:
