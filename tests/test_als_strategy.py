@@ -3,11 +3,15 @@ under SecAgg+ with central noise within its ε, and refuses settings it cannot h
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from flwr.common import ndarrays_to_parameters
+from static_clients import StaticClients
 
 from stamen.models import ConfigError
-from stamen.models.als_layout import ALSLayout
+from stamen.models.als_layout import ALSLayout, als_sensitivity
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import FederatedALS, als_clipping_range, als_server_settings
@@ -125,3 +129,23 @@ def test_private_als_refuses_what_it_cannot_honour() -> None:
 def test_private_als_config_refuses_resume_and_record_dp(tmp_path, overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
         _config(tmp_path, **overrides)
+
+
+def test_distributed_noise_shares_follow_each_release_sensitivity() -> None:
+    als = ALSSettings(**ALS)
+    base = ServerSettings(dp=UserDP(mode="distributed", noise_multiplier=1.5))
+    settings = als_server_settings(base, als, devices=20)
+    initial = FederatedALS.initial(50, als, seed=0)
+    strategy = FederatedALS(settings, als, initial=initial, population=20)
+    params = ndarrays_to_parameters(initial)
+    counts_round = strategy.configure_fit(1, params, StaticClients(20))
+    assert len(counts_round) == 20  # every device, whatever the Poisson draw would say
+    config = counts_round[0][1].config
+    assert config["als-stage"] == "counts" and config["dp-clip-norm"] == 1.0
+    assert config["dp-noise-std"] == pytest.approx(1.5 / math.sqrt(20))
+    strategy.head = np.arange(10)  # as the counts round would have set it
+    config = strategy.configure_fit(2, params, StaticClients(20))[0][1].config
+    sensitivity = als_sensitivity(user_clip=als.user_clip, cap=als.cap, item_grams=False)
+    assert config["als-stage"] == "statistics" and config["dp-clip-norm"] == sensitivity
+    assert config["dp-noise-std"] == pytest.approx(1.5 * sensitivity / math.sqrt(20))
+    assert np.frombuffer(config["als-head"], np.int64).tolist() == list(range(10))
