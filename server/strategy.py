@@ -18,6 +18,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -225,11 +226,15 @@ class FederatedMF(Strategy):
     def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
         """Connected devices by device id (each node asked once, then remembered)."""
         self._await_devices(client_manager)
-        devices: dict[int, ClientProxy] = {}
-        for cid, proxy in client_manager.all().items():
-            if cid not in self._device_ids:
-                self._device_ids[cid] = self._ask_device_id(proxy)
-            devices[self._device_ids[cid]] = proxy
+        connected = client_manager.all()
+        missing = [proxy for cid, proxy in connected.items() if cid not in self._device_ids]
+        if missing:  # asked concurrently, as Flower sends a round's fit messages
+            with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
+                for proxy, device in zip(
+                    missing, pool.map(self._ask_device_id, missing), strict=True
+                ):
+                    self._device_ids[proxy.cid] = device
+        devices = {self._device_ids[cid]: proxy for cid, proxy in connected.items()}
         return dict(sorted(devices.items()))
 
     def _ask_device_id(self, proxy: ClientProxy) -> int:
