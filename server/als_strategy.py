@@ -25,7 +25,7 @@ from flwr.server.strategy.aggregate import aggregate
 from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
 from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF, _failure_reasons
+from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF, failure_reasons
 
 __all__ = ["FederatedALS", "als_clipping_range", "als_server_settings"]
 
@@ -158,7 +158,7 @@ class FederatedALS(FederatedMF):
         solve the item side from the statistics; checkpoint and publish."""
         rnd = self._global_round(server_round)
         if not results:
-            reasons = "; ".join(_failure_reasons(failures)) or "no reason given"
+            reasons = "; ".join(failure_reasons(failures)) or "no reason given"
             raise RuntimeError(
                 f"round {rnd}: no device returned its private ALS statistics "
                 f"({len(failures)} failures: {reasons})"
@@ -200,7 +200,7 @@ class FederatedALS(FederatedMF):
             }
         )
         if failures:
-            self._record["failure_reasons"] = _failure_reasons(failures)
+            self._record["failure_reasons"] = failure_reasons(failures)
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(self.server.arrays()), {}

@@ -63,7 +63,7 @@ _log = logging.getLogger("stamen")
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
-def _failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
+def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
     """Why each failed device failed: the exception, or the status of a reply not OK."""
     return [
         f"{type(f).__name__}: {f}" if isinstance(f, BaseException) else str(f[1].status.message)
@@ -345,7 +345,7 @@ class FederatedMF(Strategy):
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
         if not results:
-            reasons = _failure_reasons(failures)
+            reasons = failure_reasons(failures)
             raise RuntimeError(
                 f"round {rnd}: no device returned an update ({len(failures)} failures: "
                 f"{'; '.join(reasons) or 'no reason given'})"
@@ -377,7 +377,7 @@ class FederatedMF(Strategy):
             }
         )
         if failures:  # only then, so a clean round's record stays small
-            self._record["failure_reasons"] = _failure_reasons(failures)
+            self._record["failure_reasons"] = failure_reasons(failures)
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
@@ -468,7 +468,7 @@ class FederatedMF(Strategy):
         self._record["evaluate"] = {**metrics, "devices": sum(n for n, _ in pairs)}
         self._record["evaluate_failures"] = len(failures)
         if failures:
-            self._record["evaluate_failure_reasons"] = _failure_reasons(failures)
+            self._record["evaluate_failure_reasons"] = failure_reasons(failures)
         self._finish_round(rnd)
         return metrics.get("loss"), metrics
 
