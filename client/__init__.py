@@ -1,5 +1,5 @@
 """The device side: the embeddable ``Device`` (encrypted event store, signed releases,
-recommendations), the local training step and Stamen's Flower ClientApp.
+recommendations) and Stamen's Flower ClientApp.
 
 Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``. The
 Flower and Opacus parts load on first use: an app that embeds ``Device`` imports neither.
@@ -16,7 +16,6 @@ from stamen.client.device import (
 )
 from stamen.client.events import EVENT_KINDS, Event, EventError
 from stamen.client.keys import DeviceKeys
-from stamen.client.local import LocalResult, build_local_model, local_update
 from stamen.client.virtual import VirtualDevices
 
 #: Names loaded on first use (``__getattr__``), by module.
@@ -44,7 +43,6 @@ __all__ = [
     "Event",
     "EventError",
     "HeldOut",
-    "LocalResult",
     "MFClient",
     "Recommendation",
     "ReleaseError",
@@ -54,8 +52,6 @@ __all__ = [
     "VALID_METRICS",
     "VirtualDevices",
     "build_client_app",
-    "build_local_model",
-    "local_update",
     "make_client_fn",
     "record_dp_update",
 ]

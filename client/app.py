@@ -1,9 +1,11 @@
-"""Stamen's Flower ClientApp: one device taking part in federated matrix factorisation.
+"""Stamen's Flower ClientApp: one device taking part in federated training of any
+registered model (``stamen.models.registry``; the request's ``model`` key names it).
 
 Each message opens the device of its partition (``stamen.client.VirtualDevices``) and
-trains on the person's items as the device knows them. The training user factor is kept
-in the node's ``context.state`` between rounds and never put into a message. ``fit``
-returns the dense update of the shared parameters and the local training loss;
+trains on the person's items as the device knows them, through the model's batch-first
+device step called for this one device. A model's private state (MF's user factor) is
+kept in the node's ``context.state`` between rounds and never put into a message. ``fit``
+returns the dense update of the shared arrays and the local training loss;
 ``evaluate`` ranks the device's held-out items locally (supplied by the evaluation
 protocol, which lives in ``stamen.simulation``) and returns only the resulting metrics.
 """
@@ -20,13 +22,14 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
-from stamen.client.local import LocalSettings, build_local_model, local_update
 from stamen.client.record_dp import record_dp_update
 from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
+from stamen.models.bundle import ReleaseCatalog
 from stamen.models.metrics import batch_metrics
-from stamen.models.settings import DEVICE_ID_KEY
+from stamen.models.registry import DeviceInputs, RecModel, model_class
+from stamen.models.settings import DEVICE_ID_KEY, LocalSettings
 from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
 
 __all__ = [
@@ -44,8 +47,6 @@ USER_STATE_KEY = "stamen-user-factor"
 
 #: Validation metrics a device reports beside the test metrics (prefixed ``valid_``).
 VALID_METRICS = ("hr@10", "ndcg@10", "sampled_hr@10")
-
-_LOCAL_KEYS = frozenset(LocalSettings.model_fields)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,12 @@ class DeviceData:
     valid_item: int
     test_item: int
     negatives: np.ndarray
-    n_items: int
+    catalog: ReleaseCatalog
+
+    @property
+    def n_items(self) -> int:
+        """Items in the installed release's catalogue."""
+        return len(self.catalog)
 
     @property
     def evaluable(self) -> bool:
@@ -121,9 +127,24 @@ class MFClient(NumPyClient):
     def _keep(self, factor: np.ndarray) -> None:
         self.state[USER_STATE_KEY] = ArrayRecord(numpy_ndarrays=[factor.astype(np.float32)])
 
-    @staticmethod
-    def _settings(config: dict) -> LocalSettings:
-        return LocalSettings.model_validate({k: v for k, v in config.items() if k in _LOCAL_KEYS})
+    def _model(self, config: dict) -> RecModel:
+        """The requested model family with the settings the request carries."""
+        cls = model_class(str(config.get("model", "mf")))
+        fields = cls.settings_class.model_fields
+        settings = cls.settings_class.model_validate(
+            {k: v for k, v in config.items() if k in fields}
+        )
+        return cls(settings, self.data.catalog)
+
+    def _inputs(self, items: np.ndarray, config: dict, purpose: int) -> DeviceInputs:
+        seed = np.random.SeedSequence(
+            [self.seed, self.row, int(config.get("server-round", 0)), purpose]
+        ).generate_state(1)
+        return DeviceInputs(
+            history=UserItems.single(items, n_items=self.data.n_items),
+            seeds=seed,
+            states=(self._factor(),),
+        )
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         """One local step; uploads only the dense update of the shared parameters (and its
@@ -134,28 +155,30 @@ class MFClient(NumPyClient):
         if ALS_STAGE_KEY in config:  # private ALS: counts or statistics, clipped and noised
             upload = als_upload(parameters, self.data.train_items, config)
             return self._privatise(upload, config), 1, {}
+        model = self._model(config)
         record_dp = RecordDP.from_config(config)
         if record_dp is None:
-            result = local_update(
-                parameters,
-                self._factor(),
-                items=self.data.train_items,
-                settings=self._settings(config),
-                rng=self._rng(config, 0),
+            updates = model.device_updates(
+                parameters, self._inputs(self.data.train_items, config, 0)
             )
+            delta, factor, loss = updates.device(0), updates.states[0], updates.losses[0]
         else:
+            if not isinstance(model.settings, LocalSettings):
+                raise ValueError(f"record-level DP-SGD is not implemented for {model.name!r}")
             result = record_dp_update(
                 parameters,
                 self._factor(),
                 items=self.data.train_items,
-                settings=self._settings(config),
+                settings=model.settings,
                 record_dp=record_dp,
                 rng=self._rng(config, 0),
             )
-        self._keep(result.user_factor)
-        metrics = {"train_loss": float(result.metrics["train_loss"])}
+            delta, factor, loss = result.delta, result.user_factor, result.metrics["train_loss"]
+        if factor is not None:
+            self._keep(factor)
+        metrics = {"train_loss": float(loss)}
         return (
-            self._privatise(result.delta, config),
+            self._privatise(delta, config),
             1,
             metrics if config.get("fit-metrics", True) else {},
         )
@@ -176,20 +199,14 @@ class MFClient(NumPyClient):
         """Rank the held-out items on the device: the test item (train and validation items
         excluded) and the validation item (train items excluded, ``valid_`` metrics).
 
-        Under record-level DP the factor re-fitted for ranking is not stored: the stored
-        factor, which the next DP-SGD step starts from, comes from DP-SGD alone."""
+        The private state re-fitted for ranking is not stored (under record-level DP the
+        stored factor, which the next DP-SGD step starts from, comes from DP-SGD alone)."""
         self._verify(parameters, config)
         if not self.data.evaluable:
             return 0.0, 0, {}
-        settings = self._settings(config)
+        model = self._model(config)
         train = UserItems.single(self.data.train_items, n_items=self.data.n_items)
-        model = build_local_model(
-            parameters, self._factor(), settings=settings, items=train, rng=self._rng(config, 1)
-        )
-        if RecordDP.from_config(config) is None:
-            self._keep(model.users.weight.detach()[0].numpy())
-        with torch.no_grad():
-            scores = model.logits(model(torch.zeros(1, dtype=torch.long)))
+        scores = model.scores(parameters, self._inputs(self.data.train_items, config, 1))
         test, valid = self.data.test_item, self.data.valid_item
         nll = float(torch.logsumexp(scores[0], 0) - scores[0, test])
         negatives = self.data.negatives[None, :]
@@ -222,11 +239,11 @@ def make_client_fn(
         torch.set_num_threads(1)
         row = int(context.node_config["partition-id"])
         with devices.open(row) as device:
-            items, release = device.item_indices(), device.release
-        if release is None:
+            items, catalog = device.history_indices(), device.catalog
+        if catalog is None:
             raise RuntimeError(f"{devices.path(row)}: no release installed; provision it first")
         held = held_out(row) if held_out is not None else HeldOut(-1, -1, np.zeros(0, np.int64))
-        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, release.items)
+        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, catalog)
         client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
         return client.to_client()
 

@@ -12,9 +12,12 @@ anything about the person, and is verified again every time the device opens.
 
 What the device knows about the person is derived from the events on every event: their
 items (the most recent event positive), the items they rejected (the most recent event
-negative feedback), and for matrix factorisation the user factor, re-solved exactly
-against the installed item factors for the ``ials`` objective (a few gradient steps for
-other losses). ``recommend`` ranks the catalogue with it; nothing leaves the device.
+negative feedback), and the user vector of the release's model (``RecModel.serving``):
+for matrix factorisation the user factor, re-solved exactly against the installed item
+factors for the ``ials`` objective (a few gradient steps for other losses); for the
+two-tower model the user tower over the history, against the catalogue's item-tower
+embeddings computed once per release. ``recommend`` ranks the catalogue with it; nothing
+leaves the device.
 
 Thread safety: every public method takes one lock, so a UI thread may record while a
 background thread recommends or trains; calls are serialised, never interleaved.
@@ -39,13 +42,11 @@ import torch
 
 from stamen.client.device_store import DB_NAME, EventStore
 from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
-from stamen.client.local import build_local_model
 from stamen.models.batches import UserItems
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.models.errors import DataError, StamenError
 from stamen.models.metrics import top_k
-from stamen.models.settings import LocalSettings
-from stamen.models.training import IALSSolver
+from stamen.models.registry import model_class
 from stamen.privacy import SignatureError, open_signed, write_atomically
 
 __all__ = [
@@ -104,37 +105,26 @@ class ReleaseInfo:
 
 
 class _Serving:
-    """What a device derives from an installed release (held in memory only)."""
+    """What a device derives from an installed release (held in memory only): the model
+    named in the release (``stamen.models.registry``) and its serving state."""
 
     def __init__(self, bundle: ReleaseBundle, digest: bytes) -> None:
         self.bundle = bundle
         self.digest = digest
-        self.settings = LocalSettings.model_validate(
-            {k: v for k, v in bundle.settings.items() if k in LocalSettings.model_fields}
+        cls = model_class(bundle.model)
+        fields = cls.settings_class.model_fields
+        settings = cls.settings_class.model_validate(
+            {k: v for k, v in bundle.settings.items() if k in fields}
         )
-        self.table = bundle.table("items.weight")
-        self.bias = np.asarray(bundle.arrays["items.bias"], np.float32)
-        self.solver = (
-            IALSSolver.build(self.table, self.bias, alpha=self.settings.alpha, l2=self.settings.l2)
-            if self.settings.loss == "ials"
-            else None
-        )
+        self.model = cls(settings, bundle.catalog)
+        served = self.model.serving(bundle.shared_arrays(), bundle.table)
+        self.table, self.bias, self._user = served.table, served.bias, served.user
 
     def factor(self, items: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
-        """The user factor for ``items`` (rows), ``None`` without any."""
+        """The user vector for ``items`` (rows in time order), ``None`` without any."""
         if not len(items):
             return None
-        data = UserItems.single(items, n_items=len(self.table))
-        if self.solver is not None:
-            return self.solver.solve(data)[0]
-        model = build_local_model(
-            self.bundle.shared_arrays(),
-            previous,
-            settings=self.settings,
-            items=data,
-            rng=np.random.default_rng(len(items)),
-        )
-        return model.users.weight.detach()[0].numpy().copy()
+        return self._user(items, previous)
 
 
 class Device:
@@ -149,6 +139,7 @@ class Device:
         self._serving: _Serving | None = None
         self._factor: np.ndarray | None = None
         self._items = np.zeros(0, np.int64)
+        self._ordered = np.zeros(0, np.int64)
         self._rejected = np.zeros(0, np.int64)
         self._track(store.events())
         self._load_installed()
@@ -318,24 +309,28 @@ class Device:
         return changed
 
     def _ids(self, positive: bool) -> list[str]:
-        return [
-            item
-            for item, (_, kind) in self._latest.items()
+        """The items whose latest event is positive (negative), oldest first."""
+        chosen = [
+            (at, item)
+            for item, (at, kind) in self._latest.items()
             if EVENT_KINDS[kind].positive == positive
         ]
+        return [item for _, item in sorted(chosen)]
 
     def _refresh(self) -> None:
         """Re-derive the person's state from the events and the installed release."""
         serving = self._serving
         if serving is None:
             self._factor = None
-            self._items = self._rejected = np.zeros(0, np.int64)
+            self._items = self._rejected = self._ordered = np.zeros(0, np.int64)
             return
         catalog = serving.bundle.catalog
-        items = np.unique(catalog.index_of(self._ids(True)))
+        ordered = catalog.index_of(self._ids(True))
+        ordered = ordered[ordered >= 0]
         rejected = np.unique(catalog.index_of(self._ids(False)))
-        self._items, self._rejected = items[items >= 0], rejected[rejected >= 0]
-        self._factor = serving.factor(self._items, self._factor)
+        self._items, self._rejected = np.unique(ordered), rejected[rejected >= 0]
+        self._ordered = ordered
+        self._factor = serving.factor(ordered, self._factor)
 
     def history(self) -> list[Event]:
         """Every stored event, in the order recorded."""
@@ -348,6 +343,13 @@ class Device:
         with self._lock:
             self._open_store()
             return self._items.copy()
+
+    def history_indices(self) -> np.ndarray:
+        """The person's items as catalogue rows in the order of their latest positive
+        event, oldest first (what a sequence-aware user tower reads)."""
+        with self._lock:
+            self._open_store()
+            return self._ordered.copy()
 
     @property
     def user_factor(self) -> np.ndarray | None:
@@ -373,6 +375,13 @@ class Device:
                 quantized=bool(bundle.quantized),
             )
 
+    @property
+    def catalog(self) -> ReleaseCatalog | None:
+        """The installed release's catalogue, or ``None``."""
+        with self._lock:
+            self._open_store()
+            return None if self._serving is None else self._serving.bundle.catalog
+
     def _highest(self) -> int:
         raw = self._open_store().get_meta(_HIGHEST)
         return -1 if raw is None else int(raw.decode())
@@ -380,8 +389,12 @@ class Device:
     def _verified(self, data: bytes, source: str) -> tuple[ReleaseBundle, bytes]:
         payload = open_signed(data, public_key=self._release_key, source=source)
         bundle = ReleaseBundle.decode(payload, source=source)
-        if bundle.model != "mf":
-            raise ReleaseError(f"{source}: model {bundle.model!r} is not one this device serves")
+        try:
+            model_class(bundle.model)
+        except ValueError:
+            raise ReleaseError(
+                f"{source}: model {bundle.model!r} is not one this device serves"
+            ) from None
         return bundle, hashlib.sha256(data).digest()
 
     def apply_release(

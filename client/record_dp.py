@@ -18,7 +18,7 @@ without materialising per-record gradients of the item table).
    number of interactions); for the same reason the delta is never scaled by the count
    (``update_weighting`` must be ``"uniform"``).
 3. Return the dense difference of the shared parameters (every item row), as
-   ``stamen.client.local.local_update`` does.
+   ``stamen.models.mf_local.local_update`` does.
 
 Opacus derives the Poisson rate from the data loader (``1 / len(loader)``, i.e. from the
 number of records) when ``poisson_sampling=True``; the step therefore builds its own
@@ -40,9 +40,9 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stamen.client.local import LocalResult, build_local_model
 from stamen.models.batches import UserItems
 from stamen.models.mf import MatrixFactorization
+from stamen.models.mf_local import LocalResult, build_local_model
 from stamen.models.settings import LocalSettings
 from stamen.models.training import torch_generator
 from stamen.privacy import RecordDP

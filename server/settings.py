@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stamen.models.registry import model_class
 from stamen.models.settings import LocalSettings
+from stamen.models.two_tower import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.optimizer import ServerOptimizerSettings
 
@@ -29,11 +31,28 @@ class ServerSettings(BaseModel):
         gt=0,
         description="seconds a round waits for devices to connect before it samples a cohort",
     )
+    model: str = Field("mf", description="model family (stamen.models.registry)")
     local: LocalSettings = LocalSettings()
+    two_tower: TwoTowerSettings = TwoTowerSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
     record_dp: RecordDP = RecordDP()
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        model_class(value)
+        return value
+
+    def model_settings(self) -> BaseModel:
+        """The settings of the run's model family (``local`` for MF, ``two_tower``...)."""
+        return getattr(self, model_class(self.model).settings_field)
+
+    def device_config(self) -> dict[str, bool | bytes | float | int | str]:
+        """What every training and evaluation request carries: the model's name and the
+        settings of its device step."""
+        return {"model": self.model, **self.model_settings().to_config()}  # type: ignore[attr-defined]
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -50,6 +69,10 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 f"secagg.clipping_range ({self.secagg.clipping_range}) is below the DP clip norm "
                 f"({self.dp.clip_norm}): SecAgg+ would clip clipped updates again"
+            )
+        if self.record_dp.enabled and self.model != "mf":
+            raise ValueError(
+                f"record-level DP-SGD is implemented for model 'mf' only (got {self.model!r})"
             )
         if self.record_dp.enabled and self.local.update_weighting != "uniform":
             raise ValueError(

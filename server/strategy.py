@@ -264,7 +264,7 @@ class FederatedMF(Strategy):
         return [devices[int(i)] for i in ids]
 
     def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
-        config: dict[str, Scalar] = {"server-round": rnd, **self.settings.local.to_config()}
+        config: dict[str, Scalar] = {"server-round": rnd, **self.settings.device_config()}
         # A device's own training loss would bypass both protections: report it only when
         # neither secure aggregation nor DP is on.
         settings = self.settings

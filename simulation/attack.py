@@ -1,7 +1,7 @@
 """Item-set inference: what an honest-but-curious server learns from a device's update.
 
 A device uploads the dense delta of the shared item side, ``[d_item_factors (n_items, dim),
-d_item_bias (n_items,)]`` (``stamen.client.local``). Dense or not, its *values* give the
+d_item_bias (n_items,)]`` (``stamen.models.mf_local``). Dense or not, its *values* give the
 device's items away. A local epoch is one step on one user, and for the whole-catalogue
 losses the gradient with respect to item ``i``'s row ``[q_i, b_i]`` is a per-item
 coefficient times the same vector ``[u, 1]``: for ``ials`` ``2 c_i (s_i - y_i)`` (score
@@ -58,8 +58,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from stamen.client.local import local_update
 from stamen.models.batches import UserItems
+from stamen.models.mf_local import local_update
 from stamen.models.settings import LocalSettings
 from stamen.privacy import clip_update, noise_for_target
 

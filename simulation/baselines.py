@@ -9,17 +9,16 @@ import numpy as np
 import torch
 
 from stamen.models.mf import MatrixFactorization
+from stamen.models.registry import DeviceInputs, RecModel
 from stamen.models.settings import LocalSettings
-from stamen.models.training import fit, refit_users
+from stamen.models.training import fit
 from stamen.simulation.config import CentralisedSettings
 from stamen.simulation.evaluate import Scorer, evaluate
 from stamen.simulation.private_als import dp_popularity
 from stamen.simulation.split import Split
 
-#: Adam steps that re-fit a user factor from scratch for offline scoring.
-SERVING_REFRESH_STEPS = 50
-
 __all__ = [
+    "device_seeds",
     "dp_popularity_scorer",
     "mf_scorer",
     "popularity_scorer",
@@ -96,21 +95,35 @@ def train_centralised_mf(
     return model, {"best_epoch": best_epoch, "valid_ndcg@10": best, "epochs_run": epoch}
 
 
-def shared_model_scorer(
-    shared: list[np.ndarray], split: Split, *, local: LocalSettings, seed: int
-) -> Scorer:
-    """Scores from a federated model's shared item side, every user's factor re-fitted
-    from scratch (batched over all users): exactly for ``ials``, else with
-    ``SERVING_REFRESH_STEPS`` Adam steps (the devices' gentle in-training refresh assumes a
-    warm start)."""
-    model = MatrixFactorization(
-        split.n_users,
-        split.n_items,
-        local.dim,
-        init_std=local.init_std,
-        generator=torch.Generator().manual_seed(seed),
+def device_seeds(users: np.ndarray, *, seed: int, purpose: int) -> np.ndarray:
+    """One seed per device (user row) for ``purpose``, independent of which other devices
+    share its batch."""
+    return np.array(
+        [np.random.SeedSequence([seed, int(u), purpose]).generate_state(1)[0] for u in users],
+        np.uint64,
     )
-    model.load_shared_arrays(shared)
-    serving = local.model_copy(update={"refresh_steps": SERVING_REFRESH_STEPS, "refresh_lr": 0.05})
-    refit_users(model, split.train, serving, np.random.default_rng([seed, 2]))
-    return mf_scorer(model)
+
+
+def shared_model_scorer(
+    shared: list[np.ndarray],
+    split: Split,
+    *,
+    model: RecModel,
+    seed: int,
+    attributes: np.ndarray | None = None,
+) -> Scorer:
+    """Scores from a federated model's shared arrays for any batch of users, from their
+    training items (and on-device ``attributes``, rows by user): ``model.for_serving()``
+    (MF re-fits every user factor from scratch, exactly for ``ials``)."""
+    serving = model.for_serving()
+
+    def scorer(users: np.ndarray) -> torch.Tensor:
+        users = np.asarray(users, np.int64)
+        inputs = DeviceInputs(
+            history=split.train.select(users),
+            seeds=device_seeds(users, seed=seed, purpose=2),
+            attributes=None if attributes is None else attributes[users],
+        )
+        return serving.scores(shared, inputs)
+
+    return scorer

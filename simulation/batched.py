@@ -1,14 +1,13 @@
-"""Batched federated simulation of Stamen's iALS MF path, for sweeps and large populations.
+"""Batched federated simulation of any registered model, for sweeps and large populations.
 
 Flower's simulation engine costs seconds per round (it polls every node and runs each
 device in an actor), which rules out privacy-utility grids of dozens of runs or
 populations of 20,000 devices on a laptop. This module replays the same arithmetic with
 the cohort vectorised:
 
-- each device's update is what ``stamen.client.local.local_update`` returns for the
-  ``ials`` loss: the user factor solved exactly against the current item side, then one
-  local SGD step, as a dense delta of the item factors and biases (``device_deltas``;
-  ``tests/test_batched.py`` checks it against ``local_update`` device by device);
+- each device's update is the model's own batch-first device step
+  (``RecModel.device_updates``), the very function the ClientApp calls for one device,
+  here called for a chunk of the cohort at a time;
 - user-level DP as ``MFClient`` and ``FederatedMF`` apply it: each device clips its whole
   update to ``clip_norm`` (``stamen.privacy.clip_update``); distributed mode adds each
   device's noise share, central mode adds noise to the mean; Opacus accounting through
@@ -18,9 +17,13 @@ the cohort vectorised:
   Flower's own ``quantize``, the integer sum dequantised into the mean;
 - the server's optimiser (``ServerOptimizer``).
 
+For MF's closed-form ``ials`` step the clipped sum can also be computed without
+materialising any device's update (``_fast_round_mean``, from the factored form
+``stamen.models.mf_model.MFFactors``), which is what makes 100,000-device populations fit.
+
 It leaves out Flower's transport (messages, masks, dropouts), release signing and
-checkpoints. Evaluation scores the global model for every user at once with the exact
-user solve: the metrics each device computes on itself in ``MFClient.evaluate``, averaged.
+checkpoints. Evaluation scores the global model for every user at once
+(``RecModel.scores``): the metrics each device computes on itself, averaged.
 """
 
 from __future__ import annotations
@@ -36,18 +39,19 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from stamen.client.app import VALID_METRICS
 from stamen.models.batches import UserItems
-from stamen.models.mf import MatrixFactorization
-from stamen.models.training import solve_users
+from stamen.models.bundle import ReleaseCatalog
+from stamen.models.mf_model import MFModel, mf_factors
+from stamen.models.registry import DeviceInputs, RecModel, build_model
 from stamen.privacy import PrivacyAccountant, SecAggSettings, noise_share_std
 from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import check_distributed_range, min_poisson_cohort
-from stamen.simulation.baselines import shared_model_scorer
+from stamen.simulation.baselines import device_seeds, shared_model_scorer
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.split import Split
 
-__all__ = ["BatchedResult", "device_deltas", "run_batched", "secagg_mean"]
+__all__ = ["BatchedResult", "cohort_updates", "run_batched", "secagg_mean"]
 
 #: Devices whose dense updates are materialised at once (memory: chunk × items × dim).
 CHUNK = 32
@@ -64,76 +68,39 @@ class BatchedResult:
     privacy: dict[str, Any] | None
 
 
-def _check(settings: ServerSettings) -> None:
-    local = settings.local
-    if local.loss != "ials" or local.local_epochs != 1:
+def _check(model: RecModel) -> None:
+    if isinstance(model, MFModel) and not model.closed_form():
+        local = model.settings
         raise ValueError(
-            "the batched simulation replays the ials loss with one local epoch "
+            "the batched simulation replays MF's closed-form ials step with one local epoch "
             f"(got loss={local.loss!r}, local_epochs={local.local_epochs}); "
             "use the Flower runner for other settings"
         )
 
 
-def device_deltas(
-    shared: list[np.ndarray], data: UserItems, settings: ServerSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every device's ``local_update`` delta for the ``data.n_users`` devices of a cohort:
-    item-factor deltas ``(devices, items, dim)`` and bias deltas ``(devices, items)``.
-
-    For one device with user factor ``x`` (the exact solve), scores ``s = W x + b``,
-    targets ``t`` and confidences ``c = 1 + alpha t``, one SGD step of learning rate
-    ``lr`` and weight decay ``wd`` on ``Σ c (t - s)² + l2 |x|² + item_l2 |W|²`` moves
-    ``W`` by ``lr (2 r xᵀ - (2 item_l2 + wd) W)`` and ``b`` by ``lr (2 r - wd b)``, with
-    ``r = c ∘ (t - s)``; ``update_weighting="positives"`` scales both by the count.
-    """
-    parts = _factors(shared, data, settings)
-    lr, decay, wd = settings.local.local_lr, parts.decay, settings.local.weight_decay
-    d_w = lr * (2 * parts.residual[:, :, None] * parts.x[:, None, :] - decay * parts.w[None])
-    d_b = lr * (2 * parts.residual - wd * parts.b[None])
-    d_w *= parts.weight[:, None, None]
-    d_b *= parts.weight[:, None]
-    return d_w, d_b
+def cohort_updates(
+    model: RecModel,
+    shared: list[np.ndarray],
+    data: UserItems,
+    users: np.ndarray,
+    *,
+    seed: int,
+    rnd: int,
+) -> list[torch.Tensor]:
+    """Every device's update (``model.device_updates``) for the cohort rows ``data`` of
+    device ids ``users`` in round ``rnd``: one ``(devices, *shape)`` tensor per shared
+    array. Each device's seed depends on its id and the round only."""
+    inputs = DeviceInputs(history=data, seeds=device_seeds(users, seed=seed, purpose=rnd))
+    return [torch.from_numpy(d) for d in model.device_updates(shared, inputs).deltas]
 
 
-@dataclass(frozen=True)
-class _Factors:
-    """A cohort's deltas in factored form: device ``u``'s update of ``W`` is
-    ``lr * weight[u] * (2 residual[u] ⊗ x[u] - decay * W)``."""
-
-    w: torch.Tensor
-    b: torch.Tensor
-    x: torch.Tensor
-    residual: torch.Tensor
-    weight: torch.Tensor
-    decay: float
-
-
-def _factors(shared: list[np.ndarray], data: UserItems, settings: ServerSettings) -> _Factors:
-    local = settings.local
-    model = MatrixFactorization(data.n_users, shared[0].shape[0], local.dim)
-    model.load_shared_arrays(shared)
-    solve_users(model, data, alpha=local.alpha, l2=local.l2)
-    with torch.no_grad():
-        w, b = model.items.weight.detach(), model.items.bias.detach()
-        x = model.users.weight.detach()
-        target = torch.zeros(data.n_users, w.shape[0])
-        rows, items = data.pairs()
-        target[torch.from_numpy(rows), torch.from_numpy(items)] = 1.0
-        residual = (1.0 + local.alpha * target) * (target - (x @ w.T + b))
-    weight = torch.ones(data.n_users)
-    if local.update_weighting == "positives":
-        weight = torch.from_numpy(data.counts().astype(np.float32))
-    decay = 2 * (local.item_l2 or 0.0) + local.weight_decay
-    return _Factors(w=w, b=b, x=x, residual=residual, weight=weight, decay=decay)
-
-
-def _clip_rows(d_w: torch.Tensor, d_b: torch.Tensor, max_norm: float) -> None:
-    """Clip each device's whole update to L2 norm ``max_norm`` in place (as
-    ``clip_update`` does on the device: scale by ``min(1, max_norm / norm)``)."""
-    norms = torch.sqrt(d_w.double().pow(2).sum((1, 2)) + d_b.double().pow(2).sum(1))
+def _clip_rows(parts: list[torch.Tensor], max_norm: float) -> None:
+    """Clip each device's whole update (row ``d`` of every part) to L2 norm ``max_norm`` in
+    place (as ``clip_update`` does on the device: scale by ``min(1, max_norm / norm)``)."""
+    norms = torch.sqrt(sum(p.double().pow(2).reshape(len(p), -1).sum(1) for p in parts))
     scale = torch.clamp(max_norm / norms.clamp_min(1e-30), max=1.0).float()
-    d_w *= scale[:, None, None]
-    d_b *= scale[:, None]
+    for p in parts:
+        p *= scale.reshape((-1,) + (1,) * (p.dim() - 1))
 
 
 def secagg_mean(quantised_sum: list[np.ndarray], devices: int, secagg: SecAggSettings) -> list:
@@ -147,8 +114,10 @@ def secagg_mean(quantised_sum: list[np.ndarray], devices: int, secagg: SecAggSet
     ]
 
 
-def _evaluate(shared: list[np.ndarray], split: Split, settings: ServerSettings) -> dict:
-    scorer = shared_model_scorer(shared, split, local=settings.local, seed=settings.seed)
+def _evaluate(
+    model: RecModel, shared: list[np.ndarray], split: Split, settings: ServerSettings
+) -> dict:
+    scorer = shared_model_scorer(shared, split, model=model, seed=settings.seed)
     test = evaluate(scorer, split, stage="test")
     valid = evaluate(scorer, split, stage="valid", ks=(10,))
     return {
@@ -163,17 +132,26 @@ def run_batched(
     settings: ServerSettings,
     *,
     initial: list[np.ndarray],
+    model: RecModel | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     exact: bool = False,
 ) -> BatchedResult:
     """Run ``settings.rounds`` rounds of ``settings.clients_per_round`` devices drawn from
-    the ``split.n_users`` users (see module docstring).
+    the ``split.n_users`` users (see module docstring), training ``model`` (``None``: MF
+    with ``settings.local``; other models need their catalogue).
 
     ``exact=True`` materialises every device's update and runs Flower's quantisation on
     it; the default computes the same clipped sum in factored form (``_fast_round_mean``),
     several times faster on large catalogues, and falls back to the exact path in any
     round where a coordinate could reach SecAgg+'s clipping range."""
-    _check(settings)
+    if model is None:
+        if settings.model != "mf":
+            raise ValueError(f"model {settings.model!r} needs its catalogue: pass model=")
+        catalog = ReleaseCatalog.build(
+            [str(i) for i in range(split.n_items)], titles=[""] * split.n_items
+        )
+        model = build_model("mf", settings.local, catalog)
+    _check(model)
     population = split.n_users
     cohort = min(settings.clients_per_round, population)
     server = ServerOptimizer(initial, settings.optimizer)
@@ -203,17 +181,19 @@ def run_batched(
             continue
         data = split.train.select(users)
         mean = None
-        if not exact:
-            mean = _fast_round_mean(server.arrays(), data, settings, rnd, accountant, cohort)
+        if not exact and isinstance(model, MFModel):
+            mean = _fast_round_mean(model, server.arrays(), data, settings, rnd, accountant, cohort)
         if mean is None:
-            mean = _round_mean(server.arrays(), data, settings, rnd, accountant, cohort)
+            mean = _round_mean(
+                model, server.arrays(), data, users, settings, rnd, accountant, cohort
+            )
         server.step(mean)
         record.update({"devices": len(users), "cohort": len(users), "failures": 0})
         if accountant is not None:
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
         every = settings.eval_every
         if rnd == settings.rounds or (every > 0 and rnd % every == 0):
-            record["evaluate"] = _evaluate(server.arrays(), split, settings)
+            record["evaluate"] = _evaluate(model, server.arrays(), split, settings)
         record["seconds"] = time.perf_counter() - tick
         history.append(record)
         if on_round is not None:
@@ -230,6 +210,7 @@ def run_batched(
 
 
 def _fast_round_mean(
+    model: MFModel,
     shared: list[np.ndarray],
     data: UserItems,
     settings: ServerSettings,
@@ -242,8 +223,8 @@ def _fast_round_mean(
     quantisation (below one level per coordinate) and the noise draw; distributed noise
     shares are drawn as their sum, which has the same distribution. ``None`` when some
     coordinate could reach SecAgg+'s clipping range (then only the exact path is exact)."""
-    f = _factors(shared, data, settings)
-    local, dp = settings.local, accountant.settings if accountant is not None else None
+    f = mf_factors(shared, data, model.settings)
+    local, dp = model.settings, accountant.settings if accountant is not None else None
     lr, wd, k = local.local_lr, local.weight_decay, f.decay
     r, x = f.residual.double(), f.x.double()
     w, b = f.w.double(), f.b.double()
@@ -291,8 +272,10 @@ def _fast_round_mean(
 
 
 def _round_mean(
+    model: RecModel,
     shared: list[np.ndarray],
     data: UserItems,
+    users: np.ndarray,
     settings: ServerSettings,
     rnd: int,
     accountant: PrivacyAccountant | None,
@@ -312,14 +295,16 @@ def _round_mean(
     )
     sums: list[np.ndarray] | None = None
     for start in range(0, devices, CHUNK):
-        chunk = data.select(np.arange(start, min(start + CHUNK, devices)))
-        d_w, d_b = device_deltas(shared, chunk, settings)
+        rows = np.arange(start, min(start + CHUNK, devices))
+        deltas = cohort_updates(
+            model, shared, data.select(rows), users[rows], seed=settings.seed, rnd=rnd
+        )
         if dp is not None:
-            _clip_rows(d_w, d_b, dp.clip_norm)
+            _clip_rows(deltas, dp.clip_norm)
             if share > 0:
-                d_w += share * torch.randn(d_w.shape, generator=noise_gen)
-                d_b += share * torch.randn(d_b.shape, generator=noise_gen)
-        parts = [d_w.numpy(), d_b.numpy()]
+                for d in deltas:
+                    d += share * torch.randn(d.shape, generator=noise_gen)
+        parts = [d.numpy() for d in deltas]
         if secagg.enabled:
             parts = [
                 q.astype(np.int64).sum(0)

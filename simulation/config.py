@@ -2,7 +2,8 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]`` and ``[als]``.
+``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``
+and ``[als]``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stamen.models import ConfigError
+from stamen.models.bundle import ReleaseCatalog
+from stamen.models.registry import RecModel, build_model, model_class
 from stamen.models.settings import LocalSettings
+from stamen.models.two_tower import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings
@@ -45,7 +49,7 @@ class SimulationConfig(BaseModel):
 
     dataset: str = "ml-100k"
     data_dir: Path | None = None
-    model: str = Field("mf", pattern="^mf$")
+    model: str = Field("mf", description="model family: mf or two-tower (see [two-tower])")
     algorithm: Literal["fedavg", "als"] = Field(
         "fedavg",
         description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
@@ -62,6 +66,7 @@ class SimulationConfig(BaseModel):
     synthetic_users: int = Field(1000, ge=10)
     synthetic_items: int = Field(500, ge=100)
     local: LocalSettings = LocalSettings()
+    two_tower: TwoTowerSettings = TwoTowerSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
@@ -69,10 +74,23 @@ class SimulationConfig(BaseModel):
     centralised: CentralisedSettings = CentralisedSettings()
     als: ALSSettings = ALSSettings()
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        model_class(value)
+        return value
+
+    def run_model(self, catalog: ReleaseCatalog, devices: int) -> RecModel:
+        """The run's model over ``catalog`` with its settings for ``devices`` devices."""
+        settings = self.server_settings(devices)
+        return build_model(settings.model, settings.model_settings(), catalog)
+
     @model_validator(mode="after")
     def _check_algorithm(self) -> SimulationConfig:
         if self.algorithm == "als" and self.resume:
             raise ValueError("private ALS runs are not resumed (their rounds are few)")
+        if self.algorithm == "als" and self.model != "mf":
+            raise ValueError("private ALS trains matrix factorisation (model 'mf') only")
         if self.algorithm == "als" and self.record_dp.enabled:
             raise ValueError("private ALS has no record-level DP-SGD step")
         return self
@@ -91,7 +109,9 @@ class SimulationConfig(BaseModel):
             eval_every=self.eval_every,
             eval_clients=self.eval_clients,
             seed=self.seed,
+            model=self.model,
             local=self.local.for_population(devices),
+            two_tower=self.two_tower,
             optimizer=self.optimizer,
             secagg=self.secagg,
             dp=self.dp,

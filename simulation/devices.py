@@ -50,8 +50,9 @@ def provision_devices(
 ) -> Provisioned:
     """Create one device per user of ``split`` under ``folder / "devices"`` (anything
     there before is removed), each with ``release`` installed and its training items
-    recorded as ``view`` events (training uses the item sets only, so values and times
-    are not copied), and the held-out items under ``folder / "held-out"``."""
+    recorded as ``view`` events in the split's time order (event ``k`` at time ``k``: the
+    order survives, the real times and values are not copied), and the held-out items
+    under ``folder / "held-out"``."""
     devices = VirtualDevices(folder / "devices", master_key=master_key, release_key=release_key)
     shutil.rmtree(devices.folder, ignore_errors=True)
     ids = [catalog.item_id(i) for i in range(len(catalog))]
@@ -61,8 +62,8 @@ def provision_devices(
             with devices.open(row) as device:
                 device.apply_release(release, link=True)
                 device.record_many(
-                    {"item": ids[item], "kind": "view", "at": 0.0}
-                    for item in split.train.row(row).tolist()
+                    {"item": ids[item], "kind": "view", "at": float(k)}
+                    for k, item in enumerate(split.train.row(row).tolist())
                 )
             bar.advance(task)
     held_out = folder / "held-out"

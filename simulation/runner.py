@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Context
 from flwr.simulation import run_simulation
 
 from stamen.client.app import build_client_app
 from stamen.models.bundle import ReleaseCatalog
-from stamen.models.mf import MatrixFactorization
+from stamen.models.registry import RecModel
 from stamen.models.schema import Catalog
 from stamen.privacy import generate_key
 from stamen.server.als_strategy import FederatedALS
@@ -43,6 +42,7 @@ __all__ = [
     "build_strategy",
     "provision_run",
     "release_catalog",
+    "release_catalog_of",
     "run_federated",
 ]
 
@@ -79,8 +79,13 @@ def release_catalog(split: Split, catalog: Catalog | None) -> ReleaseCatalog:
     ``Item <i>`` for tables without one."""
     if catalog is not None:
         return ReleaseCatalog.from_catalog(catalog)
-    n = split.n_items
-    return ReleaseCatalog.build([str(i) for i in range(n)], titles=[f"Item {i}" for i in range(n)])
+    return release_catalog_of(split.n_items)
+
+
+def release_catalog_of(n_items: int) -> ReleaseCatalog:
+    """A catalogue of ids ``0…n-1`` titled ``Item <i>`` (no content)."""
+    ids = [str(i) for i in range(n_items)]
+    return ReleaseCatalog.build(ids, titles=[f"Item {i}" for i in ids])
 
 
 def provision_run(
@@ -109,7 +114,7 @@ def provision_run(
         for old in writer.folder.glob("release-*.stamen"):
             old.unlink()
     if release is None or not release.is_file():
-        release = writer.publish(0, initial_shared(split.n_items, config))
+        release = writer.publish(0, initial_shared(split.n_items, config, writer.catalog))
     provisioned = provision_devices(
         split,
         writer.catalog,
@@ -122,25 +127,24 @@ def provision_run(
     return writer, provisioned
 
 
-def initial_shared(n_items: int, config: SimulationConfig) -> list[np.ndarray]:
-    """The seeded initial item side (private ALS: its public random start)."""
+def initial_shared(
+    n_items: int, config: SimulationConfig, catalog: ReleaseCatalog | None = None
+) -> list[np.ndarray]:
+    """The run's seeded initial shared arrays over ``catalog`` (``None``: a catalogue of
+    ``n_items`` bare ids, enough for MF); private ALS: its public random start."""
     if config.algorithm == "als":
         return FederatedALS.initial(n_items, config.als, seed=config.seed)
-    model = MatrixFactorization(
-        1,
-        n_items,
-        config.local.dim,
-        init_std=config.local.init_std,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    return model.shared_arrays()
+    catalog = catalog or release_catalog_of(n_items)
+    return config.run_model(catalog, 1).init_shared(config.seed)
 
 
-def build_strategy(config: SimulationConfig, split: Split, **kwargs: Any) -> FederatedMF:
+def build_strategy(
+    config: SimulationConfig, split: Split, model: RecModel, **kwargs: Any
+) -> FederatedMF:
     """The run's server strategy: ``FederatedMF`` (FedAvg / FedAdam, DP-FedAvg) or
     ``FederatedALS`` (private ALS), over ``split``'s devices; ``kwargs`` go to it."""
     settings = config.server_settings(split.n_users)
-    initial = initial_shared(split.n_items, config)
+    initial = initial_shared(split.n_items, config, model.catalog)
     if config.algorithm == "als":
         return FederatedALS(
             settings, config.als, initial=initial, population=split.n_users, **kwargs
@@ -166,6 +170,7 @@ def run_federated(
     fingerprint = {
         "dataset": config.dataset,
         "n_items": split.n_items,
+        "model": config.model,
         "dim": config.local.dim if config.algorithm == "fedavg" else config.als.dim,
         "optimizer": config.optimizer.name,
         "algorithm": config.algorithm,
@@ -190,6 +195,7 @@ def run_federated(
         strategy = build_strategy(
             config,
             split,
+            config.run_model(releases.catalog, split.n_users),
             checkpoints=checkpoints,
             resume=resume,
             fingerprint=fingerprint,

@@ -19,8 +19,8 @@ import pytest
 import torch
 from flower_rounds import run_recorded
 
-from stamen.client.local import local_update
 from stamen.models import LocalSettings
+from stamen.models.mf_local import local_update
 from stamen.simulation import attack as atk
 from stamen.simulation.config import load_config
 from stamen.simulation.runner import initial_shared

@@ -7,18 +7,19 @@ import pytest
 import torch
 from flwr.common.secure_aggregation.quantization import quantize
 
-from stamen.client.local import local_update
+from stamen.models.mf_local import local_update
+from stamen.models.mf_model import MFModel
 from stamen.privacy import PrivacyAccountant, SecAggSettings, UserDP, clip_update, update_norm
 from stamen.simulation.batched import (
     _fast_round_mean,
     _round_mean,
-    device_deltas,
+    cohort_updates,
     run_batched,
     secagg_mean,
 )
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
-from stamen.simulation.runner import initial_shared
+from stamen.simulation.runner import initial_shared, release_catalog_of
 from stamen.simulation.split import leave_one_out
 
 N_USERS, N_ITEMS, DIM = 60, 400, 8
@@ -27,6 +28,15 @@ N_USERS, N_ITEMS, DIM = 60, 400, 8
 @pytest.fixture(scope="module")
 def split():
     return leave_one_out(generate_synthetic(N_USERS, N_ITEMS, seed=3).interactions, seed=0)
+
+
+def _model(settings) -> MFModel:
+    return MFModel(settings.local, release_catalog_of(N_ITEMS))
+
+
+def device_deltas(shared, data, settings):
+    users = np.arange(data.n_users)
+    return cohort_updates(_model(settings), shared, data, users, seed=0, rnd=1)
 
 
 def _settings(split, **overrides):
@@ -84,7 +94,16 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
     assert min(update_norm([w.numpy(), b.numpy()]) for w, b in zip(d_w, d_b, strict=True)) > clip
     expected = [np.mean([c[i] for c in clipped], axis=0) for i in range(2)]
     dp = settings.dp.resolve(population=split.n_users, cohort=10, rounds=settings.rounds)
-    mean = _round_mean(shared, data, settings, 1, PrivacyAccountant(dp), 10)
+    mean = _round_mean(
+        _model(settings),
+        shared,
+        data,
+        np.arange(data.n_users),
+        settings,
+        1,
+        PrivacyAccountant(dp),
+        10,
+    )
     step = settings.secagg.quantization_step()  # SecAgg+ is on by default
     for got, want in zip(mean, expected, strict=True):
         assert np.abs(got - want).max() <= step
@@ -93,7 +112,9 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
         split, dp={"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": clip}
     )
     dp = noisy.dp.resolve(population=split.n_users, cohort=10, rounds=noisy.rounds)
-    mean = _round_mean(shared, data, noisy, 1, PrivacyAccountant(dp), 10)
+    mean = _round_mean(
+        _model(noisy), shared, data, np.arange(data.n_users), noisy, 1, PrivacyAccountant(dp), 10
+    )
     noise = np.concatenate([(g - w).ravel() for g, w in zip(mean, expected, strict=True)])
     assert noise.std() == pytest.approx(2.0 * clip / 10, rel=0.05)
 
@@ -141,8 +162,10 @@ def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
         resolved = settings.dp.resolve(population=split.n_users, cohort=37, rounds=5)
         return PrivacyAccountant(resolved)
 
-    exact = _round_mean(shared, data, settings, 1, accountant(), 37)
-    fast = _fast_round_mean(shared, data, settings, 1, accountant(), 37)
+    exact = _round_mean(
+        _model(settings), shared, data, np.arange(data.n_users), settings, 1, accountant(), 37
+    )
+    fast = _fast_round_mean(_model(settings), shared, data, settings, 1, accountant(), 37)
     assert fast is not None
     step = settings.secagg.quantization_step()
     for e, f in zip(exact, fast, strict=True):
@@ -153,4 +176,4 @@ def test_fast_round_mean_defers_to_the_exact_path_near_the_clipping_range(split)
     config, settings = _settings(split, secagg={"clipping_range": 1e-4})
     data = split.train.select(np.arange(10))
     shared = initial_shared(split.n_items, config)
-    assert _fast_round_mean(shared, data, settings, 1, None, 10) is None
+    assert _fast_round_mean(_model(settings), shared, data, settings, 1, None, 10) is None

@@ -9,7 +9,6 @@ import torch
 
 from stamen.client.device import Device
 from stamen.client.keys import DeviceKeys
-from stamen.client.local import local_update
 from stamen.models import (
     CheckpointError,
     DataError,
@@ -19,6 +18,7 @@ from stamen.models import (
     ReleaseCatalog,
     UserItems,
 )
+from stamen.models.mf_local import local_update
 from stamen.privacy import (
     DecryptionError,
     SignatureError,

@@ -16,7 +16,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     Stage,
 )
 
-from stamen.client.local import local_update
+from stamen.models.mf_local import local_update
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.runner import initial_shared

@@ -13,6 +13,7 @@ from stamen.client.app import DeviceData, MFClient
 from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedMF
+from stamen.simulation.runner import release_catalog_of
 
 N_ITEMS, DIM = 50, 4
 
@@ -37,7 +38,7 @@ def _fit_res(arrays: list[np.ndarray]) -> FitRes:
 
 
 def test_device_clips_its_whole_update_and_adds_its_noise_share() -> None:
-    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), N_ITEMS)
+    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
     client = MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     big = [
@@ -126,7 +127,7 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
     from stamen.privacy import SignatureError, generate_signing_key, sign_arrays
 
     private, public = generate_signing_key()
-    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), N_ITEMS)
+    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
     client = MFClient(data, {}, seed=0, row=0, release_key=public)  # type: ignore[arg-type]
     shared = _zeros()
     config = {"server-round": 3, "dim": DIM, "loss": "ials", "item_l2": 0.1}

@@ -1,4 +1,4 @@
-"""A device's local step for federated matrix factorisation.
+"""The autograd device step of federated matrix factorisation (any loss, any epochs).
 
 1. Load the current shared item side (item factors and biases) into a one-user model.
 2. Refresh the private user factor against the frozen item side (warm-started from the

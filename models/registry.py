@@ -1,0 +1,218 @@
+"""One model interface for every layer, and the registry that names its implementations.
+
+A :class:`RecModel` says, for one model family, everything the rest of Stamen needs:
+
+- the **shared arrays** (trained federatedly, averaged by the strategy, shipped in
+  releases): their names and seeded initial values for a catalogue;
+- the **private state** a device keeps between rounds (MF's user factor; nothing for the
+  two-tower model, whose user tower reads the history itself) — it never leaves a device;
+- the **device step**, batch-first: ``device_updates`` takes any number of devices and
+  returns one dense update of the shared arrays per device (the ClientApp calls it with
+  one device, the batched simulation with a cohort chunk);
+- **scoring** of the whole catalogue for a batch of users from their histories, and
+  **serving** on a device: the item side computed once per release, the user vector on
+  every event.
+
+Models register under a name with :func:`register_model`; :func:`model_class` looks one
+up (``--model mf|two-tower``, the ``model`` key of ``flwr run`` configs and of release
+bundles). Imports no other Stamen package and never ``flwr``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from stamen.models.batches import UserItems
+from stamen.models.bundle import ReleaseCatalog
+from stamen.models.quantize import ItemTable
+
+__all__ = [
+    "MODELS",
+    "DeviceInputs",
+    "DeviceUpdates",
+    "RecModel",
+    "Serving",
+    "build_model",
+    "model_class",
+    "register_model",
+]
+
+
+@dataclass(frozen=True)
+class DeviceInputs:
+    """What a batch of devices holds: row ``d`` of ``history`` is device ``d``'s items in
+    time order; ``attributes`` ``(devices, width)`` are on-device user attributes (``None``:
+    none); ``states`` each device's private state from its last round (``None``: fresh);
+    ``seeds`` a per-device seed for the step's randomness (so a device's step does not
+    depend on which other devices share its batch)."""
+
+    history: UserItems
+    seeds: np.ndarray
+    attributes: np.ndarray | None = None
+    states: tuple[np.ndarray | None, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = self.history.n_users
+        if len(self.seeds) != n:
+            raise ValueError(f"{len(self.seeds)} seeds for {n} devices")
+        if self.attributes is not None and len(self.attributes) != n:
+            raise ValueError(f"{len(self.attributes)} attribute rows for {n} devices")
+        if self.states is not None and len(self.states) != n:
+            raise ValueError(f"{len(self.states)} states for {n} devices")
+
+    @property
+    def n_devices(self) -> int:
+        """Number of devices in the batch."""
+        return self.history.n_users
+
+    def state(self, device: int) -> np.ndarray | None:
+        """Device ``device``'s private state (``None``: fresh)."""
+        return None if self.states is None else self.states[device]
+
+    def select(self, rows: np.ndarray) -> DeviceInputs:
+        """The devices ``rows``, in that order."""
+        rows = np.asarray(rows, np.int64)
+        return DeviceInputs(
+            history=self.history.select(rows),
+            seeds=np.asarray(self.seeds)[rows],
+            attributes=None if self.attributes is None else self.attributes[rows],
+            states=None if self.states is None else tuple(self.states[r] for r in rows),
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A release as a device serves it: ``table`` (one row per item) and ``bias``, scored
+    as ``table · v + bias`` against the vector ``user(items, previous)`` of the person's
+    items (catalogue rows in time order; ``previous``: the last vector, for warm starts)."""
+
+    table: ItemTable
+    bias: np.ndarray
+    user: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DeviceUpdates:
+    """A batch of device steps: ``deltas[k][d]`` is device ``d``'s update of shared array
+    ``k``; ``states[d]`` its new private state; ``losses[d]`` its training loss. Only the
+    deltas (and, where the run allows, the loss) may leave a device."""
+
+    deltas: list[np.ndarray]
+    states: tuple[np.ndarray | None, ...]
+    losses: np.ndarray
+
+    def device(self, d: int) -> list[np.ndarray]:
+        """Device ``d``'s update, one array per shared array."""
+        return [delta[d] for delta in self.deltas]
+
+
+class RecModel(ABC):
+    """A model family (see module docstring). Instances are cheap and hold no weights:
+    the shared arrays are passed in and out as numpy arrays."""
+
+    #: Registry name (``--model``), set by :func:`register_model`.
+    name: ClassVar[str] = ""
+    #: The pydantic settings class of the device step (sent with every round).
+    settings_class: ClassVar[type[BaseModel]]
+    #: The field of the run's settings (``SimulationConfig``, ``ServerSettings``) that
+    #: holds this family's settings.
+    settings_field: ClassVar[str]
+
+    def __init__(self, settings: BaseModel, catalog: ReleaseCatalog) -> None:
+        if not isinstance(settings, self.settings_class):
+            raise TypeError(
+                f"{self.name} takes {self.settings_class.__name__}, got {type(settings).__name__}"
+            )
+        self.settings = settings
+        self.catalog = catalog
+        self.n_items = len(catalog)
+
+    @abstractmethod
+    def shared_names(self) -> tuple[str, ...]:
+        """Names of the shared arrays, in upload order."""
+
+    @abstractmethod
+    def init_shared(self, seed: int) -> list[np.ndarray]:
+        """Seeded initial shared arrays (float32), in ``shared_names`` order."""
+
+    @abstractmethod
+    def device_updates(self, shared: list[np.ndarray], devices: DeviceInputs) -> DeviceUpdates:
+        """One local step on each device of the batch (see module docstring)."""
+
+    @abstractmethod
+    def scores(self, shared: list[np.ndarray], devices: DeviceInputs) -> torch.Tensor:
+        """Scores ``(devices, n_items)`` of every catalogue item for each device from its
+        history (and attributes); callers mask what must be excluded."""
+
+    @abstractmethod
+    def serving(
+        self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
+    ) -> Serving:
+        """What a device serves from one release: the item side scored against a user
+        vector, computed once per release. ``table(name)`` gives a shared array as the
+        release stores it (int8 or float32), where the model can use that directly."""
+
+    def for_serving(self) -> RecModel:
+        """The model as offline scoring of a whole population should run it (MF re-fits
+        user factors from scratch with more steps than a warm device does)."""
+        return self
+
+    def check_shared(self, shared: list[np.ndarray]) -> None:
+        """Raise ``ValueError`` unless ``shared`` has this model's names and shapes."""
+        expected = [a.shape for a in self.init_shared(0)]
+        names = self.shared_names()
+        if len(shared) != len(names):
+            raise ValueError(f"{self.name}: expected {len(names)} shared arrays, got {len(shared)}")
+        for name, array, shape in zip(names, shared, expected, strict=True):
+            if tuple(np.shape(array)) != tuple(shape):
+                raise ValueError(f"{self.name}: {name} has shape {np.shape(array)}, not {shape}")
+
+
+#: Registered model families by name.
+MODELS: dict[str, type[RecModel]] = {}
+
+
+def register_model(name: str) -> Callable[[type[RecModel]], type[RecModel]]:
+    """Class decorator registering a :class:`RecModel` under ``name``."""
+
+    def decorate(cls: type[RecModel]) -> type[RecModel]:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        cls.name = name
+        MODELS[name] = cls
+        return cls
+
+    return decorate
+
+
+def model_class(name: str) -> type[RecModel]:
+    """The registered model family ``name``."""
+    _load_builtin()
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+
+
+def build_model(
+    name: str, settings: BaseModel | dict[str, Any], catalog: ReleaseCatalog
+) -> RecModel:
+    """An instance of model ``name``; ``settings`` may be its settings object or a plain
+    mapping validated into one (unknown keys are an error)."""
+    cls = model_class(name)
+    if not isinstance(settings, BaseModel):
+        settings = cls.settings_class.model_validate(settings)
+    return cls(settings, catalog)
+
+
+def _load_builtin() -> None:
+    """Import the built-in families so that they register themselves."""
+    import stamen.models.mf_model  # noqa: F401
+    import stamen.models.two_tower  # noqa: F401
