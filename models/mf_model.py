@@ -127,6 +127,14 @@ class MFModel(RecModel):
 
         return Serving(items, bias, user)
 
+    def popularity(self, shared: list[np.ndarray]) -> np.ndarray:
+        """The item biases."""
+        return np.asarray(shared[1], np.float32)
+
+    def quantizable(self) -> tuple[str, ...]:
+        """The item factors."""
+        return ("items.weight",)
+
     def for_serving(self) -> MFModel:
         """With ``SERVING_REFRESH_STEPS`` Adam steps at lr 0.05 for non-``ials`` losses (a
         factor re-fitted from scratch needs more than a device's warm refresh)."""

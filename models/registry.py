@@ -159,6 +159,14 @@ class RecModel(ABC):
         vector, computed once per release. ``table(name)`` gives a shared array as the
         release stores it (int8 or float32), where the model can use that directly."""
 
+    def popularity(self, shared: list[np.ndarray]) -> np.ndarray:
+        """A score per item for the no-history fallback (the learned item bias)."""
+        return self.serving(shared).bias
+
+    def quantizable(self) -> tuple[str, ...]:
+        """Shared arrays with one row per item that a release may store as int8."""
+        return ()
+
     def for_serving(self) -> RecModel:
         """The model as offline scoring of a whole population should run it (MF re-fits
         user factors from scratch with more steps than a warm device does)."""

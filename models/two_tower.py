@@ -347,6 +347,10 @@ class TwoTower(RecModel):
 
         return Serving(ItemTable.dense(item_emb.numpy()), item_bias.numpy(), user)
 
+    def quantizable(self) -> tuple[str, ...]:
+        """The item-id embedding (when the model has one)."""
+        return ("item_ids.weight",) if self.settings.item_ids else ()
+
     def _window(self) -> int:
         return self.settings.max_history if self.settings.user_tower == "sequence" else 10**9
 

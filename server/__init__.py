@@ -13,12 +13,12 @@ from stamen.server.releases import (
     load_or_create_signing_key,
 )
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import FederatedMF, RoundCallback
+from stamen.server.strategy import FederatedAveraging, RoundCallback
 
 __all__ = [
     "Checkpoint",
     "CheckpointStore",
-    "FederatedMF",
+    "FederatedAveraging",
     "PUBLIC_KEY_FILE",
     "ReleaseWriter",
     "RoundCallback",

@@ -1,4 +1,4 @@
-"""Private ALS as a Flower server algorithm, next to DP-FedAvg (``FederatedMF``).
+"""Private ALS as a Flower server algorithm, next to DP-FedAvg (``FederatedAveraging``).
 
 Round 1 sums every device's item counts (``stamen.client.statistics.item_counts``);
 rounds 2 … ``als.rounds + 1`` every device's ALS statistics for the current item side.
@@ -25,7 +25,7 @@ from flwr.server.strategy.aggregate import aggregate
 from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
 from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedMF, failure_reasons
+from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedAveraging, failure_reasons
 
 __all__ = ["FederatedALS", "als_clipping_range", "als_server_settings"]
 
@@ -68,9 +68,9 @@ def als_clipping_range(
     return als.user_clip**2 + 1.0 + 7 * share
 
 
-class FederatedALS(FederatedMF):
+class FederatedALS(FederatedAveraging):
     """Private ALS (module docstring). ``settings`` must come from
-    :func:`als_server_settings`; the other arguments are ``FederatedMF``'s."""
+    :func:`als_server_settings`; the other arguments are ``FederatedAveraging``'s."""
 
     def __init__(self, settings: ServerSettings, als: ALSSettings, **kwargs: Any) -> None:
         population = kwargs.get("population")

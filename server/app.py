@@ -1,4 +1,4 @@
-"""Stamen's Flower ServerApp: runs ``FederatedMF`` on the legacy workflow stack, with
+"""Stamen's Flower ServerApp: runs ``FederatedAveraging`` on the legacy workflow stack, with
 Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from stamen.privacy import SecAggSettings
-from stamen.server.strategy import FederatedMF
+from stamen.server.strategy import FederatedAveraging
 
 __all__ = ["build_server_app", "run_rounds", "secagg_workflow"]
 
@@ -27,7 +27,7 @@ def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
     )
 
 
-def run_rounds(grid: Grid, context: Context, strategy: FederatedMF) -> None:
+def run_rounds(grid: Grid, context: Context, strategy: FederatedAveraging) -> None:
     """Run the strategy's remaining rounds on ``grid``."""
     if strategy.remaining_rounds == 0:
         return
@@ -39,7 +39,7 @@ def run_rounds(grid: Grid, context: Context, strategy: FederatedMF) -> None:
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
 
-def build_server_app(make_strategy: Callable[[Context], FederatedMF]) -> ServerApp:
+def build_server_app(make_strategy: Callable[[Context], FederatedAveraging]) -> ServerApp:
     """A ServerApp whose strategy ``make_strategy`` builds from the run's context."""
     app = ServerApp()
 

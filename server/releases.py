@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
+from stamen.models.bundle import ReleaseBundle
 from stamen.models.errors import DataError
-from stamen.models.mf import SHARED_PARAMETERS
-from stamen.models.settings import LocalSettings
+from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
 __all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "latest_release", "load_or_create_signing_key"]
@@ -61,15 +60,16 @@ def latest_release(folder: str | os.PathLike[str]) -> Path | None:
 
 
 class ReleaseWriter:
-    """Writes signed release bundles of the global MF model into ``folder``.
+    """Writes signed release bundles of the global model into ``folder``.
 
     Args:
         folder: the releases folder (created if needed).
         private_key: the publisher's raw Ed25519 private key.
         public_key: its public half, written to ``release.pub``.
-        catalog: the item catalogue (the app's ids, titles, genres, ...).
-        settings: the local settings devices solve their user state with.
-        quantize: store the item table as int8 with a per-row scale.
+        model: the run's model (its registry name, settings and catalogue go into every
+            bundle; devices rebuild the same model from them).
+        quantize: store the model's per-item tables (``quantizable``) as int8 with a
+            per-row scale.
     """
 
     def __init__(
@@ -78,15 +78,14 @@ class ReleaseWriter:
         *,
         private_key: bytes,
         public_key: bytes,
-        catalog: ReleaseCatalog,
-        settings: LocalSettings,
+        model: RecModel,
         quantize: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._private_key = private_key
-        self.catalog = catalog
-        self.settings = settings
+        self.model = model
+        self.catalog = model.catalog
         self.quantize = quantize
         write_atomically(self.folder / PUBLIC_KEY_FILE, public_key, mode=0o644)
 
@@ -95,20 +94,20 @@ class ReleaseWriter:
         return self.folder / f"release-{number:06d}.stamen"
 
     def publish(self, number: int, shared: Sequence[np.ndarray]) -> Path:
-        """Sign and write release ``number`` of the shared arrays (``SHARED_PARAMETERS``
-        order), then point ``latest`` at it. Returns the file's path."""
-        arrays = dict(
-            zip(SHARED_PARAMETERS, (np.asarray(a, np.float32) for a in shared), strict=True)
-        )
+        """Sign and write release ``number`` of the shared arrays (the model's
+        ``shared_names`` order), then point ``latest`` at it. Returns the file's path."""
+        model = self.model
+        shared = [np.asarray(a, np.float32) for a in shared]
+        model.check_shared(shared)
         bundle = ReleaseBundle(
             release=number,
-            model="mf",
-            settings=self.settings.model_dump(),
-            arrays=arrays,
+            model=model.name,
+            settings=model.settings.model_dump(),
+            arrays=dict(zip(model.shared_names(), shared, strict=True)),
             catalog=self.catalog,
-            popularity=arrays["items.bias"],
+            popularity=model.popularity(shared),
         )
-        payload = bundle.encode(quantize=("items.weight",) if self.quantize else ())
+        payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)
         write_atomically(path, seal_signed(payload, private_key=self._private_key), mode=0o644)
         write_atomically(self.folder / _LATEST, path.name.encode(), mode=0o644)

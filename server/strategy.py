@@ -1,11 +1,13 @@
-"""The server strategy for federated matrix factorisation, on Flower's legacy strategy
-API (the stack Flower's ``SecAggPlusWorkflow`` drives in flwr 1.41).
+"""The server strategy of federated training, on Flower's legacy strategy API (the stack
+Flower's ``SecAggPlusWorkflow`` drives in flwr 1.41). It is model-agnostic: it averages
+the shared arrays of whichever registered model the settings name.
 
 Each round: sample a seeded cohort over stable device ids (``stamen.server.cohorts``;
-Poisson under user-level DP), send the global item side with the local settings, average
-the devices' dense updates (under SecAgg+ the server only ever receives the average),
-apply the server optimiser (FedAvg / FedAdam), checkpoint. Federated evaluation asks
-devices to rank their own held-out item and averages the metrics they return.
+Poisson under user-level DP), send the global shared arrays with the model's name and
+settings, average the devices' dense updates (under SecAgg+ the server only ever
+receives the average), apply the server optimiser (FedAvg / FedAdam), checkpoint.
+Federated evaluation asks devices to rank their own held-out item and averages the
+metrics they return.
 
 A device names itself by answering ``get_properties`` with :data:`DEVICE_ID_KEY`; the
 strategy asks each connected node once.
@@ -56,7 +58,7 @@ from stamen.server.settings import ServerSettings
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
 MASKED_VALUE_BYTES = 8
 
-__all__ = ["FederatedMF", "RoundCallback", "min_poisson_cohort"]
+__all__ = ["FederatedAveraging", "RoundCallback", "min_poisson_cohort"]
 
 _log = logging.getLogger("stamen")
 
@@ -112,8 +114,8 @@ def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float
     return {k: float(sum(n * float(m[k]) for n, m in pairs if k in m) / total) for k in names}
 
 
-class FederatedMF(Strategy):
-    """FedAvg / FedAdam over dense updates of the shared item side.
+class FederatedAveraging(Strategy):
+    """FedAvg / FedAdam over dense updates of the shared arrays of any registered model.
 
     Args:
         settings: the run's server settings.
@@ -196,7 +198,7 @@ class FederatedMF(Strategy):
         return self.start_round + server_round
 
     def __repr__(self) -> str:
-        return f"FederatedMF(optimizer={self.settings.optimizer.name})"
+        return f"FederatedAveraging(optimizer={self.settings.optimizer.name})"
 
     def _await_devices(self, client_manager: ClientManager) -> None:
         """Wait until the population (or a cohort) is connected.
@@ -294,7 +296,7 @@ class FederatedMF(Strategy):
         return {**config, "release-signature": signature}
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        """The global item side (fresh or from the resumed checkpoint)."""
+        """The global shared arrays (fresh or from the resumed checkpoint)."""
         return ndarrays_to_parameters(self.server.arrays())
 
     def configure_fit(

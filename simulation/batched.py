@@ -8,7 +8,7 @@ the cohort vectorised:
 - each device's update is the model's own batch-first device step
   (``RecModel.device_updates``), the very function the ClientApp calls for one device,
   here called for a chunk of the cohort at a time;
-- user-level DP as ``MFClient`` and ``FederatedMF`` apply it: each device clips its whole
+- user-level DP as ``MFClient`` and ``FederatedAveraging`` apply it: each device clips its whole
   update to ``clip_norm`` (``stamen.privacy.clip_update``); distributed mode adds each
   device's noise share, central mode adds noise to the mean; Opacus accounting through
   ``PrivacyAccountant``;
@@ -59,7 +59,7 @@ CHUNK = 32
 
 @dataclass(frozen=True)
 class BatchedResult:
-    """History (records shaped like ``FederatedMF.history``), final shared arrays,
+    """History (records shaped like ``FederatedAveraging.history``), final shared arrays,
     wall time and the privacy report (``None`` without DP)."""
 
     history: list[dict[str, Any]]
@@ -174,7 +174,7 @@ def run_batched(
         draw = {"rate": cohort / population} if accountant is not None else {"size": cohort}
         users = sample_cohort(population, seed=settings.seed, rnd=rnd, purpose=0, **draw)
         if accountant is not None and len(users) < floor:
-            accountant.step()  # charged although skipped, as FederatedMF does
+            accountant.step()  # charged although skipped, as FederatedAveraging does
             record["skipped"] = f"Poisson cohort of {len(users)} devices, below {floor}"
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
             history.append(record)
@@ -256,7 +256,7 @@ def _fast_round_mean(
             return None
     total = gain.sum()
     sums = [2 * (gain[:, None] * r).T @ x - k * total * w, 2 * gain @ r - wd * total * b]
-    # under DP the fixed-denominator estimator (FederatedMF._privatise): the expected cohort
+    # under DP the fixed-denominator estimator (FederatedAveraging._privatise): the expected cohort
     denominator = expected if dp is not None else devices
     mean = [(a / denominator).float().numpy() for a in sums]
     if dp is not None:
@@ -318,7 +318,7 @@ def _round_mean(
         mean = secagg_mean(sums, devices, secagg)
     else:
         mean = [(s / devices).astype(np.float32) for s in sums]
-    # under DP the fixed-denominator estimator (FederatedMF._privatise): the expected cohort
+    # under DP the fixed-denominator estimator (FederatedAveraging._privatise): the expected cohort
     denominator = expected if dp is not None else devices
     mean = [a * np.float32(devices / denominator) for a in mean]
     if dp is not None:

@@ -38,7 +38,9 @@ def simulate(
     dataset: Annotated[
         str | None, typer.Option(help="ml-100k, ml-1m, …, lastfm-2k or synthetic")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="model family (mf)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model family: mf or two-tower ([two-tower] section)")
+    ] = None,
     algorithm: Annotated[
         str | None,
         typer.Option(help="fedavg (DP-FedAvg under --dp) or als (private ALS; [als] section)"),

@@ -53,6 +53,7 @@ _KEYS = {
     "data-dir": "data_dir",
     "num-server-rounds": "rounds",
     "algorithm": "algorithm",
+    "model": "model",
     "clients-per-round": "clients_per_round",
     "eval-every": "eval_every",
     "seed": "seed",
@@ -128,10 +129,12 @@ def _server(grid: Grid, context: Context) -> None:
     strategy = build_strategy(
         config,
         split,
+        config.run_model(releases.catalog, split.n_users),
         checkpoints=CheckpointStore(config.output / "checkpoints"),
         fingerprint={
             "dataset": config.dataset,
             "n_items": split.n_items,
+            "model": config.model,
             "algorithm": config.algorithm,
         },
         release_key=release_private,

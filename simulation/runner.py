@@ -32,7 +32,7 @@ from stamen.server.als_strategy import FederatedALS
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
-from stamen.server.strategy import FederatedMF
+from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.devices import Provisioned, provision_devices
 from stamen.simulation.split import Split
@@ -106,8 +106,7 @@ def provision_run(
         output / "releases",
         private_key=private,
         public_key=public,
-        catalog=release_catalog(split, catalog),
-        settings=config.local.for_population(split.n_users),
+        model=config.run_model(release_catalog(split, catalog), split.n_users),
     )
     release = latest_release(writer.folder) if resume_from else None
     if not resume_from:  # a fresh run: the releases of an earlier run in this folder go
@@ -140,8 +139,8 @@ def initial_shared(
 
 def build_strategy(
     config: SimulationConfig, split: Split, model: RecModel, **kwargs: Any
-) -> FederatedMF:
-    """The run's server strategy: ``FederatedMF`` (FedAvg / FedAdam, DP-FedAvg) or
+) -> FederatedAveraging:
+    """The run's server strategy: ``FederatedAveraging`` (FedAvg / FedAdam, DP-FedAvg) or
     ``FederatedALS`` (private ALS), over ``split``'s devices; ``kwargs`` go to it."""
     settings = config.server_settings(split.n_users)
     initial = initial_shared(split.n_items, config, model.catalog)
@@ -149,7 +148,7 @@ def build_strategy(
         return FederatedALS(
             settings, config.als, initial=initial, population=split.n_users, **kwargs
         )
-    return FederatedMF(settings, initial=initial, population=split.n_users, **kwargs)
+    return FederatedAveraging(settings, initial=initial, population=split.n_users, **kwargs)
 
 
 def run_federated(
@@ -176,7 +175,7 @@ def run_federated(
         "algorithm": config.algorithm,
         "seed": config.seed,
     }
-    built: list[FederatedMF] = []
+    built: list[FederatedAveraging] = []
     signing_key = load_or_create_signing_key(output / "keys" / "release.key")
     # Devices keep their data encrypted at rest under keys derived from one that lives
     # only in this run's memory.
@@ -191,7 +190,7 @@ def run_federated(
         progress=verbose,
     )
 
-    def make_strategy(context: Context) -> FederatedMF:
+    def make_strategy(context: Context) -> FederatedAveraging:
         strategy = build_strategy(
             config,
             split,

@@ -16,14 +16,14 @@ from flwr.common import parameters_to_ndarrays
 from stamen.client.app import build_client_app
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
-from stamen.server.strategy import FederatedMF
+from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.runner import provision_run
 from stamen.simulation.split import Split
 
 
-class RecordingMF(FederatedMF):
-    """``FederatedMF`` that keeps, per round, every result's parameters and the number of
+class RecordingMF(FederatedAveraging):
+    """``FederatedAveraging`` that keeps, per round, every result's parameters and the number of
     failures its ``aggregate_fit`` was handed."""
 
     received: list[tuple[list[list[np.ndarray]], int]]
@@ -60,7 +60,7 @@ def run_recorded(
         master_key=generate_key(),
     )
 
-    def make_strategy(context) -> FederatedMF:  # noqa: ANN001
+    def make_strategy(context) -> FederatedAveraging:  # noqa: ANN001
         strategy = RecordingMF(
             config.server_settings(split.n_users),
             initial=initial,

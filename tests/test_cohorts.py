@@ -14,7 +14,7 @@ from static_clients import StaticClients
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.cohorts import sample_cohort
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import FederatedMF, min_poisson_cohort
+from stamen.server.strategy import FederatedAveraging, min_poisson_cohort
 
 N_ITEMS, DIM = 20, 3
 
@@ -67,14 +67,16 @@ def test_bad_sampler_arguments_are_refused(kwargs) -> None:
         sample_cohort(10, seed=0, rnd=1, purpose=0, size=2, available=np.array([3, 12]))
 
 
-def _strategy(dp: UserDP, *, cohort: int, population: int, secagg: bool = False) -> FederatedMF:
+def _strategy(
+    dp: UserDP, *, cohort: int, population: int, secagg: bool = False
+) -> FederatedAveraging:
     settings = ServerSettings(
         rounds=50,
         clients_per_round=cohort,
         dp=dp,
         secagg=SecAggSettings(enabled=secagg, clipping_range=50.0),
     )
-    return FederatedMF(settings, initial=_zeros(), population=population)
+    return FederatedAveraging(settings, initial=_zeros(), population=population)
 
 
 def _devices(instructions) -> list[int]:

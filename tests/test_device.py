@@ -19,6 +19,7 @@ from stamen.models import (
     UserItems,
 )
 from stamen.models.mf_local import local_update
+from stamen.models.mf_model import MFModel
 from stamen.privacy import (
     DecryptionError,
     SignatureError,
@@ -203,8 +204,7 @@ def test_release_writer_publishes_signed_bundles_and_keeps_its_key(tmp_path) -> 
         tmp_path / "releases",
         private_key=private,
         public_key=public,
-        catalog=catalog,
-        settings=LocalSettings(dim=2),
+        model=MFModel(LocalSettings(dim=2), catalog),
         quantize=True,
     )
     shared = [np.arange(6, dtype=np.float32).reshape(3, 2), np.array([0.5, 2.0, 1.0], np.float32)]

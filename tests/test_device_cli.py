@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
 from stamen.models.errors import DataError
+from stamen.models.mf_model import MFModel
 from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
 from stamen.server import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation import cli
@@ -33,8 +34,7 @@ def release(tmp_path):
         tmp_path / "releases",
         private_key=private,
         public_key=public,
-        catalog=catalog,
-        settings=LocalSettings(dim=DIM),
+        model=MFModel(LocalSettings(dim=DIM), catalog),
     )
     rng = np.random.default_rng(0)
     shared = [rng.normal(0, 0.3, (N_ITEMS, DIM)).astype(np.float32), np.zeros(N_ITEMS, np.float32)]

@@ -24,7 +24,7 @@ from stamen.models.settings import LocalSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP, record_epsilon, update_norm
 from stamen.server.checkpoint import Checkpoint
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import FederatedMF
+from stamen.server.strategy import FederatedAveraging
 from stamen.simulation import experiment
 from stamen.simulation.cli import app
 from stamen.simulation.config import load_config
@@ -315,7 +315,7 @@ def _zeros() -> list[np.ndarray]:
 def test_strategy_reports_record_epsilon_of_the_most_sampled_device() -> None:
     rdp = RecordDP(enabled=True, noise_multiplier=1.1, max_grad_norm=0.5, sample_rate=0.1)
     settings = _server(rounds=6, clients_per_round=4, record_dp=rdp)
-    strategy = FederatedMF(settings, initial=_zeros(), population=20)
+    strategy = FederatedAveraging(settings, initial=_zeros(), population=20)
     clients = StaticClients(20)
     counts: dict[str, int] = {}
     for rnd in range(1, 7):
@@ -345,10 +345,10 @@ def test_strategy_reports_record_epsilon_of_the_most_sampled_device() -> None:
 
 def test_user_level_report_is_unchanged_beside_the_record_entry() -> None:
     dp = UserDP(mode="central", noise_multiplier=1.0, clip_norm=1.0)
-    plain = FederatedMF(
+    plain = FederatedAveraging(
         _server(rounds=3, clients_per_round=4, dp=dp), initial=_zeros(), population=20
     )
-    both = FederatedMF(
+    both = FederatedAveraging(
         _server(rounds=3, clients_per_round=4, dp=dp, record_dp=RecordDP(enabled=True)),
         initial=_zeros(),
         population=20,
@@ -357,17 +357,17 @@ def test_user_level_report_is_unchanged_beside_the_record_entry() -> None:
     assert report is not None and set(report) == {*plain.privacy_report(), "record"}  # type: ignore[misc]
     assert {k: v for k, v in report.items() if k != "record"} == plain.privacy_report()
     assert "record-dp-noise-multiplier" not in plain._config(1)
-    assert FederatedMF(_server(), initial=_zeros()).privacy_report() is None
+    assert FederatedAveraging(_server(), initial=_zeros()).privacy_report() is None
 
 
 def test_resumed_strategy_carries_the_earlier_participations() -> None:
     settings = _server(rounds=4, clients_per_round=2, record_dp=RecordDP(enabled=True))
-    first = FederatedMF(settings, initial=_zeros())
+    first = FederatedAveraging(settings, initial=_zeros())
     history = [{"round": 1, "record_privacy": {"epsilon": 1.0, "max_participations": 3}}]
     resume = Checkpoint(
         round=1, server_state=first.server.state_dict(), history=history, fingerprint={}
     )
-    resumed = FederatedMF(settings, initial=_zeros(), resume=resume)
+    resumed = FederatedAveraging(settings, initial=_zeros(), resume=resume)
     assert resumed.max_participations == 3
     resumed.configure_fit(1, ndarrays_to_parameters(_zeros()), StaticClients(4))
     # an upper bound: the earlier maximum plus this run's most-sampled device

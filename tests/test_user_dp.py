@@ -12,7 +12,7 @@ from static_clients import StaticClients
 from stamen.client.app import DeviceData, MFClient
 from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import FederatedMF
+from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.runner import release_catalog_of
 
 N_ITEMS, DIM = 50, 4
@@ -24,13 +24,13 @@ def _zeros() -> list[np.ndarray]:
 
 def _strategy(
     dp: UserDP, *, rounds: int = 10, cohort: int = 5, population: int = 50
-) -> FederatedMF:
+) -> FederatedAveraging:
     # a strategy unit test: the aggregation path is the same with or without SecAgg+
     settings = ServerSettings(
         rounds=rounds, clients_per_round=cohort, dp=dp, secagg=SecAggSettings(enabled=False)
     )
     initial = _zeros()
-    return FederatedMF(settings, initial=initial, population=population)
+    return FederatedAveraging(settings, initial=initial, population=population)
 
 
 def _fit_res(arrays: list[np.ndarray]) -> FitRes:
@@ -148,9 +148,9 @@ def test_distributed_noise_shares_must_fit_secaggs_clipping_range() -> None:
     tight = ServerSettings(rounds=10, clients_per_round=5, dp=dp)  # range 1.0, SecAgg+ on
     initial = _zeros()
     with pytest.raises(ValueError, match="clipping_range"):
-        FederatedMF(tight, initial=initial, population=50)
+        FederatedAveraging(tight, initial=initial, population=50)
     wide = tight.model_copy(update={"secagg": SecAggSettings(clipping_range=14.0)})
-    assert FederatedMF(wide, initial=initial, population=50).accountant is not None
+    assert FederatedAveraging(wide, initial=initial, population=50).accountant is not None
 
 
 class _Connecting(StaticClients):
@@ -182,7 +182,7 @@ def test_too_few_devices_connecting_in_time_is_an_error() -> None:
         clients_per_round=5, connect_timeout=0.2, secagg=SecAggSettings(enabled=False)
     )
     initial = _zeros()
-    partial = FederatedMF(settings, initial=initial, population=50)
+    partial = FederatedAveraging(settings, initial=initial, population=50)
     cohort = partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=8))
     assert len(cohort) == 5  # the population never arrived: sampled from the 8 there
     with pytest.raises(RuntimeError, match="only 3 devices connected within 0.2 s"):
