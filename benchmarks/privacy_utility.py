@@ -1,8 +1,11 @@
-"""Privacy-utility benchmark: federated MF under user-level DP (central and distributed
-noise) with SecAgg+ on, for ε in {1, 2, 4, 8, ∞} at δ = 1/users, over several seeds.
+"""Privacy-utility benchmark: a federated model (MF by default) under user-level DP
+(central and distributed noise) with SecAgg+ on, for ε in {1, 2, 4, 8, ∞} at
+δ = 1/users, over several seeds.
 
     python benchmarks/privacy_utility.py --dataset ml-100k --seeds 0 1 2
     python benchmarks/privacy_utility.py --dataset lastfm-2k --seeds 0 1 2
+    python benchmarks/privacy_utility.py --dataset ml-100k --model two-tower \
+        --model-settings '{"item_ids": false}' --name content-tower --modes central
     python benchmarks/privacy_utility.py --dataset synthetic --users 20000 --items 1000 \
         --seeds 0 1 2
 
@@ -18,7 +21,7 @@ privacy the accountant does not count); the non-private run keeps the evaluated 
 with the best validation NDCG@10. Beside every private run, DP popularity at the same
 (ε, δ): one Gaussian release of normalised item counts.
 
-Writes benchmarks/results/privacy-<dataset>.{json,md,png} after every run.
+Writes benchmarks/results/privacy-<dataset>[-<name>].{json,md,png} after every run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from stamen.models.registry import model_class  # noqa: E402
 from stamen.privacy import secagg_range_for  # noqa: E402
 from stamen.simulation.baselines import dp_popularity_scorer, popularity_scorer  # noqa: E402
 from stamen.simulation.batched import run_batched  # noqa: E402
@@ -49,7 +53,11 @@ from stamen.simulation.datasets import (  # noqa: E402
 )
 from stamen.simulation.evaluate import evaluate  # noqa: E402
 from stamen.simulation.experiment import select_round  # noqa: E402
-from stamen.simulation.runner import initial_shared  # noqa: E402
+from stamen.simulation.runner import (  # noqa: E402
+    initial_shared,
+    release_catalog,
+    release_catalog_of,
+)
 from stamen.simulation.split import leave_one_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -73,6 +81,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=["64x250", "256x60"],
         help="cohort x rounds pairs tried when tuning (the non-private run uses the first)",
     )
+    parser.add_argument("--model", default="mf", help="registered model family")
+    parser.add_argument(
+        "--model-settings", type=json.loads, default={}, help="JSON of the model's settings"
+    )
+    parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
 
@@ -85,13 +98,19 @@ def load_split(dataset: str, seed: int, args: argparse.Namespace):
         if path is None:
             sys.exit(f"{dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
         data = load_dataset(dataset, path)
-    return leave_one_out(data.interactions, seed=seed)
+    catalog = release_catalog(None, data.catalog) if dataset != "synthetic" else None
+    return leave_one_out(data.interactions, seed=seed), catalog
 
 
-def one_run(split, *, seed: int, schedule: str, eval_every: int, dp: dict | None) -> dict:
+def one_run(
+    split, catalog, args, *, seed: int, schedule: str, eval_every: int, dp: dict | None
+) -> dict:
     cohort, rounds = (int(v) for v in schedule.split("x"))
     clip = dp["clip_norm"] if dp else 1.0
+    field = model_class(args.model).settings_field
     overrides = {
+        "model": args.model,
+        field: args.model_settings,
         "seed": seed,
         "rounds": rounds,
         "clients_per_round": cohort,
@@ -109,7 +128,10 @@ def one_run(split, *, seed: int, schedule: str, eval_every: int, dp: dict | None
         secagg = {"enabled": True, "clipping_range": max(1.0, needed)}
         config = load_config(None, {**overrides, "secagg": secagg})
     settings = config.server_settings(split.n_users)
-    result = run_batched(split, settings, initial=initial_shared(split.n_items, config))
+    catalog = catalog or release_catalog_of(split.n_items)
+    model = config.run_model(catalog, split.n_users)
+    initial = initial_shared(split.n_items, config, catalog)
+    result = run_batched(split, settings, initial=initial, model=model)
     best = select_round(result.history, devices=len(split.evaluated), private=dp is not None)
     metrics = best["evaluate"]
     return {
@@ -131,12 +153,14 @@ def _dp_popularity(split, seed: int, privacy: dict) -> float:
     return evaluate(scorer, split)["ndcg@10"]
 
 
-def tune(split, args: argparse.Namespace, log) -> tuple[float, str, dict]:
+def tune(split, catalog, args: argparse.Namespace, log) -> tuple[float, str, dict]:
     tried = {}
     for schedule in args.schedules:
         for clip in args.clip_norms:
             dp = {"mode": "central", "target_epsilon": args.tune_epsilon, "clip_norm": clip}
-            run = one_run(split, seed=0, schedule=schedule, eval_every=args.eval_every, dp=dp)
+            run = one_run(
+                split, catalog, args, seed=0, schedule=schedule, eval_every=args.eval_every, dp=dp
+            )
             tried[f"C={clip},{schedule}"] = round(run["valid_ndcg@10"], 4)
             log(f"tune C={clip} {schedule}: valid NDCG@10 {run['valid_ndcg@10']:.4f}")
     key = max(tried, key=tried.get)
@@ -170,13 +194,13 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def write(args, record: dict) -> None:
-    name = f"privacy-{args.dataset}"
+    name = _stem(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     summary = record["summary"]
     base = summary.get("eps=inf", {}).get("ndcg@10", {}).get("mean")
     lines = [
-        f"# Privacy-utility: {args.dataset}",
+        f"# Privacy-utility: {args.dataset}, model {args.model} {json.dumps(args.model_settings)}",
         "",
         f"Command: `{record['command']}`",
         "",
@@ -232,8 +256,12 @@ def plot(args, summary: dict, base: float | None) -> None:
         ax.legend()
     fig.suptitle(f"{args.dataset}: user-level DP with SecAgg+")
     fig.tight_layout()
-    fig.savefig(args.out / f"privacy-{args.dataset}.png", dpi=120)
+    fig.savefig(args.out / f"{_stem(args)}.png", dpi=120)
     plt.close(fig)
+
+
+def _stem(args) -> str:
+    return f"privacy-{args.dataset}" + (f"-{args.name}" if args.name else "")
 
 
 def main(argv: list[str]) -> None:
@@ -244,13 +272,15 @@ def main(argv: list[str]) -> None:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f}s] {message}", flush=True)
 
-    split0 = load_split(args.dataset, 0, args)
+    split0, catalog = load_split(args.dataset, 0, args)
     popularity = evaluate(popularity_scorer(split0), split0)["ndcg@10"]
-    clip, schedule, tried = tune(split0, args, log)
+    clip, schedule, tried = tune(split0, catalog, args, log)
     log(f"chosen C={clip}, {schedule}")
     record = {
         "command": " ".join(["python benchmarks/privacy_utility.py", *argv]),
         "selection": "private runs: the last round; non-private: best validation NDCG@10",
+        "model": args.model,
+        "model_settings": args.model_settings,
         "users": split0.n_users,
         "items": split0.n_items,
         "clip_norm": clip,
@@ -260,9 +290,15 @@ def main(argv: list[str]) -> None:
         "runs": [],
     }
     for seed in args.seeds:
-        split = split0 if seed == 0 else load_split(args.dataset, seed, args)
+        split = split0 if seed == 0 else load_split(args.dataset, seed, args)[0]
         plain = one_run(
-            split, seed=seed, schedule=args.schedules[0], eval_every=args.eval_every, dp=None
+            split,
+            catalog,
+            args,
+            seed=seed,
+            schedule=args.schedules[0],
+            eval_every=args.eval_every,
+            dp=None,
         )
         record["runs"].append({"setting": "eps=inf", **plain})
         log(f"seed {seed} ε=∞: NDCG@10 {plain['ndcg@10']:.4f}")
@@ -270,7 +306,13 @@ def main(argv: list[str]) -> None:
             for eps in args.epsilons:
                 dp = {"mode": mode, "target_epsilon": eps, "clip_norm": clip}
                 run = one_run(
-                    split, seed=seed, schedule=schedule, eval_every=args.eval_every, dp=dp
+                    split,
+                    catalog,
+                    args,
+                    seed=seed,
+                    schedule=schedule,
+                    eval_every=args.eval_every,
+                    dp=dp,
                 )
                 record["runs"].append({"setting": f"eps={eps:g},{mode}", **run})
                 log(f"seed {seed} ε={eps:g} {mode}: NDCG@10 {run['ndcg@10']:.4f}")

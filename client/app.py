@@ -28,7 +28,7 @@ from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.metrics import batch_metrics
-from stamen.models.registry import DeviceInputs, RecModel, model_class
+from stamen.models.registry import DeviceInputs, RecModel, device_seeds, model_class
 from stamen.models.settings import DEVICE_ID_KEY, LocalSettings
 from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
 
@@ -137,12 +137,15 @@ class MFClient(NumPyClient):
         return cls(settings, self.data.catalog)
 
     def _inputs(self, items: np.ndarray, config: dict, purpose: int) -> DeviceInputs:
-        seed = np.random.SeedSequence(
-            [self.seed, self.row, int(config.get("server-round", 0)), purpose]
-        ).generate_state(1)
+        seeds = device_seeds(
+            np.array([self.row]),
+            seed=self.seed,
+            rnd=int(config.get("server-round", 0)),
+            purpose=purpose,
+        )
         return DeviceInputs(
             history=UserItems.single(items, n_items=self.data.n_items),
-            seeds=seed,
+            seeds=seeds,
             states=(self._factor(),),
         )
 
@@ -199,14 +202,18 @@ class MFClient(NumPyClient):
         """Rank the held-out items on the device: the test item (train and validation items
         excluded) and the validation item (train items excluded, ``valid_`` metrics).
 
-        The private state re-fitted for ranking is not stored (under record-level DP the
-        stored factor, which the next DP-SGD step starts from, comes from DP-SGD alone)."""
+        Under record-level DP the state re-fitted for ranking is not stored: the stored
+        factor, which the next DP-SGD step starts from, comes from DP-SGD alone."""
         self._verify(parameters, config)
         if not self.data.evaluable:
             return 0.0, 0, {}
         model = self._model(config)
         train = UserItems.single(self.data.train_items, n_items=self.data.n_items)
-        scores = model.scores(parameters, self._inputs(self.data.train_items, config, 1))
+        scores, states = model.scores_and_states(
+            parameters, self._inputs(self.data.train_items, config, 1)
+        )
+        if RecordDP.from_config(config) is None and states[0] is not None:
+            self._keep(states[0])
         test, valid = self.data.test_item, self.data.valid_item
         nll = float(torch.logsumexp(scores[0], 0) - scores[0, test])
         negatives = self.data.negatives[None, :]

@@ -43,7 +43,7 @@ import torch
 from stamen.client.device_store import DB_NAME, EventStore
 from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
 from stamen.models.batches import UserItems
-from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
+from stamen.models.bundle import BundleError, ReleaseBundle, ReleaseCatalog
 from stamen.models.errors import DataError, StamenError
 from stamen.models.metrics import top_k
 from stamen.models.registry import model_class
@@ -117,7 +117,12 @@ class _Serving:
             {k: v for k, v in bundle.settings.items() if k in fields}
         )
         self.model = cls(settings, bundle.catalog)
-        served = self.model.serving(bundle.shared_arrays(), bundle.table)
+        shared = bundle.shared_arrays()
+        try:
+            self.model.check_shared(shared)
+        except ValueError as err:
+            raise BundleError(f"release {bundle.release}: {err}") from None
+        served = self.model.serving(shared, bundle.table)
         self.table, self.bias, self._user = served.table, served.bias, served.user
 
     def factor(self, items: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
@@ -434,9 +439,10 @@ class Device:
                 )
             if self._serving is not None and self._serving.digest == digest:
                 return self.release  # type: ignore[return-value]
+            serving = _Serving(release, digest)  # before installing: it may refuse
             self._install_file(data, path if link else None)
             store.set_meta({_HIGHEST: str(release.release).encode(), _DIGEST: digest})
-            self._serving = _Serving(release, digest)
+            self._serving = serving
             self._refresh()
             return self.release  # type: ignore[return-value]
 

@@ -80,6 +80,7 @@ class MFModel(RecModel):
     """Matrix factorisation (see module docstring); settings: :class:`LocalSettings`."""
 
     settings_class = LocalSettings
+    display_name = "MF"
     settings_field = "local"
     settings: LocalSettings
 
@@ -172,6 +173,12 @@ class MFModel(RecModel):
         """Every user factor re-fitted on its history the way ``settings.loss`` prescribes
         (exactly for ``ials``, Adam steps from the stored or a seeded factor otherwise),
         then ``W x + b``."""
+        return self.scores_and_states(shared, devices)[0]
+
+    def scores_and_states(
+        self, shared: list[np.ndarray], devices: DeviceInputs
+    ) -> tuple[torch.Tensor, tuple[np.ndarray | None, ...]]:
+        """:meth:`scores` and the re-fitted user factors."""
         local = self.settings
         model = MatrixFactorization(devices.n_devices, self.n_items, local.dim)
         model.load_shared_arrays(shared)
@@ -184,8 +191,9 @@ class MFModel(RecModel):
                 model.users.weight[d] = torch.as_tensor(start, dtype=torch.float32)
         refit_users(model, devices.history, local, np.random.default_rng(int(devices.seeds[0])))
         with torch.no_grad():
-            users = torch.arange(devices.n_devices)
-            return model.logits(model(users))
+            users = model(torch.arange(devices.n_devices))
+            states = tuple(row.numpy().copy() for row in users)
+            return model.logits(users), states
 
 
 def _ials_losses(f: MFFactors, data: UserItems, local: LocalSettings) -> np.ndarray:

@@ -40,6 +40,7 @@ __all__ = [
     "RecModel",
     "Serving",
     "build_model",
+    "device_seeds",
     "model_class",
     "register_model",
 ]
@@ -119,6 +120,8 @@ class RecModel(ABC):
 
     #: Registry name (``--model``), set by :func:`register_model`.
     name: ClassVar[str] = ""
+    #: How tables and plots name the model ("MF", "two-tower").
+    display_name: ClassVar[str] = ""
     #: The pydantic settings class of the device step (sent with every round).
     settings_class: ClassVar[type[BaseModel]]
     #: The field of the run's settings (``SimulationConfig``, ``ServerSettings``) that
@@ -151,6 +154,13 @@ class RecModel(ABC):
         """Scores ``(devices, n_items)`` of every catalogue item for each device from its
         history (and attributes); callers mask what must be excluded."""
 
+    def scores_and_states(
+        self, shared: list[np.ndarray], devices: DeviceInputs
+    ) -> tuple[torch.Tensor, tuple[np.ndarray | None, ...]]:
+        """:meth:`scores` and each device's private state as scoring re-fitted it
+        (``None``: the model keeps none)."""
+        return self.scores(shared, devices), (None,) * devices.n_devices
+
     @abstractmethod
     def serving(
         self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
@@ -181,6 +191,20 @@ class RecModel(ABC):
         for name, array, shape in zip(names, shared, expected, strict=True):
             if tuple(np.shape(array)) != tuple(shape):
                 raise ValueError(f"{self.name}: {name} has shape {np.shape(array)}, not {shape}")
+
+
+def device_seeds(devices: np.ndarray, *, seed: int, rnd: int, purpose: int) -> np.ndarray:
+    """The seed of each device's randomness in round ``rnd`` for ``purpose`` (0: training,
+    1: evaluation on the device, 2: offline scoring): a function of the run's seed and the
+    device's own id only, so a device draws the same whether it runs alone (the ClientApp)
+    or inside a batch (the batched simulation)."""
+    return np.array(
+        [
+            np.random.SeedSequence([seed, int(d), rnd, purpose]).generate_state(1)[0]
+            for d in np.asarray(devices).ravel()
+        ],
+        np.uint64,
+    )
 
 
 #: Registered model families by name.

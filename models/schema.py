@@ -16,7 +16,7 @@ import numpy as np
 
 from stamen.models.errors import DataError
 
-__all__ = ["Catalog", "Dataset", "Interactions"]
+__all__ = ["Catalog", "Dataset", "Interactions", "UserAttributes"]
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -169,14 +169,34 @@ class Catalog:
 
 
 @dataclass(frozen=True)
+class UserAttributes:
+    """Per-user attributes (``values`` ``(n_users, len(names))``, rows in the interaction
+    table's user order), e.g. MovieLens-100K's one-hot age, gender and occupation. In a
+    deployment they live on each person's device only."""
+
+    names: tuple[str, ...]
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
 class Dataset:
-    """A named interaction table with its item catalogue."""
+    """A named interaction table with its item catalogue (and user attributes, where the
+    data set has them)."""
 
     name: str
     interactions: Interactions
     catalog: Catalog
+    users: UserAttributes | None = None
 
     def __post_init__(self) -> None:
+        if self.users is not None and self.users.values.shape != (
+            self.interactions.n_users,
+            len(self.users.names),
+        ):
+            raise DataError(
+                f"{self.name}: user attributes of shape {self.users.values.shape} for "
+                f"{self.interactions.n_users} users and {len(self.users.names)} attributes"
+            )
         if len(self.catalog) != self.interactions.n_items:
             raise DataError(
                 f"{self.name}: catalogue has {len(self.catalog)} items but the interaction "

@@ -122,13 +122,14 @@ class TwoTowerNet(nn.Module):
 
     def _attend(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Causal self-attention over left-padded ``emb (..., L, dim)``: position ``t``
-        summarises the valid items at ``<= t``."""
+        summarises the valid items at ``<= t`` (itself included)."""
         length = emb.shape[-2]
         x = emb + self.positions.weight[-length:]
         q, k, v = self.query(x), self.key(x), self.value(x)
         logits = q @ k.transpose(-1, -2) / float(np.sqrt(x.shape[-1]))
         causal = torch.ones(length, length, dtype=torch.bool).tril()
-        allowed = causal & (mask[..., None, :] > 0)
+        itself = torch.eye(length, dtype=torch.bool)  # a padded position sees itself only
+        allowed = (causal & (mask[..., None, :] > 0)) | itself
         logits = torch.where(allowed, logits, -1e9)
         return x + torch.softmax(logits, dim=-1) @ v
 
@@ -194,6 +195,7 @@ class TwoTower(RecModel):
     """
 
     settings_class = TwoTowerSettings
+    display_name = "two-tower"
     settings_field = "two_tower"
     settings: TwoTowerSettings
 

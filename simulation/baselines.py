@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stamen.models.mf import MatrixFactorization
-from stamen.models.registry import DeviceInputs, RecModel
+from stamen.models.registry import DeviceInputs, RecModel, device_seeds
 from stamen.models.settings import LocalSettings
 from stamen.models.training import fit
 from stamen.simulation.config import CentralisedSettings
@@ -18,7 +18,6 @@ from stamen.simulation.private_als import dp_popularity
 from stamen.simulation.split import Split
 
 __all__ = [
-    "device_seeds",
     "dp_popularity_scorer",
     "mf_scorer",
     "popularity_scorer",
@@ -95,15 +94,6 @@ def train_centralised_mf(
     return model, {"best_epoch": best_epoch, "valid_ndcg@10": best, "epochs_run": epoch}
 
 
-def device_seeds(users: np.ndarray, *, seed: int, purpose: int) -> np.ndarray:
-    """One seed per device (user row) for ``purpose``, independent of which other devices
-    share its batch."""
-    return np.array(
-        [np.random.SeedSequence([seed, int(u), purpose]).generate_state(1)[0] for u in users],
-        np.uint64,
-    )
-
-
 def shared_model_scorer(
     shared: list[np.ndarray],
     split: Split,
@@ -121,7 +111,7 @@ def shared_model_scorer(
         users = np.asarray(users, np.int64)
         inputs = DeviceInputs(
             history=split.train.select(users),
-            seeds=device_seeds(users, seed=seed, purpose=2),
+            seeds=device_seeds(users, seed=seed, rnd=0, purpose=2),
             attributes=None if attributes is None else attributes[users],
         )
         return serving.scores(shared, inputs)

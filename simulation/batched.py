@@ -41,13 +41,13 @@ from stamen.client.app import VALID_METRICS
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.mf_model import MFModel, mf_factors
-from stamen.models.registry import DeviceInputs, RecModel, build_model
+from stamen.models.registry import DeviceInputs, RecModel, build_model, device_seeds
 from stamen.privacy import PrivacyAccountant, SecAggSettings, noise_share_std
 from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import check_distributed_range, min_poisson_cohort
-from stamen.simulation.baselines import device_seeds, shared_model_scorer
+from stamen.simulation.baselines import shared_model_scorer
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.split import Split
 
@@ -86,11 +86,17 @@ def cohort_updates(
     *,
     seed: int,
     rnd: int,
+    attributes: np.ndarray | None = None,
 ) -> list[torch.Tensor]:
     """Every device's update (``model.device_updates``) for the cohort rows ``data`` of
     device ids ``users`` in round ``rnd``: one ``(devices, *shape)`` tensor per shared
-    array. Each device's seed depends on its id and the round only."""
-    inputs = DeviceInputs(history=data, seeds=device_seeds(users, seed=seed, purpose=rnd))
+    array. Each device's seed depends on its id and the round only; ``attributes`` are the
+    devices' own (rows by device id)."""
+    inputs = DeviceInputs(
+        history=data,
+        seeds=device_seeds(users, seed=seed, rnd=rnd, purpose=0),
+        attributes=None if attributes is None else attributes[users],
+    )
     return [torch.from_numpy(d) for d in model.device_updates(shared, inputs).deltas]
 
 
@@ -115,9 +121,15 @@ def secagg_mean(quantised_sum: list[np.ndarray], devices: int, secagg: SecAggSet
 
 
 def _evaluate(
-    model: RecModel, shared: list[np.ndarray], split: Split, settings: ServerSettings
+    model: RecModel,
+    shared: list[np.ndarray],
+    split: Split,
+    settings: ServerSettings,
+    attributes: np.ndarray | None,
 ) -> dict:
-    scorer = shared_model_scorer(shared, split, model=model, seed=settings.seed)
+    scorer = shared_model_scorer(
+        shared, split, model=model, seed=settings.seed, attributes=attributes
+    )
     test = evaluate(scorer, split, stage="test")
     valid = evaluate(scorer, split, stage="valid", ks=(10,))
     return {
@@ -133,12 +145,14 @@ def run_batched(
     *,
     initial: list[np.ndarray],
     model: RecModel | None = None,
+    attributes: np.ndarray | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     exact: bool = False,
 ) -> BatchedResult:
     """Run ``settings.rounds`` rounds of ``settings.clients_per_round`` devices drawn from
     the ``split.n_users`` users (see module docstring), training ``model`` (``None``: MF
-    with ``settings.local``; other models need their catalogue).
+    with ``settings.local``; other models need their catalogue); ``attributes`` are the
+    users' on-device attributes (rows by user) for models that read them.
 
     ``exact=True`` materialises every device's update and runs Flower's quantisation on
     it; the default computes the same clipped sum in factored form (``_fast_round_mean``),
@@ -185,7 +199,7 @@ def run_batched(
             mean = _fast_round_mean(model, server.arrays(), data, settings, rnd, accountant, cohort)
         if mean is None:
             mean = _round_mean(
-                model, server.arrays(), data, users, settings, rnd, accountant, cohort
+                model, server.arrays(), data, users, settings, rnd, accountant, cohort, attributes
             )
         server.step(mean)
         record.update({"devices": len(users), "cohort": len(users), "failures": 0})
@@ -193,7 +207,7 @@ def run_batched(
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
         every = settings.eval_every
         if rnd == settings.rounds or (every > 0 and rnd % every == 0):
-            record["evaluate"] = _evaluate(model, server.arrays(), split, settings)
+            record["evaluate"] = _evaluate(model, server.arrays(), split, settings, attributes)
         record["seconds"] = time.perf_counter() - tick
         history.append(record)
         if on_round is not None:
@@ -280,6 +294,7 @@ def _round_mean(
     rnd: int,
     accountant: PrivacyAccountant | None,
     expected: int,
+    attributes: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The mean update the server's optimiser receives for one cohort."""
     devices = data.n_users
@@ -297,7 +312,13 @@ def _round_mean(
     for start in range(0, devices, CHUNK):
         rows = np.arange(start, min(start + CHUNK, devices))
         deltas = cohort_updates(
-            model, shared, data.select(rows), users[rows], seed=settings.seed, rnd=rnd
+            model,
+            shared,
+            data.select(rows),
+            users[rows],
+            seed=settings.seed,
+            rnd=rnd,
+            attributes=attributes,
         )
         if dp is not None:
             _clip_rows(deltas, dp.clip_norm)

@@ -32,7 +32,7 @@ from stamen.simulation.datasets import (
 )
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.report import plot_history, print_table, wide_console, write_results
-from stamen.simulation.runner import run_federated
+from stamen.simulation.runner import release_catalog, run_federated
 from stamen.simulation.split import leave_one_out
 
 __all__ = [
@@ -198,20 +198,22 @@ def run_experiment(
         row = {"popularity": methods.pop("popularity")}
         row[f"DP popularity (ε={spent:.3g})"] = evaluate(scorer, split)
         methods = {**row, **methods}  # beside the non-private popularity row
+    run_model = config.run_model(release_catalog(split, dataset.catalog), split.n_users)
     offline = evaluate(
-        shared_model_scorer(fed.shared, split, local=config.local, seed=config.seed), split
+        shared_model_scorer(fed.shared, split, model=run_model, seed=config.seed), split
     )
-    methods["federated MF"] = {
+    federated = f"federated {run_model.display_name}"
+    methods[federated] = {
         k: v for k, v in chosen["evaluate"].items() if k != "devices" and not k.startswith("valid_")
     }
-    methods["federated MF"]["coverage@10"] = offline["coverage@10"]
+    methods[federated]["coverage@10"] = offline["coverage@10"]
 
     print_table(
         methods,
         title=f"{dataset.name}: test metrics (full ranking; sampled = 99 negatives)",
         console=console,
     )
-    ratio = methods["federated MF"].get("ndcg@10", 0.0) / max(
+    ratio = methods[federated].get("ndcg@10", 0.0) / max(
         methods["centralised MF"]["ndcg@10"], 1e-12
     )
     console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
@@ -268,7 +270,8 @@ def run_experiment(
     plot_path = plot_history(
         output / "metrics.png",
         fed.history,
-        references={k: v for k, v in methods.items() if k != "federated MF"},
+        references={k: v for k, v in methods.items() if k != federated},
+        label=federated,
         title=f"{dataset.name}, seed {config.seed}",
     )
     console.print(f"results: {results_path}\nplot:    {plot_path}")

@@ -77,6 +77,7 @@ def plot_history(
     *,
     references: dict[str, dict[str, float]],
     title: str,
+    label: str = "federated MF",
 ) -> Path:
     """Federated NDCG@10 and sampled HR@10 over rounds, with baselines as lines."""
     evaluated = [h for h in history if "evaluate" in h]
@@ -86,7 +87,7 @@ def plot_history(
             [h["round"] for h in evaluated],
             [h["evaluate"].get(metric, float("nan")) for h in evaluated],
             marker="o",
-            label="federated MF",
+            label=label,
         )
         for (name, metrics), style in zip(references.items(), ("--", ":", "-."), strict=False):
             if metric in metrics:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stamen.models.errors import DataFormatError
-from stamen.models.schema import Catalog, Dataset
+from stamen.models.schema import Catalog, Dataset, UserAttributes
 from stamen.simulation.datasets.parsing import (
     Column,
     TableFormat,
@@ -110,6 +110,7 @@ def _dataset(
     genre_names: tuple[str, ...] = (),
     user_ids: np.ndarray | None = None,
     user_path: Path | None = None,
+    attributes: UserAttributes | None = None,
 ) -> Dataset:
     ids, titles, genres, years = movies
     item_ids = np.asarray(ids, dtype=np.int64)
@@ -129,7 +130,12 @@ def _dataset(
         first_seen=first_seen(interactions.item, interactions.timestamp, len(item_ids)),
         genre_names=genre_names,
     )
-    return Dataset(name=name, interactions=interactions, catalog=catalog)
+    if attributes is not None and user_ids is not None:
+        # rows of u.user -> rows of the interaction table's users
+        order = {int(u): i for i, u in enumerate(user_ids)}
+        rows = np.array([order[int(u)] for u in interactions.user_ids], np.int64)
+        attributes = UserAttributes(names=attributes.names, values=attributes.values[rows])
+    return Dataset(name=name, interactions=interactions, catalog=catalog, users=attributes)
 
 
 def _check_new_id(seen: dict[int, int], movie_id: int, path: Path, line: int, field: str) -> None:
@@ -226,8 +232,13 @@ def _read_u_item(path: Path, genre_names: tuple[str, ...]):
     return ids, titles, genres, years
 
 
-def _read_u_user(path: Path) -> np.ndarray:
+#: Age buckets of the user attributes (MovieLens-1M's): lower edges in years.
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+
+
+def _read_u_user(path: Path) -> tuple[np.ndarray, UserAttributes]:
     seen: dict[int, int] = {}
+    rows: list[tuple[int, str, str]] = []
     for number, line in text_lines(path, "latin-1"):
         fields = line.split("|")
         names = ("user id", "age", "gender", "occupation", "zip code")
@@ -249,9 +260,28 @@ def _read_u_user(path: Path) -> np.ndarray:
             )
         if not fields[3]:
             raise DataFormatError("empty occupation", path=path, line=number, field="occupation")
+        rows.append((age, fields[2], fields[3]))
     if not seen:
         raise DataFormatError("no users listed", path=path)
-    return np.fromiter(seen, dtype=np.int64, count=len(seen))
+    return np.fromiter(seen, dtype=np.int64, count=len(seen)), _attributes(rows)
+
+
+def _attributes(rows: list[tuple[int, str, str]]) -> UserAttributes:
+    """One-hot age bucket, gender and occupation per user, in file order."""
+    occupations = sorted({o for _, _, o in rows})
+    names = (
+        [f"age<{AGE_EDGES[0]}"]
+        + [f"age {lo}-{hi - 1}" for lo, hi in zip(AGE_EDGES, AGE_EDGES[1:], strict=False)]
+        + [f"age>={AGE_EDGES[-1]}"]
+        + ["gender=F", "gender=M"]
+        + [f"occupation={o}" for o in occupations]
+    )
+    values = np.zeros((len(rows), len(names)), np.float32)
+    for i, (age, gender, occupation) in enumerate(rows):
+        values[i, int(np.searchsorted(AGE_EDGES, age, side="right"))] = 1.0
+        values[i, len(AGE_EDGES) + 1 + (gender == "M")] = 1.0
+        values[i, len(AGE_EDGES) + 3 + occupations.index(occupation)] = 1.0
+    return UserAttributes(names=tuple(names), values=values)
 
 
 def load_movielens_100k(path: str | Path) -> Dataset:
@@ -259,8 +289,9 @@ def load_movielens_100k(path: str | Path) -> Dataset:
 
     Genre names come from ``u.genre`` when present, else the standard 19
     (``ML100K_GENRES``). The year is that of the release date (``01-Jan-1995``), 0 when
-    the date is empty. ``u.user`` is optional; when present it is validated and every
-    rating's user must be listed in it.
+    the date is empty. ``u.user`` is optional; when present it is validated, every
+    rating's user must be listed in it, and it gives the users' attributes (one-hot age
+    bucket, gender and occupation: ``Dataset.users``), which stay on the devices.
     """
     folder = require_dir(path, "the extracted MovieLens-100K folder (ml-100k, with u.data)")
     data = require_file(folder / "u.data", "MovieLens-100K ratings u.data")
@@ -268,7 +299,7 @@ def load_movielens_100k(path: str | Path) -> Dataset:
     genre_file = folder / "u.genre"
     genre_names = _read_u_genre(genre_file) if genre_file.is_file() else ML100K_GENRES
     user_file = folder / "u.user"
-    user_ids = _read_u_user(user_file) if user_file.is_file() else None
+    user_ids, attributes = _read_u_user(user_file) if user_file.is_file() else (None, None)
     movies = _read_u_item(item, genre_names)
     return _dataset(
         "ml-100k",
@@ -279,6 +310,7 @@ def load_movielens_100k(path: str | Path) -> Dataset:
         genre_names=genre_names,
         user_ids=user_ids,
         user_path=user_file if user_ids is not None else None,
+        attributes=attributes,
     )
 
 
