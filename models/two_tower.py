@@ -46,14 +46,14 @@ class TwoTowerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dim: int = Field(32, gt=0, description="embedding dimension of both towers")
+    dim: int = Field(64, gt=0, description="embedding dimension of both towers")
     hidden: int = Field(64, gt=0, description="hidden width of the item tower's MLP")
     item_ids: bool = Field(True, description="add a per-item id embedding and bias")
     user_tower: Literal["mean", "sequence"] = "mean"
     max_history: int = Field(50, ge=1, description="most recent items the sequence tower reads")
     title_buckets: int = Field(256, ge=0, description="hash buckets of title tokens")
     attribute_width: int = Field(0, ge=0, description="width of on-device user attributes")
-    negatives: int = Field(128, ge=0, description="sampled negatives per step; 0: full softmax")
+    negatives: int = Field(512, ge=0, description="sampled negatives per step; 0: full softmax")
     in_batch: bool = Field(False, description="use the other examples' targets as negatives")
     sampling: Literal["uniform", "popularity"] = Field(
         "uniform", description="proposal of the catalogue negatives (log-Q corrected)"
