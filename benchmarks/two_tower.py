@@ -180,8 +180,11 @@ def cold_user_metrics(scorer, proto) -> dict:
     k; ``scorer(users, histories)`` gives the scores."""
     out = {}
     for k in KS:
-        cases = [(u, items[:k], int(items[k])) for u, items in proto["onboarding"].items()]
-        cases = [c for c in cases if len(proto["onboarding"][c[0]]) > k]
+        cases = [
+            (u, items[:k], int(items[k]))
+            for u, items in proto["onboarding"].items()
+            if len(items) > k
+        ]
         users = [u for u, _, _ in cases]
         histories = [h for _, h, _ in cases]
         scores = scorer(users, histories)
