@@ -40,7 +40,9 @@ def functional_sgd(
         for epoch in range(epochs):
             grads, value = grad_and_value(loss)(current, device_inputs, epoch)
             first = value if first is None else first
-            current = {k: current[k] - lr * (grads[k] + weight_decay * current[k]) for k in current}
+            if weight_decay:
+                grads = {k: grads[k] + weight_decay * current[k] for k in current}
+            current = {k: current[k] - lr * grads[k] for k in current}
         return {k: current[k] - params[k] for k in current}, first
 
     return vmap(one)(dict(inputs))

@@ -304,13 +304,10 @@ class TwoTower(RecModel):
         deltas, losses = functional_sgd(
             loss, params, inputs, epochs=s.local_epochs, lr=s.local_lr, weight_decay=s.weight_decay
         )
-        weight = np.ones(devices.n_devices, np.float32)
+        out = [deltas[name].detach().numpy() for name in self._names]
         if s.update_weighting == "positives":
             weight = devices.history.counts().astype(np.float32)
-        out = []
-        for name in self._names:
-            d = deltas[name].detach().numpy()
-            out.append((d * weight.reshape((-1,) + (1,) * (d.ndim - 1))).astype(np.float32))
+            out = [d * weight.reshape((-1,) + (1,) * (d.ndim - 1)) for d in out]
         return DeviceUpdates(out, (None,) * devices.n_devices, losses.detach().double().numpy())
 
     def item_embeddings(self, shared: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,12 @@ def cohort_updates(
 def _clip_rows(parts: list[torch.Tensor], max_norm: float) -> None:
     """Clip each device's whole update (row ``d`` of every part) to L2 norm ``max_norm`` in
     place (as ``clip_update`` does on the device: scale by ``min(1, max_norm / norm)``)."""
-    norms = torch.sqrt(sum(p.double().pow(2).reshape(len(p), -1).sum(1) for p in parts))
+    norms = torch.sqrt(
+        sum(
+            torch.linalg.vector_norm(p.reshape(len(p), -1), dim=1, dtype=torch.float64) ** 2
+            for p in parts
+        )
+    )
     scale = torch.clamp(max_norm / norms.clamp_min(1e-30), max=1.0).float()
     for p in parts:
         p *= scale.reshape((-1,) + (1,) * (p.dim() - 1))
@@ -332,7 +337,7 @@ def _round_mean(
                 for q in quantize(parts, secagg.clipping_range, secagg.quantization_range)
             ]
         else:
-            parts = [p.astype(np.float64).sum(0) for p in parts]
+            parts = [p.sum(0, dtype=np.float64) for p in parts]
         sums = parts if sums is None else [s + p for s, p in zip(sums, parts, strict=True)]
     assert sums is not None
     if secagg.enabled:
