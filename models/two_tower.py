@@ -55,9 +55,6 @@ class TwoTowerSettings(BaseModel):
     attribute_width: int = Field(0, ge=0, description="width of on-device user attributes")
     negatives: int = Field(512, ge=0, description="sampled negatives per step; 0: full softmax")
     in_batch: bool = Field(False, description="use the other examples' targets as negatives")
-    sampling: Literal["uniform", "popularity"] = Field(
-        "uniform", description="proposal of the catalogue negatives (log-Q corrected)"
-    )
     init_std: float = Field(0.1, gt=0)
     local_epochs: int = Field(1, ge=1)
     local_lr: float = Field(0.5, gt=0)
@@ -190,8 +187,9 @@ def padded_histories(history: UserItems, length: int | None) -> tuple[np.ndarray
 class TwoTower(RecModel):
     """The two-tower model (see module docstring); settings: :class:`TwoTowerSettings`.
 
-    ``popularity`` (public or DP item counts, e.g. a release's) is the proposal of the
-    catalogue negatives under ``sampling="popularity"``.
+    Catalogue negatives are drawn uniformly on the device (every device holds the same
+    public catalogue and nothing about anyone else's), so their log-Q term is a constant;
+    the loss wrapper takes any proposal (in-batch negatives arrive by frequency).
     """
 
     settings_class = TwoTowerSettings
@@ -199,26 +197,14 @@ class TwoTower(RecModel):
     settings_field = "two_tower"
     settings: TwoTowerSettings
 
-    def __init__(
-        self,
-        settings: TwoTowerSettings,
-        catalog: ReleaseCatalog,
-        *,
-        popularity: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, settings: TwoTowerSettings, catalog: ReleaseCatalog) -> None:
         super().__init__(settings, catalog)
         self.features = torch.from_numpy(
             item_features(catalog, title_buckets=settings.title_buckets)
         )
         self.net = TwoTowerNet(self.n_items, self.features.shape[1], settings)
         self._names = tuple(name for name, _ in self.net.named_parameters())
-        q = np.full(self.n_items, 1.0 / self.n_items)
-        if settings.sampling == "popularity":
-            if popularity is None:
-                raise ValueError("sampling='popularity' needs the item popularity")
-            smooth = np.maximum(np.asarray(popularity, np.float64), 0.0) + 1.0
-            q = 0.5 * q + 0.5 * smooth / smooth.sum()
-        self.proposal = q / q.sum()
+        self.proposal = np.full(self.n_items, 1.0 / self.n_items)
         self.log_q = torch.from_numpy(np.log(self.proposal).astype(np.float32))
 
     def shared_names(self) -> tuple[str, ...]:
