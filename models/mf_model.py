@@ -182,8 +182,8 @@ class MFModel(RecModel):
         local = self.settings
         model = MatrixFactorization(devices.n_devices, self.n_items, local.dim)
         model.load_shared_arrays(shared)
-        with torch.no_grad():
-            for d in range(devices.n_devices):
+        with torch.no_grad():  # the exact ials solve ignores the starting factor
+            for d in range(0 if local.loss == "ials" else devices.n_devices):
                 start = devices.state(d)
                 if start is None:
                     rng = np.random.default_rng(int(devices.seeds[d]))

@@ -175,11 +175,13 @@ def padded_histories(history: UserItems, length: int | None) -> tuple[np.ndarray
     width = max(int(counts.max()) if len(counts) else 0, 1)
     items = np.zeros((history.n_users, width), np.int64)
     mask = np.zeros((history.n_users, width), np.float32)
-    for row in range(history.n_users):
-        n = counts[row]
-        if n:
-            items[row, width - n :] = history.row(row)[-n:]
-            mask[row, width - n :] = 1.0
+    rows = np.repeat(np.arange(history.n_users), counts)
+    # position j of a row's last n items: column width - n + j, item indptr[row+1] - n + j
+    offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    taken = np.repeat(history.indptr[1:] - counts, counts) + offsets
+    columns = np.repeat(width - counts, counts) + offsets
+    items[rows, columns] = history.items[taken]
+    mask[rows, columns] = 1.0
     return items, mask
 
 
