@@ -34,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from stamen.models.mf_model import MFModel  # noqa: E402
 from stamen.models.settings import LocalSettings  # noqa: E402
 from stamen.server.als import ALSSettings  # noqa: E402
 from stamen.simulation.baselines import popularity_scorer, shared_model_scorer  # noqa: E402
@@ -42,7 +43,7 @@ from stamen.simulation.config import load_config  # noqa: E402
 from stamen.simulation.datasets import generate_synthetic  # noqa: E402
 from stamen.simulation.evaluate import evaluate  # noqa: E402
 from stamen.simulation.private_als import run_private_als  # noqa: E402
-from stamen.simulation.runner import initial_shared  # noqa: E402
+from stamen.simulation.runner import initial_shared, release_catalog_of  # noqa: E402
 from stamen.simulation.split import leave_one_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -88,7 +89,12 @@ def als(split, epsilon: float, settings: ALSSettings) -> float:
         split.train, settings, epsilon=epsilon, delta=1 / split.n_users, seed=0
     )
     local = LocalSettings(dim=settings.dim, alpha=settings.alpha, l2=settings.user_l2)
-    scorer = shared_model_scorer([result.items, result.bias], split, local=local, seed=0)
+    scorer = shared_model_scorer(
+        [result.items, result.bias],
+        split,
+        model=MFModel(local, release_catalog_of(split.n_items)),
+        seed=0,
+    )
     return float(evaluate(scorer, split, stage="test")["ndcg@10"])
 
 

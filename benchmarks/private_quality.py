@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stamen.models.mf_model import MFModel
 from stamen.models.settings import LocalSettings
 from stamen.server.als import ALSSettings
 from stamen.simulation.baselines import (
@@ -48,6 +49,7 @@ from stamen.simulation.datasets import (
 )
 from stamen.simulation.evaluate import evaluate
 from stamen.simulation.private_als import run_private_als
+from stamen.simulation.runner import release_catalog_of
 from stamen.simulation.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
@@ -107,7 +109,12 @@ def als_run(split, config: ALSSettings, *, epsilon: float, seed: int) -> dict:
         split.train, config, epsilon=epsilon, delta=1.0 / split.n_users, seed=seed
     )
     local = LocalSettings(dim=config.dim, alpha=config.alpha, l2=config.user_l2)
-    scorer = shared_model_scorer([result.items, result.bias], split, local=local, seed=seed)
+    scorer = shared_model_scorer(
+        [result.items, result.bias],
+        split,
+        model=MFModel(local, release_catalog_of(split.n_items)),
+        seed=seed,
+    )
     test = evaluate(scorer, split, stage="test")
     valid = evaluate(scorer, split, stage="valid", ks=(10,))
     return {

@@ -62,13 +62,14 @@ class HeldOut:
 @dataclass(frozen=True)
 class DeviceData:
     """What a device trains and evaluates on: its items (catalogue rows), held-out items
-    (``-1``: none) and sampled negatives."""
+    (``-1``: none), sampled negatives and its items' event contexts (``None``: unknown)."""
 
     train_items: np.ndarray
     valid_item: int
     test_item: int
     negatives: np.ndarray
     catalog: ReleaseCatalog
+    train_contexts: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -144,7 +145,9 @@ class MFClient(NumPyClient):
             purpose=purpose,
         )
         return DeviceInputs(
-            history=UserItems.single(items, n_items=self.data.n_items),
+            history=UserItems.single(
+                items, n_items=self.data.n_items, contexts=self.data.train_contexts
+            ),
             seeds=seeds,
             states=(self._factor(),),
         )
@@ -247,10 +250,13 @@ def make_client_fn(
         row = int(context.node_config["partition-id"])
         with devices.open(row) as device:
             items, catalog = device.history_indices(), device.catalog
+            contexts = device.history_contexts()
         if catalog is None:
             raise RuntimeError(f"{devices.path(row)}: no release installed; provision it first")
         held = held_out(row) if held_out is not None else HeldOut(-1, -1, np.zeros(0, np.int64))
-        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, catalog)
+        data = DeviceData(
+            items, held.valid_item, held.test_item, held.negatives, catalog, contexts
+        )
         client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
         return client.to_client()
 

@@ -44,6 +44,7 @@ from stamen.client.device_store import DB_NAME, EventStore
 from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
 from stamen.models.batches import UserItems
 from stamen.models.bundle import BundleError, ReleaseBundle, ReleaseCatalog
+from stamen.models.context import context_row
 from stamen.models.errors import DataError, StamenError
 from stamen.models.metrics import top_k
 from stamen.models.registry import model_class
@@ -124,6 +125,17 @@ class _Serving:
             raise BundleError(f"release {bundle.release}: {err}") from None
         served = self.model.serving(shared, bundle.table)
         self.table, self.bias, self._user = served.table, served.bias, served.user
+        self._context = served.context
+
+    def request_vector(
+        self, factor: np.ndarray, context: Mapping[str, Any] | None, at: float
+    ) -> np.ndarray:
+        """The user vector a request at time ``at`` scores with: ``factor`` plus the
+        model's context term of the request (hour and weekday from ``context``, else the
+        device's local clock), where the model reads context."""
+        if self._context is None:
+            return factor
+        return factor + self._context(context_row(context, at=at))
 
     def factor(self, items: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
         """The user vector for ``items`` (rows in time order), ``None`` without any."""
@@ -141,6 +153,7 @@ class Device:
         self._release_key = release_key
         self._lock = threading.RLock()
         self._latest: dict[str, tuple[float, str]] = {}
+        self._contexts: dict[str, np.ndarray] = {}  # the latest event's context per item
         self._serving: _Serving | None = None
         self._factor: np.ndarray | None = None
         self._items = np.zeros(0, np.int64)
@@ -310,6 +323,7 @@ class Device:
             if before is None or event.at >= before[0]:
                 was = None if before is None else EVENT_KINDS[before[1]].positive
                 self._latest[event.item] = (event.at, event.kind)
+                self._contexts[event.item] = context_row(event.context)
                 changed |= was != EVENT_KINDS[event.kind].positive
         return changed
 
@@ -355,6 +369,20 @@ class Device:
         with self._lock:
             self._open_store()
             return self._ordered.copy()
+
+    def history_contexts(self) -> np.ndarray:
+        """The context ``(hour, weekday)`` recorded with the latest event of each item of
+        :meth:`history_indices`, ``(n, 2)``; unknown where the app recorded none
+        (``stamen.models.context``)."""
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None or not len(self._ordered):
+                return np.zeros((0, 2), np.int64)
+            catalog = serving.bundle.catalog
+            return np.stack(
+                [self._contexts[catalog.item_id(int(i))] for i in self._ordered.tolist()]
+            )
 
     @property
     def user_factor(self) -> np.ndarray | None:
@@ -474,7 +502,9 @@ class Device:
         whose factor is closest (cosine) to the recommendation's. Fallbacks, never an
         exception: with no known items, the release's most popular items (``source``
         ``"popular"``); with no release, an empty list (nothing is known to recommend).
-        ``context`` is accepted for the on-device pipeline; CF retrieval ignores it.
+        ``context`` (``hour``, ``weekday``; missing keys are read from the device's local
+        clock) enters the score where the release's model reads context (a two-tower
+        model with ``context=True``); it never leaves the device.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
@@ -486,7 +516,8 @@ class Device:
             if self._factor is None:
                 scores, source = np.array(serving.bundle.popularity, np.float32), "popular"
             else:
-                scores = serving.table.scores(self._factor[None])[0] + serving.bias
+                vector = serving.request_vector(self._factor, context, time.time())
+                scores = serving.table.scores(vector[None])[0] + serving.bias
                 source = "cf"
             excluded = np.union1d(self._items, self._rejected)
             ids, values = top_k(
@@ -581,5 +612,6 @@ class Device:
                 else:
                     path.unlink()
             self._latest.clear()
+            self._contexts.clear()
             self._serving, self._factor = None, None
             self._items = self._rejected = np.zeros(0, np.int64)

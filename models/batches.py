@@ -13,11 +13,14 @@ __all__ = ["Batch", "UserItems", "user_batches"]
 
 @dataclass(frozen=True)
 class UserItems:
-    """Compressed rows: the items of user ``u`` are ``items[indptr[u]:indptr[u + 1]]``."""
+    """Compressed rows: the items of user ``u`` are ``items[indptr[u]:indptr[u + 1]]``;
+    ``contexts`` (``None``: none known) is each item's event context ``(len(items), 2)``
+    (``stamen.models.context``), in the same order."""
 
     indptr: np.ndarray
     items: np.ndarray
     n_items: int
+    contexts: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.indptr.ndim != 1 or len(self.indptr) < 1 or self.indptr[0] != 0:
@@ -26,22 +29,45 @@ class UserItems:
             raise ValueError("indptr[-1] must equal len(items)")
         if len(self.items) and (self.items.min() < 0 or self.items.max() >= self.n_items):
             raise ValueError(f"item index outside [0, {self.n_items})")
+        if self.contexts is not None and np.shape(self.contexts) != (len(self.items), 2):
+            raise ValueError(
+                f"contexts must be ({len(self.items)}, 2), got {np.shape(self.contexts)}"
+            )
 
     @classmethod
     def from_pairs(
-        cls, users: np.ndarray, items: np.ndarray, *, n_users: int, n_items: int
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        *,
+        n_users: int,
+        n_items: int,
+        contexts: np.ndarray | None = None,
     ) -> UserItems:
-        """Build rows from parallel (user, item) arrays; order within a row is kept."""
+        """Build rows from parallel (user, item[, context]) arrays; order within a row is
+        kept."""
         order = np.argsort(users, kind="stable")
         counts = np.bincount(users, minlength=n_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(indptr=indptr, items=np.asarray(items, np.int64)[order], n_items=n_items)
+        return cls(
+            indptr=indptr,
+            items=np.asarray(items, np.int64)[order],
+            n_items=n_items,
+            contexts=None if contexts is None else np.asarray(contexts, np.int64)[order],
+        )
 
     @classmethod
-    def single(cls, items: np.ndarray, *, n_items: int) -> UserItems:
-        """One user's items (what a device holds)."""
+    def single(
+        cls, items: np.ndarray, *, n_items: int, contexts: np.ndarray | None = None
+    ) -> UserItems:
+        """One user's items (what a device holds), with their contexts if known."""
         items = np.asarray(items, np.int64)
-        return cls(indptr=np.array([0, len(items)], np.int64), items=items, n_items=n_items)
+        return cls(
+            indptr=np.array([0, len(items)], np.int64),
+            items=items,
+            n_items=n_items,
+            contexts=None if contexts is None else np.asarray(contexts, np.int64),
+        )
 
     @property
     def n_users(self) -> int:
@@ -68,10 +94,12 @@ class UserItems:
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         starts = self.indptr[users]
         offsets = np.arange(indptr[-1]) - np.repeat(indptr[:-1], counts)
+        taken = np.repeat(starts, counts) + offsets
         return UserItems(
             indptr=indptr,
-            items=self.items[np.repeat(starts, counts) + offsets],
+            items=self.items[taken],
             n_items=self.n_items,
+            contexts=None if self.contexts is None else self.contexts[taken],
         )
 
     def mask(self) -> torch.Tensor:

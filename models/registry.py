@@ -49,15 +49,18 @@ __all__ = [
 @dataclass(frozen=True)
 class DeviceInputs:
     """What a batch of devices holds: row ``d`` of ``history`` is device ``d``'s items in
-    time order; ``attributes`` ``(devices, width)`` are on-device user attributes (``None``:
-    none); ``states`` each device's private state from its last round (``None``: fresh);
-    ``seeds`` a per-device seed for the step's randomness (so a device's step does not
-    depend on which other devices share its batch)."""
+    time order (with their event contexts where known); ``attributes`` ``(devices, width)``
+    are on-device user attributes (``None``: none); ``states`` each device's private state
+    from its last round (``None``: fresh); ``seeds`` a per-device seed for the step's
+    randomness (so a device's step does not depend on which other devices share its
+    batch); ``query`` ``(devices, 2)`` the context of the request being scored (``None``:
+    unknown; ``stamen.models.context``)."""
 
     history: UserItems
     seeds: np.ndarray
     attributes: np.ndarray | None = None
     states: tuple[np.ndarray | None, ...] | None = None
+    query: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.history.n_users
@@ -67,6 +70,8 @@ class DeviceInputs:
             raise ValueError(f"{len(self.attributes)} attribute rows for {n} devices")
         if self.states is not None and len(self.states) != n:
             raise ValueError(f"{len(self.states)} states for {n} devices")
+        if self.query is not None and np.shape(self.query) != (n, 2):
+            raise ValueError(f"query contexts must be ({n}, 2), got {np.shape(self.query)}")
 
     @property
     def n_devices(self) -> int:
@@ -85,18 +90,22 @@ class DeviceInputs:
             seeds=np.asarray(self.seeds)[rows],
             attributes=None if self.attributes is None else self.attributes[rows],
             states=None if self.states is None else tuple(self.states[r] for r in rows),
+            query=None if self.query is None else self.query[rows],
         )
 
 
 @dataclass(frozen=True)
 class Serving:
     """A release as a device serves it: ``table`` (one row per item) and ``bias``, scored
-    as ``table · v + bias`` against the vector ``user(items, previous)`` of the person's
-    items (catalogue rows in time order; ``previous``: the last vector, for warm starts)."""
+    as ``table · (v + c) + bias`` against the vector ``v = user(items, previous)`` of the
+    person's items (catalogue rows in time order; ``previous``: the last vector, for warm
+    starts) and, for models that read it, the request's context term ``c = context(row)``
+    (``stamen.models.context``; ``None``: the model reads no context)."""
 
     table: ItemTable
     bias: np.ndarray
     user: Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+    context: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ tower is content-only and embeds an item nobody has touched as well as any other
 **User tower**: over the device's own history of item-tower embeddings, either mean-pooled
 (``user_tower="mean"``) or a SASRec-style causal self-attention layer with learned
 positions over the ``max_history`` most recent items (``"sequence"``), plus on-device user
-attributes (MovieLens-100K ``u.user``) when the data set has them. The score of an item
-is the dot product of the towers plus the item's bias.
+attributes (MovieLens-100K ``u.user``) when the data set has them, plus (``context=True``)
+learned hour-of-day and weekday embeddings of the request (``stamen.models.context``):
+in training the context of each target event, in serving the context of the call. The
+score of an item is the dot product of the towers plus the item's bias.
 
 Both towers' weights are shared (federated); every input of the user tower (history,
-attributes) stays on the device. The training examples of one device: with the mean tower,
+attributes, contexts) stays on the device. The training examples of one device: with the mean tower,
 each of its items predicted from the mean of the others (leave-one-out); with the sequence
 tower, each item predicted from the ones before it. The loss is a separate wrapper
 (``stamen.models.sampled_softmax``): sampled softmax against ``negatives`` catalogue
@@ -32,13 +34,14 @@ from torch.func import functional_call
 
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
+from stamen.models.context import UNKNOWN_CONTEXT, UNKNOWN_HOUR, UNKNOWN_WEEKDAY
 from stamen.models.device_step import functional_sgd
 from stamen.models.features import item_features
 from stamen.models.quantize import ItemTable
 from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
 from stamen.models.sampled_softmax import full_softmax_loss, sampled_softmax_loss
 
-__all__ = ["TwoTower", "TwoTowerNet", "TwoTowerSettings", "padded_histories"]
+__all__ = ["TwoTower", "TwoTowerNet", "TwoTowerSettings", "padded_contexts", "padded_histories"]
 
 
 class TwoTowerSettings(BaseModel):
@@ -53,6 +56,10 @@ class TwoTowerSettings(BaseModel):
     max_history: int = Field(50, ge=1, description="most recent items the sequence tower reads")
     title_buckets: int = Field(256, ge=0, description="hash buckets of title tokens")
     attribute_width: int = Field(0, ge=0, description="width of on-device user attributes")
+    context: bool = Field(False, description="add hour-of-day and weekday embeddings")
+    context_dropout: float = Field(
+        0.1, ge=0, le=1, description="share of training examples whose context is hidden"
+    )
     negatives: int = Field(512, ge=0, description="sampled negatives per step; 0: full softmax")
     in_batch: bool = Field(False, description="use the other examples' targets as negatives")
     init_std: float = Field(0.1, gt=0)
@@ -88,6 +95,9 @@ class TwoTowerNet(nn.Module):
             self.value = nn.Linear(s.dim, s.dim, bias=False)
         if s.attribute_width:
             self.attributes = nn.Linear(s.attribute_width, s.dim, bias=False)
+        if s.context:  # the last row of each is "unknown"
+            self.hours = nn.Embedding(UNKNOWN_HOUR + 1, s.dim)
+            self.weekdays = nn.Embedding(UNKNOWN_WEEKDAY + 1, s.dim)
 
     def reset(self, generator: torch.Generator) -> None:
         """Seeded initial values: N(0, init_std²) weights, zero biases and id tables."""
@@ -134,10 +144,20 @@ class TwoTowerNet(nn.Module):
         """The attributes' contribution ``(..., dim)`` to the user vector."""
         return self.attributes(attributes)
 
+    def context_term(self, contexts: torch.Tensor) -> torch.Tensor:
+        """The contribution ``(..., dim)`` of contexts ``(..., 2)`` to the user vector."""
+        return self.hours(contexts[..., 0]) + self.weekdays(contexts[..., 1])
+
     def users(
-        self, emb: torch.Tensor, mask: torch.Tensor, attributes: torch.Tensor
+        self,
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        attributes: torch.Tensor,
+        query: torch.Tensor | None,
     ) -> torch.Tensor:
-        """User vectors ``(B, dim)`` from left-padded history embeddings ``(B, L, dim)``."""
+        """User vectors ``(B, dim)`` from left-padded history embeddings ``(B, L, dim)``
+        and the request contexts ``query (B, 2)`` (``None``: no context term, which
+        serving adds per call)."""
         count = mask.sum(-1, keepdim=True)
         if self.settings.user_tower == "mean":
             pooled = (emb * mask[..., None]).sum(-2) / count.clamp_min(1.0)
@@ -146,13 +166,21 @@ class TwoTowerNet(nn.Module):
         out = self.user_out(pooled)
         if self.settings.attribute_width:
             out = out + self.user_context(attributes)
+        if self.settings.context and query is not None:
+            out = out + self.context_term(query)
         return out
 
     def examples(
-        self, emb: torch.Tensor, items: torch.Tensor, mask: torch.Tensor, attributes: torch.Tensor
+        self,
+        emb: torch.Tensor,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        attributes: torch.Tensor,
+        contexts: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One device's training examples from its left-padded history ``(L,)``: user
-        vectors ``(E, dim)``, target items ``(E,)`` and the example mask ``(E,)``."""
+        """One device's training examples from its left-padded history ``(L,)`` and its
+        events' contexts ``(L, 2)``: user vectors ``(E, dim)`` (each with its target
+        event's context), target items ``(E,)`` and the example mask ``(E,)``."""
         if self.settings.user_tower == "mean":
             total = (emb * mask[:, None]).sum(0)
             others = (mask.sum() - 1.0).clamp_min(1.0)
@@ -161,28 +189,49 @@ class TwoTowerNet(nn.Module):
         else:
             states = self._attend(emb, mask)[:-1]
             users, targets, valid = self.user_out(states), items[1:], mask[:-1] * mask[1:]
+            contexts = contexts[1:]
         if self.settings.attribute_width:
             users = users + self.user_context(attributes)[None]
+        if self.settings.context:
+            users = users + self.context_term(contexts)
         return users, targets, valid
 
 
-def padded_histories(history: UserItems, length: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded item indices and masks ``(rows, L)`` of each row's last ``length`` items
-    (all of them with ``None``); padding is item 0 with mask 0."""
+def _padding(history: UserItems, length: int | None) -> tuple[int, tuple, np.ndarray]:
+    """Width, ``(rows, columns)`` cells and source positions of the left-padded layout of
+    each row's last ``length`` items (all of them with ``None``)."""
     counts = history.counts()
     if length is not None:
         counts = np.minimum(counts, length)
     width = max(int(counts.max()) if len(counts) else 0, 1)
-    items = np.zeros((history.n_users, width), np.int64)
-    mask = np.zeros((history.n_users, width), np.float32)
     rows = np.repeat(np.arange(history.n_users), counts)
     # position j of a row's last n items: column width - n + j, item indptr[row+1] - n + j
     offsets = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
     taken = np.repeat(history.indptr[1:] - counts, counts) + offsets
     columns = np.repeat(width - counts, counts) + offsets
-    items[rows, columns] = history.items[taken]
-    mask[rows, columns] = 1.0
+    return width, (rows, columns), taken
+
+
+def padded_histories(history: UserItems, length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded item indices and masks ``(rows, L)`` of each row's last ``length`` items
+    (all of them with ``None``); padding is item 0 with mask 0."""
+    width, cells, taken = _padding(history, length)
+    items = np.zeros((history.n_users, width), np.int64)
+    mask = np.zeros((history.n_users, width), np.float32)
+    items[cells] = history.items[taken]
+    mask[cells] = 1.0
     return items, mask
+
+
+def padded_contexts(history: UserItems, length: int | None) -> np.ndarray:
+    """The event contexts ``(rows, L, 2)`` in :func:`padded_histories`' layout; padding and
+    events without a known context are unknown."""
+    width, cells, taken = _padding(history, length)
+    out = np.empty((history.n_users, width, 2), np.int64)
+    out[:] = UNKNOWN_CONTEXT
+    if history.contexts is not None:
+        out[cells] = history.contexts[taken]
+    return out
 
 
 @register_model("two-tower")
@@ -237,17 +286,44 @@ class TwoTower(RecModel):
             )
         return torch.as_tensor(np.asarray(devices.attributes, np.float32))
 
+    def _length(self) -> int | None:
+        return self.settings.max_history if self.settings.user_tower == "sequence" else None
+
     def _history(self, devices: DeviceInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        length = self.settings.max_history if self.settings.user_tower == "sequence" else None
-        items, mask = padded_histories(devices.history, length)
+        items, mask = padded_histories(devices.history, self._length())
         return torch.from_numpy(items), torch.from_numpy(mask)
+
+    def _contexts(self, devices: DeviceInputs) -> torch.Tensor:
+        """Training contexts, each hidden (unknown) with probability ``context_dropout``
+        by the device's own seed, so the "unknown" rows learn too."""
+        contexts = padded_contexts(devices.history, self._length())
+        width = contexts.shape[1]
+        hide = np.zeros(contexts.shape[:2], bool)
+        counts = np.minimum(devices.history.counts(), width)
+        # one draw per event of the device: never depends on the batch it runs in
+        for d, (seed, n) in enumerate(zip(devices.seeds, counts, strict=True)):
+            draws = np.random.default_rng([int(seed), 1]).random(int(n))
+            hide[d, width - n :] = draws < self.settings.context_dropout
+        contexts[hide] = UNKNOWN_CONTEXT
+        return torch.from_numpy(contexts)
+
+    @staticmethod
+    def _query(devices: DeviceInputs) -> torch.Tensor:
+        if devices.query is None:
+            return torch.tensor([UNKNOWN_CONTEXT] * devices.n_devices, dtype=torch.int64)
+        return torch.as_tensor(np.asarray(devices.query, np.int64))
 
     def device_updates(self, shared: list[np.ndarray], devices: DeviceInputs) -> DeviceUpdates:
         """``local_epochs`` SGD steps per device on its examples (batch-first)."""
         s = self.settings
         params = self._params(shared)
         items, mask = self._history(devices)
-        inputs = {"items": items, "mask": mask, "attributes": self._attributes(devices)}
+        inputs = {
+            "items": items,
+            "mask": mask,
+            "attributes": self._attributes(devices),
+            "contexts": self._contexts(devices),
+        }
         if s.negatives:
             draws = np.stack(
                 [
@@ -265,7 +341,7 @@ class TwoTower(RecModel):
         ) -> torch.Tensor:
             emb, _ = functional_call(net, p, ("items", features[x["items"]], x["items"]))
             users, targets, valid = functional_call(
-                net, p, ("examples", emb, x["items"], x["mask"], x["attributes"])
+                net, p, ("examples", emb, x["items"], x["mask"], x["attributes"], x["contexts"])
             )
             if not s.negatives:
                 all_emb, all_bias = functional_call(
@@ -307,20 +383,23 @@ class TwoTower(RecModel):
             return functional_call(self.net, params, ("items", self.features, ids))
 
     def user_embeddings(self, shared: list[np.ndarray], devices: DeviceInputs) -> torch.Tensor:
-        """The user tower over each device's history and attributes: ``(devices, dim)``."""
+        """The user tower over each device's history, attributes and request context:
+        ``(devices, dim)``."""
         params = self._params(shared)
         items, mask = self._history(devices)
         with torch.no_grad():
             emb, _ = functional_call(self.net, params, ("items", self.features[items], items))
-            attributes = self._attributes(devices)
-            return functional_call(self.net, params, ("users", emb, mask, attributes))
+            attributes, query = self._attributes(devices), self._query(devices)
+            return functional_call(self.net, params, ("users", emb, mask, attributes, query))
 
     def serving(
         self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
     ) -> Serving:
-        """The item tower over the whole catalogue, once; the user tower per call."""
+        """The item tower over the whole catalogue, once; the user tower on every event;
+        the request's context term (when the model reads context) per call."""
         item_emb, item_bias = self.item_embeddings(shared)
         params = self._params(shared)
+        net = self.net
 
         def user(rows: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
             items = torch.as_tensor(np.asarray(rows, np.int64)[-self._window() :])[None]
@@ -328,11 +407,20 @@ class TwoTower(RecModel):
             with torch.no_grad():
                 emb = item_emb[items]
                 attributes = torch.zeros(1, 0)
-                return functional_call(self.net, params, ("users", emb, mask, attributes))[
-                    0
-                ].numpy()
+                vector = functional_call(net, params, ("users", emb, mask, attributes, None))
+                return vector[0].numpy()
 
-        return Serving(ItemTable.dense(item_emb.numpy()), item_bias.numpy(), user)
+        def context(row: np.ndarray) -> np.ndarray:
+            query = torch.as_tensor(np.asarray(row, np.int64))
+            with torch.no_grad():
+                return functional_call(net, params, ("context_term", query)).numpy()
+
+        return Serving(
+            ItemTable.dense(item_emb.numpy()),
+            item_bias.numpy(),
+            user,
+            context if self.settings.context else None,
+        )
 
     def quantizable(self) -> tuple[str, ...]:
         """The item-id embedding (when the model has one)."""

@@ -4,6 +4,7 @@ same model, loss and training loop as the devices, with early stopping on valida
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -101,11 +102,14 @@ def shared_model_scorer(
     model: RecModel,
     seed: int,
     attributes: np.ndarray | None = None,
+    stage: Literal["valid", "test"] = "test",
 ) -> Scorer:
     """Scores from a federated model's shared arrays for any batch of users, from their
-    training items (and on-device ``attributes``, rows by user): ``model.for_serving()``
-    (MF re-fits every user factor from scratch, exactly for ``ials``)."""
+    training items (and on-device ``attributes``, rows by user) in the context of their
+    ``stage`` event: ``model.for_serving()`` (MF re-fits every user factor from scratch,
+    exactly for ``ials``)."""
     serving = model.for_serving()
+    query = split.query_context(stage)
 
     def scorer(users: np.ndarray) -> torch.Tensor:
         users = np.asarray(users, np.int64)
@@ -113,6 +117,7 @@ def shared_model_scorer(
             history=split.train.select(users),
             seeds=device_seeds(users, seed=seed, rnd=0, purpose=2),
             attributes=None if attributes is None else attributes[users],
+            query=None if query is None else query[users],
         )
         return serving.scores(shared, inputs)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from stamen.server.optimizer import ServerOptimizer
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import check_distributed_range, min_poisson_cohort
 from stamen.simulation.baselines import shared_model_scorer
-from stamen.simulation.evaluate import evaluate
+from stamen.simulation.evaluate import Scorer, evaluate
 from stamen.simulation.split import Split
 
 __all__ = ["BatchedResult", "cohort_updates", "run_batched", "secagg_mean"]
@@ -132,11 +132,13 @@ def _evaluate(
     settings: ServerSettings,
     attributes: np.ndarray | None,
 ) -> dict:
-    scorer = shared_model_scorer(
-        shared, split, model=model, seed=settings.seed, attributes=attributes
-    )
-    test = evaluate(scorer, split, stage="test")
-    valid = evaluate(scorer, split, stage="valid", ks=(10,))
+    def scorer(stage: Literal["valid", "test"]) -> Scorer:
+        return shared_model_scorer(
+            shared, split, model=model, seed=settings.seed, attributes=attributes, stage=stage
+        )
+
+    test = evaluate(scorer("test"), split, stage="test")
+    valid = evaluate(scorer("valid"), split, stage="valid", ks=(10,))
     return {
         **test,
         **{f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS},

@@ -38,6 +38,20 @@ class Provisioned:
         return read_held_out(self.held_out_folder, row, key=key)
 
 
+def _events(split: Split, row: int, ids: list[str]) -> list[dict]:
+    """Device ``row``'s training items as ``view`` events (event ``k`` at time ``k``),
+    each with its hour and weekday where the split knows them."""
+    items = split.train.row(row).tolist()
+    events = [{"item": ids[item], "kind": "view", "at": float(k)} for k, item in enumerate(items)]
+    if split.train.contexts is not None:
+        start = split.train.indptr[row]
+        for event, (hour, weekday) in zip(
+            events, split.train.contexts[start : start + len(items)].tolist(), strict=True
+        ):
+            event["context"] = {"hour": hour, "weekday": weekday}
+    return events
+
+
 def provision_devices(
     split: Split,
     catalog: ReleaseCatalog,
@@ -51,8 +65,8 @@ def provision_devices(
     """Create one device per user of ``split`` under ``folder / "devices"`` (anything
     there before is removed), each with ``release`` installed and its training items
     recorded as ``view`` events in the split's time order (event ``k`` at time ``k``: the
-    order survives, the real times and values are not copied), and the held-out items
-    under ``folder / "held-out"``."""
+    order survives, the real times and values are not copied; the hour and weekday are),
+    and the held-out items under ``folder / "held-out"``."""
     devices = VirtualDevices(folder / "devices", master_key=master_key, release_key=release_key)
     shutil.rmtree(devices.folder, ignore_errors=True)
     ids = [catalog.item_id(i) for i in range(len(catalog))]
@@ -61,10 +75,7 @@ def provision_devices(
         for row in range(split.n_users):
             with devices.open(row) as device:
                 device.apply_release(release, link=True)
-                device.record_many(
-                    {"item": ids[item], "kind": "view", "at": float(k)}
-                    for k, item in enumerate(split.train.row(row).tolist())
-                )
+                device.record_many(_events(split, row, ids))
             bar.advance(task)
     held_out = folder / "held-out"
     shutil.rmtree(held_out, ignore_errors=True)

@@ -5,6 +5,8 @@ the one before it the validation item, and the rest train. Interactions in the s
 (common in MovieLens) are ordered by a seeded shuffle, never by item id. Without timestamps
 (HetRec Last.fm-2K) the order is a seeded random permutation. Users with fewer than three
 interactions keep them all for training and are not evaluated; ``Split.stats`` counts them.
+With timestamps, every training item carries its event context (hour of day, weekday, in
+UTC) and each held-out item the context of its event (the request it answers).
 
 Sampled negatives: ``n_negatives`` items per evaluated user, drawn once with the seed,
 uniformly without replacement from the items that user never interacted with (train,
@@ -19,6 +21,7 @@ import numpy as np
 
 from stamen.models import DataError, Interactions
 from stamen.models.batches import UserItems
+from stamen.models.context import UNKNOWN_CONTEXT, timestamp_contexts
 
 __all__ = ["Split", "leave_one_out", "sample_negatives"]
 
@@ -28,14 +31,21 @@ _CHUNK = 1024
 
 @dataclass(frozen=True)
 class Split:
-    """Train rows, one validation and one test item per user (-1: not evaluated), and the
-    fixed sampled negatives ``(n_users, n_negatives)`` (-1 rows: not evaluated)."""
+    """Train rows, one validation and one test item per user (-1: not evaluated), the
+    fixed sampled negatives ``(n_users, n_negatives)`` (-1 rows: not evaluated) and, with
+    timestamps, the contexts ``(n_users, 2)`` of the validation and test events."""
 
     train: UserItems
     valid: np.ndarray
     test: np.ndarray
     negatives: np.ndarray
     seed: int
+    valid_context: np.ndarray | None = None
+    test_context: np.ndarray | None = None
+
+    def query_context(self, stage: str) -> np.ndarray | None:
+        """The contexts of the ``"valid"`` or ``"test"`` events (``None``: unknown)."""
+        return self.valid_context if stage == "valid" else self.test_context
 
     @property
     def n_users(self) -> int:
@@ -70,6 +80,8 @@ class Split:
             test=self.test[users],
             negatives=self.negatives[users],
             seed=self.seed,
+            valid_context=None if self.valid_context is None else self.valid_context[users],
+            test_context=None if self.test_context is None else self.test_context[users],
         )
 
     def stats(self) -> dict[str, int]:
@@ -104,14 +116,33 @@ def leave_one_out(interactions: Interactions, *, seed: int, n_negatives: int = 9
     held = np.zeros(n, dtype=bool)
     held[ends[evaluated] - 1] = True
     held[ends[evaluated] - 2] = True
+    contexts = valid_context = test_context = None
+    if interactions.timestamp is not None:
+        contexts = timestamp_contexts(interactions.timestamp[order])
+        valid_context = np.tile(np.array(UNKNOWN_CONTEXT, np.int64), (interactions.n_users, 1))
+        test_context = valid_context.copy()
+        test_context[evaluated] = contexts[ends[evaluated] - 1]
+        valid_context[evaluated] = contexts[ends[evaluated] - 2]
     train = UserItems.from_pairs(
-        users[~held], items[~held], n_users=interactions.n_users, n_items=interactions.n_items
+        users[~held],
+        items[~held],
+        n_users=interactions.n_users,
+        n_items=interactions.n_items,
+        contexts=None if contexts is None else contexts[~held],
     )
     all_items = UserItems.from_pairs(
         users, items, n_users=interactions.n_users, n_items=interactions.n_items
     )
     negatives = sample_negatives(all_items, evaluated, n_negatives=n_negatives, rng=rng)
-    return Split(train=train, valid=valid, test=test, negatives=negatives, seed=seed)
+    return Split(
+        train=train,
+        valid=valid,
+        test=test,
+        negatives=negatives,
+        seed=seed,
+        valid_context=valid_context,
+        test_context=test_context,
+    )
 
 
 def sample_negatives(

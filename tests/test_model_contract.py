@@ -28,6 +28,10 @@ CASES = {
         "two-tower",
         {"dim": 8, "hidden": 12, "user_tower": "sequence", "max_history": 6},
     ),
+    "two-tower-context": (
+        "two-tower",
+        {"dim": 8, "hidden": 12, "negatives": 16, "context": True, "context_dropout": 0.3},
+    ),
     "two-tower-content-full-softmax": (
         "two-tower",
         {"dim": 8, "hidden": 12, "item_ids": False, "negatives": 0, "local_epochs": 2},
@@ -54,8 +58,15 @@ def _devices(n: int = N_DEVICES, seed: int = 0) -> DeviceInputs:
     rng = np.random.default_rng(seed)
     rows = [rng.choice(N_ITEMS, size=int(rng.integers(1, 12)), replace=False) for _ in range(n)]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-    history = UserItems(indptr=indptr, items=np.concatenate(rows), n_items=N_ITEMS)
-    return DeviceInputs(history=history, seeds=np.arange(100, 100 + n, dtype=np.uint64))
+    # each event's (hour, weekday), some unknown; models that read no context ignore them
+    contexts = np.stack([rng.integers(0, 25, indptr[-1]), rng.integers(0, 8, indptr[-1])], axis=1)
+    history = UserItems(
+        indptr=indptr, items=np.concatenate(rows), n_items=N_ITEMS, contexts=contexts
+    )
+    query = np.stack([rng.integers(0, 24, n), rng.integers(0, 7, n)], axis=1)
+    return DeviceInputs(
+        history=history, seeds=np.arange(100, 100 + n, dtype=np.uint64), query=query
+    )
 
 
 @pytest.fixture(params=list(CASES))
@@ -156,7 +167,7 @@ def test_batch_first_step_equals_the_step_device_by_device(model) -> None:
             np.testing.assert_allclose(x[d], y[0], atol=2e-5 * scale)
 
 
-@pytest.mark.parametrize("case", ["mf", "two-tower", "two-tower-sequence"])
+@pytest.mark.parametrize("case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context"])
 def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     """``simulation/batched.py`` and the per-device ClientApp agree: the cohort mean the
     batched simulation computes (chunked, clipped under DP) is the mean of what each
@@ -186,7 +197,14 @@ def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     }
     uploads = []
     for d, user in enumerate(users):
-        data = DeviceData(devices.history.row(d), -1, -1, np.zeros(0, np.int64), model.catalog)
+        data = DeviceData(
+            devices.history.row(d),
+            -1,
+            -1,
+            np.zeros(0, np.int64),
+            model.catalog,
+            devices.history.select(np.array([d])).contexts,
+        )
         client = MFClient(data, {}, seed=settings.seed, row=int(user))  # type: ignore[arg-type]
         uploads.append(client.fit(shared, config)[0])
     for k, got in enumerate(mean):

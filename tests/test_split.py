@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from stamen.models import DataError, Interactions
+from stamen.models.context import UNKNOWN_CONTEXT, timestamp_contexts
 from stamen.simulation.split import leave_one_out
 
 
@@ -29,6 +30,32 @@ def test_latest_is_test_and_previous_is_validation() -> None:
     assert split.valid.tolist() == [1, 6]
     assert sorted(split.train.row(0).tolist()) == [5, 9]
     assert split.train.row(1).tolist() == [4]
+
+
+def test_every_event_keeps_its_context_and_held_out_events_theirs() -> None:
+    hour = 3600
+    times = [10 * hour, 40 * hour, 20 * hour, 30 * hour, 3 * hour, hour, 2 * hour, 5, 6]
+    data = _table([0, 0, 0, 0, 1, 1, 1, 2, 2], [5, 3, 9, 1, 2, 4, 6, 7, 8], times, n_items=120)
+    split = leave_one_out(data, seed=0)
+    context = dict(
+        zip(
+            zip([0, 0, 0, 0, 1, 1, 1, 2, 2], [5, 3, 9, 1, 2, 4, 6, 7, 8], strict=True),
+            timestamp_contexts(np.array(times)).tolist(),
+            strict=True,
+        )
+    )
+    users, items = split.train.pairs()
+    assert split.train.contexts.tolist() == [
+        context[(u, i)] for u, i in zip(users.tolist(), items.tolist(), strict=True)
+    ]
+    assert split.test_context[:2].tolist() == [context[(0, 3)], context[(1, 2)]]
+    assert split.valid_context[:2].tolist() == [context[(0, 1)], context[(1, 6)]]
+    assert split.test_context[2].tolist() == list(UNKNOWN_CONTEXT)  # not evaluated
+    chosen = split.select(np.array([1]))
+    assert chosen.train.contexts.tolist() == [context[(1, 4)]]
+    assert chosen.test_context.tolist() == [context[(1, 2)]]
+    untimed = _table([0, 0, 0], [1, 2, 3], None, n_items=120)
+    assert leave_one_out(untimed, seed=0).train.contexts is None
 
 
 def test_users_with_fewer_than_three_items_train_only() -> None:

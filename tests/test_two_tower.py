@@ -4,6 +4,7 @@ reference, content embeddings of brand-new items, and serving on a device."""
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -11,6 +12,12 @@ import torch
 
 from stamen.client.device import Device
 from stamen.models import ReleaseCatalog, UserItems
+from stamen.models.context import (
+    UNKNOWN_CONTEXT,
+    UNKNOWN_WEEKDAY,
+    context_row,
+    timestamp_contexts,
+)
 from stamen.models.features import feature_width, item_features
 from stamen.models.registry import DeviceInputs, build_model
 from stamen.models.sampled_softmax import full_softmax_loss, sampled_softmax_loss
@@ -85,12 +92,12 @@ def test_sequence_tower_is_causal_and_mean_tower_leaves_the_target_out() -> None
         mask = torch.tensor([0.0, 0.0, 1, 1, 1, 1])
         emb = torch.randn(6, 8)
         users, targets, valid = torch.func.functional_call(
-            model.net, params, ("examples", emb, items, mask, torch.zeros(0))
+            model.net, params, ("examples", emb, items, mask, torch.zeros(0), torch.zeros(0))
         )
         changed = emb.clone()
         changed[4] += 1.0  # the embedding of item 5, at position 4
         users2, _, _ = torch.func.functional_call(
-            model.net, params, ("examples", changed, items, mask, torch.zeros(0))
+            model.net, params, ("examples", changed, items, mask, torch.zeros(0), torch.zeros(0))
         )
         if tower == "mean":  # the example predicting item 5 never sees item 5
             np.testing.assert_array_equal(targets.numpy(), items.numpy())
@@ -222,3 +229,67 @@ def test_a_device_serves_a_two_tower_release_and_updates_on_every_event(tmp_path
         assert [r.item for r in second] == [f"m{i}" for i in torch.topk(want, 5).indices]
         assert [r.item for r in first] != [r.item for r in second]
         assert cold != [r.item for r in second]
+
+
+def test_contexts_of_timestamps_are_utc_hour_and_weekday() -> None:
+    stamps = np.array([0, 3600 * 13 + 59, 86_400 * 4 - 1, 1_700_000_000, -1])
+    want = [(d.hour, d.weekday()) for d in (datetime.fromtimestamp(int(t), tz=UTC) for t in stamps)]
+    assert timestamp_contexts(stamps).tolist() == [list(w) for w in want]
+    assert context_row({"hour": 5}, at=None).tolist() == [5, UNKNOWN_WEEKDAY]
+    assert context_row(None).tolist() == list(UNKNOWN_CONTEXT)
+
+
+def test_the_context_term_learns_from_each_target_events_context_only() -> None:
+    """Training examples carry their target event's context: the mean tower's update
+    touches the hour and weekday rows of the history's events, the sequence tower's those
+    of every event but the first (never a target); none of it is hidden at dropout 0."""
+    rows = [[1, 2, 3]]
+    contexts = np.array([[4, 0], [9, 1], [9, 2]])
+    for tower, hours, weekdays in (("mean", {4, 9}, {0, 1, 2}), ("sequence", {9}, {1, 2})):
+        model = _model(user_tower=tower, context=True, context_dropout=0.0, max_history=5)
+        names = model.shared_names()
+        inputs = _inputs(rows)
+        inputs = DeviceInputs(
+            history=UserItems(
+                indptr=inputs.history.indptr,
+                items=inputs.history.items,
+                n_items=N_ITEMS,
+                contexts=contexts,
+            ),
+            seeds=inputs.seeds,
+        )
+        deltas = model.device_updates(_shared(model), inputs).device(0)
+        touched = {
+            name: set(np.flatnonzero(np.abs(d).sum(1) > 0).tolist())
+            for name, d in zip(names, deltas, strict=True)
+            if name in ("hours.weight", "weekdays.weight")
+        }
+        assert touched == {"hours.weight": hours, "weekdays.weight": weekdays}
+
+
+def test_a_device_scores_with_the_request_context(tmp_path) -> None:
+    """The device adds the request's context term to the user vector: its list is the
+    batch scorer's for that context, and an hour the model learned differently changes it."""
+    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
+    model = _model(context=True)
+    shared = _shared(model, seed=4)
+    writer = ReleaseWriter(
+        tmp_path / "releases", private_key=private, public_key=public, model=model
+    )
+    release = writer.publish(1, shared)
+    with Device.open(tmp_path / "device", key=generate_key(), release_key=public) as device:
+        device.apply_release(release)
+        device.record("m3", "view", at=1.0, context={"hour": 8, "weekday": 2})
+        device.record("m8", "view", at=2.0)
+        np.testing.assert_array_equal(device.history_contexts(), [[8, 2], list(UNKNOWN_CONTEXT)])
+        lists = {}
+        for hour in (2, 20):
+            got = device.recommend(8, context={"hour": hour, "weekday": 5})
+            want = model.scores(shared, _inputs([[3, 8]], query=np.array([[hour, 5]])))[0]
+            want[[3, 8]] = -np.inf
+            assert [r.item for r in got] == [f"m{i}" for i in torch.topk(want, 8).indices]
+            np.testing.assert_allclose(
+                [r.score for r in got], torch.topk(want, 8).values, rtol=1e-5, atol=1e-5
+            )
+            lists[hour] = [r.item for r in got]
+        assert lists[2] != lists[20]
