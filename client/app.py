@@ -186,7 +186,7 @@ class MFClient(NumPyClient):
         return (
             self._privatise(delta, config),
             1,
-            metrics if config.get("fit-metrics", True) else {},
+            metrics if config.get("fit-metrics", False) is True else {},
         )
 
     def _privatise(self, delta: list[np.ndarray], config: dict) -> list[np.ndarray]:
@@ -254,9 +254,7 @@ def make_client_fn(
         if catalog is None:
             raise RuntimeError(f"{devices.path(row)}: no release installed; provision it first")
         held = held_out(row) if held_out is not None else HeldOut(-1, -1, np.zeros(0, np.int64))
-        data = DeviceData(
-            items, held.valid_item, held.test_item, held.negatives, catalog, contexts
-        )
+        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, catalog, contexts)
         client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
         return client.to_client()
 
@@ -277,3 +275,12 @@ def build_client_app(
     mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
     client_fn = make_client_fn(devices, seed=seed, held_out=held_out)
     return ClientApp(client_fn=client_fn, mods=mods)
+
+
+def __getattr__(name: str) -> object:
+    """``client_app``: the deployment ClientApp (``stamen.client.deployment``)."""
+    if name == "client_app":
+        from stamen.client.deployment import client_app
+
+        return client_app
+    raise AttributeError(name)

@@ -385,6 +385,11 @@ class Device:
             )
 
     @property
+    def release_key(self) -> bytes:
+        """The publisher's Ed25519 public key this device pinned (raw 32 bytes)."""
+        return self._release_key
+
+    @property
     def user_factor(self) -> np.ndarray | None:
         """The person's current user factor (``None``: no release or no known items)."""
         with self._lock:

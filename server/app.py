@@ -48,3 +48,13 @@ def build_server_app(make_strategy: Callable[[Context], FederatedAveraging]) -> 
         run_rounds(grid, context, make_strategy(context))
 
     return app
+
+
+def __getattr__(name: str) -> object:
+    """``server_app``: the deployment ServerApp (``stamen.server.deployment``), loaded on
+    first use so that importing the helpers above does not build it."""
+    if name == "server_app":
+        from stamen.server.deployment import server_app
+
+        return server_app
+    raise AttributeError(name)

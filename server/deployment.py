@@ -1,0 +1,157 @@
+"""Stamen's ServerApp for Flower's deployment runtime (``stamen.server.app:server_app``).
+
+It reads server settings only, from the run config (``flwr run . <federation>
+--run-config "k=v ..."``, flat kebab-case keys, see :data:`RUN_CONFIG_KEYS`); it loads no
+data set and writes no device store. The catalogue and the model come from the newest
+signed release in the ``releases`` folder (release 0 is the operator's starting point,
+``stamen release init``); every round publishes the next signed release there and a
+checkpoint (global model, server optimiser, privacy accountant, round, history) under
+``checkpoints``; ``resume=true`` continues a killed run from its last checkpoint with ε
+continuing. One JSON line per round goes to ``<checkpoints>/rounds.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.server import Grid, ServerApp
+from pydantic import ValidationError
+
+from stamen.models.bundle import ReleaseBundle
+from stamen.models.errors import ConfigError
+from stamen.models.registry import build_model
+from stamen.privacy import open_signed
+from stamen.server.app import run_rounds
+from stamen.server.checkpoint import CheckpointStore
+from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import FederatedAveraging
+
+__all__ = ["RUN_CONFIG_KEYS", "Deployment", "server_app"]
+
+_log = logging.getLogger("stamen")
+
+#: Run-config key -> (section of ``ServerSettings`` or ``None`` for top level, field).
+RUN_CONFIG_KEYS: dict[str, tuple[str | None, str]] = {
+    "num-server-rounds": (None, "rounds"),
+    "clients-per-round": (None, "clients_per_round"),
+    "seed": (None, "seed"),
+    "connect-timeout": (None, "connect_timeout"),
+    "secure-aggregation": ("secagg", "enabled"),
+    "secagg-num-shares": ("secagg", "num_shares"),
+    "secagg-reconstruction-threshold": ("secagg", "reconstruction_threshold"),
+    "secagg-clipping-range": ("secagg", "clipping_range"),
+    "secagg-timeout": ("secagg", "timeout"),
+    "dp": ("dp", "mode"),
+    "dp-epsilon": ("dp", "target_epsilon"),
+    "dp-delta": ("dp", "delta"),
+    "dp-noise-multiplier": ("dp", "noise_multiplier"),
+    "dp-clip-norm": ("dp", "clip_norm"),
+}
+
+#: Keys of the deployment itself (folders, key, population, resume).
+_OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume")
+
+
+def settings_overrides(run_config: dict[str, Any]) -> dict[str, Any]:
+    """``ServerSettings`` fields set in ``run_config`` (empty strings: unset), nested by
+    section."""
+    out: dict[str, Any] = {}
+    for key, (section, name) in RUN_CONFIG_KEYS.items():
+        value = run_config.get(key, "")
+        if value == "" or value is None:
+            continue
+        (out.setdefault(section, {}) if section else out)[name] = value
+    return out
+
+
+class Deployment:
+    """A deployment run's validated settings (see module docstring)."""
+
+    def __init__(self, run_config: dict[str, Any]) -> None:
+        known = set(RUN_CONFIG_KEYS) | set(_OPERATIONS)
+        unknown = sorted(set(run_config) - known)
+        if unknown:
+            raise ConfigError(f"run config: unknown keys {unknown}; known: {sorted(known)}")
+        for key in ("releases", "checkpoints", "signing-key"):
+            if str(run_config.get(key, "")) == "":
+                raise ConfigError(f"run config: {key!r} is required in a deployment")
+        self.releases = Path(str(run_config["releases"]))
+        self.checkpoints = Path(str(run_config["checkpoints"]))
+        self.signing_key = Path(str(run_config["signing-key"]))
+        population = run_config.get("population", "")
+        self.population = None if population in ("", None) else int(population)
+        self.resume = str(run_config.get("resume", "false")).lower() in ("true", "1", "yes")
+        self.overrides = settings_overrides(run_config)
+
+    def starting_release(self, public_key: bytes) -> ReleaseBundle:
+        """The newest signed release in ``releases`` (its signature checked)."""
+        path = latest_release(self.releases)
+        if path is None:
+            raise ConfigError(f"{self.releases}: no release to start from (stamen release init)")
+        data = path.read_bytes()
+        payload = open_signed(data, public_key=public_key, source=str(path))
+        return ReleaseBundle.decode(payload, source=str(path))
+
+
+def _strategy(deployment: Deployment) -> FederatedAveraging:
+    if not deployment.signing_key.is_file():
+        raise ConfigError(f"{deployment.signing_key}: no release signing key")
+    private, public = load_or_create_signing_key(deployment.signing_key)
+    release = deployment.starting_release(public)
+    model = build_model(release.model, dict(release.settings), release.catalog)
+    try:
+        settings = ServerSettings.model_validate(
+            {
+                **deployment.overrides,
+                "model": model.name,
+                model.settings_field: model.settings.model_dump(),
+            }
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"run config: {problems}") from None
+    if settings.dp.enabled and deployment.population is None:
+        raise ConfigError(
+            "run config: user-level DP needs 'population' (the number of enrolled devices, "
+            "device-id 0 … population-1), which sets the sampling rate the accountant uses"
+        )
+    checkpoints = CheckpointStore(deployment.checkpoints)
+    resume = checkpoints.latest() if deployment.resume else None
+    if not deployment.resume:
+        checkpoints.clear()
+    log = deployment.checkpoints / "rounds.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_round(record: dict[str, Any]) -> None:
+        line = json.dumps({"time": time.time(), **record}, default=str)
+        with log.open("a") as handle:
+            handle.write(line + "\n")
+        _log.info(line)
+
+    return FederatedAveraging(
+        settings,
+        initial=release.shared_arrays(),
+        checkpoints=checkpoints,
+        resume=resume,
+        fingerprint={"n_items": len(release.catalog), "model": model.name},
+        on_round=on_round,
+        population=deployment.population,
+        release_key=private,
+        releases=ReleaseWriter(
+            deployment.releases, private_key=private, public_key=public, model=model
+        ),
+    )
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    run_rounds(grid, context, _strategy(Deployment(dict(context.run_config))))

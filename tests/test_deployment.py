@@ -1,0 +1,154 @@
+"""The deployment apps on their layers: the ServerApp reads server settings and the
+releases folder only, the ClientApp opens the device its node config names and decides
+its own policy (fail closed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.app import Context, MessageType, RecordDict
+from typer.testing import CliRunner
+
+from stamen.client.app import client_app
+from stamen.client.deployment import DevicePolicy, SecureAggregationRequired, device_policy
+from stamen.client.device import Device
+from stamen.models.errors import ConfigError, DataError
+from stamen.models.settings import DEVICE_ID_KEY
+from stamen.server.app import server_app
+from stamen.server.deployment import Deployment, _strategy
+from stamen.server.releases import latest_release
+from stamen.simulation.cli import app
+
+runner = CliRunner()
+
+
+def _release_init(tmp_path: Path) -> tuple[Path, Path]:
+    releases, key = tmp_path / "releases", tmp_path / "keys" / "release.key"
+    config = tmp_path / "stamen.toml"
+    config.write_text(
+        'dataset = "synthetic"\nsynthetic_users = 100\nsynthetic_items = 100\n[local]\ndim = 4\n'
+    )
+    result = runner.invoke(
+        app,
+        ["release", "init", str(releases), "--signing-key", str(key), "--config", str(config)],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    return releases, key
+
+
+def _run_config(tmp_path: Path, releases: Path, key: Path, **extra) -> dict:
+    return {
+        "releases": str(releases),
+        "checkpoints": str(tmp_path / "checkpoints"),
+        "signing-key": str(key),
+        "num-server-rounds": 2,
+        "clients-per-round": 3,
+        "secagg-num-shares": 3,
+        "secagg-reconstruction-threshold": 2,
+        **extra,
+    }
+
+
+def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    assert latest_release(releases).name.startswith("release-")
+    again = runner.invoke(
+        app, ["release", "init", str(releases), "--signing-key", str(key), "--dataset", "x"]
+    )
+    assert again.exit_code != 0 and isinstance(again.exception, DataError | SystemExit)
+    strategy = _strategy(
+        Deployment(_run_config(tmp_path, releases, key, **{"secure-aggregation": False}))
+    )
+    assert strategy.settings.rounds == 2 and strategy.settings.clients_per_round == 3
+    assert strategy.settings.model == "mf" and not strategy.settings.secagg.enabled
+    assert strategy.releases is not None and strategy.start_round == 0
+    assert server_app is not None and client_app is not None
+
+
+def test_the_server_reads_only_known_settings_and_needs_its_folders(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    with pytest.raises(ConfigError, match="unknown keys \\['dataset'\\]"):
+        Deployment(_run_config(tmp_path, releases, key, dataset="ml-100k"))
+    config = _run_config(tmp_path, releases, key)
+    del config["signing-key"]
+    with pytest.raises(ConfigError, match="signing-key"):
+        Deployment(config)
+    with pytest.raises(ConfigError, match="no release"):
+        _strategy(Deployment(_run_config(tmp_path, tmp_path / "empty", key)))
+    with pytest.raises(ConfigError, match="noise_multiplier or target_epsilon"):
+        _strategy(Deployment(_run_config(tmp_path, releases, key, dp="central")))
+    with pytest.raises(ConfigError, match="population"):  # DP needs the population size
+        _strategy(
+            Deployment(_run_config(tmp_path, releases, key, dp="central", **{"dp-epsilon": 4.0}))
+        )
+
+
+def _message(kind: str, secagg: bool) -> SimpleNamespace:
+    records = {"secaggplus_configs": {}} if secagg else {}
+    return SimpleNamespace(
+        metadata=SimpleNamespace(message_type=kind),
+        content=SimpleNamespace(config_records=records),
+    )
+
+
+def _context(node_config: dict) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_a_device_that_requires_secagg_refuses_a_plain_training_request(tmp_path) -> None:
+    passed = []
+
+    def call_next(msg, context):
+        passed.append(msg.metadata.message_type)
+        return msg
+
+    required = _context({"device": str(tmp_path / "d"), "device-id": 3})
+    with pytest.raises(SecureAggregationRequired):
+        device_policy(_message(MessageType.TRAIN, secagg=False), required, call_next)
+    device_policy(_message(MessageType.QUERY, secagg=False), required, call_next)
+    optional = _context(
+        {"device": str(tmp_path / "d"), "device-id": 3, "secure-aggregation": "optional"}
+    )
+    device_policy(_message(MessageType.TRAIN, secagg=False), optional, call_next)
+    assert passed == [MessageType.QUERY, MessageType.TRAIN]
+
+
+@pytest.mark.parametrize(
+    ("node_config", "problem"),
+    [
+        ({"device-id": 1}, "missing \\['device'\\]"),
+        ({"device": "d"}, "missing \\['device-id'\\]"),
+        ({"device": "d", "device-id": "x"}, "integer"),
+        ({"device": "d", "device-id": 1, "secure-aggregation": "off"}, "required"),
+    ],
+)
+def test_missing_or_bad_node_settings_fail_closed(node_config, problem) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        DevicePolicy(node_config)
+
+
+def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    public = key.with_suffix(".pub").read_bytes()
+    store_key = bytes(range(32))
+    (tmp_path / "phone.key").write_bytes(store_key)
+    with Device.open(tmp_path / "phone", key=store_key, release_key=public) as device:
+        device.apply_release(latest_release(releases))
+        device.record_many(
+            {"item": str(i), "kind": "view", "at": float(i)} for i in (1, 2, 5)
+        )
+    from stamen.client.deployment import _client_fn
+
+    context = _context({"device": str(tmp_path / "phone"), "device-id": 12})
+    client = _client_fn(context)
+    numpy_client = client.numpy_client  # type: ignore[attr-defined]
+    assert numpy_client.get_properties({}) == {DEVICE_ID_KEY: 12}
+    catalog = numpy_client.data.catalog
+    assert [catalog.item_id(int(i)) for i in numpy_client.data.train_items] == ["1", "2", "5"]
+    wrong = _context({"device": str(tmp_path / "phone"), "device-id": 12, "key-file": "nope"})
+    with pytest.raises(ConfigError, match="no store key"):
+        _client_fn(wrong)
