@@ -22,6 +22,7 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
+from stamen.client.deployment import deployment_client_fn, device_policy
 from stamen.client.record_dp import record_dp_update
 from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
@@ -39,6 +40,7 @@ __all__ = [
     "USER_STATE_KEY",
     "VALID_METRICS",
     "build_client_app",
+    "client_app",
     "make_client_fn",
 ]
 
@@ -277,10 +279,5 @@ def build_client_app(
     return ClientApp(client_fn=client_fn, mods=mods)
 
 
-def __getattr__(name: str) -> object:
-    """``client_app``: the deployment ClientApp (``stamen.client.deployment``)."""
-    if name == "client_app":
-        from stamen.client.deployment import client_app
-
-        return client_app
-    raise AttributeError(name)
+#: The deployment ClientApp (``stamen.client.deployment`` says what it reads).
+client_app = ClientApp(client_fn=deployment_client_fn, mods=[device_policy])

@@ -1,4 +1,4 @@
-"""Stamen's ClientApp for Flower's deployment runtime (``stamen.client.app:client_app``).
+"""What the deployment ClientApp (``stamen.client.app:client_app``) runs on a SuperNode.
 
 A SuperNode names its device in ``--node-config``; the ClientApp opens that
 :class:`~stamen.client.Device` store for every message and trains on what the person
@@ -26,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, MessageType
-from flwr.client import Client, ClientApp
+from flwr.client import Client
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from stamen.models.errors import ConfigError
 
-__all__ = ["DevicePolicy", "SecureAggregationRequired", "client_app", "device_policy"]
+__all__ = [
+    "DevicePolicy",
+    "SecureAggregationRequired",
+    "deployment_client_fn",
+    "device_policy",
+]
 
 _KEY_BYTES = 32
 
@@ -91,7 +96,8 @@ def device_policy(msg: Message, context: Context, call_next: ClientAppCallable) 
     return call_next(msg, context)
 
 
-def _client_fn(context: Context) -> Client:
+def deployment_client_fn(context: Context) -> Client:
+    """The ``client_fn`` of ``stamen.client.app:client_app`` (see module docstring)."""
     import torch  # the heavy imports wait for the first message
 
     from stamen.client.app import DeviceData, HeldOut, MFClient
@@ -116,7 +122,3 @@ def _client_fn(context: Context) -> Client:
         release_key=release_key,
     )
     return client.to_client()
-
-
-#: The deployment ClientApp (``stamen.client.app:client_app`` re-exports it).
-client_app = ClientApp(client_fn=_client_fn, mods=[device_policy])

@@ -1,5 +1,6 @@
-"""Stamen's Flower ServerApp: runs ``FederatedAveraging`` on the legacy workflow stack, with
-Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on."""
+"""Stamen's Flower ServerApps: ``FederatedAveraging`` on the legacy workflow stack, with
+Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on.
+``server_app`` is the deployment app (``stamen.server.deployment``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from stamen.privacy import SecAggSettings
 from stamen.server.strategy import FederatedAveraging
 
-__all__ = ["build_server_app", "run_rounds", "secagg_workflow"]
+__all__ = ["build_server_app", "run_rounds", "secagg_workflow", "server_app"]
 
 
 def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
@@ -50,11 +51,12 @@ def build_server_app(make_strategy: Callable[[Context], FederatedAveraging]) -> 
     return app
 
 
-def __getattr__(name: str) -> object:
-    """``server_app``: the deployment ServerApp (``stamen.server.deployment``), loaded on
-    first use so that importing the helpers above does not build it."""
-    if name == "server_app":
-        from stamen.server.deployment import server_app
+#: The deployment ServerApp (``stamen.server.deployment`` says what it reads).
+server_app = ServerApp()
 
-        return server_app
-    raise AttributeError(name)
+
+@server_app.main()
+def _deployment(grid: Grid, context: Context) -> None:
+    from stamen.server.deployment import Deployment, deployment_strategy
+
+    run_rounds(grid, context, deployment_strategy(Deployment(dict(context.run_config))))

@@ -1,4 +1,4 @@
-"""Stamen's ServerApp for Flower's deployment runtime (``stamen.server.app:server_app``).
+"""What the deployment ServerApp (``stamen.server.app:server_app``) runs.
 
 It reads server settings only, from the run config (``flwr run . <federation>
 --run-config "k=v ..."``, flat kebab-case keys, see :data:`RUN_CONFIG_KEYS`); it loads no
@@ -18,21 +18,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
-from flwr.server import Grid, ServerApp
 from pydantic import ValidationError
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.errors import ConfigError
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
-from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 
-__all__ = ["RUN_CONFIG_KEYS", "Deployment", "server_app"]
+__all__ = ["RUN_CONFIG_KEYS", "Deployment", "deployment_strategy", "settings_overrides"]
 
 _log = logging.getLogger("stamen")
 
@@ -99,7 +96,9 @@ class Deployment:
         return ReleaseBundle.decode(payload, source=str(path))
 
 
-def _strategy(deployment: Deployment) -> FederatedAveraging:
+def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
+    """The run's strategy: settings from the run config, model and catalogue from the
+    newest signed release, resumed from the last checkpoint when asked."""
     if not deployment.signing_key.is_file():
         raise ConfigError(f"{deployment.signing_key}: no release signing key")
     private, public = load_or_create_signing_key(deployment.signing_key)
@@ -147,11 +146,3 @@ def _strategy(deployment: Deployment) -> FederatedAveraging:
             deployment.releases, private_key=private, public_key=public, model=model
         ),
     )
-
-
-server_app = ServerApp()
-
-
-@server_app.main()
-def _main(grid: Grid, context: Context) -> None:
-    run_rounds(grid, context, _strategy(Deployment(dict(context.run_config))))

@@ -9,7 +9,9 @@ import typer
 
 from stamen.models import StamenError
 from stamen.privacy.errors import PrivacyError
+from stamen.simulation.certs_cli import certs_app
 from stamen.simulation.device_cli import device_app
+from stamen.simulation.release_cli import release_app
 
 __all__ = ["app", "main"]
 
@@ -134,6 +136,8 @@ def simulate(
 
 
 app.add_typer(device_app)
+app.add_typer(certs_app)
+app.add_typer(release_app)
 
 
 def main() -> None:

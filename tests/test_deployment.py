@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from flwr.app import Context, MessageType, RecordDict
 from typer.testing import CliRunner
@@ -18,7 +17,7 @@ from stamen.client.device import Device
 from stamen.models.errors import ConfigError, DataError
 from stamen.models.settings import DEVICE_ID_KEY
 from stamen.server.app import server_app
-from stamen.server.deployment import Deployment, _strategy
+from stamen.server.deployment import Deployment, deployment_strategy
 from stamen.server.releases import latest_release
 from stamen.simulation.cli import app
 
@@ -60,7 +59,7 @@ def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
         app, ["release", "init", str(releases), "--signing-key", str(key), "--dataset", "x"]
     )
     assert again.exit_code != 0 and isinstance(again.exception, DataError | SystemExit)
-    strategy = _strategy(
+    strategy = deployment_strategy(
         Deployment(_run_config(tmp_path, releases, key, **{"secure-aggregation": False}))
     )
     assert strategy.settings.rounds == 2 and strategy.settings.clients_per_round == 3
@@ -78,11 +77,11 @@ def test_the_server_reads_only_known_settings_and_needs_its_folders(tmp_path) ->
     with pytest.raises(ConfigError, match="signing-key"):
         Deployment(config)
     with pytest.raises(ConfigError, match="no release"):
-        _strategy(Deployment(_run_config(tmp_path, tmp_path / "empty", key)))
+        deployment_strategy(Deployment(_run_config(tmp_path, tmp_path / "empty", key)))
     with pytest.raises(ConfigError, match="noise_multiplier or target_epsilon"):
-        _strategy(Deployment(_run_config(tmp_path, releases, key, dp="central")))
+        deployment_strategy(Deployment(_run_config(tmp_path, releases, key, dp="central")))
     with pytest.raises(ConfigError, match="population"):  # DP needs the population size
-        _strategy(
+        deployment_strategy(
             Deployment(_run_config(tmp_path, releases, key, dp="central", **{"dp-epsilon": 4.0}))
         )
 
@@ -138,17 +137,15 @@ def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> 
     (tmp_path / "phone.key").write_bytes(store_key)
     with Device.open(tmp_path / "phone", key=store_key, release_key=public) as device:
         device.apply_release(latest_release(releases))
-        device.record_many(
-            {"item": str(i), "kind": "view", "at": float(i)} for i in (1, 2, 5)
-        )
-    from stamen.client.deployment import _client_fn
+        device.record_many({"item": str(i), "kind": "view", "at": float(i)} for i in (1, 2, 5))
+    from stamen.client.deployment import deployment_client_fn
 
     context = _context({"device": str(tmp_path / "phone"), "device-id": 12})
-    client = _client_fn(context)
+    client = deployment_client_fn(context)
     numpy_client = client.numpy_client  # type: ignore[attr-defined]
     assert numpy_client.get_properties({}) == {DEVICE_ID_KEY: 12}
     catalog = numpy_client.data.catalog
     assert [catalog.item_id(int(i)) for i in numpy_client.data.train_items] == ["1", "2", "5"]
     wrong = _context({"device": str(tmp_path / "phone"), "device-id": 12, "key-file": "nope"})
     with pytest.raises(ConfigError, match="no store key"):
-        _client_fn(wrong)
+        deployment_client_fn(wrong)

@@ -1,0 +1,135 @@
+"""``stamen certs``: TLS certificates and SuperNode keys for a local Flower deployment.
+
+``stamen certs make OUT_DIR`` writes a test CA, a SuperLink certificate it signs (for
+localhost, 127.0.0.1, ::1 and every ``--san``) and ``--supernodes`` authentication key pairs;
+``stamen certs node OUT_DIR NAME`` adds one more key pair. See :mod:`stamen.server.certs`.
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stamen.models.errors import StamenError
+
+if TYPE_CHECKING:
+    from stamen.server.certs import CertificatePaths, SupernodeKeyPaths
+
+__all__ = ["certs_app"]
+
+certs_app = typer.Typer(
+    name="certs",
+    help="Test TLS certificates and SuperNode keys for a local Flower deployment.",
+    no_args_is_help=True,
+)
+
+Force = Annotated[bool, typer.Option("--force", help="replace files that already exist")]
+
+_ROLES = {
+    "ca.key": "CA private key",
+    "ca.crt": "CA certificate (SuperNodes' --root-certificates)",
+    "superlink.key": "SuperLink TLS private key",
+    "superlink.crt": "SuperLink TLS certificate",
+}
+
+
+@certs_app.command()
+def make(
+    out_dir: Annotated[Path, typer.Argument(help="folder for the files (created)")],
+    supernodes: Annotated[
+        int, typer.Option(min=0, help="how many SuperNode key pairs (supernode-0, …)")
+    ] = 2,
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--san",
+            help="extra SuperLink host name or IP, beyond localhost/127.0.0.1/::1 (repeatable)",
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="days the certificates stay valid")] = 365,
+    force: Force = False,
+) -> None:
+    """Write a CA, a SuperLink certificate it signs, and SuperNode authentication keys."""
+    from stamen.server.certs import make_certificates
+
+    try:
+        paths = make_certificates(
+            out_dir, supernodes=supernodes, sans=san or (), days=days, force=force
+        )
+    except StamenError as err:
+        _fail(err)
+    console = Console()
+    _summary(console, paths.folder, paths.files())
+    console.print(f"SuperLink SANs: {', '.join(paths.sans)}", soft_wrap=True)
+    _next_steps(console, paths)
+
+
+@certs_app.command()
+def node(
+    out_dir: Annotated[Path, typer.Argument(help="the certificates folder")],
+    name: Annotated[str, typer.Argument(help="the key pair's name: NAME.key and NAME.pub")],
+    force: Force = False,
+) -> None:
+    """Add one SuperNode authentication key pair to a folder."""
+    from stamen.server.certs import add_supernode
+
+    try:
+        keys = add_supernode(out_dir, name, force=force)
+    except StamenError as err:
+        _fail(err)
+    console = Console()
+    _summary(console, out_dir, [keys.private_key, keys.public_key])
+    _node_steps(console, keys)
+
+
+def _fail(err: Exception) -> NoReturn:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _role(path: Path) -> str:
+    if path.name in _ROLES:
+        return _ROLES[path.name]
+    kind = "private key" if path.suffix == ".key" else "public key (flwr supernode register)"
+    return f"SuperNode {path.stem} {kind}"
+
+
+def _summary(console: Console, folder: Path, files: list[Path]) -> None:
+    table = Table(title=f"wrote {len(files)} files in {folder}", title_justify="left")
+    table.add_column("file")
+    table.add_column("mode")
+    table.add_column("what")
+    for path in files:
+        mode = stat.filemode(path.stat().st_mode)
+        table.add_row(path.name, mode, _role(path))
+    console.print(table)
+
+
+def _next_steps(console: Console, paths: CertificatePaths) -> None:
+    console.print(
+        "SuperLink: flower-superlink "
+        f"--ssl-ca-certfile {paths.ca_certificate} --ssl-certfile {paths.superlink_certificate} "
+        f"--ssl-keyfile {paths.superlink_key} --enable-supernode-auth …",
+        soft_wrap=True,
+        highlight=False,
+    )
+    for keys in paths.supernodes:
+        _node_steps(console, keys, root_certificates=paths.ca_certificate)
+
+
+def _node_steps(
+    console: Console, keys: SupernodeKeyPaths, *, root_certificates: Path | None = None
+) -> None:
+    ca = root_certificates if root_certificates is not None else keys.private_key.parent / "ca.crt"
+    console.print(
+        f"{keys.name}: flwr supernode register {keys.public_key} <superlink-connection>; "
+        f"flower-supernode --root-certificates {ca} "
+        f"--auth-supernode-private-key {keys.private_key} …",
+        soft_wrap=True,
+        highlight=False,
+    )
