@@ -1,25 +1,26 @@
 """The device side: the embeddable ``Device`` (encrypted event store, signed releases,
 recommendations) and Stamen's Flower ClientApp.
 
-Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``. The
-Flower and Opacus parts load on first use: an app that embeds ``Device`` imports neither.
+Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``. Everything
+loads on first use: an app that embeds ``Device`` imports neither Flower nor Opacus.
 """
 
 from stamen import lazy_attributes
-from stamen.client.device import (
-    Device,
-    DeviceClosedError,
-    Recommendation,
-    ReleaseError,
-    ReleaseInfo,
-    RollbackError,
-)
-from stamen.client.events import EVENT_KINDS, Event, EventError
-from stamen.client.keys import DeviceKeys
-from stamen.client.virtual import VirtualDevices
 
-#: Names loaded on first use (``__getattr__``), by module.
+#: Names loaded on first use (``__getattr__``), by module: importing the package (the
+#: deployment ClientApp does, for every message) loads neither torch nor Opacus.
 _LAZY = {
+    "stamen.client.device": (
+        "Device",
+        "DeviceClosedError",
+        "Recommendation",
+        "ReleaseError",
+        "ReleaseInfo",
+        "RollbackError",
+    ),
+    "stamen.client.events": ("EVENT_KINDS", "Event", "EventError"),
+    "stamen.client.keys": ("DeviceKeys",),
+    "stamen.client.virtual": ("VirtualDevices",),
     "stamen.client.app": (
         "USER_STATE_KEY",
         "VALID_METRICS",

@@ -22,7 +22,6 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
-from stamen.client.deployment import deployment_client_fn, device_policy
 from stamen.client.record_dp import record_dp_update
 from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
@@ -40,7 +39,6 @@ __all__ = [
     "USER_STATE_KEY",
     "VALID_METRICS",
     "build_client_app",
-    "client_app",
     "make_client_fn",
 ]
 
@@ -277,7 +275,3 @@ def build_client_app(
     mods = [*outer_mods, *([secaggplus_mod] if secure_aggregation else [])]
     client_fn = make_client_fn(devices, seed=seed, held_out=held_out)
     return ClientApp(client_fn=client_fn, mods=mods)
-
-
-#: The deployment ClientApp (``stamen.client.deployment`` says what it reads).
-client_app = ClientApp(client_fn=deployment_client_fn, mods=[device_policy])

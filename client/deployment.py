@@ -1,4 +1,4 @@
-"""What the deployment ClientApp (``stamen.client.app:client_app``) runs on a SuperNode.
+"""Stamen's ClientApp for Flower's deployment runtime (``client_app``), on a SuperNode.
 
 A SuperNode names its device in ``--node-config``; the ClientApp opens that
 :class:`~stamen.client.Device` store for every message and trains on what the person
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, MessageType
-from flwr.client import Client
+from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -36,6 +36,7 @@ from stamen.models.errors import ConfigError
 __all__ = [
     "DevicePolicy",
     "SecureAggregationRequired",
+    "client_app",
     "deployment_client_fn",
     "device_policy",
 ]
@@ -96,29 +97,59 @@ def device_policy(msg: Message, context: Context, call_next: ClientAppCallable) 
     return call_next(msg, context)
 
 
+class _DeployedDevice(NumPyClient):
+    """The device behind one message: answers its stable id from the node config, and
+    opens the store and loads the model (torch) only for ``fit`` and ``evaluate``."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.policy = DevicePolicy(dict(context.node_config))
+
+    def get_properties(self, config: dict) -> dict:
+        """The device's stable id, by which the server samples cohorts."""
+        from stamen.models.settings import DEVICE_ID_KEY
+
+        return {DEVICE_ID_KEY: self.policy.device_id}
+
+    def _client(self) -> NumPyClient:
+        import torch
+
+        from stamen.client.app import DeviceData, MFClient
+        from stamen.client.device import Device
+
+        torch.set_num_threads(1)
+        policy = self.policy
+        if not (policy.folder / "device.db").is_file():
+            raise ConfigError(f"{policy.folder}: no device here (stamen device init)")
+        with Device.open(policy.folder, key=policy.store_key()) as device:
+            items, catalog = device.history_indices(), device.catalog
+            contexts, release_key = device.history_contexts(), device.release_key
+        if catalog is None:
+            raise ConfigError(f"{policy.folder}: no release installed (stamen device apply)")
+        data = DeviceData(items, -1, -1, items[:0], catalog, contexts)
+        return MFClient(
+            data,
+            self.context.state,
+            seed=secrets.randbits(63),
+            row=policy.device_id,
+            release_key=release_key,
+        )
+
+    def fit(self, parameters: list, config: dict) -> tuple:
+        """One local step on the person's events (``stamen.client.app.MFClient.fit``)."""
+        return self._client().fit(parameters, config)
+
+    def evaluate(self, parameters: list, config: dict) -> tuple:
+        """A deployed device holds no held-out items: it evaluates nothing."""
+        return 0.0, 0, {}
+
+
 def deployment_client_fn(context: Context) -> Client:
-    """The ``client_fn`` of ``stamen.client.app:client_app`` (see module docstring)."""
-    import torch  # the heavy imports wait for the first message
+    """The ``client_fn`` of :data:`client_app` (see module docstring)."""
+    return _DeployedDevice(context).to_client()
 
-    from stamen.client.app import DeviceData, HeldOut, MFClient
-    from stamen.client.device import Device
 
-    torch.set_num_threads(1)
-    policy = DevicePolicy(dict(context.node_config))
-    if not (policy.folder / "device.db").is_file():
-        raise ConfigError(f"{policy.folder}: no device here (stamen device init)")
-    with Device.open(policy.folder, key=policy.store_key()) as device:
-        items, catalog = device.history_indices(), device.catalog
-        contexts, release_key = device.history_contexts(), device.release_key
-    if catalog is None:
-        raise ConfigError(f"{policy.folder}: no release installed (stamen device apply)")
-    held = HeldOut(-1, -1, items[:0])
-    data = DeviceData(items, held.valid_item, held.test_item, held.negatives, catalog, contexts)
-    client = MFClient(
-        data,
-        context.state,
-        seed=secrets.randbits(63),
-        row=policy.device_id,
-        release_key=release_key,
-    )
-    return client.to_client()
+#: The deployment ClientApp: ``clientapp = "stamen.client.deployment:client_app"``. This
+#: module imports neither torch nor Stamen's models until a message needs the device, so
+#: the SecAgg+ stages that only exchange keys and shares start fast.
+client_app = ClientApp(client_fn=deployment_client_fn, mods=[device_policy])

@@ -3,8 +3,7 @@
 Imports no other Stamen package and never ``flwr``.
 """
 
-from stamen.models.batches import Batch, UserItems, user_batches
-from stamen.models.bundle import BUNDLE_FORMAT, BundleError, ReleaseBundle, ReleaseCatalog
+from stamen import lazy_attributes
 from stamen.models.errors import (
     CheckpointError,
     ChecksumError,
@@ -13,13 +12,27 @@ from stamen.models.errors import (
     DataFormatError,
     StamenError,
 )
-from stamen.models.losses import LOSSES, bce_loss, bpr_loss, softmax_loss
-from stamen.models.metrics import batch_metrics, full_ranks, ranking_metrics, sampled_ranks, top_k
-from stamen.models.mf import SHARED_PARAMETERS, MatrixFactorization
-from stamen.models.quantize import ItemTable
-from stamen.models.schema import Catalog, Dataset, Interactions
-from stamen.models.settings import LocalSettings
-from stamen.models.training import fit, refresh_users, torch_generator
+
+#: Names loaded on first use (``__getattr__``), by module: importing the package (for its
+#: errors, say) does not load torch.
+_LAZY = {
+    "stamen.models.batches": ("Batch", "UserItems", "user_batches"),
+    "stamen.models.bundle": ("BUNDLE_FORMAT", "BundleError", "ReleaseBundle", "ReleaseCatalog"),
+    "stamen.models.losses": ("LOSSES", "bce_loss", "bpr_loss", "softmax_loss"),
+    "stamen.models.metrics": (
+        "batch_metrics",
+        "full_ranks",
+        "ranking_metrics",
+        "sampled_ranks",
+        "top_k",
+    ),
+    "stamen.models.mf": ("SHARED_PARAMETERS", "MatrixFactorization"),
+    "stamen.models.quantize": ("ItemTable",),
+    "stamen.models.schema": ("Catalog", "Dataset", "Interactions"),
+    "stamen.models.settings": ("LocalSettings",),
+    "stamen.models.training": ("fit", "refresh_users", "torch_generator"),
+}
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "BUNDLE_FORMAT",

@@ -3,11 +3,13 @@ round) and the device (which validates them on receipt)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stamen.models.losses import LossFn, make_loss
+if TYPE_CHECKING:
+    from stamen.models.losses import LossFn
+
 
 __all__ = ["DEVICE_ID_KEY", "LocalSettings"]
 
@@ -40,6 +42,8 @@ class LocalSettings(BaseModel):
 
     def loss_fn(self) -> LossFn:
         """The configured loss with its hyper-parameters bound."""
+        from stamen.models.losses import make_loss  # torch loads with the loss only
+
         return make_loss(self.loss, alpha=self.alpha, l2=self.l2, item_l2=self.item_l2 or 0.0)
 
     def for_population(self, devices: int) -> LocalSettings:

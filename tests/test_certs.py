@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import re
-import signal
 import socket
 import ssl
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +25,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import bytes_to_public_key, public_key_to_bytes
 from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
+from loopback import (
+    BIN,
+    flower_env,
+    free_port,
+    poll,
+    running,
+    superlink_command,
+    supernode_command,
+    text,
+)
 from typer.testing import CliRunner
 
 from stamen.models import StamenError
@@ -44,8 +48,6 @@ from stamen.server.certs import (
 from stamen.simulation.cli import app
 
 runner = CliRunner()
-BIN = Path(sys.executable).parent
-WAIT_S = 30.0
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -258,52 +260,6 @@ def test_cli_node_adds_a_key_pair_and_reports_bad_sans(tmp_path):
 # ── a real SuperLink on the loopback interface ───────────────────────────────────────────
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, by name
-    env["FLWR_HOME"] = str(home)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@contextmanager
-def _running(command: list[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``command`` with its output in ``log``; stop it (terminate, then kill) on exit."""
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
-
-
-def _poll(check: Callable[[], bool], *, proc: subprocess.Popen, log: Path, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{_text(log)}")
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {WAIT_S:.0f} s:\n{_text(log)[-4000:]}")
-
-
-def _text(log: Path) -> str:
-    return log.read_text(errors="replace")
-
-
 def _handshake(port: int, context: ssl.SSLContext, server_hostname: str) -> bytes | None:
     """The peer's DER certificate after a verified TLS handshake; None if nobody listens yet."""
     try:
@@ -314,25 +270,14 @@ def _handshake(port: int, context: ssl.SSLContext, server_hostname: str) -> byte
         return None
 
 
-def _superlink(certs, port: int, tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        str(BIN / "flower-superlink"),
-        *("--ssl-ca-certfile", str(certs.ca_certificate)),
-        *("--ssl-certfile", str(certs.superlink_certificate)),
-        *("--ssl-keyfile", str(certs.superlink_key)),
-        *("--host", "127.0.0.1", "--port", str(port)),
-        *("--database", str(tmp_path / "state.db")),
-        "--disable-runtime-dependency-installation",
-        *extra,
-    ]
-
-
 def test_a_real_superlink_serves_our_certificate_to_a_client_trusting_only_our_ca(certs, tmp_path):
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "superlink.log"
     trust_ours = ssl.create_default_context(cafile=str(certs.ca_certificate))  # CA only
     ours = _cert(certs.superlink_certificate)
-    with _running(_superlink(certs, port, tmp_path), env=_env(tmp_path / "home"), log=log) as proc:
+    with running(
+        superlink_command(certs, port, tmp_path), env=flower_env(tmp_path / "home"), log=log
+    ) as proc:
         peer: list[bytes] = []
 
         def ready() -> bool:
@@ -340,7 +285,7 @@ def test_a_real_superlink_serves_our_certificate_to_a_client_trusting_only_our_c
             peer.extend([der] if der else [])
             return der is not None
 
-        _poll(ready, proc=proc, log=log, what="TLS handshake with the SuperLink")
+        poll(ready, proc=proc, log=log, what="TLS handshake with the SuperLink")
         assert x509.load_der_x509_certificate(peer[0]) == ours
         assert _handshake(port, trust_ours, "localhost") == peer[0]  # the DNS SAN works too
 
@@ -350,33 +295,23 @@ def test_a_real_superlink_serves_our_certificate_to_a_client_trusting_only_our_c
             _handshake(port, trust_other, "127.0.0.1")
         with pytest.raises(ssl.SSLCertVerificationError, match="mismatch|match"):
             _handshake(port, trust_ours, "not-our-name.example")
-        assert proc.poll() is None, _text(log)
-
-
-def _supernode(key: Path, certs, link_port: int) -> list[str]:
-    return [
-        str(BIN / "flower-supernode"),
-        *("--superlink", f"127.0.0.1:{link_port}"),
-        *("--root-certificates", str(certs.ca_certificate)),
-        *("--auth-supernode-private-key", str(key)),
-        *("--host", "127.0.0.1", "--port", str(_free_port())),
-    ]
+        assert proc.poll() is None, text(log)
 
 
 @pytest.mark.slow
 def test_superlink_node_auth_accepts_a_registered_key_and_refuses_another(certs, tmp_path):
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(
         f'[superlink.local]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{certs.ca_certificate}"\n'
     )
-    env, log = _env(home), tmp_path / "superlink.log"
+    env, log = flower_env(home), tmp_path / "superlink.log"
     trust_ours = ssl.create_default_context(cafile=str(certs.ca_certificate))
-    command = _superlink(certs, port, tmp_path, "--enable-supernode-auth")
-    with _running(command, env=env, log=log) as link:
-        _poll(
+    command = superlink_command(certs, port, tmp_path, "--enable-supernode-auth")
+    with running(command, env=env, log=log) as link:
+        poll(
             lambda: _handshake(port, trust_ours, "127.0.0.1") is not None,
             proc=link,
             log=log,
@@ -395,19 +330,23 @@ def test_superlink_node_auth_accepts_a_registered_key_and_refuses_another(certs,
         assert found, register.stdout
         node_id = found.group(1)
         with (
-            _running(_supernode(known.private_key, certs, port), env=env, log=tmp_path / "a.log"),
-            _running(_supernode(unknown.private_key, certs, port), env=env, log=tmp_path / "b.log"),
+            running(
+                supernode_command(known.private_key, certs, port), env=env, log=tmp_path / "a.log"
+            ),
+            running(
+                supernode_command(unknown.private_key, certs, port), env=env, log=tmp_path / "b.log"
+            ),
         ):
-            _poll(
-                lambda: f"Activated node_id={node_id}" in _text(log),
+            poll(
+                lambda: f"Activated node_id={node_id}" in text(log),
                 proc=link,
                 log=log,
                 what="the registered SuperNode connecting over TLS",
             )
-            _poll(
-                lambda: "No SuperNode found with the given public key" in _text(log),
+            poll(
+                lambda: "No SuperNode found with the given public key" in text(log),
                 proc=link,
                 log=log,
                 what="the unregistered SuperNode being refused",
             )
-        assert _text(log).count("Activated node_id=") == 1, _text(log)
+        assert text(log).count("Activated node_id=") == 1, text(log)

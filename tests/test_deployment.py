@@ -11,8 +11,12 @@ import pytest
 from flwr.app import Context, MessageType, RecordDict
 from typer.testing import CliRunner
 
-from stamen.client.app import client_app
-from stamen.client.deployment import DevicePolicy, SecureAggregationRequired, device_policy
+from stamen.client.deployment import (
+    DevicePolicy,
+    SecureAggregationRequired,
+    client_app,
+    device_policy,
+)
 from stamen.client.device import Device
 from stamen.models.errors import ConfigError, DataError
 from stamen.models.settings import DEVICE_ID_KEY
@@ -141,11 +145,12 @@ def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> 
     from stamen.client.deployment import deployment_client_fn
 
     context = _context({"device": str(tmp_path / "phone"), "device-id": 12})
-    client = deployment_client_fn(context)
-    numpy_client = client.numpy_client  # type: ignore[attr-defined]
-    assert numpy_client.get_properties({}) == {DEVICE_ID_KEY: 12}
+    deployed = deployment_client_fn(context).numpy_client  # type: ignore[attr-defined]
+    assert deployed.get_properties({}) == {DEVICE_ID_KEY: 12}
+    numpy_client = deployed._client()
+    assert numpy_client.row == 12
     catalog = numpy_client.data.catalog
     assert [catalog.item_id(int(i)) for i in numpy_client.data.train_items] == ["1", "2", "5"]
     wrong = _context({"device": str(tmp_path / "phone"), "device-id": 12, "key-file": "nope"})
     with pytest.raises(ConfigError, match="no store key"):
-        deployment_client_fn(wrong)
+        deployment_client_fn(wrong).numpy_client._client()  # type: ignore[attr-defined]

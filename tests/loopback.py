@@ -1,0 +1,108 @@
+"""Processes of a loopback Flower deployment for tests: a SuperLink with TLS, SuperNodes,
+bounded waits, and every process (with its children) stopped on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+WAIT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, by name
+    env["FLWR_HOME"] = str(home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@contextmanager
+def running(command: list[str], *, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """Run ``command`` with its output in ``log``; stop it (terminate, then kill) on exit."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
+def poll(
+    check: Callable[[], bool],
+    *,
+    proc: subprocess.Popen,
+    log: Path,
+    what: str,
+    wait_s: float = WAIT_S,
+) -> None:
+    """Wait until ``check()`` holds, at most ``wait_s``; fail with the log if ``proc``
+    exits first or time runs out."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{text(log)}")
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {wait_s:.0f} s:\n{text(log)[-4000:]}")
+
+
+def text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and everything it started (its session): SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children left in the session, too
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=15)
+
+
+def superlink_command(certs, port: int, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        str(BIN / "flower-superlink"),
+        *("--ssl-ca-certfile", str(certs.ca_certificate)),
+        *("--ssl-certfile", str(certs.superlink_certificate)),
+        *("--ssl-keyfile", str(certs.superlink_key)),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--database", str(tmp_path / "state.db")),
+        "--disable-runtime-dependency-installation",
+        *extra,
+    ]
+
+
+def supernode_command(key: Path, certs, link_port: int) -> list[str]:
+    return [
+        str(BIN / "flower-supernode"),
+        *("--superlink", f"127.0.0.1:{link_port}"),
+        *("--root-certificates", str(certs.ca_certificate)),
+        *("--auth-supernode-private-key", str(key)),
+        *("--host", "127.0.0.1", "--port", str(free_port())),
+    ]

@@ -1,0 +1,162 @@
+"""Stamen on Flower's deployment runtime over 127.0.0.1: a SuperLink with TLS and
+SuperNode authentication, three SuperNodes each holding its own encrypted device, the
+deployment Flower App (``deploy/``) run with ``flwr run``: two rounds of federated MF with
+SecAgg+ and user-level DP; a killed run resumed; an unregistered node refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from loopback import (
+    BIN,
+    flower_env,
+    free_port,
+    poll,
+    running,
+    stop,
+    superlink_command,
+    supernode_command,
+    text,
+)
+from typer.testing import CliRunner
+
+from stamen.client.device import Device
+from stamen.models.bundle import ReleaseBundle
+from stamen.privacy import open_signed
+from stamen.server.certs import make_certificates
+from stamen.server.releases import latest_release
+from stamen.simulation.cli import app
+
+pytestmark = pytest.mark.slow
+
+APP = Path(__file__).resolve().parents[1] / "deploy"
+NODES = 3
+RUN_S = 420  # the whole `flwr run` of two rounds, bounded
+
+
+def _deployment(tmp_path: Path):
+    """Certificates, release 0 and one device per SuperNode, as the README's commands
+    make them."""
+    certs = make_certificates(tmp_path / "certs", supernodes=NODES + 1)
+    config = tmp_path / "stamen.toml"
+    config.write_text(
+        'dataset = "synthetic"\nsynthetic_users = 100\nsynthetic_items = 100\n[local]\ndim = 8\n'
+    )
+    key = tmp_path / "keys" / "release.key"
+    result = CliRunner().invoke(
+        app,
+        ["release", "init", str(tmp_path / "releases"), "--signing-key", str(key)]
+        + ["--config", str(config)],
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    public = key.with_suffix(".pub").read_bytes()
+    rng = np.random.default_rng(0)
+    for d in range(NODES):
+        store_key = rng.bytes(32)
+        (tmp_path / f"device-{d}.key").write_bytes(store_key)
+        with Device.open(tmp_path / f"device-{d}", key=store_key, release_key=public) as dev:
+            dev.apply_release(latest_release(tmp_path / "releases"))
+            items = rng.choice(np.arange(100), size=10, replace=False)
+            dev.record_many(
+                {"item": str(i), "kind": "view", "at": float(k)} for k, i in enumerate(items)
+            )
+    return certs, key
+
+
+def _flwr(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _run_config(tmp_path: Path, key: Path, **extra: object) -> str:
+    values = {
+        "releases": f"'{tmp_path / 'releases'}'",
+        "checkpoints": f"'{tmp_path / 'checkpoints'}'",
+        "signing-key": f"'{key}'",
+        "population": NODES,
+        "num-server-rounds": 2,
+        "dp": "'central'",
+        "dp-epsilon": 8.0,
+        "dp-clip-norm": 0.5,
+        **extra,
+    }
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _rounds(tmp_path: Path) -> list[dict]:
+    log = tmp_path / "checkpoints" / "rounds.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
+    certs, key = _deployment(tmp_path)
+    port = free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{certs.ca_certificate}"\n'
+    )
+    env, log = flower_env(home), tmp_path / "superlink.log"
+    link_cmd = superlink_command(certs, port, tmp_path, "--enable-supernode-auth")
+    with running(link_cmd, env=env, log=log) as link:
+        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
+        ids = []
+        for d in range(NODES):
+            done = _flwr(
+                ["supernode", "register", str(certs.supernodes[d].public_key), "test"], env, 60
+            )
+            found = re.search(r"SuperNode (\d+) registered", done.stdout)
+            assert found, done.stdout + done.stderr
+            ids.append(found.group(1))
+        nodes = []
+        for d in range(NODES):
+            command = supernode_command(certs.supernodes[d].private_key, certs, port)
+            command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
+            nodes.append(running(command, env=env, log=tmp_path / f"node-{d}.log"))
+        stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
+        nodes.append(running(stranger, env=env, log=tmp_path / "stranger.log"))
+        procs = [n.__enter__() for n in nodes]
+        try:
+            for node_id in ids:
+                poll(
+                    lambda i=node_id: f"Activated node_id={i}" in text(log),
+                    proc=link,
+                    log=log,
+                    what="node",
+                )
+            poll(
+                lambda: "No SuperNode found with the given public key" in text(log),
+                proc=link,
+                log=log,
+                what="the unregistered SuperNode refused",
+            )
+            run = _flwr(
+                ["run", str(APP), "test", "--stream", "--run-config", _run_config(tmp_path, key)],
+                env,
+                RUN_S,
+            )
+            rounds = _rounds(tmp_path)
+            assert [r["round"] for r in rounds] == [1, 2], run.stdout[-4000:] + run.stderr[-2000:]
+        finally:
+            for proc in procs:
+                stop(proc)
+    assert text(log).count("Activated node_id=") == NODES
+    assert all(r["devices"] == NODES and r["failures"] == 0 for r in rounds)
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
+    public = key.with_suffix(".pub").read_bytes()
+    bundles = [
+        ReleaseBundle.decode(open_signed(p.read_bytes(), public_key=public))
+        for p in sorted((tmp_path / "releases").glob("release-*.stamen"))
+    ]
+    assert [b.release for b in bundles] == [0, 1, 2]
+    first, last = bundles[0].shared_arrays(), bundles[-1].shared_arrays()
+    assert not all(np.allclose(a, b) for a, b in zip(first, last, strict=True))
+    print({"round_seconds": [round(r["seconds"], 1) for r in rounds], "epsilon": epsilons})
