@@ -6,8 +6,12 @@ SecAgg+ and user-level DP; a killed run resumed; an unregistered node refused.""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,6 @@ from loopback import (
     free_port,
     poll,
     running,
-    stop,
     superlink_command,
     supernode_command,
     text,
@@ -94,7 +97,10 @@ def _rounds(tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
+@contextmanager
+def _federation(tmp_path: Path) -> Iterator[dict]:
+    """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
+    their devices and one unregistered SuperNode; every process stopped on exit."""
     certs, key = _deployment(tmp_path)
     port = free_port()
     home = tmp_path / "home"
@@ -105,13 +111,13 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     )
     env, log = flower_env(home), tmp_path / "superlink.log"
     link_cmd = superlink_command(certs, port, tmp_path, "--enable-supernode-auth")
-    with running(link_cmd, env=env, log=log) as link:
+    with ExitStack() as stack:
+        link = stack.enter_context(running(link_cmd, env=env, log=log))
         poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
         ids = []
         for d in range(NODES):
-            done = _flwr(
-                ["supernode", "register", str(certs.supernodes[d].public_key), "test"], env, 60
-            )
+            public = str(certs.supernodes[d].public_key)
+            done = _flwr(["supernode", "register", public, "test"], env, 60)
             found = re.search(r"SuperNode (\d+) registered", done.stdout)
             assert found, done.stdout + done.stderr
             ids.append(found.group(1))
@@ -119,44 +125,104 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
         for d in range(NODES):
             command = supernode_command(certs.supernodes[d].private_key, certs, port)
             command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
-            nodes.append(running(command, env=env, log=tmp_path / f"node-{d}.log"))
+            nodes.append(
+                stack.enter_context(running(command, env=env, log=tmp_path / f"node-{d}.log"))
+            )
         stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
-        nodes.append(running(stranger, env=env, log=tmp_path / "stranger.log"))
-        procs = [n.__enter__() for n in nodes]
-        try:
-            for node_id in ids:
-                poll(
-                    lambda i=node_id: f"Activated node_id={i}" in text(log),
-                    proc=link,
-                    log=log,
-                    what="node",
-                )
+        stack.enter_context(running(stranger, env=env, log=tmp_path / "stranger.log"))
+        for node_id in ids:
             poll(
-                lambda: "No SuperNode found with the given public key" in text(log),
+                lambda i=node_id: f"Activated node_id={i}" in text(log),
                 proc=link,
                 log=log,
-                what="the unregistered SuperNode refused",
+                what=f"SuperNode {node_id} connecting over TLS",
             )
-            run = _flwr(
-                ["run", str(APP), "test", "--stream", "--run-config", _run_config(tmp_path, key)],
-                env,
-                RUN_S,
-            )
-            rounds = _rounds(tmp_path)
-            assert [r["round"] for r in rounds] == [1, 2], run.stdout[-4000:] + run.stderr[-2000:]
-        finally:
-            for proc in procs:
-                stop(proc)
+        yield {"env": env, "key": key, "log": log, "link": link, "nodes": nodes}
+
+
+def _run(tmp_path: Path, fed: dict, **extra: object) -> subprocess.Popen:
+    command = [str(BIN / "flwr"), "run", str(APP), "test", "--stream"]
+    command += ["--run-config", _run_config(tmp_path, fed["key"], **extra)]
+    sink = (tmp_path / "flwr-run.log").open("ab")
+    return subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, tmp_path: Path) -> None:
+    try:
+        proc.wait(timeout=RUN_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"flwr run: not within {RUN_S} s:\n{text(tmp_path / 'flwr-run.log')[-4000:]}")
+
+
+def _releases(tmp_path: Path, key: Path) -> list[ReleaseBundle]:
+    public = key.with_suffix(".pub").read_bytes()
+    return [
+        ReleaseBundle.decode(open_signed(p.read_bytes(), public_key=public))
+        for p in sorted((tmp_path / "releases").glob("release-*.stamen"))
+    ]
+
+
+def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
+    with _federation(tmp_path) as fed:
+        log = fed["log"]
+        poll(
+            lambda: "No SuperNode found with the given public key" in text(log),
+            proc=fed["link"],
+            log=log,
+            what="the unregistered SuperNode refused",
+        )
+        _finish(_run(tmp_path, fed), tmp_path)
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
     assert text(log).count("Activated node_id=") == NODES
     assert all(r["devices"] == NODES and r["failures"] == 0 for r in rounds)
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
-    public = key.with_suffix(".pub").read_bytes()
-    bundles = [
-        ReleaseBundle.decode(open_signed(p.read_bytes(), public_key=public))
-        for p in sorted((tmp_path / "releases").glob("release-*.stamen"))
-    ]
+    bundles = _releases(tmp_path, fed["key"])
     assert [b.release for b in bundles] == [0, 1, 2]
     first, last = bundles[0].shared_arrays(), bundles[-1].shared_arrays()
     assert not all(np.allclose(a, b) for a, b in zip(first, last, strict=True))
     print({"round_seconds": [round(r["seconds"], 1) for r in rounds], "epsilon": epsilons})
+
+
+def _serverapps(home: str) -> list[int]:
+    """The ServerApp processes of this test's Flower home (started by the SuperLink)."""
+    found = subprocess.run(["pgrep", "-f", "flwr-serverapp"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split() if _home(int(p)) == home]
+
+
+def _home(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    values = dict(v.split(b"=", 1) for v in environ if b"=" in v)
+    home = values.get(b"FLWR_HOME")
+    return None if home is None else home.decode()
+
+
+def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(tmp_path):
+    with _federation(tmp_path) as fed:
+        first = _run(tmp_path, fed)
+        poll(
+            lambda: len(_rounds(tmp_path)) >= 1,
+            proc=first,
+            log=tmp_path / "flwr-run.log",
+            what="round 1",
+            wait_s=RUN_S,
+        )
+        killed = _serverapps(fed["env"]["FLWR_HOME"])
+        assert killed, "no ServerApp process found"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        first.kill()
+        first.wait(timeout=30)
+        assert [r["round"] for r in _rounds(tmp_path)] == [1]
+        resumed = _run(tmp_path, fed, resume="true")
+        _finish(resumed, tmp_path)
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
+    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
