@@ -12,6 +12,7 @@ protocol, which lives in ``stamen.simulation``) and returns only the resulting m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,14 @@ from stamen.models.bundle import ReleaseCatalog
 from stamen.models.metrics import batch_metrics
 from stamen.models.registry import DeviceInputs, RecModel, device_seeds, model_class
 from stamen.models.settings import DEVICE_ID_KEY, LocalSettings
-from stamen.privacy import RecordDP, SignatureError, clip_update, gaussian_noise, verify_arrays
+from stamen.privacy import (
+    RecordDP,
+    SignatureError,
+    check_update,
+    clip_update,
+    gaussian_noise,
+    verify_arrays,
+)
 
 __all__ = [
     "DeviceData",
@@ -183,11 +191,22 @@ class MFClient(NumPyClient):
         if factor is not None:
             self._keep(factor)
         metrics = {"train_loss": float(loss)}
+        upload = self._privatise(delta, config)
+        self._check(upload, parameters, config)
         return (
-            self._privatise(delta, config),
+            upload,
             1,
             metrics if config.get("fit-metrics", False) is True else {},
         )
+
+    @staticmethod
+    def _check(upload: list[np.ndarray], parameters: list[np.ndarray], config: dict) -> None:
+        """Refuse to send an update of the wrong shape, with non-finite values or (clipped
+        and not noised here) above the clip norm: this runs before SecAgg+ masks it,
+        after which nobody could tell it apart (``check_update``)."""
+        clipped = "dp-clip-norm" in config and float(config.get("dp-noise-std", 0.0)) == 0
+        bound = float(config["dp-clip-norm"]) * (1 + 1e-4) if clipped else math.inf
+        check_update(upload, expected_shapes=[np.shape(a) for a in parameters], bound=bound)
 
     def _privatise(self, delta: list[np.ndarray], config: dict) -> list[np.ndarray]:
         """User-level DP on the device: clip the whole update to ``dp-clip-norm`` and, in

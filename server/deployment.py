@@ -29,7 +29,13 @@ from stamen.server.releases import ReleaseWriter, latest_release, load_or_create
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 
-__all__ = ["RUN_CONFIG_KEYS", "Deployment", "deployment_strategy", "settings_overrides"]
+__all__ = [
+    "RUN_CONFIG_KEYS",
+    "SECAGG_TIMEOUT_S",
+    "Deployment",
+    "deployment_strategy",
+    "settings_overrides",
+]
 
 _log = logging.getLogger("stamen")
 
@@ -50,6 +56,10 @@ RUN_CONFIG_KEYS: dict[str, tuple[str | None, str]] = {
     "dp-noise-multiplier": ("dp", "noise_multiplier"),
     "dp-clip-norm": ("dp", "clip_norm"),
 }
+
+#: Seconds each SecAgg+ stage waits for replies in a deployment unless the run config says
+#: otherwise (``secagg-timeout``): a device that does not answer in time has dropped out.
+SECAGG_TIMEOUT_S = 120.0
 
 #: Keys of the deployment itself (folders, key, population, resume).
 _OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume")
@@ -85,6 +95,8 @@ class Deployment:
         self.population = None if population in ("", None) else int(population)
         self.resume = str(run_config.get("resume", "false")).lower() in ("true", "1", "yes")
         self.overrides = settings_overrides(run_config)
+        # a real device can vanish: every SecAgg+ stage waits a bounded time
+        self.overrides.setdefault("secagg", {}).setdefault("timeout", SECAGG_TIMEOUT_S)
 
     def starting_release(self, public_key: bytes) -> ReleaseBundle:
         """The newest signed release in ``releases`` (its signature checked)."""

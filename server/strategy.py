@@ -44,6 +44,7 @@ from flwr.server.strategy.aggregate import aggregate
 from stamen.models.settings import DEVICE_ID_KEY
 from stamen.privacy import (
     PrivacyAccountant,
+    check_update,
     gaussian_noise,
     noise_share_std,
     secagg_range_for,
@@ -352,26 +353,20 @@ class FederatedAveraging(Strategy):
                 f"round {rnd}: no device returned an update ({len(failures)} failures: "
                 f"{'; '.join(reasons) or 'no reason given'})"
             )
-        updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
-        shapes = [tuple(a.shape) for a in self.server.arrays()]
-        for arrays, _ in updates:
-            if [tuple(a.shape) for a in arrays] != shapes:
-                raise RuntimeError(
-                    f"round {rnd}: an update's shapes differ from the model's {shapes}"
-                )
+        updates, rejected = self._checked(results, rnd)
         mean = aggregate(updates)
         if not all(np.all(np.isfinite(a)) for a in mean):
             raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
         mean = [np.asarray(a, np.float32) for a in mean]
         if self.accountant is not None:
-            mean = self._privatise(mean, devices=len(results), rnd=rnd)
+            mean = self._privatise(mean, devices=len(updates), rnd=rnd)
         new = self.server.step(mean)
         metrics = _mean_metrics([(r.num_examples, r.metrics) for _, r in results])
         self._record.update(
             {
                 "fit": metrics,
-                "devices": len(results),
-                "failures": len(failures),
+                "devices": len(updates),
+                "failures": len(failures) + len(rejected),
                 "upload_bytes_per_device": self._upload_bytes(),
                 "update_norm": float(
                     np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
@@ -380,9 +375,45 @@ class FederatedAveraging(Strategy):
         )
         if failures:  # only then, so a clean round's record stays small
             self._record["failure_reasons"] = failure_reasons(failures)
+        if rejected:
+            self._record["rejected"] = rejected
         if not self._evaluates(rnd):
             self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
+
+    def _checked(
+        self, results: list[tuple[ClientProxy, FitRes]], rnd: int
+    ) -> tuple[list[tuple[list[np.ndarray], int]], list[str]]:
+        """The updates fit to aggregate, and why the others were rejected.
+
+        In plain mode every device's update is checked before it reaches the mean
+        (``check_update``): its shapes, finite values and, where the device clipped it
+        and added no noise of its own (central DP), a norm within the clip norm. A bad
+        update is left out (the device counts as dropped); a round with none left fails.
+        Under SecAgg+ the one result is already the sum: its shapes are checked (each
+        device checked its own update before masking)."""
+        shapes = [tuple(a.shape) for a in self.server.arrays()]
+        updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
+        if self.settings.secagg.enabled:
+            for arrays, _ in updates:
+                if [tuple(a.shape) for a in arrays] != shapes:
+                    raise RuntimeError(
+                        f"round {rnd}: an update's shapes differ from the model's {shapes}"
+                    )
+            return updates, []
+        dp = self.settings.dp
+        bound = dp.clip_norm * (1 + 1e-4) if dp.enabled and dp.mode == "central" else math.inf
+        kept, rejected = [], []
+        for (proxy, _), (arrays, weight) in zip(results, updates, strict=True):
+            try:
+                check_update(arrays, expected_shapes=shapes, bound=bound)
+            except ValueError as error:
+                rejected.append(f"node {getattr(proxy, 'cid', '?')}: {error}")
+                continue
+            kept.append((arrays, weight))
+        if not kept:
+            raise RuntimeError(f"round {rnd}: every update was rejected: {'; '.join(rejected)}")
+        return kept, rejected
 
     def _upload_bytes(self) -> int:
         """Bytes of the update a device uploads: float32 parameters, or under SecAgg+ the

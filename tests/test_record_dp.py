@@ -386,6 +386,7 @@ def test_device_trains_by_dp_sgd_and_keeps_only_that_factor() -> None:
     client = MFClient(data, state, seed=0, row=2)  # type: ignore[arg-type]
     rdp = RecordDP(enabled=True, sample_rate=0.5, steps_per_round=3)
     config = {"server-round": 1, **_settings().to_config(), **rdp.to_config()}
+    config["fit-metrics"] = True  # to compare the loss (a private run's server says False)
     shared = _shared()
     delta, _, metrics = client.fit(shared, config)
     expected = record_dp_update(

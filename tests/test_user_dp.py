@@ -3,6 +3,8 @@ accounting against Opacus, and the stop at the target ε (strategy driven direct
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -187,3 +189,55 @@ def test_too_few_devices_connecting_in_time_is_an_error() -> None:
     assert len(cohort) == 5  # the population never arrived: sampled from the 8 there
     with pytest.raises(RuntimeError, match="only 3 devices connected within 0.2 s"):
         partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=3))
+
+
+def test_plain_mode_leaves_malformed_or_oversized_updates_out_of_the_mean() -> None:
+    """Without SecAgg+ the server checks each update before the mean: wrong shapes,
+    non-finite values and (central DP) norms above the clip norm are rejected, named by
+    node, and the round goes on with the rest; with nothing left it fails."""
+    clip, cohort = 0.5, 4
+    strategy = _strategy(
+        UserDP(mode="central", noise_multiplier=1.0, clip_norm=clip), cohort=cohort
+    )
+    zeros = _zeros()
+    strategy.configure_fit(1, ndarrays_to_parameters(zeros), StaticClients(50))
+    good = [np.full_like(a, 0.01) for a in zeros]
+    nan = [a.copy() for a in good]
+    nan[1][3] = np.nan
+    wrong = [good[0][:, :2], good[1]]
+    big = [np.full_like(a, 1.0) for a in zeros]
+    results = [
+        (SimpleNamespace(cid=name), _fit_res(arrays))
+        for name, arrays in (("a", good), ("b", nan), ("c", wrong), ("d", big))
+    ]
+    strategy.aggregate_fit(1, results, [])  # type: ignore[arg-type]
+    record = strategy._record
+    assert record["devices"] == 1 and record["failures"] == 3
+    assert [r.split(":")[0] for r in record["rejected"]] == ["node b", "node c", "node d"]
+    strategy.configure_fit(2, ndarrays_to_parameters(zeros), StaticClients(50))
+    with pytest.raises(RuntimeError, match="every update was rejected"):
+        strategy.aggregate_fit(2, results[1:], [])  # type: ignore[arg-type]
+
+
+def test_a_device_refuses_to_send_a_broken_update() -> None:
+    zeros = _zeros()
+    broken = [a.copy() for a in zeros]
+    broken[0][0, 0] = np.inf
+    config = {"dp-clip-norm": 0.5, "dp-noise-std": 0.0}
+    with pytest.raises(ValueError, match="finite|NaN|inf"):
+        MFClient._check(broken, zeros, config)
+    with pytest.raises(ValueError, match="norm"):
+        MFClient._check([np.ones_like(a) for a in zeros], zeros, config)
+    MFClient._check(
+        [np.ones_like(a) for a in zeros], zeros, {"dp-clip-norm": 0.5, "dp-noise-std": 0.1}
+    )
+
+
+def test_a_device_reports_its_loss_only_when_told_the_run_is_not_private() -> None:
+    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
+    config = {"server-round": 1, "model": "mf", "dim": DIM}
+    for setting, expected in ((None, set()), (False, set()), (True, {"train_loss"})):
+        client = MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
+        request = config if setting is None else {**config, "fit-metrics": setting}
+        _, _, metrics = client.fit(_zeros(), request)
+        assert set(metrics) == expected, setting
