@@ -322,7 +322,12 @@ class TwoTower(RecModel):
             "items": items,
             "mask": mask,
             "attributes": self._attributes(devices),
-            "contexts": self._contexts(devices),
+            # the context dropout draws run only for a model that reads context
+            "contexts": (
+                self._contexts(devices)
+                if s.context
+                else torch.zeros((devices.n_devices, 0), dtype=torch.int64)
+            ),
         }
         if s.negatives:
             draws = np.stack(
