@@ -23,7 +23,6 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
-from stamen.client.record_dp import record_dp_update
 from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
 from stamen.models.batches import UserItems
@@ -179,6 +178,8 @@ class MFClient(NumPyClient):
         else:
             if not isinstance(model.settings, LocalSettings):
                 raise ValueError(f"record-level DP-SGD is not implemented for {model.name!r}")
+            from stamen.client.record_dp import record_dp_update  # Opacus: only for DP-SGD
+
             result = record_dp_update(
                 parameters,
                 self._factor(),

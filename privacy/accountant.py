@@ -12,22 +12,43 @@ Example (FLOWER-NOTES): q = 0.01, 500 rounds, z = 1.0 spend ε ≈ 1.65 at δ = 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from stamen.privacy.errors import BudgetExceededError
 
 __all__ = ["ACCOUNTANTS", "AccountantName", "DPSettings", "PrivacyAccountant", "noise_for_target"]
 
-ACCOUNTANTS: Mapping[str, type[IAccountant]] = MappingProxyType(
-    {"prv": PRVAccountant, "rdp": RDPAccountant}
-)
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+
+class _Accountants(Mapping[str, "type[IAccountant]"]):
+    """Name → Opacus accountant class; Opacus (two seconds of imports) is loaded on the
+    first lookup, so that settings validate without it."""
+
+    _classes = MappingProxyType({"prv": "PRVAccountant", "rdp": "RDPAccountant"})
+
+    def __getitem__(self, name: str) -> type[IAccountant]:
+        from opacus import accountants
+
+        return getattr(accountants, self._classes[name])  # type: ignore[no-any-return]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._classes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._classes)
+
+    def __len__(self) -> int:
+        return len(self._classes)
+
+
+ACCOUNTANTS: Mapping[str, type[IAccountant]] = _Accountants()
 """Accountant registry: name (Opacus' mechanism name) → Opacus accountant class."""
 
 _MAX_ROUNDS = 10**12
@@ -197,6 +218,8 @@ def noise_for_target(
     """
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}")
+    from opacus.accountants.utils import get_noise_multiplier
+
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1 (got {rounds})")
     return float(

@@ -58,5 +58,7 @@ server_app = ServerApp()
 @server_app.main()
 def _deployment(grid: Grid, context: Context) -> None:
     from stamen.server.deployment import Deployment, deployment_strategy
+    from stamen.server.grid import PromptGrid
 
-    run_rounds(grid, context, deployment_strategy(Deployment(dict(context.run_config))))
+    strategy = deployment_strategy(Deployment(dict(context.run_config)))
+    run_rounds(PromptGrid(grid), context, strategy)

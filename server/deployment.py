@@ -97,6 +97,8 @@ class Deployment:
         self.overrides = settings_overrides(run_config)
         # a real device can vanish: every SecAgg+ stage waits a bounded time
         self.overrides.setdefault("secagg", {}).setdefault("timeout", SECAGG_TIMEOUT_S)
+        # deployed devices keep no held-out items: no evaluation rounds to wait for
+        self.overrides["evaluate"] = False
 
     def starting_release(self, public_key: bytes) -> ReleaseBundle:
         """The newest signed release in ``releases`` (its signature checked)."""

@@ -21,6 +21,11 @@ class ServerSettings(BaseModel):
 
     rounds: int = Field(100, ge=1)
     clients_per_round: int = Field(100, ge=1)
+    evaluate: bool = Field(
+        True,
+        description="federated evaluation rounds; off in a deployment, whose devices keep no "
+        "held-out items",
+    )
     eval_every: int = Field(0, ge=0, description="federated evaluation period; 0: last round only")
     eval_clients: int | None = Field(
         None, ge=1, description="devices per intermediate evaluation (the last round uses all)"

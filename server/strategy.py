@@ -470,6 +470,8 @@ class FederatedAveraging(Strategy):
 
     def _evaluates(self, rnd: int) -> bool:
         every = self.settings.eval_every
+        if not self.settings.evaluate:
+            return False
         return rnd == self.settings.rounds or (every > 0 and rnd % every == 0)
 
     def configure_evaluate(

@@ -70,6 +70,9 @@ def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
     assert strategy.settings.model == "mf" and not strategy.settings.secagg.enabled
     assert strategy.releases is not None and strategy.start_round == 0
     assert server_app is not None and client_app is not None
+    # deployed devices keep no held-out items: not even the last round asks them to evaluate
+    assert not strategy.settings.evaluate
+    assert strategy.configure_evaluate(2, None, client_manager=None) == []  # type: ignore[arg-type]
 
 
 def test_the_server_reads_only_known_settings_and_needs_its_folders(tmp_path) -> None:

@@ -1,0 +1,278 @@
+"""Round time and bytes per device over Flower's real transport, on 127.0.0.1.
+
+    python benchmarks/deployment.py --nodes 3 10 30 --rounds 2
+
+For each number of SuperNodes n, with and without SecAgg+: a SuperLink with TLS and
+SuperNode authentication, n registered SuperNodes, each holding its own encrypted device
+seeded with one MovieLens-100K person's ratings (users 1 … n, ``stamen device import``),
+and the deployment Flower App (``deploy/``) run with ``flwr run`` for ``--rounds`` rounds
+of federated MF (release 0 of ``stamen release init --dataset ml-100k``: 1,682 items,
+dim 64), every device in every round, no DP. SecAgg+ uses 3 shares (threshold 2) for 3
+nodes and Stamen's defaults (5 shares, threshold 3) otherwise; without it the devices are
+started with ``secure-aggregation='optional'`` (they refuse plain rounds otherwise).
+
+Every SuperNode reaches the SuperLink through its own byte-counting TCP relay, so the
+bytes are what crossed the wire (TLS records, HTTP framing and protobuf included), per
+device and per round, both ways. A round's time is the strategy's (from configuring the
+round to publishing its release, ``rounds.jsonl``). Round 1 also asks each device for its
+id; the table reports the last round. Writes benchmarks/results/deployment.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the integration tests use
+
+from loopback import (  # noqa: E402
+    BIN,
+    flower_env,
+    free_port,
+    running,
+    superlink_command,
+    supernode_command,
+    text,
+)
+from typer.testing import CliRunner  # noqa: E402
+
+from stamen.server.certs import make_certificates  # noqa: E402
+from stamen.simulation.cli import app  # noqa: E402
+from stamen.simulation.datasets import default_data_dir, find_local  # noqa: E402
+
+RUN_S = 1800.0
+
+
+class Relays:
+    """Byte-counting TCP relays to ``target`` on 127.0.0.1, one per SuperNode, served by
+    one asyncio loop on a background thread."""
+
+    def __init__(self, target: int, count: int) -> None:
+        self.target = target
+        self.up = [0] * count  # device -> SuperLink
+        self.down = [0] * count
+        self.ports = [free_port() for _ in range(count)]
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+        self._ready.wait(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        for i, port in enumerate(self.ports):
+            self._loop.run_until_complete(
+                asyncio.start_server(lambda r, w, i=i: self._relay(i, r, w), "127.0.0.1", port)
+            )
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _relay(self, i: int, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pipe(reader, up_writer, i, up=True), self._pipe(up_reader, writer, i, up=False)
+        )
+
+    async def _pipe(self, reader, writer, i: int, *, up: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if up:
+                    self.up[i] += len(data)
+                else:
+                    self.down[i] += len(data)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def totals(self) -> tuple[list[int], list[int]]:
+        return list(self.up), list(self.down)
+
+
+def _cli(*args: str) -> None:
+    result = CliRunner().invoke(app, list(args))
+    if result.exit_code != 0:
+        raise RuntimeError(f"stamen {' '.join(args)}: {result.output} {result.exception!r}")
+
+
+def _wait(check, what: str, wait_s: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + wait_s
+    while not check():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: failed\n{text(log)[-3000:]}")
+        time.sleep(0.2)
+
+
+def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
+    certs = make_certificates(tmp / "certs", supernodes=n)
+    key = tmp / "keys" / "release.key"
+    os.environ["STAMEN_DATA_DIR"] = str(data.parent)
+    _cli(
+        "release", "init", str(tmp / "releases"), "--signing-key", str(key), "--dataset", "ml-100k"
+    )
+    latest = (tmp / "releases" / "latest").read_text().strip()
+    for d in range(n):
+        folder = str(tmp / f"device-{d}")
+        _cli("device", "init", folder, "--release-key", str(key.with_suffix(".pub")))
+        _cli("device", "import", folder, str(data / "u.data"), "--user", str(d + 1))
+        _cli("device", "apply", folder, str(tmp / "releases" / latest))
+    port = free_port()
+    home = tmp / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "bench"\n[superlink.bench]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{certs.ca_certificate}"\n'
+    )
+    env, log = flower_env(home), tmp / "superlink.log"
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+    shares = {"secagg-num-shares": 3, "secagg-reconstruction-threshold": 2} if n < 5 else {}
+    config = {
+        "releases": f"'{tmp / 'releases'}'",
+        "checkpoints": f"'{tmp / 'checkpoints'}'",
+        "signing-key": f"'{key}'",
+        "population": n,
+        "num-server-rounds": rounds,
+        "clients-per-round": n,
+        "secure-aggregation": str(secagg).lower(),
+        **(shares if secagg else {}),
+    }
+    with ExitStack() as stack:
+        link = stack.enter_context(
+            running(
+                superlink_command(certs, port, tmp, "--enable-supernode-auth"), env=env, log=log
+            )
+        )
+        _wait(lambda: "Starting Flower SuperLink" in text(log), "SuperLink start", 60, link, log)
+        for d in range(n):
+            done = subprocess.run(
+                [str(BIN / "flwr"), "supernode", "register", str(certs.supernodes[d].public_key)]
+                + ["bench"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if not re.search(r"SuperNode \d+ registered", done.stdout):
+                raise RuntimeError(done.stdout + done.stderr)
+        relays = Relays(port, n)
+        for d in range(n):
+            command = supernode_command(certs.supernodes[d].private_key, certs, relays.ports[d])
+            node = f"device='{tmp / f'device-{d}'}' device-id={d}"
+            if not secagg:  # a device requires SecAgg+ unless told it is optional
+                node += " secure-aggregation='optional'"
+            command += ["--node-config", node]
+            stack.enter_context(running(command, env=env, log=tmp / f"node-{d}.log"))
+        _wait(lambda: text(log).count("Activated node_id=") >= n, "SuperNodes", 300, link, log)
+        marks = [relays.totals()]
+        rounds_log = tmp / "checkpoints" / "rounds.jsonl"
+        started = time.perf_counter()
+        run_cmd = [str(BIN / "flwr"), "run", str(ROOT / "deploy"), "bench", "--stream"]
+        run_cmd += ["--run-config", " ".join(f"{k}={v}" for k, v in config.items())]
+        with (tmp / "flwr-run.log").open("wb") as sink:
+            proc = subprocess.Popen(run_cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            seen = 0
+            while proc.poll() is None and time.perf_counter() - started < RUN_S:
+                lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
+                while seen < len(lines):  # a round ended: mark the byte counters
+                    marks.append(relays.totals())
+                    seen += 1
+                time.sleep(0.1)
+            if proc.poll() is None:
+                proc.kill()
+                raise RuntimeError(
+                    f"flwr run: over {RUN_S} s\n{text(tmp / 'flwr-run.log')[-3000:]}"
+                )
+        wall = time.perf_counter() - started
+    lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
+    records = [json.loads(line) for line in lines]
+    if len(records) != rounds or any(r.get("devices") != n for r in records):
+        raise RuntimeError(f"rounds incomplete: {records}\n{text(tmp / 'flwr-run.log')[-3000:]}")
+    per_round = []
+    for r, (before, after) in zip(records, zip(marks, marks[1:], strict=False), strict=True):
+        up = [a - b for a, b in zip(after[0], before[0], strict=True)]
+        down = [a - b for a, b in zip(after[1], before[1], strict=True)]
+        per_round.append(
+            {
+                "round": r["round"],
+                "seconds": r["seconds"],
+                "up_bytes_per_device": sum(up) / n,
+                "down_bytes_per_device": sum(down) / n,
+                "payload_up_bytes_per_device": r.get("upload_bytes_per_device"),
+            }
+        )
+    return {"nodes": n, "secagg": secagg, "rounds": per_round, "run_seconds": wall}
+
+
+def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
+    command = "python benchmarks/deployment.py " + " ".join(sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "deployment.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    lines = [
+        "# Deployment: round time and bytes per device over the real transport",
+        "",
+        f"Command: `{command}`",
+        "",
+        "127.0.0.1, one 2-core machine running the SuperLink, every SuperNode and every "
+        "ClientApp process; TLS and SuperNode authentication on; federated MF on ML-100K "
+        "(1,682 items, dim 64), every device in every round, no DP. Bytes are counted on "
+        "the wire (TLS), per device, in the round shown (the last one).",
+        "",
+        "| SuperNodes | SecAgg+ | round s (last) | round s (first) | up bytes/device | "
+        "down bytes/device | flwr run s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        first, last = row["rounds"][0], row["rounds"][-1]
+        lines.append(
+            f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {last['seconds']:.1f} | "
+            f"{first['seconds']:.1f} | {last['up_bytes_per_device']:,.0f} | "
+            f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} |"
+        )
+    (out / "deployment.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[3, 10, 30])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    path = find_local("ml-100k", default_data_dir())
+    if path is None:
+        sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
+    rows = []
+    for n in args.nodes:
+        for secagg in (False, True):
+            with TemporaryDirectory() as tmp:
+                row = run_one(n, secagg, args.rounds, path, Path(tmp))
+            last = row["rounds"][-1]
+            print(
+                f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: last round "
+                f"{last['seconds']:.1f} s, {last['up_bytes_per_device']:,.0f} B up / "
+                f"{last['down_bytes_per_device']:,.0f} B down per device",
+                flush=True,
+            )
+            rows.append(row)
+    write(rows, args, args.out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
