@@ -141,7 +141,6 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
         f'root-certificates = "{certs.ca_certificate}"\n'
     )
     env, log = flower_env(home), tmp / "superlink.log"
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     shares = {"secagg-num-shares": 3, "secagg-reconstruction-threshold": 2} if n < 5 else {}
     config = {
         "releases": f"'{tmp / 'releases'}'",

@@ -375,6 +375,10 @@ class FederatedAveraging(Strategy):
         )
         if failures:  # only then, so a clean round's record stays small
             self._record["failure_reasons"] = failure_reasons(failures)
+        dropouts = self._record.get("cohort", 0) - len(results) - len(failures)
+        if dropouts > 0:  # sent a request, never answered (under SecAgg+: masks removed)
+            self._record["dropouts"] = dropouts
+            self._record["dropout_reason"] = "no reply within the stage's timeout"
         if rejected:
             self._record["rejected"] = rejected
         if not self._evaluates(rnd):
@@ -481,6 +485,8 @@ class FederatedAveraging(Strategy):
         the last round); none on other rounds."""
         rnd = self._global_round(server_round)
         if not self._evaluates(rnd):
+            if not self.history or self.history[-1].get("round") != rnd:
+                self._finish_round(rnd)  # the fit workflow stopped before aggregate_fit
             return []
         devices = self._devices(client_manager)
         n = len(devices)
@@ -518,6 +524,14 @@ class FederatedAveraging(Strategy):
             # the fit workflow ended without aggregating (e.g. SecAgg+ halted below its
             # reconstruction threshold): the model did not change this round
             self._record.update({"devices": 0, "aggregation": "none: no aggregate arrived"})
+            if self.settings.secagg.enabled:
+                self._record["failed"] = (
+                    f"round {rnd} failed: SecAgg+ halted without an aggregate (as a rule: "
+                    f"fewer than its reconstruction threshold, "
+                    f"{self.settings.secagg.reconstruction_threshold}, of a device's neighbours "
+                    "answered a stage within its timeout); the model did not change"
+                )
+                _log.error(self._record["failed"])
         if self.releases is not None:
             self._record["release"] = self.releases.publish(rnd, self.server.arrays()).name
         self._record["seconds"] = time.perf_counter() - self._started

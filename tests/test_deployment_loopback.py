@@ -226,3 +226,41 @@ def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(t
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
     assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("killed", [1, 2], ids=["threshold-holds", "below-threshold"])
+def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
+    """SuperNodes are killed as they receive the round's training message (SecAgg+'s
+    collect-masked-vectors stage, after the key shares went out) and the stage times out
+    on them. One killed: the two others' shares of its secret remove its masks and the
+    round aggregates two. Two killed: one device is below the reconstruction threshold
+    (2), the round fails with a message saying so and the model stays as it was."""
+    with _federation(tmp_path) as fed:
+        victims = range(NODES - killed, NODES)
+        run = _run(tmp_path, fed, **{"num-server-rounds": 1, "secagg-timeout": 20.0})
+        poll(
+            lambda: all(
+                text(tmp_path / f"node-{v}.log").count("Receiving: train message") >= 3
+                for v in victims
+            ),
+            proc=run,
+            log=tmp_path / "flwr-run.log",
+            what="the training stage reaching the SuperNodes to kill",
+            wait_s=RUN_S,
+        )
+        for v in victims:
+            os.killpg(fed["nodes"][v].pid, signal.SIGKILL)
+        _finish(run, tmp_path)
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1], text(tmp_path / "flwr-run.log")[-4000:]
+    (record,) = rounds
+    first, last = (b.shared_arrays() for b in _releases(tmp_path, fed["key"]))
+    same = all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
+    if killed == 1:
+        assert record["cohort"] == NODES and record["devices"] == NODES - 1
+        assert record["dropouts"] == 1 and "timeout" in record["dropout_reason"]
+        assert 0 < record["privacy"]["epsilon"] <= 8.0 + 1e-6
+        assert not same
+    else:
+        assert record["devices"] == 0 and "reconstruction threshold" in record["failed"]
+        assert same
