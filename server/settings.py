@@ -19,14 +19,16 @@ class ServerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rounds: int = Field(100, ge=1)
-    clients_per_round: int = Field(100, ge=1)
+    # Stamen's one set of defaults for rounds, cohort and evaluation: the simulation
+    # (stamen.simulation.config), both Flower Apps and the deployment take them from here.
+    rounds: int = Field(64, ge=1)
+    clients_per_round: int = Field(64, ge=1)
     evaluate: bool = Field(
         True,
         description="federated evaluation rounds; off in a deployment, whose devices keep no "
         "held-out items",
     )
-    eval_every: int = Field(0, ge=0, description="federated evaluation period; 0: last round only")
+    eval_every: int = Field(32, ge=0, description="federated evaluation period; 0: last round only")
     eval_clients: int | None = Field(
         None, ge=1, description="devices per intermediate evaluation (the last round uses all)"
     )

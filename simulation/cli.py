@@ -87,6 +87,13 @@ def simulate(
     record_dp_rate: Annotated[
         float | None, typer.Option(help="record-level DP-SGD: Poisson rate q of records per step")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="a running Ray cluster (HOST:PORT of `ray start --head`) to run the devices on; "
+            "--output must be on a file system every Ray node sees [default: a local Ray]"
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Federated MF on Flower's simulation engine, against popularity and centralised MF."""
@@ -106,6 +113,7 @@ def simulate(
         "data_dir": data_dir,
         "output": output,
         "resume": resume or None,
+        "ray_address": ray_address,
     }
     if secure_aggregation is not None:
         overrides["secagg"] = {"enabled": secure_aggregation}

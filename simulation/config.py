@@ -27,6 +27,8 @@ from stamen.server.settings import ServerSettings
 
 __all__ = ["CentralisedSettings", "SimulationConfig", "load_config"]
 
+_SERVER = ServerSettings.model_fields
+
 
 class CentralisedSettings(BaseModel):
     """The centralised MF baseline: same model, loss and training loop, trained on pooled
@@ -55,14 +57,20 @@ class SimulationConfig(BaseModel):
         description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
         "(als.rounds + 1 rounds, every device in each; see [als])",
     )
-    rounds: int = Field(64, ge=1)
-    clients_per_round: int = Field(64, ge=2)
-    eval_every: int = Field(32, ge=0)
-    eval_clients: int | None = Field(None, ge=1)
+    # rounds, cohort and evaluation: the server's defaults (one set, ServerSettings)
+    rounds: int = Field(_SERVER["rounds"].default, ge=1)
+    clients_per_round: int = Field(_SERVER["clients_per_round"].default, ge=2)
+    eval_every: int = Field(_SERVER["eval_every"].default, ge=0)
+    eval_clients: int | None = Field(_SERVER["eval_clients"].default, ge=1)
     seed: int = 0
     output: Path = Path("results/run")
     resume: bool = False
     cpus_per_client: float = Field(1.0, gt=0)
+    ray_address: str | None = Field(
+        None,
+        description="HOST:PORT of a running Ray cluster for the simulated devices (None: a "
+        "local Ray instance); device stores live under output, which every node must see",
+    )
     synthetic_users: int = Field(1000, ge=10)
     synthetic_items: int = Field(500, ge=100)
     local: LocalSettings = LocalSettings()

@@ -216,6 +216,8 @@ def run_federated(
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},
     }
+    if config.ray_address is not None:  # join a running cluster instead of starting Ray
+        backend_config["init_args"] = {"address": config.ray_address, "log_to_driver": verbose}
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     if not verbose:

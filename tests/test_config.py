@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stamen.models import ConfigError
+from stamen.server.settings import ServerSettings
 from stamen.simulation.config import load_config
 
 
@@ -98,4 +99,11 @@ def test_the_flower_app_config_in_pyproject_maps_onto_the_defaults() -> None:
     app_config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     config = config_from_run_config(app_config)
     assert config.secagg == load_config(None, {}).secagg and not config.dp.enabled
-    assert config.rounds == app_config["num-server-rounds"]
+    # one set of defaults: the app's rounds, cohort and evaluation are the server's
+    def schedule(c) -> tuple:
+        return c.rounds, c.clients_per_round, c.eval_every
+
+    assert schedule(config) == schedule(load_config(None, {})) == schedule(ServerSettings())
+    deploy = tomllib.loads((pyproject.parent / "deploy" / "pyproject.toml").read_text())
+    deploy_config = deploy["tool"]["flwr"]["app"]["config"]
+    assert deploy_config["num-server-rounds"] == deploy_config["clients-per-round"] == ""

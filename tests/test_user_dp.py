@@ -29,7 +29,11 @@ def _strategy(
 ) -> FederatedAveraging:
     # a strategy unit test: the aggregation path is the same with or without SecAgg+
     settings = ServerSettings(
-        rounds=rounds, clients_per_round=cohort, dp=dp, secagg=SecAggSettings(enabled=False)
+        rounds=rounds,
+        clients_per_round=cohort,
+        eval_every=0,  # the last round evaluates
+        dp=dp,
+        secagg=SecAggSettings(enabled=False),
     )
     initial = _zeros()
     return FederatedAveraging(settings, initial=initial, population=population)
