@@ -99,6 +99,7 @@ def test_the_flower_app_config_in_pyproject_maps_onto_the_defaults() -> None:
     app_config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
     config = config_from_run_config(app_config)
     assert config.secagg == load_config(None, {}).secagg and not config.dp.enabled
+
     # one set of defaults: the app's rounds, cohort and evaluation are the server's
     def schedule(c) -> tuple:
         return c.rounds, c.clients_per_round, c.eval_every
