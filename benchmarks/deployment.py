@@ -5,7 +5,7 @@
 For each number of SuperNodes n, with and without SecAgg+: a SuperLink with TLS and
 SuperNode authentication, n registered SuperNodes, each holding its own encrypted device
 seeded with one MovieLens-100K person's ratings (users 1 … n, ``stamen device import``),
-and the deployment Flower App (``deploy/``) run with ``flwr run`` for ``--rounds`` rounds
+and the deployment Flower App (``deploy/``) submitted with ``flwr run`` for ``--rounds`` rounds
 of federated MF (release 0 of ``stamen release init --dataset ml-100k``: 1,682 items,
 dim 64), every device in every round, no DP. SecAgg+ uses 3 shares (threshold 2) for 3
 nodes and Stamen's defaults (5 shares, threshold 3) otherwise; without it the devices are
@@ -53,6 +53,20 @@ from stamen.simulation.cli import app  # noqa: E402
 from stamen.simulation.datasets import default_data_dir, find_local  # noqa: E402
 
 RUN_S = 1800.0
+STALL_S = 420.0  # a configuration is abandoned when no round ends for this long
+
+
+class Stalled(RuntimeError):
+    """No round ended within STALL_S: what the machine looked like then."""
+
+    def __init__(self, message: str, evidence: dict) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+def _clientapps() -> int:
+    found = subprocess.run(["pgrep", "-fc", "flwr-clientapp"], capture_output=True, text=True)
+    return int(found.stdout.strip() or 0)
 
 
 class Relays:
@@ -182,22 +196,36 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
         marks = [relays.totals()]
         rounds_log = tmp / "checkpoints" / "rounds.jsonl"
         started = time.perf_counter()
-        run_cmd = [str(BIN / "flwr"), "run", str(ROOT / "deploy"), "bench", "--stream"]
+        run_cmd = [str(BIN / "flwr"), "run", str(ROOT / "deploy"), "bench"]
         run_cmd += ["--run-config", " ".join(f"{k}={v}" for k, v in config.items())]
-        with (tmp / "flwr-run.log").open("wb") as sink:
-            proc = subprocess.Popen(run_cmd, env=env, stdout=sink, stderr=subprocess.STDOUT)
-            seen = 0
-            while proc.poll() is None and time.perf_counter() - started < RUN_S:
-                lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
-                while seen < len(lines):  # a round ended: mark the byte counters
-                    marks.append(relays.totals())
-                    seen += 1
-                time.sleep(0.1)
-            if proc.poll() is None:
-                proc.kill()
-                raise RuntimeError(
-                    f"flwr run: over {RUN_S} s\n{text(tmp / 'flwr-run.log')[-3000:]}"
+        submitted = subprocess.run(run_cmd, env=env, capture_output=True, text=True, timeout=120)
+        if submitted.returncode != 0:
+            raise RuntimeError(f"flwr run: {submitted.stdout}{submitted.stderr}")
+        seen, last, peak = 0, time.perf_counter(), 0  # the run goes on in the SuperLink
+        while seen < rounds and time.perf_counter() - started < RUN_S:
+            lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
+            while seen < len(lines):  # a round ended: mark the byte counters
+                marks.append(relays.totals())
+                seen, last = seen + 1, time.perf_counter()
+            if link.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited\n{text(log)[-3000:]}")
+            peak = max(peak, _clientapps())
+            if time.perf_counter() - last > STALL_S:
+                raise Stalled(
+                    f"no round ended within {STALL_S:.0f} s (rounds done: {seen})",
+                    {
+                        "rounds_done": seen,
+                        "peak_clientapp_processes": peak,
+                        "superlink_database_locked": text(log).count("database is locked"),
+                        "task_token_rejections": sum(
+                            text(tmp / f"node-{d}.log").count("task-token authentication failed")
+                            for d in range(n)
+                        ),
+                    },
                 )
+            time.sleep(0.5)
+        if seen < rounds:
+            raise RuntimeError(f"not {rounds} rounds within {RUN_S} s\n{text(log)[-3000:]}")
         wall = time.perf_counter() - started
     lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
     records = [json.loads(line) for line in lines]
@@ -234,10 +262,19 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         "the wire (TLS), per device, in the round shown (the last one).",
         "",
         "| SuperNodes | SecAgg+ | round s (last) | round s (first) | up bytes/device | "
-        "down bytes/device | flwr run s |",
+        "down bytes/device | run s (submitted to last round) |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if "stalled" in row:
+            lines.append(
+                f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | stalled: "
+                f"{row['stalled']}; peak {row['peak_clientapp_processes']} ClientApp "
+                f"processes at once, {row['task_token_rejections']} task-token rejections, "
+                f"{row['superlink_database_locked']} 'database is locked' on the SuperLink "
+                "| | | | |"
+            )
+            continue
         first, last = row["rounds"][0], row["rounds"][-1]
         lines.append(
             f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {last['seconds']:.1f} | "
@@ -261,7 +298,18 @@ def main(argv: list[str]) -> None:
     for n in args.nodes:
         for secagg in (False, True):
             with TemporaryDirectory() as tmp:
-                row = run_one(n, secagg, args.rounds, path, Path(tmp))
+                try:
+                    row = run_one(n, secagg, args.rounds, path, Path(tmp))
+                except Stalled as stalled:
+                    row = {
+                        "nodes": n,
+                        "secagg": secagg,
+                        "stalled": str(stalled),
+                        **stalled.evidence,
+                    }
+                    print(f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: {row}", flush=True)
+                    rows.append(row)
+                    continue
             last = row["rounds"][-1]
             print(
                 f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: last round "

@@ -20,6 +20,8 @@ _LAZY = {
     ),
     "stamen.client.events": ("EVENT_KINDS", "Event", "EventError"),
     "stamen.client.keys": ("DeviceKeys",),
+    "stamen.client.pipeline": ("PipelineSettings",),
+    "stamen.client.candidates": ("GENERATORS", "register_generator"),
     "stamen.client.virtual": ("VirtualDevices",),
     "stamen.client.app": (
         "USER_STATE_KEY",
@@ -43,8 +45,10 @@ __all__ = [
     "EVENT_KINDS",
     "Event",
     "EventError",
+    "GENERATORS",
     "HeldOut",
     "MFClient",
+    "PipelineSettings",
     "Recommendation",
     "ReleaseError",
     "ReleaseInfo",
@@ -55,4 +59,5 @@ __all__ = [
     "build_client_app",
     "make_client_fn",
     "record_dp_update",
+    "register_generator",
 ]

@@ -32,21 +32,21 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from stamen.client.candidates import ReleaseIndex, Request
 from stamen.client.device_store import DB_NAME, EventStore
 from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
-from stamen.models.batches import UserItems
+from stamen.client.impressions import Impression, engagement_rewards, ips_estimate
+from stamen.client.pipeline import PipelineSettings, run_pipeline
 from stamen.models.bundle import BundleError, ReleaseBundle, ReleaseCatalog
 from stamen.models.context import context_row
 from stamen.models.errors import DataError, StamenError
-from stamen.models.metrics import top_k
 from stamen.models.registry import model_class
 from stamen.privacy import SignatureError, open_signed, write_atomically
 
@@ -68,7 +68,6 @@ EXPORT_FORMAT = "stamen-device-export/1"
 _PINNED_KEY = "release_key"
 _HIGHEST = "highest_release"
 _DIGEST = "release_sha256"
-_POPULAR_REASON = "Popular right now"
 
 
 class ReleaseError(StamenError):
@@ -85,14 +84,18 @@ class DeviceClosedError(StamenError):
 
 @dataclass(frozen=True)
 class Recommendation:
-    """One recommended item: the app's id, its score, a reason a person can read, and the
-    stage that produced it (``"cf"``: collaborative filtering; ``"popular"``: the
-    fallback for a device with no history)."""
+    """One recommended item: the app's id, its relevance, a reason a person can read, the
+    stage that earned it (a candidate generator of ``stamen.client.candidates``: ``"cf"``,
+    ``"content"``, ``"trending"``, ``"fresh"``, ``"popular"``; or ``"explore"``) and the
+    probability the pipeline's policy gave it in its position (1 without exploration);
+    ``scores`` holds the score each candidate generator that proposed it gave it."""
 
     item: str
     score: float
     reason: str
     source: str
+    propensity: float = 1.0
+    scores: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class _Serving:
         served = self.model.serving(shared, bundle.table)
         self.table, self.bias, self._user = served.table, served.bias, served.user
         self._context = served.context
+        # what the candidate generators read, indexed once per release
+        self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
 
     def request_vector(
         self, factor: np.ndarray, context: Mapping[str, Any] | None, at: float
@@ -147,8 +152,17 @@ class _Serving:
 class Device:
     """One person's device (see module docstring). Create with :meth:`open`."""
 
-    def __init__(self, folder: Path, store: EventStore, release_key: bytes) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        store: EventStore,
+        release_key: bytes,
+        pipeline: PipelineSettings | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.folder = folder
+        self.pipeline = pipeline or PipelineSettings()
+        self._rng = np.random.default_rng(seed)  # exploration; None: the OS's entropy
         self._store: EventStore | None = store
         self._release_key = release_key
         self._lock = threading.RLock()
@@ -166,7 +180,13 @@ class Device:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, key: bytes, release_key: bytes | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes,
+        release_key: bytes | None = None,
+        pipeline: PipelineSettings | None = None,
+        seed: int | None = None,
     ) -> Device:
         """Open the device in folder ``path``, creating it (and the folder) if needed.
 
@@ -176,6 +196,9 @@ class Device:
             release_key: the publisher's raw 32-byte Ed25519 public key. Required to
                 create a device, which pins it for life; later opens may omit it, and a
                 different key is refused.
+            pipeline: the recommendation pipeline's settings (default ``PipelineSettings()``).
+            seed: seeds the pipeline's exploration (``None``: the operating system's
+                entropy).
 
         Raises:
             DecryptionError: the store does not open under ``key``.
@@ -204,7 +227,7 @@ class Device:
                 f"{folder}: this device is pinned to another release key "
                 f"({pinned.hex()[:16]}…); a device's release key never changes"
             )
-        return cls(folder, store, pinned)
+        return cls(folder, store, pinned, pipeline, seed)
 
     def __enter__(self) -> Device:
         return self
@@ -498,18 +521,24 @@ class Device:
     # -- recommending --------------------------------------------------------------------
 
     def recommend(
-        self, k: int = 10, *, context: Mapping[str, Any] | None = None
+        self,
+        k: int = 10,
+        *,
+        context: Mapping[str, Any] | None = None,
+        exclude: Iterable[str] = (),
     ) -> list[Recommendation]:
         """The ``k`` best items for the person, best first, each with a reason.
 
-        Collaborative filtering: the item factors scored against the user factor, the
-        person's items and rejected items excluded, each reason naming the person's item
-        whose factor is closest (cosine) to the recommendation's. Fallbacks, never an
-        exception: with no known items, the release's most popular items (``source``
-        ``"popular"``); with no release, an empty list (nothing is known to recommend).
-        ``context`` (``hour``, ``weekday``; missing keys are read from the device's local
-        clock) enters the score where the release's model reads context (a two-tower
-        model with ``context=True``); it never leaves the device.
+        The on-device pipeline (``stamen.client.pipeline``, settings ``self.pipeline``):
+        candidate generators (collaborative filtering against the user vector, content
+        against the person's genre profile, the release's trending counts, the newest
+        items, popularity for a person with no history), fused by rank, re-ranked under
+        the rules (the person's own and rejected items; ``exclude``, the app's blocked
+        item ids; availability in ``context["region"]``), diversified by MMR, capped per
+        genre, explored ε-greedily. Never an exception for lack of data: with no release,
+        an empty list. ``context`` (``hour``, ``weekday``, ``region``; a missing hour or
+        weekday is read from the device's local clock) enters the score where the
+        release's model reads context; it never leaves the device.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
@@ -518,26 +547,85 @@ class Device:
             serving = self._serving
             if serving is None:
                 return []
-            if self._factor is None:
-                scores, source = np.array(serving.bundle.popularity, np.float32), "popular"
-            else:
-                vector = serving.request_vector(self._factor, context, time.time())
-                scores = serving.table.scores(vector[None])[0] + serving.bias
-                source = "cf"
-            excluded = np.union1d(self._items, self._rejected)
-            ids, values = top_k(
-                torch.from_numpy(scores[None]),
-                k,
-                exclude=UserItems.single(excluded, n_items=len(scores)),
-            )
-            keep = np.isfinite(values[0])
-            ids, values = ids[0][keep], values[0][keep]
-            reasons = [_POPULAR_REASON] * len(ids) if source == "popular" else self._reasons(ids)
+            now = time.time()
             catalog = serving.bundle.catalog
+            cf_scores = None
+            if self._factor is not None:
+                vector = serving.request_vector(self._factor, context, now)
+                cf_scores = serving.table.scores(vector[None])[0] + serving.bias
+            blocked = catalog.index_of(list(exclude))
+            request = Request(
+                index=serving.index,
+                cf_scores=cf_scores,
+                history=self._ordered,
+                history_at=self._times(self._ordered),
+                rejected=self._rejected,
+                rejected_at=self._times(self._rejected),
+                excluded=np.union1d(self._items, self._rejected),
+                now=now,
+                context=dict(context or {}),
+                content_half_life_s=self.pipeline.content_half_life_days * 86400.0,
+            )
+            region = (context or {}).get("region")
+            picks = run_pipeline(
+                request,
+                self.pipeline,
+                k,
+                vectors=serving.table.rows,
+                because=self._reasons,
+                blocked=blocked[blocked >= 0],
+                region=None if region is None else str(region),
+                rng=self._rng,
+            )
             return [
-                Recommendation(catalog.item_id(int(i)), float(v), reason, source)
-                for i, v, reason in zip(ids, values, reasons, strict=True)
+                Recommendation(
+                    catalog.item_id(p.row), p.score, p.reason, p.source, p.propensity, p.scores
+                )
+                for p in picks
             ]
+
+    def log_shown(
+        self, recommendations: Sequence[Recommendation], *, at: float | None = None
+    ) -> int:
+        """Log a list the app showed, in the order shown, as one request: each slot's
+        position, item, propensity and source, in the encrypted store (never sent).
+        Returns the request's number."""
+        when = time.time() if at is None else float(at)
+        with self._lock:
+            store = self._open_store()
+            request = store.next_request()
+            store.log_impressions(
+                Impression(request, position, r.item, r.propensity, r.source, when)
+                for position, r in enumerate(recommendations)
+            )
+            return request
+
+    def impressions(self) -> list[Impression]:
+        """Every logged impression, oldest first."""
+        with self._lock:
+            return self._open_store().impressions()
+
+    def policy_value(
+        self, target: Callable[[Impression], float], *, window_s: float = 86400.0
+    ) -> tuple[float, float]:
+        """How a target policy would have done on this device's logged impressions: the
+        inverse-propensity estimate of its engagements per shown slot, and its standard
+        error (``stamen.client.impressions``). ``target(impression)`` is the probability
+        the target policy gives that item in that slot; rewards are the person's positive
+        events within ``window_s`` after each impression. Computed here, never sent."""
+        with self._lock:
+            store = self._open_store()
+            logged = store.impressions()
+            rewards = engagement_rewards(logged, store.events(), window_s=window_s)
+        return ips_estimate(
+            rewards, np.array([i.propensity for i in logged]), np.array([target(i) for i in logged])
+        )
+
+    def _times(self, rows: np.ndarray) -> np.ndarray:
+        """The time of the latest event of each catalogue row's item."""
+        assert self._serving is not None
+        catalog = self._serving.bundle.catalog
+        return np.array([self._latest[catalog.item_id(int(r))][0] for r in rows], np.float64)
 
     def _reasons(self, ids: np.ndarray) -> list[str]:
         """ "Because you <verb> <title>": the person's item most similar to each pick."""
@@ -560,8 +648,8 @@ class Device:
 
     def export(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """Everything stored about the person, as JSON (written to ``path`` if given):
-        the events, the derived state (items, rejected items, user factor) and what is
-        installed. :meth:`restore` reads it back."""
+        the events, the logged impressions, the derived state (items, rejected items,
+        user factor) and what is installed. :meth:`restore` reads the events back."""
         with self._lock:
             release = self.release
             catalog = None if self._serving is None else self._serving.bundle.catalog
@@ -572,6 +660,7 @@ class Device:
                 "release_key": self._release_key.hex(),
                 "release": None if release is None else release.__dict__,
                 "events": [event.to_json() for event in self._open_store().events()],
+                "impressions": [i.__dict__ for i in self._open_store().impressions()],
                 "state": {
                     "items": ids(self._items) if ids else [],
                     "rejected": ids(self._rejected) if ids else [],

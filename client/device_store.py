@@ -10,6 +10,12 @@ Schema version 1 (``PRAGMA user_version``)::
     events(seq INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT, kind TEXT, value REAL,
            at REAL, context TEXT)                 every recorded event, in arrival order
 
+Version 2 adds::
+
+    impressions(seq INTEGER PRIMARY KEY AUTOINCREMENT, request INTEGER, position INTEGER,
+                item TEXT, propensity REAL, source TEXT, at REAL)
+                                                  every logged shown recommendation
+
 ``MIGRATIONS[v]`` upgrades a database from version ``v`` to ``v + 1`` inside one
 transaction; opening a database runs the missing steps, and refuses one written by a
 newer Stamen. Callers serialise access (``Device`` holds a lock).
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stamen.client.events import Event
+from stamen.client.impressions import Impression
 from stamen.models.errors import DataError
 from stamen.privacy import open_encrypted_database
 
@@ -39,8 +46,16 @@ def _create_v1(connection: Any) -> None:
     )
 
 
+def _add_impressions(connection: Any) -> None:
+    connection.execute(
+        "CREATE TABLE impressions (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "request INTEGER NOT NULL, position INTEGER NOT NULL, item TEXT NOT NULL, "
+        "propensity REAL NOT NULL, source TEXT NOT NULL, at REAL NOT NULL)"
+    )
+
+
 #: Step ``v`` upgrades a version-``v`` database (0: empty) to version ``v + 1``.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {0: _create_v1}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {0: _create_v1, 1: _add_impressions}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -106,6 +121,28 @@ class EventStore:
                 at=float(at),
                 context=json.loads(context) if context else {},
             )
+
+    def log_impressions(self, rows: Iterable[Impression]) -> None:
+        """Store shown recommendations in one transaction."""
+        values = [(i.request, i.position, i.item, i.propensity, i.source, i.at) for i in rows]
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO impressions(request, position, item, propensity, source, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def impressions(self) -> list[Impression]:
+        """Every logged impression, in logging order."""
+        cursor = self._db.execute(
+            "SELECT request, position, item, propensity, source, at FROM impressions ORDER BY seq"
+        )
+        return [Impression(int(r), int(p), i, float(q), s, float(a)) for r, p, i, q, s, a in cursor]
+
+    def next_request(self) -> int:
+        """One more than the highest logged request number (0 when none)."""
+        row = self._db.execute("SELECT max(request) FROM impressions").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
 
     def count(self) -> int:
         """Number of stored events."""

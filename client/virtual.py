@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stamen.client.device import Device
+from stamen.client.pipeline import PipelineSettings
 from stamen.privacy import derive_key
 
 __all__ = ["VirtualDevices"]
@@ -33,6 +34,8 @@ class VirtualDevices:
         """The store key of device ``row``."""
         return derive_key(self.master_key, purpose=f"stamen-virtual-device:{row}")
 
-    def open(self, row: int) -> Device:
-        """Open (or create) device ``row``."""
-        return Device.open(self.path(row), key=self.key(row), release_key=self.release_key)
+    def open(self, row: int, *, pipeline: PipelineSettings | None = None) -> Device:
+        """Open (or create) device ``row`` (``pipeline``: its recommendation settings)."""
+        return Device.open(
+            self.path(row), key=self.key(row), release_key=self.release_key, pipeline=pipeline
+        )

@@ -14,7 +14,8 @@ loading it executes no code) whose header metadata ``"stamen"`` holds a JSON man
 and whose tensors are the shared arrays (``model/<name>``; an int8 table as
 ``model/<name>:int8`` plus ``model/<name>:scale``), the catalogue columns
 (``catalog/...``: the app's item ids, titles, genres, release year, first-seen time,
-regions) and ``popularity`` (a score per item for the no-history fallback).
+regions), ``popularity`` (a score per item for the no-history fallback) and, when the
+release carries them, ``trending`` (recent interaction counts, privately aggregated).
 
 This module is the format only; ``stamen.privacy.seal_signed`` signs a bundle's bytes
 for distribution and ``stamen.privacy.open_signed`` checks them on the device.
@@ -271,6 +272,7 @@ class ReleaseBundle:
     extras: Mapping[str, Any] = field(default_factory=dict)
     quantized: Mapping[str, ItemTable] = field(default_factory=dict)
     names: tuple[str, ...] = ()
+    trending: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.release, bool) or int(self.release) < 0:
@@ -280,6 +282,8 @@ class ReleaseBundle:
         n = len(self.catalog)
         if self.popularity.shape != (n,):
             raise BundleError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
+        if self.trending is not None and self.trending.shape != (n,):
+            raise BundleError(f"trending has shape {self.trending.shape}, expected ({n},)")
         for name in self.names:
             if name not in self.arrays and name not in self.quantized:
                 raise BundleError(f"bundle lacks the array {name!r}")
@@ -315,6 +319,8 @@ class ReleaseBundle:
                 tensors[f"{_MODEL}{name}"] = np.ascontiguousarray(self.arrays[name], np.float32)
         tensors.update(self.catalog.to_tensors())
         tensors["popularity"] = np.ascontiguousarray(self.popularity, np.float32)
+        if self.trending is not None:
+            tensors["trending"] = np.ascontiguousarray(self.trending, np.float32)
         manifest = {
             "format": BUNDLE_FORMAT,
             "release": int(self.release),
@@ -370,6 +376,7 @@ class ReleaseBundle:
                 extras=dict(manifest.get("extras", {})),
                 quantized=quantized,
                 names=tuple(manifest["arrays"]),
+                trending=tensors.get("trending"),
             )
         except KeyError as error:
             raise BundleError(f"{source}: bundle lacks {error}") from None

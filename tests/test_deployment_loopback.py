@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -147,12 +148,17 @@ def _run(tmp_path: Path, fed: dict, **extra: object) -> subprocess.Popen:
     return subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
 
 
-def _finish(proc: subprocess.Popen, tmp_path: Path) -> None:
+def _finish(proc: subprocess.Popen, tmp_path: Path, rounds: int) -> None:
+    """Wait for ``flwr run`` and for ``rounds`` rounds in the log: the run goes on in the
+    SuperLink even when ``--stream`` ends early (it has here, under load)."""
+    deadline = time.monotonic() + RUN_S
     try:
         proc.wait(timeout=RUN_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail(f"flwr run: not within {RUN_S} s:\n{text(tmp_path / 'flwr-run.log')[-4000:]}")
+    while len(_rounds(tmp_path)) < rounds and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _releases(tmp_path: Path, key: Path) -> list[ReleaseBundle]:
@@ -172,7 +178,7 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
             log=log,
             what="the unregistered SuperNode refused",
         )
-        _finish(_run(tmp_path, fed), tmp_path)
+        _finish(_run(tmp_path, fed), tmp_path, 2)
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
     assert text(log).count("Activated node_id=") == NODES
@@ -220,7 +226,7 @@ def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(t
         first.wait(timeout=30)
         assert [r["round"] for r in _rounds(tmp_path)] == [1]
         resumed = _run(tmp_path, fed, resume="true")
-        _finish(resumed, tmp_path)
+        _finish(resumed, tmp_path, 2)
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
@@ -250,7 +256,7 @@ def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
         )
         for v in victims:
             os.killpg(fed["nodes"][v].pid, signal.SIGKILL)
-        _finish(run, tmp_path)
+        _finish(run, tmp_path, 1)
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1], text(tmp_path / "flwr-run.log")[-4000:]
     (record,) = rounds

@@ -29,6 +29,7 @@ from stamen.client import (
 )
 from stamen.client.device import RELEASE_FILE
 from stamen.client.device_store import DB_NAME, SCHEMA_VERSION
+from stamen.client.pipeline import PipelineSettings
 from stamen.models import DataError
 from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.privacy import (
@@ -88,8 +89,14 @@ def _signed(
     return bundle, seal_signed(bundle.encode(quantize=quantize), private_key=key)
 
 
+#: The release model's own order: these tests check the scorer, not the re-ranker.
+RETRIEVAL = PipelineSettings.retrieval_only()
+
+
 def _open(folder: Path, key: bytes, *, pin: bool = True) -> Device:
-    return Device.open(folder, key=key, release_key=PUBLISHER[1] if pin else None)
+    return Device.open(
+        folder, key=key, release_key=PUBLISHER[1] if pin else None, pipeline=RETRIEVAL
+    )
 
 
 def _ials_factor(bundle: ReleaseBundle, rows: list[int] | np.ndarray) -> np.ndarray:
@@ -584,7 +591,9 @@ def test_popular_fallback_and_negative_feedback(tmp_path) -> None:
         assert [r.item for r in recs] == [f"item-{i}" for i in _top(popularity, 5, [])]
         assert {r.source for r in recs} == {"popular"}
         assert {r.reason for r in recs} == {"Popular right now"}
-        np.testing.assert_allclose([r.score for r in recs], np.sort(popularity)[::-1][:5])
+        np.testing.assert_allclose(
+            [r.scores["popular"] for r in recs], np.sort(popularity)[::-1][:5]
+        )
         # negative feedback alone: still no history, the rejected item is not offered
         most = recs[0].item
         device.record(most, "not_interested")
@@ -627,7 +636,7 @@ def test_recommendation_reflects_the_event_just_recorded(tmp_path) -> None:
         expected = _top(scores, k, rows)
         recs = device.recommend(k)
         assert [r.item for r in recs] == [bundle.catalog.item_id(i) for i in expected]
-        np.testing.assert_allclose([r.score for r in recs], scores[expected], rtol=1e-4)
+        np.testing.assert_allclose([r.scores["cf"] for r in recs], scores[expected], rtol=1e-4)
         assert {r.source for r in recs} == {"cf"}
         return [r.item for r in recs]
 

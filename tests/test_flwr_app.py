@@ -106,6 +106,12 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
             text=True,
             timeout=400,
         )
+        # the run goes on in the SuperLink even if `--stream` ended early (seen under load)
+        deadline = time.monotonic() + 300
+        while not _complete(output / "results.json") and time.monotonic() < deadline:
+            if superlink.poll() is not None:
+                break
+            time.sleep(0.5)
         yield output, done.stdout + done.stderr
     finally:
         superlink.terminate()
@@ -115,6 +121,14 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
             superlink.kill()
             superlink.wait()
         log.close()
+
+
+def _complete(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from stamen.client.device import Device
+from stamen.client.pipeline import PipelineSettings
 from stamen.models import ReleaseCatalog, UserItems
 from stamen.models.context import (
     UNKNOWN_CONTEXT,
@@ -26,6 +27,9 @@ from stamen.privacy import generate_key
 from stamen.server import ReleaseWriter, load_or_create_signing_key
 
 N_ITEMS = 40
+
+#: The release model's own order: these tests check the scorer, not the re-ranker.
+RETRIEVAL = PipelineSettings.retrieval_only()
 
 
 def _catalog(n: int = N_ITEMS, genres=None) -> ReleaseCatalog:
@@ -214,7 +218,9 @@ def test_a_device_serves_a_two_tower_release_and_updates_on_every_event(tmp_path
         tmp_path / "releases", private_key=private, public_key=public, model=model
     )
     release = writer.publish(1, shared)
-    with Device.open(tmp_path / "device", key=generate_key(), release_key=public) as device:
+    with Device.open(
+        tmp_path / "device", key=generate_key(), release_key=public, pipeline=RETRIEVAL
+    ) as device:
         device.apply_release(release)
         assert device.release.model == "two-tower"
         cold = [r.item for r in device.recommend(5)]
@@ -277,7 +283,9 @@ def test_a_device_scores_with_the_request_context(tmp_path) -> None:
         tmp_path / "releases", private_key=private, public_key=public, model=model
     )
     release = writer.publish(1, shared)
-    with Device.open(tmp_path / "device", key=generate_key(), release_key=public) as device:
+    with Device.open(
+        tmp_path / "device", key=generate_key(), release_key=public, pipeline=RETRIEVAL
+    ) as device:
         device.apply_release(release)
         device.record("m3", "view", at=1.0, context={"hour": 8, "weekday": 2})
         device.record("m8", "view", at=2.0)
@@ -289,7 +297,7 @@ def test_a_device_scores_with_the_request_context(tmp_path) -> None:
             want[[3, 8]] = -np.inf
             assert [r.item for r in got] == [f"m{i}" for i in torch.topk(want, 8).indices]
             np.testing.assert_allclose(
-                [r.score for r in got], torch.topk(want, 8).values, rtol=1e-5, atol=1e-5
+                [r.scores["cf"] for r in got], torch.topk(want, 8).values, rtol=1e-5, atol=1e-5
             )
             lists[hour] = [r.item for r in got]
         assert lists[2] != lists[20]

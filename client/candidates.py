@@ -1,0 +1,262 @@
+"""Candidate generation on the device: generators behind one protocol, merged.
+
+Each generator proposes up to its budget of catalogue rows with a score, from what the
+device holds: the installed release (item factors, catalogue, popularity, trending
+counts) and the person's history. Nothing it reads or computes leaves the device.
+
+Registered generators (``GENERATORS``; :func:`register_generator` adds one):
+
+- ``cf``: the release model's scores of the user vector against every item (the device's
+  own scorer: the int8 table when the release ships one);
+- ``content``: cosine between each item's genre/tag vector and the person's profile, a
+  recency-weighted mean of the features of what they engaged with minus that of what
+  they rejected (half-life a setting);
+- ``trending``: the release's privately aggregated trending counts;
+- ``fresh``: the newest items by first-seen time;
+- ``popular``: the release's popularity, for a person with no history yet.
+
+:func:`generate` runs the generators, merges and de-duplicates their proposals; each
+candidate keeps which generators proposed it and with what score (``Candidates.scores``,
+NaN where a generator did not propose it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from scipy import sparse
+
+from stamen.models.bundle import ReleaseCatalog
+
+__all__ = [
+    "GENERATORS",
+    "Candidates",
+    "ReleaseIndex",
+    "Generator",
+    "Request",
+    "content_profile",
+    "generate",
+    "register_generator",
+    "top_rows",
+]
+
+
+class ReleaseIndex:
+    """What the generators read of an installed release, built once per release: the
+    catalogue, its items x genres (or tags) matrix and each item's vector norm,
+    popularity, trending counts (``None``: the release carries none), and each static
+    list (fresh, trending, popular) sorted once, so that a request only skips the
+    person's own items instead of ranking the catalogue again."""
+
+    def __init__(
+        self, catalog: ReleaseCatalog, popularity: np.ndarray, trending: np.ndarray | None
+    ) -> None:
+        self.catalog = catalog
+        self.popularity = np.asarray(popularity, np.float64)
+        self.trending = None if trending is None else np.asarray(trending, np.float64)
+        values = np.ones(len(catalog.genre_index), np.float64)
+        self.genres = sparse.csr_matrix(
+            (values, catalog.genre_index, catalog.genre_indptr),
+            shape=(len(catalog), len(catalog.genre_names)),
+        )
+        self.norms = np.sqrt(np.diff(catalog.genre_indptr).astype(np.float64))
+        self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def static_top(
+        self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``budget`` best rows of the release-static ``scores()`` (sorted once under
+        ``name``; non-finite scores never) outside ``excluded``."""
+        if name not in self._sorted:
+            values = np.asarray(scores(), np.float64)
+            rows = np.flatnonzero(np.isfinite(values))
+            rows = rows[np.lexsort((rows, -values[rows]))]
+            self._sorted[name] = (rows, values[rows])
+        rows, values = self._sorted[name]
+        head = slice(0, budget + len(excluded))  # enough to fill the budget after skipping
+        keep = ~np.isin(rows[head], excluded)
+        return rows[head][keep][:budget].astype(np.int64), values[head][keep][:budget]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the generators see of one recommendation request (all of it on the device).
+
+    ``history``/``history_at``: the person's items (latest event positive) and the times
+    of those events; ``rejected``/``rejected_at`` the same for negative feedback;
+    ``excluded``: rows never to propose (consumed and rejected); ``cf_scores``: the release
+    model's score of every item for this person, ``None`` without a user vector.
+    """
+
+    index: ReleaseIndex
+    cf_scores: np.ndarray | None
+    history: np.ndarray
+    history_at: np.ndarray
+    rejected: np.ndarray
+    rejected_at: np.ndarray
+    excluded: np.ndarray
+    now: float
+    context: Mapping[str, Any]
+    content_half_life_s: float = 30 * 86400.0
+
+
+class Generator(Protocol):
+    """Proposes up to ``budget`` catalogue rows for ``request``, with their scores."""
+
+    def __call__(self, request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores, best first."""
+        ...
+
+
+#: Generator name -> generator (``register_generator`` adds one).
+GENERATORS: dict[str, Generator] = {}
+
+
+def register_generator(name: str) -> Callable[[Generator], Generator]:
+    """Register ``generator`` under ``name`` (a plug-in point: the two-tower model, a
+    partner feed, …)."""
+
+    def add(generator: Generator) -> Generator:
+        if name in GENERATORS:
+            raise ValueError(f"a candidate generator {name!r} is already registered")
+        GENERATORS[name] = generator
+        return generator
+
+    return add
+
+
+def top_rows(
+    scores: np.ndarray, budget: int, excluded: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``budget`` best rows of ``scores`` (non-finite and ``excluded`` rows never),
+    best first; ties broken by row, so the result is deterministic."""
+    scores = np.asarray(scores, np.float64).copy()
+    scores[excluded] = -np.inf
+    finite = np.flatnonzero(np.isfinite(scores))
+    if budget <= 0 or not len(finite):
+        return np.zeros(0, np.int64), np.zeros(0)
+    if budget < len(finite):
+        part = np.argpartition(-scores[finite], budget - 1)[:budget]
+        finite = finite[part]
+    order = np.lexsort((finite, -scores[finite]))
+    rows = finite[order]
+    return rows.astype(np.int64), scores[rows]
+
+
+@register_generator("cf")
+def _cf(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    if request.cf_scores is None:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return top_rows(request.cf_scores, budget, request.excluded)
+
+
+def content_profile(request: Request) -> np.ndarray:
+    """The person's genre profile: recency-weighted mean of their items' genre vectors
+    minus that of their rejected items (weights halve every ``content_half_life_s``)."""
+
+    genres = request.index.genres
+    times = np.concatenate([request.history_at, request.rejected_at])
+    latest = float(times.max()) if len(times) else request.now
+
+    def weighted(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return np.zeros(genres.shape[1])
+        # ages from the person's latest event, not from now: each part is a weighted
+        # mean, so the common reference cancels, and old histories do not underflow to 0
+        age = np.maximum(latest - np.asarray(at, np.float64), 0.0)
+        weights = 0.5 ** (age / request.content_half_life_s)
+        return np.asarray(genres[rows].T @ weights).ravel() / max(weights.sum(), 1e-12)
+
+    return weighted(request.history, request.history_at) - weighted(
+        request.rejected, request.rejected_at
+    )
+
+
+@register_generator("content")
+def _content(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    profile = content_profile(request)
+    norm = np.linalg.norm(profile)
+    if norm == 0:
+        return np.zeros(0, np.int64), np.zeros(0)
+    index = request.index
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = (index.genres @ profile) / (index.norms * norm)
+    cosine[index.norms == 0] = -np.inf
+    rows, scores = top_rows(cosine, budget, request.excluded)
+    keep = scores > 0  # an item sharing nothing with the profile is no content match
+    return rows[keep], scores[keep]
+
+
+@register_generator("trending")
+def _trending(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    index = request.index
+    if index.trending is None:
+        return np.zeros(0, np.int64), np.zeros(0)
+    counts = index.trending
+    # zero counts: nobody, so not trending
+    return index.static_top(
+        "trending", lambda: np.where(counts > 0, counts, -np.inf), budget, request.excluded
+    )
+
+
+@register_generator("fresh")
+def _fresh(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    first_seen = np.asarray(request.index.catalog.first_seen, np.float64)
+    return request.index.static_top(  # negative: first-seen time unknown
+        "fresh", lambda: np.where(first_seen >= 0, first_seen, -np.inf), budget, request.excluded
+    )
+
+
+@register_generator("popular")
+def _popular(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(request.history):  # the fallback for a person the device knows nothing of
+        return np.zeros(0, np.int64), np.zeros(0)
+    index = request.index
+    return index.static_top("popular", lambda: index.popularity, budget, request.excluded)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Merged proposals: unique catalogue ``rows``; ``scores[i, g]`` the score generator
+    ``names[g]`` gave row ``i`` (NaN: not proposed by it)."""
+
+    rows: np.ndarray
+    names: tuple[str, ...]
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def proposed(self, name: str) -> np.ndarray:
+        """Which candidates generator ``name`` proposed."""
+        return ~np.isnan(self.scores[:, self.names.index(name)])
+
+    def proposals(self, i: int) -> dict[str, float]:
+        """The generators that proposed candidate ``i``, with the score each gave it."""
+        return {
+            name: float(v)
+            for name, v in zip(self.names, self.scores[i], strict=True)
+            if not np.isnan(v)
+        }
+
+
+def generate(request: Request, budgets: Mapping[str, int]) -> Candidates:
+    """Run the generators named in ``budgets`` (each up to its budget), merge and
+    de-duplicate; candidates in the order first proposed (generators in ``budgets``'
+    order, each best first)."""
+    unknown = sorted(set(budgets) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"unknown candidate generators {unknown}; known: {sorted(GENERATORS)}")
+    names: Sequence[str] = tuple(budgets)
+    proposals = [GENERATORS[name](request, int(budgets[name])) for name in names]
+    rows = np.concatenate([r for r, _ in proposals]) if proposals else np.zeros(0, np.int64)
+    unique, first = np.unique(rows, return_index=True)
+    unique = unique[np.argsort(first, kind="stable")]
+    position = {int(r): i for i, r in enumerate(unique)}
+    scores = np.full((len(unique), len(names)), np.nan)
+    for g, (proposed, values) in enumerate(proposals):
+        scores[[position[int(r)] for r in proposed], g] = values
+    return Candidates(unique.astype(np.int64), tuple(names), scores)
