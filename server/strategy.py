@@ -153,7 +153,18 @@ class FederatedAveraging(Strategy):
         self.releases = releases
         self.settings = settings
         self.checkpoints = checkpoints
-        self.fingerprint = fingerprint or {}
+        self.fingerprint = dict(fingerprint or {})
+        if settings.dp.enabled and population is not None:
+            # the accountant resumes by counting rounds: only under the same mechanism
+            dp = settings.dp.resolve(
+                population=population, cohort=settings.clients_per_round, rounds=settings.rounds
+            )
+            self.fingerprint["dp"] = {
+                "mode": settings.dp.mode,
+                "noise_multiplier": round(float(dp.noise_multiplier), 12),
+                "sampling_rate": round(float(dp.sampling_rate), 12),
+                "clip_norm": float(dp.clip_norm),
+            }
         self.on_round = on_round
         self.server = ServerOptimizer(initial, settings.optimizer)
         self.history: list[dict[str, Any]] = []

@@ -245,3 +245,23 @@ def test_a_device_reports_its_loss_only_when_told_the_run_is_not_private() -> No
         request = config if setting is None else {**config, "fit-metrics": setting}
         _, _, metrics = client.fit(_zeros(), request)
         assert set(metrics) == expected, setting
+
+
+def test_a_run_resumes_only_under_the_same_dp_mechanism() -> None:
+    """The accountant resumes by counting rounds, which is right only if every round used
+    the same noise, clip and sampling rate: a resume with another target is refused."""
+    from stamen.server.checkpoint import Checkpoint, CheckpointError
+
+    first = _strategy(UserDP(mode="central", target_epsilon=8.0, clip_norm=0.5), rounds=2)
+    saved = Checkpoint(
+        round=1, server_state=first.server.state_dict(), history=[], fingerprint=first.fingerprint
+    )
+    same = FederatedAveraging(
+        first.settings, initial=_zeros(), resume=saved, population=first.population
+    )
+    assert same.start_round == 1 and same.accountant.epsilon == first.accountant.epsilon_after(1)
+    wider = first.settings.model_copy(
+        update={"rounds": 3, "dp": UserDP(mode="central", target_epsilon=12.0, clip_norm=0.5)}
+    )
+    with pytest.raises(CheckpointError, match="dp"):
+        FederatedAveraging(wider, initial=_zeros(), resume=saved, population=first.population)
