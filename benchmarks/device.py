@@ -12,7 +12,7 @@ memory is the device's own), measures:
   with the release installed;
 - ``record`` of a new item (a durable SQLCipher commit, then the exact iALS re-solve of
   the user factor), ``record`` of an item already in the history (the commit alone), and
-  the re-solve alone (``IALSSolver.solve`` for one person);
+  the re-solve alone (the release model's user solve for one person);
 - ``recommend(10)`` p50 and p99 for a person with ``--history`` items through the whole
   on-device pipeline (``PipelineSettings()``: every candidate generator, rank fusion,
   the rules, MMR), and through collaborative filtering alone
@@ -88,7 +88,6 @@ def one(size: int, quantized: bool, history: int, repeats: int) -> dict:
     from stamen.client import Device, PipelineSettings
     from stamen.client.device_store import EventStore
     from stamen.client.events import Event
-    from stamen.models.batches import UserItems
     from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
     from stamen.privacy import generate_key, generate_signing_key, seal_signed
 
@@ -149,10 +148,12 @@ def one(size: int, quantized: bool, history: int, repeats: int) -> dict:
         out["rss_mib"] = psutil.Process().memory_info().rss / 2**20
         out["rss_growth_mib"] = (psutil.Process().memory_info().rss - rss_before) / 2**20
         serving = device._serving
-        assert serving is not None and serving.solver is not None
-        rows = UserItems.single(np.sort(device.item_indices()), n_items=size)
-        out["history_at_solve"] = int(rows.counts()[0])
-        out["ials_solve"] = _percentiles(_timed(lambda: serving.solver.solve(rows), repeats))
+        assert serving is not None
+        history_rows = device.history_indices()
+        out["history_at_solve"] = len(history_rows)
+        out["ials_solve"] = _percentiles(
+            _timed(lambda: serving.factor(history_rows, None), repeats)
+        )
 
         table = serving.table
         user = device.user_factor
