@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -39,8 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the integration 
 
 from loopback import (  # noqa: E402
     BIN,
-    flower_env,
+    flower_home,
     free_port,
+    register_supernode,
     running,
     superlink_command,
     supernode_command,
@@ -148,13 +148,7 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
         _cli("device", "import", folder, str(data / "u.data"), "--user", str(d + 1))
         _cli("device", "apply", folder, str(tmp / "releases" / latest))
     port = free_port()
-    home = tmp / "home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "bench"\n[superlink.bench]\naddress = "127.0.0.1:{port}"\n'
-        f'root-certificates = "{certs.ca_certificate}"\n'
-    )
-    env, log = flower_env(home), tmp / "superlink.log"
+    env, log = flower_home(tmp / "home", "bench", port, certs.ca_certificate), tmp / "superlink.log"
     shares = {"secagg-num-shares": 3, "secagg-reconstruction-threshold": 2} if n < 5 else {}
     config = {
         "releases": f"'{tmp / 'releases'}'",
@@ -174,16 +168,7 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
         )
         _wait(lambda: "Starting Flower SuperLink" in text(log), "SuperLink start", 60, link, log)
         for d in range(n):
-            done = subprocess.run(
-                [str(BIN / "flwr"), "supernode", "register", str(certs.supernodes[d].public_key)]
-                + ["bench"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if not re.search(r"SuperNode \d+ registered", done.stdout):
-                raise RuntimeError(done.stdout + done.stderr)
+            register_supernode(certs.supernodes[d].public_key, "bench", env)
         relays = Relays(port, n)
         for d in range(n):
             command = supernode_command(certs.supernodes[d].private_key, certs, relays.ports[d])

@@ -4,6 +4,7 @@ bounded waits, and every process (with its children) stopped on exit."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,33 @@ def flower_env(home: Path) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")  # a ClientApp task is noticed sooner
     return env
+
+
+def flower_home(home: Path, federation: str, port: int, ca_certificate: Path) -> dict[str, str]:
+    """A Flower home whose default SuperLink connection ``federation`` reaches 127.0.0.1:
+    ``port`` over TLS under ``ca_certificate``; the environment that uses it."""
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{federation}"\n[superlink.{federation}]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca_certificate}"\n'
+    )
+    return flower_env(home)
+
+
+def register_supernode(public_key: Path, federation: str, env: dict[str, str]) -> str:
+    """Register a SuperNode's public key with the SuperLink (``flwr supernode register``);
+    its node id. Raises ``RuntimeError`` with Flower's output when that fails."""
+    done = subprocess.run(
+        [str(BIN / "flwr"), "supernode", "register", str(public_key), federation],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    found = re.search(r"SuperNode (\d+) registered", done.stdout)
+    if found is None:
+        raise RuntimeError(done.stdout + done.stderr)
+    return found.group(1)
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -19,9 +18,10 @@ import numpy as np
 import pytest
 from loopback import (
     BIN,
-    flower_env,
+    flower_home,
     free_port,
     poll,
+    register_supernode,
     running,
     superlink_command,
     supernode_command,
@@ -72,12 +72,6 @@ def _deployment(tmp_path: Path):
     return certs, key
 
 
-def _flwr(args: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def _run_config(tmp_path: Path, key: Path, **extra: object) -> str:
     values = {
         "releases": f"'{tmp_path / 'releases'}'",
@@ -104,24 +98,15 @@ def _federation(tmp_path: Path) -> Iterator[dict]:
     their devices and one unregistered SuperNode; every process stopped on exit."""
     certs, key = _deployment(tmp_path)
     port = free_port()
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
-        f'root-certificates = "{certs.ca_certificate}"\n'
-    )
-    env, log = flower_env(home), tmp_path / "superlink.log"
+    env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
+    log = tmp_path / "superlink.log"
     link_cmd = superlink_command(certs, port, tmp_path, "--enable-supernode-auth")
     with ExitStack() as stack:
         link = stack.enter_context(running(link_cmd, env=env, log=log))
         poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
-        ids = []
-        for d in range(NODES):
-            public = str(certs.supernodes[d].public_key)
-            done = _flwr(["supernode", "register", public, "test"], env, 60)
-            found = re.search(r"SuperNode (\d+) registered", done.stdout)
-            assert found, done.stdout + done.stderr
-            ids.append(found.group(1))
+        ids = [
+            register_supernode(certs.supernodes[d].public_key, "test", env) for d in range(NODES)
+        ]
         nodes = []
         for d in range(NODES):
             command = supernode_command(certs.supernodes[d].private_key, certs, port)
