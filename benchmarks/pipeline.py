@@ -20,8 +20,12 @@ validation item excluded (the protocol's "every item the user has not seen"). Re
 HR@10, NDCG@10, intra-list diversity (mean pairwise 1 − cosine of the items' genre/tag
 vectors), catalogue coverage (distinct items over all lists / catalogue), novelty (mean
 self-information −log2 of the item's share of training users), and the single-call
-``recommend`` latency p50/p99. The releases carry no trending counts yet (private
-analytics is not built), so the trending generator proposes nothing here.
+``recommend`` latency p50/p99. Where the data set has interaction times (ML-100K), the
+release carries private trending counts (``stamen.simulation.trending``: every device's
+items of the last ``--trending-window-days`` before the split's last training event, at
+most ``--trending-cap`` each, released once at ``--trending-epsilon`` with δ = 1/users),
+which the trending generator reads; Last.fm-2K has no times, so there it proposes
+nothing.
 Writes benchmarks/results/pipeline-<dataset>.{json,md}.
 """
 
@@ -47,6 +51,7 @@ from stamen.simulation.datasets import default_data_dir, find_local, load_datase
 from stamen.simulation.devices import provision_devices
 from stamen.simulation.runner import initial_shared, release_catalog
 from stamen.simulation.split import leave_one_out
+from stamen.simulation.trending import private_trending, true_trending
 
 HERE = Path(__file__).resolve().parent
 KEEP = 0.97  # of retrieval's validation NDCG@10
@@ -85,7 +90,9 @@ def _list_metrics(lists, targets, unit_genres, info) -> dict[str, float]:
     }
 
 
-def run_seed(name: str, path: Path, config_path: Path | None, seed: int, grid: dict) -> dict:
+def run_seed(
+    name: str, path: Path, config_path: Path | None, seed: int, grid: dict, trending: dict
+) -> dict:
     data = load_dataset(name, path)
     split = leave_one_out(data.interactions, seed=seed)
     config = load_config(config_path, {"seed": seed, "dataset": name})
@@ -108,7 +115,17 @@ def run_seed(name: str, path: Path, config_path: Path | None, seed: int, grid: d
         writer = ReleaseWriter(
             Path(tmp) / "releases", private_key=private, public_key=public, model=model
         )
-        release = writer.publish(1, trained.shared)
+        counts = None
+        if split.train_times is not None:
+            true, _ = true_trending(split, window_days=trending["window_days"], cap=trending["cap"])
+            counts, out["trending"] = private_trending(
+                true,
+                epsilon=trending["epsilon"],
+                users=split.n_users,
+                cap=trending["cap"],
+                seed=seed,
+            )
+        release = writer.publish(1, trained.shared, trending=counts)
         provisioned = provision_devices(
             split,
             writer.catalog,
@@ -157,6 +174,16 @@ def _chosen(per_seed: list[dict]) -> str | None:
     return max(ok, key=lambda v: mean(v, "ild@10")) if ok else None
 
 
+def _trending_note(trending: dict | None) -> str:
+    if trending is None:
+        return "No trending counts in the releases (the data set has no interaction times)."
+    return (
+        f"The releases carry private trending counts (ε = {trending['epsilon']:g}, "
+        f"δ = {trending['delta']:.2e}, z = {trending['noise_multiplier']:.3g}, noise std "
+        f"{trending['noise_std']:.3g} counts)."
+    )
+
+
 def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
     command = "python benchmarks/pipeline.py " + " ".join(sys.argv[1:])
     chosen = _chosen(per_seed)
@@ -172,7 +199,7 @@ def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
         "numpy, this machine's 2 cores shared with nothing else). MMR compares genre vectors. "
         "The variant marked chosen is picked on validation: the most diverse (ILD) one "
         f"keeping {KEEP:.0%} of retrieval's validation NDCG@10 ({chosen or 'none did'}). "
-        "No trending counts in the releases yet.",
+        + _trending_note(per_seed[0].get("trending")),
         "",
         "| variant | " + " | ".join(metrics) + " | NDCG vs retrieval |",
         "|---|" + "---|" * (len(metrics) + 1),
@@ -209,12 +236,20 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.25])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.5])
+    parser.add_argument("--trending-epsilon", type=float, default=4.0)
+    parser.add_argument("--trending-window-days", type=float, default=30.0)
+    parser.add_argument("--trending-cap", type=int, default=20)
     args = parser.parse_args(argv)
+    trending = {
+        "epsilon": args.trending_epsilon,
+        "window_days": args.trending_window_days,
+        "cap": args.trending_cap,
+    }
     path = find_local(args.dataset, default_data_dir())
     if path is None:
         sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
     grid = _variants(args.weights, args.lambdas)
-    per_seed = [run_seed(args.dataset, path, args.config, s, grid) for s in args.seeds]
+    per_seed = [run_seed(args.dataset, path, args.config, s, grid, trending) for s in args.seeds]
     write(args, per_seed)
 
 

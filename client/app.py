@@ -23,8 +23,16 @@ from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import Mod
 
+from stamen.client.analytics import evaluation_vectors, trending_vectors
 from stamen.client.statistics import ALS_STAGE_KEY, als_upload
 from stamen.client.virtual import VirtualDevices
+from stamen.models.analytics import (
+    ANALYTICS_QUERY_KEY,
+    EVALUATION,
+    QUERIES,
+    TRENDING,
+    metric_names_from_config,
+)
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.metrics import batch_metrics
@@ -69,7 +77,8 @@ class HeldOut:
 @dataclass(frozen=True)
 class DeviceData:
     """What a device trains and evaluates on: its items (catalogue rows), held-out items
-    (``-1``: none), sampled negatives and its items' event contexts (``None``: unknown)."""
+    (``-1``: none), sampled negatives, and its items' event contexts and latest event
+    times in seconds (``None``: unknown)."""
 
     train_items: np.ndarray
     valid_item: int
@@ -77,6 +86,7 @@ class DeviceData:
     negatives: np.ndarray
     catalog: ReleaseCatalog
     train_contexts: np.ndarray | None = None
+    train_times: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -165,6 +175,8 @@ class MFClient(NumPyClient):
         ``record-dp-*`` keys in ``config`` the step is record-level DP-SGD
         (``stamen.client.record_dp``), and the user factor is only ever trained by it."""
         self._verify(parameters, config)
+        if ANALYTICS_QUERY_KEY in config:  # a private federated analytics query
+            return self._answer(parameters, config), 1, {}
         if ALS_STAGE_KEY in config:  # private ALS: counts or statistics, clipped and noised
             upload = als_upload(parameters, self.data.train_items, config)
             return self._privatise(upload, config), 1, {}
@@ -209,15 +221,57 @@ class MFClient(NumPyClient):
         bound = float(config["dp-clip-norm"]) * (1 + 1e-4) if clipped else math.inf
         check_update(upload, expected_shapes=[np.shape(a) for a in parameters], bound=bound)
 
-    def _privatise(self, delta: list[np.ndarray], config: dict) -> list[np.ndarray]:
+    def _answer(self, parameters: list[np.ndarray], config: dict) -> list[np.ndarray]:
+        """This device's answer to an analytics query (``stamen.models.analytics``): its
+        bounded vector, scaled, clipped, noised (distributed DP) and checked, before
+        SecAgg+ masks it."""
+        query = str(config[ANALYTICS_QUERY_KEY])
+        if query == TRENDING:
+            vector = self._trending(config)
+        elif query == EVALUATION:
+            names = metric_names_from_config(str(config["analytics-metrics"]))
+            _, n, metrics = self.evaluate(parameters, config)
+            missing = [name for name in names if n and name not in metrics]
+            if missing:
+                raise ValueError(f"evaluation query asks for unknown metrics {missing}")
+            values = np.array([[metrics[name] if n else 0.0 for name in names]])
+            vector = evaluation_vectors(values, np.array([n > 0]))[0]
+        else:
+            raise ValueError(f"unknown analytics query {query!r}; known: {QUERIES}")
+        scaled = [vector * float(config["analytics-scale"])]
+        upload = self._privatise(scaled, config, purpose=3)
+        self._check(upload, scaled, config)
+        return upload
+
+    def _trending(self, config: dict) -> np.ndarray:
+        times = self.data.train_times
+        items = self.data.train_items
+        if times is None or len(times) != len(items):
+            raise ValueError("this device knows no event times; it cannot answer trending")
+        return trending_vectors(
+            np.zeros(len(items), np.int64),
+            items,
+            times,
+            n_devices=1,
+            n_items=self.data.n_items,
+            now=float(config["analytics-now"]),
+            window=float(config["analytics-window"]),
+            cap=int(config["analytics-cap"]),
+        )[0]
+
+    def _privatise(
+        self, delta: list[np.ndarray], config: dict, *, purpose: int = 2
+    ) -> list[np.ndarray]:
         """User-level DP on the device: clip the whole update to ``dp-clip-norm`` and, in
-        distributed mode, add this device's share of the noise (``dp-noise-std``)."""
+        distributed mode, add this device's share of the noise (``dp-noise-std``, drawn
+        from a stream of its own per ``purpose``: training 2, analytics 3)."""
         if "dp-clip-norm" not in config:
             return delta
         clipped, _ = clip_update(delta, max_norm=float(config["dp-clip-norm"]))
         std = float(config.get("dp-noise-std", 0.0))
         if std > 0:
-            noise = gaussian_noise([a.shape for a in clipped], std=std, rng=self._rng(config, 2))
+            rng = self._rng(config, purpose)
+            noise = gaussian_noise([a.shape for a in clipped], std=std, rng=rng)
             clipped = [a + n for a, n in zip(clipped, noise, strict=True)]
         return clipped
 
@@ -270,11 +324,13 @@ def make_client_fn(
         row = int(context.node_config["partition-id"])
         with devices.open(row) as device:
             items, catalog = device.history_indices(), device.catalog
-            contexts = device.history_contexts()
+            contexts, times = device.history_contexts(), device.history_times()
         if catalog is None:
             raise RuntimeError(f"{devices.path(row)}: no release installed; provision it first")
         held = held_out(row) if held_out is not None else HeldOut(-1, -1, np.zeros(0, np.int64))
-        data = DeviceData(items, held.valid_item, held.test_item, held.negatives, catalog, contexts)
+        data = DeviceData(
+            items, held.valid_item, held.test_item, held.negatives, catalog, contexts, times
+        )
         client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
         return client.to_client()
 

@@ -123,10 +123,11 @@ class _DeployedDevice(NumPyClient):
             raise ConfigError(f"{policy.folder}: no device here (stamen device init)")
         with Device.open(policy.folder, key=policy.store_key()) as device:
             items, catalog = device.history_indices(), device.catalog
-            contexts, release_key = device.history_contexts(), device.release_key
+            contexts, times = device.history_contexts(), device.history_times()
+            release_key = device.release_key
         if catalog is None:
             raise ConfigError(f"{policy.folder}: no release installed (stamen device apply)")
-        data = DeviceData(items, -1, -1, items[:0], catalog, contexts)
+        data = DeviceData(items, -1, -1, items[:0], catalog, contexts, times)
         return MFClient(
             data,
             self.context.state,

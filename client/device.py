@@ -407,6 +407,15 @@ class Device:
                 [self._contexts[catalog.item_id(int(i))] for i in self._ordered.tolist()]
             )
 
+    def history_times(self) -> np.ndarray:
+        """The time (seconds since the epoch) of the latest event of each item of
+        :meth:`history_indices`."""
+        with self._lock:
+            self._open_store()
+            if self._serving is None or not len(self._ordered):
+                return np.zeros(0, np.float64)
+            return self._times(self._ordered)
+
     @property
     def release_key(self) -> bytes:
         """The publisher's Ed25519 public key this device pinned (raw 32 bytes)."""

@@ -201,6 +201,4 @@ class FederatedALS(FederatedAveraging):
         )
         if failures:
             self._record["failure_reasons"] = failure_reasons(failures)
-        if not self._evaluates(rnd):
-            self._finish_round(rnd)
         return ndarrays_to_parameters(self.server.arrays()), {}

@@ -1,5 +1,7 @@
 """Stamen's Flower ServerApps: ``FederatedAveraging`` on the legacy workflow stack, with
-Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on.
+Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on, and
+:class:`RoundEnd` as each round's evaluate stage (private analytics queries, federated
+evaluation, the round's release and checkpoint).
 ``server_app`` is the deployment app (``stamen.server.deployment``)."""
 
 from __future__ import annotations
@@ -7,13 +9,27 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import Context
+from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.server.workflow.default_workflows import (
+    default_evaluate_workflow,
+    default_fit_workflow,
+)
 
 from stamen.privacy import SecAggSettings
+from stamen.server.analytics import PrivateSum
 from stamen.server.strategy import FederatedAveraging
 
-__all__ = ["build_server_app", "run_rounds", "secagg_workflow", "server_app"]
+__all__ = [
+    "RoundEnd",
+    "build_server_app",
+    "run_query",
+    "run_rounds",
+    "secagg_workflow",
+    "server_app",
+]
 
 
 def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
@@ -28,6 +44,48 @@ def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
     )
 
 
+def run_query(grid: Grid, context: LegacyContext, query: PrivateSum) -> None:
+    """Run one private sum query (``stamen.server.analytics``) as a fit round of its own:
+    through SecAgg+ when the query has SecAgg+ settings, Flower's plain fit workflow
+    otherwise. The query's strategy returns no parameters, so the global model stays."""
+    legacy = LegacyContext(
+        context, config=context.config, strategy=query, client_manager=context.client_manager
+    )
+    if query.secagg is not None:
+        secagg_workflow(query.secagg)(grid, legacy)
+    else:
+        default_fit_workflow(grid, legacy)
+
+
+class RoundEnd:
+    """Flower's evaluate stage of each round, as Stamen runs it: the round's analytics
+    queries (trending), then federated evaluation (a secure sum, or Flower's evaluate
+    workflow in the clear), then the round's close (record, release, checkpoint)."""
+
+    def __init__(self, strategy: FederatedAveraging) -> None:
+        self.strategy = strategy
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        """Run the stage for the current round of ``context`` (a ``LegacyContext``)."""
+        assert isinstance(context, LegacyContext)
+        strategy = self.strategy
+        current = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        rnd = strategy._global_round(current)
+        if strategy.trending_due(rnd):
+            run_query(grid, context, strategy.ask_trending(rnd))
+            strategy.take_trending(rnd)
+        if strategy.secure_evaluates(rnd):
+            parameters = arrayrecord_to_parameters(
+                context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
+            )
+            connected = context.client_manager.num_available()
+            run_query(grid, context, strategy.ask_evaluation(rnd, parameters, connected))
+            strategy.take_evaluation(rnd)
+        else:
+            default_evaluate_workflow(grid, context)
+        strategy.finish_round(rnd)
+
+
 def run_rounds(grid: Grid, context: Context, strategy: FederatedAveraging) -> None:
     """Run the strategy's remaining rounds on ``grid``."""
     if strategy.remaining_rounds == 0:
@@ -37,7 +95,7 @@ def run_rounds(grid: Grid, context: Context, strategy: FederatedAveraging) -> No
     )
     secagg = strategy.settings.secagg
     fit_workflow = secagg_workflow(secagg) if secagg.enabled else None
-    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=RoundEnd(strategy))(grid, legacy)
 
 
 def build_server_app(make_strategy: Callable[[Context], FederatedAveraging]) -> ServerApp:

@@ -55,6 +55,13 @@ RUN_CONFIG_KEYS: dict[str, tuple[str | None, str]] = {
     "dp-delta": ("dp", "delta"),
     "dp-noise-multiplier": ("dp", "noise_multiplier"),
     "dp-clip-norm": ("dp", "clip_norm"),
+    "trending-every": ("analytics.trending", "every"),
+    "trending-window-days": ("analytics.trending", "window_days"),
+    "trending-cap": ("analytics.trending", "cap"),
+    "trending-clients": ("analytics.trending", "clients"),
+    "trending-dp": ("analytics.trending.dp", "mode"),
+    "trending-epsilon": ("analytics.trending.dp", "target_epsilon"),
+    "trending-noise-multiplier": ("analytics.trending.dp", "noise_multiplier"),
 }
 
 #: Seconds each SecAgg+ stage waits for replies in a deployment unless the run config says
@@ -67,13 +74,16 @@ _OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume")
 
 def settings_overrides(run_config: dict[str, Any]) -> dict[str, Any]:
     """``ServerSettings`` fields set in ``run_config`` (empty strings: unset), nested by
-    section."""
+    section (a dotted section nests deeper)."""
     out: dict[str, Any] = {}
     for key, (section, name) in RUN_CONFIG_KEYS.items():
         value = run_config.get(key, "")
         if value == "" or value is None:
             continue
-        (out.setdefault(section, {}) if section else out)[name] = value
+        target = out
+        for part in section.split(".") if section else ():
+            target = target.setdefault(part, {})
+        target[name] = value
     return out
 
 
@@ -129,6 +139,11 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"run config: {problems}") from None
+    if settings.analytics.trending.every and deployment.population is None:
+        raise ConfigError(
+            "run config: trending needs 'population' (the number of enrolled devices), "
+            "which sets its cohort and its default delta"
+        )
     if settings.dp.enabled and deployment.population is None:
         raise ConfigError(
             "run config: user-level DP needs 'population' (the number of enrolled devices, "

@@ -93,9 +93,13 @@ class ReleaseWriter:
         """Where release ``number`` is written."""
         return self.folder / f"release-{number:06d}.stamen"
 
-    def publish(self, number: int, shared: Sequence[np.ndarray]) -> Path:
+    def publish(
+        self, number: int, shared: Sequence[np.ndarray], *, trending: np.ndarray | None = None
+    ) -> Path:
         """Sign and write release ``number`` of the shared arrays (the model's
-        ``shared_names`` order), then point ``latest`` at it. Returns the file's path."""
+        ``shared_names`` order) and, if given, the privately aggregated trending counts
+        (``stamen.server.analytics``), then point ``latest`` at it. Returns the file's
+        path."""
         model = self.model
         shared = [np.asarray(a, np.float32) for a in shared]
         model.check_shared(shared)
@@ -106,6 +110,7 @@ class ReleaseWriter:
             arrays=dict(zip(model.shared_names(), shared, strict=True)),
             catalog=self.catalog,
             popularity=model.popularity(shared),
+            trending=trending,
         )
         payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)

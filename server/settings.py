@@ -8,6 +8,7 @@ from stamen.models.registry import model_class
 from stamen.models.settings import LocalSettings
 from stamen.models.two_tower import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
+from stamen.server.analytics import AnalyticsSettings
 from stamen.server.optimizer import ServerOptimizerSettings
 
 __all__ = ["ServerSettings"]
@@ -45,6 +46,7 @@ class ServerSettings(BaseModel):
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
     record_dp: RecordDP = RecordDP()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("model")
     @classmethod
@@ -55,6 +57,13 @@ class ServerSettings(BaseModel):
     def model_settings(self) -> BaseModel:
         """The settings of the run's model family (``local`` for MF, ``two_tower``...)."""
         return getattr(self, model_class(self.model).settings_field)
+
+    @property
+    def secure_evaluation(self) -> bool:
+        """Whether federated evaluation is a secure sum (``analytics.evaluation.secure``;
+        unset: whenever SecAgg+ is on), so no device's metrics reach the server."""
+        secure = self.analytics.evaluation.secure
+        return self.secagg.enabled if secure is None else secure
 
     def device_config(self) -> dict[str, bool | bytes | float | int | str]:
         """What every training and evaluation request carries: the model's name and the
@@ -76,6 +85,21 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 f"secagg.clipping_range ({self.secagg.clipping_range}) is below the DP clip norm "
                 f"({self.dp.clip_norm}): SecAgg+ would clip clipped updates again"
+            )
+        analytics = self.analytics
+        if analytics.evaluation.secure and not self.secagg.enabled:
+            raise ValueError("analytics.evaluation.secure needs secagg.enabled")
+        if analytics.trending.every and not self.secagg.enabled:
+            raise ValueError(
+                "trending counts need secure aggregation (secagg.enabled): without it the "
+                "server would see each device's recent items"
+            )
+        if analytics.evaluation.dp.enabled and not self.secure_evaluation:
+            raise ValueError("evaluation DP noises the secure evaluation sum: it needs SecAgg+")
+        if analytics.evaluation.dp.enabled and self.eval_clients is not None:
+            raise ValueError(
+                "evaluation DP asks every device on every evaluation round (sampling rate "
+                "1, as its accountant assumes): unset eval_clients"
             )
         if self.record_dp.enabled and self.model != "mf":
             raise ValueError(

@@ -41,6 +41,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
+from stamen.models.analytics import EVALUATION, TRENDING
 from stamen.models.settings import DEVICE_ID_KEY
 from stamen.privacy import (
     PrivacyAccountant,
@@ -50,6 +51,7 @@ from stamen.privacy import (
     secagg_range_for,
     sign_arrays,
 )
+from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
@@ -189,6 +191,11 @@ class FederatedAveraging(Strategy):
             check_distributed_range(settings, dp.noise_multiplier)
             self._min_cohort = min_poisson_cohort(settings, dp.noise_multiplier)
         self._device_ids: dict[str, int] = {}
+        self._eval_full = True
+        #: The latest noisy trending counts (``None`` until the first trending query).
+        self.trending: np.ndarray | None = None
+        self.trending_query = self._trending_query()
+        self.evaluation_query = self._evaluation_query()
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
         # resume, the earlier rounds' largest count is carried as a conservative offset.
         self.participations: Counter[str] = Counter()
@@ -200,6 +207,130 @@ class FederatedAveraging(Strategy):
             ),
             default=0,
         )
+
+    def _query_population(self, what: str) -> int:
+        if self.population is None:
+            raise ValueError(f"{what} needs the population size")
+        return self.population
+
+    def _asked(self, name: str) -> int:
+        """Times query ``name`` was asked in the rounds of a resumed history."""
+        if name == TRENDING:
+            return sum(1 for h in self.history if TRENDING in h.get("analytics", {}))
+        return sum(1 for h in self.history if h.get("evaluate", {}).get("secure"))
+
+    def _trending_query(self) -> PrivateSum | None:
+        trending = self.settings.analytics.trending
+        if not trending.every:
+            return None
+        population = self._query_population("trending")
+        return PrivateSum(
+            self,
+            name=TRENDING,
+            width=trending.cap,
+            dp=trending.dp,
+            population=population,
+            cohort=trending.clients or population,
+            releases=max(self.settings.rounds // trending.every, 1),
+            released=self._asked(TRENDING),
+            secagg=self.settings.secagg,
+            seed=self.settings.seed,
+            purpose=2,
+        )
+
+    def _evaluation_query(self) -> PrivateSum | None:
+        settings = self.settings
+        if not (settings.evaluate and settings.secure_evaluation):
+            return None
+        evaluation = settings.analytics.evaluation
+        population = self._query_population("secure evaluation")
+        releases = sum(1 for r in range(1, settings.rounds + 1) if self._evaluates(r))
+        return PrivateSum(
+            self,
+            name=EVALUATION,
+            width=len(evaluation.metrics) + 1,
+            dp=evaluation.dp,
+            population=population,
+            cohort=population,
+            releases=max(releases, 1),
+            released=self._asked(EVALUATION),
+            secagg=settings.secagg,
+            seed=settings.seed,
+            purpose=1,  # without DP: the very devices the clear path would ask
+        )
+
+    def trending_due(self, rnd: int) -> bool:
+        """Whether round ``rnd`` asks the trending query."""
+        every = self.settings.analytics.trending.every
+        return self.trending_query is not None and rnd % every == 0
+
+    def ask_trending(self, rnd: int) -> PrivateSum:
+        """The trending query, set up for round ``rnd`` (no model is sent)."""
+        assert self.trending_query is not None
+        trending = self.settings.analytics.trending
+        now = trending.now if trending.now is not None else time.time()
+        config: dict[str, Scalar] = {
+            "analytics-now": float(now),
+            "analytics-window": trending.window,
+            "analytics-cap": trending.cap,
+        }
+        # no model: one empty array (Flower's messages cannot carry zero arrays)
+        self.trending_query.ask(rnd, [np.zeros(0, np.float32)], config)
+        return self.trending_query
+
+    def take_trending(self, rnd: int) -> None:
+        """Record round ``rnd``'s trending query; its noisy counts (negative ones read as
+        0, which is post-processing) go into this round's release and the later ones."""
+        query = self.trending_query
+        assert query is not None
+        record = dict(query.record)
+        if query.result is not None:
+            self.trending = np.maximum(query.result.total, 0.0).astype(np.float32)
+            record["items_counted"] = int(np.count_nonzero(self.trending))
+        elif "skipped" not in record:
+            record.setdefault("failed", "SecAgg+ halted without a sum (too few answers)")
+        self._record.setdefault("analytics", {})[TRENDING] = record
+
+    def secure_evaluates(self, rnd: int) -> bool:
+        """Whether round ``rnd``'s evaluation is a secure sum rather than in the clear."""
+        return self.evaluation_query is not None and self._evaluates(rnd)
+
+    def ask_evaluation(self, rnd: int, parameters: Parameters, connected: int) -> PrivateSum:
+        """The secure evaluation query of round ``rnd`` over the global model."""
+        assert self.evaluation_query is not None
+        query = self.evaluation_query
+        arrays = parameters_to_ndarrays(parameters)
+        config: dict[str, Scalar] = {
+            **self._config(rnd),
+            "analytics-metrics": ",".join(self.settings.analytics.evaluation.metrics),
+        }
+        for key in ("dp-clip-norm", "dp-noise-std"):  # the query's own DP, not training's
+            config.pop(key, None)
+        query.ask(rnd, arrays, config)
+        if query.accountant is None:
+            query.cohort = self._eval_cohort(rnd, connected)
+            self._eval_full = query.cohort >= connected
+        return query
+
+    def take_evaluation(self, rnd: int) -> None:
+        """Record round ``rnd``'s secure evaluation: the mean of each metric over the
+        devices that hold held-out items (the sum's first entry counts them)."""
+        query = self.evaluation_query
+        assert query is not None
+        record: dict[str, Any] = {**query.record, "secure": True}
+        record["full"] = self._eval_full if query.accountant is None else True
+        if query.result is not None:
+            count, *sums = query.result.total.tolist()
+            names = self.settings.analytics.evaluation.metrics
+            denominator = max(count, 1.0)
+            means = zip(names, (value / denominator for value in sums), strict=True)
+            record.update(dict(means))
+            record["devices"] = int(round(count))
+            record["answered"] = query.result.devices
+            record["metric_noise_std"] = query.result.noise_std / denominator
+        else:
+            record.setdefault("failed", "SecAgg+ halted without a sum (too few answers)")
+        self._record["evaluate"] = record
 
     @property
     def remaining_rounds(self) -> int:
@@ -320,8 +451,6 @@ class FederatedAveraging(Strategy):
         self._record = {"round": rnd}
         if self._budget_spent():
             self._record["skipped"] = "privacy budget (target epsilon) reached"
-            if not self._evaluates(rnd):
-                self._finish_round(rnd)
             return []
         devices = self._devices(client_manager)
         private = self.accountant is not None
@@ -337,8 +466,6 @@ class FederatedAveraging(Strategy):
                 "epsilon": self.accountant.epsilon,
                 "delta": self.accountant.settings.delta,
             }
-            if not self._evaluates(rnd):
-                self._finish_round(rnd)
             return []
         self._record["cohort"] = len(cohort)
         if self.settings.record_dp.enabled:
@@ -392,8 +519,6 @@ class FederatedAveraging(Strategy):
             self._record["dropout_reason"] = "no reply within the stage's timeout"
         if rejected:
             self._record["rejected"] = rejected
-        if not self._evaluates(rnd):
-            self._finish_round(rnd)
         return ndarrays_to_parameters(new), metrics
 
     def _checked(
@@ -481,6 +606,14 @@ class FederatedAveraging(Strategy):
         if self.settings.record_dp.enabled:
             report = report or {"mode": "off", "epsilon": math.inf}
             report["record"] = self._record_dp_report()
+        analytics = {
+            query.name: query.report()
+            for query in (self.trending_query, self.evaluation_query)
+            if query is not None and query.report() is not None
+        }
+        if analytics:
+            report = report or {"mode": "off", "epsilon": math.inf, "delta": None}
+            report["analytics"] = analytics
         return report
 
     def _evaluates(self, rnd: int) -> bool:
@@ -496,16 +629,20 @@ class FederatedAveraging(Strategy):
         the last round); none on other rounds."""
         rnd = self._global_round(server_round)
         if not self._evaluates(rnd):
-            if not self.history or self.history[-1].get("round") != rnd:
-                self._finish_round(rnd)  # the fit workflow stopped before aggregate_fit
+            self.finish_round(rnd)
             return []
         devices = self._devices(client_manager)
-        n = len(devices)
-        if rnd != self.settings.rounds and self.settings.eval_clients is not None:
-            n = self.settings.eval_clients
+        n = self._eval_cohort(rnd, len(devices))
+        self._eval_full = n >= len(devices)
         chosen = self._sample(devices, n, 1, rnd, poisson=False)
         config = self._signed(self._config(rnd), parameters, rnd)
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
+
+    def _eval_cohort(self, rnd: int, connected: int) -> int:
+        """Devices an evaluation round asks: all on the last round, else ``eval_clients``."""
+        if rnd != self.settings.rounds and self.settings.eval_clients is not None:
+            return self.settings.eval_clients
+        return connected
 
     def aggregate_evaluate(
         self,
@@ -517,11 +654,15 @@ class FederatedAveraging(Strategy):
         rnd = self._global_round(server_round)
         pairs = [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in results]
         metrics = _mean_metrics(pairs)
-        self._record["evaluate"] = {**metrics, "devices": sum(n for n, _ in pairs)}
+        self._record["evaluate"] = {
+            **metrics,
+            "devices": sum(n for n, _ in pairs),
+            "full": self._eval_full,
+        }
         self._record["evaluate_failures"] = len(failures)
         if failures:
             self._record["evaluate_failure_reasons"] = failure_reasons(failures)
-        self._finish_round(rnd)
+        self.finish_round(rnd)
         return metrics.get("loss"), metrics
 
     def evaluate(
@@ -530,7 +671,12 @@ class FederatedAveraging(Strategy):
         """No server-side evaluation: the server holds no interaction data."""
         return None
 
-    def _finish_round(self, rnd: int) -> None:
+    def finish_round(self, rnd: int) -> None:
+        """Close round ``rnd`` (once; Flower's evaluate stage calls this after the round's
+        training, queries and evaluation): complete its record, publish its release,
+        checkpoint, report."""
+        if self.history and self.history[-1].get("round") == rnd:
+            return
         if "devices" not in self._record and "skipped" not in self._record:
             # the fit workflow ended without aggregating (e.g. SecAgg+ halted below its
             # reconstruction threshold): the model did not change this round
@@ -544,7 +690,8 @@ class FederatedAveraging(Strategy):
                 )
                 _log.error(self._record["failed"])
         if self.releases is not None:
-            self._record["release"] = self.releases.publish(rnd, self.server.arrays()).name
+            published = self.releases.publish(rnd, self.server.arrays(), trending=self.trending)
+            self._record["release"] = published.name
         self._record["seconds"] = time.perf_counter() - self._started
         self.history.append(self._record)
         if self.checkpoints is not None:

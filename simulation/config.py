@@ -2,8 +2,8 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``
-and ``[als]``.
+``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``,
+``[als]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from stamen.models.two_tower import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings
+from stamen.server.analytics import AnalyticsSettings
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.settings import ServerSettings
 
@@ -81,6 +82,7 @@ class SimulationConfig(BaseModel):
     record_dp: RecordDP = RecordDP()
     centralised: CentralisedSettings = CentralisedSettings()
     als: ALSSettings = ALSSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("model")
     @classmethod
@@ -124,6 +126,7 @@ class SimulationConfig(BaseModel):
             secagg=self.secagg,
             dp=self.dp,
             record_dp=self.record_dp,
+            analytics=self.analytics,
         )
 
 

@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from rich.progress import Progress
 
 from stamen.client.app import HeldOut
@@ -39,12 +40,21 @@ class Provisioned:
 
 
 def _events(split: Split, row: int, ids: list[str]) -> list[dict]:
-    """Device ``row``'s training items as ``view`` events (event ``k`` at time ``k``),
-    each with its hour and weekday where the split knows them."""
+    """Device ``row``'s training items as ``view`` events at their times (without
+    timestamps: event ``k`` at time ``k``), each with its hour and weekday where the
+    split knows them."""
     items = split.train.row(row).tolist()
-    events = [{"item": ids[item], "kind": "view", "at": float(k)} for k, item in enumerate(items)]
+    start = int(split.train.indptr[row])
+    times = (
+        np.arange(len(items), dtype=np.float64)
+        if split.train_times is None
+        else split.train_times[start : start + len(items)]
+    )
+    events = [
+        {"item": ids[item], "kind": "view", "at": float(at)}
+        for item, at in zip(items, times.tolist(), strict=True)
+    ]
     if split.train.contexts is not None:
-        start = split.train.indptr[row]
         for event, (hour, weekday) in zip(
             events, split.train.contexts[start : start + len(items)].tolist(), strict=True
         ):
@@ -64,8 +74,7 @@ def provision_devices(
 ) -> Provisioned:
     """Create one device per user of ``split`` under ``folder / "devices"`` (anything
     there before is removed), each with ``release`` installed and its training items
-    recorded as ``view`` events in the split's time order (event ``k`` at time ``k``: the
-    order survives, the real times and values are not copied; the hour and weekday are),
+    recorded as ``view`` events at their times (the ratings' values are not copied),
     and the held-out items under ``folder / "held-out"``."""
     devices = VirtualDevices(folder / "devices", master_key=master_key, release_key=release_key)
     shutil.rmtree(devices.folder, ignore_errors=True)

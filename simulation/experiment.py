@@ -97,6 +97,16 @@ def privacy_section(report: dict[str, Any] | None, config: SimulationConfig) -> 
     }
 
 
+def _covers_all(evaluation: dict[str, Any] | None, devices: int) -> bool:
+    """Whether an evaluation asked every device (a noised secure evaluation counts its
+    devices only approximately, so its ``full`` flag decides)."""
+    if not evaluation:
+        return False
+    if "full" in evaluation:
+        return bool(evaluation["full"]) and "failed" not in evaluation
+    return evaluation.get("devices") == devices
+
+
 def select_round(
     history: list[dict[str, Any]], *, devices: int, private: bool = False
 ) -> dict[str, Any]:
@@ -104,7 +114,7 @@ def select_round(
     evaluable devices (choosing by private validation metrics would spend privacy the
     accountant does not count); otherwise the one with the best validation NDCG@10, early
     stopping on validation as for the baseline."""
-    full = [h for h in history if h.get("evaluate", {}).get("devices") == devices]
+    full = [h for h in history if _covers_all(h.get("evaluate"), devices)]
     if not full:
         raise StamenError("no federated evaluation covered every device; cannot select a round")
     if private:
@@ -240,6 +250,14 @@ def run_experiment(
             f"q = {r['sample_rate']:.4f}, {r['steps_per_round']} steps × "
             f"{r['max_participations']} rounds of the most-sampled device, {r['accountant']})"
         )
+    for name, a in (fed.privacy or {}).get("analytics", {}).items():
+        console.print(
+            f"private analytics ({name}, {a['mode']}): ε = {a['epsilon']:.3f} at "
+            f"δ = {a['delta']:.2e} (z = {a['noise_multiplier']:.3f}, {a['rounds']} releases), "
+            "apart from training's"
+        )
+    if config.secagg.enabled and config.analytics.evaluation.secure is not False:
+        console.print("federated evaluation: a SecAgg+ sum (no device's metrics in the clear)")
 
     results = {
         "config": config.model_dump(mode="json"),

@@ -25,6 +25,7 @@ from flwr.simulation import run_simulation
 
 from stamen.client.app import build_client_app
 from stamen.models.bundle import ReleaseCatalog
+from stamen.models.errors import ConfigError
 from stamen.models.registry import RecModel
 from stamen.models.schema import Catalog
 from stamen.privacy import generate_key
@@ -32,6 +33,7 @@ from stamen.server.als_strategy import FederatedALS
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.devices import Provisioned, provision_devices
@@ -137,12 +139,25 @@ def initial_shared(
     return config.run_model(catalog, 1).init_shared(config.seed)
 
 
+def _trending_clock(settings: ServerSettings, split: Split) -> ServerSettings:
+    """A simulation replays old events: trending's window ends at the split's last
+    training event unless the settings fix its end."""
+    trending = settings.analytics.trending
+    if not trending.every or trending.now is not None:
+        return settings
+    if split.train_times is None:
+        raise ConfigError("trending needs event times; this data set has no timestamps")
+    trending = trending.model_copy(update={"now": float(split.train_times.max())})
+    analytics = settings.analytics.model_copy(update={"trending": trending})
+    return settings.model_copy(update={"analytics": analytics})
+
+
 def build_strategy(
     config: SimulationConfig, split: Split, model: RecModel, **kwargs: Any
 ) -> FederatedAveraging:
     """The run's server strategy: ``FederatedAveraging`` (FedAvg / FedAdam, DP-FedAvg) or
     ``FederatedALS`` (private ALS), over ``split``'s devices; ``kwargs`` go to it."""
-    settings = config.server_settings(split.n_users)
+    settings = _trending_clock(config.server_settings(split.n_users), split)
     initial = initial_shared(split.n_items, config, model.catalog)
     if config.algorithm == "als":
         return FederatedALS(

@@ -33,7 +33,8 @@ _CHUNK = 1024
 class Split:
     """Train rows, one validation and one test item per user (-1: not evaluated), the
     fixed sampled negatives ``(n_users, n_negatives)`` (-1 rows: not evaluated) and, with
-    timestamps, the contexts ``(n_users, 2)`` of the validation and test events."""
+    timestamps, the contexts ``(n_users, 2)`` of the validation and test events and the
+    time (seconds) of each training event, in ``train.items`` order."""
 
     train: UserItems
     valid: np.ndarray
@@ -42,6 +43,7 @@ class Split:
     seed: int
     valid_context: np.ndarray | None = None
     test_context: np.ndarray | None = None
+    train_times: np.ndarray | None = None
 
     def query_context(self, stage: str) -> np.ndarray | None:
         """The contexts of the ``"valid"`` or ``"test"`` events (``None``: unknown)."""
@@ -116,8 +118,9 @@ def leave_one_out(interactions: Interactions, *, seed: int, n_negatives: int = 9
     held = np.zeros(n, dtype=bool)
     held[ends[evaluated] - 1] = True
     held[ends[evaluated] - 2] = True
-    contexts = valid_context = test_context = None
+    contexts = valid_context = test_context = timestamps = None
     if interactions.timestamp is not None:
+        timestamps = np.asarray(interactions.timestamp[order], np.float64)
         contexts = timestamp_contexts(interactions.timestamp[order])
         valid_context = np.tile(np.array(UNKNOWN_CONTEXT, np.int64), (interactions.n_users, 1))
         test_context = valid_context.copy()
@@ -142,6 +145,7 @@ def leave_one_out(interactions: Interactions, *, seed: int, n_negatives: int = 9
         seed=seed,
         valid_context=valid_context,
         test_context=test_context,
+        train_times=None if timestamps is None else timestamps[~held],
     )
 
 

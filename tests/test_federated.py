@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
 
+from stamen.client.analytics import trending_vectors
 from stamen.client.app import build_client_app
 from stamen.models import CheckpointError, Interactions
+from stamen.models.bundle import ReleaseBundle
+from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
+from stamen.server.releases import latest_release
 from stamen.simulation import runner as runner_module
 from stamen.simulation.config import load_config
 from stamen.simulation.runner import initial_shared, run_federated
@@ -26,6 +31,7 @@ from stamen.simulation.split import leave_one_out
 pytestmark = pytest.mark.slow
 
 N_USERS, N_ITEMS, DIM = 8, 150, 8
+TRENDING_CAP = 5
 FIT_METRICS = {"train_loss"}
 EVAL_METRICS = {
     "hr@10",
@@ -107,6 +113,15 @@ VARIANTS = {
             "clipping_range": 8.0,
         },
         "dp": {"mode": "distributed", "noise_multiplier": 0.5, "clip_norm": 1.0},
+        # private analytics: trending counts every round, and (SecAgg+ on) secure evaluation
+        "analytics": {
+            "trending": {
+                "every": 1,
+                "window_days": 1.0,
+                "cap": TRENDING_CAP,
+                "dp": {"mode": "distributed", "noise_multiplier": 0.5},
+            }
+        },
     },
 }
 
@@ -219,10 +234,22 @@ def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(secagg_ru
     config, split, result, messages, _ = secagg_run
     assert config.secagg.enabled and config.dp.mode == "distributed"
     fits = [m for m in messages if m["type"] == "train"]
-    evals = [m for m in messages if m["type"] == "evaluate"]
+    # secure evaluation: no device sends its metrics in an evaluation reply
+    assert not [m for m in messages if m["type"] == "evaluate"]
     sampled = sum(h["cohort"] for h in result.history)  # Poisson cohorts under DP
-    assert len(fits) == 4 * sampled and len(evals) == 2 * N_USERS  # 4 stages per device
+    trending = sum(h["analytics"]["trending"]["cohort"] for h in result.history)
+    evaluated = sum(h["evaluate"]["answered"] for h in result.history)
+    asked = sampled + trending + evaluated
+    assert len(fits) == 4 * asked  # 4 stages per device and query
+    by_query = Counter(_query(m) for m in fits if _query(m) is not None)
+    assert by_query == {"training": sampled, "trending": trending, "evaluation": evaluated}
+    shapes = {
+        "training": [(split.n_items, DIM), (split.n_items,)],
+        "trending": [(split.n_items,)],
+        "evaluation": [(len(EVAL_METRICS) + 1,)],
+    }
     stages = [0, 0, 0, 0]
+    pooled = []
     mod_range = 2**32  # SecAggPlusWorkflow's default modulus
     for m in fits:
         secagg = m["configs"]["secaggplus_configs"]
@@ -238,18 +265,67 @@ def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(secagg_ru
         assert m["configs"]["fitres.metrics"] == {}
         weight, *masked = [bytes_to_ndarray(b) for b in secagg["masked_params"]]
         assert weight.shape == (1,)
-        assert [a.shape for a in masked] == [(split.n_items, DIM), (split.n_items,)]
+        assert [a.shape for a in masked] == shapes[_query(m)]
         values = np.concatenate([a.ravel() for a in masked]).astype(np.float64)
-        # Unmasked, a quantised update sits inside [0, quantization_range); masked, it is
-        # spread over the whole modulus (expected share inside: 2**22 / 2**32 < 0.1%).
-        inside = np.mean(values < config.secagg.quantization_range)
-        assert inside < 0.01, inside
-        assert values.min() >= 0 and values.max() < mod_range and values.max() > mod_range / 2
-        payload = sum(a.nbytes for a in masked)
-        assert all(h["upload_bytes_per_device"] == payload for h in result.history)
-    assert stages == [sampled] * 4
-    _check_evaluate_replies(evals)
+        pooled.append(values)
+        assert values.min() >= 0 and values.max() < mod_range
+        if _query(m) == "training":
+            payload = sum(a.nbytes for a in masked)
+            assert all(h["upload_bytes_per_device"] == payload for h in result.history)
+    assert stages == [asked] * 4
+    # Unmasked, a quantised vector sits inside [0, quantization_range); masked, it is
+    # spread over the whole modulus (expected share inside: 2**22 / 2**32 < 0.1%)
+    values = np.concatenate(pooled)
+    assert np.mean(values < config.secagg.quantization_range) < 0.01
+    assert values.max() > mod_range / 2
     assert all(h["privacy"]["epsilon"] > 0 for h in result.history)
+
+
+def _query(m: dict) -> str | None:
+    """What a SecAgg+ masked-vector reply answered (``None``: another stage's reply)."""
+    if "masked_params" not in m["configs"].get("secaggplus_configs", {}):
+        return None
+    return m["received_configs"]["fitins.config"].get("analytics-query", "training")
+
+
+def test_trending_counts_go_into_the_release_with_their_own_epsilon(secagg_run) -> None:
+    """The noisy trending counts are the true counts plus noise of the reported standard
+    deviation, they reach the round's signed release, and their ε is accounted apart
+    from training's (which it does not change)."""
+    _, split, result, _, output = secagg_run
+    records = [h["analytics"]["trending"] for h in result.history]
+    assert all(r["devices"] == r["cohort"] == N_USERS for r in records)  # rate 1: everyone
+    std = 0.5 * np.sqrt(TRENDING_CAP)  # z × sqrt(cap): one device moves the counts by sqrt(cap)
+    assert all(np.isclose(r["noise_std"], std) for r in records)
+    epsilons = [r["privacy"]["epsilon"] for r in records]
+    assert 0 < epsilons[0] < epsilons[1] < np.inf
+    report = result.privacy["analytics"]["trending"]
+    assert report["epsilon"] == epsilons[-1] and report["rounds"] == 2
+    assert result.privacy["epsilon"] == result.history[-1]["privacy"]["epsilon"]
+    assert result.privacy["epsilon"] != report["epsilon"]
+    bundle = ReleaseBundle.decode(
+        open_signed(
+            latest_release(output / "releases").read_bytes(),
+            public_key=(output / "releases" / "release.pub").read_bytes(),
+        )
+    )
+    assert bundle.release == 2 and bundle.trending is not None
+    rows, items = split.train.pairs()
+    true = trending_vectors(
+        rows,
+        items,
+        split.train_times,
+        n_devices=split.n_users,
+        n_items=split.n_items,
+        now=float(split.train_times.max()),
+        window=86_400.0,
+        cap=TRENDING_CAP,
+    ).sum(axis=0)
+    assert true.sum() == N_USERS * TRENDING_CAP  # every device's 5 most recent items
+    # noisy counts, negatives read as 0: within 6 standard deviations everywhere
+    # (150 entries: a false failure has probability ~3e-7)
+    assert np.all(np.abs(bundle.trending - true) <= 6 * std)
+    assert np.all(bundle.trending >= 0)
 
 
 def _sent_arrays(m: dict) -> list[np.ndarray]:
@@ -270,9 +346,11 @@ def test_user_factor_never_appears_in_any_message(federated_run) -> None:
             assert set(m["configs"]) == {"getpropertiesres.properties", "getpropertiesres.status"}
             continue
         factor = m["user_factor"]
-        if factor is None:  # SecAgg+ key set-up of round 1 runs before the first fit
+        if factor is None:  # SecAgg+ key set-up of round 1 runs before the first fit, and
+            # a device not yet sampled for training answers analytics queries without one
             assert config.secagg.enabled
-            assert set(m["configs"]["secaggplus_configs"]) in SECAGG_STAGE_KEYS[:2]
+            assert set(m["configs"]["secaggplus_configs"]) in SECAGG_STAGE_KEYS
+            assert _query(m) in (None, "trending", "evaluation")
             continue
         assert factor.shape == (DIM,)
         for arrays in [_sent_arrays(m)]:
@@ -377,11 +455,7 @@ def test_masked_upload_hides_the_user_factor_direction(secagg_run, plain_run) ->
     with the user factor is what direction-free rows give, and no row lines up with it.
     The same criterion rejects the raw updates of the plain run."""
     _, split, result, messages, _ = secagg_run
-    masked = [
-        m
-        for m in messages
-        if m["type"] == "train" and "masked_params" in m["configs"]["secaggplus_configs"]
-    ]
+    masked = [m for m in messages if m["type"] == "train" and _query(m) == "training"]
     assert len(masked) == sum(h["cohort"] for h in result.history)
     bound = _mean_squared_cosine_bound(split.n_items, DIM)
     for m in masked:

@@ -100,11 +100,12 @@ def test_run_stops_at_the_target_epsilon() -> None:
     clients = StaticClients(50)
     ran = 0
     for rnd in range(1, 51):
-        instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(zeros), clients)
-        if not instructions:
-            continue
-        strategy.aggregate_fit(rnd, [(None, _fit_res(zeros)) for _ in instructions], [])
-        ran += 1
+        params = ndarrays_to_parameters(zeros)
+        instructions = strategy.configure_fit(rnd, params, clients)
+        if instructions:
+            strategy.aggregate_fit(rnd, [(None, _fit_res(zeros)) for _ in instructions], [])
+            ran += 1
+        strategy.configure_evaluate(rnd, params, clients)  # closes every round but the last
     assert ran == allowed
     assert strategy.accountant.epsilon <= 3.0
     # skipped rounds are recorded; the last round's record completes at its evaluation

@@ -1,0 +1,381 @@
+"""Private federated analytics on the server: one mechanism, a private sum, used for
+trending counts and for secure federated evaluation (``stamen.models.analytics`` says what
+a device sends).
+
+A query is run as a Flower training round of its own (:class:`PrivateSum` is the legacy
+strategy Flower's fit workflows drive; ``stamen.server.app`` runs it between a round's
+training and its release): a cohort is sampled over stable device ids (Poisson under DP,
+as the accountant assumes), each device answers with its bounded vector, clipped and, in
+distributed mode, with its share of the noise; the vectors are summed under SecAgg+ (the
+server receives only the sum) or, in plain mode, checked and summed by the server;
+central mode adds the Gaussian noise to the sum. Each query has its own Opacus
+accountant, so its (ε, δ) is reported apart from training's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from flwr.server.strategy.aggregate import aggregate
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stamen.models.analytics import ANALYTICS_QUERY_KEY, query_scale
+from stamen.privacy import (
+    PrivacyAccountant,
+    SecAggSettings,
+    UserDP,
+    check_update,
+    noise_share_std,
+)
+
+__all__ = [
+    "AnalyticsSettings",
+    "EVALUATION_METRICS",
+    "EvaluationQuerySettings",
+    "PrivateSum",
+    "SumResult",
+    "TrendingSettings",
+]
+
+#: The metrics a device's evaluation reports (``MFClient.evaluate``) but its loss, which
+#: is unbounded and so has no place in a bounded private sum.
+EVALUATION_METRICS = (
+    "hr@10",
+    "ndcg@10",
+    "recall@10",
+    "hr@20",
+    "ndcg@20",
+    "recall@20",
+    "sampled_hr@10",
+    "sampled_ndcg@10",
+    "sampled_hr@20",
+    "sampled_ndcg@20",
+    "valid_hr@10",
+    "valid_ndcg@10",
+    "valid_sampled_hr@10",
+)
+
+_DAY = 86_400.0
+
+
+class TrendingSettings(BaseModel):
+    """The trending query: every ``every`` rounds, devices count their items of the last
+    ``window_days`` (at most ``cap`` each); the noisy counts go into that round's
+    release (and stay in later releases until the next query)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    every: int = Field(0, ge=0, description="rounds between trending queries; 0: none")
+    window_days: float = Field(7.0, gt=0, allow_inf_nan=False)
+    cap: int = Field(20, ge=1, description="most recent items one device counts")
+    now: float | None = Field(
+        None,
+        description="end of the window, in seconds since the epoch; None: the server's "
+        "clock when the query is sent (a simulation of an old data set sets its last time)",
+    )
+    clients: int | None = Field(
+        None, ge=1, description="expected devices per query (None: every device)"
+    )
+    dp: UserDP = UserDP()
+
+    @property
+    def window(self) -> float:
+        """The window in seconds."""
+        return self.window_days * _DAY
+
+
+class EvaluationQuerySettings(BaseModel):
+    """Federated evaluation as a private sum: ``secure`` (``None``: whenever SecAgg+ is on)
+    sends every evaluation round's metrics through SecAgg+ instead of in the clear;
+    ``dp`` adds Gaussian noise to the sum (every device is then asked on every evaluation
+    round, the sampling rate 1 its accountant assumes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secure: bool | None = None
+    metrics: tuple[str, ...] = EVALUATION_METRICS
+    dp: UserDP = UserDP()
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationQuerySettings:
+        if not self.metrics or len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"evaluation metrics must be distinct and not empty: {self.metrics}")
+        if any("," in name for name in self.metrics):
+            raise ValueError("metric names may not contain ','")
+        if self.dp.enabled and self.secure is False:
+            raise ValueError("evaluation DP is applied to the secure sum: set secure or unset dp")
+        return self
+
+
+class AnalyticsSettings(BaseModel):
+    """Private federated analytics of a run (trending counts, secure evaluation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trending: TrendingSettings = TrendingSettings()
+    evaluation: EvaluationQuerySettings = EvaluationQuerySettings()
+
+
+@dataclass(frozen=True)
+class SumResult:
+    """A decoded private sum: ``total`` (the noisy sum, in the query's units), how many
+    devices answered, and the standard deviation of the noise on each entry."""
+
+    total: np.ndarray
+    devices: int
+    noise_std: float
+
+
+class Owner(Protocol):
+    """What a query needs from the training strategy: its devices by stable id, its
+    seeded sampler and its release signature."""
+
+    def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]: ...
+
+    def _sample(
+        self, devices: dict[int, ClientProxy], n: int, purpose: int, rnd: int, *, poisson: bool
+    ) -> list[ClientProxy]: ...
+
+    def _signed(
+        self, config: dict[str, Scalar], parameters: Parameters, rnd: int
+    ) -> dict[str, Scalar]: ...
+
+
+class PrivateSum(Strategy):
+    """One kind of private sum query (module docstring), asked with :meth:`ask` and run
+    by a Flower fit workflow (SecAgg+ when ``secagg`` is given, plain otherwise).
+
+    Args:
+        owner: the training strategy (devices, sampling, signatures); ``None`` for a
+            sum computed outside Flower (a benchmark calls :meth:`release` directly).
+        name: the query (``stamen.models.analytics.QUERIES``).
+        width: how many entries of a device's vector may be non-zero (each in [0, 1]).
+        dp: its user-level DP (``off``: the sum is exact; SecAgg+ still hides each
+            device's vector).
+        population: devices enrolled (sampling rate and default δ).
+        cohort: expected devices per query (``population``: every device).
+        releases: how many times the run asks this query (the noise is calibrated for
+            them when ``dp`` gives a target ε).
+        released: queries answered before a resume (the accountant continues there).
+        secagg: the run's SecAgg+ settings, or ``None`` for plain aggregation.
+        seed: the run's seed (central noise).
+        purpose: separates this query's cohorts from training's and the other queries'.
+    """
+
+    def __init__(
+        self,
+        owner: Owner | None,
+        *,
+        name: str,
+        width: int,
+        dp: UserDP,
+        population: int,
+        cohort: int,
+        releases: int,
+        released: int = 0,
+        secagg: SecAggSettings | None,
+        seed: int,
+        purpose: int,
+    ) -> None:
+        super().__init__()
+        self.owner = owner
+        self.name = name
+        self.width = width
+        self.dp = dp
+        self.population = population
+        self.cohort = min(cohort, population)
+        self.seed = seed
+        self.purpose = purpose
+        self.scale = query_scale(width=width, clip_norm=dp.clip_norm)
+        self.accountant: PrivacyAccountant | None = None
+        self.noise_multiplier = 0.0
+        if dp.enabled:
+            settings = dp.resolve(population=population, cohort=self.cohort, rounds=releases)
+            self.accountant = PrivacyAccountant(settings, rounds=released)
+            self.noise_multiplier = settings.noise_multiplier
+        self.secagg = None if secagg is None else self._secagg(secagg)
+        self._ask: tuple[int, Parameters, dict[str, Scalar]] | None = None
+        self.result: SumResult | None = None
+        self.record: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"PrivateSum({self.name!r}, width={self.width})"
+
+    @property
+    def _min_cohort(self) -> int:
+        return self.secagg.num_shares if self.secagg is not None else 1
+
+    def _secagg(self, secagg: SecAggSettings) -> SecAggSettings:
+        """The run's SecAgg+ settings with a clipping range that covers a scaled entry
+        (at most ``clip_norm``) plus seven standard deviations of the largest noise share
+        (a cohort of ``num_shares``)."""
+        share = 0.0
+        if self.dp.mode == "distributed":
+            share = noise_share_std(
+                noise_multiplier=self.noise_multiplier,
+                clip_norm=self.dp.clip_norm,
+                cohort=secagg.num_shares,
+            )
+        needed = self.dp.clip_norm + 7 * share
+        if secagg.clipping_range >= needed:
+            return secagg
+        return secagg.model_copy(update={"clipping_range": needed})
+
+    def ask(self, rnd: int, parameters: list[np.ndarray], config: dict[str, Scalar]) -> None:
+        """Set the round, the arrays sent (the global model, or none) and the query's own
+        config keys for the next run of a workflow."""
+        self._ask = (rnd, ndarrays_to_parameters(parameters), dict(config))
+        self.result = None
+        self.record = {}
+
+    def report(self) -> dict[str, Any] | None:
+        """The query's (ε, δ) and mechanism (``None`` without DP)."""
+        if self.accountant is None:
+            return None
+        return {**self.accountant.report(), "mode": self.dp.mode}
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        """Not used: a query is run on an initialised run."""
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """The query's cohort (Poisson at ``cohort / population`` under DP; every device,
+        or a seeded fixed-size sample, without) and what each device is asked."""
+        if self._ask is None:
+            raise RuntimeError(f"{self!r}: run without ask()")
+        rnd, sent, extra = self._ask
+        if self.owner is None:
+            raise RuntimeError(f"{self!r}: no training strategy to sample devices from")
+        devices = self.owner._devices(client_manager)
+        private = self.accountant is not None
+        cohort = self.owner._sample(devices, self.cohort, self.purpose, rnd, poisson=private)
+        self.record["cohort"] = len(cohort)
+        if len(cohort) < self._min_cohort:
+            if self.accountant is not None:
+                self.accountant.step()  # charged although skipped: the draw is not data-free
+            self.record["skipped"] = (
+                f"cohort of {len(cohort)} devices, below the {self._min_cohort} SecAgg+ needs"
+            )
+            self._report_privacy()
+            return []
+        share = 0.0
+        if self.dp.mode == "distributed":
+            share = noise_share_std(
+                noise_multiplier=self.noise_multiplier,
+                clip_norm=self.dp.clip_norm,
+                cohort=len(cohort),
+            )
+        config: dict[str, Scalar] = {
+            "server-round": rnd,
+            **extra,
+            ANALYTICS_QUERY_KEY: self.name,
+            "analytics-scale": self.scale,
+            "dp-clip-norm": self.dp.clip_norm,
+            "dp-noise-std": share,
+        }
+        fit_ins = FitIns(sent, self.owner._signed(config, sent, rnd))
+        return [(client, fit_ins) for client in cohort]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """Sum the answers (under SecAgg+ the one result is their mean), add central
+        noise, charge the accountant, decode. Returns no parameters: the global model is
+        not touched."""
+        assert self._ask is not None
+        rnd = self._ask[0]
+        self.record["devices"] = len(results)
+        self.record["failures"] = len(failures)
+        if not results:
+            self.record["failed"] = "no device answered"
+            return None, {}
+        answers = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
+        if self.secagg is not None:
+            total = np.asarray(aggregate(answers)[0], np.float64) * len(results)
+        else:
+            kept = []
+            for arrays, _ in answers:
+                try:
+                    check_update(
+                        arrays,
+                        expected_shapes=[arrays[0].shape] if arrays else [(0,)],
+                        bound=self._plain_bound(),
+                    )
+                except ValueError as error:
+                    self.record.setdefault("rejected", []).append(str(error))
+                    continue
+                kept.append(np.asarray(arrays[0], np.float64))
+            if not kept or len({a.shape for a in kept}) != 1:
+                self.record["failed"] = "no usable answers (rejected or of differing shapes)"
+                return None, {}
+            total = np.sum(kept, axis=0)
+        self.result = self.release(total, rnd=rnd, devices=len(results))
+        return None, {}
+
+    def release(self, total: np.ndarray, *, rnd: int, devices: int) -> SumResult:
+        """Release the sum ``total`` of ``devices`` scaled answers of round ``rnd``: add
+        the central noise (central mode; in distributed mode the devices' shares are in
+        it already), charge the accountant, divide by the scale."""
+        sigma = self.noise_multiplier * self.dp.clip_norm
+        if self.accountant is not None:
+            if self.dp.mode == "central":
+                rng = np.random.default_rng([self.seed, rnd, self.purpose, 7])
+                total = total + rng.normal(0.0, sigma, total.shape)
+            self.accountant.step()
+        self._report_privacy()
+        self.record["noise_std"] = sigma / self.scale
+        return SumResult(total / self.scale, devices, sigma / self.scale)
+
+    def _plain_bound(self) -> float:
+        """The norm a plain answer may have: the clip norm, unless the device added its
+        own noise share (then only shape and finiteness are checked)."""
+        return math.inf if self.dp.mode == "distributed" else self.dp.clip_norm * (1 + 1e-4)
+
+    def _report_privacy(self) -> None:
+        if self.accountant is not None:
+            self.record["privacy"] = {
+                "epsilon": self.accountant.epsilon,
+                "delta": self.accountant.settings.delta,
+            }
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """A query has no evaluation stage."""
+        return []
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """A query has no evaluation stage."""
+        return None, {}
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Scalar]] | None:
+        """No server-side evaluation."""
+        return None

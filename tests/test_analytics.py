@@ -1,0 +1,336 @@
+"""Private federated analytics: the devices' bounded vectors on hand-built cases, the
+private sum's noise and accounting (strategy driven directly), the settings that are
+refused, and, on Flower's simulation engine, trending counts and secure evaluation equal
+to the plain sum and the clear path within SecAgg+'s quantisation when the noise is off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
+from pydantic import ValidationError
+from static_clients import StaticClients
+
+from stamen.client.analytics import evaluation_vectors, trending_vectors
+from stamen.client.app import DeviceData, MFClient
+from stamen.models import Interactions
+from stamen.models.analytics import query_scale
+from stamen.privacy import SecAggSettings, UserDP
+from stamen.server.analytics import EVALUATION_METRICS, PrivateSum
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import FederatedAveraging
+from stamen.simulation.runner import release_catalog_of
+
+N_ITEMS = 40
+
+
+# --- what a device computes ------------------------------------------------------------
+
+
+def test_trending_counts_recent_items_up_to_the_cap_newest_first() -> None:
+    rows = np.array([0, 0, 0, 0, 1, 1, 1])
+    items = np.array([3, 1, 4, 2, 0, 5, 6])
+    times = np.array([10.0, 50.0, 40.0, 95.0, 90.0, 90.0, 101.0])
+    out = trending_vectors(
+        rows, items, times, n_devices=3, n_items=8, now=100.0, window=60.0, cap=2
+    )
+    # device 0: 2 (t=95) and 1 (t=50) are inside (40, 100]; 4 sits on the window's edge
+    assert np.flatnonzero(out[0]).tolist() == [1, 2]
+    # device 1: 6 lies after now; 0 and 5 tie at t=90, and a cap of 2 keeps both
+    assert np.flatnonzero(out[1]).tolist() == [0, 5]
+    assert not out[2].any()  # a device without events counts nothing
+    capped = trending_vectors(
+        rows, items, times, n_devices=3, n_items=8, now=100.0, window=60.0, cap=1
+    )
+    assert np.flatnonzero(capped[0]).tolist() == [2]  # the newest
+    assert np.flatnonzero(capped[1]).tolist() == [0]  # a tie: the lower row
+    with pytest.raises(ValueError, match="window"):
+        trending_vectors(rows, items, times, n_devices=3, n_items=8, now=1, window=0, cap=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 29), st.floats(0, 100)), max_size=80),
+    st.integers(1, 6),
+    st.floats(1, 100),
+)
+def test_a_device_moves_the_trending_sum_by_at_most_the_clip_norm(events, cap, window) -> None:
+    """Whatever a device holds, its scaled vector has norm <= clip_norm: the sensitivity
+    the accountant assumes."""
+    rows = np.array([e[0] for e in events], np.int64)
+    items = np.array([e[1] for e in events], np.int64)
+    times = np.array([e[2] for e in events], np.float64)
+    # one latest event per (device, item), as a device keeps them
+    _, first = np.unique(rows * 1000 + items, return_index=True)
+    rows, items, times = rows[first], items[first], times[first]
+    out = trending_vectors(
+        rows, items, times, n_devices=5, n_items=30, now=100.0, window=window, cap=cap
+    )
+    assert set(np.unique(out)) <= {0.0, 1.0}
+    assert (out.sum(axis=1) <= cap).all()
+    scaled = out * query_scale(width=cap, clip_norm=0.7)
+    assert (np.linalg.norm(scaled, axis=1) <= 0.7 + 1e-12).all()
+
+
+def test_evaluation_vectors_count_evaluating_devices_and_refuse_unbounded_metrics() -> None:
+    metrics = np.array([[0.5, 1.0], [0.9, 0.9], [0.0, 0.25]])
+    out = evaluation_vectors(metrics, np.array([True, False, True]))
+    assert out.tolist() == [[1.0, 0.5, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.25]]
+    with pytest.raises(ValueError, match="not in"):
+        evaluation_vectors(np.array([[1.5]]), np.array([True]))
+    # a device that does not evaluate may carry anything: it sends zeros
+    assert not evaluation_vectors(np.array([[7.0]]), np.array([False])).any()
+
+
+def _client(times: np.ndarray | None = None) -> MFClient:
+    items = np.array([1, 2, 3])
+    data = DeviceData(
+        items, 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS), train_times=times
+    )
+    return MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
+
+
+def _shared(dim: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.normal(size=(N_ITEMS, dim)).astype(np.float32), np.zeros(N_ITEMS, np.float32)]
+
+
+def test_a_device_answers_trending_scaled_clipped_and_only_with_known_times() -> None:
+    config = {
+        "server-round": 1,
+        "analytics-query": "trending",
+        "analytics-now": 100.0,
+        "analytics-window": 30.0,
+        "analytics-cap": 4,
+        "analytics-scale": query_scale(width=4, clip_norm=1.0),
+        "dp-clip-norm": 1.0,
+        "dp-noise-std": 0.0,
+    }
+    upload, n, metrics = _client(np.array([50.0, 80.0, 99.0])).fit([], config)
+    assert n == 1 and metrics == {}
+    (vector,) = upload
+    assert np.flatnonzero(vector).tolist() == [2, 3]  # 1 is older than the window
+    assert np.allclose(vector[[2, 3]], 0.5)  # 1 / sqrt(cap)
+    with pytest.raises(ValueError, match="event times"):
+        _client(None).fit([], config)
+    with pytest.raises(ValueError, match="unknown analytics query"):
+        _client(np.zeros(3)).fit([], {**config, "analytics-query": "salaries"})
+
+
+def test_a_device_answers_evaluation_with_its_own_metrics() -> None:
+    config = {"server-round": 2, "model": "mf", "dim": 4, "loss": "ials"}
+    client = _client(np.zeros(3))
+    _, n, clear = client.evaluate(_shared(), config)
+    assert n == 1
+    names = ("hr@20", "sampled_ndcg@10", "valid_hr@10")
+    scale = query_scale(width=len(names) + 1, clip_norm=1.0)
+    query = {
+        **config,
+        "analytics-query": "evaluation",
+        "analytics-metrics": ",".join(names),
+        "analytics-scale": scale,
+        "dp-clip-norm": 1.0,
+        "dp-noise-std": 0.0,
+    }
+    (vector,), _, metrics = client.fit(_shared(), query)
+    assert metrics == {}
+    assert np.allclose(vector / scale, [1.0, *(clear[name] for name in names)])
+    with pytest.raises(ValueError, match="unknown metrics"):
+        client.fit(_shared(), {**query, "analytics-metrics": "loss"})
+
+
+# --- the private sum, driven directly --------------------------------------------------
+
+
+def _owner(population: int) -> FederatedAveraging:
+    settings = ServerSettings(
+        rounds=4, clients_per_round=5, eval_every=0, secagg=SecAggSettings(enabled=False)
+    )
+    return FederatedAveraging(
+        settings, initial=[np.zeros((N_ITEMS, 2), np.float32)], population=population
+    )
+
+
+def _answers(vectors: np.ndarray) -> list[tuple[object, FitRes]]:
+    return [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([v]), 1, {}))
+        for v in vectors.astype(np.float32)
+    ]
+
+
+def test_central_noise_matches_the_reported_std_and_opacus_accounts_it() -> None:
+    population, width, z = 20, 4, 2.0
+    query = PrivateSum(
+        _owner(population),
+        name="trending",
+        width=width,
+        dp=UserDP(mode="central", noise_multiplier=z),
+        population=population,
+        cohort=population,
+        releases=3,
+        secagg=None,
+        seed=1,
+        purpose=2,
+    )
+    cm = StaticClients(population)
+    n_entries = 20_000
+    query.ask(1, [], {})
+    assert len(query.configure_fit(1, ndarrays_to_parameters([]), cm)) == population
+    rng = np.random.default_rng(0)
+    indicators = (rng.random((population, n_entries)) < width / n_entries).astype(float)
+    vectors = indicators * query.scale
+    query.aggregate_fit(1, _answers(vectors), [])
+    assert query.result is not None
+    error = query.result.total - indicators.sum(axis=0)
+    # one device moves the counts by sqrt(width): the noise std is z sqrt(width)
+    assert query.result.noise_std == pytest.approx(z * np.sqrt(width))
+    # the sample std of 20,000 draws is within 5% (~7 standard errors) of the true one
+    assert error.std() == pytest.approx(z * np.sqrt(width), rel=0.05)
+    assert abs(error.mean()) < 5 * z * np.sqrt(width) / np.sqrt(n_entries)
+    reference = RDPAccountant()
+    reference.history = [(z, 1.0, 1)]
+    assert query.record["privacy"]["epsilon"] == pytest.approx(
+        reference.get_epsilon(delta=1 / population)
+    )
+
+
+def test_a_plain_answer_above_the_clip_norm_is_rejected() -> None:
+    population = 6
+    query = PrivateSum(
+        _owner(population),
+        name="trending",
+        width=2,
+        dp=UserDP(),
+        population=population,
+        cohort=population,
+        releases=1,
+        secagg=None,
+        seed=0,
+        purpose=2,
+    )
+    query.ask(1, [], {})
+    query.configure_fit(1, ndarrays_to_parameters([]), StaticClients(population))
+    vectors = np.zeros((3, 5))
+    vectors[0, :2] = query.scale  # norm 1: fine
+    vectors[1, :] = 3.0  # norm 6.7: a poisoned answer
+    query.aggregate_fit(1, _answers(vectors), [])
+    assert len(query.record["rejected"]) == 1
+    assert query.result is not None and np.allclose(query.result.total, [1, 1, 0, 0, 0])
+
+
+def test_analytics_settings_that_would_leak_or_mis_account_are_refused() -> None:
+    with pytest.raises(ValidationError, match="trending counts need secure aggregation"):
+        ServerSettings(secagg=SecAggSettings(enabled=False), analytics={"trending": {"every": 1}})
+    with pytest.raises(ValidationError, match="unset eval_clients"):
+        ServerSettings(
+            eval_clients=5,
+            analytics={"evaluation": {"dp": {"mode": "central", "noise_multiplier": 1.0}}},
+        )
+    with pytest.raises(ValidationError, match="needs secagg"):
+        ServerSettings(
+            secagg=SecAggSettings(enabled=False), analytics={"evaluation": {"secure": True}}
+        )
+    assert ServerSettings().secure_evaluation  # SecAgg+ on: evaluation is a secure sum
+    assert not ServerSettings(secagg=SecAggSettings(enabled=False)).secure_evaluation
+
+
+# --- on Flower's simulation engine ------------------------------------------------------
+
+
+def _population(n_users: int = 10, n_items: int = 150, seed: int = 3) -> Interactions:
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, size=9, replace=False)
+        users += [u] * 9
+        items += chosen.tolist()
+        times += sorted(rng.uniform(0, 20 * 86_400, 9).tolist())
+    return Interactions.from_raw(
+        np.array(users),
+        np.array(items),
+        np.ones(len(users)),
+        np.array(times),
+        item_ids=np.arange(n_items),
+    )
+
+
+@pytest.mark.slow
+def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tmp_path) -> None:
+    """SecAgg+ on, no DP anywhere: the trending counts in the release are the plain sum
+    of the devices' vectors, and the secure evaluation the clear path's mean of the
+    devices' own metrics, both to within SecAgg+'s quantisation."""
+    from stamen.models.bundle import ReleaseBundle
+    from stamen.privacy import open_signed
+    from stamen.server.releases import latest_release
+    from stamen.simulation.config import load_config
+    from stamen.simulation.runner import run_federated
+    from stamen.simulation.split import leave_one_out
+
+    split = leave_one_out(_population(), seed=0)
+    cap, window_days = 3, 5.0
+    config = load_config(
+        None,
+        {
+            "rounds": 1,
+            "clients_per_round": 5,
+            "eval_every": 1,
+            "local": {"dim": 4},
+            "output": str(tmp_path),
+            "secagg": {"num_shares": 3, "reconstruction_threshold": 2},
+            "analytics": {"trending": {"every": 1, "window_days": window_days, "cap": cap}},
+        },
+    )
+    result = run_federated(config, split, output=tmp_path)
+    last = result.history[-1]
+    n = split.n_users
+    secagg = config.secagg
+    level = 2 * secagg.clipping_range / secagg.quantization_range  # one quantisation step
+    # each device's entries are rounded by at most one level; the sum by n levels
+    bound = n * level * 1.001
+
+    rows, items = split.train.pairs()
+    true = trending_vectors(
+        rows,
+        items,
+        split.train_times,
+        n_devices=n,
+        n_items=split.n_items,
+        now=float(split.train_times.max()),
+        window=window_days * 86_400,
+        cap=cap,
+    ).sum(axis=0)
+    assert true.sum() > 0 and last["analytics"]["trending"]["noise_std"] == 0
+    bundle = ReleaseBundle.decode(
+        open_signed(
+            latest_release(tmp_path / "releases").read_bytes(),
+            public_key=(tmp_path / "releases" / "release.pub").read_bytes(),
+        )
+    )
+    scale = query_scale(width=cap, clip_norm=1.0)
+    assert np.abs(bundle.trending - true).max() <= bound / scale
+
+    evaluation = last["evaluate"]
+    assert evaluation["secure"] and evaluation["full"] and evaluation["answered"] == n
+    local = config.server_settings(n).device_config()
+    clear = []
+    for u in range(n):
+        data = DeviceData(
+            split.train.row(u),
+            int(split.valid[u]),
+            int(split.test[u]),
+            split.negatives[u],
+            release_catalog_of(split.n_items),
+        )
+        _, examples, metrics = MFClient(data, {}, seed=0, row=u).evaluate(  # type: ignore[arg-type]
+            result.shared, {**local, "server-round": 1}
+        )
+        if examples:
+            clear.append(metrics)
+    assert evaluation["devices"] == len(clear) > 0
+    scale = query_scale(width=len(EVALUATION_METRICS) + 1, clip_norm=1.0)
+    for name in EVALUATION_METRICS:
+        mean = np.mean([m[name] for m in clear])
+        assert abs(evaluation[name] - mean) <= bound / scale / len(clear), name
