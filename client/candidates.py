@@ -64,6 +64,11 @@ class ReleaseIndex:
         )
         self.norms = np.sqrt(np.diff(catalog.genre_indptr).astype(np.float64))
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # items grouped by genre set (a content score depends on nothing else): a request
+        # scores each group once instead of every item
+        self.group_of, self.group_indptr, self.group_members = _genre_groups(catalog)
+        first = self.group_members[self.group_indptr[:-1]]
+        self.group_genres, self.group_norms = self.genres[first], self.norms[first]
 
     def static_top(
         self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
@@ -79,6 +84,22 @@ class ReleaseIndex:
         head = slice(0, budget + len(excluded))  # enough to fill the budget after skipping
         keep = ~np.isin(rows[head], excluded)
         return rows[head][keep][:budget].astype(np.int64), values[head][keep][:budget]
+
+
+def _genre_groups(catalog: ReleaseCatalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items with the same set of genres (tags) form a group: each row's group, and the
+    rows of each group in CSR form (``indptr``, members ascending)."""
+    indptr = np.asarray(catalog.genre_indptr, np.int64)
+    counts = np.diff(indptr)
+    n, width = len(counts), int(counts.max(initial=0))
+    filled = np.arange(width) < counts[:, None]
+    padded = np.full((n, width), np.iinfo(np.int64).max, np.int64)
+    padded[filled] = np.asarray(catalog.genre_index, np.int64)
+    _, group_of = np.unique(np.sort(padded, axis=1), axis=0, return_inverse=True)
+    group_of = group_of.reshape(-1).astype(np.int64)
+    members = np.argsort(group_of, kind="stable").astype(np.int64)
+    sizes = np.bincount(group_of, minlength=int(group_of.max(initial=-1)) + 1)
+    return group_of, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), members
 
 
 @dataclass(frozen=True)
@@ -133,17 +154,27 @@ def top_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``budget`` best rows of ``scores`` (non-finite and ``excluded`` rows never),
     best first; ties broken by row, so the result is deterministic."""
-    scores = np.asarray(scores, np.float64).copy()
-    scores[excluded] = -np.inf
-    finite = np.flatnonzero(np.isfinite(scores))
-    if budget <= 0 or not len(finite):
+    scores = np.asarray(scores, np.float64)
+    if budget <= 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    if budget < len(finite):
-        part = np.argpartition(-scores[finite], budget - 1)[:budget]
-        finite = finite[part]
-    order = np.lexsort((finite, -scores[finite]))
-    rows = finite[order]
-    return rows.astype(np.int64), scores[rows]
+    want = budget + len(excluded)
+    head = None
+    if want < len(scores):
+        # every row at or above the ``want``-th largest score (ties included) holds the
+        # answer, unless non-finite scores crowd it out
+        floor = scores[np.argpartition(scores, len(scores) - want)[len(scores) - want :]].min()
+        if np.isfinite(floor):
+            head = np.flatnonzero(scores >= floor)
+            head = head[np.isfinite(scores[head]) & ~np.isin(head, excluded)]
+            if len(head) < budget:
+                head = None
+    if head is None:  # every finite row outside ``excluded``
+        allowed = np.isfinite(scores)
+        allowed[np.asarray(excluded, np.int64)] = False
+        head = np.flatnonzero(allowed)
+    order = np.lexsort((head, -scores[head]))[:budget]
+    rows = head[order].astype(np.int64)
+    return rows, scores[rows]
 
 
 @register_generator("cf")
@@ -183,11 +214,24 @@ def _content(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0)
     index = request.index
     with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = (index.genres @ profile) / (index.norms * norm)
-    cosine[index.norms == 0] = -np.inf
-    rows, scores = top_rows(cosine, budget, request.excluded)
-    keep = scores > 0  # an item sharing nothing with the profile is no content match
-    return rows[keep], scores[keep]
+        cosine = (index.group_genres @ profile) / (index.group_norms * norm)
+    # an item sharing nothing with the profile is no content match
+    groups = np.flatnonzero((index.group_norms > 0) & (cosine > 0))
+    groups = groups[np.argsort(-cosine[groups], kind="stable")]
+    sizes = np.diff(index.group_indptr)[groups]
+    # enough groups, best first, to fill the budget past the excluded rows, and every
+    # group tied with the last one taken (ties are broken by row, across groups)
+    cut = int(np.searchsorted(np.cumsum(sizes), budget + len(request.excluded)))
+    if cut < len(groups):
+        groups = groups[cosine[groups] >= cosine[groups[cut]]]
+    rows = np.concatenate(
+        [index.group_members[index.group_indptr[g] : index.group_indptr[g + 1]] for g in groups]
+        or [np.zeros(0, np.int64)]
+    )
+    rows = rows[~np.isin(rows, request.excluded)]
+    scores = cosine[index.group_of[rows]]
+    order = np.lexsort((rows, -scores))[:budget]
+    return rows[order], scores[order]
 
 
 @register_generator("trending")

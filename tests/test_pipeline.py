@@ -10,6 +10,7 @@ from stamen.client.candidates import (
     GENERATORS,
     ReleaseIndex,
     Request,
+    content_profile,
     generate,
     register_generator,
 )
@@ -78,6 +79,59 @@ def test_content_matches_the_recency_weighted_profile_minus_rejections() -> None
     # a Sci-Fi/Drama item consumed matches both; rejecting a Drama item leaves Sci-Fi only
     assert set(_rows("content", _request(history=np.array([1])))) == {0, 2, 3}
     assert _rows("content", _request(history=np.array([1]), rejected=np.array([2]))) == [0]
+
+
+def _random_request(seed: int, n_items: int = 300, n_genres: int = 6) -> Request:
+    rng = np.random.default_rng(seed)
+    names = [f"g{g}" for g in range(n_genres)]
+    genres = [
+        tuple(rng.choice(names, size=rng.integers(0, 4), replace=False)) for _ in range(n_items)
+    ]
+    ids = [f"i{r}" for r in range(n_items)]
+    catalog = ReleaseCatalog.build(ids, titles=ids, genres=genres)
+    history = rng.choice(n_items, size=rng.integers(1, 30), replace=False)
+    rejected = np.setdiff1d(rng.choice(n_items, size=5, replace=False), history)
+    return Request(
+        index=ReleaseIndex(catalog, np.zeros(n_items), None),
+        cf_scores=rng.normal(size=n_items).round(1),  # ties, broken by row
+        history=history,
+        history_at=NOW - rng.uniform(0, 200 * DAY, len(history)),
+        rejected=rejected,
+        rejected_at=np.full(len(rejected), NOW),
+        excluded=np.union1d(history, rejected),
+        now=NOW,
+        context={},
+    )
+
+
+def _slow_top(scores: np.ndarray, budget: int, excluded: np.ndarray) -> list[int]:
+    """Every row scored, the excluded and non-positive-or-non-finite left out, best first,
+    ties by row."""
+    ranked = sorted(
+        (-scores[r], r)
+        for r in range(len(scores))
+        if r not in set(excluded) and np.isfinite(scores[r])
+    )
+    return [r for _, r in ranked[:budget]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("budget", [1, 7, 40, 400])
+def test_content_and_cf_match_a_slow_per_item_reference(seed: int, budget: int) -> None:
+    """The content generator scores genre groups, not items, and cf takes a partial sort:
+    both propose exactly what scoring every item and sorting gives."""
+    request = _random_request(seed)
+    index = request.index
+    profile = content_profile(request)
+    dense = index.genres.toarray()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = dense @ profile / (np.sqrt(dense.sum(axis=1)) * np.linalg.norm(profile))
+    cosine = np.where(cosine > 0, cosine, -np.inf)
+    rows, scores = GENERATORS["content"](request, budget)
+    assert rows.tolist() == _slow_top(cosine, budget, request.excluded)
+    assert np.allclose(scores, cosine[rows])
+    rows, _ = GENERATORS["cf"](request, budget)
+    assert rows.tolist() == _slow_top(request.cf_scores, budget, request.excluded)
 
 
 def test_trending_needs_the_releases_counts() -> None:
