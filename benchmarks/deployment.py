@@ -42,6 +42,7 @@ from loopback import (  # noqa: E402
     free_port,
     register_supernode,
     running,
+    superexec_command,
     superlink_command,
     supernode_command,
     text,
@@ -134,7 +135,7 @@ def _wait(check, what: str, wait_s: float, proc: subprocess.Popen, log: Path) ->
         time.sleep(0.2)
 
 
-def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
+def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: str) -> dict:
     certs = make_certificates(tmp / "certs", supernodes=n)
     key = tmp / "keys" / "release.key"
     os.environ["STAMEN_DATA_DIR"] = str(data.parent)
@@ -171,12 +172,22 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
             register_supernode(certs.supernodes[d].public_key, "bench", env)
         relays = Relays(port, n)
         for d in range(n):
-            command = supernode_command(certs.supernodes[d].private_key, certs, relays.ports[d])
+            forking, runtime = executor == "fork", free_port()
+            command = supernode_command(
+                certs.supernodes[d].private_key,
+                certs,
+                relays.ports[d],
+                runtime_port=runtime,
+                forking=forking,
+            )
             node = f"device='{tmp / f'device-{d}'}' device-id={d}"
             if not secagg:  # a device requires SecAgg+ unless told it is optional
                 node += " secure-aggregation='optional'"
             command += ["--node-config", node]
             stack.enter_context(running(command, env=env, log=tmp / f"node-{d}.log"))
+            if forking:
+                log_file = tmp / f"superexec-{d}.log"
+                stack.enter_context(running(superexec_command(runtime), env=env, log=log_file))
         _wait(lambda: text(log).count("Activated node_id=") >= n, "SuperNodes", 300, link, log)
         marks = [relays.totals()]
         rounds_log = tmp / "checkpoints" / "rounds.jsonl"
@@ -229,13 +240,20 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path) -> dict:
                 "payload_up_bytes_per_device": r.get("upload_bytes_per_device"),
             }
         )
-    return {"nodes": n, "secagg": secagg, "rounds": per_round, "run_seconds": wall}
+    return {
+        "nodes": n,
+        "secagg": secagg,
+        "executor": executor,
+        "rounds": per_round,
+        "run_seconds": wall,
+    }
 
 
 def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
     command = "python benchmarks/deployment.py " + " ".join(sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "deployment.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    name = f"deployment-{args.tag}" if args.tag else "deployment"
+    (out / f"{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     lines = [
         "# Deployment: round time and bytes per device over the real transport",
         "",
@@ -246,27 +264,32 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         "(1,682 items, dim 64), every device in every round, no DP. Bytes are counted on "
         "the wire (TLS), per device, in the round shown (the last one).",
         "",
-        "| SuperNodes | SecAgg+ | round s (last) | round s (first) | up bytes/device | "
-        "down bytes/device | run s (submitted to last round) |",
-        "|---|---|---|---|---|---|---|",
+        "| SuperNodes | SecAgg+ | executor | round s (last) | round s (first) | "
+        "every round s | up bytes/device | down bytes/device | run s (submitted to last "
+        "round) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "stalled" in row:
             lines.append(
-                f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | stalled: "
+                f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | "
+                f"{row.get('executor', 'flower')} | stalled: "
                 f"{row['stalled']}; peak {row['peak_clientapp_processes']} ClientApp "
                 f"processes at once, {row['task_token_rejections']} task-token rejections, "
                 f"{row['superlink_database_locked']} 'database is locked' on the SuperLink "
-                "| | | | |"
+                "| | | | | |"
             )
             continue
         first, last = row["rounds"][0], row["rounds"][-1]
+        every = ", ".join(f"{r['seconds']:.1f}" for r in row["rounds"])
         lines.append(
-            f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {last['seconds']:.1f} | "
-            f"{first['seconds']:.1f} | {last['up_bytes_per_device']:,.0f} | "
+            f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {row['executor']} | "
+            f"{last['seconds']:.1f} | {first['seconds']:.1f} | "
+            f"{every} | "
+            f"{last['up_bytes_per_device']:,.0f} | "
             f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} |"
         )
-    (out / "deployment.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -275,20 +298,30 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[3, 10, 30])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--executors",
+        nargs="+",
+        choices=["flower", "fork"],
+        default=["flower"],
+        help="flower: each SuperNode's own SuperExec (a fresh process per message); "
+        "fork: --isolation process with stamen-superexec (tasks forked, imports warm)",
+    )
+    parser.add_argument("--tag", default="", help="results file suffix (deployment-TAG)")
     args = parser.parse_args(argv)
     path = find_local("ml-100k", default_data_dir())
     if path is None:
         sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
     rows = []
     for n in args.nodes:
-        for secagg in (False, True):
+        for executor, secagg in [(e, s) for e in args.executors for s in (False, True)]:
             with TemporaryDirectory() as tmp:
                 try:
-                    row = run_one(n, secagg, args.rounds, path, Path(tmp))
+                    row = run_one(n, secagg, args.rounds, path, Path(tmp), executor)
                 except Stalled as stalled:
                     row = {
                         "nodes": n,
                         "secagg": secagg,
+                        "executor": executor,
                         "stalled": str(stalled),
                         **stalled.evidence,
                     }
@@ -297,7 +330,7 @@ def main(argv: list[str]) -> None:
                     continue
             last = row["rounds"][-1]
             print(
-                f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: last round "
+                f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}, {executor}: last round "
                 f"{last['seconds']:.1f} s, {last['up_bytes_per_device']:,.0f} B up / "
                 f"{last['down_bytes_per_device']:,.0f} B down per device",
                 flush=True,

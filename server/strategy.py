@@ -5,9 +5,12 @@ the shared arrays of whichever registered model the settings name.
 Each round: sample a seeded cohort over stable device ids (``stamen.server.cohorts``;
 Poisson under user-level DP), send the global shared arrays with the model's name and
 settings, average the devices' dense updates (under SecAgg+ the server only ever
-receives the average), apply the server optimiser (FedAvg / FedAdam), checkpoint.
-Federated evaluation asks devices to rank their own held-out item and averages the
-metrics they return.
+receives the average), apply the server optimiser (FedAvg / FedAdam). Then, in Flower's
+evaluate stage (``stamen.server.app.RoundEnd``): the round's private analytics queries
+(trending counts, ``stamen.server.analytics``), federated evaluation (devices rank their
+own held-out item; a secure sum of their metrics under SecAgg+, their metrics averaged in
+the clear otherwise), and the round's close (:meth:`FederatedAveraging.finish_round`:
+record, signed release, checkpoint).
 
 A device names itself by answering ``get_properties`` with :data:`DEVICE_ID_KEY`; the
 strategy asks each connected node once.

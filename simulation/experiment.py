@@ -213,8 +213,10 @@ def run_experiment(
         shared_model_scorer(fed.shared, split, model=run_model, seed=config.seed), split
     )
     federated = f"federated {run_model.display_name}"
-    methods[federated] = {
-        k: v for k, v in chosen["evaluate"].items() if k != "devices" and not k.startswith("valid_")
+    methods[federated] = {  # test metrics only: not the record's counts, flags or noise
+        k: v
+        for k, v in chosen["evaluate"].items()
+        if (k == "loss" or "@" in k) and not k.startswith("valid_")
     }
     methods[federated]["coverage@10"] = offline["coverage@10"]
 

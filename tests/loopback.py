@@ -127,11 +127,26 @@ def superlink_command(certs, port: int, tmp_path: Path, *extra: str) -> list[str
     ]
 
 
-def supernode_command(key: Path, certs, link_port: int) -> list[str]:
+def supernode_command(
+    key: Path, certs, link_port: int, *, runtime_port: int | None = None, forking: bool = False
+) -> list[str]:
+    """A SuperNode reaching the SuperLink at ``link_port``; ``forking``: it runs no
+    SuperExec of its own (``--isolation process``) and ``stamen-superexec``, started
+    apart (:func:`superexec_command`), serves its Runtime API on ``runtime_port``."""
     return [
         str(BIN / "flower-supernode"),
         *("--superlink", f"127.0.0.1:{link_port}"),
         *("--root-certificates", str(certs.ca_certificate)),
         *("--auth-supernode-private-key", str(key)),
-        *("--host", "127.0.0.1", "--port", str(free_port())),
+        *("--host", "127.0.0.1", "--port", str(runtime_port or free_port())),
+        *(("--isolation", "process") if forking else ()),
+    ]
+
+
+def superexec_command(runtime_port: int) -> list[str]:
+    """Stamen's forking SuperExec for the SuperNode whose Runtime API is ``runtime_port``."""
+    return [
+        str(BIN / "stamen-superexec"),
+        *("--runtime-api-address", f"127.0.0.1:{runtime_port}"),
+        "--insecure",
     ]

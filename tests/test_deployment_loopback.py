@@ -23,6 +23,7 @@ from loopback import (
     poll,
     register_supernode,
     running,
+    superexec_command,
     superlink_command,
     supernode_command,
     text,
@@ -66,8 +67,10 @@ def _deployment(tmp_path: Path):
         with Device.open(tmp_path / f"device-{d}", key=store_key, release_key=public) as dev:
             dev.apply_release(latest_release(tmp_path / "releases"))
             items = rng.choice(np.arange(100), size=10, replace=False)
+            now = time.time()  # recent: inside a trending window that ends at the server's clock
             dev.record_many(
-                {"item": str(i), "kind": "view", "at": float(k)} for k, i in enumerate(items)
+                {"item": str(i), "kind": "view", "at": now - 600.0 * k}
+                for k, i in enumerate(items)
             )
     return certs, key
 
@@ -93,9 +96,10 @@ def _rounds(tmp_path: Path) -> list[dict]:
 
 
 @contextmanager
-def _federation(tmp_path: Path) -> Iterator[dict]:
+def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
     """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
-    their devices and one unregistered SuperNode; every process stopped on exit."""
+    their devices and one unregistered SuperNode; every process stopped on exit.
+    ``forking``: the SuperNodes run their ClientApps through ``stamen-superexec``."""
     certs, key = _deployment(tmp_path)
     port = free_port()
     env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
@@ -109,11 +113,17 @@ def _federation(tmp_path: Path) -> Iterator[dict]:
         ]
         nodes = []
         for d in range(NODES):
-            command = supernode_command(certs.supernodes[d].private_key, certs, port)
+            runtime = free_port()
+            command = supernode_command(
+                certs.supernodes[d].private_key, certs, port, runtime_port=runtime, forking=forking
+            )
             command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
             nodes.append(
                 stack.enter_context(running(command, env=env, log=tmp_path / f"node-{d}.log"))
             )
+            if forking:
+                superexec = superexec_command(runtime)
+                stack.enter_context(running(superexec, env=env, log=tmp_path / f"exec-{d}.log"))
         stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
         stack.enter_context(running(stranger, env=env, log=tmp_path / "stranger.log"))
         for node_id in ids:
@@ -154,8 +164,18 @@ def _releases(tmp_path: Path, key: Path) -> list[ReleaseBundle]:
     ]
 
 
+TRENDING = {
+    "trending-every": 1,
+    "trending-window-days": 1.0,
+    "trending-dp": "'central'",
+    "trending-epsilon": 8.0,
+}
+
+
 def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
-    with _federation(tmp_path) as fed:
+    """Also: the SuperNodes run their ClientApps through Stamen's forking SuperExec, and
+    each round asks the devices for private trending counts."""
+    with _federation(tmp_path, forking=True) as fed:
         log = fed["log"]
         poll(
             lambda: "No SuperNode found with the given public key" in text(log),
@@ -163,7 +183,7 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
             log=log,
             what="the unregistered SuperNode refused",
         )
-        _finish(_run(tmp_path, fed), tmp_path, 2)
+        _finish(_run(tmp_path, fed, **TRENDING), tmp_path, 2)
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
     assert text(log).count("Activated node_id=") == NODES
@@ -174,6 +194,13 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     assert [b.release for b in bundles] == [0, 1, 2]
     first, last = bundles[0].shared_arrays(), bundles[-1].shared_arrays()
     assert not all(np.allclose(a, b) for a, b in zip(first, last, strict=True))
+    # trending: every device asked each round, its own ε, the noisy counts in the release
+    trending = [r["analytics"]["trending"] for r in rounds]
+    assert all(t["devices"] == NODES and "failed" not in t for t in trending), trending
+    spent = [t["privacy"]["epsilon"] for t in trending]
+    assert 0 < spent[0] < spent[1] <= 8.0 + 1e-6
+    assert bundles[0].trending is None
+    assert all(b.trending is not None and b.trending.shape == (100,) for b in bundles[1:])
     print({"round_seconds": [round(r["seconds"], 1) for r in rounds], "epsilon": epsilons})
 
 
