@@ -172,13 +172,14 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
             register_supernode(certs.supernodes[d].public_key, "bench", env)
         relays = Relays(port, n)
         for d in range(n):
-            forking, runtime = executor == "fork", free_port()
+            forking, runtime = executor != "flower", free_port()
             command = supernode_command(
                 certs.supernodes[d].private_key,
                 certs,
                 relays.ports[d],
                 runtime_port=runtime,
                 forking=forking,
+                fast_poll=executor == "fork+poll",
             )
             node = f"device='{tmp / f'device-{d}'}' device-id={d}"
             if not secagg:  # a device requires SecAgg+ unless told it is optional
@@ -301,10 +302,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--executors",
         nargs="+",
-        choices=["flower", "fork"],
+        choices=["flower", "fork", "fork+poll"],
         default=["flower"],
         help="flower: each SuperNode's own SuperExec (a fresh process per message); "
-        "fork: --isolation process with stamen-superexec (tasks forked, imports warm)",
+        "fork: --isolation process with stamen-superexec (tasks forked, imports warm); "
+        "fork+poll: that, with stamen-supernode (0.2 s waits instead of 3 s / 0.5 s)",
     )
     parser.add_argument("--tag", default="", help="results file suffix (deployment-TAG)")
     args = parser.parse_args(argv)

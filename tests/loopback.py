@@ -128,13 +128,20 @@ def superlink_command(certs, port: int, tmp_path: Path, *extra: str) -> list[str
 
 
 def supernode_command(
-    key: Path, certs, link_port: int, *, runtime_port: int | None = None, forking: bool = False
+    key: Path,
+    certs,
+    link_port: int,
+    *,
+    runtime_port: int | None = None,
+    forking: bool = False,
+    fast_poll: bool = False,
 ) -> list[str]:
     """A SuperNode reaching the SuperLink at ``link_port``; ``forking``: it runs no
     SuperExec of its own (``--isolation process``) and ``stamen-superexec``, started
-    apart (:func:`superexec_command`), serves its Runtime API on ``runtime_port``."""
+    apart (:func:`superexec_command`), serves its Runtime API on ``runtime_port``;
+    ``fast_poll``: ``stamen-supernode`` (Flower's SuperNode with shorter waits)."""
     return [
-        str(BIN / "flower-supernode"),
+        str(BIN / ("stamen-supernode" if fast_poll else "flower-supernode")),
         *("--superlink", f"127.0.0.1:{link_port}"),
         *("--root-certificates", str(certs.ca_certificate)),
         *("--auth-supernode-private-key", str(key)),

@@ -69,8 +69,7 @@ def _deployment(tmp_path: Path):
             items = rng.choice(np.arange(100), size=10, replace=False)
             now = time.time()  # recent: inside a trending window that ends at the server's clock
             dev.record_many(
-                {"item": str(i), "kind": "view", "at": now - 600.0 * k}
-                for k, i in enumerate(items)
+                {"item": str(i), "kind": "view", "at": now - 600.0 * k} for k, i in enumerate(items)
             )
     return certs, key
 
