@@ -329,6 +329,7 @@ def main(argv: list[str]) -> None:
                     }
                     print(f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: {row}", flush=True)
                     rows.append(row)
+                    write(rows, args, args.out)
                     continue
             last = row["rounds"][-1]
             print(
@@ -338,6 +339,7 @@ def main(argv: list[str]) -> None:
                 flush=True,
             )
             rows.append(row)
+            write(rows, args, args.out)  # after every configuration: a crash keeps the rest
     write(rows, args, args.out)
 
 

@@ -46,7 +46,11 @@ class ForkingExecutor(SubprocessExecutor):
             return super().launch(spec)
         pid = os.fork()
         if pid == 0:  # the child: run the task, then leave without the parent's cleanup
-            os._exit(_run_task(spec))
+            code = 1
+            try:
+                code = _run_task(spec)
+            finally:
+                os._exit(code)  # whatever happened, never back into the parent's loop
         self._children.add(pid)
         return LaunchResult.accepted()
 

@@ -48,18 +48,24 @@ def flower_home(home: Path, federation: str, port: int, ca_certificate: Path) ->
 
 def register_supernode(public_key: Path, federation: str, env: dict[str, str]) -> str:
     """Register a SuperNode's public key with the SuperLink (``flwr supernode register``);
-    its node id. Raises ``RuntimeError`` with Flower's output when that fails."""
-    done = subprocess.run(
-        [str(BIN / "flwr"), "supernode", "register", str(public_key), federation],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    found = re.search(r"SuperNode (\d+) registered", done.stdout)
-    if found is None:
-        raise RuntimeError(done.stdout + done.stderr)
-    return found.group(1)
+    its node id. A SuperLink that has logged its start may not answer yet on a loaded
+    machine: an unavailable connection is retried (3 tries, 2 s apart). Raises
+    ``RuntimeError`` with Flower's output when it fails."""
+    for attempt in range(3):
+        done = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(public_key), federation],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        found = re.search(r"SuperNode (\d+) registered", done.stdout)
+        if found is not None:
+            return found.group(1)
+        if "unavailable" not in done.stdout + done.stderr or attempt == 2:
+            break
+        time.sleep(2.0)
+    raise RuntimeError(done.stdout + done.stderr)
 
 
 @contextmanager

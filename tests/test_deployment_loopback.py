@@ -98,7 +98,8 @@ def _rounds(tmp_path: Path) -> list[dict]:
 def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
     """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
     their devices and one unregistered SuperNode; every process stopped on exit.
-    ``forking``: the SuperNodes run their ClientApps through ``stamen-superexec``."""
+    ``forking``: the SuperNodes are ``stamen-supernode`` and run their ClientApps through
+    ``stamen-superexec``."""
     certs, key = _deployment(tmp_path)
     port = free_port()
     env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
@@ -114,7 +115,12 @@ def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
         for d in range(NODES):
             runtime = free_port()
             command = supernode_command(
-                certs.supernodes[d].private_key, certs, port, runtime_port=runtime, forking=forking
+                certs.supernodes[d].private_key,
+                certs,
+                port,
+                runtime_port=runtime,
+                forking=forking,
+                fast_poll=forking,
             )
             command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
             nodes.append(
@@ -172,8 +178,9 @@ TRENDING = {
 
 
 def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
-    """Also: the SuperNodes run their ClientApps through Stamen's forking SuperExec, and
-    each round asks the devices for private trending counts."""
+    """Also: the SuperNodes are Stamen's (shorter waits) and run their ClientApps through
+    Stamen's forking SuperExec, and each round asks the devices for private trending
+    counts."""
     with _federation(tmp_path, forking=True) as fed:
         log = fed["log"]
         poll(
