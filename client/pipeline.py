@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from scipy import sparse
 
 from stamen.client.candidates import GENERATORS, Candidates, Request, content_profile, generate
 from stamen.client.rerank import Slot, rerank
@@ -189,12 +190,14 @@ def _diversity_vectors(
     settings: PipelineSettings,
     rows: np.ndarray,
     embeddings: Callable[[np.ndarray], np.ndarray],
-) -> np.ndarray:
+) -> np.ndarray | sparse.csr_matrix:
+    """What MMR compares: the candidates' genre/tag rows (sparse: a tag catalogue has
+    thousands of columns) or the model's item embeddings."""
     if not len(rows):
         return np.zeros((0, 1))
     genres = request.index.genres
     if settings.diversity == "genres" and genres.shape[1]:
-        return genres[rows].toarray()
+        return genres[rows]
     return embeddings(rows)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["Slot", "rerank"]
 
@@ -38,10 +39,22 @@ class Slot:
     explored: bool
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def _unit(vectors: np.ndarray | sparse.spmatrix) -> np.ndarray | sparse.csr_matrix:
+    """Rows scaled to unit length (a sparse matrix stays sparse: tag vectors are wide)."""
+    if sparse.issparse(vectors):
+        rows = sparse.csr_matrix(vectors, dtype=np.float64)
+        norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
+        return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ rows
     vectors = np.asarray(vectors, np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def _cosines(unit: np.ndarray | sparse.csr_matrix, i: int) -> np.ndarray:
+    """Cosine of every row of ``unit`` with row ``i``."""
+    if sparse.issparse(unit):
+        return np.asarray((unit @ unit[i].T).todense()).ravel()
+    return unit @ unit[i]
 
 
 def rerank(
@@ -59,8 +72,9 @@ def rerank(
     rng: np.random.Generator | None = None,
 ) -> list[Slot]:
     """Up to ``k`` slots over candidates with ``relevance`` and embedding ``vectors``
-    (one row each); ``allowed`` the rules' mask, ``genres`` each candidate's genre ids,
-    ``fresh`` whether it is inside the launch window (see module docstring)."""
+    (one row each, dense or a scipy sparse matrix); ``allowed`` the rules' mask,
+    ``genres`` each candidate's genre ids, ``fresh`` whether it is inside the launch
+    window (see module docstring)."""
     if not 0 <= lam <= 1:
         raise ValueError(f"lam must be in [0, 1] (got {lam})")
     if not 0 <= explore <= 1:
@@ -72,7 +86,7 @@ def rerank(
     top = np.max(np.abs(rel)) if n else 0.0
     rel = rel / top if top > 0 else np.zeros(n)
     rel = rel + freshness_boost * np.asarray(fresh, bool)
-    unit = _unit(vectors) if n else np.zeros((0, 1))
+    unit = _unit(vectors) if n and lam < 1 else None  # λ = 1: no MMR, no similarities
     eligible = np.asarray(allowed, bool).copy()
     nearest = np.full(n, -np.inf)  # max cosine to the chosen items (none yet)
     holders: dict[int, list[int]] = {}  # genre -> the candidates that have it
@@ -99,5 +113,6 @@ def rerank(
             counts[g] = counts.get(g, 0) + 1
             if genre_cap is not None and counts[g] >= genre_cap:
                 eligible[holders[g]] = False  # the genre is full
-        nearest = np.maximum(nearest, unit @ unit[chosen])
+        if unit is not None:
+            nearest = np.maximum(nearest, _cosines(unit, chosen))
     return slots

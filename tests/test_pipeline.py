@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import sparse
 
 from stamen.client.candidates import (
     GENERATORS,
@@ -252,6 +253,13 @@ def test_mmr_matches_the_slow_reference(lam) -> None:
         lam=lam,
     )
     assert [s.candidate for s in slots] == _mmr_reference(relevance, vectors, 12, lam)
+    # wide, sparse vectors (tags) give the same list as their dense form
+    tags = sparse.random(40, 300, density=0.02, random_state=int(lam * 10), format="csr")
+    kwargs = dict(allowed=np.ones(n, bool), genres=[()] * n, fresh=np.zeros(n, bool), lam=lam)
+    dense = rerank(relevance, tags.toarray(), 12, **kwargs)
+    assert [s.candidate for s in rerank(relevance, tags, 12, **kwargs)] == [
+        s.candidate for s in dense
+    ]
 
 
 def test_mmr_diversifies_a_list_of_near_duplicates() -> None:
