@@ -196,7 +196,8 @@ def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
         "",
         f"Seeds {args.seeds}; {per_seed[0]['users']} users; test lists, mean ± std over seeds; "
         "every list is one `Device.recommend(10)` on the user's own device (single-threaded "
-        "numpy, this machine's 2 cores shared with nothing else). MMR compares genre vectors. "
+        "numpy; the latencies are as clean as the machine was idle). MMR compares genre "
+        "vectors. "
         "The variant marked chosen is picked on validation: the most diverse (ILD) one "
         f"keeping {KEEP:.0%} of retrieval's validation NDCG@10 ({chosen or 'none did'}). "
         + _trending_note(per_seed[0].get("trending")),
