@@ -89,7 +89,10 @@ def _run_task(spec: ExecutionSpec) -> int:
 def main() -> None:
     """``stamen-superexec``: Flower's ``flower-superexec`` command with the forking
     executor (module docstring)."""
-    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"  # the processes it starts
+    from flwr.supercore import telemetry
+
+    telemetry.FLWR_TELEMETRY_ENABLED = "0"  # this one: Flower read the variable on import
     import torch  # noqa: F401  (imported once, here, for every task)
     from flwr.supercore.cli.flower_superexec import flower_superexec
 

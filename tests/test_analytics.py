@@ -268,6 +268,7 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     from stamen.simulation.config import load_config
     from stamen.simulation.runner import run_federated
     from stamen.simulation.split import leave_one_out
+    from stamen.simulation.trending import true_trending
 
     split = leave_one_out(_population(), seed=0)
     cap, window_days = 3, 5.0
@@ -291,17 +292,7 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     # each device's entries are rounded by at most one level; the sum by n levels
     bound = n * level * 1.001
 
-    rows, items = split.train.pairs()
-    true = trending_vectors(
-        rows,
-        items,
-        split.train_times,
-        n_devices=n,
-        n_items=split.n_items,
-        now=float(split.train_times.max()),
-        window=window_days * 86_400,
-        cap=cap,
-    ).sum(axis=0)
+    true, _ = true_trending(split, window_days=window_days, cap=cap)
     assert true.sum() > 0 and last["analytics"]["trending"]["noise_std"] == 0
     bundle = ReleaseBundle.decode(
         open_signed(

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
 
-from stamen.client.analytics import trending_vectors
 from stamen.client.app import build_client_app
 from stamen.models import CheckpointError, Interactions
 from stamen.models.bundle import ReleaseBundle
@@ -27,6 +26,7 @@ from stamen.simulation import runner as runner_module
 from stamen.simulation.config import load_config
 from stamen.simulation.runner import initial_shared, run_federated
 from stamen.simulation.split import leave_one_out
+from stamen.simulation.trending import true_trending
 
 pytestmark = pytest.mark.slow
 
@@ -310,17 +310,7 @@ def test_trending_counts_go_into_the_release_with_their_own_epsilon(secagg_run) 
         )
     )
     assert bundle.release == 2 and bundle.trending is not None
-    rows, items = split.train.pairs()
-    true = trending_vectors(
-        rows,
-        items,
-        split.train_times,
-        n_devices=split.n_users,
-        n_items=split.n_items,
-        now=float(split.train_times.max()),
-        window=86_400.0,
-        cap=TRENDING_CAP,
-    ).sum(axis=0)
+    true, _ = true_trending(split, window_days=1.0, cap=TRENDING_CAP)
     assert true.sum() == N_USERS * TRENDING_CAP  # every device's 5 most recent items
     # noisy counts, negatives read as 0: within 6 standard deviations everywhere
     # (150 entries: a false failure has probability ~3e-7)
