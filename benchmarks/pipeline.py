@@ -43,12 +43,15 @@ from scipy import sparse
 
 from stamen.client.candidates import ReleaseIndex
 from stamen.client.pipeline import PipelineSettings
+from stamen.models.ranker import RankerSettings
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.releases import ReleaseWriter
+from stamen.server.settings import ServerSettings
 from stamen.simulation.batched import run_batched
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.devices import provision_devices
+from stamen.simulation.ranker import gather_examples, train_ranker
 from stamen.simulation.runner import initial_shared, release_catalog
 from stamen.simulation.split import leave_one_out
 from stamen.simulation.trending import private_trending, true_trending
@@ -64,7 +67,22 @@ def _variants(weights: list[float], lambdas: list[float]) -> dict[str, PipelineS
     for w in weights:
         fused = {"cf": 1.0, "content": w, "trending": w, "fresh": w / 2, "popular": 1.0}
         for lam in lambdas:
-            out[f"pipeline, w={w:g}, λ={lam:g}"] = PipelineSettings(weights=fused, mmr_lambda=lam)
+            out[f"pipeline, w={w:g}, λ={lam:g}"] = PipelineSettings(
+                weights=fused, mmr_lambda=lam, ranker=False
+            )
+    return out
+
+
+def _ranker_variants(lambdas: list[float]) -> dict[str, PipelineSettings]:
+    """Retrieval alone, the federated ranker over retrieval's candidates, and over every
+    generator's at each MMR ``λ``."""
+    retrieval = PipelineSettings.retrieval_only()
+    out = {
+        "retrieval": retrieval,
+        "retrieval + ranker": retrieval.model_copy(update={"ranker": True}),
+    }
+    for lam in lambdas:
+        out[f"pipeline, ranker, λ={lam:g}"] = PipelineSettings(mmr_lambda=lam)
     return out
 
 
@@ -90,8 +108,58 @@ def _list_metrics(lists, targets, unit_genres, info) -> dict[str, float]:
     }
 
 
+def _train_ranker(split, catalog, provisioned, seed: int, ranker: dict) -> tuple[list, dict]:
+    """Each device records its validation item (the person's next event after release 1)
+    and builds its example from it (``Device.ranking_example``: the list release 1
+    offers for its training history, the validation item taken); then the ranker is
+    trained federatedly over all of them (``stamen.simulation.ranker``)."""
+    tick = time.perf_counter()
+    pairs = []
+    for row in range(split.n_users):
+        with provisioned.devices.open(row) as device:
+            if split.valid[row] < 0:
+                pairs.append(None)  # nothing new to learn from: sends weight decay only
+                continue
+            times = device.history_times()
+            at = float(times.max()) + 1.0 if len(times) else 0.0
+            device.record(catalog.item_id(int(split.valid[row])), "view", at=at)
+            pairs.append(device.ranking_example(recent=1))
+    examples, has = gather_examples(pairs)
+    gathered_s = time.perf_counter() - tick
+    dp = {"mode": "off"}
+    if ranker["epsilon"] is not None:
+        dp = {"mode": "distributed", "target_epsilon": ranker["epsilon"], "clip_norm": 0.5}
+    settings = ServerSettings(
+        rounds=ranker["rounds"],
+        clients_per_round=ranker["cohort"],
+        seed=seed,
+        evaluate=False,
+        optimizer={"name": "fedavg", "lr": ranker["server_lr"]},
+        dp=dp,
+    )
+    run = train_ranker(examples, settings, RankerSettings(hidden=ranker["hidden"]))
+    info = {
+        "devices_with_example": int(has.sum()),
+        "mean_list_length": float(examples.offered.sum(1)[has].mean()),
+        "loss_before": run.loss_before,
+        "loss_after": run.loss_after,
+        "examples_seconds": gathered_s,
+        "train_seconds": run.result.seconds,
+        "privacy": run.result.privacy,
+        "settings": settings.model_dump(include={"rounds", "clients_per_round", "dp"}),
+    }
+    print(f"  seed {seed} ranker: {info}", flush=True)
+    return run.weights, info
+
+
 def run_seed(
-    name: str, path: Path, config_path: Path | None, seed: int, grid: dict, trending: dict
+    name: str,
+    path: Path,
+    config_path: Path | None,
+    seed: int,
+    grid: dict,
+    trending: dict,
+    ranker: dict | None,
 ) -> dict:
     data = load_dataset(name, path)
     split = leave_one_out(data.interactions, seed=seed)
@@ -134,31 +202,59 @@ def run_seed(
             release_key=public,
             release=release,
         )
-        variants = grid
-        lists = {(v, stage): [] for v in variants for stage in ("valid", "test")}
-        seconds = {key: [] for key in lists}
-        for row in evaluated:  # each device opened once, asked under every variant
-            with provisioned.devices.open(row) as device:
-                for variant, pipeline in variants.items():
-                    device.pipeline = pipeline
-                    for stage in ("valid", "test"):
-                        exclude = (
-                            [] if stage == "valid" else [catalog.item_id(int(split.valid[row]))]
-                        )
-                        tick = time.perf_counter()
-                        recs = device.recommend(10, exclude=exclude)
-                        seconds[variant, stage].append(time.perf_counter() - tick)
-                        lists[variant, stage].append(catalog.index_of([r.item for r in recs]))
-        for variant in variants:
-            record: dict = {}
-            for stage in ("valid", "test"):
-                targets = split.valid if stage == "valid" else split.test
-                metrics = _list_metrics(lists[variant, stage], targets[evaluated], unit, info)
-                metrics["p50_ms"] = float(np.percentile(seconds[variant, stage], 50) * 1e3)
-                metrics["p99_ms"] = float(np.percentile(seconds[variant, stage], 99) * 1e3)
-                record[stage] = metrics
-            out["variants"][variant] = record
-            print(f"  seed {seed} {variant}: test {record['test']}", flush=True)
+        out["variants"] = _ask(
+            provisioned, evaluated, grid, ("valid", "test"), split, catalog, unit, info
+        )
+        if ranker is not None:
+            weights, out["ranker"] = _train_ranker(split, catalog, provisioned, seed, ranker)
+            release = writer.publish(2, trained.shared, trending=counts, ranker=weights)
+            out["ranker_variants"] = _ask(
+                provisioned,
+                evaluated,
+                _ranker_variants(ranker["lambdas"]),
+                ("test",),
+                split,
+                catalog,
+                unit,
+                info,
+                release=release,
+            )
+    return out
+
+
+def _ask(provisioned, rows, variants, stages, split, catalog, unit, info, release=None) -> dict:
+    """Every device of ``rows`` (after installing ``release``, if given) answers
+    ``recommend(10)`` under each variant, at the time just after its latest event (the
+    replayed data's time, not today's: item ages, launch windows). A validation list
+    targets the validation item; a test list the test item, with the validation item
+    excluded (it is in the device's history once the device has recorded it)."""
+    lists = {(v, stage): [] for v in variants for stage in stages}
+    seconds = {key: [] for key in lists}
+    for row in rows:  # each device opened once, asked under every variant
+        with provisioned.devices.open(row) as device:
+            if release is not None:
+                device.apply_release(release, link=True)
+            times = device.history_times()
+            at = float(times.max()) + 1.0 if len(times) else None
+            for variant, pipeline in variants.items():
+                device.pipeline = pipeline
+                for stage in stages:
+                    exclude = [] if stage == "valid" else [catalog.item_id(int(split.valid[row]))]
+                    tick = time.perf_counter()
+                    recs = device.recommend(10, exclude=exclude, at=at)
+                    seconds[variant, stage].append(time.perf_counter() - tick)
+                    lists[variant, stage].append(catalog.index_of([r.item for r in recs]))
+    out = {}
+    for variant in variants:
+        record: dict = {}
+        for stage in stages:
+            targets = split.valid if stage == "valid" else split.test
+            metrics = _list_metrics(lists[variant, stage], targets[rows], unit, info)
+            metrics["p50_ms"] = float(np.percentile(seconds[variant, stage], 50) * 1e3)
+            metrics["p99_ms"] = float(np.percentile(seconds[variant, stage], 99) * 1e3)
+            record[stage] = metrics
+        out[variant] = record
+        print(f"  {variant}: test {record['test']}", flush=True)
     return out
 
 
@@ -240,7 +336,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--trending-epsilon", type=float, default=4.0)
     parser.add_argument("--trending-window-days", type=float, default=30.0)
     parser.add_argument("--trending-cap", type=int, default=20)
+    parser.add_argument("--no-ranker", action="store_true", help="skip the ranker rows")
+    parser.add_argument("--ranker-rounds", type=int, default=300)
+    parser.add_argument("--ranker-cohort", type=int, default=64)
+    parser.add_argument("--ranker-hidden", type=int, default=16)
+    parser.add_argument("--ranker-server-lr", type=float, default=1.0, help="FedAvg's")
+    parser.add_argument(
+        "--ranker-epsilon", type=float, default=None, help="user-level DP (default: none)"
+    )
     args = parser.parse_args(argv)
+    ranker = None
+    if not args.no_ranker:
+        ranker = {
+            "rounds": args.ranker_rounds,
+            "cohort": args.ranker_cohort,
+            "hidden": args.ranker_hidden,
+            "server_lr": args.ranker_server_lr,
+            "lambdas": args.lambdas,
+            "epsilon": args.ranker_epsilon,
+        }
     trending = {
         "epsilon": args.trending_epsilon,
         "window_days": args.trending_window_days,
@@ -250,7 +364,9 @@ def main(argv: list[str]) -> None:
     if path is None:
         sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
     grid = _variants(args.weights, args.lambdas)
-    per_seed = [run_seed(args.dataset, path, args.config, s, grid, trending) for s in args.seeds]
+    per_seed = [
+        run_seed(args.dataset, path, args.config, s, grid, trending, ranker) for s in args.seeds
+    ]
     write(args, per_seed)
 
 

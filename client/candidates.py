@@ -278,6 +278,17 @@ class Candidates:
         """Which candidates generator ``name`` proposed."""
         return ~np.isnan(self.scores[:, self.names.index(name)])
 
+    def ranks(self) -> np.ndarray:
+        """``ranks[i, g]``: candidate i's position (from 0) in generator g's list, best
+        score first and ties by row (inf: not in it)."""
+        ranks = np.full(self.scores.shape, np.inf)
+        for g in range(len(self.names)):
+            scores = self.scores[:, g]
+            proposed = np.flatnonzero(~np.isnan(scores))
+            order = proposed[np.lexsort((self.rows[proposed], -scores[proposed]))]
+            ranks[order, g] = np.arange(len(order))
+        return ranks
+
     def proposals(self, i: int) -> dict[str, float]:
         """The generators that proposed candidate ``i``, with the score each gave it."""
         return {

@@ -43,9 +43,9 @@ from stamen.client.candidates import ReleaseIndex, Request
 from stamen.client.device_store import DB_NAME, EventStore
 from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
 from stamen.client.impressions import Impression, engagement_rewards, ips_estimate
-from stamen.client.pipeline import PipelineSettings, run_pipeline
+from stamen.client.pipeline import PipelineSettings, offered_example, run_pipeline
 from stamen.models.bundle import BundleError, ReleaseBundle, ReleaseCatalog
-from stamen.models.context import context_row
+from stamen.models.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY, context_row
 from stamen.models.errors import DataError, StamenError
 from stamen.models.registry import model_class
 from stamen.privacy import SignatureError, open_signed, write_atomically
@@ -131,6 +131,7 @@ class _Serving:
         self._context = served.context
         # what the candidate generators read, indexed once per release
         self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
+        self.ranker = None if bundle.ranker is None else list(bundle.ranker)
 
     def request_vector(
         self, factor: np.ndarray, context: Mapping[str, Any] | None, at: float
@@ -535,6 +536,7 @@ class Device:
         *,
         context: Mapping[str, Any] | None = None,
         exclude: Iterable[str] = (),
+        at: float | None = None,
     ) -> list[Recommendation]:
         """The ``k`` best items for the person, best first, each with a reason.
 
@@ -547,7 +549,9 @@ class Device:
         genre, explored ε-greedily. Never an exception for lack of data: with no release,
         an empty list. ``context`` (``hour``, ``weekday``, ``region``; a missing hour or
         weekday is read from the device's local clock) enters the score where the
-        release's model reads context; it never leaves the device.
+        release's model reads context; it never leaves the device. ``at``: the request's
+        time in seconds since the epoch (default: the device's clock; replays of old
+        data pass the time they replay, so that item ages and launch windows mean then).
         """
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
@@ -556,25 +560,10 @@ class Device:
             serving = self._serving
             if serving is None:
                 return []
-            now = time.time()
             catalog = serving.bundle.catalog
-            cf_scores = None
-            if self._factor is not None:
-                vector = serving.request_vector(self._factor, context, now)
-                cf_scores = serving.table.scores(vector[None])[0] + serving.bias
+            when = time.time() if at is None else float(at)
+            request = self._request(serving, self._ordered, when, context, self._factor)
             blocked = catalog.index_of(list(exclude))
-            request = Request(
-                index=serving.index,
-                cf_scores=cf_scores,
-                history=self._ordered,
-                history_at=self._times(self._ordered),
-                rejected=self._rejected,
-                rejected_at=self._times(self._rejected),
-                excluded=np.union1d(self._items, self._rejected),
-                now=now,
-                context=dict(context or {}),
-                content_half_life_s=self.pipeline.content_half_life_days * 86400.0,
-            )
             region = (context or {}).get("region")
             picks = run_pipeline(
                 request,
@@ -585,6 +574,7 @@ class Device:
                 blocked=blocked[blocked >= 0],
                 region=None if region is None else str(region),
                 rng=self._rng,
+                ranker=serving.ranker,
             )
             return [
                 Recommendation(
@@ -592,6 +582,58 @@ class Device:
                 )
                 for p in picks
             ]
+
+    def _request(
+        self,
+        serving: _Serving,
+        ordered: np.ndarray,
+        at: float,
+        context: Mapping[str, Any] | None,
+        factor: np.ndarray | None,
+    ) -> Request:
+        """What the pipeline sees of a request at time ``at`` by a person whose items are
+        ``ordered`` (catalogue rows in time order) and whose user vector is ``factor``."""
+        cf_scores = None
+        if factor is not None:
+            vector = serving.request_vector(factor, context, at)
+            cf_scores = serving.table.scores(vector[None])[0] + serving.bias
+        return Request(
+            index=serving.index,
+            cf_scores=cf_scores,
+            history=ordered,
+            history_at=self._times(ordered),
+            rejected=self._rejected,
+            rejected_at=self._times(self._rejected),
+            excluded=np.union1d(ordered, self._rejected),
+            now=at,
+            context=dict(context or {}),
+            content_half_life_s=self.pipeline.content_half_life_days * 86400.0,
+        )
+
+    def ranking_example(self, recent: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+        """This device's training example for the ranker, replayed from its own history:
+        the list the pipeline (``self.pipeline``) would have given the ranker just before
+        the person's last ``recent`` items, from the history before them and the
+        installed release, with the items the person then took marked
+        (``stamen.client.pipeline.offered_example``; the request's context is that of the
+        first of those events). ``None`` without a release, with no more than
+        ``recent`` items, or when the list holds none of them. Computed here; only the
+        ranker's weight update, clipped and aggregated, ever leaves the device."""
+        if recent < 1:
+            raise ValueError(f"recent must be at least 1 (got {recent})")
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None or len(self._ordered) <= recent:
+                return None
+            before, after = self._ordered[:-recent], self._ordered[-recent:]
+            first = serving.bundle.catalog.item_id(int(after[0]))
+            hour, weekday = self._contexts[first].tolist()
+            context = {} if hour == UNKNOWN_HOUR else {"hour": hour}
+            context |= {} if weekday == UNKNOWN_WEEKDAY else {"weekday": weekday}
+            at = self._latest[first][0]
+            request = self._request(serving, before, at, context, serving.factor(before, None))
+            return offered_example(request, self.pipeline, after)
 
     def log_shown(
         self, recommendations: Sequence[Recommendation], *, at: float | None = None

@@ -7,7 +7,10 @@ about the person leaves the device. Stages:
    ``PipelineSettings.budgets`` proposes up to its budget; proposals are merged.
 2. **Relevance**: weighted reciprocal rank fusion of the generators' lists (Cormack et
    al., 2009): ``Σ_g w_g / (rrf_k + rank_g)`` over the generators that proposed the item
-   (ranks from 1); a trained ranker replaces it when the release carries one.
+   (ranks from 1). When the release carries a ranker (``stamen.models.ranker``) and
+   ``PipelineSettings.ranker`` is on, it re-orders the ``ranker_depth`` best of them by
+   their features (``stamen.client.ranking``), ahead of the rest (a cascade: the
+   ranker sees the head of the first stage, in training and in serving alike).
 3. **Re-ranking** (``stamen.client.rerank``): rules, freshness, MMR diversity, genre
    cap, exploration with logged propensities.
 4. **Reasons**, from the stage that earned the slot: the generator that ranked the item
@@ -27,9 +30,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import sparse
 
 from stamen.client.candidates import GENERATORS, Candidates, Request, content_profile, generate
+from stamen.client.ranking import candidate_features
 from stamen.client.rerank import Slot, rerank
+from stamen.models.ranker import ranker_scores
 
-__all__ = ["PipelineSettings", "Pick", "REASONS", "run_pipeline"]
+__all__ = ["PipelineSettings", "Pick", "REASONS", "offered_example", "ranker_head", "run_pipeline"]
 
 _DAY = 86400.0
 
@@ -71,6 +76,15 @@ class PipelineSettings(BaseModel):
         description="rank fusion weight of each generator's list (missing: 1)",
     )
     rrf_k: float = Field(60.0, gt=0, description="reciprocal rank fusion constant")
+    ranker: bool = Field(
+        True, description="order candidates by the release's ranker when it carries one"
+    )
+    ranker_depth: int = Field(
+        100,
+        ge=1,
+        description="the ranker re-orders this many of the best candidates by rank fusion; "
+        "the rest follow them in fused order",
+    )
     mmr_lambda: float = Field(
         0.9, ge=0, le=1, description="MMR: weight of relevance against similarity (1: none)"
     )
@@ -91,7 +105,7 @@ class PipelineSettings(BaseModel):
     def retrieval_only(cls, budget: int = 1000) -> PipelineSettings:
         """Collaborative filtering alone (popularity for a person with no history): the
         release model's own order, no diversity, exploration or freshness."""
-        return cls(budgets={"cf": budget, "popular": budget}, mmr_lambda=1.0)
+        return cls(budgets={"cf": budget, "popular": budget}, mmr_lambda=1.0, ranker=False)
 
     @field_validator("budgets", "weights")
     @classmethod
@@ -123,21 +137,33 @@ def fused_relevance(
 ) -> np.ndarray:
     """Weighted reciprocal rank fusion of the generators' lists (ranks from 1; a
     generator missing from ``weights`` weighs 1)."""
-    ranks = _ranks(candidates)
+    ranks = candidates.ranks()
     w = np.array([(weights or {}).get(name, 1.0) for name in candidates.names])
     return (np.where(np.isfinite(ranks), 1.0 / (rrf_k + 1.0 + ranks), 0.0) * w).sum(axis=1)
 
 
-def _ranks(candidates: Candidates) -> np.ndarray:
-    """``ranks[i, g]``: candidate i's position (from 0) in generator g's list, best score
-    first and ties by row (inf: not in it)."""
-    ranks = np.full(candidates.scores.shape, np.inf)
-    for g in range(len(candidates.names)):
-        scores = candidates.scores[:, g]
-        proposed = np.flatnonzero(~np.isnan(scores))
-        order = proposed[np.lexsort((candidates.rows[proposed], -scores[proposed]))]
-        ranks[order, g] = np.arange(len(order))
-    return ranks
+def ranker_head(relevance: np.ndarray, depth: int) -> np.ndarray:
+    """Indices of the ``depth`` candidates of highest fused ``relevance`` (ties: the
+    earlier candidate), best first: what the ranker re-orders."""
+    order = np.lexsort((np.arange(len(relevance)), -np.asarray(relevance)))
+    return order[:depth]
+
+
+def offered_example(
+    request: Request, settings: PipelineSettings, taken: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A training example for the ranker: the features of the list it would re-order for
+    ``request`` (the head of the candidates ``settings`` generates, as
+    :func:`run_pipeline` forms it), and which of them are among the rows ``taken``
+    afterwards. ``None`` when the head holds none of them (nothing to learn which
+    candidate wins)."""
+    candidates = generate(request, settings.budgets)
+    relevance = fused_relevance(candidates, settings.rrf_k, settings.weights)
+    head = ranker_head(relevance, settings.ranker_depth)
+    took = np.isin(candidates.rows[head], np.asarray(taken, np.int64))
+    if not took.any():
+        return None
+    return candidate_features(candidates, request, head), took
 
 
 def run_pipeline(
@@ -150,8 +176,10 @@ def run_pipeline(
     blocked: np.ndarray,
     region: str | None,
     rng: np.random.Generator | None,
+    ranker: list[np.ndarray] | None = None,
 ) -> list[Pick]:
-    """The ``k`` picks for ``request`` (see module docstring). ``vectors(rows)`` gives the
+    """The ``k`` picks for ``request`` (see module docstring). ``ranker``: the release's
+    ranker weights (``None``: rank fusion orders the candidates). ``vectors(rows)`` gives the
     model's item embeddings (what MMR compares under ``diversity="embeddings"`` or for a
     catalogue without genres); ``because(rows)`` the "Because you …" reasons of
     collaborative-filtering picks; ``blocked`` rows the app excludes; ``region`` the
@@ -169,8 +197,16 @@ def run_pipeline(
         tuple(catalog.genre_index[catalog.genre_indptr[r] : catalog.genre_indptr[r + 1]])
         for r in rows
     ]
+    relevance = fused_relevance(candidates, settings.rrf_k, settings.weights)
+    if ranker is not None and settings.ranker:
+        head = ranker_head(relevance, settings.ranker_depth)
+        scores = ranker_scores(ranker, candidate_features(candidates, request, head))
+        # the head above the rest, in the ranker's order; all of it on [0, ∞) like fused
+        # relevance (rerank scales by the largest value)
+        tail = np.delete(relevance, head).max(initial=0.0)
+        relevance[head] = tail + 1e-9 + scores - scores.min(initial=0.0)
     slots = rerank(
-        fused_relevance(candidates, settings.rrf_k, settings.weights),
+        relevance,
         _diversity_vectors(request, settings, rows, vectors),
         k,
         allowed=allowed,
@@ -223,7 +259,7 @@ def _with_reasons(
     fresh: np.ndarray,
     settings: PipelineSettings,
 ) -> list[Pick]:
-    ranks = _ranks(candidates)
+    ranks = candidates.ranks()
     earned = [
         "explore" if s.explored else _earner(candidates, ranks, s.candidate, settings)
         for s in slots

@@ -9,13 +9,15 @@ loading it executes no code) whose header metadata ``"stamen"`` holds a JSON man
     arrays      names of the shared arrays, in upload order
     quantized   names of arrays stored as int8 with a per-row scale
     catalog     genre and region names
-    extras      JSON room for later stages (ranker weights, trending)
+    ranker      how many ranker arrays the bundle holds (0: none)
+    extras      JSON room for later stages
 
 and whose tensors are the shared arrays (``model/<name>``; an int8 table as
 ``model/<name>:int8`` plus ``model/<name>:scale``), the catalogue columns
 (``catalog/...``: the app's item ids, titles, genres, release year, first-seen time,
 regions), ``popularity`` (a score per item for the no-history fallback) and, when the
-release carries them, ``trending`` (recent interaction counts, privately aggregated).
+release carries them, ``trending`` (recent interaction counts, privately aggregated)
+and the ranker's weights (``ranker/<k>``, ``stamen.models.ranker``).
 
 This module is the format only; ``stamen.privacy.seal_signed`` signs a bundle's bytes
 for distribution and ``stamen.privacy.open_signed`` checks them on the device.
@@ -35,12 +37,14 @@ from safetensors.numpy import save as save_tensors
 
 from stamen.models.errors import DataError
 from stamen.models.quantize import ItemTable
+from stamen.models.ranker import check_ranker
 from stamen.models.schema import Catalog
 
 __all__ = ["BUNDLE_FORMAT", "BundleError", "ReleaseBundle", "ReleaseCatalog"]
 
 BUNDLE_FORMAT = 1
 _MODEL = "model/"
+_RANKER = "ranker/"
 _CATALOG = "catalog/"
 
 
@@ -273,6 +277,7 @@ class ReleaseBundle:
     quantized: Mapping[str, ItemTable] = field(default_factory=dict)
     names: tuple[str, ...] = ()
     trending: np.ndarray | None = None
+    ranker: tuple[np.ndarray, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.release, bool) or int(self.release) < 0:
@@ -284,6 +289,11 @@ class ReleaseBundle:
             raise BundleError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
         if self.trending is not None and self.trending.shape != (n,):
             raise BundleError(f"trending has shape {self.trending.shape}, expected ({n},)")
+        if self.ranker is not None:
+            try:
+                check_ranker(list(self.ranker))
+            except ValueError as error:
+                raise BundleError(str(error)) from None
         for name in self.names:
             if name not in self.arrays and name not in self.quantized:
                 raise BundleError(f"bundle lacks the array {name!r}")
@@ -321,6 +331,8 @@ class ReleaseBundle:
         tensors["popularity"] = np.ascontiguousarray(self.popularity, np.float32)
         if self.trending is not None:
             tensors["trending"] = np.ascontiguousarray(self.trending, np.float32)
+        for k, weights in enumerate(self.ranker or ()):
+            tensors[f"{_RANKER}{k}"] = np.ascontiguousarray(weights, np.float32)
         manifest = {
             "format": BUNDLE_FORMAT,
             "release": int(self.release),
@@ -332,6 +344,7 @@ class ReleaseBundle:
                 "genre_names": list(self.catalog.genre_names),
                 "region_names": list(self.catalog.region_names),
             },
+            "ranker": len(self.ranker or ()),
             "extras": dict(self.extras),
         }
         return save_tensors(tensors, metadata={"stamen": json.dumps(manifest)})
@@ -359,6 +372,7 @@ class ReleaseBundle:
         try:
             arrays: dict[str, np.ndarray] = {}
             quantized: dict[str, ItemTable] = {}
+            ranker = int(manifest.get("ranker", 0))
             for name in manifest["arrays"]:
                 if name in manifest["quantized"]:
                     quantized[name] = ItemTable(
@@ -377,6 +391,7 @@ class ReleaseBundle:
                 quantized=quantized,
                 names=tuple(manifest["arrays"]),
                 trending=tensors.get("trending"),
+                ranker=tuple(tensors[f"{_RANKER}{k}"] for k in range(ranker)) or None,
             )
         except KeyError as error:
             raise BundleError(f"{source}: bundle lacks {error}") from None

@@ -94,11 +94,17 @@ class ReleaseWriter:
         return self.folder / f"release-{number:06d}.stamen"
 
     def publish(
-        self, number: int, shared: Sequence[np.ndarray], *, trending: np.ndarray | None = None
+        self,
+        number: int,
+        shared: Sequence[np.ndarray],
+        *,
+        trending: np.ndarray | None = None,
+        ranker: Sequence[np.ndarray] | None = None,
     ) -> Path:
         """Sign and write release ``number`` of the shared arrays (the model's
         ``shared_names`` order) and, if given, the privately aggregated trending counts
-        (``stamen.server.analytics``), then point ``latest`` at it. Returns the file's
+        (``stamen.server.analytics``) and the federatedly trained ranker's weights
+        (``stamen.models.ranker``), then point ``latest`` at it. Returns the file's
         path."""
         model = self.model
         shared = [np.asarray(a, np.float32) for a in shared]
@@ -111,6 +117,7 @@ class ReleaseWriter:
             catalog=self.catalog,
             popularity=model.popularity(shared),
             trending=trending,
+            ranker=None if ranker is None else tuple(np.asarray(w, np.float32) for w in ranker),
         )
         payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)

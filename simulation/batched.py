@@ -51,10 +51,27 @@ from stamen.simulation.baselines import shared_model_scorer
 from stamen.simulation.evaluate import Scorer, evaluate
 from stamen.simulation.split import Split
 
-__all__ = ["BatchedResult", "cohort_updates", "run_batched", "secagg_mean"]
+__all__ = [
+    "BatchedResult",
+    "DeviceStep",
+    "cohort_updates",
+    "model_step",
+    "run_batched",
+    "run_rounds",
+    "secagg_mean",
+]
 
 #: Devices whose dense updates are materialised at once (memory: chunk × items × dim).
 CHUNK = 32
+
+#: ``step(shared, devices, rnd)``: the updates of the listed devices in round ``rnd``, one
+#: ``(devices, *shape)`` tensor per shared array (before clipping and noise).
+DeviceStep = Callable[[list[np.ndarray], np.ndarray, int], list[torch.Tensor]]
+#: ``fast_mean(shared, users, rnd, accountant, expected_cohort)``: a round's mean update
+#: computed without materialising the updates, or ``None`` to take the exact path.
+FastMean = Callable[
+    [list[np.ndarray], np.ndarray, int, "PrivacyAccountant | None", int], "list[np.ndarray] | None"
+]
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,28 @@ def cohort_updates(
         attributes=None if attributes is None else attributes[users],
     )
     return [torch.from_numpy(d) for d in model.device_updates(shared, inputs).deltas]
+
+
+def model_step(
+    model: RecModel,
+    data: UserItems,
+    users: np.ndarray,
+    *,
+    seed: int,
+    attributes: np.ndarray | None = None,
+) -> DeviceStep:
+    """The :data:`DeviceStep` of a registered model for devices ``users``, whose
+    histories are the rows of ``data`` in that order (``attributes``: rows by device id)."""
+    position = np.full(int(np.max(users, initial=-1)) + 1, -1, np.int64)
+    position[np.asarray(users, np.int64)] = np.arange(len(users))
+
+    def step(shared: list[np.ndarray], devices: np.ndarray, rnd: int) -> list[torch.Tensor]:
+        rows = position[np.asarray(devices, np.int64)]
+        return cohort_updates(
+            model, shared, data.select(rows), devices, seed=seed, rnd=rnd, attributes=attributes
+        )
+
+    return step
 
 
 def _clip_rows(parts: list[torch.Tensor], max_norm: float) -> None:
@@ -173,7 +212,45 @@ def run_batched(
         )
         model = build_model("mf", settings.local, catalog)
     _check(model)
-    population = split.n_users
+    recmodel = model
+    users = np.arange(split.n_users)
+    step = model_step(model, split.train, users, seed=settings.seed, attributes=attributes)
+    fast = None
+    if not exact and isinstance(model, MFModel):
+        mf = model
+
+        def fast(shared, users, rnd, accountant, expected):  # type: ignore[no-untyped-def]
+            data = split.train.select(users)
+            return _fast_round_mean(mf, shared, data, settings, rnd, accountant, expected)
+
+    return run_rounds(
+        split.n_users,
+        settings,
+        initial=initial,
+        step=step,
+        fast_mean=fast,
+        evaluate=lambda shared: _evaluate(recmodel, shared, split, settings, attributes),
+        on_round=on_round,
+    )
+
+
+def run_rounds(
+    population: int,
+    settings: ServerSettings,
+    *,
+    initial: list[np.ndarray],
+    step: DeviceStep,
+    fast_mean: FastMean | None = None,
+    evaluate: Callable[[list[np.ndarray]], dict] | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> BatchedResult:
+    """``settings.rounds`` rounds of federated averaging over devices ``0..population-1``
+    whose updates ``step`` computes (any shared arrays: the retrieval model's, the
+    ranker's): seeded cohorts (Poisson under DP), each update clipped, noised and
+    quantised as the devices and SecAgg+ do, the accountant charged, the server's
+    optimiser stepped. ``fast_mean`` may compute a round's mean another way (``None``:
+    the exact path); ``evaluate(shared)`` runs every ``settings.eval_every`` rounds and
+    after the last."""
     cohort = min(settings.clients_per_round, population)
     server = ServerOptimizer(initial, settings.optimizer)
     accountant = None
@@ -200,21 +277,18 @@ def run_batched(
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
             history.append(record)
             continue
-        data = split.train.select(users)
         mean = None
-        if not exact and isinstance(model, MFModel):
-            mean = _fast_round_mean(model, server.arrays(), data, settings, rnd, accountant, cohort)
+        if fast_mean is not None:
+            mean = fast_mean(server.arrays(), users, rnd, accountant, cohort)
         if mean is None:
-            mean = _round_mean(
-                model, server.arrays(), data, users, settings, rnd, accountant, cohort, attributes
-            )
+            mean = _round_mean(step, server.arrays(), users, settings, rnd, accountant, cohort)
         server.step(mean)
         record.update({"devices": len(users), "cohort": len(users), "failures": 0})
         if accountant is not None:
             record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
         every = settings.eval_every
-        if rnd == settings.rounds or (every > 0 and rnd % every == 0):
-            record["evaluate"] = _evaluate(model, server.arrays(), split, settings, attributes)
+        if evaluate is not None and (rnd == settings.rounds or (every > 0 and rnd % every == 0)):
+            record["evaluate"] = evaluate(server.arrays())
         record["seconds"] = time.perf_counter() - tick
         history.append(record)
         if on_round is not None:
@@ -293,18 +367,16 @@ def _fast_round_mean(
 
 
 def _round_mean(
-    model: RecModel,
+    step: DeviceStep,
     shared: list[np.ndarray],
-    data: UserItems,
     users: np.ndarray,
     settings: ServerSettings,
     rnd: int,
     accountant: PrivacyAccountant | None,
     expected: int,
-    attributes: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """The mean update the server's optimiser receives for one cohort."""
-    devices = data.n_users
+    """The mean update the server's optimiser receives for the cohort ``users``."""
+    devices = len(users)
     secagg = settings.secagg
     dp = accountant.settings if accountant is not None else None
     share = 0.0
@@ -318,15 +390,7 @@ def _round_mean(
     sums: list[np.ndarray] | None = None
     for start in range(0, devices, CHUNK):
         rows = np.arange(start, min(start + CHUNK, devices))
-        deltas = cohort_updates(
-            model,
-            shared,
-            data.select(rows),
-            users[rows],
-            seed=settings.seed,
-            rnd=rnd,
-            attributes=attributes,
-        )
+        deltas = step(shared, users[rows], rnd)
         if dp is not None:
             _clip_rows(deltas, dp.clip_norm)
             if share > 0:

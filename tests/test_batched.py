@@ -14,6 +14,7 @@ from stamen.simulation.batched import (
     _fast_round_mean,
     _round_mean,
     cohort_updates,
+    model_step,
     run_batched,
     secagg_mean,
 )
@@ -95,9 +96,8 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
     expected = [np.mean([c[i] for c in clipped], axis=0) for i in range(2)]
     dp = settings.dp.resolve(population=split.n_users, cohort=10, rounds=settings.rounds)
     mean = _round_mean(
-        _model(settings),
+        model_step(_model(settings), data, np.arange(data.n_users), seed=settings.seed),
         shared,
-        data,
         np.arange(data.n_users),
         settings,
         1,
@@ -112,9 +112,9 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
         split, dp={"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": clip}
     )
     dp = noisy.dp.resolve(population=split.n_users, cohort=10, rounds=noisy.rounds)
-    mean = _round_mean(
-        _model(noisy), shared, data, np.arange(data.n_users), noisy, 1, PrivacyAccountant(dp), 10
-    )
+    users = np.arange(data.n_users)
+    step = model_step(_model(noisy), data, users, seed=noisy.seed)
+    mean = _round_mean(step, shared, users, noisy, 1, PrivacyAccountant(dp), 10)
     noise = np.concatenate([(g - w).ravel() for g, w in zip(mean, expected, strict=True)])
     assert noise.std() == pytest.approx(2.0 * clip / 10, rel=0.05)
 
@@ -162,9 +162,9 @@ def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
         resolved = settings.dp.resolve(population=split.n_users, cohort=37, rounds=5)
         return PrivacyAccountant(resolved)
 
-    exact = _round_mean(
-        _model(settings), shared, data, np.arange(data.n_users), settings, 1, accountant(), 37
-    )
+    users = np.arange(data.n_users)
+    step = model_step(_model(settings), data, users, seed=settings.seed)
+    exact = _round_mean(step, shared, users, settings, 1, accountant(), 37)
     fast = _fast_round_mean(_model(settings), shared, data, settings, 1, accountant(), 37)
     assert fast is not None
     step = settings.secagg.quantization_step()

@@ -15,7 +15,7 @@ from stamen.models.metrics import top_k
 from stamen.models.registry import MODELS, DeviceInputs, build_model, model_class
 from stamen.privacy import PrivacyAccountant
 from stamen.server.settings import ServerSettings
-from stamen.simulation.batched import _round_mean
+from stamen.simulation.batched import _round_mean, model_step
 
 N_ITEMS, N_DEVICES = 60, 7
 
@@ -186,9 +186,8 @@ def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     users = np.arange(10, 10 + N_DEVICES)
     rnd = 3
     dp = settings.dp.resolve(population=50, cohort=N_DEVICES, rounds=settings.rounds)
-    mean = _round_mean(
-        model, shared, devices.history, users, settings, rnd, PrivacyAccountant(dp), N_DEVICES
-    )
+    step = model_step(model, devices.history, users, seed=settings.seed)
+    mean = _round_mean(step, shared, users, settings, rnd, PrivacyAccountant(dp), N_DEVICES)
     config = {
         "server-round": rnd,
         **settings.device_config(),
