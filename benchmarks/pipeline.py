@@ -26,6 +26,17 @@ items of the last ``--trending-window-days`` before the split's last training ev
 most ``--trending-cap`` each, released once at ``--trending-epsilon`` with δ = 1/users),
 which the trending generator reads; Last.fm-2K has no times, so there it proposes
 nothing.
+
+Then the federated ranker (``--ranker-hidden``, default 0 and 16 hidden units; skipped
+with ``--no-ranker``): every device records its validation item, its next event after
+release 1, and builds its training example on itself (``Device.ranking_example``); the
+ranker is trained over all devices' examples by the batched simulation's federated
+averaging (``stamen.simulation.ranker``: ``--ranker-rounds`` rounds of
+``--ranker-cohort`` devices, FedAvg at ``--ranker-server-lr``, SecAgg+ quantisation,
+user-level DP at ``--ranker-epsilon`` if given), published in release 2 (3, …) and
+installed on every device, which answers the test list again under retrieval alone, the
+ranker over retrieval's candidates, and the ranker in the full pipeline at each ``λ``
+(the validation item is now in every history, so retrieval is re-measured there).
 Writes benchmarks/results/pipeline-<dataset>.{json,md}.
 """
 
@@ -73,16 +84,14 @@ def _variants(weights: list[float], lambdas: list[float]) -> dict[str, PipelineS
     return out
 
 
-def _ranker_variants(lambdas: list[float]) -> dict[str, PipelineSettings]:
-    """Retrieval alone, the federated ranker over retrieval's candidates, and over every
-    generator's at each MMR ``λ``."""
+def _ranker_variants(lambdas: list[float], hidden: int, first: bool) -> dict:
+    """Retrieval alone (``first``: once), the federated ranker of ``hidden`` units over
+    retrieval's candidates, and over every generator's at each MMR ``λ``."""
     retrieval = PipelineSettings.retrieval_only()
-    out = {
-        "retrieval": retrieval,
-        "retrieval + ranker": retrieval.model_copy(update={"ranker": True}),
-    }
+    out = {"retrieval": retrieval} if first else {}
+    out[f"retrieval + ranker h={hidden}"] = retrieval.model_copy(update={"ranker": True})
     for lam in lambdas:
-        out[f"pipeline, ranker, λ={lam:g}"] = PipelineSettings(mmr_lambda=lam)
+        out[f"pipeline, ranker h={hidden}, λ={lam:g}"] = PipelineSettings(mmr_lambda=lam)
     return out
 
 
@@ -108,11 +117,10 @@ def _list_metrics(lists, targets, unit_genres, info) -> dict[str, float]:
     }
 
 
-def _train_ranker(split, catalog, provisioned, seed: int, ranker: dict) -> tuple[list, dict]:
+def _ranker_examples(split, catalog, provisioned) -> tuple:
     """Each device records its validation item (the person's next event after release 1)
     and builds its example from it (``Device.ranking_example``: the list release 1
-    offers for its training history, the validation item taken); then the ranker is
-    trained federatedly over all of them (``stamen.simulation.ranker``)."""
+    offers for its training history, the validation item taken)."""
     tick = time.perf_counter()
     pairs = []
     for row in range(split.n_users):
@@ -125,7 +133,13 @@ def _train_ranker(split, catalog, provisioned, seed: int, ranker: dict) -> tuple
             device.record(catalog.item_id(int(split.valid[row])), "view", at=at)
             pairs.append(device.ranking_example(recent=1))
     examples, has = gather_examples(pairs)
-    gathered_s = time.perf_counter() - tick
+    return examples, has, time.perf_counter() - tick
+
+
+def _train_ranker(gathered: tuple, seed: int, ranker: dict, hidden: int) -> tuple[list, dict]:
+    """The ranker trained federatedly over every device's example
+    (``stamen.simulation.ranker``)."""
+    examples, has, gathered_s = gathered
     dp = {"mode": "off"}
     if ranker["epsilon"] is not None:
         dp = {"mode": "distributed", "target_epsilon": ranker["epsilon"], "clip_norm": 0.5}
@@ -137,7 +151,7 @@ def _train_ranker(split, catalog, provisioned, seed: int, ranker: dict) -> tuple
         optimizer={"name": "fedavg", "lr": ranker["server_lr"]},
         dp=dp,
     )
-    run = train_ranker(examples, settings, RankerSettings(hidden=ranker["hidden"]))
+    run = train_ranker(examples, settings, RankerSettings(hidden=hidden))
     info = {
         "devices_with_example": int(has.sum()),
         "mean_list_length": float(examples.offered.sum(1)[has].mean()),
@@ -148,7 +162,7 @@ def _train_ranker(split, catalog, provisioned, seed: int, ranker: dict) -> tuple
         "privacy": run.result.privacy,
         "settings": settings.model_dump(include={"rounds", "clients_per_round", "dp"}),
     }
-    print(f"  seed {seed} ranker: {info}", flush=True)
+    print(f"  seed {seed} ranker h={hidden}: {info}", flush=True)
     return run.weights, info
 
 
@@ -206,19 +220,26 @@ def run_seed(
             provisioned, evaluated, grid, ("valid", "test"), split, catalog, unit, info
         )
         if ranker is not None:
-            weights, out["ranker"] = _train_ranker(split, catalog, provisioned, seed, ranker)
-            release = writer.publish(2, trained.shared, trending=counts, ranker=weights)
-            out["ranker_variants"] = _ask(
-                provisioned,
-                evaluated,
-                _ranker_variants(ranker["lambdas"]),
-                ("test",),
-                split,
-                catalog,
-                unit,
-                info,
-                release=release,
-            )
+            examples = _ranker_examples(split, catalog, provisioned)
+            out["ranker"], out["ranker_variants"] = {}, {}
+            for number, hidden in enumerate(ranker["hidden"], start=2):
+                weights, out["ranker"][f"h={hidden}"] = _train_ranker(
+                    examples, seed, ranker, hidden
+                )
+                release = writer.publish(number, trained.shared, trending=counts, ranker=weights)
+                variants = _ranker_variants(ranker["lambdas"], hidden, first=number == 2)
+                asked = _ask(
+                    provisioned,
+                    evaluated,
+                    variants,
+                    ("test",),
+                    split,
+                    catalog,
+                    unit,
+                    info,
+                    release=release,
+                )
+                out["ranker_variants"].update(asked)
     return out
 
 
@@ -318,12 +339,66 @@ def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
         "",
         f"Training (batched, per seed): {np.mean([s['train_seconds'] for s in per_seed]):.0f} s.",
     ]
+    if "ranker" in per_seed[0]:
+        lines += _ranker_lines(per_seed, metrics)
     out = HERE / "results"
     (out / f"pipeline-{args.dataset}.json").write_text(
         json.dumps({"command": command, "chosen": chosen, "seeds": per_seed}, indent=2)
     )
     (out / f"pipeline-{args.dataset}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _ranker_lines(per_seed: list[dict], metrics: tuple[str, ...]) -> list[str]:
+    """The ranker's table: after each device recorded its validation event and learned
+    from it, test lists (the validation item now in the history)."""
+    first = per_seed[0]["ranker"]
+    info = next(iter(first.values()))
+    had = np.mean([next(iter(s["ranker"].values()))["devices_with_example"] for s in per_seed])
+    rounds, cohort = info["settings"]["rounds"], info["settings"]["clients_per_round"]
+    lines = [
+        "",
+        "## The federated ranker",
+        "",
+        "Each device records its validation item (its next event after release 1) and "
+        "builds its training example on itself (`Device.ranking_example`: the head of the "
+        "candidate list release 1 offers for its training history, the validation item "
+        f"taken; {had:.0f} "
+        f"devices had it in their list, mean list {info['mean_list_length']:.0f} "
+        "candidates). The ranker is trained over them by the batched simulation's federated "
+        f"averaging ({rounds} rounds of {cohort} "
+        f"devices, FedAvg, SecAgg+ quantisation, DP {info['settings']['dp']['mode']}), "
+        "starting from the retrieval order (`stamen.models.ranker.PRIOR`); its release "
+        "goes to every device; test lists (the validation item now in each history, so "
+        "retrieval is re-measured here). h: hidden units (0: logistic regression).",
+        "",
+        "| ranker | listwise loss before → after (training lists) | train s |",
+        "|---|---|---|",
+    ]
+    for key in first:
+        before = [s["ranker"][key]["loss_before"] for s in per_seed]
+        after = [s["ranker"][key]["loss_after"] for s in per_seed]
+        train = [s["ranker"][key]["train_seconds"] for s in per_seed]
+        lines.append(
+            f"| {key} | {np.mean(before):.4f} → {np.mean(after):.4f} | {np.mean(train):.1f} |"
+        )
+    lines += [
+        "",
+        "| variant | " + " | ".join(metrics) + " | NDCG vs retrieval |",
+        "|---|" + "---|" * (len(metrics) + 1),
+    ]
+    base = np.mean([s["ranker_variants"]["retrieval"]["test"]["ndcg@10"] for s in per_seed])
+    for variant in per_seed[0]["ranker_variants"]:
+        rows = [s["ranker_variants"][variant]["test"] for s in per_seed]
+        cells = [
+            f"{np.mean([r[m] for r in rows]):.4f} ± {np.std([r[m] for r in rows]):.4f}"
+            if "ms" not in m
+            else f"{np.mean([r[m] for r in rows]):.2f}"
+            for m in metrics
+        ]
+        ratio = np.mean([r["ndcg@10"] for r in rows]) / base
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {ratio:.3f} |")
+    return lines
 
 
 def main(argv: list[str]) -> None:
@@ -339,7 +414,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no-ranker", action="store_true", help="skip the ranker rows")
     parser.add_argument("--ranker-rounds", type=int, default=300)
     parser.add_argument("--ranker-cohort", type=int, default=64)
-    parser.add_argument("--ranker-hidden", type=int, default=16)
+    parser.add_argument("--ranker-hidden", type=int, nargs="+", default=[0, 16])
     parser.add_argument("--ranker-server-lr", type=float, default=1.0, help="FedAvg's")
     parser.add_argument(
         "--ranker-epsilon", type=float, default=None, help="user-level DP (default: none)"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from stamen.client.candidates import Candidates, Request, content_profile
-from stamen.models.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY, context_row
+from stamen.models.context import context_row
 from stamen.models.ranker import DEVICE_KINDS, FEATURES, RANKED_GENERATORS
 
 __all__ = ["candidate_features"]
@@ -78,25 +78,23 @@ def candidate_features(
 
 
 def _context_columns() -> list[int]:
-    names = ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos", "context_unknown"]
+    names = ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"]
     return [_COLUMN[n] for n in names] + [_COLUMN[f"device:{k}"] for k in DEVICE_KINDS]
 
 
 def _context_values(context: Mapping[str, object], now: float) -> np.ndarray:
-    """The request's context columns: hour and weekday on the circle (unknown: zeros and
-    the unknown flag), the device kind one-hot (an unknown kind: zeros)."""
+    """The request's context columns: hour and weekday on the circle (each from the
+    request's context, else from the device's clock at ``now``), the device kind one-hot
+    (an unknown kind: zeros)."""
     hour, weekday = context_row(context, at=now).tolist()
-    values = np.zeros(5 + len(DEVICE_KINDS), np.float32)
-    if hour == UNKNOWN_HOUR or weekday == UNKNOWN_WEEKDAY:
-        values[4] = 1.0
-    else:
-        values[:4] = [
-            np.sin(2 * np.pi * hour / 24),
-            np.cos(2 * np.pi * hour / 24),
-            np.sin(2 * np.pi * weekday / 7),
-            np.cos(2 * np.pi * weekday / 7),
-        ]
+    values = np.zeros(4 + len(DEVICE_KINDS), np.float32)
+    values[:4] = [
+        np.sin(2 * np.pi * hour / 24),
+        np.cos(2 * np.pi * hour / 24),
+        np.sin(2 * np.pi * weekday / 7),
+        np.cos(2 * np.pi * weekday / 7),
+    ]
     kind = context.get("device")
     if kind in DEVICE_KINDS:
-        values[5 + DEVICE_KINDS.index(str(kind))] = 1.0
+        values[4 + DEVICE_KINDS.index(str(kind))] = 1.0
     return values

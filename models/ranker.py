@@ -66,8 +66,7 @@ FEATURES: tuple[str, ...] = (
     "hour_sin",
     "hour_cos",
     "weekday_sin",
-    "weekday_cos",
-    "context_unknown",  # the request gave no hour or weekday
+    "weekday_cos",  # hour and weekday: the request's, else the device clock's
     *(f"device:{kind}" for kind in DEVICE_KINDS),
     "history",  # log1p(history length) / log1p(1000)
 )
