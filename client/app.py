@@ -36,6 +36,16 @@ from stamen.models.analytics import (
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.metrics import batch_metrics
+from stamen.models.ranker import (
+    FEATURES,
+    RANKER_METRICS,
+    RANKER_STEP_KEY,
+    RankerSettings,
+    RankingExamples,
+    check_ranker,
+    list_metrics,
+    ranker_updates,
+)
 from stamen.models.registry import DeviceInputs, RecModel, device_seeds, model_class
 from stamen.models.settings import DEVICE_ID_KEY, LocalSettings
 from stamen.privacy import (
@@ -110,12 +120,16 @@ class MFClient(NumPyClient):
         seed: int,
         row: int,
         release_key: bytes | None = None,
+        ranking_example: Callable[[], tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> None:
         self.data = data
         self.state = state
         self.seed = seed
         self.row = row
         self.release_key = release_key
+        # the device's replayed example for the ranker (Device.ranking_example), built
+        # only when a ranker round asks for it
+        self.ranking_example = ranking_example
 
     def get_properties(self, config: dict) -> dict:
         """The device's stable id (its partition), by which the server samples cohorts."""
@@ -177,6 +191,8 @@ class MFClient(NumPyClient):
         self._verify(parameters, config)
         if ANALYTICS_QUERY_KEY in config:  # a private federated analytics query
             return self._answer(parameters, config), 1, {}
+        if config.get(RANKER_STEP_KEY) is True:  # the ranker's weights, not the model's
+            return self._ranker_step(parameters, config), 1, {}
         if ALS_STAGE_KEY in config:  # private ALS: counts or statistics, clipped and noised
             upload = als_upload(parameters, self.data.train_items, config)
             return self._privatise(upload, config), 1, {}
@@ -211,6 +227,36 @@ class MFClient(NumPyClient):
             1,
             metrics if config.get("fit-metrics", False) is True else {},
         )
+
+    def _ranker_step(self, parameters: list[np.ndarray], config: dict) -> list[np.ndarray]:
+        """This device's update of the ranker (``stamen.models.ranker.ranker_updates``)
+        from its own replayed example; a device without one (no release, too short a
+        history, nothing it took in the list) sends weight decay only. Clipped, noised
+        and checked like a model update, before SecAgg+ masks it."""
+        check_ranker(parameters)
+        deltas, _ = ranker_updates(
+            parameters, self._ranking_examples(), RankerSettings.from_config(config)
+        )
+        upload = self._privatise([d[0] for d in deltas], config)
+        self._check(upload, parameters, config)
+        return upload
+
+    def _ranking_examples(self) -> RankingExamples:
+        """The device's replayed example as a batch of one (an empty list without one)."""
+        example = self.ranking_example() if self.ranking_example is not None else None
+        if example is None:
+            example = (np.zeros((0, len(FEATURES)), np.float32), np.zeros(0, bool))
+        return RankingExamples.stack([example])
+
+    def _ranker_evaluate(self, parameters: list[np.ndarray]) -> tuple[float, int, dict]:
+        """The ranker's metrics (``stamen.models.ranker.RANKER_METRICS``) on the device's
+        own offered list: what it took, in the top 10 as ``parameters`` order the list and
+        as the list arrived. A device that took nothing in its list reports nothing."""
+        check_ranker(parameters)
+        values, took = list_metrics(parameters, self._ranking_examples())
+        if not took[0]:
+            return 0.0, 0, {}
+        return 0.0, 1, dict(zip(RANKER_METRICS, map(float, values[0]), strict=True))
 
     @staticmethod
     def _check(upload: list[np.ndarray], parameters: list[np.ndarray], config: dict) -> None:
@@ -277,11 +323,15 @@ class MFClient(NumPyClient):
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
         """Rank the held-out items on the device: the test item (train and validation items
-        excluded) and the validation item (train items excluded, ``valid_`` metrics).
+        excluded) and the validation item (train items excluded, ``valid_`` metrics). A
+        ranker round's request (``ranker-step``) asks for the ranker's metrics on the
+        device's own offered list instead (:meth:`_ranker_evaluate`).
 
         Under record-level DP the state re-fitted for ranking is not stored: the stored
         factor, which the next DP-SGD step starts from, comes from DP-SGD alone."""
         self._verify(parameters, config)
+        if config.get(RANKER_STEP_KEY) is True:  # the ranker's weights: its list metrics
+            return self._ranker_evaluate(parameters)
         if not self.data.evaluable:
             return 0.0, 0, {}
         model = self._model(config)
@@ -331,7 +381,19 @@ def make_client_fn(
         data = DeviceData(
             items, held.valid_item, held.test_item, held.negatives, catalog, contexts, times
         )
-        client = MFClient(data, context.state, seed=seed, row=row, release_key=devices.release_key)
+
+        def ranking_example() -> tuple[np.ndarray, np.ndarray] | None:
+            with devices.open(row) as device:
+                return device.ranking_example()
+
+        client = MFClient(
+            data,
+            context.state,
+            seed=seed,
+            row=row,
+            release_key=devices.release_key,
+            ranking_example=ranking_example,
+        )
         return client.to_client()
 
     return client_fn

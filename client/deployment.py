@@ -128,12 +128,18 @@ class _DeployedDevice(NumPyClient):
         if catalog is None:
             raise ConfigError(f"{policy.folder}: no release installed (stamen device apply)")
         data = DeviceData(items, -1, -1, items[:0], catalog, contexts, times)
+
+        def ranking_example() -> tuple | None:
+            with Device.open(policy.folder, key=policy.store_key()) as device:
+                return device.ranking_example()
+
         return MFClient(
             data,
             self.context.state,
             seed=secrets.randbits(63),
             row=policy.device_id,
             release_key=release_key,
+            ranking_example=ranking_example,
         )
 
     def fit(self, parameters: list, config: dict) -> tuple:

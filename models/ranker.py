@@ -24,6 +24,7 @@ gradient steps on its own list, so one device and a cohort chunk run the same co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +35,14 @@ __all__ = [
     "DEVICE_KINDS",
     "FEATURES",
     "PRIOR",
+    "RANKER_METRICS",
+    "RANKER_STEP_KEY",
     "RANKED_GENERATORS",
     "RankerSettings",
     "RankingExamples",
     "check_ranker",
     "init_ranker",
+    "list_metrics",
     "listwise_losses",
     "ranker_names",
     "ranker_scores",
@@ -83,6 +87,24 @@ class RankerSettings(BaseModel):
     local_lr: float = Field(0.02, gt=0, description="learning rate of the device's steps")
     local_steps: int = Field(5, ge=1, description="full-batch gradient steps per round")
     weight_decay: float = Field(1e-4, ge=0, description="L2 penalty in the device's loss")
+
+    def to_config(self) -> dict[str, int | float]:
+        """Flat form for a Flower ``FitIns.config`` (``ranker-`` keys)."""
+        return {f"ranker-{k.replace('_', '-')}": v for k, v in self.model_dump().items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> RankerSettings:
+        """The settings a request's ``config`` carries (:meth:`to_config`'s keys; missing:
+        an error, a device does not guess its step)."""
+        try:
+            values = {k: config[f"ranker-{k.replace('_', '-')}"] for k in cls.model_fields}
+        except KeyError as missing:
+            raise ValueError(f"a ranker request lacks {missing}") from None
+        return cls.model_validate(values)
+
+
+#: The key of a training request for the ranker (``stamen.server.ranker_strategy``).
+RANKER_STEP_KEY = "ranker-step"
 
 
 def ranker_names(settings: RankerSettings) -> tuple[str, ...]:
@@ -202,6 +224,42 @@ def listwise_losses(
     nll = torch.where(taken, log_z - scores, torch.zeros_like(scores)).sum(1)
     count = taken.sum(1)
     return nll / count.clamp_min(1), count
+
+
+#: What a device reports of the ranker on its own offered list (``list_metrics``), each
+#: in [0, 1]: hit rate and NDCG of what it took in the top 10 as the ranker orders the
+#: list, and as the list arrived (rank fusion's order, which the ranker re-orders).
+RANKER_METRICS = ("ranker_hr@10", "ranker_ndcg@10", "fused_hr@10", "fused_ndcg@10")
+
+
+def _hr_ndcg(order: torch.Tensor, taken: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """HR@k and NDCG@k (binary relevance) per device of lists ordered by ``order``."""
+    hit = torch.gather(taken, 1, order[:, :k]).double()
+    discount = 1.0 / torch.log2(torch.arange(2, hit.shape[1] + 2, dtype=torch.float64))
+    ideal = torch.cumsum(discount, 0)[(taken.sum(1).clamp(1, hit.shape[1]) - 1)]
+    return hit.amax(1), (hit * discount).sum(1) / ideal
+
+
+def list_metrics(
+    weights: list[np.ndarray], examples: RankingExamples, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """:data:`RANKER_METRICS` (for ``k = 10``) of each device's offered list under
+    ``weights``, ``(devices, 4)`` float64, and which devices took something (the others'
+    rows are 0: they have nothing to measure). Ties in the ranker's score keep the
+    list's order."""
+    d = examples.n_devices
+    if not examples.taken.shape[1]:  # every list is empty
+        return np.zeros((d, len(RANKER_METRICS))), np.zeros(d, bool)
+    params = [torch.from_numpy(np.asarray(w, np.float32)).expand(d, *np.shape(w)) for w in weights]
+    with torch.no_grad():
+        scores = _scores(params, torch.from_numpy(examples.features))
+        scores = scores.masked_fill(~torch.from_numpy(examples.offered), -torch.inf)
+    taken = torch.from_numpy(examples.taken)
+    ranked = torch.from_numpy(np.argsort(-scores.numpy(), axis=1, kind="stable"))
+    arrived = torch.arange(taken.shape[1]).expand(d, -1)
+    out = torch.stack([*_hr_ndcg(ranked, taken, k), *_hr_ndcg(arrived, taken, k)], 1)
+    took = taken.any(1)
+    return (out * took[:, None]).numpy(), took.numpy()
 
 
 def ranker_updates(

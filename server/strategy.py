@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -674,6 +675,11 @@ class FederatedAveraging(Strategy):
         """No server-side evaluation: the server holds no interaction data."""
         return None
 
+    def _publish(self, rnd: int) -> Path:
+        """Publish round ``rnd``'s signed release; returns its path."""
+        assert self.releases is not None
+        return self.releases.publish(rnd, self.server.arrays(), trending=self.trending)
+
     def finish_round(self, rnd: int) -> None:
         """Close round ``rnd`` (once; Flower's evaluate stage calls this after the round's
         training, queries and evaluation): complete its record, publish its release,
@@ -693,8 +699,7 @@ class FederatedAveraging(Strategy):
                 )
                 _log.error(self._record["failed"])
         if self.releases is not None:
-            published = self.releases.publish(rnd, self.server.arrays(), trending=self.trending)
-            self._record["release"] = published.name
+            self._record["release"] = self._publish(rnd).name
         self._record["seconds"] = time.perf_counter() - self._started
         self.history.append(self._record)
         if self.checkpoints is not None:

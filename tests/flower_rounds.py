@@ -8,6 +8,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.clientapp.typing import Mod
@@ -27,6 +28,7 @@ class RecordingMF(FederatedAveraging):
     failures its ``aggregate_fit`` was handed."""
 
     received: list[tuple[list[list[np.ndarray]], int]]
+    devices: Any
 
     def aggregate_fit(self, server_round, results, failures):  # noqa: ANN001, ANN201
         """Record the round's results and failure count, then aggregate as usual."""
@@ -44,14 +46,19 @@ def run_recorded(
     folder: Path,
     outer_mods: Sequence[Mod] = (),
     log_level: int = logging.ERROR,
+    strategy: type[RecordingMF] = RecordingMF,
+    publish: bool = False,
+    **strategy_kwargs: Any,
 ) -> RecordingMF:
     """Run ``config`` with one device per row of ``split`` (store written under
-    ``folder``); returns the strategy, or fails if Flower never built it."""
+    ``folder``); returns the strategy (of class ``strategy``, built with
+    ``strategy_kwargs``; with ``publish``, it writes signed releases under
+    ``folder / "releases"``), or fails if Flower never built it."""
     from flwr.simulation import run_simulation
 
     built: list[RecordingMF] = []
     signing_key = generate_signing_key()
-    _, provisioned = provision_run(
+    writer, provisioned = provision_run(
         config,
         split,
         catalog=None,
@@ -61,15 +68,17 @@ def run_recorded(
     )
 
     def make_strategy(context) -> FederatedAveraging:  # noqa: ANN001
-        strategy = RecordingMF(
+        built_strategy = strategy(
             config.server_settings(split.n_users),
             initial=initial,
             population=split.n_users,
             release_key=signing_key[0],
+            releases=writer if publish else None,
+            **strategy_kwargs,
         )
-        strategy.received = []
-        built.append(strategy)
-        return strategy
+        built_strategy.received = []
+        built.append(built_strategy)
+        return built_strategy
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flwr_logger = logging.getLogger("flwr")
@@ -96,4 +105,5 @@ def run_recorded(
     finally:
         flwr_logger.setLevel(level)
     assert built, "the Flower simulation never built the strategy"
+    built[0].devices = provisioned.devices  # the run's virtual devices, for the test to open
     return built[0]

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,52 @@ def _wait_for(port: int, process: subprocess.Popen, seconds: float = 60.0) -> No
     raise TimeoutError(f"flower-superlink did not listen on 127.0.0.1:{port} in {seconds} s")
 
 
+def _attempt(env: dict, output: Path, log_path: Path, superlink: subprocess.Popen) -> str:
+    """One ``flwr run`` of the app into ``output``; returns what the CLI printed. The
+    run goes on in the SuperLink even if ``--stream`` ended early (seen under load), so
+    this waits for the results file until the SuperLink reports the task finished."""
+    run_config = (
+        f"dataset='synthetic' synthetic-users={USERS} synthetic-items=400 "
+        f"num-server-rounds=2 clients-per-round={COHORT} output='{output}' "
+        f"dp='distributed' dp-epsilon={EPSILON} secagg-clipping-range=8.0"
+    )
+    finished_before = log_path.read_bytes().count(b"Finished task")
+    done = subprocess.run(
+        [
+            str(BIN / "flwr"),
+            "run",
+            ".",
+            "test",
+            "--stream",
+            "--federation-config",
+            f"num-supernodes={USERS} client-resources-num-cpus=1",
+            "--run-config",
+            run_config,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    deadline = time.monotonic() + 300
+    while not _complete(output / "results.json") and time.monotonic() < deadline:
+        if superlink.poll() is not None:
+            break
+        if log_path.read_bytes().count(b"Finished task") > finished_before:
+            time.sleep(2)  # the task ended: its last writes are on disk or never will be
+            break
+        time.sleep(0.5)
+    return done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
-    """Run the app once; yields the output folder and the CLI's output."""
+    """Run the app once; yields the output folder and what the CLI and the SuperLink
+    printed. A run that Flower ended before it wrote its results (on a loaded machine
+    Flower's SuperLink has stopped the simulation task, whose heartbeats it missed) is
+    tried once more, in a fresh folder, with a warning that carries the first try's logs."""
     home = tmp_path_factory.mktemp("flwr-home")
-    output = tmp_path_factory.mktemp("flwr-output")
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # for flower-superexec
@@ -64,7 +106,8 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
         f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n'
     )
-    log = (home / "superlink.log").open("wb")
+    log_path = home / "superlink.log"
+    log = log_path.open("wb")
     superlink = subprocess.Popen(
         [
             str(BIN / "flower-superlink"),
@@ -83,36 +126,16 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
     )
     try:
         _wait_for(port, superlink)
-        run_config = (
-            f"dataset='synthetic' synthetic-users={USERS} synthetic-items=400 "
-            f"num-server-rounds=2 clients-per-round={COHORT} output='{output}' "
-            f"dp='distributed' dp-epsilon={EPSILON} secagg-clipping-range=8.0"
-        )
-        done = subprocess.run(
-            [
-                str(BIN / "flwr"),
-                "run",
-                ".",
-                "test",
-                "--stream",
-                "--federation-config",
-                f"num-supernodes={USERS} client-resources-num-cpus=1",
-                "--run-config",
-                run_config,
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
-        )
-        # the run goes on in the SuperLink even if `--stream` ended early (seen under load)
-        deadline = time.monotonic() + 300
-        while not _complete(output / "results.json") and time.monotonic() < deadline:
-            if superlink.poll() is not None:
-                break
-            time.sleep(0.5)
-        yield output, done.stdout + done.stderr
+        output = tmp_path_factory.mktemp("flwr-output")
+        printed = _attempt(env, output, log_path, superlink)
+        if not _complete(output / "results.json") and superlink.poll() is None:
+            first = f"{printed[-2000:]}\n--- SuperLink ---\n{_tail(log_path)}"
+            warnings.warn(
+                f"flwr run ended without results; trying once more:\n{first}", stacklevel=1
+            )
+            output = tmp_path_factory.mktemp("flwr-output")
+            printed = _attempt(env, output, log_path, superlink)
+        yield output, f"{printed[-3000:]}\n--- SuperLink ---\n{_tail(log_path)}"
     finally:
         superlink.terminate()
         try:
@@ -121,6 +144,10 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
             superlink.kill()
             superlink.wait()
         log.close()
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    return path.read_bytes()[-size:].decode(errors="replace")
 
 
 def _complete(path: Path) -> bool:
@@ -134,7 +161,7 @@ def _complete(path: Path) -> bool:
 def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None:
     output, printed = flwr_run
     results_path = output / "results.json"
-    assert results_path.is_file(), printed[-3000:]
+    assert results_path.is_file(), printed
     results = json.loads(results_path.read_text())
     rounds = results["federated"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
@@ -152,9 +179,9 @@ def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None
 
 
 def test_devices_are_encrypted_keys_owner_only_and_releases_signed(flwr_run) -> None:
-    output, _ = flwr_run
+    output, printed = flwr_run
     store, key_folder = output / "devices", output / "device-keys"
-    assert len(list(store.glob("device-*"))) == USERS
+    assert len(list(store.glob("device-*"))) == USERS, printed
     for path in key_folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600
     keys = DeviceKeys.load(key_folder)
