@@ -8,6 +8,16 @@ signed release in the ``releases`` folder (release 0 is the operator's starting 
 checkpoint (global model, server optimiser, privacy accountant, round, history) under
 ``checkpoints``; ``resume=true`` continues a killed run from its last checkpoint with ε
 continuing. One JSON line per round goes to ``<checkpoints>/rounds.jsonl``.
+
+``train`` picks what the run trains: ``model`` (the default) the retrieval model, whose
+releases carry the starting release's ranker and trending counts unchanged until the run
+replaces them; ``ranker`` the pipeline's ranker (``stamen.server.ranker_strategy``,
+settings ``ranker-hidden``, ``ranker-local-lr``, ``ranker-local-steps``,
+``ranker-weight-decay``), starting from the release's ranker (or the retrieval order),
+each device learning from the example it replays against the release it has installed;
+its releases carry the retrieval model unchanged, and, with ``population`` given and
+SecAgg+ on, its last round asks the devices for the ranker's metrics on their own lists
+as a secure sum.
 """
 
 from __future__ import annotations
@@ -22,16 +32,20 @@ from pydantic import ValidationError
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.errors import ConfigError
+from stamen.models.ranker import RankerSettings
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
+from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
+    "RANKER_KEYS",
     "RUN_CONFIG_KEYS",
     "SECAGG_TIMEOUT_S",
+    "TRAINED",
     "Deployment",
     "deployment_strategy",
     "settings_overrides",
@@ -68,8 +82,14 @@ RUN_CONFIG_KEYS: dict[str, tuple[str | None, str]] = {
 #: otherwise (``secagg-timeout``): a device that does not answer in time has dropped out.
 SECAGG_TIMEOUT_S = 120.0
 
-#: Keys of the deployment itself (folders, key, population, resume).
-_OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume")
+#: Run-config keys of the ranker's shape and device step (``train = "ranker"``).
+RANKER_KEYS = {f"ranker-{name.replace('_', '-')}": name for name in RankerSettings.model_fields}
+
+#: Keys of the deployment itself (folders, key, population, resume, what it trains).
+_OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume", "train")
+
+#: What a deployment run may train (``train``).
+TRAINED = ("model", "ranker")
 
 
 def settings_overrides(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +111,7 @@ class Deployment:
     """A deployment run's validated settings (see module docstring)."""
 
     def __init__(self, run_config: dict[str, Any]) -> None:
-        known = set(RUN_CONFIG_KEYS) | set(_OPERATIONS)
+        known = set(RUN_CONFIG_KEYS) | set(_OPERATIONS) | set(RANKER_KEYS)
         unknown = sorted(set(run_config) - known)
         if unknown:
             raise ConfigError(f"run config: unknown keys {unknown}; known: {sorted(known)}")
@@ -104,11 +124,30 @@ class Deployment:
         population = run_config.get("population", "")
         self.population = None if population in ("", None) else int(population)
         self.resume = str(run_config.get("resume", "false")).lower() in ("true", "1", "yes")
+        self.train = str(run_config.get("train", "") or "model")
+        if self.train not in TRAINED:
+            raise ConfigError(f"run config: train is {self.train!r}; known: {list(TRAINED)}")
+        ranker = {
+            name: run_config[key]
+            for key, name in RANKER_KEYS.items()
+            if run_config.get(key, "") not in ("", None)
+        }
+        if ranker and self.train != "ranker":
+            raise ConfigError(f"run config: {sorted(ranker)} set, but train is {self.train!r}")
+        try:
+            self.ranker = RankerSettings.model_validate(ranker)
+        except ValidationError as error:
+            raise ConfigError(f"run config: {_problems(error, 'ranker-')}") from None
         self.overrides = settings_overrides(run_config)
         # a real device can vanish: every SecAgg+ stage waits a bounded time
         self.overrides.setdefault("secagg", {}).setdefault("timeout", SECAGG_TIMEOUT_S)
-        # deployed devices keep no held-out items: no evaluation rounds to wait for
-        self.overrides["evaluate"] = False
+        # deployed devices keep no held-out items: no evaluation rounds to wait for, but
+        # a ranker run's last round, which asks every enrolled device about its own
+        # offered list as a secure sum (with 'population' known: it sizes the query;
+        # never in the clear: deployed devices send no metrics in plain mode)
+        self.overrides["evaluate"] = self.train == "ranker" and self.population is not None
+        if self.train == "ranker":
+            self.overrides["eval_every"] = 0
 
     def starting_release(self, public_key: bytes) -> ReleaseBundle:
         """The newest signed release in ``releases`` (its signature checked)."""
@@ -137,8 +176,9 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
             }
         )
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"run config: {problems}") from None
+        raise ConfigError(f"run config: {_problems(error)}") from None
+    if not settings.secagg.enabled:
+        settings = settings.model_copy(update={"evaluate": False})
     if settings.analytics.trending.every and deployment.population is None:
         raise ConfigError(
             "run config: trending needs 'population' (the number of enrolled devices), "
@@ -162,16 +202,52 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
             handle.write(line + "\n")
         _log.info(line)
 
-    return FederatedAveraging(
-        settings,
-        initial=release.shared_arrays(),
-        checkpoints=checkpoints,
-        resume=resume,
-        fingerprint={"n_items": len(release.catalog), "model": model.name},
-        on_round=on_round,
-        population=deployment.population,
-        release_key=private,
-        releases=ReleaseWriter(
+    common: dict[str, Any] = {
+        "checkpoints": checkpoints,
+        "resume": resume,
+        "fingerprint": {"n_items": len(release.catalog), "model": model.name},
+        "on_round": on_round,
+        "population": deployment.population,
+        "release_key": private,
+        "releases": ReleaseWriter(
             deployment.releases, private_key=private, public_key=public, model=model
         ),
-    )
+    }
+    if deployment.train == "ranker":
+        # release N of the run follows the starting one (after a resume: the run's first)
+        start = release.release - (resume.round if resume is not None else 0)
+        carried = None if release.ranker is None else list(release.ranker)
+        hidden = carried[2].shape[1] if carried is not None and len(carried) == 5 else 0
+        if carried is not None and hidden != deployment.ranker.hidden:
+            _log.warning(
+                "the starting release's ranker has %d hidden units, the run %d: the run "
+                "starts from the retrieval order",
+                hidden,
+                deployment.ranker.hidden,
+            )
+            carried = None
+        return RankerAveraging(
+            settings,
+            ranker=deployment.ranker,
+            retrieval=release.shared_arrays(),
+            release_offset=start,
+            initial=carried,
+            trending=release.trending,
+            **common,
+        )
+    strategy = FederatedAveraging(settings, initial=release.shared_arrays(), **common)
+    strategy.trending = release.trending
+    strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
+    return strategy
+
+
+def _problems(error: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as ``field: message; …``; with ``prefix``, fields are spelled as
+    run-config keys (``ranker-`` + kebab case)."""
+    problems = []
+    for e in error.errors():
+        field = ".".join(map(str, e["loc"]))
+        if prefix:
+            field = prefix + field.replace("_", "-")
+        problems.append(f"{field}: {e['msg']}")
+    return "; ".join(problems)

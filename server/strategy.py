@@ -196,8 +196,12 @@ class FederatedAveraging(Strategy):
             self._min_cohort = min_poisson_cohort(settings, dp.noise_multiplier)
         self._device_ids: dict[str, int] = {}
         self._eval_full = True
-        #: The latest noisy trending counts (``None`` until the first trending query).
+        #: The latest noisy trending counts (``None`` until the first trending query, or
+        #: the counts of the release a deployment starts from).
         self.trending: np.ndarray | None = None
+        #: The ranker every release of this run carries unchanged (a deployment keeps the
+        #: one of the release it starts from; ``None``: none).
+        self.carried_ranker: list[np.ndarray] | None = None
         self.trending_query = self._trending_query()
         self.evaluation_query = self._evaluation_query()
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
@@ -678,7 +682,9 @@ class FederatedAveraging(Strategy):
     def _publish(self, rnd: int) -> Path:
         """Publish round ``rnd``'s signed release; returns its path."""
         assert self.releases is not None
-        return self.releases.publish(rnd, self.server.arrays(), trending=self.trending)
+        return self.releases.publish(
+            rnd, self.server.arrays(), trending=self.trending, ranker=self.carried_ranker
+        )
 
     def finish_round(self, rnd: int) -> None:
         """Close round ``rnd`` (once; Flower's evaluate stage calls this after the round's

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from flwr.app import Context, MessageType, RecordDict
 from typer.testing import CliRunner
@@ -18,11 +19,16 @@ from stamen.client.deployment import (
     device_policy,
 )
 from stamen.client.device import Device
+from stamen.models.bundle import ReleaseBundle
 from stamen.models.errors import ConfigError, DataError
+from stamen.models.ranker import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.models.registry import build_model
 from stamen.models.settings import DEVICE_ID_KEY
+from stamen.privacy import open_signed
 from stamen.server.app import server_app
 from stamen.server.deployment import Deployment, deployment_strategy
-from stamen.server.releases import latest_release
+from stamen.server.ranker_strategy import RankerAveraging
+from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.simulation.cli import app
 
 runner = CliRunner()
@@ -91,6 +97,70 @@ def test_the_server_reads_only_known_settings_and_needs_its_folders(tmp_path) ->
         deployment_strategy(
             Deployment(_run_config(tmp_path, releases, key, dp="central", **{"dp-epsilon": 4.0}))
         )
+
+
+def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    start = ReleaseBundle.decode(
+        open_signed(latest_release(releases).read_bytes(), public_key=_public(key))
+    )
+    ranker_run = {"train": "ranker", "ranker-hidden": 4, "population": 3}
+    strategy = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    assert isinstance(strategy, RankerAveraging) and strategy.ranker.hidden == 4
+    assert strategy.release_offset == start.release
+    for got, want in zip(strategy.retrieval, start.shared_arrays(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # no ranker in release 0: the run starts from the retrieval order
+    for got, want in zip(strategy.server.arrays(), init_ranker(strategy.ranker, 0), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # its only evaluation is the last round's, over each device's own offered list
+    assert strategy.settings.evaluate and strategy.settings.eval_every == 0
+    assert strategy.settings.analytics.evaluation.metrics == RANKER_METRICS
+    assert strategy.settings.secure_evaluation
+    # a release with a ranker: a ranker run of the same shape starts from it, a retrieval
+    # run keeps it (and the trending counts) in every release it publishes
+    writer = ReleaseWriter(
+        releases,
+        private_key=load_or_create_signing_key(key)[0],
+        public_key=_public(key),
+        model=build_model(start.model, dict(start.settings), start.catalog),
+    )
+    ranker = [w + 0.5 for w in init_ranker(RankerSettings(hidden=4), 1)]
+    counts = np.arange(len(start.catalog), dtype=np.float32)
+    writer.publish(1, start.shared_arrays(), trending=counts, ranker=ranker)
+    again = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    assert again.release_offset == 1
+    for got, want in zip(again.server.arrays(), ranker, strict=True):
+        np.testing.assert_array_equal(got, want)
+    model_run = deployment_strategy(Deployment(_run_config(tmp_path, releases, key)))
+    assert not isinstance(model_run, RankerAveraging) and not model_run.settings.evaluate
+    published = ReleaseBundle.decode(
+        open_signed(model_run._publish(2).read_bytes(), public_key=_public(key))
+    )
+    assert published.ranker is not None and published.trending is not None
+    for got, want in zip(published.ranker, ranker, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(published.trending, counts)
+    # never in the clear, and only with the population known
+    plain = {**ranker_run, "secure-aggregation": False}
+    unknown_population = {"train": "ranker", "ranker-hidden": 4}
+    for run in (plain, unknown_population):
+        built = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **run)))
+        assert not built.settings.evaluate and built.configure_evaluate(2, None, None) == []  # type: ignore[arg-type]
+
+
+def test_a_ranker_run_refuses_bad_ranker_settings(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    with pytest.raises(ConfigError, match="train is 'everything'; known"):
+        Deployment(_run_config(tmp_path, releases, key, train="everything"))
+    with pytest.raises(ConfigError, match="'hidden'\\] set, but train is 'model'"):
+        Deployment(_run_config(tmp_path, releases, key, **{"ranker-hidden": 4}))
+    with pytest.raises(ConfigError, match="ranker-local-lr: Input should be greater than 0"):
+        Deployment(_run_config(tmp_path, releases, key, train="ranker", **{"ranker-local-lr": 0}))
+
+
+def _public(key: Path) -> bytes:
+    return load_or_create_signing_key(key)[1]
 
 
 def _message(kind: str, secagg: bool) -> SimpleNamespace:

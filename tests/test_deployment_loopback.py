@@ -1,7 +1,8 @@
 """Stamen on Flower's deployment runtime over 127.0.0.1: a SuperLink with TLS and
 SuperNode authentication, three SuperNodes each holding its own encrypted device, the
 deployment Flower App (``deploy/``) run with ``flwr run``: two rounds of federated MF with
-SecAgg+ and user-level DP; a killed run resumed; an unregistered node refused."""
+SecAgg+ and user-level DP, then a round of the ranker; a killed run resumed; an
+unregistered node refused."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typer.testing import CliRunner
 
 from stamen.client.device import Device
 from stamen.models.bundle import ReleaseBundle
+from stamen.models.ranker import RANKER_METRICS, RankerSettings, init_ranker
 from stamen.privacy import open_signed
 from stamen.server.certs import make_certificates
 from stamen.server.releases import latest_release
@@ -89,8 +91,8 @@ def _run_config(tmp_path: Path, key: Path, **extra: object) -> str:
     return " ".join(f"{k}={v}" for k, v in values.items())
 
 
-def _rounds(tmp_path: Path) -> list[dict]:
-    log = tmp_path / "checkpoints" / "rounds.jsonl"
+def _rounds(tmp_path: Path, checkpoints: str = "checkpoints") -> list[dict]:
+    log = tmp_path / checkpoints / "rounds.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -148,7 +150,9 @@ def _run(tmp_path: Path, fed: dict, **extra: object) -> subprocess.Popen:
     return subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
 
 
-def _finish(proc: subprocess.Popen, tmp_path: Path, rounds: int) -> None:
+def _finish(
+    proc: subprocess.Popen, tmp_path: Path, rounds: int, checkpoints: str = "checkpoints"
+) -> None:
     """Wait for ``flwr run`` and for ``rounds`` rounds in the log: the run goes on in the
     SuperLink even when ``--stream`` ends early (it has here, under load)."""
     deadline = time.monotonic() + RUN_S
@@ -157,7 +161,7 @@ def _finish(proc: subprocess.Popen, tmp_path: Path, rounds: int) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail(f"flwr run: not within {RUN_S} s:\n{text(tmp_path / 'flwr-run.log')[-4000:]}")
-    while len(_rounds(tmp_path)) < rounds and time.monotonic() < deadline:
+    while len(_rounds(tmp_path, checkpoints)) < rounds and time.monotonic() < deadline:
         time.sleep(0.5)
 
 
@@ -177,10 +181,13 @@ TRENDING = {
 }
 
 
+RANKER = {"train": "'ranker'", "ranker-hidden": 0, "num-server-rounds": 1}
+
+
 def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
     """Also: the SuperNodes are Stamen's (shorter waits) and run their ClientApps through
-    Stamen's forking SuperExec, and each round asks the devices for private trending
-    counts."""
+    Stamen's forking SuperExec, each round asks the devices for private trending counts,
+    and a second run on the same federation trains the ranker for a round."""
     with _federation(tmp_path, forking=True) as fed:
         log = fed["log"]
         poll(
@@ -190,6 +197,8 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
             what="the unregistered SuperNode refused",
         )
         _finish(_run(tmp_path, fed, **TRENDING), tmp_path, 2)
+        ranker_run = {**RANKER, "checkpoints": f"'{tmp_path / 'ranker-checkpoints'}'"}
+        _finish(_run(tmp_path, fed, **ranker_run), tmp_path, 1, "ranker-checkpoints")
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
     assert text(log).count("Activated node_id=") == NODES
@@ -197,7 +206,23 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
     bundles = _releases(tmp_path, fed["key"])
-    assert [b.release for b in bundles] == [0, 1, 2]
+    assert [b.release for b in bundles] == [0, 1, 2, 3]
+    # the ranker's run: every device answered from its own replayed list under SecAgg+
+    # and DP, its release 3 holds the retrieval model of release 2 and the new ranker,
+    # and its last round's evaluation is the secure sum of the devices' list metrics
+    (ranked,) = _rounds(tmp_path, "ranker-checkpoints")
+    assert ranked["devices"] == NODES and ranked["failures"] == 0, ranked
+    assert 0 < ranked["privacy"]["epsilon"] <= 8.0 + 1e-6
+    evaluation = ranked["evaluate"]
+    assert evaluation["secure"] and evaluation["answered"] == NODES, evaluation
+    assert 0 < evaluation["devices"] <= NODES
+    assert all(0 <= evaluation[name] <= 1 for name in RANKER_METRICS), evaluation
+    ranker_release = bundles.pop()
+    assert ranker_release.ranker is not None and bundles[-1].ranker is None
+    for a, b in zip(ranker_release.shared_arrays(), bundles[-1].shared_arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ranker_release.trending, bundles[-1].trending)
+    assert not np.array_equal(ranker_release.ranker[0], init_ranker(RankerSettings(hidden=0), 0)[0])
     first, last = bundles[0].shared_arrays(), bundles[-1].shared_arrays()
     assert not all(np.allclose(a, b) for a, b in zip(first, last, strict=True))
     # trending: every device asked each round, its own ε, the noisy counts in the release
