@@ -11,9 +11,12 @@ store, the user's training items as events). Then every user's device answers
 - ``retrieval``: collaborative filtering alone (``PipelineSettings.retrieval_only()``);
 - ``pipeline, w, λ``: every candidate generator, weighted rank fusion with weight 1 for
   collaborative filtering and ``w`` for content and trending (``w / 2`` for fresh), the
-  rules, MMR over genre vectors at ``λ``, over the grid ``--weights`` x ``--lambdas``
-  (λ = 1: no MMR); the variant marked "chosen" is the most diverse one that keeps ≥ 97%
-  of retrieval's validation NDCG@10 (chosen on validation, reported on test).
+  rules, MMR at ``λ`` over genre vectors (or, named "emb", the model's item embeddings),
+  ε-greedy exploration at a rate named "explore" when above 0, over the grid
+  ``--weights`` x ``--lambdas`` x ``--diversity`` x ``--explore`` (λ = 1: no MMR); the
+  variant marked "chosen" is the most diverse one that keeps ≥ 97% of retrieval's
+  validation NDCG@10 without lowering its validation coverage (chosen on validation,
+  reported on test).
 
 Validation lists target the validation item; test lists target the test item with the
 validation item excluded (the protocol's "every item the user has not seen"). Reported:
@@ -36,8 +39,9 @@ averaging (``stamen.simulation.ranker``: ``--ranker-rounds`` rounds of
 user-level DP at ``--ranker-epsilon`` if given), published in release 2 (3, …) and
 installed on every device, which answers the test list again under retrieval alone, the
 ranker over retrieval's candidates, and the ranker in the full pipeline at each ``λ``
-(the validation item is now in every history, so retrieval is re-measured there).
-Writes benchmarks/results/pipeline-<dataset>.{json,md}.
+and ``--diversity`` (the validation item is now in every history, so retrieval is
+re-measured there).
+Writes benchmarks/results/pipeline-<dataset>[-<tag>].{json,md}.
 """
 
 from __future__ import annotations
@@ -71,27 +75,50 @@ HERE = Path(__file__).resolve().parent
 KEEP = 0.97  # of retrieval's validation NDCG@10
 
 
-def _variants(weights: list[float], lambdas: list[float]) -> dict[str, PipelineSettings]:
+def _variants(
+    weights: list[float],
+    lambdas: list[float],
+    diversity: list[str] = ("genres",),  # type: ignore[assignment]
+    explore: list[float] = (0.0,),  # type: ignore[assignment]
+) -> dict[str, PipelineSettings]:
     """Retrieval alone, then every generator with the non-CF lists' fusion weight ``w``
-    (content, trending; fresh at w / 2) and MMR's ``λ`` over the grid."""
+    (content, trending; fresh at w / 2), MMR's ``λ`` over what MMR compares (genre
+    vectors, or the model's item embeddings: named "emb") and the exploration rate
+    (named when above 0) over the grid."""
     out = {"retrieval": PipelineSettings.retrieval_only()}
-    for w in weights:
-        fused = {"cf": 1.0, "content": w, "trending": w, "fresh": w / 2, "popular": 1.0}
-        for lam in lambdas:
-            out[f"pipeline, w={w:g}, λ={lam:g}"] = PipelineSettings(
-                weights=fused, mmr_lambda=lam, ranker=False
-            )
+    for what in diversity:
+        for rate in explore:
+            for w in weights:
+                fused = {"cf": 1.0, "content": w, "trending": w, "fresh": w / 2, "popular": 1.0}
+                for lam in lambdas:
+                    if what == "embeddings" and lam == 1 and "genres" in diversity:
+                        continue  # λ = 1 compares nothing: the genres row is the same list
+                    name = f"pipeline, w={w:g}, λ={lam:g}"
+                    name += ", emb" if what == "embeddings" and lam < 1 else ""
+                    name += f", explore={rate:g}" if rate else ""
+                    out[name] = PipelineSettings(
+                        weights=fused,
+                        mmr_lambda=lam,
+                        ranker=False,
+                        diversity=what,
+                        explore=rate,
+                    )
     return out
 
 
-def _ranker_variants(lambdas: list[float], hidden: int, first: bool) -> dict:
+def _ranker_variants(lambdas: list[float], hidden: int, first: bool, diversity: list[str]) -> dict:
     """Retrieval alone (``first``: once), the federated ranker of ``hidden`` units over
-    retrieval's candidates, and over every generator's at each MMR ``λ``."""
+    retrieval's candidates, and over every generator's at each MMR ``λ`` over each of
+    ``diversity`` (genres; embeddings: named "emb")."""
     retrieval = PipelineSettings.retrieval_only()
     out = {"retrieval": retrieval} if first else {}
     out[f"retrieval + ranker h={hidden}"] = retrieval.model_copy(update={"ranker": True})
-    for lam in lambdas:
-        out[f"pipeline, ranker h={hidden}, λ={lam:g}"] = PipelineSettings(mmr_lambda=lam)
+    for what in diversity:
+        for lam in lambdas:
+            if what == "embeddings" and lam == 1:
+                continue  # λ = 1 compares nothing: the genres row is the same list
+            name = f"pipeline, ranker h={hidden}, λ={lam:g}" + (", emb" if what != "genres" else "")
+            out[name] = PipelineSettings(mmr_lambda=lam, diversity=what)
     return out
 
 
@@ -227,7 +254,9 @@ def run_seed(
                     examples, seed, ranker, hidden
                 )
                 release = writer.publish(number, trained.shared, trending=counts, ranker=weights)
-                variants = _ranker_variants(ranker["lambdas"], hidden, first=number == 2)
+                variants = _ranker_variants(
+                    ranker["lambdas"], hidden, number == 2, ranker["diversity"]
+                )
                 asked = _ask(
                     provisioned,
                     evaluated,
@@ -280,14 +309,20 @@ def _ask(provisioned, rows, variants, stages, split, catalog, unit, info, releas
 
 
 def _chosen(per_seed: list[dict]) -> str | None:
-    """The pipeline variant with the largest validation diversity that keeps KEEP of
-    retrieval's validation NDCG@10 (means over seeds)."""
+    """The pipeline variant with the largest validation diversity (ILD) among those that
+    keep KEEP of retrieval's validation NDCG@10 and do not lower its validation coverage
+    (means over seeds)."""
 
     def mean(variant: str, metric: str) -> float:
         return float(np.mean([s["variants"][variant]["valid"][metric] for s in per_seed]))
 
     floor = KEEP * mean("retrieval", "ndcg@10")
-    ok = [v for v in per_seed[0]["variants"] if v != "retrieval" and mean(v, "ndcg@10") >= floor]
+    coverage = mean("retrieval", "coverage@10")
+    ok = [
+        v
+        for v in per_seed[0]["variants"]
+        if v != "retrieval" and mean(v, "ndcg@10") >= floor and mean(v, "coverage@10") >= coverage
+    ]
     return max(ok, key=lambda v: mean(v, "ild@10")) if ok else None
 
 
@@ -314,9 +349,11 @@ def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
         f"Seeds {args.seeds}; {per_seed[0]['users']} users; test lists, mean ± std over seeds; "
         "every list is one `Device.recommend(10)` on the user's own device (single-threaded "
         "numpy; the latencies are as clean as the machine was idle). MMR compares genre "
-        "vectors. "
+        "vectors (variants named emb: the model's item embeddings); explore: ε-greedy "
+        "exploration's rate per slot. "
         "The variant marked chosen is picked on validation: the most diverse (ILD) one "
-        f"keeping {KEEP:.0%} of retrieval's validation NDCG@10 ({chosen or 'none did'}). "
+        f"keeping {KEEP:.0%} of retrieval's validation NDCG@10 without lowering its "
+        f"validation coverage ({chosen or 'none did'}). "
         + _trending_note(per_seed[0].get("trending")),
         "",
         "| variant | " + " | ".join(metrics) + " | NDCG vs retrieval |",
@@ -342,10 +379,11 @@ def write(args: argparse.Namespace, per_seed: list[dict]) -> None:
     if "ranker" in per_seed[0]:
         lines += _ranker_lines(per_seed, metrics)
     out = HERE / "results"
-    (out / f"pipeline-{args.dataset}.json").write_text(
+    suffix = f"-{args.tag}" if args.tag else ""
+    (out / f"pipeline-{args.dataset}{suffix}.json").write_text(
         json.dumps({"command": command, "chosen": chosen, "seeds": per_seed}, indent=2)
     )
-    (out / f"pipeline-{args.dataset}.md").write_text("\n".join(lines) + "\n")
+    (out / f"pipeline-{args.dataset}{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -408,6 +446,19 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.1, 0.25])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 0.9, 0.8, 0.7, 0.5])
+    parser.add_argument(
+        "--diversity",
+        nargs="+",
+        choices=["genres", "embeddings"],
+        default=["genres"],
+        help="what MMR compares (PipelineSettings.diversity)",
+    )
+    parser.add_argument(
+        "--explore", type=float, nargs="+", default=[0.0], help="ε-greedy rates per slot"
+    )
+    parser.add_argument(
+        "--tag", default="", help="results go to pipeline-<dataset>[-<tag>].{json,md}"
+    )
     parser.add_argument("--trending-epsilon", type=float, default=4.0)
     parser.add_argument("--trending-window-days", type=float, default=30.0)
     parser.add_argument("--trending-cap", type=int, default=20)
@@ -428,6 +479,7 @@ def main(argv: list[str]) -> None:
             "hidden": args.ranker_hidden,
             "server_lr": args.ranker_server_lr,
             "lambdas": args.lambdas,
+            "diversity": args.diversity,
             "epsilon": args.ranker_epsilon,
         }
     trending = {
@@ -438,7 +490,7 @@ def main(argv: list[str]) -> None:
     path = find_local(args.dataset, default_data_dir())
     if path is None:
         sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-    grid = _variants(args.weights, args.lambdas)
+    grid = _variants(args.weights, args.lambdas, args.diversity, args.explore)
     per_seed = [
         run_seed(args.dataset, path, args.config, s, grid, trending, ranker) for s in args.seeds
     ]
