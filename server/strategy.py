@@ -330,12 +330,13 @@ class FederatedAveraging(Strategy):
         if query.result is not None:
             count, *sums = query.result.total.tolist()
             names = self.settings.analytics.evaluation.metrics
-            denominator = max(count, 1.0)
-            means = zip(names, (value / denominator for value in sums), strict=True)
-            record.update(dict(means))
             record["devices"] = int(round(count))
             record["answered"] = query.result.devices
-            record["metric_noise_std"] = query.result.noise_std / denominator
+            if record["devices"] > 0:  # else no device had anything to measure: no means
+                denominator = max(count, 1.0)
+                means = zip(names, (value / denominator for value in sums), strict=True)
+                record.update(dict(means))
+                record["metric_noise_std"] = query.result.noise_std / denominator
         else:
             record.setdefault("failed", "SecAgg+ halted without a sum (too few answers)")
         self._record["evaluate"] = record
