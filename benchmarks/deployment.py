@@ -254,7 +254,13 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
     command = "python benchmarks/deployment.py " + " ".join(sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
     name = f"deployment-{args.tag}" if args.tag else "deployment"
-    (out / f"{name}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    polls = {
+        key: os.environ.get(key)
+        for key in ("STAMEN_SUPERNODE_POLL_S", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
+    }
+    (out / f"{name}.json").write_text(
+        json.dumps({"command": command, "polling": polls, "rows": rows}, indent=2)
+    )
     lines = [
         "# Deployment: round time and bytes per device over the real transport",
         "",
@@ -263,7 +269,10 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         "127.0.0.1, one 2-core machine running the SuperLink, every SuperNode and every "
         "ClientApp process; TLS and SuperNode authentication on; federated MF on ML-100K "
         "(1,682 items, dim 64), every device in every round, no DP. Bytes are counted on "
-        "the wire (TLS), per device, in the round shown (the last one).",
+        "the wire (TLS), per device, in the round shown (the last one). Polling (fork+poll): "
+        f"SuperNode pulls every {os.environ.get('STAMEN_SUPERNODE_POLL_S', '0.2')} s, "
+        "SuperExec task polls every "
+        f"{os.environ.get('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')} s.",
         "",
         "| SuperNodes | SecAgg+ | executor | round s (last) | round s (first) | "
         "every round s | up bytes/device | down bytes/device | run s (submitted to last "
@@ -309,7 +318,18 @@ def main(argv: list[str]) -> None:
         "fork+poll: that, with stamen-supernode (0.2 s waits instead of 3 s / 0.5 s)",
     )
     parser.add_argument("--tag", default="", help="results file suffix (deployment-TAG)")
+    parser.add_argument(
+        "--poll-s",
+        type=float,
+        default=None,
+        help="fork+poll: seconds between a SuperNode's pulls (STAMEN_SUPERNODE_POLL_S, "
+        "default 0.2) and between its SuperExec's task polls (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, "
+        "default 0.1); fewer requests for a SuperLink serving many nodes on few cores",
+    )
     args = parser.parse_args(argv)
+    if args.poll_s is not None:
+        os.environ["STAMEN_SUPERNODE_POLL_S"] = str(args.poll_s)
+        os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.poll_s)
     path = find_local("ml-100k", default_data_dir())
     if path is None:
         sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
