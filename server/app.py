@@ -98,13 +98,23 @@ def run_rounds(grid: Grid, context: Context, strategy: FederatedAveraging) -> No
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=RoundEnd(strategy))(grid, legacy)
 
 
-def build_server_app(make_strategy: Callable[[Context], FederatedAveraging]) -> ServerApp:
-    """A ServerApp whose strategy ``make_strategy`` builds from the run's context."""
+def build_server_app(
+    make_strategy: Callable[[Context], FederatedAveraging],
+    *,
+    then: Callable[[Context, FederatedAveraging], FederatedAveraging | None] | None = None,
+) -> ServerApp:
+    """A ServerApp whose strategy ``make_strategy`` builds from the run's context; when
+    its rounds are done, ``then`` may build a second strategy from the first (the
+    ranker's after the retrieval model's), whose rounds follow on the same devices."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_rounds(grid, context, make_strategy(context))
+        strategy = make_strategy(context)
+        run_rounds(grid, context, strategy)
+        following = then(context, strategy) if then is not None else None
+        if following is not None:
+            run_rounds(grid, context, following)
 
     return app
 

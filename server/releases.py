@@ -84,6 +84,7 @@ class ReleaseWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._private_key = private_key
+        self.public_key = public_key
         self.model = model
         self.catalog = model.catalog
         self.quantize = quantize

@@ -3,7 +3,7 @@
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
 ``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``,
-``[als]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``.
+``[als]``, ``[ranker]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
+from stamen.models.ranker import RankerSettings
 from stamen.models.registry import RecModel, build_model, model_class
 from stamen.models.settings import LocalSettings
 from stamen.models.two_tower import TwoTowerSettings
@@ -26,7 +27,7 @@ from stamen.server.analytics import AnalyticsSettings
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.settings import ServerSettings
 
-__all__ = ["CentralisedSettings", "SimulationConfig", "load_config"]
+__all__ = ["CentralisedSettings", "RankerTraining", "SimulationConfig", "load_config"]
 
 _SERVER = ServerSettings.model_fields
 
@@ -43,6 +44,24 @@ class CentralisedSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
+
+
+class RankerTraining(RankerSettings):
+    """The pipeline's ranker, trained in Flower rounds after the retrieval model
+    (``stamen.server.ranker_strategy``): every device first installs the run's last
+    release, then learns from the list it would have offered before its latest event.
+    Its shape and device step are ``RankerSettings``' fields; the cohort, SecAgg+ and
+    user-level DP are the run's (its ε is accounted and reported apart from training's)."""
+
+    rounds: int = Field(0, ge=0, description="ranker rounds after training; 0: none")
+    clients_per_round: int | None = Field(
+        None, ge=2, description="devices per ranker round (None: the run's cohort)"
+    )
+    server_lr: float = Field(1.0, gt=0, description="FedAvg's server learning rate")
+
+    def device_settings(self) -> RankerSettings:
+        """The ranker's shape and device step alone."""
+        return RankerSettings(**self.model_dump(include=set(RankerSettings.model_fields)))
 
 
 class SimulationConfig(BaseModel):
@@ -83,6 +102,7 @@ class SimulationConfig(BaseModel):
     centralised: CentralisedSettings = CentralisedSettings()
     als: ALSSettings = ALSSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
+    ranker: RankerTraining = RankerTraining()
 
     @field_validator("model")
     @classmethod
@@ -111,6 +131,22 @@ class SimulationConfig(BaseModel):
         if self.algorithm == "als":
             return als_server_settings(base, self.als, devices=devices)
         return base
+
+    def ranker_server_settings(self, devices: int) -> ServerSettings:
+        """The server's view of the ranker's rounds: ``ranker.rounds`` rounds of
+        ``ranker.clients_per_round`` (default: the run's cohort), FedAvg at
+        ``ranker.server_lr``, the run's SecAgg+ and DP, its evaluation on the last round
+        only, no trending queries (the release keeps the training run's counts)."""
+        base = self._server_settings(devices)
+        return base.model_copy(
+            update={
+                "rounds": max(self.ranker.rounds, 1),
+                "clients_per_round": self.ranker.clients_per_round or self.clients_per_round,
+                "eval_every": 0,
+                "eval_clients": None,
+                "optimizer": ServerOptimizerSettings(name="fedavg", lr=self.ranker.server_lr),
+            }
+        )
 
     def _server_settings(self, devices: int) -> ServerSettings:
         return ServerSettings(

@@ -260,6 +260,9 @@ def run_experiment(
         )
     if config.secagg.enabled and config.analytics.evaluation.secure is not False:
         console.print("federated evaluation: a SecAgg+ sum (no device's metrics in the clear)")
+    ranker = _ranker_section(fed.ranker)
+    if ranker is not None:
+        console.print(ranker["summary"])
 
     results = {
         "config": config.model_dump(mode="json"),
@@ -286,6 +289,8 @@ def run_experiment(
         "privacy": privacy_section(fed.privacy, config),
         "wall_seconds": timings,
     }
+    if ranker is not None:
+        results["ranker"] = {k: v for k, v in ranker.items() if k != "summary"}
     results_path = write_results(output / "results.json", results)
     plot_path = plot_history(
         output / "metrics.png",
@@ -296,3 +301,25 @@ def run_experiment(
     )
     console.print(f"results: {results_path}\nplot:    {plot_path}")
     return ExperimentResult(results=results, results_path=results_path, plot_path=plot_path)
+
+
+def _ranker_section(ranked: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ranker's rounds for the results file, and a line saying what its last round's
+    secure evaluation measured on the devices' own lists (``None``: no ranker rounds)."""
+    if ranked is None:
+        return None
+    last = ranked["history"][-1]
+    evaluation = last.get("evaluate", {})
+    privacy = ranked["privacy"]
+    summary = f"ranker: {len(ranked['history'])} rounds, release {last.get('release')}"
+    if "ranker_ndcg@10" in evaluation:
+        summary += (
+            f"; on {evaluation['devices']} devices' own lists NDCG@10 "
+            f"{evaluation['ranker_ndcg@10']:.4f} ranked against {evaluation['fused_ndcg@10']:.4f} "
+            "as fused"
+        )
+    if privacy is not None and privacy.get("mode", "off") != "off":
+        summary += (
+            f"; ε = {privacy['epsilon']:.3f} at δ = {privacy['delta']:.2e}, apart from training's"
+        )
+    return {"rounds": ranked["history"], "privacy": privacy, "summary": summary}

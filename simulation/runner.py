@@ -3,9 +3,10 @@
 The runner publishes release 0 (the initial model), provisions one real device per user
 through the device library (``stamen.simulation.devices``), builds Stamen's ServerApp
 (which publishes a signed release after every round into ``output/releases``) and
-ClientApp, and runs them with ``flwr.simulation``. The publisher's signing key is kept in
-the owner-only file ``output/keys/release.key`` so that a resumed run signs with the same
-key the devices and apps pinned.
+ClientApp, and runs them with ``flwr.simulation``; with ``[ranker] rounds`` the same
+ServerApp then trains the pipeline's ranker (``build_ranker_strategy``). The publisher's
+signing key is kept in the owner-only file ``output/keys/release.key`` so that a resumed
+run signs with the same key the devices and apps pinned.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from flwr.app import Context
 from flwr.simulation import run_simulation
 
 from stamen.client.app import build_client_app
-from stamen.models.bundle import ReleaseCatalog
+from stamen.client.virtual import VirtualDevices
+from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.models.errors import ConfigError
 from stamen.models.registry import RecModel
 from stamen.models.schema import Catalog
-from stamen.privacy import generate_key
+from stamen.privacy import generate_key, open_signed
 from stamen.server.als_strategy import FederatedALS
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
+from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
@@ -41,6 +44,7 @@ from stamen.simulation.split import Split
 
 __all__ = [
     "FederatedResult",
+    "build_ranker_strategy",
     "build_strategy",
     "provision_run",
     "release_catalog",
@@ -60,6 +64,9 @@ class FederatedResult:
     privacy: dict[str, Any] | None
     #: Flower's ERROR log lines during the run (e.g. a device's traceback), oldest first.
     errors: tuple[str, ...] = ()
+    #: The ranker's rounds after training (``[ranker] rounds``): ``history`` and
+    #: ``privacy`` as above, its ``weights``; ``None`` when it did not train.
+    ranker: dict[str, Any] | None = None
 
 
 class _ErrorLog(logging.Handler):
@@ -166,6 +173,38 @@ def build_strategy(
     return FederatedAveraging(settings, initial=initial, population=split.n_users, **kwargs)
 
 
+def build_ranker_strategy(
+    config: SimulationConfig,
+    split: Split,
+    devices: VirtualDevices,
+    releases: ReleaseWriter,
+    **kwargs: Any,
+) -> RankerAveraging:
+    """The ranker's strategy after the training run (``config.ranker``): every device
+    installs the newest release in ``releases`` (as an app's update check would), whose
+    retrieval model and trending counts every ranker release keeps; ``kwargs`` go to it."""
+    newest = latest_release(releases.folder)
+    if newest is None:
+        raise RuntimeError(f"{releases.folder}: no release for the ranker to start from")
+    for row in range(split.n_users):
+        with devices.open(row) as device:
+            device.apply_release(newest, link=True)
+    bundle = ReleaseBundle.decode(
+        open_signed(newest.read_bytes(), public_key=releases.public_key, source=str(newest)),
+        source=str(newest),
+    )
+    return RankerAveraging(
+        config.ranker_server_settings(split.n_users),
+        ranker=config.ranker.device_settings(),
+        retrieval=bundle.shared_arrays(),
+        release_offset=bundle.release,
+        trending=bundle.trending,
+        population=split.n_users,
+        releases=releases,
+        **kwargs,
+    )
+
+
 def run_federated(
     config: SimulationConfig,
     split: Split,
@@ -220,7 +259,19 @@ def run_federated(
         built.append(strategy)
         return strategy
 
-    server_app = build_server_app(make_strategy)
+    ranker: list[RankerAveraging] = []
+
+    def make_ranker(context: Context, trained: FederatedAveraging) -> RankerAveraging | None:
+        if not config.ranker.rounds:
+            return None
+        ranker.append(
+            build_ranker_strategy(
+                config, split, provisioned.devices, releases, release_key=signing_key[0]
+            )
+        )
+        return ranker[0]
+
+    server_app = build_server_app(make_strategy, then=make_ranker)
     client_app = build_client_app(
         provisioned.devices,
         seed=config.seed,
@@ -265,6 +316,19 @@ def run_federated(
             f"the Flower simulation stopped after round {done} of {planned}; "
             f"Flower's errors: {errors.summary() or 'none logged'}"
         )
+    ranked = None
+    if config.ranker.rounds:
+        done = ranker[0].history[-1]["round"] if ranker and ranker[0].history else 0
+        if done < config.ranker.rounds:
+            raise RuntimeError(
+                f"the ranker's rounds stopped after round {done} of {config.ranker.rounds}; "
+                f"Flower's errors: {errors.summary() or 'none logged'}"
+            )
+        ranked = {
+            "history": ranker[0].history,
+            "privacy": ranker[0].privacy_report(),
+            "weights": ranker[0].server.arrays(),
+        }
     return FederatedResult(
         history=strategy.history,
         shared=strategy.server.arrays(),
@@ -272,4 +336,5 @@ def run_federated(
         resumed_from=strategy.start_round,
         privacy=strategy.privacy_report(),
         errors=tuple(errors.lines),
+        ranker=ranked,
     )

@@ -115,3 +115,49 @@ def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) ->
     for i, name in enumerate(RANKER_METRICS):
         assert abs(evaluation[name] - values[took, i].mean()) <= bound, name
     assert not any(name in evaluation for name in ("hr@10", "ndcg@10", "loss"))
+
+
+def test_a_simulation_trains_the_ranker_after_the_model_on_the_same_devices(tmp_path) -> None:
+    """``[ranker] rounds``: the run's ServerApp trains the retrieval model, every device
+    installs its last release, then the ranker's rounds follow through SecAgg+ and DP,
+    with their own ε; the last release holds the trained model and the trained ranker."""
+    from stamen.simulation.runner import run_federated
+
+    torch.set_num_threads(1)
+    split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=4).interactions, seed=0)
+    config = load_config(
+        None,
+        {
+            "rounds": 2,
+            "clients_per_round": N_DEVICES,
+            "eval_every": 0,
+            "local": {"dim": 4},
+            "output": str(tmp_path),
+            "secagg": {"num_shares": 5, "reconstruction_threshold": 3},
+            "dp": {"mode": "central", "target_epsilon": 8.0, "clip_norm": 1.0},
+            "ranker": {"rounds": 2, "hidden": 0, "local_lr": 0.5},
+        },
+    )
+    result = run_federated(config, split, output=tmp_path)
+    assert result.ranker is not None, result.errors[-4:]
+    history = result.ranker["history"]
+    assert [h["round"] for h in history] == [1, 2]
+    assert [h["release"] for h in history] == ["release-000003.stamen", "release-000004.stamen"]
+    # Poisson cohorts under DP: the ranker's rounds had devices, and their ε is its own
+    assert all(h["devices"] == h["cohort"] > 0 for h in history), history
+    assert 0 < result.ranker["privacy"]["epsilon"] <= 8.0 + 1e-6
+    assert 0 < result.privacy["epsilon"] <= 8.0 + 1e-6
+    evaluation = history[-1]["evaluate"]
+    assert evaluation["secure"] and evaluation["answered"] == N_DEVICES, evaluation
+    assert evaluation["devices"] > 0 and all(0 <= evaluation[m] <= 1 for m in RANKER_METRICS)
+    bundle = ReleaseBundle.decode(
+        open_signed(
+            (tmp_path / "releases" / "release-000004.stamen").read_bytes(),
+            public_key=(tmp_path / "releases" / "release.pub").read_bytes(),
+        )
+    )
+    for a, b in zip(bundle.shared_arrays(), result.shared, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert bundle.ranker is not None
+    for a, b in zip(bundle.ranker, result.ranker["weights"], strict=True):
+        np.testing.assert_array_equal(a, b)
