@@ -163,13 +163,12 @@ def test_distributed_noise_shares_must_fit_secaggs_clipping_range() -> None:
 class _Connecting(StaticClients):
     """Devices that connect one at a time, one per look at the count."""
 
-    def __init__(self, n: int, *, stop_at: int | None = None) -> None:
+    def __init__(self, n: int) -> None:
         super().__init__(n)
         self.everyone, self.clients = self.clients, {}
-        self.stop_at = n if stop_at is None else stop_at
 
     def num_available(self) -> int:
-        if len(self.clients) < self.stop_at:
+        if len(self.clients) < len(self.everyone):
             cid = sorted(self.everyone)[len(self.clients)]
             self.clients[cid] = self.everyone[cid]
         return len(self.clients)
@@ -190,10 +189,12 @@ def test_too_few_devices_connecting_in_time_is_an_error() -> None:
     )
     initial = _zeros()
     partial = FederatedAveraging(settings, initial=initial, population=50)
-    cohort = partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=8))
+    # 8 and 3 of the 50 connected from the start (not one per look at the count, which
+    # would make the outcome depend on how often a loaded machine looks in 0.2 s)
+    cohort = partial.configure_fit(1, ndarrays_to_parameters(initial), StaticClients(8))
     assert len(cohort) == 5  # the population never arrived: sampled from the 8 there
     with pytest.raises(RuntimeError, match="only 3 devices connected within 0.2 s"):
-        partial.configure_fit(1, ndarrays_to_parameters(initial), _Connecting(50, stop_at=3))
+        partial.configure_fit(1, ndarrays_to_parameters(initial), StaticClients(3))
 
 
 def test_plain_mode_leaves_malformed_or_oversized_updates_out_of_the_mean() -> None:
