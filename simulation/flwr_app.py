@@ -7,7 +7,9 @@ flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
 ``synthetic-items``; SecAgg+: ``secure-aggregation``, ``secagg-num-shares``,
 ``secagg-reconstruction-threshold``, ``secagg-clipping-range``; user-level DP: ``dp``
 (``off``, ``central`` or ``distributed``), ``dp-epsilon`` (target ε), ``dp-delta``,
-``dp-noise-multiplier``, ``dp-clip-norm``. An empty value keeps the default.
+``dp-noise-multiplier``, ``dp-clip-norm``; the pipeline's ranker after training:
+``ranker-rounds``, ``ranker-clients-per-round``, ``ranker-hidden``, ``ranker-local-lr``.
+An empty value keeps the default.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
 user count, e.g. 943 for ml-100k). Before the first round the ServerApp provisions the
 virtual devices, as ``stamen simulate`` does: one device per user under
@@ -41,7 +43,7 @@ from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.devices import Provisioned
 from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.report import write_results
-from stamen.simulation.runner import build_strategy, provision_run
+from stamen.simulation.runner import build_ranker_strategy, build_strategy, provision_run
 from stamen.simulation.split import leave_one_out
 
 __all__ = ["client_app", "config_from_run_config", "server_app"]
@@ -76,6 +78,12 @@ _SECTIONS = {
         "dp-delta": "delta",
         "dp-noise-multiplier": "noise_multiplier",
         "dp-clip-norm": "clip_norm",
+    },
+    "ranker": {
+        "ranker-rounds": "rounds",
+        "ranker-clients-per-round": "clients_per_round",
+        "ranker-hidden": "hidden",
+        "ranker-local-lr": "local_lr",
     },
 }
 
@@ -141,15 +149,19 @@ def _server(grid: Grid, context: Context) -> None:
         releases=releases,
     )
     run_rounds(grid, context, strategy)
-    write_results(
-        config.output / "results.json",
-        {
-            "config": config.model_dump(mode="json"),
-            "dataset": {"name": dataset.name, "source": source},
-            "federated": {"rounds": strategy.history},
-            "privacy": privacy_section(strategy.privacy_report(), config),
-        },
-    )
+    results = {
+        "config": config.model_dump(mode="json"),
+        "dataset": {"name": dataset.name, "source": source},
+        "federated": {"rounds": strategy.history},
+        "privacy": privacy_section(strategy.privacy_report(), config),
+    }
+    if config.ranker.rounds:  # then the pipeline's ranker, on the same devices
+        ranker = build_ranker_strategy(
+            config, split, _devices(config, keys), releases, release_key=release_private
+        )
+        run_rounds(grid, context, ranker)
+        results["ranker"] = {"rounds": ranker.history, "privacy": ranker.privacy_report()}
+    write_results(config.output / "results.json", results)
 
 
 def _device_policy_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -160,12 +172,16 @@ def _device_policy_mod(msg: Message, context: Context, call_next: ClientAppCalla
     return call_next(msg, context)
 
 
+def _devices(config: SimulationConfig, keys: DeviceKeys) -> VirtualDevices:
+    return VirtualDevices(
+        config.output / "devices", master_key=keys.store_key, release_key=keys.release_key
+    )
+
+
 def _client_fn(context: Context) -> Client:
     config = config_from_run_config(dict(context.run_config))
     keys = DeviceKeys.load(_keys(config))
-    devices = VirtualDevices(
-        config.output / "devices", master_key=keys.store_key, release_key=keys.release_key
-    )
+    devices = _devices(config, keys)
     provisioned = Provisioned(devices=devices, held_out_folder=config.output / "held-out")
     return make_client_fn(devices, seed=config.seed, held_out=provisioned.held_out)(context)
 

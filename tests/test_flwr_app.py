@@ -1,7 +1,7 @@
 """``flwr run .`` end to end: a SuperLink of our own (simulation runtime, 127.0.0.1 only,
 stopped by the fixture) runs the Flower App named in pyproject.toml on 12 synthetic
 devices for 2 rounds with SecAgg+ (the default) and distributed user-level DP at a
-target ε of 8."""
+target ε of 8, then a round of the pipeline's ranker."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _attempt(env: dict, output: Path, log_path: Path, superlink: subprocess.Pope
     run_config = (
         f"dataset='synthetic' synthetic-users={USERS} synthetic-items=400 "
         f"num-server-rounds=2 clients-per-round={COHORT} output='{output}' "
-        f"dp='distributed' dp-epsilon={EPSILON} secagg-clipping-range=8.0"
+        f"dp='distributed' dp-epsilon={EPSILON} secagg-clipping-range=8.0 ranker-rounds=1"
     )
     finished_before = log_path.read_bytes().count(b"Finished task")
     done = subprocess.run(
@@ -176,6 +176,11 @@ def test_rounds_complete_under_secagg_and_dp_with_every_device(flwr_run) -> None
     assert 0 < privacy["epsilon"] <= EPSILON and privacy["delta"] == pytest.approx(1 / USERS)
     assert privacy["noise_multiplier"] > 0 and privacy["sampling_rate"] == COHORT / USERS
     assert all(0 < r["privacy"]["epsilon"] <= EPSILON for r in rounds)
+    # then a round of the pipeline's ranker on the same devices, its ε its own
+    (ranked,) = results["ranker"]["rounds"]
+    assert ranked["devices"] == ranked["cohort"] > 0 and ranked["failures"] == 0, ranked
+    assert ranked["release"] == "release-000003.stamen"
+    assert 0 < results["ranker"]["privacy"]["epsilon"] <= EPSILON
 
 
 def test_devices_are_encrypted_keys_owner_only_and_releases_signed(flwr_run) -> None:
@@ -192,8 +197,9 @@ def test_devices_are_encrypted_keys_owner_only_and_releases_signed(flwr_run) -> 
         Device.open(devices.path(0), key=keys.store_key)
     # a signed release after every round, the newest behind `latest`, and a device takes it
     releases = output / "releases"
-    assert latest_release(releases) == releases / "release-000002.stamen"
+    assert latest_release(releases) == releases / "release-000003.stamen"  # the ranker's
     assert (releases / "release.pub").read_bytes() == keys.release_key
     with devices.open(1) as device:
-        assert device.apply_release(latest_release(releases)).number == 2
+        assert device.release.number == 2  # installed before the ranker's round
+        assert device.apply_release(latest_release(releases)).number == 3
         assert len(device.recommend(5)) == 5
