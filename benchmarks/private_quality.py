@@ -4,6 +4,7 @@
     python benchmarks/private_quality.py --dataset lastfm-2k --seeds 0 1 2
     python benchmarks/private_quality.py --dataset synthetic --users 20000 --seeds 0 1 2
     python benchmarks/private_quality.py --dataset synthetic --users 100000 --seeds 0 1 2
+    python benchmarks/private_quality.py --dataset ml-100k --tune-only --grid head=200,400 cap=8,32
 
 Every device takes part in every release; δ = 1/users. Private ALS
 (``stamen.simulation.private_als``) spends its ε over the head-item counts and its ALS
@@ -16,6 +17,10 @@ looked at. Tuning on private data spends privacy that the reported ε does not c
 selected on private validation metrics. Where ``benchmarks/results/privacy-<dataset>.json``
 exists, DP-FedAvg's recorded NDCG@10 is shown beside (its rounds *were* selected on
 validation; see that file).
+
+``--grid FIELD=V1,V2 …`` tunes over another grid of ``ALSSettings`` fields; with
+``--tune-only`` only the tuning table is written (``…-tuning.{json,md}``, whose
+``config`` a later ``--settings-from`` takes).
 
 Writes benchmarks/results/private-quality-<dataset>[-<users>].{json,md}.
 """
@@ -84,6 +89,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tune-epsilon", type=float, default=4.0)
     parser.add_argument("--small-grid", action="store_true", help="tune over SMALL_GRID")
     parser.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="FIELD=V1,V2",
+        help="tune over this grid of ALSSettings fields instead (e.g. head=300,400 cap=16,32)",
+    )
+    parser.add_argument(
+        "--tune-only",
+        action="store_true",
+        help="write the tuning table (private-quality-<data>-tuning.{json,md}) and stop",
+    )
+    parser.add_argument(
         "--settings-from",
         type=Path,
         help="take private ALS settings from this results JSON instead of tuning",
@@ -142,22 +158,63 @@ def counts_run(split, *, epsilon: float, seed: int) -> dict:
     }
 
 
+def parse_grid(entries: list[str]) -> dict[str, tuple]:
+    """``FIELD=V1,V2`` entries as a grid over ``ALSSettings`` fields, each value of the
+    field's type."""
+    grid = {}
+    for entry in entries:
+        field, _, values = entry.partition("=")
+        field = field.replace("-", "_")
+        if field not in ALSSettings.model_fields or not values:
+            sys.exit(f"--grid {entry!r}: expected FIELD=V1,V2 with FIELD one of ALSSettings'")
+        kind = type(ALSSettings.model_fields[field].default)
+        parse = {int: lambda v: int(float(v)), bool: lambda v: v.lower() in ("1", "true")}
+        grid[field] = tuple(parse.get(kind, kind)(v) for v in values.split(","))
+    return grid
+
+
 def tune(split, args: argparse.Namespace, log) -> tuple[ALSSettings, dict]:
-    grid = SMALL_GRID if args.small_grid else GRID
-    tried = {}
+    if args.grid:
+        grid = parse_grid(args.grid)
+    else:
+        grid = SMALL_GRID if args.small_grid else GRID
+    tried, configs = {}, {}
     for values in itertools.product(*grid.values()):
-        config = ALSSettings(**dict(zip(grid, values, strict=True)), item_grams=False)
+        config = ALSSettings(**{"item_grams": False, **dict(zip(grid, values, strict=True))})
         valid = [
             als_run(split, config, epsilon=args.tune_epsilon, seed=noise)["valid_ndcg@10"]
             for noise in TUNING_NOISE_SEEDS
         ]
         key = ",".join(f"{k}={v:g}" for k, v in zip(grid, values, strict=True))
-        tried[key] = round(float(np.mean(valid)), 4)
+        tried[key], configs[key] = round(float(np.mean(valid)), 4), config
         log(f"tune {key}: valid NDCG@10 {tried[key]:.4f}")
     best = max(tried, key=tried.get)
-    values = dict(zip(grid, (float(v.split("=")[1]) for v in best.split(",")), strict=True))
-    values["rounds"], values["dim"] = int(values["rounds"]), int(values["dim"])
-    return ALSSettings(**values, item_grams=False), tried
+    return configs[best], tried
+
+
+def write_tuning(args: argparse.Namespace, argv: list[str], tried: dict, best: ALSSettings) -> None:
+    """The tuning table alone (``--tune-only``), best first."""
+    command = " ".join(["python benchmarks/private_quality.py", *argv])
+    stem = _stem(args) + "-tuning"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(
+        json.dumps({"command": command, "config": best.model_dump(), "tuning": tried}, indent=2)
+    )
+    lines = [
+        f"# Private ALS tuning: {args.dataset}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Validation NDCG@10 of seed 0's split at ε = {args.tune_epsilon:g} (δ = 1/users), "
+        f"each the mean of {len(TUNING_NOISE_SEEDS)} noise draws; test items never looked "
+        f"at. Best: `{json.dumps(best.model_dump())}`.",
+        "",
+        "| settings | valid NDCG@10 |",
+        "|---|---|",
+        *(f"| {k} | {v:.4f} |" for k, v in sorted(tried.items(), key=lambda kv: -kv[1])),
+    ]
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main(argv: list[str]) -> None:
@@ -167,6 +224,9 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     if args.settings_from is None:
         config, tried = tune(load_split(args, 0), args, log)
+        if args.tune_only:
+            write_tuning(args, argv, tried, config)
+            return
     else:
         config = ALSSettings(**json.loads(args.settings_from.read_text())["config"])
         tried = {}
