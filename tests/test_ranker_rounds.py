@@ -23,7 +23,7 @@ from stamen.models.ranker import (
 )
 from stamen.privacy import open_signed
 from stamen.server.ranker_strategy import RankerAveraging
-from stamen.simulation.config import load_config
+from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.runner import initial_shared
 from stamen.simulation.split import leave_one_out
@@ -37,20 +37,25 @@ class RecordingRanker(RecordingMF, RankerAveraging):
     """``RankerAveraging`` that keeps what its ``aggregate_fit`` receives."""
 
 
-def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) -> None:
-    torch.set_num_threads(1)
-    split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=3).interactions, seed=0)
-    config = load_config(
+def _config(**extra: object) -> SimulationConfig:
+    """Two rounds of every device under SecAgg+ (5 shares), MF of dimension 4."""
+    return load_config(
         None,
         {
             "rounds": 2,
             "clients_per_round": N_DEVICES,
             "eval_every": 0,
             "local": {"dim": 4},
-            "optimizer": {"name": "fedavg", "lr": 1.0},
             "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
+            **extra,
         },
     )
+
+
+def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) -> None:
+    torch.set_num_threads(1)
+    split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=3).interactions, seed=0)
+    config = _config(optimizer={"name": "fedavg", "lr": 1.0})
     retrieval = initial_shared(split.n_items, config)
     ranker = RankerSettings(hidden=0, local_lr=0.5)
     start = init_ranker(ranker, config.seed)
@@ -125,18 +130,10 @@ def test_a_simulation_trains_the_ranker_after_the_model_on_the_same_devices(tmp_
 
     torch.set_num_threads(1)
     split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=4).interactions, seed=0)
-    config = load_config(
-        None,
-        {
-            "rounds": 2,
-            "clients_per_round": N_DEVICES,
-            "eval_every": 0,
-            "local": {"dim": 4},
-            "output": str(tmp_path),
-            "secagg": {"num_shares": 5, "reconstruction_threshold": 3},
-            "dp": {"mode": "central", "target_epsilon": 8.0, "clip_norm": 1.0},
-            "ranker": {"rounds": 2, "hidden": 0, "local_lr": 0.5},
-        },
+    config = _config(
+        output=str(tmp_path),
+        dp={"mode": "central", "target_epsilon": 8.0, "clip_norm": 1.0},
+        ranker={"rounds": 2, "hidden": 0, "local_lr": 0.5},
     )
     result = run_federated(config, split, output=tmp_path)
     assert result.ranker is not None, result.errors[-4:]
