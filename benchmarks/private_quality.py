@@ -19,8 +19,8 @@ exists, DP-FedAvg's recorded NDCG@10 is shown beside (its rounds *were* selected
 validation; see that file).
 
 ``--grid FIELD=V1,V2 …`` tunes over another grid of ``ALSSettings`` fields; with
-``--tune-only`` only the tuning table is written (``…-tuning.{json,md}``, whose
-``config`` a later ``--settings-from`` takes).
+``--tune-only`` only the tuning table is written (``…-tuning[-eps<ε>].{json,md}``, the
+ε named unless it is 4; its ``config`` is what a later ``--settings-from`` takes).
 
 Writes benchmarks/results/private-quality-<dataset>[-<users>].{json,md}.
 """
@@ -196,6 +196,8 @@ def write_tuning(args: argparse.Namespace, argv: list[str], tried: dict, best: A
     """The tuning table alone (``--tune-only``), best first."""
     command = " ".join(["python benchmarks/private_quality.py", *argv])
     stem = _stem(args) + "-tuning"
+    if args.tune_epsilon != 4.0:
+        stem += f"-eps{args.tune_epsilon:g}"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(
         json.dumps({"command": command, "config": best.model_dump(), "tuning": tried}, indent=2)
