@@ -141,6 +141,19 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     for got, want in zip(published.ranker, ranker, strict=True):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(published.trending, counts)
+    # a killed ranker run resumes numbering its releases where it stopped: it started
+    # after release 2 (the retrieval run's above), so its round 1 published release 3,
+    # and the resumed run's round 2 publishes release 4
+    ranker_run = {**ranker_run, "secure-aggregation": False}
+    first = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    first.finish_round(1)
+    assert first.history[-1]["release"] == "release-000003.stamen"
+    resumed = deployment_strategy(
+        Deployment(_run_config(tmp_path, releases, key, **ranker_run, resume=True))
+    )
+    assert isinstance(resumed, RankerAveraging) and resumed.start_round == 1
+    assert resumed.release_offset == first.release_offset == 2
+    assert resumed._publish(2).name == "release-000004.stamen"
     # never in the clear, and only with the population known
     plain = {**ranker_run, "secure-aggregation": False}
     unknown_population = {"train": "ranker", "ranker-hidden": 4}
