@@ -22,8 +22,10 @@ __all__ = ["ALSSettings", "choose_head", "initial_item_side", "solve_item_side"]
 
 
 class ALSSettings(BaseModel):
-    """Private ALS hyper-parameters (defaults: the better settings measured on ML-100K,
-    ``benchmarks/private_quality.py``)."""
+    """Private ALS hyper-parameters. The defaults are a starting point; the settings
+    each data set's benchmark chose on validation (``benchmarks/private_quality.py``)
+    are in ``benchmarks/results/private-quality-*.md`` (ML-100K at ε = 4: dim 32, head
+    200, cap 8, alpha 4, item_l2 30)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
