@@ -51,6 +51,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,8 @@ KEEP = 0.97  # of retrieval's validation NDCG@10
 def _variants(
     weights: list[float],
     lambdas: list[float],
-    diversity: list[str] = ("genres",),  # type: ignore[assignment]
-    explore: list[float] = (0.0,),  # type: ignore[assignment]
+    diversity: Sequence[str] = ("genres",),
+    explore: Sequence[float] = (0.0,),
 ) -> dict[str, PipelineSettings]:
     """Retrieval alone, then every generator with the non-CF lists' fusion weight ``w``
     (content, trending; fresh at w / 2), MMR's ``λ`` over what MMR compares (genre

@@ -44,6 +44,7 @@ __all__ = [
     "init_ranker",
     "list_metrics",
     "listwise_losses",
+    "ranker_hidden",
     "ranker_names",
     "ranker_scores",
     "ranker_updates",
@@ -133,6 +134,12 @@ def init_ranker(settings: RankerSettings, seed: int) -> list[np.ndarray]:
         np.zeros(h, np.float32),
         np.zeros(h, np.float32),
     ]
+
+
+def ranker_hidden(weights: list[np.ndarray]) -> int:
+    """Hidden units of the ranker ``weights`` (0: logistic regression)."""
+    check_ranker(weights)
+    return int(np.shape(weights[2])[1]) if len(weights) == 5 else 0
 
 
 def check_ranker(weights: list[np.ndarray]) -> None:

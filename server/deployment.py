@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.errors import ConfigError
-from stamen.models.ranker import RankerSettings
+from stamen.models.ranker import RankerSettings, ranker_hidden
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
@@ -217,7 +217,7 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
         # release N of the run follows the starting one (after a resume: the run's first)
         start = release.release - (resume.round if resume is not None else 0)
         carried = None if release.ranker is None else list(release.ranker)
-        hidden = carried[2].shape[1] if carried is not None and len(carried) == 5 else 0
+        hidden = 0 if carried is None else ranker_hidden(carried)
         if carried is not None and hidden != deployment.ranker.hidden:
             _log.warning(
                 "the starting release's ranker has %d hidden units, the run %d: the run "

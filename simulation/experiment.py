@@ -262,7 +262,7 @@ def run_experiment(
         console.print("federated evaluation: a SecAgg+ sum (no device's metrics in the clear)")
     ranker = _ranker_section(fed.ranker)
     if ranker is not None:
-        console.print(ranker["summary"])
+        console.print(_ranker_summary(ranker))
 
     results = {
         "config": config.model_dump(mode="json"),
@@ -290,7 +290,7 @@ def run_experiment(
         "wall_seconds": timings,
     }
     if ranker is not None:
-        results["ranker"] = {k: v for k, v in ranker.items() if k != "summary"}
+        results["ranker"] = ranker
     results_path = write_results(output / "results.json", results)
     plot_path = plot_history(
         output / "metrics.png",
@@ -304,14 +304,19 @@ def run_experiment(
 
 
 def _ranker_section(ranked: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The ranker's rounds for the results file, and a line saying what its last round's
-    secure evaluation measured on the devices' own lists (``None``: no ranker rounds)."""
+    """The ranker's rounds and privacy for the results file (``None``: no ranker rounds)."""
     if ranked is None:
         return None
-    last = ranked["history"][-1]
+    return {"rounds": ranked["history"], "privacy": ranked["privacy"]}
+
+
+def _ranker_summary(section: dict[str, Any]) -> str:
+    """A line saying what the ranker's last round's secure evaluation measured on the
+    devices' own lists, and its ε."""
+    last = section["rounds"][-1]
     evaluation = last.get("evaluate", {})
-    privacy = ranked["privacy"]
-    summary = f"ranker: {len(ranked['history'])} rounds, release {last.get('release')}"
+    privacy = section["privacy"]
+    summary = f"ranker: {len(section['rounds'])} rounds, release {last.get('release')}"
     if "ranker_ndcg@10" in evaluation:
         summary += (
             f"; on {evaluation['devices']} devices' own lists NDCG@10 "
@@ -322,4 +327,4 @@ def _ranker_section(ranked: dict[str, Any] | None) -> dict[str, Any] | None:
         summary += (
             f"; ε = {privacy['epsilon']:.3f} at δ = {privacy['delta']:.2e}, apart from training's"
         )
-    return {"rounds": ranked["history"], "privacy": privacy, "summary": summary}
+    return summary
