@@ -18,6 +18,9 @@ selected on private validation metrics. Where ``benchmarks/results/privacy-<data
 exists, DP-FedAvg's recorded NDCG@10 is shown beside (its rounds *were* selected on
 validation; see that file).
 
+``--settings-at EPS=FILE …`` uses, at ε = EPS only, the settings of another tuning file
+(one tuned at that ε, ``--tune-epsilon EPS``): the table then says which ε used which.
+
 ``--grid FIELD=V1,V2 …`` tunes over another grid of ``ALSSettings`` fields; with
 ``--tune-only`` only the tuning table is written (``…-tuning[-eps<ε>].{json,md}``, the
 ε named unless it is 4; its ``config`` is what a later ``--settings-from`` takes).
@@ -104,8 +107,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=Path,
         help="take private ALS settings from this results JSON instead of tuning",
     )
+    parser.add_argument(
+        "--settings-at",
+        nargs="+",
+        default=[],
+        metavar="EPS=FILE",
+        help="at ε = EPS, take private ALS settings from FILE (e.g. one tuned at that ε)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
+
+
+def settings_at(entries: list[str]) -> dict[float, tuple[str, ALSSettings]]:
+    """``EPS=FILE`` entries as ε → (file, the private ALS settings in it)."""
+    out = {}
+    for entry in entries:
+        eps, _, path = entry.partition("=")
+        try:
+            out[float(eps)] = (path, ALSSettings(**json.loads(Path(path).read_text())["config"]))
+        except (ValueError, OSError, KeyError) as error:
+            sys.exit(f"--settings-at {entry!r}: expected EPS=FILE with a results JSON ({error})")
+    return out
 
 
 def load_split(args: argparse.Namespace, seed: int):
@@ -167,7 +189,8 @@ def parse_grid(entries: list[str]) -> dict[str, tuple]:
         field = field.replace("-", "_")
         if field not in ALSSettings.model_fields or not values:
             sys.exit(f"--grid {entry!r}: expected FIELD=V1,V2 with FIELD one of ALSSettings'")
-        kind = type(ALSSettings.model_fields[field].default)
+        default = ALSSettings.model_fields[field].default
+        kind = float if default is None else type(default)  # count_share: None or a float
         parse = {int: lambda v: int(float(v)), bool: lambda v: v.lower() in ("1", "true")}
         grid[field] = tuple(parse.get(kind, kind)(v) for v in values.split(","))
     return grid
@@ -233,6 +256,7 @@ def main(argv: list[str]) -> None:
         config = ALSSettings(**json.loads(args.settings_from.read_text())["config"])
         tried = {}
     log(f"chosen: {config.model_dump()}")
+    at = settings_at(args.settings_at)
     runs = []
     for seed in args.seeds:
         split = load_split(args, seed)
@@ -247,13 +271,13 @@ def main(argv: list[str]) -> None:
         )
         for epsilon in args.epsilons:
             for run in (
-                als_run(split, config, epsilon=epsilon, seed=seed),
+                als_run(split, at.get(epsilon, ("", config))[1], epsilon=epsilon, seed=seed),
                 counts_run(split, epsilon=epsilon, seed=seed),
             ):
                 runs.append(run)
                 log(f"seed {seed} ε={epsilon:g} {run['method']}: NDCG@10 {run['ndcg@10']:.4f}")
     users = split.n_users
-    write(args, argv, config, tried, runs, users, split.n_items, time.perf_counter() - started)
+    write(args, argv, config, tried, at, runs, users, split.n_items, time.perf_counter() - started)
 
 
 def _stem(args: argparse.Namespace) -> str:
@@ -279,7 +303,7 @@ def _fedavg(args: argparse.Namespace) -> dict[float, str]:
     return out
 
 
-def write(args, argv, config, tried, runs, users, items, seconds) -> None:
+def write(args, argv, config, tried, at, runs, users, items, seconds) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/private_quality.py", *argv])
     stem = _stem(args)
@@ -291,6 +315,7 @@ def write(args, argv, config, tried, runs, users, items, seconds) -> None:
                 "items": items,
                 "delta": 1 / users,
                 "config": config.model_dump(),
+                "config_at": {str(e): c.model_dump() for e, (_, c) in at.items()},
                 "tuning": tried,
                 "runs": runs,
                 "seconds": seconds,
@@ -324,6 +349,12 @@ def write(args, argv, config, tried, runs, users, items, seconds) -> None:
         "int64, the same size). The last ALS round is reported. Non-private popularity: "
         f"NDCG@10 {pop_text}.",
         "",
+        *[
+            f"At ε = {e:g}, private ALS settings from `{path}` instead: "
+            f"`{json.dumps(c.model_dump())}`."
+            for e, (path, c) in at.items()
+        ],
+        *([""] if at else []),
         "| ε | private ALS NDCG@10 | vs popularity | DP popularity NDCG@10 | private ALS HR@10 |"
         " DP-FedAvg NDCG@10 (recorded) |",
         "|---|---|---|---|---|---|",

@@ -13,12 +13,20 @@ item's.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from stamen.models.als_layout import ALSLayout
 
-__all__ = ["ALSSettings", "choose_head", "initial_item_side", "solve_item_side"]
+__all__ = [
+    "ALSSettings",
+    "choose_head",
+    "initial_item_side",
+    "release_noise",
+    "solve_item_side",
+]
 
 
 class ALSSettings(BaseModel):
@@ -42,6 +50,34 @@ class ALSSettings(BaseModel):
         20.0, ge=0, description="added to item_l2 per unit of the statistics' noise std"
     )
     init_std: float = Field(0.1, gt=0, description="std of the public random item start")
+    count_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="share of the privacy budget spent on the item counts (None: an "
+        "equal share for each of the rounds + 1 releases); see release_noise",
+    )
+
+
+def release_noise(noise_multiplier: float, settings: ALSSettings) -> tuple[float, float]:
+    """The noise multipliers ``(z_counts, z_statistics)`` of private ALS' count release and
+    of each of its ``rounds`` statistics releases, given the multiplier ``z`` at which
+    ``rounds + 1`` equal releases spend the budget.
+
+    A Gaussian release with multiplier ``z`` over every device (sampling rate 1) has Rényi
+    DP ``a / (2 z²)`` at every order ``a``, and compositions add, so the budget is the
+    "precision" ``(rounds + 1) / z²``: the counts take ``count_share`` of it and the
+    rounds share the rest, ``1 / z_c² + rounds / z_s² = (rounds + 1) / z²``. Every such
+    split has exactly the RDP curve, and so the ε, of ``rounds + 1`` releases at ``z``,
+    which is what the accountant records."""
+    if noise_multiplier == 0:
+        return 0.0, 0.0
+    releases = settings.rounds + 1
+    share = 1 / releases if settings.count_share is None else settings.count_share
+    return (
+        noise_multiplier / math.sqrt(share * releases),
+        noise_multiplier / math.sqrt((1 - share) * releases / settings.rounds),
+    )
 
 
 def initial_item_side(n_items: int, settings: ALSSettings, *, seed: int) -> list[np.ndarray]:

@@ -4,7 +4,9 @@ Round 1 sums every device's item counts (``stamen.client.statistics.item_counts`
 rounds 2 … ``als.rounds + 1`` every device's ALS statistics for the current item side.
 Each sum goes through SecAgg+ (or plain aggregation) and gets Gaussian noise of standard
 deviation ``z × sensitivity`` (central: added by the server; distributed: each of the
-``n`` devices adds a share ``z × sensitivity / sqrt(n)``). The server picks the head items
+``n`` devices adds a share ``z × sensitivity / sqrt(n)``), ``z`` the count release's or the
+statistics releases' multiplier (``stamen.server.als.release_noise``: ``als.count_share``
+splits one budget between them). The server picks the head items
 from the noisy counts and solves the item side (``stamen.server.als``). Every device takes
 part in every round (sampling rate 1), so the ``als.rounds + 1`` releases compose through
 Opacus' RDP accountant as full-batch Gaussian mechanisms. The arithmetic is the one
@@ -23,7 +25,13 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy.aggregate import aggregate
 
 from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
-from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
+from stamen.server.als import (
+    ALSSettings,
+    choose_head,
+    initial_item_side,
+    release_noise,
+    solve_item_side,
+)
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedAveraging, failure_reasons
 
@@ -58,13 +66,15 @@ def als_clipping_range(
 ) -> float:
     """The SecAgg+ clipping range private ALS needs: a statistic reaches ``user_clip² +
     1`` (a count 1), plus, under distributed DP, seven standard deviations of a device's
-    noise share ``z Δ / sqrt(n)``."""
+    largest noise share ``z Δ / sqrt(n)`` (counts: ``z_c × 1``, statistics: ``z_s Δ``;
+    ``noise_multiplier`` is the equal-split ``z`` of :func:`release_noise`)."""
     share = 0.0
     if settings.dp.mode == "distributed":
         sensitivity = als_sensitivity(
             user_clip=als.user_clip, cap=als.cap, item_grams=als.item_grams
         )
-        share = noise_multiplier * sensitivity / math.sqrt(devices)
+        z_counts, z_statistics = release_noise(noise_multiplier, als)
+        share = max(z_counts, z_statistics * sensitivity) / math.sqrt(devices)
     return als.user_clip**2 + 1.0 + 7 * share
 
 
@@ -89,7 +99,9 @@ class FederatedALS(FederatedAveraging):
         self.counts: np.ndarray | None = None
         self.head: np.ndarray | None = None
         z = 0.0 if self.accountant is None else self.accountant.settings.noise_multiplier
+        # the accountant records rounds + 1 releases at z; release_noise splits that budget
         self.noise_multiplier = z
+        self._release_noise = release_noise(z, als)
         self._check_range(population)
         # every device is in every round; the noise shares' room is _check_range's concern
         self._min_cohort = settings.secagg.num_shares if settings.secagg.enabled else 1
@@ -111,6 +123,12 @@ class FederatedALS(FederatedAveraging):
         return als_sensitivity(
             user_clip=self.als.user_clip, cap=self.als.cap, item_grams=self.als.item_grams
         )
+
+    def _sigma(self, rnd: int) -> float:
+        """The standard deviation of round ``rnd``'s noise on the sum."""
+        z_counts, z_statistics = self._release_noise
+        z = z_counts if self._stage(rnd) == "counts" else z_statistics
+        return z * self._sensitivity(rnd)
 
     def _check_range(self, devices: int) -> None:
         """Refuse a SecAgg+ clipping range that would clip statistics or noise shares."""
@@ -140,12 +158,11 @@ class FederatedALS(FederatedAveraging):
                 }
             )
         if self.accountant is not None:
-            sensitivity = self._sensitivity(rnd)
             share = 0.0
             if self.settings.dp.mode == "distributed":
                 n = cohort or self.settings.clients_per_round
-                share = self.noise_multiplier * sensitivity / math.sqrt(n)
-            config.update({"dp-clip-norm": sensitivity, "dp-noise-std": share})
+                share = self._sigma(rnd) / math.sqrt(n)
+            config.update({"dp-clip-norm": self._sensitivity(rnd), "dp-noise-std": share})
         return config
 
     def aggregate_fit(
@@ -165,7 +182,7 @@ class FederatedALS(FederatedAveraging):
             )
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         total = np.asarray(aggregate(updates)[0], np.float64) * len(results)
-        sigma = self.noise_multiplier * self._sensitivity(rnd)
+        sigma = self._sigma(rnd)
         if self.accountant is not None:
             if self.settings.dp.mode == "central":
                 rng = np.random.default_rng([self.settings.seed, rnd, 7])

@@ -13,9 +13,11 @@ bounded norm by construction), with full participation and the noise added to th
   ridge ``item_l2 + noise_l2 · σ`` growing with the noise std ``σ``, so that the factors
   shrink towards calibrated popularity as ε falls.
 
-The ``rounds + 1`` releases share one noise multiplier ``z``, the smallest whose
-composition (Opacus' RDP accountant, sampling rate 1) stays within ``epsilon`` at
-``delta``; each release's noise is ``z`` times its sensitivity. The model reported is the
+The budget is that of ``rounds + 1`` releases at one noise multiplier ``z``, the smallest
+whose composition (Opacus' RDP accountant, sampling rate 1) stays within ``epsilon`` at
+``delta``; ``settings.count_share`` splits it between the count release and the rounds
+(``stamen.server.als.release_noise``: the same RDP curve); each release's noise is its
+multiplier times its sensitivity. The model reported is the
 last round's: no round is chosen by looking at private validation metrics.
 
 Left out here: SecAgg+'s quantisation (below 5e-7 a coordinate at its defaults,
@@ -35,7 +37,13 @@ from stamen.models.batches import UserItems
 from stamen.models.quantize import ItemTable
 from stamen.models.training import IALSSolver
 from stamen.privacy import DPSettings, PrivacyAccountant, noise_for_target
-from stamen.server.als import ALSSettings, choose_head, initial_item_side, solve_item_side
+from stamen.server.als import (
+    ALSSettings,
+    choose_head,
+    initial_item_side,
+    release_noise,
+    solve_item_side,
+)
 
 __all__ = [
     "PrivateALSResult",
@@ -108,8 +116,9 @@ def run_private_als(
     (one row each), within ``(epsilon, delta)`` (``inf``: no noise)."""
     releases = settings.rounds + 1
     z = _noise_multiplier(epsilon, delta, releases)
+    z_counts, z_statistics = release_noise(z, settings)
     rng = np.random.default_rng([seed, 31])
-    counts = dp_item_counts(data, noise_multiplier=z, rng=rng)
+    counts = dp_item_counts(data, noise_multiplier=z_counts, rng=rng)
     head = choose_head(counts, settings)
     layout = ALSLayout(dim=settings.dim, head=head, item_grams=settings.item_grams)
     items, bias = initial_item_side(data.n_items, settings, seed=seed)
@@ -130,13 +139,13 @@ def run_private_als(
             total += als_statistics(
                 factors, chunk, layout, user_clip=settings.user_clip, cap=settings.cap
             ).sum(0)
-        total += rng.normal(0.0, z * sensitivity, layout.size)
+        total += rng.normal(0.0, z_statistics * sensitivity, layout.size)
         items, bias = solve_item_side(
             total,
             layout,
             n_items=data.n_items,
             alpha=settings.alpha,
-            l2=settings.item_l2 + settings.noise_l2 * z * sensitivity,
+            l2=settings.item_l2 + settings.noise_l2 * z_statistics * sensitivity,
             counts=counts,
         )
         history.append({"round": rnd, "clipped_user_factors": clipped})

@@ -13,7 +13,7 @@ from static_clients import StaticClients
 from stamen.models import ConfigError
 from stamen.models.als_layout import ALSLayout, als_sensitivity
 from stamen.privacy import SecAggSettings, UserDP
-from stamen.server.als import ALSSettings
+from stamen.server.als import ALSSettings, release_noise
 from stamen.server.als_strategy import FederatedALS, als_clipping_range, als_server_settings
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import load_config
@@ -131,8 +131,12 @@ def test_private_als_config_refuses_resume_and_record_dp(tmp_path, overrides, me
         _config(tmp_path, **overrides)
 
 
-def test_distributed_noise_shares_follow_each_release_sensitivity() -> None:
-    als = ALSSettings(**ALS)
+@pytest.mark.parametrize("share", [None, 0.7])
+def test_distributed_noise_shares_follow_each_release_sensitivity(share) -> None:
+    als = ALSSettings(**ALS, count_share=share)
+    z_counts, z_statistics = release_noise(1.5, als)
+    if share is None:  # the equal split: every release at the accountant's multiplier
+        assert z_counts == pytest.approx(1.5) and z_statistics == pytest.approx(1.5)
     base = ServerSettings(dp=UserDP(mode="distributed", noise_multiplier=1.5))
     settings = als_server_settings(base, als, devices=20)
     initial = FederatedALS.initial(50, als, seed=0)
@@ -142,10 +146,10 @@ def test_distributed_noise_shares_follow_each_release_sensitivity() -> None:
     assert len(counts_round) == 20  # every device, whatever the Poisson draw would say
     config = counts_round[0][1].config
     assert config["als-stage"] == "counts" and config["dp-clip-norm"] == 1.0
-    assert config["dp-noise-std"] == pytest.approx(1.5 / math.sqrt(20))
+    assert config["dp-noise-std"] == pytest.approx(z_counts / math.sqrt(20))
     strategy.head = np.arange(10)  # as the counts round would have set it
     config = strategy.configure_fit(2, params, StaticClients(20))[0][1].config
     sensitivity = als_sensitivity(user_clip=als.user_clip, cap=als.cap, item_grams=False)
     assert config["als-stage"] == "statistics" and config["dp-clip-norm"] == sensitivity
-    assert config["dp-noise-std"] == pytest.approx(1.5 * sensitivity / math.sqrt(20))
+    assert config["dp-noise-std"] == pytest.approx(z_statistics * sensitivity / math.sqrt(20))
     assert np.frombuffer(config["als-head"], np.int64).tolist() == list(range(10))

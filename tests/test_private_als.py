@@ -14,7 +14,7 @@ from stamen.client.statistics import als_statistics, item_counts
 from stamen.models.als_layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
 from stamen.privacy import DPSettings, PrivacyAccountant
-from stamen.server.als import ALSSettings, solve_item_side
+from stamen.server.als import ALSSettings, release_noise, solve_item_side
 from stamen.simulation.private_als import (
     dp_item_counts,
     dp_popularity,
@@ -177,6 +177,41 @@ def test_private_als_spends_at_most_its_budget_and_is_reproducible(epsilon: floa
     np.testing.assert_array_equal(first.counts, again.counts)
     other = run_private_als(data, config, epsilon=epsilon, delta=1e-3, seed=4)
     assert not np.array_equal(first.counts, other.counts)
+
+
+@pytest.mark.parametrize("share", [None, 0.05, 0.25, 0.6, 0.95])
+def test_a_count_share_splits_the_budget_without_changing_epsilon(share) -> None:
+    """Opacus' RDP accountant, given the two multipliers as they are used (one count
+    release at z_c, ``rounds`` statistics releases at z_s), spends what the equal split's
+    rounds + 1 releases at z spend: the ε the run reports."""
+    from opacus.accountants import RDPAccountant
+
+    rounds, z, delta = 3, 4.0, 1e-3
+    z_counts, z_statistics = release_noise(z, ALSSettings(rounds=rounds, count_share=share))
+    uneven, equal = RDPAccountant(), RDPAccountant()
+    uneven.history = [(z_counts, 1.0, 1), (z_statistics, 1.0, rounds)]
+    equal.history = [(z, 1.0, rounds + 1)]
+    assert uneven.get_epsilon(delta) == pytest.approx(equal.get_epsilon(delta), rel=1e-9)
+    expected = 1 / (rounds + 1) if share is None else share
+    assert (rounds + 1) / z**2 * expected == pytest.approx(1 / z_counts**2)
+    assert release_noise(0.0, ALSSettings(count_share=share)) == (0.0, 0.0)
+
+
+def test_a_larger_count_share_makes_the_counts_less_noisy() -> None:
+    data = _data(np.random.default_rng(11), users=50, items=20000, most=5)
+    exact = item_counts(data).sum(0)
+    config = ALSSettings(dim=2, rounds=2, head=10, cap=8)
+    equal = run_private_als(data, config, epsilon=2.0, delta=1e-3, seed=0)
+    shared = config.model_copy(update={"count_share": 0.8})
+    counted = run_private_als(data, shared, epsilon=2.0, delta=1e-3, seed=0)
+    assert counted.epsilon == pytest.approx(equal.epsilon)
+    for result, chosen in ((equal, config), (counted, shared)):
+        z_counts, _ = release_noise(result.noise_multiplier, chosen)
+        # 20,000 N(0, z_c²) draws: the sample std is within 3% of z_c (relative std 0.5%)
+        assert abs((result.counts - exact).std() / z_counts - 1) < 0.03
+    # 0.8 of the budget instead of a third: the counts' std shrinks by sqrt(0.8 * 3)
+    ratio = release_noise(1.0, config)[0] / release_noise(1.0, shared)[0]
+    assert ratio == pytest.approx(math.sqrt(0.8 * 3))
 
 
 def test_without_noise_the_counts_are_exact() -> None:
