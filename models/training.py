@@ -152,10 +152,14 @@ class IALSSolver:
         return cls(table=table, bias=bias, gram=gram, base=base, alpha=alpha)
 
     def solve(self, data: UserItems, *, batch_size: int = 256) -> np.ndarray:
-        """The factor ``(n_users, dim)`` (float32) of every row of ``data``."""
+        """The factor ``(n_users, dim)`` (float32) of every row of ``data``. Users are
+        batched in order of their item count, so that a batch's padding to its longest
+        row stays short (counts are heavy-tailed: a few long rows would otherwise widen
+        every batch they fall in)."""
         out = np.zeros((data.n_users, self.table.dim), np.float32)
+        order = np.argsort(data.counts(), kind="stable")
         for start in range(0, data.n_users, batch_size):
-            users = np.arange(start, min(start + batch_size, data.n_users))
+            users = order[start : start + batch_size]
             sub = data.select(users)
             counts = sub.counts()
             width = max(int(counts.max()) if len(counts) else 0, 1)
@@ -166,7 +170,7 @@ class IALSSolver:
             padded[rows, slots] = self.table.rows(items)
             weights[rows, slots] = 1.0 + self.alpha - self.alpha * self.bias[items]
             lhs = self.gram + self.alpha * padded.transpose(0, 2, 1) @ padded
-            rhs = self.base + (weights[:, :, None] * padded).sum(1)
+            rhs = self.base + np.einsum("uw,uwd->ud", weights, padded)
             out[users] = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
         return out
 
