@@ -13,8 +13,10 @@ started with ``secure-aggregation='optional'`` (they refuse plain rounds otherwi
 
 Every SuperNode reaches the SuperLink through its own byte-counting TCP relay, so the
 bytes are what crossed the wire (TLS records, HTTP framing and protobuf included), per
-device and per round, both ways. A round's time is the strategy's (from configuring the
-round to publishing its release, ``rounds.jsonl``). Round 1 also asks each device for its
+device and per round, both ways (the bytes carried from a round's start to its record).
+A round's time is the strategy's (from configuring the round to publishing its release,
+``rounds.jsonl``). ``--superlink-state memory`` runs the SuperLink on Flower's in-memory
+state instead of an SQLite file. Round 1 also asks each device for its
 id; the table reports the last round. Writes benchmarks/results/deployment.{json,md}.
 """
 
@@ -76,8 +78,8 @@ class Relays:
 
     def __init__(self, target: int, count: int) -> None:
         self.target = target
-        self.up = [0] * count  # device -> SuperLink
-        self.down = [0] * count
+        self.count = count
+        self.events: list[tuple[float, int, bool, int]] = []  # (time, relay, up?, bytes)
         self.ports = [free_port() for _ in range(count)]
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -106,10 +108,7 @@ class Relays:
     async def _pipe(self, reader, writer, i: int, *, up: bool) -> None:
         try:
             while data := await reader.read(65536):
-                if up:
-                    self.up[i] += len(data)
-                else:
-                    self.down[i] += len(data)
+                self.events.append((time.time(), i, up, len(data)))  # up: device -> SuperLink
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -117,8 +116,13 @@ class Relays:
         finally:
             writer.close()
 
-    def totals(self) -> tuple[list[int], list[int]]:
-        return list(self.up), list(self.down)
+    def between(self, start: float, end: float) -> tuple[list[int], list[int]]:
+        """Bytes each relay carried up and down from ``start`` to ``end`` (``time.time()``)."""
+        up, down = [0] * self.count, [0] * self.count
+        for when, i, is_up, size in list(self.events):
+            if start <= when <= end:
+                (up if is_up else down)[i] += size
+        return up, down
 
 
 def _cli(*args: str) -> None:
@@ -135,7 +139,9 @@ def _wait(check, what: str, wait_s: float, proc: subprocess.Popen, log: Path) ->
         time.sleep(0.2)
 
 
-def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: str) -> dict:
+def run_one(
+    n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: str, state: str
+) -> dict:
     certs = make_certificates(tmp / "certs", supernodes=n)
     key = tmp / "keys" / "release.key"
     os.environ["STAMEN_DATA_DIR"] = str(data.parent)
@@ -164,7 +170,11 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
     with ExitStack() as stack:
         link = stack.enter_context(
             running(
-                superlink_command(certs, port, tmp, "--enable-supernode-auth"), env=env, log=log
+                superlink_command(
+                    certs, port, tmp, "--enable-supernode-auth", in_memory=state == "memory"
+                ),
+                env=env,
+                log=log,
             )
         )
         _wait(lambda: "Starting Flower SuperLink" in text(log), "SuperLink start", 60, link, log)
@@ -190,7 +200,6 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
                 log_file = tmp / f"superexec-{d}.log"
                 stack.enter_context(running(superexec_command(runtime), env=env, log=log_file))
         _wait(lambda: text(log).count("Activated node_id=") >= n, "SuperNodes", 300, link, log)
-        marks = [relays.totals()]
         rounds_log = tmp / "checkpoints" / "rounds.jsonl"
         started = time.perf_counter()
         run_cmd = [str(BIN / "flwr"), "run", str(ROOT / "deploy"), "bench"]
@@ -201,9 +210,8 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
         seen, last, peak = 0, time.perf_counter(), 0  # the run goes on in the SuperLink
         while seen < rounds and time.perf_counter() - started < RUN_S:
             lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
-            while seen < len(lines):  # a round ended: mark the byte counters
-                marks.append(relays.totals())
-                seen, last = seen + 1, time.perf_counter()
+            if seen < len(lines):  # a round ended
+                seen, last = len(lines), time.perf_counter()
             if link.poll() is not None:
                 raise RuntimeError(f"the SuperLink exited\n{text(log)[-3000:]}")
             peak = max(peak, _clientapps())
@@ -229,9 +237,8 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
     if len(records) != rounds or any(r.get("devices") != n for r in records):
         raise RuntimeError(f"rounds incomplete: {records}\n{text(tmp / 'flwr-run.log')[-3000:]}")
     per_round = []
-    for r, (before, after) in zip(records, zip(marks, marks[1:], strict=False), strict=True):
-        up = [a - b for a, b in zip(after[0], before[0], strict=True)]
-        down = [a - b for a, b in zip(after[1], before[1], strict=True)]
+    for r in records:  # a round's bytes: those carried between its start and its record
+        up, down = relays.between(r["time"] - r["seconds"], r["time"])
         per_round.append(
             {
                 "round": r["round"],
@@ -245,6 +252,7 @@ def run_one(n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: 
         "nodes": n,
         "secagg": secagg,
         "executor": executor,
+        "superlink_state": state,
         "rounds": per_round,
         "run_seconds": wall,
     }
@@ -268,8 +276,10 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         "",
         "127.0.0.1, one 2-core machine running the SuperLink, every SuperNode and every "
         "ClientApp process; TLS and SuperNode authentication on; federated MF on ML-100K "
-        "(1,682 items, dim 64), every device in every round, no DP. Bytes are counted on "
-        "the wire (TLS), per device, in the round shown (the last one). Polling (fork+poll): "
+        "(1,682 items, dim 64), every device in every round, no DP. SuperLink state: "
+        + ("in memory" if args.superlink_state == "memory" else "an SQLite file")
+        + ". Bytes are counted on the wire (TLS), per device, in the round shown (the last "
+        "one), from its start to its record. Polling (fork+poll): "
         f"SuperNode pulls every {os.environ.get('STAMEN_SUPERNODE_POLL_S', '0.2')} s, "
         "SuperExec task polls every "
         f"{os.environ.get('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')} s.",
@@ -326,6 +336,14 @@ def main(argv: list[str]) -> None:
         "default 0.2) and between its SuperExec's task polls (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, "
         "default 0.1); fewer requests for a SuperLink serving many nodes on few cores",
     )
+    parser.add_argument(
+        "--superlink-state",
+        choices=["file", "memory"],
+        default="file",
+        help="file: the SuperLink keeps its state in an SQLite file (survives a restart; "
+        "the README's walk-through); memory: Flower's in-memory state (a restart loses the "
+        "registered nodes and runs)",
+    )
     args = parser.parse_args(argv)
     if args.poll_s is not None:
         os.environ["STAMEN_SUPERNODE_POLL_S"] = str(args.poll_s)
@@ -338,7 +356,9 @@ def main(argv: list[str]) -> None:
         for executor, secagg in [(e, s) for e in args.executors for s in (False, True)]:
             with TemporaryDirectory() as tmp:
                 try:
-                    row = run_one(n, secagg, args.rounds, path, Path(tmp), executor)
+                    row = run_one(
+                        n, secagg, args.rounds, path, Path(tmp), executor, args.superlink_state
+                    )
                 except Stalled as stalled:
                     row = {
                         "nodes": n,

@@ -25,7 +25,7 @@ validation; see that file).
 ``--tune-only`` only the tuning table is written (``…-tuning[-eps<ε>].{json,md}``, the
 ε named unless it is 4; its ``config`` is what a later ``--settings-from`` takes).
 
-Writes benchmarks/results/private-quality-<dataset>[-<users>].{json,md}.
+Writes benchmarks/results/private-quality-<dataset>[-<users>][-<tag>].{json,md}.
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="EPS=FILE",
         help="at ε = EPS, take private ALS settings from FILE (e.g. one tuned at that ε)",
+    )
+    parser.add_argument(
+        "--tag", default="", help="results file suffix (private-quality-<data>-TAG[-tuning])"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
@@ -285,16 +288,22 @@ def _stem(args: argparse.Namespace) -> str:
         "private-quality-"
         + args.dataset
         + (f"-{args.users}" if args.dataset == "synthetic" else "")
+        + (f"-{args.tag}" if args.tag else "")
     )
 
 
 def _fedavg(args: argparse.Namespace) -> dict[float, str]:
-    """DP-FedAvg's recorded central-noise NDCG@10 per ε (benchmarks/privacy_utility.py)."""
-    stem = "privacy-" + args.dataset
-    path = args.out / f"{stem}.json"
-    if args.dataset == "synthetic" or not path.exists():
+    """DP-FedAvg's recorded central-noise NDCG@10 per ε (benchmarks/privacy_utility.py;
+    for a synthetic population, the record of the same number of users)."""
+    names = [f"privacy-{args.dataset}.json"]
+    if args.dataset == "synthetic":
+        names.insert(0, f"privacy-synthetic-{args.users}.json")
+    paths = [args.out / name for name in names if (args.out / name).exists()]
+    if not paths:
         return {}
-    recorded = json.loads(path.read_text())
+    recorded = json.loads(paths[0].read_text())
+    if args.dataset == "synthetic" and recorded.get("users") != args.users:
+        return {}
     out = {}
     for setting, row in recorded.get("summary", {}).items():
         if setting == "eps=inf" or setting.endswith(",central"):

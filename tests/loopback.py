@@ -120,14 +120,19 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait(timeout=15)
 
 
-def superlink_command(certs, port: int, tmp_path: Path, *extra: str) -> list[str]:
+def superlink_command(
+    certs, port: int, tmp_path: Path, *extra: str, in_memory: bool = False
+) -> list[str]:
+    """A TLS SuperLink on 127.0.0.1:``port`` whose state lives in ``tmp_path/state.db``
+    (it survives a restart), or with ``in_memory`` in Flower's in-memory state (faster; a
+    restart loses the registered nodes and runs)."""
     return [
         str(BIN / "flower-superlink"),
         *("--ssl-ca-certfile", str(certs.ca_certificate)),
         *("--ssl-certfile", str(certs.superlink_certificate)),
         *("--ssl-keyfile", str(certs.superlink_key)),
         *("--host", "127.0.0.1", "--port", str(port)),
-        *("--database", str(tmp_path / "state.db")),
+        *("--database", ":flwr-in-memory:" if in_memory else str(tmp_path / "state.db")),
         "--disable-runtime-dependency-installation",
         *extra,
     ]
