@@ -24,6 +24,7 @@ from loopback import (
     poll,
     register_supernode,
     running,
+    stop,
     superexec_command,
     superlink_command,
     supernode_command,
@@ -97,23 +98,27 @@ def _rounds(tmp_path: Path, checkpoints: str = "checkpoints") -> list[dict]:
 
 
 @contextmanager
-def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
+def _federation(
+    tmp_path: Path, *, forking: bool = False, in_memory: bool = False
+) -> Iterator[dict]:
     """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
     their devices and one unregistered SuperNode; every process stopped on exit.
     ``forking``: the SuperNodes are ``stamen-supernode`` and run their ClientApps through
-    ``stamen-superexec``."""
+    ``stamen-superexec``; ``in_memory``: the SuperLink keeps Flower's in-memory state."""
     certs, key = _deployment(tmp_path)
     port = free_port()
     env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
     log = tmp_path / "superlink.log"
-    link_cmd = superlink_command(certs, port, tmp_path, "--enable-supernode-auth")
+    link_cmd = superlink_command(
+        certs, port, tmp_path, "--enable-supernode-auth", in_memory=in_memory
+    )
     with ExitStack() as stack:
         link = stack.enter_context(running(link_cmd, env=env, log=log))
         poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
         ids = [
             register_supernode(certs.supernodes[d].public_key, "test", env) for d in range(NODES)
         ]
-        nodes = []
+        nodes, execs, commands = [], [], []  # commands: each node's (and its SuperExec's)
         for d in range(NODES):
             runtime = free_port()
             command = supernode_command(
@@ -128,9 +133,13 @@ def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
             nodes.append(
                 stack.enter_context(running(command, env=env, log=tmp_path / f"node-{d}.log"))
             )
+            commands.append([command])
             if forking:
                 superexec = superexec_command(runtime)
-                stack.enter_context(running(superexec, env=env, log=tmp_path / f"exec-{d}.log"))
+                execs.append(
+                    stack.enter_context(running(superexec, env=env, log=tmp_path / f"exec-{d}.log"))
+                )
+                commands[-1].append(superexec)
         stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
         stack.enter_context(running(stranger, env=env, log=tmp_path / "stranger.log"))
         for node_id in ids:
@@ -140,7 +149,18 @@ def _federation(tmp_path: Path, *, forking: bool = False) -> Iterator[dict]:
                 log=log,
                 what=f"SuperNode {node_id} connecting over TLS",
             )
-        yield {"env": env, "key": key, "log": log, "link": link, "nodes": nodes}
+        yield {
+            "env": env,
+            "key": key,
+            "log": log,
+            "link": link,
+            "nodes": nodes,
+            "execs": execs,
+            "commands": commands,
+            "certs": certs,
+            "link_cmd": link_cmd,
+            "stack": stack,
+        }
 
 
 def _run(tmp_path: Path, fed: dict, **extra: object) -> subprocess.Popen:
@@ -272,6 +292,53 @@ def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(t
         _finish(resumed, tmp_path, 2)
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
+    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+
+
+def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(tmp_path):
+    """The README's fast SuperLink (Flower's in-memory state) killed after round 1: the
+    restarted one has forgotten the SuperNodes, which exit when it refuses them; their
+    keys registered again and the SuperNodes restarted, the run submitted again with
+    ``resume=true`` continues at round 2 with ε continuing."""
+    with _federation(tmp_path, forking=True, in_memory=True) as fed:
+        first = _run(tmp_path, fed)
+        poll(
+            lambda: len(_rounds(tmp_path)) >= 1,
+            proc=first,
+            log=tmp_path / "flwr-run.log",
+            what="round 1",
+            wait_s=RUN_S,
+        )
+        home = fed["env"]["FLWR_HOME"]
+        os.killpg(fed["link"].pid, signal.SIGKILL)  # the SuperLink and what it started
+        fed["link"].wait(timeout=30)
+        for pid in _serverapps(home):  # a ServerApp left without its SuperLink
+            os.kill(pid, signal.SIGKILL)
+        first.kill()
+        first.wait(timeout=30)
+        assert [r["round"] for r in _rounds(tmp_path)] == [1]
+        log = tmp_path / "superlink-restarted.log"
+        link = fed["stack"].enter_context(running(fed["link_cmd"], env=fed["env"], log=log))
+        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="restart")
+        for proc in fed["nodes"] + fed["execs"]:
+            stop(proc)
+        for d in range(NODES):
+            node_id = register_supernode(fed["certs"].supernodes[d].public_key, "test", fed["env"])
+            for i, command in enumerate(fed["commands"][d]):
+                again = tmp_path / f"restarted-{d}-{i}.log"
+                fed["stack"].enter_context(running(command, env=fed["env"], log=again))
+            poll(
+                lambda i=node_id: f"Activated node_id={i}" in text(log),
+                proc=link,
+                log=log,
+                what=f"SuperNode {d} reconnecting as {node_id}",
+            )
+        _finish(_run(tmp_path, fed, resume="true"), tmp_path, 2)
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    assert rounds[1]["devices"] == NODES
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
     assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
