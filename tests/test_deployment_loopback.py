@@ -271,16 +271,32 @@ def _home(pid: int) -> str | None:
     return None if home is None else home.decode()
 
 
+def _run_to_round_1(tmp_path: Path, fed: dict) -> subprocess.Popen:
+    """A two-round ``flwr run``, once its round 1 is in the log."""
+    first = _run(tmp_path, fed)
+    poll(
+        lambda: len(_rounds(tmp_path)) >= 1,
+        proc=first,
+        log=tmp_path / "flwr-run.log",
+        what="round 1",
+        wait_s=RUN_S,
+    )
+    return first
+
+
+def _check_resumed(tmp_path: Path, fed: dict) -> list[dict]:
+    """Rounds 1 and 2 in the log, ε continuing from round 1, releases 0 to 2; the rounds."""
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
+    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+    return rounds
+
+
 def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(tmp_path):
     with _federation(tmp_path) as fed:
-        first = _run(tmp_path, fed)
-        poll(
-            lambda: len(_rounds(tmp_path)) >= 1,
-            proc=first,
-            log=tmp_path / "flwr-run.log",
-            what="round 1",
-            wait_s=RUN_S,
-        )
+        first = _run_to_round_1(tmp_path, fed)
         killed = _serverapps(fed["env"]["FLWR_HOME"])
         assert killed, "no ServerApp process found"
         for pid in killed:
@@ -290,11 +306,7 @@ def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(t
         assert [r["round"] for r in _rounds(tmp_path)] == [1]
         resumed = _run(tmp_path, fed, resume="true")
         _finish(resumed, tmp_path, 2)
-    rounds = _rounds(tmp_path)
-    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
-    epsilons = [r["privacy"]["epsilon"] for r in rounds]
-    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
-    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+    _check_resumed(tmp_path, fed)
 
 
 def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(tmp_path):
@@ -303,14 +315,7 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
     keys registered again and the SuperNodes restarted, the run submitted again with
     ``resume=true`` continues at round 2 with ε continuing."""
     with _federation(tmp_path, forking=True, in_memory=True) as fed:
-        first = _run(tmp_path, fed)
-        poll(
-            lambda: len(_rounds(tmp_path)) >= 1,
-            proc=first,
-            log=tmp_path / "flwr-run.log",
-            what="round 1",
-            wait_s=RUN_S,
-        )
+        first = _run_to_round_1(tmp_path, fed)
         home = fed["env"]["FLWR_HOME"]
         os.killpg(fed["link"].pid, signal.SIGKILL)  # the SuperLink and what it started
         fed["link"].wait(timeout=30)
@@ -336,12 +341,7 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
                 what=f"SuperNode {d} reconnecting as {node_id}",
             )
         _finish(_run(tmp_path, fed, resume="true"), tmp_path, 2)
-    rounds = _rounds(tmp_path)
-    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
-    assert rounds[1]["devices"] == NODES
-    epsilons = [r["privacy"]["epsilon"] for r in rounds]
-    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
-    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+    assert _check_resumed(tmp_path, fed)[1]["devices"] == NODES
 
 
 @pytest.mark.parametrize("killed", [1, 2], ids=["threshold-holds", "below-threshold"])
