@@ -273,8 +273,9 @@ def main(argv: list[str]) -> None:
             }
         )
         for epsilon in args.epsilons:
+            chosen = at[epsilon][1] if epsilon in at else config
             for run in (
-                als_run(split, at.get(epsilon, ("", config))[1], epsilon=epsilon, seed=seed),
+                als_run(split, chosen, epsilon=epsilon, seed=seed),
                 counts_run(split, epsilon=epsilon, seed=seed),
             ):
                 runs.append(run)
