@@ -64,6 +64,8 @@ from stamen.server.settings import ServerSettings
 
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
 MASKED_VALUE_BYTES = 8
+#: Seconds a round keeps asking a node that failed to report its device id.
+ID_RETRY_S = 10.0
 
 __all__ = ["FederatedAveraging", "RoundCallback", "min_poisson_cohort"]
 
@@ -378,29 +380,62 @@ class FederatedAveraging(Strategy):
             time.sleep(0.05)
 
     def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
-        """Connected devices by device id (each node asked once, then remembered)."""
+        """Connected devices by device id (each node asked once, then remembered).
+
+        A node whose answer fails (an error reply: its ClientApp raised, the SuperLink
+        found it unavailable, …) is asked again, with growing pauses, for up to
+        ``ID_RETRY_S`` seconds (at most ``connect_timeout``); one that still fails is left
+        out of this round, logged and recorded under ``unidentified``, and asked again
+        in the next round."""
         self._await_devices(client_manager)
-        connected = client_manager.all()
-        missing = [proxy for cid, proxy in connected.items() if cid not in self._device_ids]
-        if missing:  # asked concurrently, as Flower sends a round's fit messages
-            with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
-                for proxy, device in zip(
-                    missing, pool.map(self._ask_device_id, missing), strict=True
-                ):
-                    self._device_ids[proxy.cid] = device
-        devices = {self._device_ids[cid]: proxy for cid, proxy in connected.items()}
+        deadline = time.monotonic() + min(ID_RETRY_S, self.settings.connect_timeout)
+        pause = 0.25
+        while True:
+            connected = client_manager.all()
+            missing = [p for cid, p in connected.items() if cid not in self._device_ids]
+            failed: dict[str, str] = {}
+            if missing:  # asked concurrently, as Flower sends a round's fit messages
+                with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
+                    for proxy, answer in zip(
+                        missing, pool.map(self._ask_device_id, missing), strict=True
+                    ):
+                        if isinstance(answer, int):
+                            self._device_ids[proxy.cid] = answer
+                        else:
+                            failed[proxy.cid] = answer
+            left = deadline - time.monotonic()
+            if not failed or left <= 0:
+                break
+            _log.warning(
+                "%d node(s) did not report a device id (%s); asking again",
+                len(failed),
+                "; ".join(sorted(set(failed.values()))),
+            )
+            time.sleep(min(pause, left))
+            pause *= 2
+        if failed:
+            _log.warning(
+                "%d node(s) left out of round %s without a device id",
+                len(failed),
+                self._record.get("round"),
+            )
+            self._record["unidentified"] = [
+                {"node": cid, "reason": reason} for cid, reason in sorted(failed.items())
+            ]
+        devices = {self._device_ids[c]: p for c, p in connected.items() if c in self._device_ids}
         return dict(sorted(devices.items()))
 
-    def _ask_device_id(self, proxy: ClientProxy) -> int:
-        res = proxy.get_properties(
-            GetPropertiesIns(config={}), timeout=self.settings.connect_timeout, group_id=0
-        )
+    def _ask_device_id(self, proxy: ClientProxy) -> int | str:
+        """The node's device id, or why it gave none."""
+        try:
+            res = proxy.get_properties(
+                GetPropertiesIns(config={}), timeout=self.settings.connect_timeout, group_id=0
+            )
+        except Exception as error:  # noqa: BLE001  (Flower raises ValueError on error replies)
+            return f"{type(error).__name__}: {error}"
         value = res.properties.get(DEVICE_ID_KEY) if res.status.code == Code.OK else None
         if not isinstance(value, int) or isinstance(value, bool):
-            raise RuntimeError(
-                f"node {proxy.cid} did not report an integer {DEVICE_ID_KEY!r} "
-                f"({res.status.message or res.properties})"
-            )
+            return f"no integer {DEVICE_ID_KEY!r} ({res.status.message or res.properties})"
         return value
 
     def _sample(

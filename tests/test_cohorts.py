@@ -12,6 +12,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from static_clients import StaticClients
 
 from stamen.privacy import SecAggSettings, UserDP
+from stamen.server import strategy as strategy_module
 from stamen.server.cohorts import sample_cohort
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging, min_poisson_cohort
@@ -175,3 +176,43 @@ def test_private_mean_divides_by_the_expected_cohort() -> None:
     params, _ = strategy.aggregate_fit(1, results, [])
     for array in parameters_to_ndarrays(params):
         np.testing.assert_allclose(array, reported / cohort)
+
+
+def test_a_node_failing_to_name_its_device_is_asked_again_then_left_out(monkeypatch) -> None:
+    """A node's id question that fails once (an error reply, as Flower raises it) is asked
+    again and the node takes part; one that keeps failing is left out of the round after
+    ``ID_RETRY_S``, recorded with the reason, and asked again the next round."""
+    monkeypatch.setattr(strategy_module, "ID_RETRY_S", 0.6)
+    clients = StaticClients(6)
+    asked: dict[str, int] = {}
+    proxies = list(clients.all().values())
+    flaky, broken = proxies[0], proxies[1]
+
+    answers = {p.cid: p.get_properties for p in proxies}
+
+    def failing(proxy, times: int):  # noqa: ANN001, ANN202
+        answer = answers[proxy.cid]
+
+        def get_properties(ins, timeout, group_id):  # noqa: ANN001, ANN202
+            asked[proxy.cid] = asked.get(proxy.cid, 0) + 1
+            if asked[proxy.cid] <= times:
+                raise ValueError("Message contains an Error (reason: node unavailable)")
+            return answer(ins, timeout, group_id)
+
+        return get_properties
+
+    flaky.get_properties = failing(flaky, 1)
+    broken.get_properties = failing(broken, 10**6)
+    strategy = _strategy(UserDP(), cohort=6, population=6)
+    params = ndarrays_to_parameters(_zeros())
+    chosen = _devices(strategy.configure_fit(1, params, clients))
+    assert chosen == sorted(p.device for p in proxies if p is not broken)
+    assert asked[flaky.cid] == 2
+    (left_out,) = strategy._record["unidentified"]
+    assert left_out["node"] == broken.cid and "node unavailable" in left_out["reason"]
+    tries = asked[broken.cid]
+    assert tries >= 2
+    broken.get_properties = failing(broken, 0)  # recovered: part of the next round
+    assert _devices(strategy.configure_fit(2, params, clients)) == sorted(p.device for p in proxies)
+    assert asked[flaky.cid] == 2  # an identified node is not asked again
+    assert "unidentified" not in strategy._record

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -163,25 +164,46 @@ def _federation(
         }
 
 
-def _run(tmp_path: Path, fed: dict, **extra: object) -> subprocess.Popen:
+@dataclass(frozen=True)
+class _Run:
+    """A ``flwr run --stream`` in progress and the file its output goes to."""
+
+    proc: subprocess.Popen
+    log: Path
+
+    def failure(self) -> str:
+        """What to show when the run failed: from the ServerApp's traceback on, when it
+        raised one (Flower streams it before its exit code), else the log's tail."""
+        output = text(self.log)
+        start = output.find(SERVERAPP_RAISED)
+        return output[start:][:8000] if start >= 0 else output[-4000:]
+
+
+SERVERAPP_RAISED = "ServerApp raised an exception"
+
+
+def _run(tmp_path: Path, fed: dict, **extra: object) -> _Run:
     command = [str(BIN / "flwr"), "run", str(APP), "test", "--stream"]
     command += ["--run-config", _run_config(tmp_path, fed["key"], **extra)]
-    sink = (tmp_path / "flwr-run.log").open("ab")
-    return subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
+    log = tmp_path / f"flwr-run-{len(list(tmp_path.glob('flwr-run-*.log')))}.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
+    return _Run(proc, log)
 
 
-def _finish(
-    proc: subprocess.Popen, tmp_path: Path, rounds: int, checkpoints: str = "checkpoints"
-) -> None:
+def _finish(run: _Run, tmp_path: Path, rounds: int, checkpoints: str = "checkpoints") -> None:
     """Wait for ``flwr run`` and for ``rounds`` rounds in the log: the run goes on in the
-    SuperLink even when ``--stream`` ends early (it has here, under load)."""
+    SuperLink even when ``--stream`` ends early (it has here, under load). A ServerApp
+    that raised fails the test at once, with its traceback."""
     deadline = time.monotonic() + RUN_S
     try:
-        proc.wait(timeout=RUN_S)
+        run.proc.wait(timeout=RUN_S)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"flwr run: not within {RUN_S} s:\n{text(tmp_path / 'flwr-run.log')[-4000:]}")
+        run.proc.kill()
+        pytest.fail(f"flwr run: not within {RUN_S} s:\n{run.failure()}")
     while len(_rounds(tmp_path, checkpoints)) < rounds and time.monotonic() < deadline:
+        if SERVERAPP_RAISED in text(run.log):
+            pytest.fail(f"flwr run: the ServerApp failed:\n{run.failure()}")
         time.sleep(0.5)
 
 
@@ -216,11 +238,12 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
             log=log,
             what="the unregistered SuperNode refused",
         )
-        _finish(_run(tmp_path, fed, **TRENDING), tmp_path, 2)
+        retrieval = _run(tmp_path, fed, **TRENDING)
+        _finish(retrieval, tmp_path, 2)
         ranker_run = {**RANKER, "checkpoints": f"'{tmp_path / 'ranker-checkpoints'}'"}
         _finish(_run(tmp_path, fed, **ranker_run), tmp_path, 1, "ranker-checkpoints")
     rounds = _rounds(tmp_path)
-    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    assert [r["round"] for r in rounds] == [1, 2], retrieval.failure()
     assert text(log).count("Activated node_id=") == NODES
     assert all(r["devices"] == NODES and r["failures"] == 0 for r in rounds)
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
@@ -271,23 +294,23 @@ def _home(pid: int) -> str | None:
     return None if home is None else home.decode()
 
 
-def _run_to_round_1(tmp_path: Path, fed: dict) -> subprocess.Popen:
+def _run_to_round_1(tmp_path: Path, fed: dict) -> _Run:
     """A two-round ``flwr run``, once its round 1 is in the log."""
     first = _run(tmp_path, fed)
     poll(
         lambda: len(_rounds(tmp_path)) >= 1,
-        proc=first,
-        log=tmp_path / "flwr-run.log",
+        proc=first.proc,
+        log=first.log,
         what="round 1",
         wait_s=RUN_S,
     )
     return first
 
 
-def _check_resumed(tmp_path: Path, fed: dict) -> list[dict]:
+def _check_resumed(tmp_path: Path, fed: dict, resumed: _Run) -> list[dict]:
     """Rounds 1 and 2 in the log, ε continuing from round 1, releases 0 to 2; the rounds."""
     rounds = _rounds(tmp_path)
-    assert [r["round"] for r in rounds] == [1, 2], text(tmp_path / "flwr-run.log")[-4000:]
+    assert [r["round"] for r in rounds] == [1, 2], resumed.failure()
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
     assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
@@ -301,12 +324,12 @@ def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(t
         assert killed, "no ServerApp process found"
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        first.kill()
-        first.wait(timeout=30)
+        first.proc.kill()
+        first.proc.wait(timeout=30)
         assert [r["round"] for r in _rounds(tmp_path)] == [1]
         resumed = _run(tmp_path, fed, resume="true")
         _finish(resumed, tmp_path, 2)
-    _check_resumed(tmp_path, fed)
+    _check_resumed(tmp_path, fed, resumed)
 
 
 def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(tmp_path):
@@ -321,8 +344,8 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
         fed["link"].wait(timeout=30)
         for pid in _serverapps(home):  # a ServerApp left without its SuperLink
             os.kill(pid, signal.SIGKILL)
-        first.kill()
-        first.wait(timeout=30)
+        first.proc.kill()
+        first.proc.wait(timeout=30)
         assert [r["round"] for r in _rounds(tmp_path)] == [1]
         log = tmp_path / "superlink-restarted.log"
         link = fed["stack"].enter_context(running(fed["link_cmd"], env=fed["env"], log=log))
@@ -340,8 +363,9 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
                 log=log,
                 what=f"SuperNode {d} reconnecting as {node_id}",
             )
-        _finish(_run(tmp_path, fed, resume="true"), tmp_path, 2)
-    assert _check_resumed(tmp_path, fed)[1]["devices"] == NODES
+        resumed = _run(tmp_path, fed, resume="true")
+        _finish(resumed, tmp_path, 2)
+    assert _check_resumed(tmp_path, fed, resumed)[1]["devices"] == NODES
 
 
 @pytest.mark.parametrize("killed", [1, 2], ids=["threshold-holds", "below-threshold"])
@@ -359,8 +383,8 @@ def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
                 text(tmp_path / f"node-{v}.log").count("Receiving: train message") >= 3
                 for v in victims
             ),
-            proc=run,
-            log=tmp_path / "flwr-run.log",
+            proc=run.proc,
+            log=run.log,
             what="the training stage reaching the SuperNodes to kill",
             wait_s=RUN_S,
         )
@@ -368,7 +392,7 @@ def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
             os.killpg(fed["nodes"][v].pid, signal.SIGKILL)
         _finish(run, tmp_path, 1)
     rounds = _rounds(tmp_path)
-    assert [r["round"] for r in rounds] == [1], text(tmp_path / "flwr-run.log")[-4000:]
+    assert [r["round"] for r in rounds] == [1], run.failure()
     (record,) = rounds
     first, last = (b.shared_arrays() for b in _releases(tmp_path, fed["key"]))
     same = all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
