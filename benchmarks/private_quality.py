@@ -10,7 +10,8 @@ Every device takes part in every release; δ = 1/users. Private ALS
 (``stamen.simulation.private_als``) spends its ε over the head-item counts and its ALS
 rounds together; DP popularity spends the same ε on one release of the item counts. Its
 hyper-parameters are chosen once per data set on seed 0's *validation* NDCG@10 at
-ε = ``--tune-epsilon`` (a grid, below; each point's mean over three noise draws) and used
+ε = ``--tune-epsilon`` (a grid, below; each point's mean over ``--tuning-draws`` noise
+draws, 3 unless set) and used
 for every ε and seed; test items are never
 looked at. Tuning on private data spends privacy that the reported ε does not count
 (common practice, stated here). The model reported is the last round's: no round is
@@ -61,9 +62,10 @@ from stamen.simulation.runner import release_catalog_of
 from stamen.simulation.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
-#: Noise draws each grid point is tuned over (on seed 0's split), so that the choice
-#: follows the settings rather than one lucky draw of the noise.
-TUNING_NOISE_SEEDS = (100, 101, 102)
+#: Noise draws each grid point is tuned over by default (on seed 0's split), so that the
+#: choice follows the settings rather than one lucky draw of the noise; draw k uses noise
+#: seed 100 + k (``--tuning-draws``).
+TUNING_DRAWS = 3
 METRICS = ("ndcg@10", "hr@10")
 GRID = {
     "rounds": (2, 3, 4),
@@ -90,6 +92,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=20_000, help="synthetic users")
     parser.add_argument("--items", type=int, default=1_000, help="synthetic items")
     parser.add_argument("--tune-epsilon", type=float, default=4.0)
+    parser.add_argument(
+        "--tuning-draws",
+        type=int,
+        default=TUNING_DRAWS,
+        help="noise draws each grid point's validation NDCG@10 is the mean of",
+    )
     parser.add_argument("--small-grid", action="store_true", help="tune over SMALL_GRID")
     parser.add_argument(
         "--grid",
@@ -118,7 +126,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--tag", default="", help="results file suffix (private-quality-<data>-TAG[-tuning])"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tuning_draws < 1:
+        parser.error(f"--tuning-draws must be at least 1 (got {args.tuning_draws})")
+    return args
 
 
 def settings_at(entries: list[str]) -> dict[float, tuple[str, ALSSettings]]:
@@ -209,7 +220,7 @@ def tune(split, args: argparse.Namespace, log) -> tuple[ALSSettings, dict]:
         config = ALSSettings(**{"item_grams": False, **dict(zip(grid, values, strict=True))})
         valid = [
             als_run(split, config, epsilon=args.tune_epsilon, seed=noise)["valid_ndcg@10"]
-            for noise in TUNING_NOISE_SEEDS
+            for noise in range(100, 100 + args.tuning_draws)
         ]
         key = ",".join(f"{k}={v:g}" for k, v in zip(grid, values, strict=True))
         tried[key], configs[key] = round(float(np.mean(valid)), 4), config
@@ -234,7 +245,7 @@ def write_tuning(args: argparse.Namespace, argv: list[str], tried: dict, best: A
         f"Command: `{command}`",
         "",
         f"Validation NDCG@10 of seed 0's split at ε = {args.tune_epsilon:g} (δ = 1/users), "
-        f"each the mean of {len(TUNING_NOISE_SEEDS)} noise draws; test items never looked "
+        f"each the mean of {args.tuning_draws} noise draws; test items never looked "
         f"at. Best: `{json.dumps(best.model_dump())}`.",
         "",
         "| settings | valid NDCG@10 |",
@@ -344,7 +355,7 @@ def write(args, argv, config, tried, at, runs, users, items, seconds) -> None:
     if tried:
         chosen = (
             f"tuned on seed 0 validation at ε = {args.tune_epsilon:g} over {len(tried)} grid "
-            f"points (each the mean of {len(TUNING_NOISE_SEEDS)} noise draws)"
+            f"points (each the mean of {args.tuning_draws} noise draws)"
         )
     else:
         chosen = f"taken from `{args.settings_from}` (not tuned here)"
