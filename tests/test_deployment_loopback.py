@@ -46,6 +46,8 @@ pytestmark = pytest.mark.slow
 APP = Path(__file__).resolve().parents[1] / "deploy"
 NODES = 3
 RUN_S = 420  # the whole `flwr run` of two rounds, bounded
+#: What Flower's ServerApp process logs, with its traceback, when the app raised.
+SERVERAPP_RAISED = "ServerApp raised an exception"
 
 
 def _deployment(tmp_path: Path):
@@ -177,9 +179,6 @@ class _Run:
         output = text(self.log)
         start = output.find(SERVERAPP_RAISED)
         return output[start:][:8000] if start >= 0 else output[-4000:]
-
-
-SERVERAPP_RAISED = "ServerApp raised an exception"
 
 
 def _run(tmp_path: Path, fed: dict, **extra: object) -> _Run:
