@@ -2,23 +2,31 @@
 recommendations) and Stamen's Flower ClientApp.
 
 Imports ``stamen.models``, ``stamen.privacy`` and ``flwr``; never ``stamen.server``. Everything
-loads on first use: an app that embeds ``Device`` imports neither Flower nor Opacus.
+loads on first use: an app that embeds ``Device`` imports neither Flower nor Opacus. The
+errors an app catches (all ``StamenError``, from :mod:`stamen.errors`) are exported here.
 """
 
 from stamen import lazy_attributes
+from stamen.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    DecryptionError,
+    DeviceClosedError,
+    EventError,
+    PrivacyError,
+    ReleaseError,
+    RollbackError,
+    SecureAggregationRequired,
+    SignatureError,
+    StamenError,
+)
 
 #: Names loaded on first use (``__getattr__``), by module: importing the package (the
 #: deployment ClientApp does, for every message) loads neither torch nor Opacus.
 _LAZY = {
-    "stamen.client.device": (
-        "Device",
-        "DeviceClosedError",
-        "Recommendation",
-        "ReleaseError",
-        "ReleaseInfo",
-        "RollbackError",
-    ),
-    "stamen.client.events": ("EVENT_KINDS", "Event", "EventError"),
+    "stamen.client.device": ("Device", "Recommendation", "ReleaseInfo"),
+    "stamen.client.events": ("EVENT_KINDS", "Event"),
     "stamen.client.keys": ("DeviceKeys",),
     "stamen.client.pipeline": ("PipelineSettings",),
     "stamen.client.candidates": ("GENERATORS", "register_generator"),
@@ -38,6 +46,10 @@ __getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "DecryptionError",
     "Device",
     "DeviceClosedError",
     "DeviceData",
@@ -49,10 +61,14 @@ __all__ = [
     "HeldOut",
     "MFClient",
     "PipelineSettings",
+    "PrivacyError",
     "Recommendation",
     "ReleaseError",
     "ReleaseInfo",
     "RollbackError",
+    "SecureAggregationRequired",
+    "SignatureError",
+    "StamenError",
     "USER_STATE_KEY",
     "VALID_METRICS",
     "VirtualDevices",

@@ -31,21 +31,16 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from stamen.models.errors import ConfigError
+from stamen.errors import ConfigError, SecureAggregationRequired
 
 __all__ = [
     "DevicePolicy",
-    "SecureAggregationRequired",
     "client_app",
     "deployment_client_fn",
     "device_policy",
 ]
 
 _KEY_BYTES = 32
-
-
-class SecureAggregationRequired(RuntimeError):
-    """A training request without SecAgg+ reached a device that requires it."""
 
 
 class DevicePolicy:

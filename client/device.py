@@ -41,24 +41,29 @@ import numpy as np
 
 from stamen.client.candidates import ReleaseIndex, Request
 from stamen.client.device_store import DB_NAME, EventStore
-from stamen.client.events import EVENT_KINDS, Event, EventError, validate_event
+from stamen.client.events import EVENT_KINDS, Event, validate_event
 from stamen.client.impressions import Impression, engagement_rewards, ips_estimate
 from stamen.client.pipeline import PipelineSettings, offered_example, run_pipeline
-from stamen.models.bundle import BundleError, ReleaseBundle, ReleaseCatalog
+from stamen.errors import (
+    BundleError,
+    DataError,
+    DeviceClosedError,
+    EventError,
+    ReleaseError,
+    RollbackError,
+    SignatureError,
+)
+from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.models.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY, context_row
-from stamen.models.errors import DataError, StamenError
 from stamen.models.registry import model_class
-from stamen.privacy import SignatureError, open_signed, write_atomically
+from stamen.privacy import open_signed, write_atomically
 
 __all__ = [
     "EXPORT_FORMAT",
     "RELEASE_FILE",
     "Device",
-    "DeviceClosedError",
     "Recommendation",
-    "ReleaseError",
     "ReleaseInfo",
-    "RollbackError",
 ]
 
 _log = logging.getLogger("stamen.device")
@@ -68,18 +73,6 @@ EXPORT_FORMAT = "stamen-device-export/1"
 _PINNED_KEY = "release_key"
 _HIGHEST = "highest_release"
 _DIGEST = "release_sha256"
-
-
-class ReleaseError(StamenError):
-    """A release was refused (the message says why); the installed release stays."""
-
-
-class RollbackError(ReleaseError):
-    """A release older than the newest one this device has installed was refused."""
-
-
-class DeviceClosedError(StamenError):
-    """The device was closed or forgotten; open it again."""
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 from stamen.client.events import Event
 from stamen.client.impressions import Impression
-from stamen.models.errors import DataError
+from stamen.errors import DataError
 from stamen.privacy import open_encrypted_database
 
 __all__ = ["DB_NAME", "MIGRATIONS", "SCHEMA_VERSION", "EventStore"]

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from stamen.models.errors import DataError
+from stamen.errors import EventError
 
 __all__ = [
     "CONTEXT_LIMITS",
     "EVENT_KINDS",
     "Event",
-    "EventError",
     "EventKind",
     "validate_event",
 ]
@@ -65,17 +64,6 @@ CONTEXT_LIMITS = {"item_chars": 256, "keys": 16, "key_chars": 64, "json_bytes": 
 
 _CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6)}
 _FUTURE_SLACK = 86400.0
-
-
-class EventError(DataError):
-    """An event is malformed. ``field`` names the offending field; ``index`` is the
-    event's position in a batch (``None`` for a single ``record``)."""
-
-    def __init__(self, message: str, *, field: str, index: int | None = None) -> None:
-        self.field = field
-        self.index = index
-        where = f"field {field!r}" if index is None else f"event {index}, field {field!r}"
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)

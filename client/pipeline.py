@@ -34,7 +34,15 @@ from stamen.client.ranking import candidate_features
 from stamen.client.rerank import Slot, rerank
 from stamen.models.ranker import ranker_scores
 
-__all__ = ["PipelineSettings", "Pick", "REASONS", "offered_example", "ranker_head", "run_pipeline"]
+__all__ = [
+    "Pick",
+    "PipelineSettings",
+    "REASONS",
+    "fused_relevance",
+    "offered_example",
+    "ranker_head",
+    "run_pipeline",
+]
 
 _DAY = 86400.0
 

@@ -20,7 +20,6 @@ telemetry is off in it (a telemetry thread could hold a lock across the fork).
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -95,11 +94,11 @@ def main() -> None:
     telemetry.FLWR_TELEMETRY_ENABLED = "0"  # this one: Flower read the variable on import
     import torch  # noqa: F401  (imported once, here, for every task)
     from flwr.supercore.cli.flower_superexec import flower_superexec
+    from flwr.supercore.superexec import run_superexec as loop
 
     import stamen.client.app  # noqa: F401
     import stamen.client.deployment  # noqa: F401
 
     # the one change to Flower's SuperExec: which executor its loop launches tasks with
-    loop = importlib.import_module("flwr.supercore.superexec.run_superexec")
     loop.get_executor = lambda *args, **kwargs: ForkingExecutor()
     flower_superexec()

@@ -1,10 +1,11 @@
 """The shared vocabulary: data schemas, models, losses, the training loop, top-k, metrics.
 
-Imports no other Stamen package and never ``flwr``.
+Imports no other Stamen package (only the root module ``stamen.errors``) and never ``flwr``.
 """
 
 from stamen import lazy_attributes
-from stamen.models.errors import (
+from stamen.errors import (
+    BundleError,
     CheckpointError,
     ChecksumError,
     ConfigError,
@@ -17,7 +18,7 @@ from stamen.models.errors import (
 #: errors, say) does not load torch.
 _LAZY = {
     "stamen.models.batches": ("Batch", "UserItems", "user_batches"),
-    "stamen.models.bundle": ("BUNDLE_FORMAT", "BundleError", "ReleaseBundle", "ReleaseCatalog"),
+    "stamen.models.bundle": ("BUNDLE_FORMAT", "ReleaseBundle", "ReleaseCatalog"),
     "stamen.models.losses": ("LOSSES", "bce_loss", "bpr_loss", "softmax_loss"),
     "stamen.models.metrics": (
         "batch_metrics",

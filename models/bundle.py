@@ -35,21 +35,17 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from stamen.models.errors import DataError
+from stamen.errors import BundleError
 from stamen.models.quantize import ItemTable
 from stamen.models.ranker import check_ranker
 from stamen.models.schema import Catalog
 
-__all__ = ["BUNDLE_FORMAT", "BundleError", "ReleaseBundle", "ReleaseCatalog"]
+__all__ = ["BUNDLE_FORMAT", "ReleaseBundle", "ReleaseCatalog"]
 
 BUNDLE_FORMAT = 1
 _MODEL = "model/"
 _RANKER = "ranker/"
 _CATALOG = "catalog/"
-
-
-class BundleError(DataError):
-    """A release bundle does not decode: not a bundle, an unknown format, or inconsistent."""
 
 
 def _strings(values: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -322,6 +318,7 @@ class ReleaseBundle:
         for name in self.names:
             if name in quantize or name in self.quantized:
                 table = self.quantized.get(name) or ItemTable.quantize(self.arrays[name])
+                assert table.scale is not None  # a table in quantized is int8
                 tensors[f"{_MODEL}{name}:int8"] = table.values
                 tensors[f"{_MODEL}{name}:scale"] = table.scale
                 stored_int8.append(name)

@@ -33,16 +33,19 @@ def functional_sgd(
     ``loss(params, device_inputs, epoch)`` is one device's loss; ``inputs`` hold the
     devices on their first axis. The loss reported is the one before the first step.
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
 
     def one(device_inputs: Mapping[str, torch.Tensor]) -> tuple[Params, torch.Tensor]:
         current = params
-        first = None
+        first: torch.Tensor | None = None
         for epoch in range(epochs):
             grads, value = grad_and_value(loss)(current, device_inputs, epoch)
             first = value if first is None else first
             if weight_decay:
                 grads = {k: grads[k] + weight_decay * current[k] for k in current}
             current = {k: current[k] - lr * grads[k] for k in current}
+        assert first is not None  # epochs >= 1
         return {k: current[k] - params[k] for k in current}, first
 
     return vmap(one)(dict(inputs))

@@ -72,7 +72,7 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[s
         gains = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
         discounts = 1.0 / np.log2(np.arange(k) + 2.0)
         ideal = np.cumsum(discounts)[np.clip(np.minimum(n_targets, k) - 1, 0, None)]
-        out[f"hr@{k}"] = hit.any(1).astype(np.float64)
+        out[f"hr@{k}"] = np.asarray(hit.any(1), np.float64)
         out[f"ndcg@{k}"] = np.where(n_targets > 0, gains.sum(1) / ideal, 0.0)
         out[f"recall@{k}"] = np.where(n_targets > 0, hit.sum(1) / np.maximum(n_targets, 1), 0.0)
     return out

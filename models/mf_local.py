@@ -29,7 +29,7 @@ from stamen.models.mf import MatrixFactorization
 from stamen.models.settings import LocalSettings
 from stamen.models.training import fit, refit_users
 
-__all__ = ["LocalResult", "LocalSettings", "build_local_model", "local_update"]
+__all__ = ["LocalResult", "build_local_model", "local_update"]
 
 
 @dataclass(frozen=True)

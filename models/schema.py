@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stamen.models.errors import DataError
+from stamen.errors import DataError
 
 __all__ = ["Catalog", "Dataset", "Interactions", "UserAttributes"]
 

@@ -23,7 +23,7 @@ step is ``local_epochs`` SGD steps, batch-first through ``stamen.models.device_s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -342,7 +342,7 @@ class TwoTower(RecModel):
         net, features, log_q = self.net, self.features, self.log_q
 
         def loss(
-            p: dict[str, torch.Tensor], x: dict[str, torch.Tensor], epoch: int
+            p: dict[str, torch.Tensor], x: Mapping[str, torch.Tensor], epoch: int
         ) -> torch.Tensor:
             emb, _ = functional_call(net, p, ("items", features[x["items"]], x["items"]))
             users, targets, valid = functional_call(

@@ -1,11 +1,18 @@
 """Privacy building blocks: clipping, DP accounting, SecAgg+ settings, encryption at rest
 (AES-GCM blobs and SQLCipher databases), signing.
 
-Imports no other Stamen package and never ``flwr``. The DP names (they import Opacus)
-load on first use, so a device that only stores and verifies pays nothing for them.
+Imports no other Stamen package (only the root module ``stamen.errors``) and never ``flwr``.
+The DP names (they import Opacus) load on first use, so a device that only stores and
+verifies pays nothing for them.
 """
 
 from stamen import lazy_attributes
+from stamen.errors import (
+    BudgetExceededError,
+    DecryptionError,
+    PrivacyError,
+    SignatureError,
+)
 from stamen.privacy.clipping import check_update, clip_update, update_norm
 from stamen.privacy.database import DatabaseError, open_encrypted_database
 from stamen.privacy.encryption import (
@@ -16,12 +23,6 @@ from stamen.privacy.encryption import (
     encrypt_file,
     generate_key,
     write_atomically,
-)
-from stamen.privacy.errors import (
-    BudgetExceededError,
-    DecryptionError,
-    PrivacyError,
-    SignatureError,
 )
 from stamen.privacy.secagg import SecAggSettings
 from stamen.privacy.signing import (
@@ -35,6 +36,7 @@ from stamen.privacy.signing import (
     verify_arrays,
     verify_release,
 )
+from stamen.privacy.streams import Purpose, Streams
 
 #: Names loaded on first use (``__getattr__``), by module.
 _LAZY = {
@@ -45,6 +47,12 @@ _LAZY = {
         "noise_for_target",
     ),
     "stamen.privacy.dp": ("UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"),
+    "stamen.privacy.gaussian": (
+        "MECHANISMS",
+        "CentralGaussianSum",
+        "DistributedGaussianSum",
+        "GaussianSum",
+    ),
     "stamen.privacy.record_dp": ("RecordDP", "record_epsilon"),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
@@ -53,15 +61,21 @@ __getattr__ = lazy_attributes(__name__, _LAZY)
 __all__ = [
     "ACCOUNTANTS",
     "BudgetExceededError",
+    "CentralGaussianSum",
     "DPSettings",
     "DatabaseError",
     "DecryptionError",
+    "DistributedGaussianSum",
+    "GaussianSum",
+    "MECHANISMS",
     "PrivacyAccountant",
     "PrivacyError",
+    "Purpose",
     "RecordDP",
     "SIGNED_MAGIC",
     "SecAggSettings",
     "SignatureError",
+    "Streams",
     "UserDP",
     "check_update",
     "clip_update",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from stamen.privacy.errors import BudgetExceededError
+from stamen.errors import BudgetExceededError
 
 __all__ = ["ACCOUNTANTS", "AccountantName", "DPSettings", "PrivacyAccountant", "noise_for_target"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlcipher3 import dbapi2
 
+from stamen.errors import DecryptionError
 from stamen.privacy.encryption import KEY_BYTES
-from stamen.privacy.errors import DecryptionError
 
 __all__ = ["DatabaseError", "open_encrypted_database"]
 

@@ -17,12 +17,21 @@ accountant (``stamen.privacy.accountant``). ``delta`` defaults to ``1 / populati
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stamen.privacy.accountant import AccountantName, DPSettings, noise_for_target
+from stamen.privacy.accountant import (
+    AccountantName,
+    DPSettings,
+    PrivacyAccountant,
+    noise_for_target,
+)
+from stamen.privacy.streams import Purpose, Streams
+
+if TYPE_CHECKING:
+    from stamen.privacy.gaussian import GaussianSum
 
 __all__ = ["UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"]
 
@@ -55,6 +64,35 @@ class UserDP(BaseModel):
     def enabled(self) -> bool:
         """Whether updates are clipped and noised."""
         return self.mode != "off"
+
+    @property
+    def noise_on_devices(self) -> bool:
+        """Whether the devices add the noise (distributed mode), each a share."""
+        return self.mode == "distributed"
+
+    def mechanism(
+        self,
+        *,
+        population: int,
+        cohort: int,
+        rounds: int,
+        seed: int,
+        purpose: Purpose = Purpose.TRAINING,
+        released: int = 0,
+    ) -> GaussianSum:
+        """The Gaussian-sum mechanism of ``rounds`` releases of ``cohort`` devices out of
+        ``population`` (``resolve``), its accountant charged with ``released`` releases
+        already made (a resumed run)."""
+        from stamen.privacy.gaussian import MECHANISMS  # imports this module
+
+        settings = self.resolve(population=population, cohort=cohort, rounds=rounds)
+        return MECHANISMS[self.mode](
+            noise_multiplier=settings.noise_multiplier,
+            sensitivity=settings.clip_norm,
+            accountant=PrivacyAccountant(settings, rounds=released),
+            streams=Streams(seed),
+            purpose=purpose,
+        )
 
     def resolve(self, *, population: int, cohort: int, rounds: int) -> DPSettings:
         """Accounting settings for ``rounds`` rounds of ``cohort`` devices out of

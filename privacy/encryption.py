@@ -3,7 +3,7 @@
 A blob is ``version (1 byte) || nonce (12 bytes) || ciphertext || tag (16 bytes)``. The
 nonce is fresh from ``os.urandom`` for every message, and the version byte is
 authenticated along with the caller's associated data, so a blob cannot be relabelled.
-Anything that fails to authenticate raises :class:`~stamen.privacy.errors.DecryptionError`
+Anything that fails to authenticate raises :class:`~stamen.errors.DecryptionError`
 and returns nothing: a stolen or tampered store yields no plaintext.
 """
 
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from stamen.privacy.errors import DecryptionError
+from stamen.errors import DecryptionError
 
 __all__ = [
     "decrypt",

@@ -17,7 +17,7 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from stamen.privacy.errors import SignatureError
+from stamen.errors import SignatureError
 
 __all__ = [
     "SIGNED_MAGIC",

@@ -25,6 +25,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy.aggregate import aggregate
 
 from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
+from stamen.privacy import GaussianSum
 from stamen.server.als import (
     ALSSettings,
     choose_head,
@@ -69,7 +70,7 @@ def als_clipping_range(
     largest noise share ``z Δ / sqrt(n)`` (counts: ``z_c × 1``, statistics: ``z_s Δ``;
     ``noise_multiplier`` is the equal-split ``z`` of :func:`release_noise`)."""
     share = 0.0
-    if settings.dp.mode == "distributed":
+    if settings.dp.noise_on_devices:
         sensitivity = als_sensitivity(
             user_clip=als.user_clip, cap=als.cap, item_grams=als.item_grams
         )
@@ -98,13 +99,28 @@ class FederatedALS(FederatedAveraging):
         self.n_items = n_items
         self.counts: np.ndarray | None = None
         self.head: np.ndarray | None = None
-        z = 0.0 if self.accountant is None else self.accountant.settings.noise_multiplier
+        base = self.plan.mechanism
+        z = 0.0 if base is None else base.noise_multiplier
         # the accountant records rounds + 1 releases at z; release_noise splits that budget
         self.noise_multiplier = z
         self._release_noise = release_noise(z, als)
+        #: Each stage's Gaussian-sum mechanism (one accountant), ``None`` without DP.
+        self.mechanisms: dict[str, GaussianSum] | None = None
+        if base is not None:
+            self.mechanisms = {
+                stage: type(base)(
+                    noise_multiplier=stage_z,
+                    sensitivity=self._stage_sensitivity(stage),
+                    accountant=base.accountant,
+                    streams=base.streams,
+                )
+                for stage, stage_z in zip(
+                    ("counts", "statistics"), self._release_noise, strict=True
+                )
+            }
         self._check_range(population)
         # every device is in every round; the noise shares' room is _check_range's concern
-        self._min_cohort = settings.secagg.num_shares if settings.secagg.enabled else 1
+        self.plan.min_cohort = settings.secagg.num_shares if settings.secagg.enabled else 1
 
     @classmethod
     def initial(cls, n_items: int, als: ALSSettings, *, seed: int) -> list[np.ndarray]:
@@ -118,7 +134,10 @@ class FederatedALS(FederatedAveraging):
         return "counts" if rnd == 1 else "statistics"
 
     def _sensitivity(self, rnd: int) -> float:
-        if self._stage(rnd) == "counts":
+        return self._stage_sensitivity(self._stage(rnd))
+
+    def _stage_sensitivity(self, stage: str) -> float:
+        if stage == "counts":
             return 1.0
         return als_sensitivity(
             user_clip=self.als.user_clip, cap=self.als.cap, item_grams=self.als.item_grams
@@ -142,8 +161,9 @@ class FederatedALS(FederatedAveraging):
                 f"statistics or noise shares; set it to at least {needed:.3g}"
             )
 
-    def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
-        config = super()._config(rnd, cohort)
+    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+        """The request of round ``rnd``'s stage: counts, or the statistics over the head."""
+        config = super().request_config(rnd, cohort)
         config[ALS_STAGE_KEY] = self._stage(rnd)
         if self._stage(rnd) == "statistics":
             assert self.head is not None
@@ -157,12 +177,10 @@ class FederatedALS(FederatedAveraging):
                     "als-cap": self.als.cap,
                 }
             )
-        if self.accountant is not None:
-            share = 0.0
-            if self.settings.dp.mode == "distributed":
-                n = cohort or self.settings.clients_per_round
-                share = self._sigma(rnd) / math.sqrt(n)
-            config.update({"dp-clip-norm": self._sensitivity(rnd), "dp-noise-std": share})
+        if self.mechanisms is not None:
+            mechanism = self.mechanisms[self._stage(rnd)]
+            share = mechanism.share_std(cohort or self.settings.clients_per_round)
+            config.update({"dp-clip-norm": mechanism.sensitivity, "dp-noise-std": share})
         return config
 
     def aggregate_fit(
@@ -183,15 +201,10 @@ class FederatedALS(FederatedAveraging):
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         total = np.asarray(aggregate(updates)[0], np.float64) * len(results)
         sigma = self._sigma(rnd)
-        if self.accountant is not None:
-            if self.settings.dp.mode == "central":
-                rng = np.random.default_rng([self.settings.seed, rnd, 7])
-                total = total + rng.normal(0.0, sigma, total.shape)
-            self.accountant.step()
-            self._record["privacy"] = {
-                "epsilon": self.accountant.epsilon,
-                "delta": self.accountant.settings.delta,
-            }
+        if self.mechanisms is not None:
+            mechanism = self.mechanisms[self._stage(rnd)]
+            total = mechanism.release_sum(total, rnd=rnd)
+            self._record["privacy"] = mechanism.spent()
         if self._stage(rnd) == "counts":
             self.counts = total
             self.head = choose_head(total, self.als)

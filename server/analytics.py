@@ -14,7 +14,6 @@ accountant, so its (ε, δ) is reported apart from training's.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,17 +36,19 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models.analytics import ANALYTICS_QUERY_KEY, query_scale
 from stamen.privacy import (
+    GaussianSum,
     PrivacyAccountant,
+    Purpose,
     SecAggSettings,
     UserDP,
     check_update,
-    noise_share_std,
 )
 
 __all__ = [
     "AnalyticsSettings",
     "EVALUATION_METRICS",
     "EvaluationQuerySettings",
+    "Owner",
     "PrivateSum",
     "SumResult",
     "TrendingSettings",
@@ -146,15 +147,27 @@ class Owner(Protocol):
     """What a query needs from the training strategy: its devices by stable id, its
     seeded sampler and its release signature."""
 
-    def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]: ...
+    def connected_devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
+        """The connected devices by stable device id."""
+        ...
 
-    def _sample(
-        self, devices: dict[int, ClientProxy], n: int, purpose: int, rnd: int, *, poisson: bool
-    ) -> list[ClientProxy]: ...
+    def sample(
+        self,
+        devices: dict[int, ClientProxy],
+        n: int,
+        rnd: int,
+        *,
+        purpose: Purpose,
+        poisson: bool,
+    ) -> list[ClientProxy]:
+        """The run's seeded sample of ``n`` expected devices for ``purpose``."""
+        ...
 
-    def _signed(
+    def sign_config(
         self, config: dict[str, Scalar], parameters: Parameters, rnd: int
-    ) -> dict[str, Scalar]: ...
+    ) -> dict[str, Scalar]:
+        """``config`` with the signature of round ``rnd``'s ``parameters``."""
+        ...
 
 
 class PrivateSum(Strategy):
@@ -191,7 +204,7 @@ class PrivateSum(Strategy):
         released: int = 0,
         secagg: SecAggSettings | None,
         seed: int,
-        purpose: int,
+        purpose: Purpose,
     ) -> None:
         super().__init__()
         self.owner = owner
@@ -200,15 +213,19 @@ class PrivateSum(Strategy):
         self.dp = dp
         self.population = population
         self.cohort = min(cohort, population)
-        self.seed = seed
         self.purpose = purpose
         self.scale = query_scale(width=width, clip_norm=dp.clip_norm)
-        self.accountant: PrivacyAccountant | None = None
-        self.noise_multiplier = 0.0
+        #: The query's Gaussian-sum mechanism (``None`` without DP: the sum is exact).
+        self.mechanism: GaussianSum | None = None
         if dp.enabled:
-            settings = dp.resolve(population=population, cohort=self.cohort, rounds=releases)
-            self.accountant = PrivacyAccountant(settings, rounds=released)
-            self.noise_multiplier = settings.noise_multiplier
+            self.mechanism = dp.mechanism(
+                population=population,
+                cohort=self.cohort,
+                rounds=releases,
+                seed=seed,
+                purpose=purpose,
+                released=released,
+            )
         self.secagg = None if secagg is None else self._secagg(secagg)
         self._ask: tuple[int, Parameters, dict[str, Scalar]] | None = None
         self.result: SumResult | None = None
@@ -218,6 +235,16 @@ class PrivateSum(Strategy):
         return f"PrivateSum({self.name!r}, width={self.width})"
 
     @property
+    def accountant(self) -> PrivacyAccountant | None:
+        """The query's own accountant (``None`` without DP)."""
+        return None if self.mechanism is None else self.mechanism.accountant
+
+    @property
+    def noise_multiplier(self) -> float:
+        """z of the query's noise (0 without DP)."""
+        return 0.0 if self.mechanism is None else self.mechanism.noise_multiplier
+
+    @property
     def _min_cohort(self) -> int:
         return self.secagg.num_shares if self.secagg is not None else 1
 
@@ -225,13 +252,7 @@ class PrivateSum(Strategy):
         """The run's SecAgg+ settings with a clipping range that covers a scaled entry
         (at most ``clip_norm``) plus seven standard deviations of the largest noise share
         (a cohort of ``num_shares``)."""
-        share = 0.0
-        if self.dp.mode == "distributed":
-            share = noise_share_std(
-                noise_multiplier=self.noise_multiplier,
-                clip_norm=self.dp.clip_norm,
-                cohort=secagg.num_shares,
-            )
+        share = 0.0 if self.mechanism is None else self.mechanism.share_std(secagg.num_shares)
         needed = self.dp.clip_norm + 7 * share
         if secagg.clipping_range >= needed:
             return secagg
@@ -246,9 +267,7 @@ class PrivateSum(Strategy):
 
     def report(self) -> dict[str, Any] | None:
         """The query's (ε, δ) and mechanism (``None`` without DP)."""
-        if self.accountant is None:
-            return None
-        return {**self.accountant.report(), "mode": self.dp.mode}
+        return None if self.mechanism is None else self.mechanism.report()
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """Not used: a query is run on an initialised run."""
@@ -264,25 +283,19 @@ class PrivateSum(Strategy):
         rnd, sent, extra = self._ask
         if self.owner is None:
             raise RuntimeError(f"{self!r}: no training strategy to sample devices from")
-        devices = self.owner._devices(client_manager)
-        private = self.accountant is not None
-        cohort = self.owner._sample(devices, self.cohort, self.purpose, rnd, poisson=private)
+        devices = self.owner.connected_devices(client_manager)
+        private = self.mechanism is not None
+        cohort = self.owner.sample(devices, self.cohort, rnd, purpose=self.purpose, poisson=private)
         self.record["cohort"] = len(cohort)
         if len(cohort) < self._min_cohort:
-            if self.accountant is not None:
-                self.accountant.step()  # charged although skipped: the draw is not data-free
+            if self.mechanism is not None:
+                self.mechanism.skip()  # charged although skipped: the draw is not data-free
             self.record["skipped"] = (
                 f"cohort of {len(cohort)} devices, below the {self._min_cohort} SecAgg+ needs"
             )
             self._report_privacy()
             return []
-        share = 0.0
-        if self.dp.mode == "distributed":
-            share = noise_share_std(
-                noise_multiplier=self.noise_multiplier,
-                clip_norm=self.dp.clip_norm,
-                cohort=len(cohort),
-            )
+        share = 0.0 if self.mechanism is None else self.mechanism.share_std(len(cohort))
         config: dict[str, Scalar] = {
             "server-round": rnd,
             **extra,
@@ -291,7 +304,7 @@ class PrivateSum(Strategy):
             "dp-clip-norm": self.dp.clip_norm,
             "dp-noise-std": share,
         }
-        fit_ins = FitIns(sent, self.owner._signed(config, sent, rnd))
+        fit_ins = FitIns(sent, self.owner.sign_config(config, sent, rnd))
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
@@ -337,12 +350,9 @@ class PrivateSum(Strategy):
         """Release the sum ``total`` of ``devices`` scaled answers of round ``rnd``: add
         the central noise (central mode; in distributed mode the devices' shares are in
         it already), charge the accountant, divide by the scale."""
-        sigma = self.noise_multiplier * self.dp.clip_norm
-        if self.accountant is not None:
-            if self.dp.mode == "central":
-                rng = np.random.default_rng([self.seed, rnd, self.purpose, 7])
-                total = total + rng.normal(0.0, sigma, total.shape)
-            self.accountant.step()
+        sigma = 0.0 if self.mechanism is None else self.mechanism.sigma
+        if self.mechanism is not None:
+            total = self.mechanism.release_sum(total, rnd=rnd)
         self._report_privacy()
         self.record["noise_std"] = sigma / self.scale
         return SumResult(total / self.scale, devices, sigma / self.scale)
@@ -350,14 +360,13 @@ class PrivateSum(Strategy):
     def _plain_bound(self) -> float:
         """The norm a plain answer may have: the clip norm, unless the device added its
         own noise share (then only shape and finiteness are checked)."""
-        return math.inf if self.dp.mode == "distributed" else self.dp.clip_norm * (1 + 1e-4)
+        if self.mechanism is None:
+            return self.dp.clip_norm * (1 + 1e-4)
+        return self.mechanism.plain_bound()
 
     def _report_privacy(self) -> None:
-        if self.accountant is not None:
-            self.record["privacy"] = {
-                "epsilon": self.accountant.epsilon,
-                "delta": self.accountant.settings.delta,
-            }
+        if self.mechanism is not None:
+            self.record["privacy"] = self.mechanism.spent()
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

@@ -7,6 +7,7 @@ evaluation, the round's release and checkpoint).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from flwr.app import Context
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
@@ -69,7 +70,8 @@ class RoundEnd:
         """Run the stage for the current round of ``context`` (a ``LegacyContext``)."""
         assert isinstance(context, LegacyContext)
         strategy = self.strategy
-        current = int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
+        # Flower's DefaultWorkflow records the round number as an int
+        current = cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND])
         rnd = strategy._global_round(current)
         if strategy.trending_due(rnd):
             run_query(grid, context, strategy.ask_trending(rnd))

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from stamen.models.errors import StamenError
+from stamen.errors import CertificateError, CertificateExistsError
 
 __all__ = [
     "CA_CERTIFICATE",
@@ -54,8 +54,6 @@ __all__ = [
     "DEFAULT_SANS",
     "SUPERLINK_CERTIFICATE",
     "SUPERLINK_KEY",
-    "CertificateError",
-    "CertificateExistsError",
     "CertificatePaths",
     "SupernodeKeyPaths",
     "add_supernode",
@@ -81,14 +79,6 @@ _MAX_DAYS = 3650
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-class CertificateError(StamenError, ValueError):
-    """A certificate request is invalid (a bad SAN, node name, count or lifetime)."""
-
-
-class CertificateExistsError(CertificateError, FileExistsError):
-    """The output folder already holds files that would be overwritten (without ``force``)."""
 
 
 @dataclass(frozen=True)

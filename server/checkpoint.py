@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from stamen.models import CheckpointError
+from stamen.errors import CheckpointError
 
 __all__ = ["Checkpoint", "CheckpointStore"]
 

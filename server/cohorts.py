@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stamen.privacy import Purpose, Streams
+
 __all__ = ["sample_cohort"]
 
 
@@ -25,7 +27,7 @@ def sample_cohort(
     *,
     seed: int,
     rnd: int,
-    purpose: int,
+    purpose: Purpose,
     size: int | None = None,
     rate: float | None = None,
     available: np.ndarray | None = None,
@@ -40,7 +42,7 @@ def sample_cohort(
     ids = np.arange(population) if available is None else np.asarray(available, np.int64)
     if len(ids) and (ids.min() < 0 or ids.max() >= population):
         raise ValueError(f"device ids must lie in [0, {population})")
-    rng = np.random.default_rng([seed, rnd, purpose])
+    rng = Streams(seed).cohort(rnd, purpose)
     if rate is not None:
         if not 0 < rate <= 1:
             raise ValueError(f"rate must be in (0, 1] (got {rate})")

@@ -30,8 +30,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from stamen.errors import ConfigError
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.errors import ConfigError
 from stamen.models.ranker import RankerSettings, ranker_hidden
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed

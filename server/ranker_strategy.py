@@ -86,8 +86,13 @@ class RankerAveraging(FederatedAveraging):
         self.release_offset = release_offset
         self.fingerprint["ranker"] = ranker.model_dump()
 
-    def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
-        return {**super()._config(rnd, cohort), RANKER_STEP_KEY: True, **self.ranker.to_config()}
+    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+        """The retrieval model's request with the ranker's step and settings."""
+        return {
+            **super().request_config(rnd, cohort),
+            RANKER_STEP_KEY: True,
+            **self.ranker.to_config(),
+        }
 
     def _publish(self, rnd: int) -> Path:
         assert self.releases is not None

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from stamen.errors import DataError
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.errors import DataError
 from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 

@@ -47,19 +47,12 @@ from flwr.server.strategy.aggregate import aggregate
 
 from stamen.models.analytics import EVALUATION, TRENDING
 from stamen.models.settings import DEVICE_ID_KEY
-from stamen.privacy import (
-    PrivacyAccountant,
-    check_update,
-    gaussian_noise,
-    noise_share_std,
-    secagg_range_for,
-    sign_arrays,
-)
+from stamen.privacy import PrivacyAccountant, Purpose, check_update, sign_arrays
 from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
-from stamen.server.cohorts import sample_cohort
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.releases import ReleaseWriter
+from stamen.server.rounds import BUDGET_SPENT, RoundPlan
 from stamen.server.settings import ServerSettings
 
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
@@ -67,7 +60,7 @@ MASKED_VALUE_BYTES = 8
 #: Seconds a round keeps asking a node that failed to report its device id.
 ID_RETRY_S = 10.0
 
-__all__ = ["FederatedAveraging", "RoundCallback", "min_poisson_cohort"]
+__all__ = ["FederatedAveraging", "RoundCallback", "failure_reasons"]
 
 _log = logging.getLogger("stamen")
 
@@ -82,40 +75,7 @@ def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> 
     ]
 
 
-def min_poisson_cohort(settings: ServerSettings, noise_multiplier: float) -> int:
-    """Fewest devices a Poisson cohort may have for its round to run: SecAgg+'s
-    ``num_shares``, and under distributed DP enough devices that each one's noise share
-    (``z C / sqrt(n)``, so the shares sum to the full noise) stays inside SecAgg+'s
-    clipping range. Smaller cohorts skip the round, which is charged to the accountant
-    all the same."""
-    floor = settings.secagg.num_shares if settings.secagg.enabled else 1
-    if settings.secagg.enabled and settings.dp.mode == "distributed" and noise_multiplier > 0:
-        room = settings.secagg.clipping_range - settings.dp.clip_norm
-        if room <= 0:
-            raise ValueError("secagg.clipping_range must exceed dp.clip_norm")
-        floor = max(floor, math.ceil((7 * noise_multiplier * settings.dp.clip_norm / room) ** 2))
-    return floor
-
-
-def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
-    """Refuse distributed DP whose noise shares SecAgg+ would clip (see
-    ``secagg_range_for``)."""
-    if not (settings.secagg.enabled and settings.dp.mode == "distributed"):
-        return
-    needed = secagg_range_for(
-        noise_multiplier=noise_multiplier,
-        clip_norm=settings.dp.clip_norm,
-        cohort=settings.clients_per_round,
-    )
-    if settings.secagg.clipping_range < needed:
-        raise ValueError(
-            f"secagg.clipping_range ({settings.secagg.clipping_range:g}) would clip the "
-            f"devices' noise shares (z = {noise_multiplier:.3g}); set it to at least "
-            f"{needed:.3g}"
-        )
-
-
-def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float]:
+def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
     total = sum(n for n, _ in pairs)
     if total == 0:
         return {}
@@ -161,14 +121,16 @@ class FederatedAveraging(Strategy):
         self.releases = releases
         self.settings = settings
         self.checkpoints = checkpoints
+        #: The round engine's plan: budget, cohorts, evaluation schedule, DP release.
+        self.plan = RoundPlan(
+            settings, population=population, rounds_done=0 if resume is None else resume.round
+        )
         self.fingerprint = dict(fingerprint or {})
-        if settings.dp.enabled and population is not None:
+        if self.plan.mechanism is not None:
             # the accountant resumes by counting rounds: only under the same mechanism
-            dp = settings.dp.resolve(
-                population=population, cohort=settings.clients_per_round, rounds=settings.rounds
-            )
+            dp = self.plan.mechanism.accountant.settings
             self.fingerprint["dp"] = {
-                "mode": settings.dp.mode,
+                "mode": self.plan.mechanism.mode,
                 "noise_multiplier": round(float(dp.noise_multiplier), 12),
                 "sampling_rate": round(float(dp.sampling_rate), 12),
                 "clip_norm": float(dp.clip_norm),
@@ -186,16 +148,6 @@ class FederatedAveraging(Strategy):
         self._started = 0.0
         self.release_key = release_key
         self.population = population
-        self.accountant: PrivacyAccountant | None = None
-        if settings.dp.enabled:
-            if population is None:
-                raise ValueError("differential privacy needs the population size")
-            dp = settings.dp.resolve(
-                population=population, cohort=settings.clients_per_round, rounds=settings.rounds
-            )
-            self.accountant = PrivacyAccountant(dp, rounds=self.start_round)
-            check_distributed_range(settings, dp.noise_multiplier)
-            self._min_cohort = min_poisson_cohort(settings, dp.noise_multiplier)
         self._device_ids: dict[str, int] = {}
         self._eval_full = True
         #: The latest noisy trending counts (``None`` until the first trending query, or
@@ -217,6 +169,11 @@ class FederatedAveraging(Strategy):
             ),
             default=0,
         )
+
+    @property
+    def accountant(self) -> PrivacyAccountant | None:
+        """The accountant of the run's user-level DP (``None`` without)."""
+        return None if self.plan.mechanism is None else self.plan.mechanism.accountant
 
     def _query_population(self, what: str) -> int:
         if self.population is None:
@@ -245,7 +202,7 @@ class FederatedAveraging(Strategy):
             released=self._asked(TRENDING),
             secagg=self.settings.secagg,
             seed=self.settings.seed,
-            purpose=2,
+            purpose=Purpose.TRENDING,
         )
 
     def _evaluation_query(self) -> PrivateSum | None:
@@ -254,7 +211,7 @@ class FederatedAveraging(Strategy):
             return None
         evaluation = settings.analytics.evaluation
         population = self._query_population("secure evaluation")
-        releases = sum(1 for r in range(1, settings.rounds + 1) if self._evaluates(r))
+        releases = sum(1 for r in range(1, settings.rounds + 1) if self.plan.evaluates(r))
         return PrivateSum(
             self,
             name=EVALUATION,
@@ -266,7 +223,7 @@ class FederatedAveraging(Strategy):
             released=self._asked(EVALUATION),
             secagg=settings.secagg,
             seed=settings.seed,
-            purpose=1,  # without DP: the very devices the clear path would ask
+            purpose=Purpose.EVALUATION,  # without DP: the very devices the clear path would ask
         )
 
     def trending_due(self, rnd: int) -> bool:
@@ -303,7 +260,7 @@ class FederatedAveraging(Strategy):
 
     def secure_evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd``'s evaluation is a secure sum rather than in the clear."""
-        return self.evaluation_query is not None and self._evaluates(rnd)
+        return self.evaluation_query is not None and self.plan.evaluates(rnd)
 
     def ask_evaluation(self, rnd: int, parameters: Parameters, connected: int) -> PrivateSum:
         """The secure evaluation query of round ``rnd`` over the global model."""
@@ -311,7 +268,7 @@ class FederatedAveraging(Strategy):
         query = self.evaluation_query
         arrays = parameters_to_ndarrays(parameters)
         config: dict[str, Scalar] = {
-            **self._config(rnd),
+            **self.request_config(rnd),
             "analytics-metrics": ",".join(self.settings.analytics.evaluation.metrics),
         }
         for key in ("dp-clip-norm", "dp-noise-std"):  # the query's own DP, not training's
@@ -379,7 +336,7 @@ class FederatedAveraging(Strategy):
                 break
             time.sleep(0.05)
 
-    def _devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
+    def connected_devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
         """Connected devices by device id (each node asked once, then remembered).
 
         A node whose answer fails (an error reply: its ClientApp raised, the SuperLink
@@ -438,44 +395,44 @@ class FederatedAveraging(Strategy):
             return f"no integer {DEVICE_ID_KEY!r} ({res.status.message or res.properties})"
         return value
 
-    def _sample(
-        self, devices: dict[int, ClientProxy], n: int, purpose: int, rnd: int, *, poisson: bool
+    def sample(
+        self,
+        devices: dict[int, ClientProxy],
+        n: int,
+        rnd: int,
+        *,
+        purpose: Purpose,
+        poisson: bool,
     ) -> list[ClientProxy]:
-        population = max(self.population or 0, max(devices, default=-1) + 1)
-        ids = sample_cohort(
-            population,
-            seed=self.settings.seed,
-            rnd=rnd,
-            purpose=purpose,
-            available=np.fromiter(devices, np.int64, len(devices)),
-            **({"rate": min(n / population, 1.0)} if poisson else {"size": n}),
-        )
+        """The plan's seeded sample of ``n`` expected devices among the connected
+        ``devices`` (by device id) for ``purpose`` in round ``rnd``."""
+        available = np.fromiter(devices, np.int64, len(devices))
+        ids = self.plan.sample(rnd, n, purpose=purpose, poisson=poisson, available=available)
         return [devices[int(i)] for i in ids]
 
-    def _config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+        """What round ``rnd``'s requests to a cohort of ``cohort`` devices (``None``: the
+        expected cohort) carry: the model and its device step, whether to report the
+        training loss, the device's clip norm and noise share, record-level DP."""
         config: dict[str, Scalar] = {"server-round": rnd, **self.settings.device_config()}
         # A device's own training loss would bypass both protections: report it only when
         # neither secure aggregation nor DP is on.
         settings = self.settings
         private = settings.secagg.enabled or settings.dp.enabled or settings.record_dp.enabled
         config["fit-metrics"] = not private
-        if self.accountant is not None:
-            dp = self.accountant.settings
-            share = 0.0
-            if self.settings.dp.mode == "distributed":
-                share = noise_share_std(
-                    noise_multiplier=dp.noise_multiplier,
-                    clip_norm=dp.clip_norm,
-                    cohort=cohort or self.settings.clients_per_round,
-                )
-            config.update({"dp-clip-norm": dp.clip_norm, "dp-noise-std": share})
+        mechanism = self.plan.mechanism
+        if mechanism is not None:
+            share = mechanism.share_std(cohort or self.settings.clients_per_round)
+            config.update({"dp-clip-norm": mechanism.sensitivity, "dp-noise-std": share})
         if self.settings.record_dp.enabled:
             config.update(self.settings.record_dp.to_config())
         return config
 
-    def _signed(
+    def sign_config(
         self, config: dict[str, Scalar], parameters: Parameters, rnd: int
     ) -> dict[str, Scalar]:
+        """``config`` with the signature of round ``rnd``'s ``parameters`` (devices verify
+        it before use), when the run signs its releases."""
         if self.release_key is None:
             return config
         arrays = parameters_to_ndarrays(parameters)
@@ -493,24 +450,17 @@ class FederatedAveraging(Strategy):
         rnd = self._global_round(server_round)
         self._started = time.perf_counter()
         self._record = {"round": rnd}
-        if self._budget_spent():
-            self._record["skipped"] = "privacy budget (target epsilon) reached"
+        if self.plan.budget_spent():
+            self._record["skipped"] = BUDGET_SPENT
             return []
-        devices = self._devices(client_manager)
-        private = self.accountant is not None
-        cohort = self._sample(devices, self.settings.clients_per_round, 0, rnd, poisson=private)
-        if private and len(cohort) < self._min_cohort:
-            assert self.accountant is not None
-            self.accountant.step()  # charged although skipped: the draw is not data-free
-            self._record["skipped"] = (
-                f"Poisson cohort of {len(cohort)} devices, below the {self._min_cohort} "
-                "this round needs (SecAgg+ shares, noise shares)"
-            )
-            self._record["privacy"] = {
-                "epsilon": self.accountant.epsilon,
-                "delta": self.accountant.settings.delta,
-            }
+        devices = self.connected_devices(client_manager)
+        draw = self.plan.draw(rnd, np.fromiter(devices, np.int64, len(devices)))
+        if draw.skipped is not None:
+            assert self.plan.mechanism is not None
+            self._record["skipped"] = draw.skipped
+            self._record["privacy"] = self.plan.mechanism.spent()
             return []
+        cohort = [devices[int(i)] for i in draw.cohort]
         self._record["cohort"] = len(cohort)
         if self.settings.record_dp.enabled:
             self.participations.update(str(client.cid) for client in cohort)
@@ -518,7 +468,8 @@ class FederatedAveraging(Strategy):
                 "epsilon": self._record_dp_report()["epsilon"],
                 "max_participations": self.max_participations,
             }
-        fit_ins = FitIns(parameters, self._signed(self._config(rnd, len(cohort)), parameters, rnd))
+        config = self.request_config(rnd, len(cohort))
+        fit_ins = FitIns(parameters, self.sign_config(config, parameters, rnd))
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
@@ -540,8 +491,9 @@ class FederatedAveraging(Strategy):
         if not all(np.all(np.isfinite(a)) for a in mean):
             raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
         mean = [np.asarray(a, np.float32) for a in mean]
-        if self.accountant is not None:
-            mean = self._privatise(mean, devices=len(updates), rnd=rnd)
+        if self.plan.mechanism is not None:
+            mean = self.plan.release(mean, rnd=rnd, devices=len(updates))
+            self._record["privacy"] = self.plan.mechanism.spent()
         new = self.server.step(mean)
         metrics = _mean_metrics([(r.num_examples, r.metrics) for _, r in results])
         self._record.update(
@@ -585,8 +537,8 @@ class FederatedAveraging(Strategy):
                         f"round {rnd}: an update's shapes differ from the model's {shapes}"
                     )
             return updates, []
-        dp = self.settings.dp
-        bound = dp.clip_norm * (1 + 1e-4) if dp.enabled and dp.mode == "central" else math.inf
+        mechanism = self.plan.mechanism
+        bound = math.inf if mechanism is None else mechanism.plain_bound()
         kept, rejected = [], []
         for (proxy, _), (arrays, weight) in zip(results, updates, strict=True):
             try:
@@ -606,32 +558,6 @@ class FederatedAveraging(Strategy):
         per_value = MASKED_VALUE_BYTES if self.settings.secagg.enabled else 4
         return int(sum(per_value * p.numel() for p in self.server.params))
 
-    def _privatise(self, mean: list[np.ndarray], *, devices: int, rnd: int) -> list[np.ndarray]:
-        """The fixed-denominator mean of DP-FedAvg (McMahan et al. 2018): the sum over the
-        ``devices`` that reported divided by the *expected* cohort ``clients_per_round``,
-        so one person changes it by at most ``C / clients_per_round`` whatever the
-        Poisson draw. Central mode adds N(0, (z C)²) to the sum, i.e. (z C /
-        clients_per_round)² to that mean. Both modes: record the round with the
-        accountant."""
-        assert self.accountant is not None
-        dp = self.accountant.settings
-        expected = min(self.settings.clients_per_round, self.population or devices)
-        mean = [a * np.float32(devices / expected) for a in mean]
-        if self.settings.dp.mode == "central":
-            rng = np.random.default_rng([self.settings.seed, rnd, 7])
-            std = dp.noise_multiplier * dp.clip_norm / expected
-            noise = gaussian_noise([a.shape for a in mean], std=std, rng=rng)
-            mean = [a + n for a, n in zip(mean, noise, strict=True)]
-        self.accountant.step()
-        self._record["privacy"] = {"epsilon": self.accountant.epsilon, "delta": dp.delta}
-        return mean
-
-    def _budget_spent(self) -> bool:
-        accountant = self.accountant
-        if accountant is None or accountant.settings.target_epsilon is None:
-            return False
-        return accountant.would_exceed(rounds=1)
-
     @property
     def max_participations(self) -> int:
         """Rounds the most-sampled device took part in (an upper bound after a resume)."""
@@ -645,8 +571,8 @@ class FederatedAveraging(Strategy):
         mode; with record-level DP, its own figures under ``"record"`` (ε of the
         most-sampled device's records). ``None`` when neither kind of DP is on."""
         report: dict[str, Any] | None = None
-        if self.accountant is not None:
-            report = {**self.accountant.report(), "mode": self.settings.dp.mode}
+        if self.plan.mechanism is not None:
+            report = self.plan.mechanism.report()
         if self.settings.record_dp.enabled:
             report = report or {"mode": "off", "epsilon": math.inf}
             report["record"] = self._record_dp_report()
@@ -660,26 +586,20 @@ class FederatedAveraging(Strategy):
             report["analytics"] = analytics
         return report
 
-    def _evaluates(self, rnd: int) -> bool:
-        every = self.settings.eval_every
-        if not self.settings.evaluate:
-            return False
-        return rnd == self.settings.rounds or (every > 0 and rnd % every == 0)
-
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         """On evaluation rounds, a seeded sample of ``eval_clients`` devices (every device on
         the last round); none on other rounds."""
         rnd = self._global_round(server_round)
-        if not self._evaluates(rnd):
+        if not self.plan.evaluates(rnd):
             self.finish_round(rnd)
             return []
-        devices = self._devices(client_manager)
+        devices = self.connected_devices(client_manager)
         n = self._eval_cohort(rnd, len(devices))
         self._eval_full = n >= len(devices)
-        chosen = self._sample(devices, n, 1, rnd, poisson=False)
-        config = self._signed(self._config(rnd), parameters, rnd)
+        chosen = self.sample(devices, n, rnd, purpose=Purpose.EVALUATION, poisson=False)
+        config = self.sign_config(self.request_config(rnd), parameters, rnd)
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
 
     def _eval_cohort(self, rnd: int, connected: int) -> int:
@@ -707,7 +627,8 @@ class FederatedAveraging(Strategy):
         if failures:
             self._record["evaluate_failure_reasons"] = failure_reasons(failures)
         self.finish_round(rnd)
-        return metrics.get("loss"), metrics
+        loss = metrics.get("loss")
+        return (None if loss is None else float(loss)), metrics
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -1,16 +1,26 @@
 """Research harness: data sets, the evaluation protocol, baselines, the federated
-simulation runner, reports and the ``stamen`` command line. May import every layer."""
+simulation runner, reports and the ``stamen`` command line. May import every layer.
 
-from stamen.simulation.baselines import (
-    mf_scorer,
-    popularity_scorer,
-    shared_model_scorer,
-    train_centralised_mf,
-)
-from stamen.simulation.config import CentralisedSettings, SimulationConfig, load_config
-from stamen.simulation.evaluate import Scorer, evaluate
-from stamen.simulation.runner import FederatedResult, run_federated
-from stamen.simulation.split import Split, leave_one_out, sample_negatives
+Everything loads on first use: the ``stamen`` commands that need neither Flower nor torch
+(``stamen device``, ``stamen certs``) do not pay for them.
+"""
+
+from stamen import lazy_attributes
+
+#: Names loaded on first use (``__getattr__``), by module.
+_LAZY = {
+    "stamen.simulation.baselines": (
+        "mf_scorer",
+        "popularity_scorer",
+        "shared_model_scorer",
+        "train_centralised_mf",
+    ),
+    "stamen.simulation.config": ("CentralisedSettings", "SimulationConfig", "load_config"),
+    "stamen.simulation.evaluate": ("Scorer", "evaluate"),
+    "stamen.simulation.runner": ("FederatedResult", "run_federated"),
+    "stamen.simulation.split": ("Split", "leave_one_out", "sample_negatives"),
+}
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "CentralisedSettings",

@@ -18,7 +18,7 @@ the cohort vectorised:
 - the server's optimiser (``ServerOptimizer``).
 
 For MF's closed-form ``ials`` step the clipped sum can also be computed without
-materialising any device's update (``_fast_round_mean``, from the factored form
+materialising any device's update (``fast_round_mean``, from the factored form
 ``stamen.models.mf_model.MFFactors``), which is what makes 100,000-device populations fit.
 
 It leaves out Flower's transport (messages, masks, dropouts), release signing and
@@ -42,11 +42,10 @@ from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.mf_model import MFModel, mf_factors
 from stamen.models.registry import DeviceInputs, RecModel, build_model, device_seeds
-from stamen.privacy import PrivacyAccountant, SecAggSettings, noise_share_std
-from stamen.server.cohorts import sample_cohort
+from stamen.privacy import SecAggSettings
 from stamen.server.optimizer import ServerOptimizer
+from stamen.server.rounds import BUDGET_SPENT, RoundPlan
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import check_distributed_range, min_poisson_cohort
 from stamen.simulation.baselines import shared_model_scorer
 from stamen.simulation.evaluate import Scorer, evaluate
 from stamen.simulation.split import Split
@@ -54,8 +53,11 @@ from stamen.simulation.split import Split
 __all__ = [
     "BatchedResult",
     "DeviceStep",
+    "FastMean",
     "cohort_updates",
+    "fast_round_mean",
     "model_step",
+    "round_mean",
     "run_batched",
     "run_rounds",
     "secagg_mean",
@@ -67,11 +69,9 @@ CHUNK = 32
 #: ``step(shared, devices, rnd)``: the updates of the listed devices in round ``rnd``, one
 #: ``(devices, *shape)`` tensor per shared array (before clipping and noise).
 DeviceStep = Callable[[list[np.ndarray], np.ndarray, int], list[torch.Tensor]]
-#: ``fast_mean(shared, users, rnd, accountant, expected_cohort)``: a round's mean update
-#: computed without materialising the updates, or ``None`` to take the exact path.
-FastMean = Callable[
-    [list[np.ndarray], np.ndarray, int, "PrivacyAccountant | None", int], "list[np.ndarray] | None"
-]
+#: ``fast_mean(shared, users, rnd, plan)``: a round's mean update computed without
+#: materialising the updates, or ``None`` to take the exact path.
+FastMean = Callable[[list[np.ndarray], np.ndarray, int, RoundPlan], "list[np.ndarray] | None"]
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def run_batched(
     users' on-device attributes (rows by user) for models that read them.
 
     ``exact=True`` materialises every device's update and runs Flower's quantisation on
-    it; the default computes the same clipped sum in factored form (``_fast_round_mean``),
+    it; the default computes the same clipped sum in factored form (``fast_round_mean``),
     several times faster on large catalogues, and falls back to the exact path in any
     round where a coordinate could reach SecAgg+'s clipping range."""
     if model is None:
@@ -219,9 +219,10 @@ def run_batched(
     if not exact and isinstance(model, MFModel):
         mf = model
 
-        def fast(shared, users, rnd, accountant, expected):  # type: ignore[no-untyped-def]
-            data = split.train.select(users)
-            return _fast_round_mean(mf, shared, data, settings, rnd, accountant, expected)
+        def fast(
+            shared: list[np.ndarray], users: np.ndarray, rnd: int, plan: RoundPlan
+        ) -> list[np.ndarray] | None:
+            return fast_round_mean(mf, shared, split.train.select(users), plan, rnd)
 
     return run_rounds(
         split.n_users,
@@ -251,51 +252,41 @@ def run_rounds(
     optimiser stepped. ``fast_mean`` may compute a round's mean another way (``None``:
     the exact path); ``evaluate(shared)`` runs every ``settings.eval_every`` rounds and
     after the last."""
-    cohort = min(settings.clients_per_round, population)
+    plan = RoundPlan(settings, population=population)
     server = ServerOptimizer(initial, settings.optimizer)
-    accountant = None
-    if settings.dp.enabled:
-        dp = settings.dp.resolve(population=population, cohort=cohort, rounds=settings.rounds)
-        accountant = PrivacyAccountant(dp)
-        check_distributed_range(settings, dp.noise_multiplier)
-        floor = min_poisson_cohort(settings, dp.noise_multiplier)
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     for rnd in range(1, settings.rounds + 1):
         tick = time.perf_counter()
         record: dict[str, Any] = {"round": rnd}
-        if accountant is not None and accountant.settings.target_epsilon is not None:
-            if accountant.would_exceed(rounds=1):
-                record["skipped"] = "privacy budget (target epsilon) reached"
-                history.append(record)
-                continue
-        draw = {"rate": cohort / population} if accountant is not None else {"size": cohort}
-        users = sample_cohort(population, seed=settings.seed, rnd=rnd, purpose=0, **draw)
-        if accountant is not None and len(users) < floor:
-            accountant.step()  # charged although skipped, as FederatedAveraging does
-            record["skipped"] = f"Poisson cohort of {len(users)} devices, below {floor}"
-            record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
+        if plan.budget_spent():
+            record["skipped"] = BUDGET_SPENT
             history.append(record)
             continue
+        draw = plan.draw(rnd)
+        if draw.skipped is not None:
+            assert plan.mechanism is not None
+            record["skipped"] = draw.skipped
+            record["privacy"] = plan.mechanism.spent()
+            history.append(record)
+            continue
+        users = draw.cohort
         mean = None
         if fast_mean is not None:
-            mean = fast_mean(server.arrays(), users, rnd, accountant, cohort)
+            mean = fast_mean(server.arrays(), users, rnd, plan)
         if mean is None:
-            mean = _round_mean(step, server.arrays(), users, settings, rnd, accountant, cohort)
+            mean = round_mean(step, server.arrays(), users, plan, rnd)
         server.step(mean)
         record.update({"devices": len(users), "cohort": len(users), "failures": 0})
-        if accountant is not None:
-            record["privacy"] = {"epsilon": accountant.epsilon, "delta": accountant.settings.delta}
-        every = settings.eval_every
-        if evaluate is not None and (rnd == settings.rounds or (every > 0 and rnd % every == 0)):
+        if plan.mechanism is not None:
+            record["privacy"] = plan.mechanism.spent()
+        if evaluate is not None and plan.evaluates(rnd):
             record["evaluate"] = evaluate(server.arrays())
         record["seconds"] = time.perf_counter() - tick
         history.append(record)
         if on_round is not None:
             on_round(record)
-    privacy = None
-    if accountant is not None:
-        privacy = {**accountant.report(), "mode": settings.dp.mode}
+    privacy = None if plan.mechanism is None else plan.mechanism.report()
     return BatchedResult(
         history=history,
         shared=server.arrays(),
@@ -304,22 +295,21 @@ def run_rounds(
     )
 
 
-def _fast_round_mean(
+def fast_round_mean(
     model: MFModel,
     shared: list[np.ndarray],
     data: UserItems,
-    settings: ServerSettings,
+    plan: RoundPlan,
     rnd: int,
-    accountant: PrivacyAccountant | None,
-    expected: int,
 ) -> list[np.ndarray] | None:
-    """``_round_mean`` without materialising any device's update: per-device norms and the
-    clipped sum from the factored form, in float64. Equal to ``_round_mean`` up to SecAgg+'s
+    """:func:`round_mean` of MF's closed-form step without materialising any device's
+    update: per-device norms and the
+    clipped sum from the factored form, in float64. Equal to ``round_mean`` up to SecAgg+'s
     quantisation (below one level per coordinate) and the noise draw; distributed noise
     shares are drawn as their sum, which has the same distribution. ``None`` when some
     coordinate could reach SecAgg+'s clipping range (then only the exact path is exact)."""
     f = mf_factors(shared, data, model.settings)
-    local, dp = model.settings, accountant.settings if accountant is not None else None
+    local, mechanism, settings = model.settings, plan.mechanism, plan.settings
     lr, wd, k = local.local_lr, local.weight_decay, f.decay
     r, x = f.residual.double(), f.x.double()
     w, b = f.w.double(), f.b.double()
@@ -333,15 +323,11 @@ def _fast_round_mean(
         + wd**2 * b.pow(2).sum()
     ).clamp_min(0.0)
     gain = lr * f.weight.double()
-    if dp is not None:
+    if mechanism is not None:
         norms = gain * norm_sq.sqrt()
-        gain = gain * torch.clamp(dp.clip_norm / norms.clamp_min(1e-30), max=1.0)
+        gain = gain * torch.clamp(mechanism.sensitivity / norms.clamp_min(1e-30), max=1.0)
     devices = data.n_users
-    share = 0.0
-    if dp is not None and settings.dp.mode == "distributed":
-        share = noise_share_std(
-            noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm, cohort=devices
-        )
+    share = plan.noise_share_std(devices)
     if settings.secagg.enabled:
         r_max = r.abs().amax(1)
         bound = gain * torch.maximum(
@@ -351,48 +337,34 @@ def _fast_round_mean(
             return None
     total = gain.sum()
     sums = [2 * (gain[:, None] * r).T @ x - k * total * w, 2 * gain @ r - wd * total * b]
-    # under DP the fixed-denominator estimator (FederatedAveraging._privatise): the expected cohort
-    denominator = expected if dp is not None else devices
+    # under DP the fixed-denominator estimator (RoundPlan.release): the expected cohort
+    denominator = plan.expected_cohort if mechanism is not None else devices
     mean = [(a / denominator).float().numpy() for a in sums]
-    if dp is not None:
-        # central: the server's draw; distributed: the devices' shares, drawn as their sum
-        # (same distribution, its own stream)
-        purpose = 7 if settings.dp.mode == "central" else 2
-        rng = np.random.default_rng([settings.seed, rnd, purpose])
-        std = dp.noise_multiplier * dp.clip_norm / denominator
-        mean = [a + rng.normal(0.0, std, a.shape).astype(np.float32) for a in mean]
-        assert accountant is not None
-        accountant.step()
-    return mean
+    # the sum is divided already; the devices' noise shares are drawn here, as their sum
+    return plan.release(mean, rnd=rnd, devices=denominator, simulated_shares=True)
 
 
-def _round_mean(
+def round_mean(
     step: DeviceStep,
     shared: list[np.ndarray],
     users: np.ndarray,
-    settings: ServerSettings,
+    plan: RoundPlan,
     rnd: int,
-    accountant: PrivacyAccountant | None,
-    expected: int,
 ) -> list[np.ndarray]:
-    """The mean update the server's optimiser receives for the cohort ``users``."""
+    """The mean update the server's optimiser receives for the cohort ``users`` in round
+    ``rnd``: each device's update clipped and given its noise share as the device does,
+    quantised and summed as SecAgg+ does, released by the plan."""
     devices = len(users)
-    secagg = settings.secagg
-    dp = accountant.settings if accountant is not None else None
-    share = 0.0
-    if dp is not None and settings.dp.mode == "distributed":
-        share = noise_share_std(
-            noise_multiplier=dp.noise_multiplier, clip_norm=dp.clip_norm, cohort=devices
-        )
-    noise_gen = torch.Generator().manual_seed(
-        int(np.random.default_rng([settings.seed, rnd, 2]).integers(2**62))
-    )
+    secagg = plan.settings.secagg
+    mechanism = plan.mechanism
+    share = plan.noise_share_std(devices)
+    noise_gen = torch.Generator().manual_seed(int(plan.streams.noise_shares(rnd).integers(2**62)))
     sums: list[np.ndarray] | None = None
     for start in range(0, devices, CHUNK):
         rows = np.arange(start, min(start + CHUNK, devices))
         deltas = step(shared, users[rows], rnd)
-        if dp is not None:
-            _clip_rows(deltas, dp.clip_norm)
+        if mechanism is not None:
+            _clip_rows(deltas, mechanism.sensitivity)
             if share > 0:
                 for d in deltas:
                     d += share * torch.randn(d.shape, generator=noise_gen)
@@ -410,14 +382,4 @@ def _round_mean(
         mean = secagg_mean(sums, devices, secagg)
     else:
         mean = [(s / devices).astype(np.float32) for s in sums]
-    # under DP the fixed-denominator estimator (FederatedAveraging._privatise): the expected cohort
-    denominator = expected if dp is not None else devices
-    mean = [a * np.float32(devices / denominator) for a in mean]
-    if dp is not None:
-        if settings.dp.mode == "central":
-            rng = np.random.default_rng([settings.seed, rnd, 7])
-            std = dp.noise_multiplier * dp.clip_norm / denominator
-            mean = [a + rng.normal(0.0, std, a.shape).astype(np.float32) for a in mean]
-        assert accountant is not None
-        accountant.step()
-    return mean
+    return plan.release(mean, rnd=rnd, devices=devices)

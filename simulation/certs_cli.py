@@ -15,12 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from stamen.models.errors import StamenError
+from stamen.errors import StamenError
 
 if TYPE_CHECKING:
     from stamen.server.certs import CertificatePaths, SupernodeKeyPaths
 
-__all__ = ["certs_app"]
+__all__ = ["certs_app", "make", "node"]
 
 certs_app = typer.Typer(
     name="certs",

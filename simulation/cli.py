@@ -1,4 +1,8 @@
-"""The ``stamen`` command line."""
+"""The ``stamen`` command line.
+
+Every command imports what it needs when it runs (Flower, Ray and torch only where a
+command trains or evaluates), so ``stamen device …`` and ``stamen --help`` start at once.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from stamen.models import StamenError
-from stamen.privacy.errors import PrivacyError
+from stamen.errors import StamenError
 from stamen.simulation.certs_cli import certs_app
 from stamen.simulation.device_cli import device_app
 from stamen.simulation.release_cli import release_app
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "simulate"]
 
 #: What a command reports as a one-line error (exit status 2) instead of a traceback:
-#: everything Stamen raises on purpose. The privacy errors (wrong store key, a release
-#: that does not verify, a spent budget) have their own root, ``PrivacyError``, because
-#: ``stamen.privacy`` imports no other Stamen package, so it cannot derive from
-#: ``StamenError``.
-_USER_ERRORS = (StamenError, PrivacyError)
+#: everything Stamen raises on purpose (the tree of :mod:`stamen.errors`).
+_USER_ERRORS = StamenError
 
 app = typer.Typer(
     name="stamen",

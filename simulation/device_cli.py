@@ -17,10 +17,18 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from stamen.models.errors import DataError
-from stamen.privacy.errors import DecryptionError
+from stamen.errors import DataError, DecryptionError
 
-__all__ = ["device_app"]
+__all__ = [
+    "apply",
+    "device_app",
+    "export",
+    "forget",
+    "import_events",
+    "init",
+    "recommend",
+    "record",
+]
 
 device_app = typer.Typer(
     name="device",

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stamen.models.errors import DataError, DataFormatError
+from stamen.errors import DataError, DataFormatError
 from stamen.simulation.datasets.lastfm import _USER_ARTISTS
 from stamen.simulation.datasets.movielens import _RATINGS_CSV, _RATINGS_DAT, _U_DATA
 from stamen.simulation.datasets.parsing import TableFormat, require_file, text_lines

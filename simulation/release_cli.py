@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-__all__ = ["release_app"]
+__all__ = ["init", "release_app"]
 
 release_app = typer.Typer(
     name="release",
@@ -41,8 +41,8 @@ def init(
     ] = None,
 ) -> None:
     """Write release 0: the data set's public catalogue and the model's initial weights."""
+    from stamen.errors import DataError
     from stamen.models.bundle import ReleaseCatalog
-    from stamen.models.errors import DataError
     from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
     from stamen.simulation.config import load_config
     from stamen.simulation.experiment import load_for_config

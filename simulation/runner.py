@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context
+from flwr.app import ConfigRecordValues, Context
 from flwr.simulation import run_simulation
 
 from stamen.client.app import build_client_app
 from stamen.client.virtual import VirtualDevices
+from stamen.errors import ConfigError
 from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
-from stamen.models.errors import ConfigError
 from stamen.models.registry import RecModel
 from stamen.models.schema import Catalog
 from stamen.privacy import generate_key, open_signed
@@ -46,6 +46,7 @@ __all__ = [
     "FederatedResult",
     "build_ranker_strategy",
     "build_strategy",
+    "initial_shared",
     "provision_run",
     "release_catalog",
     "release_catalog_of",
@@ -278,7 +279,7 @@ def run_federated(
         secure_aggregation=config.secagg.enabled,
         held_out=provisioned.held_out,
     )
-    backend_config = {
+    backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},
         "init_args": {"include_dashboard": False, "log_to_driver": verbose},
     }

@@ -17,7 +17,7 @@ import numpy as np
 
 from stamen.client.analytics import trending_vectors
 from stamen.models.analytics import TRENDING, query_scale
-from stamen.privacy import UserDP
+from stamen.privacy import Purpose, UserDP
 from stamen.server.analytics import PrivateSum
 from stamen.simulation.split import Split
 
@@ -62,7 +62,7 @@ def private_trending(
         releases=1,
         secagg=None,
         seed=seed,
-        purpose=2,
+        purpose=Purpose.TRENDING,
     )
     scaled = np.asarray(counts, np.float64) * query_scale(width=cap, clip_norm=dp.clip_norm)
     result = query.release(scaled, rnd=1, devices=users)

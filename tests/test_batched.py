@@ -10,11 +10,12 @@ from flwr.common.secure_aggregation.quantization import quantize
 from stamen.models.mf_local import local_update
 from stamen.models.mf_model import MFModel
 from stamen.privacy import PrivacyAccountant, SecAggSettings, UserDP, clip_update, update_norm
+from stamen.server.rounds import RoundPlan
 from stamen.simulation.batched import (
-    _fast_round_mean,
-    _round_mean,
     cohort_updates,
+    fast_round_mean,
     model_step,
+    round_mean,
     run_batched,
     secagg_mean,
 )
@@ -94,15 +95,12 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
     ]
     assert min(update_norm([w.numpy(), b.numpy()]) for w, b in zip(d_w, d_b, strict=True)) > clip
     expected = [np.mean([c[i] for c in clipped], axis=0) for i in range(2)]
-    dp = settings.dp.resolve(population=split.n_users, cohort=10, rounds=settings.rounds)
-    mean = _round_mean(
+    mean = round_mean(
         model_step(_model(settings), data, np.arange(data.n_users), seed=settings.seed),
         shared,
         np.arange(data.n_users),
-        settings,
+        RoundPlan(settings, population=split.n_users),
         1,
-        PrivacyAccountant(dp),
-        10,
     )
     step = settings.secagg.quantization_step()  # SecAgg+ is on by default
     for got, want in zip(mean, expected, strict=True):
@@ -111,10 +109,9 @@ def test_round_mean_clips_every_device_and_adds_calibrated_noise(split) -> None:
     noisy_config, noisy = _settings(
         split, dp={"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": clip}
     )
-    dp = noisy.dp.resolve(population=split.n_users, cohort=10, rounds=noisy.rounds)
     users = np.arange(data.n_users)
     step = model_step(_model(noisy), data, users, seed=noisy.seed)
-    mean = _round_mean(step, shared, users, noisy, 1, PrivacyAccountant(dp), 10)
+    mean = round_mean(step, shared, users, RoundPlan(noisy, population=split.n_users), 1)
     noise = np.concatenate([(g - w).ravel() for g, w in zip(mean, expected, strict=True)])
     assert noise.std() == pytest.approx(2.0 * clip / 10, rel=0.05)
 
@@ -156,16 +153,14 @@ def test_fast_round_mean_equals_the_exact_one(split, mode) -> None:
     shared = [a + np.float32(0.03) for a in initial_shared(split.n_items, config)]
     data = split.train.select(np.arange(3, 40))
 
-    def accountant():
-        if not settings.dp.enabled:
-            return None
-        resolved = settings.dp.resolve(population=split.n_users, cohort=37, rounds=5)
-        return PrivacyAccountant(resolved)
+    def plan() -> RoundPlan:  # the cohort is the expected one: the mean is not rescaled
+        cohort = settings.model_copy(update={"clients_per_round": data.n_users})
+        return RoundPlan(cohort, population=split.n_users)
 
     users = np.arange(data.n_users)
     step = model_step(_model(settings), data, users, seed=settings.seed)
-    exact = _round_mean(step, shared, users, settings, 1, accountant(), 37)
-    fast = _fast_round_mean(_model(settings), shared, data, settings, 1, accountant(), 37)
+    exact = round_mean(step, shared, users, plan(), 1)
+    fast = fast_round_mean(_model(settings), shared, data, plan(), 1)
     assert fast is not None
     step = settings.secagg.quantization_step()
     for e, f in zip(exact, fast, strict=True):
@@ -176,4 +171,5 @@ def test_fast_round_mean_defers_to_the_exact_path_near_the_clipping_range(split)
     config, settings = _settings(split, secagg={"clipping_range": 1e-4})
     data = split.train.select(np.arange(10))
     shared = initial_shared(split.n_items, config)
-    assert _fast_round_mean(_model(settings), shared, data, settings, 1, None, 10) is None
+    plan = RoundPlan(settings, population=split.n_users)
+    assert fast_round_mean(_model(settings), shared, data, plan, 1) is None

@@ -37,10 +37,8 @@ from loopback import (
 )
 from typer.testing import CliRunner
 
-from stamen.models import StamenError
+from stamen.errors import CertificateError, CertificateExistsError, StamenError
 from stamen.server.certs import (
-    CertificateError,
-    CertificateExistsError,
     add_supernode,
     make_certificates,
     parse_san,

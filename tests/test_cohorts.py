@@ -14,8 +14,9 @@ from static_clients import StaticClients
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server import strategy as strategy_module
 from stamen.server.cohorts import sample_cohort
+from stamen.server.rounds import min_poisson_cohort
 from stamen.server.settings import ServerSettings
-from stamen.server.strategy import FederatedAveraging, min_poisson_cohort
+from stamen.server.strategy import FederatedAveraging
 
 N_ITEMS, DIM = 20, 3
 
@@ -128,7 +129,7 @@ def test_a_cohort_too_small_for_secagg_is_skipped_and_still_charged() -> None:
     strategy = _strategy(
         UserDP(mode="central", noise_multiplier=1.0), cohort=5, population=400, secagg=True
     )
-    assert strategy._min_cohort == 5
+    assert strategy.plan.min_cohort == 5
     params = ndarrays_to_parameters(_zeros())
     clients = StaticClients(400)
     skipped = 0

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stamen.simulation.datasets as datasets
-from stamen.models.errors import ChecksumError, ConfigError, DataError, DataFormatError
+from stamen.errors import ChecksumError, ConfigError, DataError, DataFormatError
 from stamen.models.schema import Dataset
 from stamen.simulation.datasets import (
     DATASETS,

@@ -14,13 +14,12 @@ from typer.testing import CliRunner
 
 from stamen.client.deployment import (
     DevicePolicy,
-    SecureAggregationRequired,
     client_app,
     device_policy,
 )
 from stamen.client.device import Device
+from stamen.errors import ConfigError, DataError, SecureAggregationRequired
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.errors import ConfigError, DataError
 from stamen.models.ranker import RANKER_METRICS, RankerSettings, init_ranker
 from stamen.models.registry import build_model
 from stamen.models.settings import DEVICE_ID_KEY

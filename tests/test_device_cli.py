@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from stamen.errors import DataError
 from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
-from stamen.models.errors import DataError
 from stamen.models.mf_model import MFModel
 from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
 from stamen.server import ReleaseWriter, load_or_create_signing_key

@@ -1,4 +1,8 @@
-"""The import rules of DESIGN.md, the package list, and every package's ``__all__``."""
+"""The import rules of DESIGN.md, the package list, and every package's ``__all__``.
+
+The root package ``stamen`` and its modules (``stamen.errors``: the one exception tree)
+sit below every layer: any layer may import them, and they import no layer and no flwr.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "simulation": {"models", "privacy", "client", "server"},
 }
 NO_FLWR = {"models", "privacy"}
+#: The root package's own modules (``stamen/*.py``), below every layer.
+ROOT_MODULES = {path.stem for path in (ROOT / "stamen").glob("*.py")} - {"__init__"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -46,7 +52,7 @@ def test_layer_imports_only_what_design_allows(layer: str) -> None:
     for path in sorted((ROOT / FOLDERS[layer]).rglob("*.py")):
         for name in _imports(path):
             parts = name.split(".")
-            if parts[0] == "stamen" and len(parts) > 1:
+            if parts[0] == "stamen" and len(parts) > 1 and parts[1] not in ROOT_MODULES:
                 target = parts[1]
                 if target != layer and target not in ALLOWED[layer]:
                     problems.append(f"{path.relative_to(ROOT)} imports stamen.{target}")
@@ -55,6 +61,31 @@ def test_layer_imports_only_what_design_allows(layer: str) -> None:
             if layer in NO_FLWR and parts[0] == "flwr":
                 problems.append(f"{path.relative_to(ROOT)} imports flwr")
     assert not problems, "\n".join(problems)
+
+
+def test_root_modules_import_no_layer_and_no_flwr() -> None:
+    assert "errors" in ROOT_MODULES
+    problems = []
+    for path in sorted((ROOT / "stamen").glob("*.py")):
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] == "stamen" and len(parts) > 1 and parts[1] not in ROOT_MODULES:
+                problems.append(f"{path.relative_to(ROOT)} imports stamen.{parts[1]}")
+            if parts[0] in FOLDERS or parts[0] in ("flwr", "torch", "opacus", "ray"):
+                problems.append(f"{path.relative_to(ROOT)} imports {parts[0]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_errors_module_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys; before = set(sys.modules); import stamen.errors; "
+        "print(sorted(m for m in set(sys.modules) - before "
+        "if m.split('.')[0] in {'stamen', 'flwr', 'torch', 'numpy', 'opacus', 'ray'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "['stamen', 'stamen.errors']"
 
 
 def test_setuptools_package_list_is_complete() -> None:
@@ -75,6 +106,8 @@ def test_setuptools_package_list_is_complete() -> None:
 @pytest.mark.parametrize(
     "package",
     [
+        "stamen",
+        "stamen.errors",
         "stamen.models",
         "stamen.privacy",
         "stamen.client",

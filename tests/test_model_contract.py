@@ -13,9 +13,9 @@ from stamen.client.app import DeviceData, MFClient
 from stamen.models import ReleaseBundle, ReleaseCatalog, UserItems
 from stamen.models.metrics import top_k
 from stamen.models.registry import MODELS, DeviceInputs, build_model, model_class
-from stamen.privacy import PrivacyAccountant
+from stamen.server.rounds import RoundPlan
 from stamen.server.settings import ServerSettings
-from stamen.simulation.batched import _round_mean, model_step
+from stamen.simulation.batched import model_step, round_mean
 
 N_ITEMS, N_DEVICES = 60, 7
 
@@ -185,9 +185,8 @@ def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     shared, devices = _shared(model), _devices()
     users = np.arange(10, 10 + N_DEVICES)
     rnd = 3
-    dp = settings.dp.resolve(population=50, cohort=N_DEVICES, rounds=settings.rounds)
     step = model_step(model, devices.history, users, seed=settings.seed)
-    mean = _round_mean(step, shared, users, settings, rnd, PrivacyAccountant(dp), N_DEVICES)
+    mean = round_mean(step, shared, users, RoundPlan(settings, population=50), rnd)
     config = {
         "server-round": rnd,
         **settings.device_config(),

@@ -15,8 +15,8 @@ from stamen.client.candidates import ReleaseIndex, Request, generate
 from stamen.client.device import Device
 from stamen.client.pipeline import PipelineSettings, offered_example, run_pipeline
 from stamen.client.ranking import candidate_features
+from stamen.errors import BundleError
 from stamen.models import LocalSettings, ReleaseBundle, ReleaseCatalog
-from stamen.models.bundle import BundleError
 from stamen.models.mf_model import MFModel
 from stamen.models.ranker import (
     FEATURES,

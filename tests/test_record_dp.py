@@ -356,7 +356,7 @@ def test_user_level_report_is_unchanged_beside_the_record_entry() -> None:
     report = both.privacy_report()
     assert report is not None and set(report) == {*plain.privacy_report(), "record"}  # type: ignore[misc]
     assert {k: v for k, v in report.items() if k != "record"} == plain.privacy_report()
-    assert "record-dp-noise-multiplier" not in plain._config(1)
+    assert "record-dp-noise-multiplier" not in plain.request_config(1)
     assert FederatedAveraging(_server(), initial=_zeros()).privacy_report() is None
 
 

@@ -61,10 +61,12 @@ def test_device_clips_its_whole_update_and_adds_its_noise_share() -> None:
 
 def test_strategy_sends_dp_settings_and_distributed_shares() -> None:
     strategy = _strategy(UserDP(mode="distributed", noise_multiplier=1.2, clip_norm=0.3), cohort=4)
-    config = strategy._config(1)
+    config = strategy.request_config(1)
     assert config["dp-clip-norm"] == 0.3
     assert config["dp-noise-std"] == pytest.approx(1.2 * 0.3 / 2)
-    central = _strategy(UserDP(mode="central", noise_multiplier=1.2, clip_norm=0.3))._config(1)
+    central = _strategy(UserDP(mode="central", noise_multiplier=1.2, clip_norm=0.3)).request_config(
+        1
+    )
     assert central["dp-noise-std"] == 0.0
 
 
@@ -79,10 +81,10 @@ def test_central_noise_is_calibrated_and_rounds_are_accounted_like_opacus() -> N
     assert np.abs(model).max() > 0
     strategy2 = _strategy(UserDP(mode="central", noise_multiplier=z, clip_norm=clip), cohort=cohort)
     strategy2.server.optimizer.param_groups[0]["lr"] = 0.0
-    mean = strategy2._privatise([np.zeros(20_000, np.float32)], devices=cohort, rnd=1)
+    mean = strategy2.plan.release([np.zeros(20_000, np.float32)], rnd=1, devices=cohort)
     assert mean[0].std() == pytest.approx(z * clip / cohort, rel=0.05)
     for rnd in range(2, 4):
-        strategy2._privatise([np.zeros(3, np.float32)], devices=cohort, rnd=rnd)
+        strategy2.plan.release([np.zeros(3, np.float32)], rnd=rnd, devices=cohort)
     opacus = RDPAccountant()
     opacus.history = [(z, cohort / population, 3)]
     report = strategy2.privacy_report()
@@ -252,7 +254,8 @@ def test_a_device_reports_its_loss_only_when_told_the_run_is_not_private() -> No
 def test_a_run_resumes_only_under_the_same_dp_mechanism() -> None:
     """The accountant resumes by counting rounds, which is right only if every round used
     the same noise, clip and sampling rate: a resume with another target is refused."""
-    from stamen.server.checkpoint import Checkpoint, CheckpointError
+    from stamen.errors import CheckpointError
+    from stamen.server.checkpoint import Checkpoint
 
     first = _strategy(UserDP(mode="central", target_epsilon=8.0, clip_norm=0.5), rounds=2)
     saved = Checkpoint(

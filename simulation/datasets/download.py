@@ -30,7 +30,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from stamen.models.errors import ChecksumError, DataError
+from stamen.errors import ChecksumError, DataError
 
 __all__ = [
     "Archive",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.models.errors import DataFormatError
+from stamen.errors import DataFormatError
 from stamen.models.schema import Catalog, Dataset
 from stamen.simulation.datasets.parsing import (
     Column,

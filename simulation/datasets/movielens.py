@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.models.errors import DataFormatError
+from stamen.errors import DataFormatError
 from stamen.models.schema import Catalog, Dataset, UserAttributes
 from stamen.simulation.datasets.parsing import (
     Column,
@@ -153,7 +153,7 @@ def _check_new_id(seen: dict[int, int], movie_id: int, path: Path, line: int, fi
 
 
 def _read_u_genre(path: Path) -> tuple[str, ...]:
-    names = []
+    names: list[str] = []
     for number, line in text_lines(path, "latin-1"):
         fields = line.split("|")
         if len(fields) != 2:

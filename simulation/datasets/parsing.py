@@ -15,13 +15,13 @@ import itertools
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stamen.models.errors import DataError, DataFormatError
+from stamen.errors import DataError, DataFormatError
 from stamen.models.schema import Interactions
 
 __all__ = [
@@ -193,7 +193,9 @@ def _check_header(path: Path, fmt: TableFormat, encoding: str) -> None:
         )
 
 
-def _loadtxt(source: object, fmt: TableFormat, *, skip: int, encoding: str) -> np.ndarray:
+def _loadtxt(
+    source: Path | Iterable[str], fmt: TableFormat, *, skip: int, encoding: str
+) -> np.ndarray:
     dtype = [(f"f{j}", "i8" if c.integer else "f8") for j, c in enumerate(fmt.columns)]
     with warnings.catch_warnings():  # an empty table is reported by the caller
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
@@ -312,8 +314,8 @@ def _locate_error(source: _Source) -> None:
         while chunk := list(itertools.islice(handle, _CHUNK_LINES)):
             text = [line.replace(fmt.sep, "\t") for line in chunk] if len(fmt.sep) > 1 else chunk
             try:
-                columns = _loadtxt(text, fmt, skip=0, encoding=source.encoding)
-                columns = [columns[f"f{j}"] for j in range(len(fmt.columns))]
+                table = _loadtxt(text, fmt, skip=0, encoding=source.encoding)
+                columns = [table[f"f{j}"] for j in range(len(fmt.columns))]
                 ok = not source.suspect(columns)
             except ValueError:
                 ok = False

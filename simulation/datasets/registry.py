@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stamen.models.errors import ConfigError
+from stamen.errors import ConfigError
 from stamen.models.schema import Dataset
 from stamen.simulation.datasets.download import Archive, ensure_archive
 from stamen.simulation.datasets.lastfm import load_lastfm_2k

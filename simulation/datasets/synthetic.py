@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from stamen.models.errors import ConfigError
+from stamen.errors import ConfigError
 from stamen.models.schema import Catalog, Dataset, Interactions
 from stamen.simulation.datasets.movielens import ML100K_GENRES
 from stamen.simulation.datasets.parsing import first_seen

@@ -1,0 +1,155 @@
+"""Stamen's exception tree, rooted in builtins.
+
+    Exception
+    └── StamenError
+        ├── DataError (ValueError)          input data is unusable
+        │   ├── DataFormatError             a file does not parse: names file, line and field
+        │   ├── ChecksumError               a downloaded archive does not match its SHA-256
+        │   ├── EventError                  an event an app records is malformed
+        │   └── BundleError                 a release bundle does not decode
+        ├── ConfigError (ValueError)        a setting is out of range or inconsistent
+        ├── CheckpointError                 a checkpoint is missing, corrupt or not this run's
+        ├── CertificateError (ValueError)   a certificate request is invalid
+        │   └── CertificateExistsError (FileExistsError)
+        │                                   files would be overwritten (without ``force``)
+        ├── ReleaseError                    a device refused a release; the installed one stays
+        │   └── RollbackError               the release is older than the newest installed
+        ├── DeviceClosedError               the device was closed or forgotten
+        ├── SecureAggregationRequired (RuntimeError)
+        │                                   a device refused a training request without SecAgg+
+        └── PrivacyError
+            ├── BudgetExceededError         the (ε, δ) budget would be overspent
+            ├── DecryptionError             wrong key, tampered, truncated or unknown-version blob
+            └── SignatureError              a model release does not verify
+
+Callers catch ``StamenError`` for anything Stamen raises on purpose; a subclass also
+derives from a builtin (``ValueError``, ``RuntimeError``, ``FileExistsError``) where the
+builtin meaning fits, so generic handlers keep working. Invalid arguments (a negative clip
+norm, an update of the wrong shape) raise the builtin ``ValueError``: they are a caller's
+mistake, not a Stamen failure.
+
+This module sits below every layer: any Stamen package may import it, and it imports no
+Stamen package and never ``flwr``. ``stamen.client`` re-exports what an app catches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "BudgetExceededError",
+    "BundleError",
+    "CertificateError",
+    "CertificateExistsError",
+    "CheckpointError",
+    "ChecksumError",
+    "ConfigError",
+    "DataError",
+    "DataFormatError",
+    "DecryptionError",
+    "DeviceClosedError",
+    "EventError",
+    "PrivacyError",
+    "ReleaseError",
+    "RollbackError",
+    "SecureAggregationRequired",
+    "SignatureError",
+    "StamenError",
+]
+
+
+class StamenError(Exception):
+    """Base class of every error Stamen raises on purpose."""
+
+
+class DataError(StamenError, ValueError):
+    """Input data is unusable (bad values, inconsistent tables, missing files)."""
+
+
+class DataFormatError(DataError):
+    """A data file does not parse. The message names the file, the line and the field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        where = self.path
+        if line is not None:
+            where += f", line {line}"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+class ChecksumError(DataError):
+    """A file's SHA-256 digest differs from the one Stamen expects."""
+
+
+class EventError(DataError):
+    """An event is malformed. ``field`` names the offending field; ``index`` is the
+    event's position in a batch (``None`` for a single ``record``)."""
+
+    def __init__(self, message: str, *, field: str, index: int | None = None) -> None:
+        self.field = field
+        self.index = index
+        where = f"field {field!r}" if index is None else f"event {index}, field {field!r}"
+        super().__init__(f"{where}: {message}")
+
+
+class BundleError(DataError):
+    """A release bundle does not decode: not a bundle, an unknown format, or inconsistent."""
+
+
+class ConfigError(StamenError, ValueError):
+    """A setting is out of range or inconsistent with another."""
+
+
+class CheckpointError(StamenError):
+    """A checkpoint cannot be read or does not belong to the run resuming from it."""
+
+
+class CertificateError(StamenError, ValueError):
+    """A certificate request is invalid (a bad SAN, node name, count or lifetime)."""
+
+
+class CertificateExistsError(CertificateError, FileExistsError):
+    """The output folder already holds files that would be overwritten (without ``force``)."""
+
+
+class ReleaseError(StamenError):
+    """A release was refused (the message says why); the installed release stays."""
+
+
+class RollbackError(ReleaseError):
+    """A release older than the newest one this device has installed was refused."""
+
+
+class DeviceClosedError(StamenError):
+    """The device was closed or forgotten; open it again."""
+
+
+class SecureAggregationRequired(StamenError, RuntimeError):
+    """A training request without SecAgg+ reached a device that requires it."""
+
+
+class PrivacyError(StamenError):
+    """Base class of every privacy failure raised by ``stamen.privacy``."""
+
+
+class DecryptionError(PrivacyError):
+    """Encrypted data could not be authenticated or decoded; nothing was returned."""
+
+
+class SignatureError(PrivacyError):
+    """A model release's signature does not verify: the release must not be used."""
+
+
+class BudgetExceededError(PrivacyError):
+    """Recording more rounds would spend more than the target privacy budget."""

@@ -1,0 +1,197 @@
+"""The round engine is one: the Flower strategies and the batched simulation follow the
+same ``RoundPlan`` (budget, cohorts, minimum cohort, fixed-denominator release, noise
+streams), so for the same seed they draw the same cohorts and reach the same model.
+
+The Flower path here is the strategy's own ``configure_fit`` / ``aggregate_fit`` with
+every sampled device answering through the ClientApp's ``MFClient.fit`` in process (plain
+aggregation: SecAgg+ only adds its quantisation, checked in ``test_batched.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from static_clients import StaticClients
+
+from stamen.client.app import DeviceData, MFClient
+from stamen.models import ReleaseCatalog, UserItems
+from stamen.models.ranker import FEATURES, RankerSettings, RankingExamples
+from stamen.models.registry import build_model
+from stamen.privacy import CentralGaussianSum, DistributedGaussianSum, Purpose, Streams, UserDP
+from stamen.server.ranker_strategy import RankerAveraging
+from stamen.server.rounds import RoundPlan
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import FederatedAveraging
+from stamen.simulation.batched import model_step, run_rounds
+from stamen.simulation.ranker import train_ranker
+
+N_USERS, N_ITEMS, COHORT, ROUNDS = 40, 30, 8, 3
+
+
+def _history(seed: int = 0) -> UserItems:
+    rng = np.random.default_rng(seed)
+    rows = [
+        rng.choice(N_ITEMS, size=int(rng.integers(2, 9)), replace=False) for _ in range(N_USERS)
+    ]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return UserItems(indptr=indptr, items=np.concatenate(rows), n_items=N_ITEMS)
+
+
+def _catalog() -> ReleaseCatalog:
+    return ReleaseCatalog.build([str(i) for i in range(N_ITEMS)], titles=[""] * N_ITEMS)
+
+
+def _ok(arrays: list[np.ndarray]) -> FitRes:
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 1, {})
+
+
+def _flower(strategy: FederatedAveraging, client_of) -> tuple[list[np.ndarray], list[list[int]]]:  # noqa: ANN001
+    """Run the strategy's rounds with every sampled device answering in process; the
+    final shared arrays and each round's cohort (device ids)."""
+    clients = StaticClients(N_USERS, shuffle=5)
+    parameters = strategy.initialize_parameters(clients)  # type: ignore[arg-type]
+    assert parameters is not None
+    cohorts = []
+    for rnd in range(1, strategy.settings.rounds + 1):
+        instructions = strategy.configure_fit(rnd, parameters, clients)  # type: ignore[arg-type]
+        cohorts.append(sorted(proxy.device for proxy, _ in instructions))
+        if instructions:
+            results = []
+            for proxy, ins in instructions:
+                sent = parameters_to_ndarrays(ins.parameters)
+                results.append((proxy, _ok(client_of(proxy.device).fit(sent, ins.config)[0])))
+            parameters, _ = strategy.aggregate_fit(rnd, results, [])  # type: ignore[assignment]
+        strategy.configure_evaluate(rnd, parameters, clients)  # type: ignore[arg-type]
+    return parameters_to_ndarrays(parameters), cohorts
+
+
+def _recording(step):  # noqa: ANN001, ANN202
+    """``step`` that also records which devices each round asked."""
+    seen: dict[int, list[int]] = {}
+
+    def recorded(shared, devices, rnd):  # noqa: ANN001, ANN202
+        seen.setdefault(rnd, []).extend(int(d) for d in devices)
+        return step(shared, devices, rnd)
+
+    return recorded, seen
+
+
+@pytest.mark.parametrize(
+    "dp",
+    [
+        UserDP(),
+        UserDP(mode="central", noise_multiplier=1.0, clip_norm=0.05),
+        UserDP(mode="distributed", noise_multiplier=0.0, clip_norm=0.05),
+    ],
+    ids=["plain", "central", "distributed"],
+)
+def test_dp_fedavg_rounds_agree_between_flower_and_the_batched_engine(dp: UserDP) -> None:
+    settings = ServerSettings(
+        rounds=ROUNDS,
+        clients_per_round=COHORT,
+        evaluate=False,
+        seed=4,
+        local={"dim": 4},
+        secagg={"enabled": False},
+        dp=dp,
+    )
+    history, catalog = _history(), _catalog()
+    model = build_model("mf", settings.local, catalog)
+    initial = model.init_shared(settings.seed)
+
+    def client_of(device: int) -> MFClient:
+        data = DeviceData(history.row(device), -1, -1, np.zeros(0, np.int64), catalog)
+        return MFClient(data, {}, seed=settings.seed, row=device)  # type: ignore[arg-type]
+
+    strategy = FederatedAveraging(settings, initial=initial, population=N_USERS)
+    flower, flower_cohorts = _flower(strategy, client_of)
+
+    users = np.arange(N_USERS)
+    step, seen = _recording(model_step(model, history, users, seed=settings.seed))
+    batched = run_rounds(N_USERS, settings, initial=initial, step=step)
+    batched_cohorts = [sorted(seen.get(rnd, [])) for rnd in range(1, ROUNDS + 1)]
+
+    assert flower_cohorts == batched_cohorts
+    if dp.enabled:  # Poisson: the sizes vary around the expected cohort
+        assert len({len(c) for c in flower_cohorts}) > 1 or ROUNDS == 1
+        assert strategy.privacy_report() == batched.privacy
+    for f, b in zip(flower, batched.shared, strict=True):
+        np.testing.assert_allclose(f, b, rtol=1e-5, atol=1e-6)
+
+
+def test_ranker_rounds_agree_between_flower_and_the_batched_engine() -> None:
+    ranker = RankerSettings(hidden=4, local_steps=2)
+    settings = ServerSettings(
+        rounds=ROUNDS,
+        clients_per_round=COHORT,
+        evaluate=False,
+        seed=2,
+        secagg={"enabled": False},
+        optimizer={"name": "fedavg", "lr": 1.0},
+        dp=UserDP(mode="central", noise_multiplier=0.5, clip_norm=0.5),
+    )
+    rng = np.random.default_rng(7)
+    lists = []
+    for _ in range(N_USERS):
+        n = int(rng.integers(3, 8))
+        taken = np.zeros(n, bool)
+        taken[rng.integers(n)] = True
+        lists.append((rng.normal(size=(n, len(FEATURES))).astype(np.float32), taken))
+    examples = RankingExamples.stack(lists)
+
+    def client_of(device: int) -> MFClient:
+        data = DeviceData(np.zeros(0, np.int64), -1, -1, np.zeros(0, np.int64), _catalog())
+        return MFClient(
+            data,
+            {},  # type: ignore[arg-type]
+            seed=settings.seed,
+            row=device,
+            ranking_example=lambda: lists[device],
+        )
+
+    retrieval = build_model("mf", settings.local, _catalog()).init_shared(0)
+    strategy = RankerAveraging(settings, ranker=ranker, retrieval=retrieval, population=N_USERS)
+    flower, _ = _flower(strategy, client_of)
+    batched = train_ranker(examples, settings, ranker)
+    assert strategy.privacy_report() == batched.result.privacy
+    for f, b in zip(flower, batched.weights, strict=True):
+        np.testing.assert_allclose(f, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_mechanism_is_chosen_by_mode_and_draws_from_its_named_stream() -> None:
+    dp = UserDP(mode="central", noise_multiplier=2.0, clip_norm=0.5)
+    central = dp.mechanism(population=100, cohort=10, rounds=5, seed=3)
+    assert isinstance(central, CentralGaussianSum) and central.sigma == 1.0
+    assert central.share_std(25) == 0.0 and central.plain_bound() == pytest.approx(0.5 * 1.0001)
+    released = central.release_sum(np.zeros(4), rnd=2)
+    np.testing.assert_array_equal(
+        released, Streams(3).central_noise(2, Purpose.TRAINING).normal(0.0, 1.0, 4)
+    )
+    assert central.accountant.rounds == 1
+    query = dp.mechanism(population=100, cohort=10, rounds=5, seed=3, purpose=Purpose.TRENDING)
+    assert not np.array_equal(query.release_sum(np.zeros(4), rnd=2), released)
+
+    distributed = UserDP(mode="distributed", noise_multiplier=2.0, clip_norm=0.5).mechanism(
+        population=100, cohort=10, rounds=5, seed=3
+    )
+    assert isinstance(distributed, DistributedGaussianSum)
+    assert distributed.share_std(25) == pytest.approx(1.0 / 5)
+    assert distributed.plain_bound() == np.inf
+    np.testing.assert_array_equal(distributed.release_sum(np.ones(3), rnd=1), np.ones(3))
+
+
+def test_the_plan_skips_small_poisson_cohorts_and_charges_them() -> None:
+    settings = ServerSettings(
+        rounds=30,
+        clients_per_round=5,
+        seed=1,
+        dp=UserDP(mode="central", noise_multiplier=1.0),
+        secagg={"clipping_range": 50.0},
+    )
+    plan = RoundPlan(settings, population=400)
+    assert plan.min_cohort == 5 and plan.expected_cohort == 5
+    draws = [plan.draw(rnd) for rnd in range(1, 31)]
+    skipped = [d for d in draws if d.skipped is not None]
+    assert skipped and all(len(d.cohort) < 5 for d in skipped)
+    assert all(len(d.cohort) >= 5 for d in draws if d.skipped is None)
+    assert plan.mechanism is not None and plan.mechanism.accountant.rounds == len(skipped)
