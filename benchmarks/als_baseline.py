@@ -10,8 +10,8 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_limits
 
-from stamen.simulation.evaluate import evaluate
-from stamen.simulation.split import Split
+from stamen.simulation.protocol.evaluate import evaluate
+from stamen.simulation.protocol.split import Split
 
 GRID = {
     "factors": (32, 64, 128),

@@ -26,8 +26,8 @@ import numpy as np
 
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.runner import run_federated
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import run_federated
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,7 +8,7 @@ population as a run does): the leave-one-out split; the state of the shared item
 devices start from, ``fresh`` (the seeded initial model of round 1) or optionally
 ``trained`` (the item side of a centralised MF trained on all training data, a stand-in
 for a late round); every device's update from that state
-(``stamen.simulation.attack.device_updates``); then the attack on ``--targets`` random
+(``stamen.simulation.protocol.attack.device_updates``); then the attack on ``--targets`` random
 devices, guessing ``k = |S|`` items:
 
 * view (a) ``individual``: the device's own update, each score of ``attack.SCORES``, and
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from stamen.models import LocalSettings, MatrixFactorization, fit
-from stamen.simulation import attack as atk
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import load_dataset
-from stamen.simulation.runner import initial_shared
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import initial_shared
+from stamen.simulation.protocol import attack as atk
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 METHODS = tuple(sorted(atk.SCORES))

@@ -52,7 +52,7 @@ from loopback import (  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from stamen.server.certs import make_certificates  # noqa: E402
-from stamen.simulation.cli import app  # noqa: E402
+from stamen.simulation.cli.commands import app  # noqa: E402
 from stamen.simulation.datasets import default_data_dir, find_local  # noqa: E402
 
 RUN_S = 1800.0

@@ -86,8 +86,8 @@ def one(size: int, quantized: bool, history: int, repeats: int) -> dict:
 
     torch.set_num_threads(1)
     from stamen.client import Device, PipelineSettings
-    from stamen.client.device_store import EventStore
-    from stamen.client.events import Event
+    from stamen.client.device.events import Event
+    from stamen.client.device.store import EventStore
     from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
     from stamen.privacy import generate_key, generate_signing_key, seal_signed
 

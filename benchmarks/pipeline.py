@@ -4,7 +4,7 @@
 
 Per seed: the project's split (temporal leave-one-out), federated MF trained with the
 batched simulation (the config's settings, no DP), its release published and installed on
-one real ``Device`` per user (``stamen.simulation.devices.provision_devices``: encrypted
+one real ``Device`` per user (``stamen.simulation.engines.devices.provision_devices``: encrypted
 store, the user's training items as events). Then every user's device answers
 ``recommend(10)`` under each pipeline variant:
 
@@ -24,7 +24,7 @@ HR@10, NDCG@10, intra-list diversity (mean pairwise 1 − cosine of the items' g
 vectors), catalogue coverage (distinct items over all lists / catalogue), novelty (mean
 self-information −log2 of the item's share of training users), and the single-call
 ``recommend`` latency p50/p99. Where the data set has interaction times (ML-100K), the
-release carries private trending counts (``stamen.simulation.trending``: every device's
+release carries private trending counts (``stamen.simulation.engines.trending``: every device's
 items of the last ``--trending-window-days`` before the split's last training event, at
 most ``--trending-cap`` each, released once at ``--trending-epsilon`` with δ = 1/users),
 which the trending generator reads; Last.fm-2K has no times, so there it proposes
@@ -34,7 +34,7 @@ Then the federated ranker (``--ranker-hidden``, default 0 and 16 hidden units; s
 with ``--no-ranker``): every device records its validation item, its next event after
 release 1, and builds its training example on itself (``Device.ranking_example``); the
 ranker is trained over all devices' examples by the batched simulation's federated
-averaging (``stamen.simulation.ranker``: ``--ranker-rounds`` rounds of
+averaging (``stamen.simulation.engines.ranker``: ``--ranker-rounds`` rounds of
 ``--ranker-cohort`` devices, FedAvg at ``--ranker-server-lr``, SecAgg+ quantisation,
 user-level DP at ``--ranker-epsilon`` if given), published in release 2 (3, …) and
 installed on every device, which answers the test list again under retrieval alone, the
@@ -57,20 +57,20 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from stamen.client.candidates import ReleaseIndex
-from stamen.client.pipeline import PipelineSettings
-from stamen.models.ranker import RankerSettings
+from stamen.client.pipeline.candidates import ReleaseIndex
+from stamen.client.pipeline.recommend import PipelineSettings
+from stamen.models.ranker.model import RankerSettings
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings
-from stamen.simulation.batched import run_batched
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.devices import provision_devices
-from stamen.simulation.ranker import gather_examples, train_ranker
-from stamen.simulation.runner import initial_shared, release_catalog
-from stamen.simulation.split import leave_one_out
-from stamen.simulation.trending import private_trending, true_trending
+from stamen.simulation.engines.batched import run_batched
+from stamen.simulation.engines.devices import provision_devices
+from stamen.simulation.engines.flower import initial_shared, release_catalog
+from stamen.simulation.engines.ranker import gather_examples, train_ranker
+from stamen.simulation.engines.trending import private_trending, true_trending
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 KEEP = 0.97  # of retrieval's validation NDCG@10
@@ -166,7 +166,7 @@ def _ranker_examples(split, catalog, provisioned) -> tuple:
 
 def _train_ranker(gathered: tuple, seed: int, ranker: dict, hidden: int) -> tuple[list, dict]:
     """The ranker trained federatedly over every device's example
-    (``stamen.simulation.ranker``)."""
+    (``stamen.simulation.engines.ranker``)."""
     examples, has, gathered_s = gathered
     dp = {"mode": "off"}
     if ranker["epsilon"] is not None:
@@ -407,7 +407,7 @@ def _ranker_lines(per_seed: list[dict], metrics: tuple[str, ...]) -> list[str]:
         "candidates). The ranker is trained over them by the batched simulation's federated "
         f"averaging ({rounds} rounds of {cohort} "
         f"devices, FedAvg, SecAgg+ quantisation, DP {info['settings']['dp']['mode']}), "
-        "starting from the retrieval order (`stamen.models.ranker.PRIOR`); its release "
+        "starting from the retrieval order (`stamen.models.ranker.model.PRIOR`); its release "
         "goes to every device; test lists (the validation item now in each history, so "
         "retrieval is re-measured here). h: hidden units (0: logistic regression).",
         "",

@@ -6,12 +6,12 @@ Synthetic populations (``stamen.simulation.datasets.synthetic``: latent user and
 factors, Zipf item popularity, log-normal item counts around 40; the same 1,000-item
 catalogue generator at every size), seed 0, δ = 1/users, ε ∈ ``--epsilons`` and ∞:
 
-- **DP-FedAvg** (``stamen.simulation.batched``: the devices' and server's arithmetic
+- **DP-FedAvg** (``stamen.simulation.engines.batched``: the devices' and server's arithmetic
   vectorised, SecAgg+'s quantisation included): central noise, clip C = 0.5 and 100
   rounds as tuned at 20,000 users (``benchmarks/results/privacy-synthetic.md``), Poisson
   cohorts at rate ``--rate`` (the expected cohort grows with the population), the last
   round reported;
-- **private ALS** (``stamen.simulation.private_als``) with the settings tuned at 20,000
+- **private ALS** (``stamen.simulation.baselines.private_als``) with the settings tuned at 20,000
   users (``--als-settings-from``), the last round reported.
 
 "Kept" is NDCG@10 at ε over NDCG@10 at ε = ∞ of the same algorithm and population; the
@@ -34,17 +34,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from stamen.models.mf_model import MFModel  # noqa: E402
-from stamen.models.settings import LocalSettings  # noqa: E402
+from stamen.models.mf.model import MFModel  # noqa: E402
+from stamen.models.mf.settings import LocalSettings  # noqa: E402
 from stamen.server.als import ALSSettings  # noqa: E402
-from stamen.simulation.baselines import popularity_scorer, shared_model_scorer  # noqa: E402
-from stamen.simulation.batched import run_batched  # noqa: E402
+from stamen.simulation.baselines.private_als import run_private_als  # noqa: E402
+from stamen.simulation.baselines.scorers import popularity_scorer, shared_model_scorer  # noqa: E402
 from stamen.simulation.config import load_config  # noqa: E402
 from stamen.simulation.datasets import generate_synthetic  # noqa: E402
-from stamen.simulation.evaluate import evaluate  # noqa: E402
-from stamen.simulation.private_als import run_private_als  # noqa: E402
-from stamen.simulation.runner import initial_shared, release_catalog_of  # noqa: E402
-from stamen.simulation.split import leave_one_out  # noqa: E402
+from stamen.simulation.engines.batched import run_batched  # noqa: E402
+from stamen.simulation.engines.flower import initial_shared, release_catalog_of  # noqa: E402
+from stamen.simulation.protocol.evaluate import evaluate  # noqa: E402
+from stamen.simulation.protocol.split import leave_one_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIP, ROUNDS = 0.5, 100

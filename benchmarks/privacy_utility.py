@@ -9,7 +9,7 @@
     python benchmarks/privacy_utility.py --dataset synthetic --users 20000 --items 1000 \
         --seeds 0 1 2
 
-Runs use the batched simulation (``stamen.simulation.batched``: the devices' and server's
+Runs use the batched simulation (``stamen.simulation.engines.batched``: the devices' and server's
 arithmetic, Flower's SecAgg+ quantisation included, without Flower's transport), because
 this grid is dozens of runs. The DP hyper-parameters (clip norm; cohort and rounds) are
 picked once per data set on seed 0's *validation* NDCG@10 at ε = ``--tune-epsilon`` and
@@ -42,8 +42,7 @@ import torch  # noqa: E402
 
 from stamen.models.registry import model_class  # noqa: E402
 from stamen.privacy import secagg_range_for  # noqa: E402
-from stamen.simulation.baselines import dp_popularity_scorer, popularity_scorer  # noqa: E402
-from stamen.simulation.batched import run_batched  # noqa: E402
+from stamen.simulation.baselines.scorers import dp_popularity_scorer, popularity_scorer  # noqa: E402
 from stamen.simulation.config import load_config  # noqa: E402
 from stamen.simulation.datasets import (  # noqa: E402
     default_data_dir,
@@ -51,14 +50,15 @@ from stamen.simulation.datasets import (  # noqa: E402
     generate_synthetic,
     load_dataset,
 )
-from stamen.simulation.evaluate import evaluate  # noqa: E402
-from stamen.simulation.experiment import select_round  # noqa: E402
-from stamen.simulation.runner import (  # noqa: E402
+from stamen.simulation.engines.batched import run_batched  # noqa: E402
+from stamen.simulation.engines.flower import (  # noqa: E402
     initial_shared,
     release_catalog,
     release_catalog_of,
 )
-from stamen.simulation.split import leave_one_out  # noqa: E402
+from stamen.simulation.experiment import select_round  # noqa: E402
+from stamen.simulation.protocol.evaluate import evaluate  # noqa: E402
+from stamen.simulation.protocol.split import leave_one_out  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("ndcg@10", "hr@10", "sampled_hr@10")

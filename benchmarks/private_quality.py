@@ -7,7 +7,7 @@
     python benchmarks/private_quality.py --dataset ml-100k --tune-only --grid head=200,400 cap=8,32
 
 Every device takes part in every release; δ = 1/users. Private ALS
-(``stamen.simulation.private_als``) spends its ε over the head-item counts and its ALS
+(``stamen.simulation.baselines.private_als``) spends its ε over the head-item counts and its ALS
 rounds together; DP popularity spends the same ε on one release of the item counts. Its
 hyper-parameters are chosen once per data set on seed 0's *validation* NDCG@10 at
 ε = ``--tune-epsilon`` (a grid, below; each point's mean over ``--tuning-draws`` noise
@@ -42,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stamen.models.mf_model import MFModel
-from stamen.models.settings import LocalSettings
+from stamen.models.mf.model import MFModel
+from stamen.models.mf.settings import LocalSettings
 from stamen.server.als import ALSSettings
-from stamen.simulation.baselines import (
+from stamen.simulation.baselines.private_als import run_private_als
+from stamen.simulation.baselines.scorers import (
     dp_popularity_scorer,
     popularity_scorer,
     shared_model_scorer,
@@ -56,10 +57,9 @@ from stamen.simulation.datasets import (
     generate_synthetic,
     load_dataset,
 )
-from stamen.simulation.evaluate import evaluate
-from stamen.simulation.private_als import run_private_als
-from stamen.simulation.runner import release_catalog_of
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import release_catalog_of
+from stamen.simulation.protocol.evaluate import evaluate
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 #: Noise draws each grid point is tuned over by default (on seed 0's split), so that the

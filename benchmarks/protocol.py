@@ -19,12 +19,12 @@ import numpy as np
 from als_baseline import tuned_als
 from rich.console import Console
 
-from stamen.simulation.baselines import train_centralised_mf
+from stamen.simulation.baselines.scorers import train_centralised_mf
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.experiment import run_experiment
-from stamen.simulation.report import TABLE_METRICS
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.protocol.report import TABLE_METRICS
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 METRICS = TABLE_METRICS

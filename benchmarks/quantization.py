@@ -27,15 +27,15 @@ import torch
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.metrics import top_k
+from stamen.models.mf.settings import LocalSettings
 from stamen.models.quantize import ItemTable
-from stamen.models.settings import LocalSettings
 from stamen.models.training import IALSSolver
-from stamen.simulation.baselines import train_centralised_mf
+from stamen.simulation.baselines.scorers import train_centralised_mf
 from stamen.simulation.config import CentralisedSettings
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.evaluate import evaluate
-from stamen.simulation.runner import release_catalog
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import release_catalog
+from stamen.simulation.protocol.evaluate import evaluate
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 METRICS = ("hr@10", "ndcg@10")

@@ -4,9 +4,9 @@ generator's hit rate with true vs private counts.
     python benchmarks/trending.py --dataset ml-100k --seeds 0 1 2
 
 Per seed: the project's split (temporal leave-one-out). Every user's device computes its
-trending vector (``stamen.client.analytics.trending_vectors``: the items of its training
+trending vector (``stamen.client.flower.analytics.trending_vectors``: the items of its training
 events inside the window that ends at the split's last training event, at most ``cap``
-of them, newest first); ``stamen.simulation.trending`` sums them and releases the sum
+of them, newest first); ``stamen.simulation.engines.trending`` sums them and releases the sum
 through the very ``PrivateSum`` a federated run uses, every device asked once, δ = 1 /
 users, the noise calibrated to each ε (central Gaussian). A Flower run sums the vectors
 under SecAgg+ first (``tests/test_analytics.py`` checks that sum against the plain one),
@@ -14,7 +14,7 @@ which changes nothing the figures measure. The seed also seeds the noise.
 
 Reported per window and ε: the mean absolute error of the counts over all items and
 over the true top 20, the overlap of the private and the true top 10, and the trending
-generator's HR@10 (``stamen.client.candidates``' registered ``trending`` generator, the
+generator's HR@10 (``stamen.client.pipeline.candidates``' registered ``trending`` generator, the
 user's own training items excluded, against the user's test item) with the true and the
 private counts. ML-100K only: Last.fm-2K has no interaction times.
 Writes benchmarks/results/trending-<dataset>.{json,md}.
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.client.candidates import GENERATORS, ReleaseIndex, Request
+from stamen.client.pipeline.candidates import GENERATORS, ReleaseIndex, Request
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.runner import release_catalog
-from stamen.simulation.split import Split, leave_one_out
-from stamen.simulation.trending import private_trending, true_trending
+from stamen.simulation.engines.flower import release_catalog
+from stamen.simulation.engines.trending import private_trending, true_trending
+from stamen.simulation.protocol.split import Split, leave_one_out
 
 HERE = Path(__file__).resolve().parent
 

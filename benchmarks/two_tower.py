@@ -12,7 +12,7 @@ trained federatedly (the batched simulation: each device's own step, FedAdam on 
 plain aggregation — SecAgg+ changes the mean only by its quantisation) on the remaining
 users' interactions with the remaining items, and then evaluated three ways:
 
-- **warm**: the warm users' per-user temporal leave-one-out (``stamen.simulation.split``),
+- **warm**: the warm users' per-user temporal leave-one-out (``stamen.simulation.protocol.split``),
   full ranking of the test item over the whole catalogue (cold items included, as on a
   device), at the last round (the round counts were fixed beforehand);
 - **cold users**: each cold user's first k warm items in time order (Last.fm-2K has no
@@ -48,12 +48,12 @@ from stamen.models.batches import UserItems
 from stamen.models.metrics import full_ranks, ranking_metrics
 from stamen.models.registry import DeviceInputs, device_seeds, model_class
 from stamen.models.schema import Interactions
-from stamen.simulation.batched import run_batched
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.evaluate import evaluate
-from stamen.simulation.runner import initial_shared, release_catalog
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.batched import run_batched
+from stamen.simulation.engines.flower import initial_shared, release_catalog
+from stamen.simulation.protocol.evaluate import evaluate
+from stamen.simulation.protocol.split import leave_one_out
 
 HERE = Path(__file__).resolve().parent
 KS = (0, 1, 3, 5)

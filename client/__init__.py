@@ -25,13 +25,13 @@ from stamen.errors import (
 #: Names loaded on first use (``__getattr__``), by module: importing the package (the
 #: deployment ClientApp does, for every message) loads neither torch nor Opacus.
 _LAZY = {
-    "stamen.client.device": ("Device", "Recommendation", "ReleaseInfo"),
-    "stamen.client.events": ("EVENT_KINDS", "Event"),
-    "stamen.client.keys": ("DeviceKeys",),
-    "stamen.client.pipeline": ("PipelineSettings",),
-    "stamen.client.candidates": ("GENERATORS", "register_generator"),
-    "stamen.client.virtual": ("VirtualDevices",),
-    "stamen.client.app": (
+    "stamen.client.device.device": ("Device", "Recommendation", "ReleaseInfo"),
+    "stamen.client.device.events": ("EVENT_KINDS", "Event"),
+    "stamen.client.device.keys": ("DeviceKeys",),
+    "stamen.client.pipeline.recommend": ("PipelineSettings",),
+    "stamen.client.pipeline.candidates": ("GENERATORS", "register_generator"),
+    "stamen.client.flower.virtual": ("VirtualDevices",),
+    "stamen.client.flower.app": (
         "USER_STATE_KEY",
         "VALID_METRICS",
         "DeviceData",
@@ -40,7 +40,7 @@ _LAZY = {
         "build_client_app",
         "make_client_fn",
     ),
-    "stamen.client.record_dp": ("record_dp_update",),
+    "stamen.client.flower.record_dp": ("record_dp_update",),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

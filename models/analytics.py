@@ -17,7 +17,7 @@ The queries (:data:`QUERIES`):
   ranking metrics, each in ``[0, 1]``), zeros otherwise (``width = k + 1``); the sum's
   first entry counts evaluating devices and the others sum their metrics.
 
-``stamen.client.analytics`` computes the vectors (batch-first); ``stamen.server.analytics``
+``stamen.client.flower.analytics`` computes the vectors (batch-first); ``stamen.server.analytics``
 asks for them and decodes the sums.
 """
 

@@ -15,7 +15,7 @@ __all__ = ["Batch", "UserItems", "user_batches"]
 class UserItems:
     """Compressed rows: the items of user ``u`` are ``items[indptr[u]:indptr[u + 1]]``;
     ``contexts`` (``None``: none known) is each item's event context ``(len(items), 2)``
-    (``stamen.models.context``), in the same order."""
+    (``stamen.models.two_tower.context``), in the same order."""
 
     indptr: np.ndarray
     items: np.ndarray

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from stamen.models.batches import Batch
-from stamen.models.mf import MatrixFactorization
+from stamen.models.mf.factorization import MatrixFactorization
 
 __all__ = ["LOSSES", "LossFn", "bce_loss", "bpr_loss", "ials_loss", "make_loss", "softmax_loss"]
 

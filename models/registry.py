@@ -54,7 +54,7 @@ class DeviceInputs:
     from its last round (``None``: fresh); ``seeds`` a per-device seed for the step's
     randomness (so a device's step does not depend on which other devices share its
     batch); ``query`` ``(devices, 2)`` the context of the request being scored (``None``:
-    unknown; ``stamen.models.context``)."""
+    unknown; ``stamen.models.two_tower.context``)."""
 
     history: UserItems
     seeds: np.ndarray
@@ -100,7 +100,7 @@ class Serving:
     as ``table · (v + c) + bias`` against the vector ``v = user(items, previous)`` of the
     person's items (catalogue rows in time order; ``previous``: the last vector, for warm
     starts) and, for models that read it, the request's context term ``c = context(row)``
-    (``stamen.models.context``; ``None``: the model reads no context)."""
+    (``stamen.models.two_tower.context``; ``None``: the model reads no context)."""
 
     table: ItemTable
     bias: np.ndarray
@@ -255,5 +255,5 @@ def build_model(
 
 def _load_builtin() -> None:
     """Import the built-in families so that they register themselves."""
-    import stamen.models.mf_model  # noqa: F401
-    import stamen.models.two_tower  # noqa: F401
+    import stamen.models.mf.model  # noqa: F401
+    import stamen.models.two_tower.model  # noqa: F401

@@ -11,9 +11,9 @@ import torch
 
 from stamen.models.batches import UserItems, user_batches
 from stamen.models.losses import LOSSES, LossFn
-from stamen.models.mf import MatrixFactorization
+from stamen.models.mf.factorization import MatrixFactorization
+from stamen.models.mf.settings import LocalSettings
 from stamen.models.quantize import ItemTable
-from stamen.models.settings import LocalSettings
 
 __all__ = [
     "IALSSolver",

@@ -13,9 +13,8 @@ from stamen.errors import (
     PrivacyError,
     SignatureError,
 )
-from stamen.privacy.clipping import check_update, clip_update, update_norm
-from stamen.privacy.database import DatabaseError, open_encrypted_database
-from stamen.privacy.encryption import (
+from stamen.privacy.crypto.database import DatabaseError, open_encrypted_database
+from stamen.privacy.crypto.encryption import (
     decrypt,
     decrypt_file,
     derive_key,
@@ -24,8 +23,8 @@ from stamen.privacy.encryption import (
     generate_key,
     write_atomically,
 )
-from stamen.privacy.secagg import SecAggSettings
-from stamen.privacy.signing import (
+from stamen.privacy.crypto.secagg import SecAggSettings
+from stamen.privacy.crypto.signing import (
     SIGNED_MAGIC,
     generate_signing_key,
     open_signed,
@@ -36,24 +35,25 @@ from stamen.privacy.signing import (
     verify_arrays,
     verify_release,
 )
-from stamen.privacy.streams import Purpose, Streams
+from stamen.privacy.dp.clipping import check_update, clip_update, update_norm
+from stamen.privacy.dp.streams import Purpose, Streams
 
 #: Names loaded on first use (``__getattr__``), by module.
 _LAZY = {
-    "stamen.privacy.accountant": (
+    "stamen.privacy.dp.accountant": (
         "ACCOUNTANTS",
         "DPSettings",
         "PrivacyAccountant",
         "noise_for_target",
     ),
-    "stamen.privacy.dp": ("UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"),
-    "stamen.privacy.gaussian": (
+    "stamen.privacy.dp.user": ("UserDP", "gaussian_noise", "noise_share_std", "secagg_range_for"),
+    "stamen.privacy.dp.gaussian": (
         "MECHANISMS",
         "CentralGaussianSum",
         "DistributedGaussianSum",
         "GaussianSum",
     ),
-    "stamen.privacy.record_dp": ("RecordDP", "record_epsilon"),
+    "stamen.privacy.dp.record": ("RecordDP", "record_epsilon"),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stamen.models.als_layout import ALSLayout
+from stamen.models.als.layout import ALSLayout
 
 __all__ = [
     "ALSSettings",

@@ -1,6 +1,6 @@
 """Private ALS as a Flower server algorithm, next to DP-FedAvg (``FederatedAveraging``).
 
-Round 1 sums every device's item counts (``stamen.client.statistics.item_counts``);
+Round 1 sums every device's item counts (``stamen.client.flower.statistics.item_counts``);
 rounds 2 … ``als.rounds + 1`` every device's ALS statistics for the current item side.
 Each sum goes through SecAgg+ (or plain aggregation) and gets Gaussian noise of standard
 deviation ``z × sensitivity`` (central: added by the server; distributed: each of the
@@ -10,7 +10,7 @@ splits one budget between them). The server picks the head items
 from the noisy counts and solves the item side (``stamen.server.als``). Every device takes
 part in every round (sampling rate 1), so the ``als.rounds + 1`` releases compose through
 Opacus' RDP accountant as full-batch Gaussian mechanisms. The arithmetic is the one
-``stamen.simulation.private_als`` simulates (``tests/test_als_strategy.py`` checks the two
+``stamen.simulation.baselines.private_als`` simulates (``tests/test_als_strategy.py`` checks the two
 agree).
 """
 
@@ -24,7 +24,7 @@ from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, para
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy.aggregate import aggregate
 
-from stamen.models.als_layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
+from stamen.models.als.layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
 from stamen.privacy import GaussianSum
 from stamen.server.als import (
     ALSSettings,

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from stamen.errors import ConfigError
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.ranker import RankerSettings, ranker_hidden
+from stamen.models.ranker.model import RankerSettings, ranker_hidden
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore

@@ -3,15 +3,15 @@
 The same strategy as the retrieval model's (``FederatedAveraging``: seeded cohorts over
 stable device ids, Poisson under user-level DP, SecAgg+ when on, clipping and noise,
 the accountant, signed releases and checkpoints), averaging the ranker's weights
-(``stamen.models.ranker``) instead. Every request carries
-:data:`~stamen.models.ranker.RANKER_STEP_KEY` and the ranker's settings; a device answers
+(``stamen.models.ranker.model``) instead. Every request carries
+:data:`~stamen.models.ranker.model.RANKER_STEP_KEY` and the ranker's settings; a device answers
 with its ranker update, computed from the example it replays on itself
 (``Device.ranking_example``) and clipped, noised and checked before SecAgg+ masks it
-(``stamen.client.app.MFClient``). Each round's release holds the retrieval model's
+(``stamen.client.flower.app.MFClient``). Each round's release holds the retrieval model's
 arrays, unchanged, with the ranker of that round.
 
 Evaluation rounds (``eval_every``, and the last round) ask the devices for the ranker's
-metrics on their own offered lists (``stamen.models.ranker.RANKER_METRICS``: HR@10 and
+metrics on their own offered lists (``stamen.models.ranker.model.RANKER_METRICS``: HR@10 and
 NDCG@10 of what each took, as the ranker orders the list and as the list arrived); under
 SecAgg+ they are a secure sum like the retrieval model's evaluation
 (``stamen.server.analytics``), with their own (ε, δ) when evaluation DP is on.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from flwr.common import Scalar
 
-from stamen.models.ranker import (
+from stamen.models.ranker.model import (
     RANKER_METRICS,
     RANKER_STEP_KEY,
     RankerSettings,

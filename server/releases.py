@@ -105,7 +105,7 @@ class ReleaseWriter:
         """Sign and write release ``number`` of the shared arrays (the model's
         ``shared_names`` order) and, if given, the privately aggregated trending counts
         (``stamen.server.analytics``) and the federatedly trained ranker's weights
-        (``stamen.models.ranker``), then point ``latest`` at it. Returns the file's
+        (``stamen.models.ranker.model``), then point ``latest`` at it. Returns the file's
         path."""
         model = self.model
         shared = [np.asarray(a, np.float32) for a in shared]

@@ -6,10 +6,10 @@ the round, which devices form its cohort (seeded over stable device ids: Poisson
 user-level DP, as the accountant assumes; fixed size otherwise), whether that cohort is
 large enough to run (SecAgg+'s shares, the distributed noise shares), which rounds
 evaluate, and how the mean of the updates is released (DP-FedAvg's fixed-denominator
-estimate through the run's Gaussian-sum mechanism, ``stamen.privacy.gaussian``).
+estimate through the run's Gaussian-sum mechanism, ``stamen.privacy.dp.gaussian``).
 
 The Flower strategies (``stamen.server.strategy``) and the batched simulation
-(``stamen.simulation.batched``) both follow it, so the two are the same arithmetic.
+(``stamen.simulation.engines.batched``) both follow it, so the two are the same arithmetic.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stamen.models.mf.settings import LocalSettings
 from stamen.models.registry import model_class
-from stamen.models.settings import LocalSettings
-from stamen.models.two_tower import TwoTowerSettings
+from stamen.models.two_tower.model import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.analytics import AnalyticsSettings
 from stamen.server.optimizer import ServerOptimizerSettings

@@ -46,7 +46,7 @@ from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 
 from stamen.models.analytics import EVALUATION, TRENDING
-from stamen.models.settings import DEVICE_ID_KEY
+from stamen.models.mf.settings import DEVICE_ID_KEY
 from stamen.privacy import PrivacyAccountant, Purpose, check_update, sign_arrays
 from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore

@@ -9,16 +9,16 @@ from stamen import lazy_attributes
 
 #: Names loaded on first use (``__getattr__``), by module.
 _LAZY = {
-    "stamen.simulation.baselines": (
+    "stamen.simulation.baselines.scorers": (
         "mf_scorer",
         "popularity_scorer",
         "shared_model_scorer",
         "train_centralised_mf",
     ),
     "stamen.simulation.config": ("CentralisedSettings", "SimulationConfig", "load_config"),
-    "stamen.simulation.evaluate": ("Scorer", "evaluate"),
-    "stamen.simulation.runner": ("FederatedResult", "run_federated"),
-    "stamen.simulation.split": ("Split", "leave_one_out", "sample_negatives"),
+    "stamen.simulation.protocol.evaluate": ("Scorer", "evaluate"),
+    "stamen.simulation.engines.flower": ("FederatedResult", "run_federated"),
+    "stamen.simulation.protocol.split": ("Split", "leave_one_out", "sample_negatives"),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

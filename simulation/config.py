@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
-from stamen.models.ranker import RankerSettings
+from stamen.models.mf.settings import LocalSettings
+from stamen.models.ranker.model import RankerSettings
 from stamen.models.registry import RecModel, build_model, model_class
-from stamen.models.settings import LocalSettings
-from stamen.models.two_tower import TwoTowerSettings
+from stamen.models.two_tower.model import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stamen.models import Dataset, StamenError
-from stamen.simulation.baselines import (
+from stamen.simulation.baselines.scorers import (
     dp_popularity_scorer,
     mf_scorer,
     popularity_scorer,
@@ -30,10 +30,10 @@ from stamen.simulation.datasets import (
     generate_synthetic,
     load_dataset,
 )
-from stamen.simulation.evaluate import evaluate
-from stamen.simulation.report import plot_history, print_table, wide_console, write_results
-from stamen.simulation.runner import release_catalog, run_federated
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import release_catalog, run_federated
+from stamen.simulation.protocol.evaluate import evaluate
+from stamen.simulation.protocol.report import plot_history, print_table, wide_console, write_results
+from stamen.simulation.protocol.split import leave_one_out
 
 __all__ = [
     "ExperimentResult",

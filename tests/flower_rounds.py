@@ -14,13 +14,13 @@ import numpy as np
 from flwr.clientapp.typing import Mod
 from flwr.common import parameters_to_ndarrays
 
-from stamen.client.app import build_client_app
+from stamen.client.flower.app import build_client_app
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
-from stamen.simulation.runner import provision_run
-from stamen.simulation.split import Split
+from stamen.simulation.engines.flower import provision_run
+from stamen.simulation.protocol.split import Split
 
 
 class RecordingMF(FederatedAveraging):

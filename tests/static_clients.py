@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 from flwr.common import Code, GetPropertiesRes, Status
 
-from stamen.models.settings import DEVICE_ID_KEY
+from stamen.models.mf.settings import DEVICE_ID_KEY
 
 
 def _proxy(cid: str, device: int) -> SimpleNamespace:

@@ -11,16 +11,16 @@ from flwr.common import ndarrays_to_parameters
 from static_clients import StaticClients
 
 from stamen.models import ConfigError
-from stamen.models.als_layout import ALSLayout, als_sensitivity
+from stamen.models.als.layout import ALSLayout, als_sensitivity
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.als import ALSSettings, release_noise
 from stamen.server.als_strategy import FederatedALS, als_clipping_range, als_server_settings
 from stamen.server.settings import ServerSettings
+from stamen.simulation.baselines.private_als import run_private_als
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
-from stamen.simulation.private_als import run_private_als
-from stamen.simulation.runner import run_federated
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import run_federated
+from stamen.simulation.protocol.split import leave_one_out
 
 USERS, ITEMS = 10, 300
 ALS = {"dim": 4, "rounds": 2, "head": 60, "cap": 8, "user_clip": 1.0}

@@ -14,15 +14,15 @@ from opacus.accountants import RDPAccountant
 from pydantic import ValidationError
 from static_clients import StaticClients
 
-from stamen.client.analytics import evaluation_vectors, trending_vectors
-from stamen.client.app import DeviceData, MFClient
+from stamen.client.flower.analytics import evaluation_vectors, trending_vectors
+from stamen.client.flower.app import DeviceData, MFClient
 from stamen.models import Interactions
 from stamen.models.analytics import query_scale
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.analytics import EVALUATION_METRICS, PrivateSum
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
-from stamen.simulation.runner import release_catalog_of
+from stamen.simulation.engines.flower import release_catalog_of
 
 N_ITEMS = 40
 
@@ -266,9 +266,9 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     from stamen.privacy import open_signed
     from stamen.server.releases import latest_release
     from stamen.simulation.config import load_config
-    from stamen.simulation.runner import run_federated
-    from stamen.simulation.split import leave_one_out
-    from stamen.simulation.trending import true_trending
+    from stamen.simulation.engines.flower import run_federated
+    from stamen.simulation.engines.trending import true_trending
+    from stamen.simulation.protocol.split import leave_one_out
 
     split = leave_one_out(_population(), seed=0)
     cap, window_days = 3, 5.0

@@ -20,11 +20,11 @@ import torch
 from flower_rounds import run_recorded
 
 from stamen.models import LocalSettings
-from stamen.models.mf_local import local_update
-from stamen.simulation import attack as atk
+from stamen.models.mf.local import local_update
 from stamen.simulation.config import load_config
-from stamen.simulation.runner import initial_shared
-from stamen.simulation.split import Split, leave_one_out
+from stamen.simulation.engines.flower import initial_shared
+from stamen.simulation.protocol import attack as atk
+from stamen.simulation.protocol.split import Split, leave_one_out
 
 REAL = Path(
     os.environ.get("STAMEN_DATA_DIR")

@@ -7,11 +7,13 @@ import pytest
 import torch
 from flwr.common.secure_aggregation.quantization import quantize
 
-from stamen.models.mf_local import local_update
-from stamen.models.mf_model import MFModel
+from stamen.models.mf.local import local_update
+from stamen.models.mf.model import MFModel
 from stamen.privacy import PrivacyAccountant, SecAggSettings, UserDP, clip_update, update_norm
 from stamen.server.rounds import RoundPlan
-from stamen.simulation.batched import (
+from stamen.simulation.config import load_config
+from stamen.simulation.datasets import generate_synthetic
+from stamen.simulation.engines.batched import (
     cohort_updates,
     fast_round_mean,
     model_step,
@@ -19,10 +21,8 @@ from stamen.simulation.batched import (
     run_batched,
     secagg_mean,
 )
-from stamen.simulation.config import load_config
-from stamen.simulation.datasets import generate_synthetic
-from stamen.simulation.runner import initial_shared, release_catalog_of
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import initial_shared, release_catalog_of
+from stamen.simulation.protocol.split import leave_one_out
 
 N_USERS, N_ITEMS, DIM = 60, 400, 8
 

@@ -43,7 +43,7 @@ from stamen.server.certs import (
     make_certificates,
     parse_san,
 )
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 
 runner = CliRunner()
 

@@ -12,7 +12,7 @@ from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server import latest_release
 from stamen.simulation import experiment
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 from stamen.simulation.config import load_config
 
 runner = CliRunner()

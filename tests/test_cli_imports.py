@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from stamen.models import LocalSettings, ReleaseCatalog
-from stamen.models.mf_model import MFModel
+from stamen.models.mf.model import MFModel
 from stamen.server import ReleaseWriter, load_or_create_signing_key
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 
 HEAVY = {"flwr", "ray", "opacus"}
 N_ITEMS, DIM = 30, 4
@@ -27,7 +27,7 @@ N_ITEMS, DIM = 30, 4
 #: its exit status and the top-level packages it imported, as JSON on the last line.
 _RUN = """
 import json, sys
-from stamen.simulation.cli import main
+from stamen.simulation.cli.commands import main
 sys.argv = ["stamen", *sys.argv[1:]]
 try:
     main()

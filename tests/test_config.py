@@ -49,7 +49,7 @@ def test_the_example_config_spells_out_the_defaults() -> None:
 
 
 def test_flwr_run_config_maps_onto_settings_and_names_its_source() -> None:
-    from stamen.simulation.flwr_app import config_from_run_config
+    from stamen.simulation.engines.flwr_app import config_from_run_config
 
     config = config_from_run_config(
         {"num-server-rounds": 7, "clients-per-round": 9, "secure-aggregation": False, "seed": ""}
@@ -62,7 +62,7 @@ def test_flwr_run_config_maps_onto_settings_and_names_its_source() -> None:
 
 
 def test_flwr_run_config_sets_secagg_and_dp_and_refuses_unknown_keys() -> None:
-    from stamen.simulation.flwr_app import config_from_run_config
+    from stamen.simulation.engines.flwr_app import config_from_run_config
 
     config = config_from_run_config(
         {
@@ -93,7 +93,7 @@ def test_the_flower_app_config_in_pyproject_maps_onto_the_defaults() -> None:
     import tomllib
     from pathlib import Path
 
-    from stamen.simulation.flwr_app import config_from_run_config
+    from stamen.simulation.engines.flwr_app import config_from_run_config
 
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     app_config = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]

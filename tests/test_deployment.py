@@ -12,23 +12,23 @@ import pytest
 from flwr.app import Context, MessageType, RecordDict
 from typer.testing import CliRunner
 
-from stamen.client.deployment import (
+from stamen.client.device.device import Device
+from stamen.client.flower.deployment import (
     DevicePolicy,
     client_app,
     device_policy,
 )
-from stamen.client.device import Device
 from stamen.errors import ConfigError, DataError, SecureAggregationRequired
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.ranker import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.models.mf.settings import DEVICE_ID_KEY
+from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
 from stamen.models.registry import build_model
-from stamen.models.settings import DEVICE_ID_KEY
 from stamen.privacy import open_signed
 from stamen.server.app import server_app
 from stamen.server.deployment import Deployment, deployment_strategy
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 
 runner = CliRunner()
 
@@ -227,7 +227,7 @@ def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> 
     with Device.open(tmp_path / "phone", key=store_key, release_key=public) as device:
         device.apply_release(latest_release(releases))
         device.record_many({"item": str(i), "kind": "view", "at": float(i)} for i in (1, 2, 5))
-    from stamen.client.deployment import deployment_client_fn
+    from stamen.client.flower.deployment import deployment_client_fn
 
     context = _context({"device": str(tmp_path / "phone"), "device-id": 12})
     deployed = deployment_client_fn(context).numpy_client  # type: ignore[attr-defined]

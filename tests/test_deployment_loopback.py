@@ -33,13 +33,13 @@ from loopback import (
 )
 from typer.testing import CliRunner
 
-from stamen.client.device import Device
+from stamen.client.device.device import Device
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.ranker import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
 from stamen.privacy import open_signed
 from stamen.server.certs import make_certificates
 from stamen.server.releases import latest_release
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.device import Device
-from stamen.client.keys import DeviceKeys
+from stamen.client.device.device import Device
+from stamen.client.device.keys import DeviceKeys
 from stamen.models import (
     CheckpointError,
     DataError,
@@ -18,8 +18,8 @@ from stamen.models import (
     ReleaseCatalog,
     UserItems,
 )
-from stamen.models.mf_local import local_update
-from stamen.models.mf_model import MFModel
+from stamen.models.mf.local import local_update
+from stamen.models.mf.model import MFModel
 from stamen.privacy import (
     DecryptionError,
     SignatureError,
@@ -31,9 +31,9 @@ from stamen.server import ReleaseWriter, latest_release, load_or_create_signing_
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
 from stamen.simulation.config import load_config
-from stamen.simulation.holdout import read_held_out, write_held_out
-from stamen.simulation.runner import provision_run
-from stamen.simulation.split import Split
+from stamen.simulation.engines.flower import provision_run
+from stamen.simulation.protocol.holdout import read_held_out, write_held_out
+from stamen.simulation.protocol.split import Split
 
 
 def _shared(n_items: int = 40, dim: int = 4) -> list[np.ndarray]:

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from stamen.errors import DataError
 from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
-from stamen.models.mf_model import MFModel
+from stamen.models.mf.model import MFModel
 from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
 from stamen.server import ReleaseWriter, load_or_create_signing_key
-from stamen.simulation import cli
-from stamen.simulation.cli import app
-from stamen.simulation.event_files import read_events
+from stamen.simulation.cli import commands as cli
+from stamen.simulation.cli.commands import app
+from stamen.simulation.cli.event_files import read_events
 
 runner = CliRunner()
 N_ITEMS, DIM = 30, 4
@@ -93,7 +93,7 @@ def test_errors_name_the_problem(tmp_path, release) -> None:
 
 def _stamen(*args: str) -> subprocess.CompletedProcess:
     """Run the ``stamen`` script's entry point in a fresh interpreter, as a shell would."""
-    entry = "from stamen.simulation.cli import main; main()"
+    entry = "from stamen.simulation.cli.commands import main; main()"
     return subprocess.run(
         [sys.executable, "-c", entry, *args], capture_output=True, text=True, timeout=120
     )

@@ -27,9 +27,9 @@ from stamen.client import (
     ReleaseError,
     RollbackError,
 )
-from stamen.client.device import RELEASE_FILE
-from stamen.client.device_store import DB_NAME, SCHEMA_VERSION
-from stamen.client.pipeline import PipelineSettings
+from stamen.client.device.device import RELEASE_FILE
+from stamen.client.device.store import DB_NAME, SCHEMA_VERSION
+from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.models import DataError
 from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
 from stamen.privacy import (

@@ -16,17 +16,17 @@ import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
 
-from stamen.client.app import build_client_app
+from stamen.client.flower.app import build_client_app
 from stamen.models import CheckpointError, Interactions
 from stamen.models.bundle import ReleaseBundle
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.releases import latest_release
-from stamen.simulation import runner as runner_module
 from stamen.simulation.config import load_config
-from stamen.simulation.runner import initial_shared, run_federated
-from stamen.simulation.split import leave_one_out
-from stamen.simulation.trending import true_trending
+from stamen.simulation.engines import flower as runner_module
+from stamen.simulation.engines.flower import initial_shared, run_federated
+from stamen.simulation.engines.trending import true_trending
+from stamen.simulation.protocol.split import leave_one_out
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ class _Capture:
         self.folder = folder
 
     def __call__(self, msg, context, call_next):  # noqa: ANN001, ANN204
-        from stamen.client.app import USER_STATE_KEY
+        from stamen.client.flower.app import USER_STATE_KEY
 
         reply = call_next(msg, context)
         content = reply.content

@@ -10,7 +10,7 @@ import pytest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.superexec.executor.types import ExecutionSpec
 
-from stamen.client import superexec, supernode
+from stamen.client.flower import superexec, supernode
 
 
 def _spec(task_type: TaskType) -> ExecutionSpec:

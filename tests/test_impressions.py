@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from stamen.client import Device, Recommendation
-from stamen.client.device_store import SCHEMA_VERSION, EventStore
-from stamen.client.events import Event
-from stamen.client.impressions import Impression, engagement_rewards, ips_estimate
+from stamen.client.device.events import Event
+from stamen.client.device.impressions import Impression, engagement_rewards, ips_estimate
+from stamen.client.device.store import SCHEMA_VERSION, EventStore
 from stamen.privacy import generate_key, generate_signing_key, open_encrypted_database
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceData, MFClient
 from stamen.models import ReleaseBundle, ReleaseCatalog, UserItems
 from stamen.models.metrics import top_k
 from stamen.models.registry import MODELS, DeviceInputs, build_model, model_class
 from stamen.server.rounds import RoundPlan
 from stamen.server.settings import ServerSettings
-from stamen.simulation.batched import model_step, round_mean
+from stamen.simulation.engines.batched import model_step, round_mean
 
 N_ITEMS, N_DEVICES = 60, 7
 

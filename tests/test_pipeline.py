@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from stamen.client.candidates import (
+from stamen.client.pipeline.candidates import (
     GENERATORS,
     ReleaseIndex,
     Request,
@@ -15,8 +15,8 @@ from stamen.client.candidates import (
     generate,
     register_generator,
 )
-from stamen.client.pipeline import PipelineSettings, fused_relevance, run_pipeline
-from stamen.client.rerank import rerank
+from stamen.client.pipeline.recommend import PipelineSettings, fused_relevance, run_pipeline
+from stamen.client.pipeline.rerank import rerank
 from stamen.models.bundle import ReleaseCatalog
 
 DAY = 86400.0

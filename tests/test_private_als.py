@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stamen.client.statistics import als_statistics, item_counts
-from stamen.models.als_layout import ALSLayout, als_sensitivity
+from stamen.client.flower.statistics import als_statistics, item_counts
+from stamen.models.als.layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
 from stamen.privacy import DPSettings, PrivacyAccountant
 from stamen.server.als import ALSSettings, release_noise, solve_item_side
-from stamen.simulation.private_als import (
+from stamen.simulation.baselines.private_als import (
     dp_item_counts,
     dp_popularity,
     run_private_als,

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.candidates import ReleaseIndex, Request, generate
-from stamen.client.device import Device
-from stamen.client.pipeline import PipelineSettings, offered_example, run_pipeline
-from stamen.client.ranking import candidate_features
+from stamen.client.device.device import Device
+from stamen.client.pipeline.candidates import ReleaseIndex, Request, generate
+from stamen.client.pipeline.ranking import candidate_features
+from stamen.client.pipeline.recommend import PipelineSettings, offered_example, run_pipeline
 from stamen.errors import BundleError
 from stamen.models import LocalSettings, ReleaseBundle, ReleaseCatalog
-from stamen.models.mf_model import MFModel
-from stamen.models.ranker import (
+from stamen.models.mf.model import MFModel
+from stamen.models.ranker.model import (
     FEATURES,
     RankerSettings,
     RankingExamples,
@@ -29,7 +29,7 @@ from stamen.models.ranker import (
 from stamen.privacy import generate_key, generate_signing_key, open_signed
 from stamen.server import ReleaseWriter
 from stamen.server.settings import ServerSettings
-from stamen.simulation.ranker import gather_examples, train_ranker
+from stamen.simulation.engines.ranker import gather_examples, train_ranker
 
 DAY = 86400.0
 NOW = 1000 * DAY

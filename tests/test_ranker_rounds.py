@@ -13,7 +13,7 @@ from flower_rounds import RecordingMF, run_recorded
 
 from stamen.models import ReleaseBundle
 from stamen.models.analytics import query_scale
-from stamen.models.ranker import (
+from stamen.models.ranker.model import (
     RANKER_METRICS,
     RankerSettings,
     RankingExamples,
@@ -25,8 +25,8 @@ from stamen.privacy import open_signed
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.datasets import generate_synthetic
-from stamen.simulation.runner import initial_shared
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import initial_shared
+from stamen.simulation.protocol.split import leave_one_out
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def test_a_simulation_trains_the_ranker_after_the_model_on_the_same_devices(tmp_
     """``[ranker] rounds``: the run's ServerApp trains the retrieval model, every device
     installs its last release, then the ranker's rounds follow through SecAgg+ and DP,
     with their own ε; the last release holds the trained model and the trained ranker."""
-    from stamen.simulation.runner import run_federated
+    from stamen.simulation.engines.flower import run_federated
 
     torch.set_num_threads(1)
     split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=4).interactions, seed=0)

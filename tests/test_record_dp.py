@@ -14,21 +14,21 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from static_clients import StaticClients
 from typer.testing import CliRunner
 
-from stamen.client import record_dp as record_dp_module
-from stamen.client.app import USER_STATE_KEY, DeviceData, MFClient
-from stamen.client.record_dp import record_dp_update
+from stamen.client.flower import record_dp as record_dp_module
+from stamen.client.flower.app import USER_STATE_KEY, DeviceData, MFClient
+from stamen.client.flower.record_dp import record_dp_update
 from stamen.models.batches import UserItems
-from stamen.models.mf import MatrixFactorization
-from stamen.models.mf_local import build_local_model
-from stamen.models.settings import LocalSettings
+from stamen.models.mf.factorization import MatrixFactorization
+from stamen.models.mf.local import build_local_model
+from stamen.models.mf.settings import LocalSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP, record_epsilon, update_norm
 from stamen.server.checkpoint import Checkpoint
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation import experiment
-from stamen.simulation.cli import app
+from stamen.simulation.cli.commands import app
 from stamen.simulation.config import load_config
-from stamen.simulation.runner import release_catalog_of
+from stamen.simulation.engines.flower import release_catalog_of
 
 N_ITEMS, DIM = 300, 8
 

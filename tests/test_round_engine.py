@@ -13,17 +13,17 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from static_clients import StaticClients
 
-from stamen.client.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceData, MFClient
 from stamen.models import ReleaseCatalog, UserItems
-from stamen.models.ranker import FEATURES, RankerSettings, RankingExamples
+from stamen.models.ranker.model import FEATURES, RankerSettings, RankingExamples
 from stamen.models.registry import build_model
 from stamen.privacy import CentralGaussianSum, DistributedGaussianSum, Purpose, Streams, UserDP
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.rounds import RoundPlan
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
-from stamen.simulation.batched import model_step, run_rounds
-from stamen.simulation.ranker import train_ranker
+from stamen.simulation.engines.batched import model_step, run_rounds
+from stamen.simulation.engines.ranker import train_ranker
 
 N_USERS, N_ITEMS, COHORT, ROUNDS = 40, 30, 8, 3
 

@@ -16,11 +16,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
     Stage,
 )
 
-from stamen.models.mf_local import local_update
+from stamen.models.mf.local import local_update
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
-from stamen.simulation.runner import initial_shared
-from stamen.simulation.split import leave_one_out
+from stamen.simulation.engines.flower import initial_shared
+from stamen.simulation.protocol.split import leave_one_out
 
 pytestmark = pytest.mark.slow
 

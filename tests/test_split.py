@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from stamen.models import DataError, Interactions
-from stamen.models.context import UNKNOWN_CONTEXT, timestamp_contexts
-from stamen.simulation.split import leave_one_out
+from stamen.models.two_tower.context import UNKNOWN_CONTEXT, timestamp_contexts
+from stamen.simulation.protocol.split import leave_one_out
 
 
 def _table(users, items, times, n_items=None):

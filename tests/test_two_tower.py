@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.device import Device
-from stamen.client.pipeline import PipelineSettings
+from stamen.client.device.device import Device
+from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.models import ReleaseCatalog, UserItems
-from stamen.models.context import (
+from stamen.models.registry import DeviceInputs, build_model
+from stamen.models.two_tower.context import (
     UNKNOWN_CONTEXT,
     UNKNOWN_WEEKDAY,
     context_row,
     timestamp_contexts,
 )
-from stamen.models.features import feature_width, item_features
-from stamen.models.registry import DeviceInputs, build_model
-from stamen.models.sampled_softmax import full_softmax_loss, sampled_softmax_loss
-from stamen.models.two_tower import TwoTower, padded_histories
+from stamen.models.two_tower.features import feature_width, item_features
+from stamen.models.two_tower.model import TwoTower, padded_histories
+from stamen.models.two_tower.sampled_softmax import full_softmax_loss, sampled_softmax_loss
 from stamen.privacy import generate_key
 from stamen.server import ReleaseWriter, load_or_create_signing_key
 

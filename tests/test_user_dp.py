@@ -11,11 +11,11 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from opacus.accountants import RDPAccountant
 from static_clients import StaticClients
 
-from stamen.client.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceData, MFClient
 from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
-from stamen.simulation.runner import release_catalog_of
+from stamen.simulation.engines.flower import release_catalog_of
 
 N_ITEMS, DIM = 50, 4
 

@@ -1,0 +1,167 @@
+"""The device's event store: one SQLCipher database, versioned, with migrations.
+
+The file ``device.db`` (and its ``-wal`` / ``-shm`` companions) is encrypted as a whole
+by ``stamen.privacy.open_encrypted_database``; every write is one transaction committed
+with full synchronous WAL, so an acknowledged write survives the process being killed.
+
+Schema version 1 (``PRAGMA user_version``)::
+
+    meta(key TEXT PRIMARY KEY, value BLOB)        pinned release key, highest release seen
+    events(seq INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT, kind TEXT, value REAL,
+           at REAL, context TEXT)                 every recorded event, in arrival order
+
+Version 2 adds::
+
+    impressions(seq INTEGER PRIMARY KEY AUTOINCREMENT, request INTEGER, position INTEGER,
+                item TEXT, propensity REAL, source TEXT, at REAL)
+                                                  every logged shown recommendation
+
+``MIGRATIONS[v]`` upgrades a database from version ``v`` to ``v + 1`` inside one
+transaction; opening a database runs the missing steps, and refuses one written by a
+newer Stamen. Callers serialise access (``Device`` holds a lock).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from stamen.client.device.events import Event
+from stamen.client.device.impressions import Impression
+from stamen.errors import DataError
+from stamen.privacy import open_encrypted_database
+
+__all__ = ["DB_NAME", "MIGRATIONS", "SCHEMA_VERSION", "EventStore"]
+
+DB_NAME = "device.db"
+
+
+def _create_v1(connection: Any) -> None:
+    connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+    connection.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT NOT NULL, "
+        "kind TEXT NOT NULL, value REAL NOT NULL, at REAL NOT NULL, context TEXT)"
+    )
+
+
+def _add_impressions(connection: Any) -> None:
+    connection.execute(
+        "CREATE TABLE impressions (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "request INTEGER NOT NULL, position INTEGER NOT NULL, item TEXT NOT NULL, "
+        "propensity REAL NOT NULL, source TEXT NOT NULL, at REAL NOT NULL)"
+    )
+
+
+#: Step ``v`` upgrades a version-``v`` database (0: empty) to version ``v + 1``.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {0: _create_v1, 1: _add_impressions}
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class EventStore:
+    """The encrypted database of one device (see module docstring)."""
+
+    def __init__(self, folder: Path, *, key: bytes) -> None:
+        self.path = folder / DB_NAME
+        self._db = open_encrypted_database(self.path, key=key)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise DataError(
+                f"{self.path}: store schema version {version} is newer than this build's "
+                f"{SCHEMA_VERSION}; upgrade Stamen"
+            )
+        while version < SCHEMA_VERSION:
+            with self.transaction():
+                MIGRATIONS[version](self._db)
+                version += 1
+                self._db.execute(f"PRAGMA user_version = {version}")
+
+    def transaction(self) -> _Transaction:
+        """A context manager: ``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error)."""
+        return _Transaction(self._db)
+
+    def get_meta(self, key: str) -> bytes | None:
+        """A metadata value (``None`` when unset)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, values: dict[str, bytes]) -> None:
+        """Set metadata values, all in one transaction."""
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
+
+    def append(self, events: Iterable[Event]) -> None:
+        """Store ``events`` in one transaction: all of them, or (on error) none."""
+        rows = [
+            (e.item, e.kind, e.value, e.at, json.dumps(dict(e.context)) if e.context else None)
+            for e in events
+        ]
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO events(item, kind, value, at, context) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
+    def events(self) -> Iterator[Event]:
+        """Every stored event in arrival order."""
+        cursor = self._db.execute("SELECT item, kind, value, at, context FROM events ORDER BY seq")
+        for item, kind, value, at, context in cursor:
+            yield Event(
+                item=item,
+                kind=kind,
+                value=float(value),
+                at=float(at),
+                context=json.loads(context) if context else {},
+            )
+
+    def log_impressions(self, rows: Iterable[Impression]) -> None:
+        """Store shown recommendations in one transaction."""
+        values = [(i.request, i.position, i.item, i.propensity, i.source, i.at) for i in rows]
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO impressions(request, position, item, propensity, source, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def impressions(self) -> list[Impression]:
+        """Every logged impression, in logging order."""
+        cursor = self._db.execute(
+            "SELECT request, position, item, propensity, source, at FROM impressions ORDER BY seq"
+        )
+        return [Impression(int(r), int(p), i, float(q), s, float(a)) for r, p, i, q, s, a in cursor]
+
+    def next_request(self) -> int:
+        """One more than the highest logged request number (0 when none)."""
+        row = self._db.execute("SELECT max(request) FROM impressions").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def count(self) -> int:
+        """Number of stored events."""
+        return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database and close the connection."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+
+
+class _Transaction:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

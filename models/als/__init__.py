@@ -1,0 +1,3 @@
+"""Private ALS: the layout of the statistics a device contributes."""
+
+__all__: list[str] = []

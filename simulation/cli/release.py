@@ -1,0 +1,72 @@
+"""``stamen release``: the operator's starting point for a deployment.
+
+``stamen release init`` writes release 0 (the catalogue of a data set, the model named by
+the configuration, its seeded initial weights), signed with the publisher's key, into a
+releases folder: the deployment ServerApp starts from it and every device installs it
+(``stamen device apply``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["init", "release_app"]
+
+release_app = typer.Typer(
+    name="release",
+    help="Signed model releases for a deployment.",
+    no_args_is_help=True,
+)
+
+
+@release_app.command()
+def init(
+    releases: Annotated[Path, typer.Argument(help="the releases folder (created)")],
+    signing_key: Annotated[
+        Path, typer.Option(help="the publisher's Ed25519 key (created owner-only if absent)")
+    ],
+    dataset: Annotated[
+        str | None, typer.Option(help="whose catalogue: ml-100k, lastfm-2k, … [from --config]")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="folder holding the data sets [env STAMEN_DATA_DIR]")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML settings: dataset, model, [local] or [two-tower], seed"),
+    ] = None,
+) -> None:
+    """Write release 0: the data set's public catalogue and the model's initial weights."""
+    from stamen.errors import DataError
+    from stamen.models.bundle import ReleaseCatalog
+    from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+    from stamen.simulation.config import load_config
+    from stamen.simulation.engines.flower import initial_shared, release_catalog_of
+    from stamen.simulation.experiment import load_for_config
+
+    if latest_release(releases) is not None:
+        raise DataError(f"{releases}: already holds releases; start a new folder")
+    overrides: dict = {} if dataset is None else {"dataset": dataset}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    settings = load_config(config, overrides)
+    data, source = load_for_config(settings, say=Console(stderr=True).print)
+    catalog = (
+        ReleaseCatalog.from_catalog(data.catalog)
+        if data.catalog is not None
+        else release_catalog_of(data.interactions.n_items)
+    )
+    model = settings.run_model(catalog, data.interactions.n_users)
+    private, public = load_or_create_signing_key(signing_key)
+    writer = ReleaseWriter(releases, private_key=private, public_key=public, model=model)
+    path = writer.publish(0, initial_shared(len(catalog), settings, catalog))
+    public_path = signing_key.with_suffix(".pub")
+    public_path.write_bytes(public)
+    Console().print(
+        f"release 0 of {model.name} over {len(catalog)} items ({source}) in {path}; "
+        f"devices pin {public_path}"
+    )
