@@ -15,19 +15,13 @@ each device uploads per round. Writes benchmarks/results/als-rounds.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+from common import command, ml100k_plain_and_secagg, report_head, timed_federated, write_results
 
-from stamen.simulation.config import load_config
-from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.engines.flower import run_federated
-from stamen.simulation.protocol.split import leave_one_out
+from stamen.simulation.protocol.split import Split
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,64 +32,43 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--epsilon", type=float, default=4.0)
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
-    path = find_local("ml-100k", default_data_dir())
-    if path is None:
-        sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-    full = leave_one_out(load_dataset("ml-100k", path).interactions, seed=0)
-    rows = []
-    for n in args.users:
-        split = full.select(np.arange(n))
-        for secagg in (False, True):
-            with tempfile.TemporaryDirectory() as tmp:
-                config = load_config(
-                    None,
-                    {
-                        "algorithm": "als",
-                        "eval_every": 0,
-                        "output": tmp,
-                        "dp": {"mode": "central", "target_epsilon": args.epsilon},
-                        "secagg": {"enabled": secagg, "clipping_range": 2.5},
-                    },
-                )
-                started = time.perf_counter()
-                result = run_federated(config, split, output=Path(tmp))
-                wall = time.perf_counter() - started
-            history = result.history
-            als = [h["seconds"] for h in history[1:]]
-            timed = als[:-1] if len(als) > 2 else als
-            row = {
-                "users": n,
-                "secagg": secagg,
-                "counts_round_s": round(history[0]["seconds"], 3),
-                "median_als_round_s": statistics.median(timed),
-                "als_round_s": [round(t, 3) for t in als],
-                "counts_upload_bytes": history[0]["upload_bytes_per_device"],
-                "als_upload_bytes": history[1]["upload_bytes_per_device"],
-                "epsilon": result.privacy["epsilon"] if result.privacy else None,
-                "test_ndcg@10": history[-1]["evaluate"]["ndcg@10"],
-                "wall_s": round(wall, 1),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            write(args, rows, argv)
+
+    def measure(n: int, secagg: bool, split: Split) -> dict:
+        overrides = {
+            "algorithm": "als",
+            "eval_every": 0,
+            "dp": {"mode": "central", "target_epsilon": args.epsilon},
+            "secagg": {"enabled": secagg, "clipping_range": 2.5},
+        }
+        result, wall = timed_federated(overrides, split)
+        history = result.history
+        als = [h["seconds"] for h in history[1:]]
+        timed = als[:-1] if len(als) > 2 else als
+        return {
+            "users": n,
+            "secagg": secagg,
+            "counts_round_s": round(history[0]["seconds"], 3),
+            "median_als_round_s": statistics.median(timed),
+            "als_round_s": [round(t, 3) for t in als],
+            "counts_upload_bytes": history[0]["upload_bytes_per_device"],
+            "als_upload_bytes": history[1]["upload_bytes_per_device"],
+            "epsilon": result.privacy["epsilon"] if result.privacy else None,
+            "test_ndcg@10": history[-1]["evaluate"]["ndcg@10"],
+            "wall_s": round(wall, 1),
+        }
+
+    ml100k_plain_and_secagg(args.users, measure, lambda rows: write(args, rows, argv))
 
 
 def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/als_rounds.py", *argv])
-    (args.out / "als-rounds.json").write_text(
-        json.dumps({"command": command, "rows": rows}, indent=2)
-    )
-    lines = [
-        "# Private ALS rounds on Flower",
-        "",
-        f"Command: `{command}` (2 CPU cores; Flower simulation engine, 1 CPU per device; "
+    run = command("als_rounds.py", argv)
+    lines = report_head(
+        "Private ALS rounds on Flower",
+        f"Command: `{run}` (2 CPU cores; Flower simulation engine, 1 CPU per device; "
         f"ML-100K, every device in every round; central DP at ε = {args.epsilon:g}).",
-        "",
-        "| devices | aggregation | counts round (s) | ALS round, median (s) |"
-        " upload per device: counts → ALS (bytes) | ε spent | wall (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+        columns="devices | aggregation | counts round (s) | ALS round, median (s)"
+        " | upload per device: counts → ALS (bytes) | ε spent | wall (s)",
+    )
     for r in rows:
         lines.append(
             f"| {r['users']} | {'SecAgg+' if r['secagg'] else 'plain'} | "
@@ -103,7 +76,7 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
             f"{r['counts_upload_bytes']:,} → {r['als_upload_bytes']:,} | "
             f"{r['epsilon']:.3g} | {r['wall_s']:.0f} |"
         )
-    (args.out / "als-rounds.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "als-rounds", {"command": run, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

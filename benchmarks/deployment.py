@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the integration tests use
 
+from common import local_path  # noqa: E402
 from loopback import (  # noqa: E402
     BIN,
     flower_home,
@@ -53,7 +54,6 @@ from typer.testing import CliRunner  # noqa: E402
 
 from stamen.server.certs import make_certificates  # noqa: E402
 from stamen.simulation.cli.commands import app  # noqa: E402
-from stamen.simulation.datasets import default_data_dir, find_local  # noqa: E402
 
 RUN_S = 1800.0
 STALL_S = 420.0  # a configuration is abandoned when no round ends for this long
@@ -348,9 +348,7 @@ def main(argv: list[str]) -> None:
     if args.poll_s is not None:
         os.environ["STAMEN_SUPERNODE_POLL_S"] = str(args.poll_s)
         os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.poll_s)
-    path = find_local("ml-100k", default_data_dir())
-    if path is None:
-        sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
+    path = local_path("ml-100k")
     rows = []
     for n in args.nodes:
         for executor, secagg in [(e, s) for e in args.executors for s in (False, True)]:

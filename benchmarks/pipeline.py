@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from common import local_path
 from scipy import sparse
 
 from stamen.client.pipeline.candidates import ReleaseIndex
@@ -64,7 +65,7 @@ from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import load_config
-from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
+from stamen.simulation.datasets import load_dataset
 from stamen.simulation.engines.batched import run_batched
 from stamen.simulation.engines.devices import provision_devices
 from stamen.simulation.engines.flower import initial_shared, release_catalog
@@ -488,9 +489,7 @@ def main(argv: list[str]) -> None:
         "window_days": args.trending_window_days,
         "cap": args.trending_cap,
     }
-    path = find_local(args.dataset, default_data_dir())
-    if path is None:
-        sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
+    path = local_path(args.dataset)
     grid = _variants(args.weights, args.lambdas, args.diversity, args.explore)
     per_seed = [
         run_seed(args.dataset, path, args.config, s, grid, trending, ranker) for s in args.seeds

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -39,17 +38,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import Stopwatch, command, local_dataset, report_head, write_results  # noqa: E402
 
 from stamen.models.registry import model_class  # noqa: E402
 from stamen.privacy import secagg_range_for  # noqa: E402
 from stamen.simulation.baselines.scorers import dp_popularity_scorer, popularity_scorer  # noqa: E402
 from stamen.simulation.config import load_config  # noqa: E402
-from stamen.simulation.datasets import (  # noqa: E402
-    default_data_dir,
-    find_local,
-    generate_synthetic,
-    load_dataset,
-)
+from stamen.simulation.datasets import generate_synthetic  # noqa: E402
 from stamen.simulation.engines.batched import run_batched  # noqa: E402
 from stamen.simulation.engines.flower import (  # noqa: E402
     initial_shared,
@@ -94,10 +89,7 @@ def load_split(dataset: str, seed: int, args: argparse.Namespace):
     if dataset == "synthetic":
         data = generate_synthetic(args.users, args.items, seed=seed)
     else:
-        path = find_local(dataset, default_data_dir())
-        if path is None:
-            sys.exit(f"{dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-        data = load_dataset(dataset, path)
+        data = local_dataset(dataset)
     catalog = release_catalog(None, data.catalog) if dataset != "synthetic" else None
     return leave_one_out(data.interactions, seed=seed), catalog
 
@@ -194,26 +186,19 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def write(args, record: dict) -> None:
-    name = _stem(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     summary = record["summary"]
     base = summary.get("eps=inf", {}).get("ndcg@10", {}).get("mean")
-    lines = [
-        f"# Privacy-utility: {args.dataset}, model {args.model} {json.dumps(args.model_settings)}",
-        "",
+    lines = report_head(
+        f"Privacy-utility: {args.dataset}, model {args.model} {json.dumps(args.model_settings)}",
         f"Command: `{record['command']}`",
-        "",
         f"Users {record['users']}, items {record['items']}; SecAgg+ on in every run; "
         f"δ = 1/users; DP clip norm C = {record['clip_norm']}, cohort x rounds "
         f"{record['schedule']} (tuned on seed 0 validation at ε = {args.tune_epsilon}: "
         f"{record['tuning']}); non-private run: {args.schedules[0]}. "
         f"Popularity NDCG@10: {record['popularity_ndcg@10']:.4f}.",
-        "",
-        "| setting | seeds | ε spent | NDCG@10 | HR@10 | sampled HR@10 | NDCG vs ε=∞ |"
-        " DP popularity NDCG@10 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        columns="setting | seeds | ε spent | NDCG@10 | HR@10 | sampled HR@10 | NDCG vs ε=∞"
+        " | DP popularity NDCG@10",
+    )
     for setting, s in summary.items():
         ratio = s["ndcg@10"]["mean"] / base if base else float("nan")
         dp_pop = s.get("dp_popularity_ndcg@10")
@@ -224,7 +209,7 @@ def write(args, record: dict) -> None:
             + f" | {ratio:.3f} | {dp_text} |"
         )
     lines += ["", f"Wall time so far: {record['seconds']:.0f} s on 2 CPU cores."]
-    (args.out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, _stem(args), record, lines, default=str)
     plot(args, summary, base)
 
 
@@ -267,17 +252,14 @@ def _stem(args) -> str:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {message}", flush=True)
-
+    clock = Stopwatch()
+    log = clock.log
     split0, catalog = load_split(args.dataset, 0, args)
     popularity = evaluate(popularity_scorer(split0), split0)["ndcg@10"]
     clip, schedule, tried = tune(split0, catalog, args, log)
     log(f"chosen C={clip}, {schedule}")
     record = {
-        "command": " ".join(["python benchmarks/privacy_utility.py", *argv]),
+        "command": command("privacy_utility.py", argv),
         "selection": "private runs: the last round; non-private: best validation NDCG@10",
         "model": args.model,
         "model_settings": args.model_settings,
@@ -317,7 +299,7 @@ def main(argv: list[str]) -> None:
                 record["runs"].append({"setting": f"eps={eps:g},{mode}", **run})
                 log(f"seed {seed} ε={eps:g} {mode}: NDCG@10 {run['ndcg@10']:.4f}")
                 record["summary"] = summarise(record["runs"])
-                record["seconds"] = time.perf_counter() - started
+                record["seconds"] = clock.seconds
                 write(args, record)
     log("done")
 

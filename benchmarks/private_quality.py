@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import local_dataset
 
 from stamen.models.mf.model import MFModel
 from stamen.models.mf.settings import LocalSettings
@@ -51,12 +52,7 @@ from stamen.simulation.baselines.scorers import (
     popularity_scorer,
     shared_model_scorer,
 )
-from stamen.simulation.datasets import (
-    default_data_dir,
-    find_local,
-    generate_synthetic,
-    load_dataset,
-)
+from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.engines.flower import release_catalog_of
 from stamen.simulation.protocol.evaluate import evaluate
 from stamen.simulation.protocol.split import leave_one_out
@@ -148,10 +144,7 @@ def load_split(args: argparse.Namespace, seed: int):
     if args.dataset == "synthetic":
         data = generate_synthetic(args.users, args.items, seed=seed)
     else:
-        path = find_local(args.dataset, default_data_dir())
-        if path is None:
-            sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-        data = load_dataset(args.dataset, path)
+        data = local_dataset(args.dataset)
     return leave_one_out(data.interactions, seed=seed)
 
 

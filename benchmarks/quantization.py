@@ -17,13 +17,13 @@ Writes benchmarks/results/quantization.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import command, local_dataset, report_head, write_results
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.metrics import top_k
@@ -32,7 +32,6 @@ from stamen.models.quantize import ItemTable
 from stamen.models.training import IALSSolver
 from stamen.simulation.baselines.scorers import train_centralised_mf
 from stamen.simulation.config import CentralisedSettings
-from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.engines.flower import release_catalog
 from stamen.simulation.protocol.evaluate import evaluate
 from stamen.simulation.protocol.split import leave_one_out
@@ -42,10 +41,7 @@ METRICS = ("hr@10", "ndcg@10")
 
 
 def measure(name: str, seed: int) -> dict:
-    path = find_local(name, default_data_dir())
-    if path is None:
-        sys.exit(f"{name} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-    dataset = load_dataset(name, path)
+    dataset = local_dataset(name)
     split = leave_one_out(dataset.interactions, seed=seed)
     local = LocalSettings()
     started = time.perf_counter()
@@ -116,23 +112,16 @@ def main(argv: list[str]) -> None:
 
 
 def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python benchmarks/quantization.py", *argv])
-    (args.out / "quantization.json").write_text(
-        json.dumps({"command": command, "seed": args.seed, "rows": rows}, indent=2)
-    )
-    lines = [
-        "# int8 item tables against float32",
-        "",
-        f"Command: `{command}` (seed {args.seed}; centralised MF, `ials` loss, default"
+    run = command("quantization.py", argv)
+    lines = report_head(
+        "int8 item tables against float32",
+        f"Command: `{run}` (seed {args.seed}; centralised MF, `ials` loss, default"
         " settings; every person's factor solved exactly against the served table; full"
         " ranking of the held-out test item).",
-        "",
-        "| data set | items × dim | recall@10, int8 vs float32 | identical top-10 |"
-        " HR@10 float32 → int8 | NDCG@10 float32 → int8 | item table (bytes) |"
-        " release file (bytes) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+        columns="data set | items × dim | recall@10, int8 vs float32 | identical top-10"
+        " | HR@10 float32 → int8 | NDCG@10 float32 → int8 | item table (bytes)"
+        " | release file (bytes)",
+    )
     for r in rows:
         f, q = r["float32"], r["int8"]
         lines.append(
@@ -142,7 +131,8 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
             f"{f['table_bytes']:,} → {q['table_bytes']:,} | "
             f"{f['bundle_bytes']:,} → {q['bundle_bytes']:,} |"
         )
-    (args.out / "quantization.md").write_text("\n".join(lines) + "\n")
+    record = {"command": run, "seed": args.seed, "rows": rows}
+    write_results(args.out, "quantization", record, lines)
 
 
 if __name__ == "__main__":

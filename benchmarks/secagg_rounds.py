@@ -13,19 +13,13 @@ and the median of the rest is reported. Writes benchmarks/results/secagg-rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
+from common import command, ml100k_plain_and_secagg, report_head, timed_federated, write_results
 
-from stamen.simulation.config import load_config
-from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
-from stamen.simulation.engines.flower import run_federated
-from stamen.simulation.protocol.split import leave_one_out
+from stamen.simulation.protocol.split import Split
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,59 +32,38 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.rounds < 3:
         sys.exit("--rounds must be at least 3 (the first and last are not timed)")
-    path = find_local("ml-100k", default_data_dir())
-    if path is None:
-        sys.exit(f"ml-100k not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-    full = leave_one_out(load_dataset("ml-100k", path).interactions, seed=0)
-    rows = []
-    for n in args.cohorts:
-        split = full.select(np.arange(n))
-        for secagg in (False, True):
-            with tempfile.TemporaryDirectory() as tmp:
-                config = load_config(
-                    None,
-                    {
-                        "rounds": args.rounds,
-                        "clients_per_round": n,
-                        "eval_every": 0,
-                        "output": tmp,
-                        "secagg": {"enabled": secagg},
-                    },
-                )
-                started = time.perf_counter()
-                result = run_federated(config, split, output=Path(tmp))
-                wall = time.perf_counter() - started
-            timed = [h["seconds"] for h in result.history[1:-1]]
-            row = {
-                "cohort": n,
-                "secagg": secagg,
-                "median_round_s": statistics.median(timed),
-                "rounds_timed": len(timed),
-                "round_s": [round(t, 3) for t in timed],
-                "upload_bytes_per_device": result.history[-1]["upload_bytes_per_device"],
-                "wall_s": round(wall, 1),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            write(args, rows, argv)
+
+    def measure(n: int, secagg: bool, split: Split) -> dict:
+        overrides = {
+            "rounds": args.rounds,
+            "clients_per_round": n,
+            "eval_every": 0,
+            "secagg": {"enabled": secagg},
+        }
+        result, wall = timed_federated(overrides, split)
+        timed = [h["seconds"] for h in result.history[1:-1]]
+        return {
+            "cohort": n,
+            "secagg": secagg,
+            "median_round_s": statistics.median(timed),
+            "rounds_timed": len(timed),
+            "round_s": [round(t, 3) for t in timed],
+            "upload_bytes_per_device": result.history[-1]["upload_bytes_per_device"],
+            "wall_s": round(wall, 1),
+        }
+
+    ml100k_plain_and_secagg(args.cohorts, measure, lambda rows: write(args, rows, argv))
 
 
 def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/secagg_rounds.py " + " ".join(argv)
-    (args.out / "secagg-rounds.json").write_text(
-        json.dumps({"command": command, "rows": rows}, indent=2)
-    )
+    run = command("secagg_rounds.py", argv)
     plain = {r["cohort"]: r for r in rows if not r["secagg"]}
-    lines = [
-        "# SecAgg+ round time against cohort size",
-        "",
-        f"Command: `{command}` (2 CPU cores; Flower simulation engine, 1 CPU per device).",
-        "",
-        "| devices per round | plain round (s) | SecAgg+ round (s) | ratio | "
-        "upload per device, plain → SecAgg+ (bytes) |",
-        "|---|---|---|---|---|",
-    ]
+    lines = report_head(
+        "SecAgg+ round time against cohort size",
+        f"Command: `{run}` (2 CPU cores; Flower simulation engine, 1 CPU per device).",
+        columns="devices per round | plain round (s) | SecAgg+ round (s) | ratio"
+        " | upload per device, plain → SecAgg+ (bytes)",
+    )
     for r in rows:
         if not r["secagg"] or r["cohort"] not in plain:
             continue
@@ -100,7 +73,7 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str]) -> None:
             f"{r['median_round_s'] / p['median_round_s']:.1f}× | "
             f"{p['upload_bytes_per_device']:,} → {r['upload_bytes_per_device']:,} |"
         )
-    (args.out / "secagg-rounds.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "secagg-rounds", {"command": run, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -36,20 +36,18 @@ Writes benchmarks/results/two-tower-<dataset>[-<name>].{json,md} after every see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import Stopwatch, command, local_dataset, report_head, table_head, write_results
 
 from stamen.models.batches import UserItems
 from stamen.models.metrics import full_ranks, ranking_metrics
 from stamen.models.registry import DeviceInputs, device_seeds, model_class
 from stamen.models.schema import Interactions
 from stamen.simulation.config import load_config
-from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.engines.batched import run_batched
 from stamen.simulation.engines.flower import initial_shared, release_catalog
 from stamen.simulation.protocol.evaluate import evaluate
@@ -250,20 +248,14 @@ def _constant(values: np.ndarray, *, seed: int):
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {message}", flush=True)
-
-    path = find_local(args.dataset, default_data_dir())
-    if path is None:
-        sys.exit(f"{args.dataset} not found under {default_data_dir()} (set STAMEN_DATA_DIR)")
-    dataset = load_dataset(args.dataset, path)
+    clock = Stopwatch()
+    log = clock.log
+    dataset = local_dataset(args.dataset)
     catalog = release_catalog(None, dataset.catalog)  # type: ignore[arg-type]
     attributes = None if dataset.users is None else dataset.users.values
     variants = [v for v in args.variants if not (VARIANTS[v][2] and attributes is None)]
     record = {
-        "command": " ".join(["python benchmarks/two_tower.py", *argv]),
+        "command": command("two_tower.py", argv),
         "protocol": __doc__.split("\n\n", 2)[2].rsplit("\n\nWrites", 1)[0],
         "variants": {v: VARIANTS[v][:2] for v in variants},
         "runs": [],
@@ -309,7 +301,7 @@ def main(argv: list[str]) -> None:
                 f"{run['cold_items'][name]['ndcg@10']:.4f} ({result.seconds:.0f} s)"
             )
         record["runs"].append(run)
-        record["seconds"] = time.perf_counter() - started
+        record["seconds"] = clock.seconds
         write(args, record)
     log("done")
 
@@ -320,22 +312,15 @@ def _mean_std(values: list[float]) -> str:
 
 def write(args, record: dict) -> None:
     stem = f"two-tower-{args.dataset}" + (f"-{args.name}" if args.name else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str))
     runs = record["runs"]
     seeds = [r["seed"] for r in runs]
-    lines = [
-        f"# Two-tower and cold start: {args.dataset}",
-        "",
+    lines = report_head(
+        f"Two-tower and cold start: {args.dataset}",
         f"Command: `{record['command']}`",
-        "",
         f"Seeds {seeds}; mean ± std over seeds. {record['protocol']}",
-        "",
         "## Warm users and items (full ranking, last round)",
-        "",
-        "| method | NDCG@10 | HR@10 | sampled HR@10 | coverage@10 | wall s (seed mean) |",
-        "|---|---|---|---|---|---|",
-    ]
+        columns="method | NDCG@10 | HR@10 | sampled HR@10 | coverage@10 | wall s (seed mean)",
+    )
     for name in runs[0]["warm"]:
         got = [r["warm"][name] for r in runs]
         wall = f"{np.mean([g['seconds'] for g in got]):.0f}" if "seconds" in got[0] else "—"
@@ -351,8 +336,7 @@ def write(args, record: dict) -> None:
         "",
         "## Cold users: NDCG@10 (HR@10) of the next item after k onboarding items",
         "",
-        "| method | " + " | ".join(f"k = {k}" for k in KS) + " |",
-        "|---|" + "---|" * len(KS),
+        *table_head("method | " + " | ".join(f"k = {k}" for k in KS)),
     ]
     for name in runs[0]["cold_users"]:
         cells = []
@@ -372,8 +356,7 @@ def write(args, record: dict) -> None:
         f"## Cold items: {first['cold_items']} items never trained on, "
         f"{first['users']} users (seed {seeds[0]})",
         "",
-        "| method | HR@10 | NDCG@10 | AUC |",
-        "|---|---|---|---|",
+        *table_head("method | HR@10 | NDCG@10 | AUC"),
     ]
     for name in runs[0]["cold_items"]:
         got = [r["cold_items"][name] for r in runs]
@@ -383,7 +366,7 @@ def write(args, record: dict) -> None:
             + " |"
         )
     lines += ["", f"Wall time: {record['seconds']:.0f} s on 2 CPU cores."]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, stem, record, lines, default=str)
 
 
 if __name__ == "__main__":

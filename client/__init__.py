@@ -25,7 +25,9 @@ from stamen.errors import (
 #: Names loaded on first use (``__getattr__``), by module: importing the package (the
 #: deployment ClientApp does, for every message) loads neither torch nor Opacus.
 _LAZY = {
-    "stamen.client.device.device": ("Device", "Recommendation", "ReleaseInfo"),
+    "stamen.client.device.device": ("Device",),
+    "stamen.client.device.serving": ("Recommendation",),
+    "stamen.client.device.served": ("ReleaseInfo",),
     "stamen.client.device.events": ("EVENT_KINDS", "Event"),
     "stamen.client.device.keys": ("DeviceKeys",),
     "stamen.client.pipeline.recommend": ("PipelineSettings",),
@@ -33,13 +35,12 @@ _LAZY = {
     "stamen.client.flower.virtual": ("VirtualDevices",),
     "stamen.client.flower.app": (
         "USER_STATE_KEY",
-        "VALID_METRICS",
+        "DeviceClient",
         "DeviceData",
-        "HeldOut",
-        "MFClient",
         "build_client_app",
         "make_client_fn",
     ),
+    "stamen.client.flower.tasks": ("EVALUATE_TASKS", "FIT_TASKS"),
     "stamen.client.flower.record_dp": ("record_dp_update",),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
@@ -51,15 +52,16 @@ __all__ = [
     "DataError",
     "DecryptionError",
     "Device",
+    "DeviceClient",
     "DeviceClosedError",
     "DeviceData",
     "DeviceKeys",
+    "EVALUATE_TASKS",
     "EVENT_KINDS",
     "Event",
     "EventError",
+    "FIT_TASKS",
     "GENERATORS",
-    "HeldOut",
-    "MFClient",
     "PipelineSettings",
     "PrivacyError",
     "Recommendation",
@@ -70,7 +72,6 @@ __all__ = [
     "SignatureError",
     "StamenError",
     "USER_STATE_KEY",
-    "VALID_METRICS",
     "VirtualDevices",
     "build_client_app",
     "make_client_fn",

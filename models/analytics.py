@@ -26,16 +26,12 @@ from __future__ import annotations
 import math
 
 __all__ = [
-    "ANALYTICS_QUERY_KEY",
     "EVALUATION",
     "QUERIES",
     "TRENDING",
     "metric_names_from_config",
     "query_scale",
 ]
-
-#: The round config key naming the query a training message asks a device to answer.
-ANALYTICS_QUERY_KEY = "analytics-query"
 
 TRENDING = "trending"
 EVALUATION = "evaluation"

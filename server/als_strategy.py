@@ -20,11 +20,11 @@ import math
 from typing import Any
 
 import numpy as np
-from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_proxy import ClientProxy
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy.aggregate import aggregate
 
-from stamen.models.als.layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
+from stamen.models.als.layout import ALSLayout, als_sensitivity
+from stamen.models.wire import DeviceDP, Request, Task
 from stamen.privacy import GaussianSum
 from stamen.server.als import (
     ALSSettings,
@@ -33,6 +33,7 @@ from stamen.server.als import (
     release_noise,
     solve_item_side,
 )
+from stamen.server.flower_types import AggregatedFit, FitFailures, FitResults
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedAveraging, failure_reasons
 
@@ -161,13 +162,14 @@ class FederatedALS(FederatedAveraging):
                 f"statistics or noise shares; set it to at least {needed:.3g}"
             )
 
-    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
+    def request(self, rnd: int, cohort: int | None = None) -> Request:
         """The request of round ``rnd``'s stage: counts, or the statistics over the head."""
-        config = super().request_config(rnd, cohort)
-        config[ALS_STAGE_KEY] = self._stage(rnd)
-        if self._stage(rnd) == "statistics":
+        base = super().request(rnd, cohort)
+        settings = dict(base.settings)
+        task = Task.ALS_COUNTS if self._stage(rnd) == "counts" else Task.ALS_STATISTICS
+        if task is Task.ALS_STATISTICS:
             assert self.head is not None
-            config.update(
+            settings.update(
                 {
                     "als-head": self.head.astype(np.int64).tobytes(),
                     "als-item-grams": self.als.item_grams,
@@ -177,18 +179,16 @@ class FederatedALS(FederatedAveraging):
                     "als-cap": self.als.cap,
                 }
             )
+        dp = base.dp
         if self.mechanisms is not None:
             mechanism = self.mechanisms[self._stage(rnd)]
             share = mechanism.share_std(cohort or self.settings.clients_per_round)
-            config.update({"dp-clip-norm": mechanism.sensitivity, "dp-noise-std": share})
-        return config
+            dp = DeviceDP(mechanism.sensitivity, share)
+        return base.with_(task=task, settings=settings, dp=dp)
 
     def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self, server_round: int, results: FitResults, failures: FitFailures
+    ) -> AggregatedFit:
         """Sum the devices' vectors, add the noise, then take the head from the counts or
         solve the item side from the statistics; checkpoint and publish."""
         rnd = self._global_round(server_round)

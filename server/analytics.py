@@ -15,14 +15,12 @@ accountant, so its (ε, δ) is reported apart from training's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.common import (
     EvaluateIns,
-    EvaluateRes,
     FitIns,
-    FitRes,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
@@ -34,7 +32,8 @@ from flwr.server.strategy import Strategy
 from flwr.server.strategy.aggregate import aggregate
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stamen.models.analytics import ANALYTICS_QUERY_KEY, query_scale
+from stamen.models.analytics import query_scale
+from stamen.models.wire import DeviceDP, Request
 from stamen.privacy import (
     GaussianSum,
     PrivacyAccountant,
@@ -43,19 +42,23 @@ from stamen.privacy import (
     UserDP,
     check_update,
 )
+from stamen.server import flower_types as flower
+
+if TYPE_CHECKING:
+    from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
     "AnalyticsSettings",
     "EVALUATION_METRICS",
     "EvaluationQuerySettings",
-    "Owner",
     "PrivateSum",
     "SumResult",
     "TrendingSettings",
 ]
 
-#: The metrics a device's evaluation reports (``MFClient.evaluate``) but its loss, which
-#: is unbounded and so has no place in a bounded private sum.
+#: The metrics a device's held-out evaluation reports
+#: (``stamen.simulation.protocol.device_evaluation``) but its loss, which is unbounded and
+#: so has no place in a bounded private sum.
 EVALUATION_METRICS = (
     "hr@10",
     "ndcg@10",
@@ -143,33 +146,6 @@ class SumResult:
     noise_std: float
 
 
-class Owner(Protocol):
-    """What a query needs from the training strategy: its devices by stable id, its
-    seeded sampler and its release signature."""
-
-    def connected_devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
-        """The connected devices by stable device id."""
-        ...
-
-    def sample(
-        self,
-        devices: dict[int, ClientProxy],
-        n: int,
-        rnd: int,
-        *,
-        purpose: Purpose,
-        poisson: bool,
-    ) -> list[ClientProxy]:
-        """The run's seeded sample of ``n`` expected devices for ``purpose``."""
-        ...
-
-    def sign_config(
-        self, config: dict[str, Scalar], parameters: Parameters, rnd: int
-    ) -> dict[str, Scalar]:
-        """``config`` with the signature of round ``rnd``'s ``parameters``."""
-        ...
-
-
 class PrivateSum(Strategy):
     """One kind of private sum query (module docstring), asked with :meth:`ask` and run
     by a Flower fit workflow (SecAgg+ when ``secagg`` is given, plain otherwise).
@@ -193,7 +169,7 @@ class PrivateSum(Strategy):
 
     def __init__(
         self,
-        owner: Owner | None,
+        owner: FederatedAveraging | None,
         *,
         name: str,
         width: int,
@@ -227,7 +203,7 @@ class PrivateSum(Strategy):
                 released=released,
             )
         self.secagg = None if secagg is None else self._secagg(secagg)
-        self._ask: tuple[int, Parameters, dict[str, Scalar]] | None = None
+        self._ask: tuple[Parameters, Request] | None = None
         self.result: SumResult | None = None
         self.record: dict[str, Any] = {}
 
@@ -258,10 +234,10 @@ class PrivateSum(Strategy):
             return secagg
         return secagg.model_copy(update={"clipping_range": needed})
 
-    def ask(self, rnd: int, parameters: list[np.ndarray], config: dict[str, Scalar]) -> None:
-        """Set the round, the arrays sent (the global model, or none) and the query's own
-        config keys for the next run of a workflow."""
-        self._ask = (rnd, ndarrays_to_parameters(parameters), dict(config))
+    def ask(self, parameters: list[np.ndarray], request: Request) -> None:
+        """Set the arrays sent (the global model, or none) and the query's request (its
+        task, round and settings) for the next run of a workflow."""
+        self._ask = (ndarrays_to_parameters(parameters), request)
         self.result = None
         self.record = {}
 
@@ -280,7 +256,8 @@ class PrivateSum(Strategy):
         or a seeded fixed-size sample, without) and what each device is asked."""
         if self._ask is None:
             raise RuntimeError(f"{self!r}: run without ask()")
-        rnd, sent, extra = self._ask
+        sent, request = self._ask
+        rnd = request.round
         if self.owner is None:
             raise RuntimeError(f"{self!r}: no training strategy to sample devices from")
         devices = self.owner.connected_devices(client_manager)
@@ -296,28 +273,21 @@ class PrivateSum(Strategy):
             self._report_privacy()
             return []
         share = 0.0 if self.mechanism is None else self.mechanism.share_std(len(cohort))
-        config: dict[str, Scalar] = {
-            "server-round": rnd,
-            **extra,
-            ANALYTICS_QUERY_KEY: self.name,
-            "analytics-scale": self.scale,
-            "dp-clip-norm": self.dp.clip_norm,
-            "dp-noise-std": share,
-        }
-        fit_ins = FitIns(sent, self.owner.sign_config(config, sent, rnd))
+        request = request.with_(
+            settings={**request.settings, "analytics-scale": self.scale},
+            dp=DeviceDP(self.dp.clip_norm, share),
+        )
+        fit_ins = FitIns(sent, self.owner.sign(request, sent).to_config())
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self, server_round: int, results: flower.FitResults, failures: flower.FitFailures
+    ) -> flower.AggregatedFit:
         """Sum the answers (under SecAgg+ the one result is their mean), add central
         noise, charge the accountant, decode. Returns no parameters: the global model is
         not touched."""
         assert self._ask is not None
-        rnd = self._ask[0]
+        rnd = self._ask[1].round
         self.record["devices"] = len(results)
         self.record["failures"] = len(failures)
         if not results:
@@ -375,11 +345,8 @@ class PrivateSum(Strategy):
         return []
 
     def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-    ) -> tuple[float | None, dict[str, Scalar]]:
+        self, server_round: int, results: flower.EvaluateResults, failures: flower.EvaluateFailures
+    ) -> flower.AggregatedEvaluate:
         """A query has no evaluation stage."""
         return None, {}
 

@@ -1,13 +1,13 @@
 """What the deployment ServerApp (``stamen.server.app:server_app``) runs.
 
 It reads server settings only, from the run config (``flwr run . <federation>
---run-config "k=v ..."``, flat kebab-case keys, see :data:`RUN_CONFIG_KEYS`); it loads no
-data set and writes no device store. The catalogue and the model come from the newest
-signed release in the ``releases`` folder (release 0 is the operator's starting point,
-``stamen release init``); every round publishes the next signed release there and a
-checkpoint (global model, server optimiser, privacy accountant, round, history) under
-``checkpoints``; ``resume=true`` continues a killed run from its last checkpoint with ε
-continuing. One JSON line per round goes to ``<checkpoints>/rounds.jsonl``.
+--run-config "k=v ..."``, flat kebab-case keys derived from :class:`DeploymentRun`, see
+:data:`RUN_CONFIG_KEYS`); it loads no data set and writes no device store. The catalogue
+and the model come from the newest signed release in the ``releases`` folder (release 0 is
+the operator's starting point, ``stamen release init``); every round publishes the next
+signed release there and a checkpoint (global model, server optimiser, privacy accountant,
+round, history) under ``checkpoints``; ``resume=true`` continues a killed run from its last
+checkpoint with ε continuing. One JSON line per round goes to ``<checkpoints>/rounds.jsonl``.
 
 ``train`` picks what the run trains: ``model`` (the default) the retrieval model, whose
 releases carry the starting release's ranker and trending counts unchanged until the run
@@ -26,128 +26,102 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field
 
 from stamen.errors import ConfigError
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.ranker.model import RankerSettings, ranker_hidden
-from stamen.models.registry import build_model
+from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.run_config import read_run_config, run_config_keys, validate
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
-    "RANKER_KEYS",
     "RUN_CONFIG_KEYS",
     "SECAGG_TIMEOUT_S",
-    "TRAINED",
     "Deployment",
+    "DeploymentRun",
     "deployment_strategy",
-    "settings_overrides",
 ]
 
 _log = logging.getLogger("stamen")
-
-#: Run-config key -> (section of ``ServerSettings`` or ``None`` for top level, field).
-RUN_CONFIG_KEYS: dict[str, tuple[str | None, str]] = {
-    "num-server-rounds": (None, "rounds"),
-    "clients-per-round": (None, "clients_per_round"),
-    "seed": (None, "seed"),
-    "connect-timeout": (None, "connect_timeout"),
-    "secure-aggregation": ("secagg", "enabled"),
-    "secagg-num-shares": ("secagg", "num_shares"),
-    "secagg-reconstruction-threshold": ("secagg", "reconstruction_threshold"),
-    "secagg-clipping-range": ("secagg", "clipping_range"),
-    "secagg-timeout": ("secagg", "timeout"),
-    "dp": ("dp", "mode"),
-    "dp-epsilon": ("dp", "target_epsilon"),
-    "dp-delta": ("dp", "delta"),
-    "dp-noise-multiplier": ("dp", "noise_multiplier"),
-    "dp-clip-norm": ("dp", "clip_norm"),
-    "trending-every": ("analytics.trending", "every"),
-    "trending-window-days": ("analytics.trending", "window_days"),
-    "trending-cap": ("analytics.trending", "cap"),
-    "trending-clients": ("analytics.trending", "clients"),
-    "trending-dp": ("analytics.trending.dp", "mode"),
-    "trending-epsilon": ("analytics.trending.dp", "target_epsilon"),
-    "trending-noise-multiplier": ("analytics.trending.dp", "noise_multiplier"),
-}
 
 #: Seconds each SecAgg+ stage waits for replies in a deployment unless the run config says
 #: otherwise (``secagg-timeout``): a device that does not answer in time has dropped out.
 SECAGG_TIMEOUT_S = 120.0
 
-#: Run-config keys of the ranker's shape and device step (``train = "ranker"``).
-RANKER_KEYS = {f"ranker-{name.replace('_', '-')}": name for name in RankerSettings.model_fields}
 
-#: Keys of the deployment itself (folders, key, population, resume, what it trains).
-_OPERATIONS = ("releases", "checkpoints", "signing-key", "population", "resume", "train")
+class DeploymentRun(ServerSettings):
+    """A deployment run's settings: the server's and the deployment's own (folders, key,
+    population, resume, what it trains, the ranker's shape and device step)."""
 
-#: What a deployment run may train (``train``).
-TRAINED = ("model", "ranker")
+    releases: Path = Field(description="the signed releases: the newest is the start")
+    checkpoints: Path = Field(description="checkpoints and rounds.jsonl")
+    signing_key: Path = Field(description="the publisher's Ed25519 key")
+    population: int | None = Field(
+        None, ge=1, description="enrolled devices (device-id 0 … population-1)"
+    )
+    resume: bool = Field(False, description="continue from the last checkpoint")
+    train: Literal["model", "ranker"] = Field(
+        "model", description="the retrieval model or the pipeline's ranker"
+    )
+    ranker: RankerSettings = RankerSettings()
 
 
-def settings_overrides(run_config: dict[str, Any]) -> dict[str, Any]:
-    """``ServerSettings`` fields set in ``run_config`` (empty strings: unset), nested by
-    section (a dotted section nests deeper)."""
-    out: dict[str, Any] = {}
-    for key, (section, name) in RUN_CONFIG_KEYS.items():
-        value = run_config.get(key, "")
-        if value == "" or value is None:
-            continue
-        target = out
-        for part in section.split(".") if section else ():
-            target = target.setdefault(part, {})
-        target[name] = value
-    return out
+#: ``ServerSettings`` fields a deployment's run config does not set: the starting release
+#: fixes the model and its settings, the run decides its evaluation.
+_FIXED = (
+    "model",
+    "local",
+    "two_tower",
+    "evaluate",
+    "eval_every",
+    "eval_clients",
+    "analytics.evaluation",
+)
+
+#: Run-config key -> field path of :class:`DeploymentRun`.
+RUN_CONFIG_KEYS = run_config_keys(DeploymentRun, exclude=_FIXED)
+
+_DEFAULTS = {"secagg": {"timeout": SECAGG_TIMEOUT_S}}  # a real device can vanish
 
 
 class Deployment:
-    """A deployment run's validated settings (see module docstring)."""
+    """A deployment run's validated settings (see module docstring); one error names every
+    unknown key and bad value."""
 
     def __init__(self, run_config: dict[str, Any]) -> None:
-        known = set(RUN_CONFIG_KEYS) | set(_OPERATIONS) | set(RANKER_KEYS)
-        unknown = sorted(set(run_config) - known)
-        if unknown:
-            raise ConfigError(f"run config: unknown keys {unknown}; known: {sorted(known)}")
-        for key in ("releases", "checkpoints", "signing-key"):
-            if str(run_config.get(key, "")) == "":
-                raise ConfigError(f"run config: {key!r} is required in a deployment")
-        self.releases = Path(str(run_config["releases"]))
-        self.checkpoints = Path(str(run_config["checkpoints"]))
-        self.signing_key = Path(str(run_config["signing-key"]))
-        population = run_config.get("population", "")
-        self.population = None if population in ("", None) else int(population)
-        self.resume = str(run_config.get("resume", "false")).lower() in ("true", "1", "yes")
-        self.train = str(run_config.get("train", "") or "model")
-        if self.train not in TRAINED:
-            raise ConfigError(f"run config: train is {self.train!r}; known: {list(TRAINED)}")
-        ranker = {
-            name: run_config[key]
-            for key, name in RANKER_KEYS.items()
-            if run_config.get(key, "") not in ("", None)
-        }
-        if ranker and self.train != "ranker":
-            raise ConfigError(f"run config: {sorted(ranker)} set, but train is {self.train!r}")
-        try:
-            self.ranker = RankerSettings.model_validate(ranker)
-        except ValidationError as error:
-            raise ConfigError(f"run config: {_problems(error, 'ranker-')}") from None
-        self.overrides = settings_overrides(run_config)
-        # a real device can vanish: every SecAgg+ stage waits a bounded time
-        self.overrides.setdefault("secagg", {}).setdefault("timeout", SECAGG_TIMEOUT_S)
+        given = read_run_config(run_config, RUN_CONFIG_KEYS, source="run config")
+        train = given.data.get("train", "model")
+        ranker = given.given_under("ranker")
+        problems = []
+        if ranker and train != "ranker":
+            problems.append(f"run config: {', '.join(ranker)} set, but train is {train!r}")
+        run = validate(DeploymentRun, given, defaults=_DEFAULTS, problems=problems)
+        self.releases, self.checkpoints = run.releases, run.checkpoints
+        self.signing_key, self.population = run.signing_key, run.population
+        self.resume, self.train, self.ranker = run.resume, run.train, run.ranker
+        self._given = given.only(ServerSettings.model_fields)
         # deployed devices keep no held-out items: no evaluation rounds to wait for, but
         # a ranker run's last round, which asks every enrolled device about its own
         # offered list as a secure sum (with 'population' known: it sizes the query;
         # never in the clear: deployed devices send no metrics in plain mode)
-        self.overrides["evaluate"] = self.train == "ranker" and self.population is not None
-        if self.train == "ranker":
-            self.overrides["eval_every"] = 0
+        self._evaluation = {
+            "evaluate": self.train == "ranker" and self.population is not None,
+            **({"eval_every": 0} if self.train == "ranker" else {}),
+        }
+
+    def server_settings(self, model: RecModel) -> ServerSettings:
+        """The run config's server settings for the starting release's ``model``."""
+        fixed = {"model": model.name, model.settings_field: model.settings.model_dump()}
+        defaults = {**_DEFAULTS, **fixed, **self._evaluation}
+        return validate(ServerSettings, self._given, defaults=defaults)
 
     def starting_release(self, public_key: bytes) -> ReleaseBundle:
         """The newest signed release in ``releases`` (its signature checked)."""
@@ -167,16 +141,7 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     private, public = load_or_create_signing_key(deployment.signing_key)
     release = deployment.starting_release(public)
     model = build_model(release.model, dict(release.settings), release.catalog)
-    try:
-        settings = ServerSettings.model_validate(
-            {
-                **deployment.overrides,
-                "model": model.name,
-                model.settings_field: model.settings.model_dump(),
-            }
-        )
-    except ValidationError as error:
-        raise ConfigError(f"run config: {_problems(error)}") from None
+    settings = deployment.server_settings(model)
     if not settings.secagg.enabled:
         settings = settings.model_copy(update={"evaluate": False})
     if settings.analytics.trending.every and deployment.population is None:
@@ -239,15 +204,3 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     strategy.trending = release.trending
     strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
     return strategy
-
-
-def _problems(error: ValidationError, prefix: str = "") -> str:
-    """A pydantic error as ``field: message; …``; with ``prefix``, fields are spelled as
-    run-config keys (``ranker-`` + kebab case)."""
-    problems = []
-    for e in error.errors():
-        field = ".".join(map(str, e["loc"]))
-        if prefix:
-            field = prefix + field.replace("_", "-")
-        problems.append(f"{field}: {e['msg']}")
-    return "; ".join(problems)

@@ -4,10 +4,10 @@ The same strategy as the retrieval model's (``FederatedAveraging``: seeded cohor
 stable device ids, Poisson under user-level DP, SecAgg+ when on, clipping and noise,
 the accountant, signed releases and checkpoints), averaging the ranker's weights
 (``stamen.models.ranker.model``) instead. Every request carries
-:data:`~stamen.models.ranker.model.RANKER_STEP_KEY` and the ranker's settings; a device answers
+the ranker's task (``stamen.models.wire.Task.RANKER``) and its settings; a device answers
 with its ranker update, computed from the example it replays on itself
 (``Device.ranking_example``) and clipped, noised and checked before SecAgg+ masks it
-(``stamen.client.flower.app.MFClient``). Each round's release holds the retrieval model's
+(``stamen.client.flower.tasks.ranker_step``). Each round's release holds the retrieval model's
 arrays, unchanged, with the ranker of that round.
 
 Evaluation rounds (``eval_every``, and the last round) ask the devices for the ranker's
@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.common import Scalar
 
 from stamen.models.ranker.model import (
     RANKER_METRICS,
-    RANKER_STEP_KEY,
     RankerSettings,
     check_ranker,
     init_ranker,
 )
+from stamen.models.wire import Request, Task
 from stamen.server.analytics import TrendingSettings
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
@@ -86,13 +85,12 @@ class RankerAveraging(FederatedAveraging):
         self.release_offset = release_offset
         self.fingerprint["ranker"] = ranker.model_dump()
 
-    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
-        """The retrieval model's request with the ranker's step and settings."""
-        return {
-            **super().request_config(rnd, cohort),
-            RANKER_STEP_KEY: True,
-            **self.ranker.to_config(),
-        }
+    evaluates = Task.RANKER
+
+    def request(self, rnd: int, cohort: int | None = None) -> Request:
+        """The retrieval model's request, asking for the ranker's step with its settings."""
+        base = super().request(rnd, cohort)
+        return base.with_(task=Task.RANKER, settings={**base.settings, **self.ranker.to_config()})
 
     def _publish(self, rnd: int) -> Path:
         assert self.releases is not None

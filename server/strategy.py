@@ -31,7 +31,6 @@ import numpy as np
 from flwr.common import (
     Code,
     EvaluateIns,
-    EvaluateRes,
     FitIns,
     FitRes,
     GetPropertiesIns,
@@ -47,7 +46,9 @@ from flwr.server.strategy.aggregate import aggregate
 
 from stamen.models.analytics import EVALUATION, TRENDING
 from stamen.models.mf.settings import DEVICE_ID_KEY
+from stamen.models.wire import DeviceDP, Request, Task
 from stamen.privacy import PrivacyAccountant, Purpose, check_update, sign_arrays
+from stamen.server import flower_types as flower
 from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
@@ -103,6 +104,9 @@ class FederatedAveraging(Strategy):
         releases: where to publish a signed release bundle after every round (``None``:
             nowhere); release ``N`` is the global model after round ``N``.
     """
+
+    #: What evaluation rounds ask the devices to evaluate.
+    evaluates = Task.MODEL
 
     def __init__(
         self,
@@ -236,13 +240,17 @@ class FederatedAveraging(Strategy):
         assert self.trending_query is not None
         trending = self.settings.analytics.trending
         now = trending.now if trending.now is not None else time.time()
-        config: dict[str, Scalar] = {
-            "analytics-now": float(now),
-            "analytics-window": trending.window,
-            "analytics-cap": trending.cap,
-        }
+        request = Request(
+            task=Task.TRENDING,
+            round=rnd,
+            settings={
+                "analytics-now": float(now),
+                "analytics-window": trending.window,
+                "analytics-cap": trending.cap,
+            },
+        )
         # no model: one empty array (Flower's messages cannot carry zero arrays)
-        self.trending_query.ask(rnd, [np.zeros(0, np.float32)], config)
+        self.trending_query.ask([np.zeros(0, np.float32)], request)
         return self.trending_query
 
     def take_trending(self, rnd: int) -> None:
@@ -267,13 +275,15 @@ class FederatedAveraging(Strategy):
         assert self.evaluation_query is not None
         query = self.evaluation_query
         arrays = parameters_to_ndarrays(parameters)
-        config: dict[str, Scalar] = {
-            **self.request_config(rnd),
-            "analytics-metrics": ",".join(self.settings.analytics.evaluation.metrics),
-        }
-        for key in ("dp-clip-norm", "dp-noise-std"):  # the query's own DP, not training's
-            config.pop(key, None)
-        query.ask(rnd, arrays, config)
+        evaluated = self.request(rnd)
+        metrics = ",".join(self.settings.analytics.evaluation.metrics)
+        request = evaluated.with_(
+            task=Task.EVALUATION_SUM,
+            evaluates=self.evaluates,
+            settings={**evaluated.settings, "analytics-metrics": metrics},
+            dp=None,  # the query's own DP, not training's
+        )
+        query.ask(arrays, request)
         if query.accountant is None:
             query.cohort = self._eval_cohort(rnd, connected)
             self._eval_full = query.cohort >= connected
@@ -410,34 +420,34 @@ class FederatedAveraging(Strategy):
         ids = self.plan.sample(rnd, n, purpose=purpose, poisson=poisson, available=available)
         return [devices[int(i)] for i in ids]
 
-    def request_config(self, rnd: int, cohort: int | None = None) -> dict[str, Scalar]:
-        """What round ``rnd``'s requests to a cohort of ``cohort`` devices (``None``: the
-        expected cohort) carry: the model and its device step, whether to report the
-        training loss, the device's clip norm and noise share, record-level DP."""
-        config: dict[str, Scalar] = {"server-round": rnd, **self.settings.device_config()}
+    def request(self, rnd: int, cohort: int | None = None) -> Request:
+        """Round ``rnd``'s request to a cohort of ``cohort`` devices (``None``: the
+        expected cohort): the model's step with its settings, whether the device may
+        report its training loss, its clip norm and noise share, record-level DP."""
+        settings = self.settings
+        task_settings = dict(settings.device_config())
+        if settings.record_dp.enabled:
+            task_settings.update(settings.record_dp.to_config())
+        mechanism = self.plan.mechanism
+        dp = None
+        if mechanism is not None:
+            share = mechanism.share_std(cohort or settings.clients_per_round)
+            dp = DeviceDP(mechanism.sensitivity, share)
         # A device's own training loss would bypass both protections: report it only when
         # neither secure aggregation nor DP is on.
-        settings = self.settings
         private = settings.secagg.enabled or settings.dp.enabled or settings.record_dp.enabled
-        config["fit-metrics"] = not private
-        mechanism = self.plan.mechanism
-        if mechanism is not None:
-            share = mechanism.share_std(cohort or self.settings.clients_per_round)
-            config.update({"dp-clip-norm": mechanism.sensitivity, "dp-noise-std": share})
-        if self.settings.record_dp.enabled:
-            config.update(self.settings.record_dp.to_config())
-        return config
+        return Request(
+            task=Task.MODEL, round=rnd, settings=task_settings, dp=dp, report_loss=not private
+        )
 
-    def sign_config(
-        self, config: dict[str, Scalar], parameters: Parameters, rnd: int
-    ) -> dict[str, Scalar]:
-        """``config`` with the signature of round ``rnd``'s ``parameters`` (devices verify
-        it before use), when the run signs its releases."""
+    def sign(self, request: Request, parameters: Parameters) -> Request:
+        """``request`` with the signature of the ``parameters`` it is sent with (devices
+        verify it before use), when the run signs its releases."""
         if self.release_key is None:
-            return config
+            return request
         arrays = parameters_to_ndarrays(parameters)
-        signature = sign_arrays(arrays, round=rnd, private_key=self.release_key)
-        return {**config, "release-signature": signature}
+        signature = sign_arrays(arrays, round=request.round, private_key=self.release_key)
+        return request.with_(signature=signature)
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """The global shared arrays (fresh or from the resumed checkpoint)."""
@@ -468,16 +478,13 @@ class FederatedAveraging(Strategy):
                 "epsilon": self._record_dp_report()["epsilon"],
                 "max_participations": self.max_participations,
             }
-        config = self.request_config(rnd, len(cohort))
-        fit_ins = FitIns(parameters, self.sign_config(config, parameters, rnd))
+        request = self.sign(self.request(rnd, len(cohort)), parameters)
+        fit_ins = FitIns(parameters, request.to_config())
         return [(client, fit_ins) for client in cohort]
 
     def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        self, server_round: int, results: flower.FitResults, failures: flower.FitFailures
+    ) -> flower.AggregatedFit:
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
         if not results:
@@ -599,7 +606,8 @@ class FederatedAveraging(Strategy):
         n = self._eval_cohort(rnd, len(devices))
         self._eval_full = n >= len(devices)
         chosen = self.sample(devices, n, rnd, purpose=Purpose.EVALUATION, poisson=False)
-        config = self.sign_config(self.request_config(rnd), parameters, rnd)
+        request = self.request(rnd).with_(task=self.evaluates)
+        config = self.sign(request, parameters).to_config()
         return [(client, EvaluateIns(parameters, config)) for client in chosen]
 
     def _eval_cohort(self, rnd: int, connected: int) -> int:
@@ -609,11 +617,8 @@ class FederatedAveraging(Strategy):
         return connected
 
     def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, EvaluateRes]],
-        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
-    ) -> tuple[float | None, dict[str, Scalar]]:
+        self, server_round: int, results: flower.EvaluateResults, failures: flower.EvaluateFailures
+    ) -> flower.AggregatedEvaluate:
         """Mean of the devices' metrics (devices without held-out items weigh 0)."""
         rnd = self._global_round(server_round)
         pairs = [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in results]

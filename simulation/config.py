@@ -1,9 +1,11 @@
 """The configuration of a ``stamen simulate`` run, parsed once at the edge.
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
-flags. Keys may be written kebab-case or snake_case; nested sections are ``[local]``,
-``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``,
-``[als]``, ``[ranker]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``.
+flags (or a ``flwr run`` config, ``stamen.server.run_config``). Keys may be written kebab-case
+or snake_case; nested sections are ``[local]``, ``[two-tower]``, ``[optimizer]``,
+``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``, ``[als]``, ``[ranker]`` and
+``[analytics.trending]`` / ``[analytics.evaluation]``. Every problem is reported at once,
+each key named as the file or the flag spelled it.
 """
 
 from __future__ import annotations
@@ -12,24 +14,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
-from stamen.models.mf.settings import LocalSettings
 from stamen.models.ranker.model import RankerSettings
-from stamen.models.registry import RecModel, build_model, model_class
-from stamen.models.two_tower.model import TwoTowerSettings
-from stamen.privacy import RecordDP, SecAggSettings, UserDP
+from stamen.models.registry import RecModel, build_model
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings
-from stamen.server.analytics import AnalyticsSettings
 from stamen.server.optimizer import ServerOptimizerSettings
+from stamen.server.run_config import Given, validate
 from stamen.server.settings import ServerSettings
 
 __all__ = ["CentralisedSettings", "RankerTraining", "SimulationConfig", "load_config"]
-
-_SERVER = ServerSettings.model_fields
 
 
 class CentralisedSettings(BaseModel):
@@ -64,25 +61,21 @@ class RankerTraining(RankerSettings):
         return RankerSettings(**self.model_dump(include=set(RankerSettings.model_fields)))
 
 
-class SimulationConfig(BaseModel):
-    """Everything a simulation run needs; see ``stamen simulate --help``."""
+class SimulationConfig(ServerSettings):
+    """Everything a simulation run needs (see ``stamen simulate --help``): the server's
+    settings (``ServerSettings``: rounds, cohort, evaluation, ``[local]``, ``[two-tower]``,
+    ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[analytics]``) and the
+    simulation's own (data set, output, Ray, the baselines, private ALS, the ranker)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+    # at least 2 in a simulation (the server's settings allow 1)
+    clients_per_round: int = Field(ServerSettings.model_fields["clients_per_round"].default, ge=2)
     dataset: str = "ml-100k"
     data_dir: Path | None = None
-    model: str = Field("mf", description="model family: mf or two-tower (see [two-tower])")
     algorithm: Literal["fedavg", "als"] = Field(
         "fedavg",
         description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
         "(als.rounds + 1 rounds, every device in each; see [als])",
     )
-    # rounds, cohort and evaluation: the server's defaults (one set, ServerSettings)
-    rounds: int = Field(_SERVER["rounds"].default, ge=1)
-    clients_per_round: int = Field(_SERVER["clients_per_round"].default, ge=2)
-    eval_every: int = Field(_SERVER["eval_every"].default, ge=0)
-    eval_clients: int | None = Field(_SERVER["eval_clients"].default, ge=1)
-    seed: int = 0
     output: Path = Path("results/run")
     resume: bool = False
     cpus_per_client: float = Field(1.0, gt=0)
@@ -93,22 +86,9 @@ class SimulationConfig(BaseModel):
     )
     synthetic_users: int = Field(1000, ge=10)
     synthetic_items: int = Field(500, ge=100)
-    local: LocalSettings = LocalSettings()
-    two_tower: TwoTowerSettings = TwoTowerSettings()
-    optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
-    secagg: SecAggSettings = SecAggSettings()
-    dp: UserDP = UserDP()
-    record_dp: RecordDP = RecordDP()
     centralised: CentralisedSettings = CentralisedSettings()
     als: ALSSettings = ALSSettings()
-    analytics: AnalyticsSettings = AnalyticsSettings()
     ranker: RankerTraining = RankerTraining()
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        model_class(value)
-        return value
 
     def run_model(self, catalog: ReleaseCatalog, devices: int) -> RecModel:
         """The run's model over ``catalog`` with its settings for ``devices`` devices."""
@@ -149,61 +129,33 @@ class SimulationConfig(BaseModel):
         )
 
     def _server_settings(self, devices: int) -> ServerSettings:
-        return ServerSettings(
-            rounds=self.rounds,
-            clients_per_round=self.clients_per_round,
-            eval_every=self.eval_every,
-            eval_clients=self.eval_clients,
-            seed=self.seed,
-            model=self.model,
-            local=self.local.for_population(devices),
-            two_tower=self.two_tower,
-            optimizer=self.optimizer,
-            secagg=self.secagg,
-            dp=self.dp,
-            record_dp=self.record_dp,
-            analytics=self.analytics,
+        fields = {name: getattr(self, name) for name in ServerSettings.model_fields}
+        return ServerSettings.model_validate(
+            {**fields, "local": self.local.for_population(devices)}
         )
-
-
-def _snake(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k.replace("-", "_"): _snake(v) for k, v in value.items()}
-    return value
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(
     path: Path | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | Given | None = None,
     *,
     source: str = "command line",
 ) -> SimulationConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (``None`` values skipped).
-    Errors name ``path``, or ``source`` (where the overrides came from) without one."""
-    data: dict[str, Any] = {}
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (a nested dict, its
+    ``None`` values skipped, or a :class:`~stamen.server.run_config.Given`). One error
+    lists every problem, each named as the file or ``source`` (where the overrides came
+    from) spelled it."""
+    sources = []
     if path is not None:
-        source = str(path)
         try:
-            data = _snake(tomllib.loads(Path(path).read_text()))
+            data = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: {err}") from None
-    cleaned = {k: v for k, v in _snake(overrides or {}).items() if v is not None}
-    try:
-        return SimulationConfig.model_validate(_merge(data, cleaned))
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        sources.append(Given.nested(data, source=str(path)))
+    if isinstance(overrides, Given):
+        sources.append(overrides)
+    elif overrides:
+        sources.append(Given.nested(overrides, source=source))
+    return validate(SimulationConfig, *sources)

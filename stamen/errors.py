@@ -17,6 +17,7 @@
         ├── DeviceClosedError               the device was closed or forgotten
         ├── SecureAggregationRequired (RuntimeError)
         │                                   a device refused a training request without SecAgg+
+        ├── ProtocolError (ValueError)      a request on the wire is malformed or unknown
         └── PrivacyError
             ├── BudgetExceededError         the (ε, δ) budget would be overspent
             ├── DecryptionError             wrong key, tampered, truncated or unknown-version blob
@@ -50,6 +51,7 @@ __all__ = [
     "DeviceClosedError",
     "EventError",
     "PrivacyError",
+    "ProtocolError",
     "ReleaseError",
     "RollbackError",
     "SecureAggregationRequired",
@@ -153,3 +155,7 @@ class SignatureError(PrivacyError):
 
 class BudgetExceededError(PrivacyError):
     """Recording more rounds would spend more than the target privacy budget."""
+
+
+class ProtocolError(StamenError, ValueError):
+    """A request between server and device is malformed or asks for an unknown task."""

@@ -1,5 +1,6 @@
 """Test harness: run Stamen's ServerApp and ClientApp on Flower's simulation engine for a
-given split and config, keeping exactly what the strategy's ``aggregate_fit`` receives."""
+given split and config, keeping exactly what the strategy's ``aggregate_fit`` receives, and
+recompute the devices' own first-round updates to compare with it."""
 
 from __future__ import annotations
 
@@ -15,12 +16,51 @@ from flwr.clientapp.typing import Mod
 from flwr.common import parameters_to_ndarrays
 
 from stamen.client.flower.app import build_client_app
+from stamen.models.mf.local import local_update
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
 from stamen.server.strategy import FederatedAveraging
-from stamen.simulation.config import SimulationConfig
+from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.engines.flower import provision_run
+from stamen.simulation.protocol.device_evaluation import evaluate_tasks
 from stamen.simulation.protocol.split import Split
+
+
+def secagg_config(
+    n_devices: int, *, rounds: int = 1, secagg: dict[str, Any] | None = None, **extra: Any
+) -> SimulationConfig:
+    """``rounds`` rounds in which every one of ``n_devices`` devices trains under SecAgg+
+    (``secagg``: its settings besides ``enabled``), MF of dimension 4, no evaluation rounds;
+    ``extra``: further settings."""
+    return load_config(
+        None,
+        {
+            "rounds": rounds,
+            "clients_per_round": n_devices,
+            "eval_every": 0,
+            "local": {"dim": 4},
+            "secagg": {"enabled": True, **(secagg or {})},
+            **extra,
+        },
+    )
+
+
+def own_updates(
+    initial: list[np.ndarray], split: Split, config: SimulationConfig
+) -> list[list[np.ndarray]]:
+    """Each device's MF update in round 1 of ``config``, recomputed from ``initial`` as
+    ``DeviceClient.fit`` draws it (with the local settings the server sends)."""
+    settings = config.server_settings(split.n_users).local
+    return [
+        local_update(
+            initial,
+            None,
+            items=split.train.row(row),
+            settings=settings,
+            rng=np.random.default_rng([config.seed, row, 1, 0]),
+        ).delta
+        for row in range(split.n_users)
+    ]
 
 
 class RecordingMF(FederatedAveraging):
@@ -92,7 +132,7 @@ def run_recorded(
                 client_app=build_client_app(
                     provisioned.devices,
                     seed=config.seed,
-                    held_out=provisioned.held_out,
+                    evaluate_tasks=evaluate_tasks(provisioned.held_out),
                     secure_aggregation=config.secagg.enabled,
                     outer_mods=outer_mods,
                 ),

@@ -145,11 +145,11 @@ def test_distributed_noise_shares_follow_each_release_sensitivity(share) -> None
     counts_round = strategy.configure_fit(1, params, StaticClients(20))
     assert len(counts_round) == 20  # every device, whatever the Poisson draw would say
     config = counts_round[0][1].config
-    assert config["als-stage"] == "counts" and config["dp-clip-norm"] == 1.0
+    assert config["task"] == "als-counts" and config["dp-clip-norm"] == 1.0
     assert config["dp-noise-std"] == pytest.approx(z_counts / math.sqrt(20))
     strategy.head = np.arange(10)  # as the counts round would have set it
     config = strategy.configure_fit(2, params, StaticClients(20))[0][1].config
     sensitivity = als_sensitivity(user_clip=als.user_clip, cap=als.cap, item_grams=False)
-    assert config["als-stage"] == "statistics" and config["dp-clip-norm"] == sensitivity
+    assert config["task"] == "als-statistics" and config["dp-clip-norm"] == sensitivity
     assert config["dp-noise-std"] == pytest.approx(z_statistics * sensitivity / math.sqrt(20))
     assert np.frombuffer(config["als-head"], np.int64).tolist() == list(range(10))

@@ -11,18 +11,23 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
+from populations import timed_population
 from pydantic import ValidationError
 from static_clients import StaticClients
 
 from stamen.client.flower.analytics import evaluation_vectors, trending_vectors
-from stamen.client.flower.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceClient, DeviceData
+from stamen.errors import ProtocolError
 from stamen.models import Interactions
 from stamen.models.analytics import query_scale
+from stamen.models.wire import DeviceDP, Request, Task
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server.analytics import EVALUATION_METRICS, PrivateSum
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.engines.flower import release_catalog_of
+from stamen.simulation.engines.trending import population_trending_sum
+from stamen.simulation.protocol.device_evaluation import HeldOut, evaluate_tasks
 
 N_ITEMS = 40
 
@@ -85,12 +90,12 @@ def test_evaluation_vectors_count_evaluating_devices_and_refuse_unbounded_metric
     assert not evaluation_vectors(np.array([[7.0]]), np.array([False])).any()
 
 
-def _client(times: np.ndarray | None = None) -> MFClient:
+def _client(times: np.ndarray | None = None) -> DeviceClient:
     items = np.array([1, 2, 3])
-    data = DeviceData(
-        items, 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS), train_times=times
-    )
-    return MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
+    data = DeviceData(items, release_catalog_of(N_ITEMS), train_times=times)
+    held_out = HeldOut(4, 5, np.arange(10, 20))
+    tasks = evaluate_tasks(lambda row: held_out)
+    return DeviceClient(data, {}, seed=0, row=0, evaluate_tasks=tasks)  # type: ignore[arg-type]
 
 
 def _shared(dim: int = 4) -> list[np.ndarray]:
@@ -99,16 +104,17 @@ def _shared(dim: int = 4) -> list[np.ndarray]:
 
 
 def test_a_device_answers_trending_scaled_clipped_and_only_with_known_times() -> None:
-    config = {
-        "server-round": 1,
-        "analytics-query": "trending",
-        "analytics-now": 100.0,
-        "analytics-window": 30.0,
-        "analytics-cap": 4,
-        "analytics-scale": query_scale(width=4, clip_norm=1.0),
-        "dp-clip-norm": 1.0,
-        "dp-noise-std": 0.0,
-    }
+    config = Request(
+        task=Task.TRENDING,
+        round=1,
+        settings={
+            "analytics-now": 100.0,
+            "analytics-window": 30.0,
+            "analytics-cap": 4,
+            "analytics-scale": query_scale(width=4, clip_norm=1.0),
+        },
+        dp=DeviceDP(1.0, 0.0),
+    ).to_config()
     upload, n, metrics = _client(np.array([50.0, 80.0, 99.0])).fit([], config)
     assert n == 1 and metrics == {}
     (vector,) = upload
@@ -116,25 +122,27 @@ def test_a_device_answers_trending_scaled_clipped_and_only_with_known_times() ->
     assert np.allclose(vector[[2, 3]], 0.5)  # 1 / sqrt(cap)
     with pytest.raises(ValueError, match="event times"):
         _client(None).fit([], config)
-    with pytest.raises(ValueError, match="unknown analytics query"):
-        _client(np.zeros(3)).fit([], {**config, "analytics-query": "salaries"})
+    with pytest.raises(ProtocolError, match="'task' is 'salaries'; known tasks"):
+        _client(np.zeros(3)).fit([], {**config, "task": "salaries"})
 
 
 def test_a_device_answers_evaluation_with_its_own_metrics() -> None:
-    config = {"server-round": 2, "model": "mf", "dim": 4, "loss": "ials"}
+    request = Request(task=Task.MODEL, round=2, settings={"model": "mf", "dim": 4, "loss": "ials"})
     client = _client(np.zeros(3))
-    _, n, clear = client.evaluate(_shared(), config)
+    _, n, clear = client.evaluate(_shared(), request.to_config())
     assert n == 1
     names = ("hr@20", "sampled_ndcg@10", "valid_hr@10")
     scale = query_scale(width=len(names) + 1, clip_norm=1.0)
-    query = {
-        **config,
-        "analytics-query": "evaluation",
-        "analytics-metrics": ",".join(names),
-        "analytics-scale": scale,
-        "dp-clip-norm": 1.0,
-        "dp-noise-std": 0.0,
-    }
+    query = request.with_(
+        task=Task.EVALUATION_SUM,
+        evaluates=Task.MODEL,
+        settings={
+            **request.settings,
+            "analytics-metrics": ",".join(names),
+            "analytics-scale": scale,
+        },
+        dp=DeviceDP(1.0, 0.0),
+    ).to_config()
     (vector,), _, metrics = client.fit(_shared(), query)
     assert metrics == {}
     assert np.allclose(vector / scale, [1.0, *(clear[name] for name in names)])
@@ -154,6 +162,17 @@ def _owner(population: int) -> FederatedAveraging:
     )
 
 
+def _trending_sum(
+    population: int, *, width: int, dp: UserDP, releases: int, seed: int
+) -> PrivateSum:
+    """A plain (no SecAgg+) trending sum over the whole population, asked in round 1."""
+    query = population_trending_sum(
+        _owner(population), cap=width, dp=dp, users=population, releases=releases, seed=seed
+    )
+    query.ask([], Request(task=Task.TRENDING, round=1))
+    return query
+
+
 def _answers(vectors: np.ndarray) -> list[tuple[object, FitRes]]:
     return [
         (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([v]), 1, {}))
@@ -163,21 +182,10 @@ def _answers(vectors: np.ndarray) -> list[tuple[object, FitRes]]:
 
 def test_central_noise_matches_the_reported_std_and_opacus_accounts_it() -> None:
     population, width, z = 20, 4, 2.0
-    query = PrivateSum(
-        _owner(population),
-        name="trending",
-        width=width,
-        dp=UserDP(mode="central", noise_multiplier=z),
-        population=population,
-        cohort=population,
-        releases=3,
-        secagg=None,
-        seed=1,
-        purpose=2,
-    )
+    dp = UserDP(mode="central", noise_multiplier=z)
+    query = _trending_sum(population, width=width, dp=dp, releases=3, seed=1)
     cm = StaticClients(population)
     n_entries = 20_000
-    query.ask(1, [], {})
     assert len(query.configure_fit(1, ndarrays_to_parameters([]), cm)) == population
     rng = np.random.default_rng(0)
     indicators = (rng.random((population, n_entries)) < width / n_entries).astype(float)
@@ -199,19 +207,7 @@ def test_central_noise_matches_the_reported_std_and_opacus_accounts_it() -> None
 
 def test_a_plain_answer_above_the_clip_norm_is_rejected() -> None:
     population = 6
-    query = PrivateSum(
-        _owner(population),
-        name="trending",
-        width=2,
-        dp=UserDP(),
-        population=population,
-        cohort=population,
-        releases=1,
-        secagg=None,
-        seed=0,
-        purpose=2,
-    )
-    query.ask(1, [], {})
+    query = _trending_sum(population, width=2, dp=UserDP(), releases=1, seed=0)
     query.configure_fit(1, ndarrays_to_parameters([]), StaticClients(population))
     vectors = np.zeros((3, 5))
     vectors[0, :2] = query.scale  # norm 1: fine
@@ -242,19 +238,11 @@ def test_analytics_settings_that_would_leak_or_mis_account_are_refused() -> None
 
 def _population(n_users: int = 10, n_items: int = 150, seed: int = 3) -> Interactions:
     rng = np.random.default_rng(seed)
-    users, items, times = [], [], []
-    for u in range(n_users):
-        chosen = rng.choice(n_items, size=9, replace=False)
-        users += [u] * 9
-        items += chosen.tolist()
-        times += sorted(rng.uniform(0, 20 * 86_400, 9).tolist())
-    return Interactions.from_raw(
-        np.array(users),
-        np.array(items),
-        np.ones(len(users)),
-        np.array(times),
-        item_ids=np.arange(n_items),
-    )
+    items, times = [], []
+    for _ in range(n_users):
+        items.append(rng.choice(n_items, size=9, replace=False))
+        times.append(sorted(rng.uniform(0, 20 * 86_400, 9).tolist()))
+    return timed_population(items, times, n_items)
 
 
 @pytest.mark.slow
@@ -308,16 +296,17 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     local = config.server_settings(n).device_config()
     clear = []
     for u in range(n):
-        data = DeviceData(
-            split.train.row(u),
-            int(split.valid[u]),
-            int(split.test[u]),
-            split.negatives[u],
-            release_catalog_of(split.n_items),
+        data = DeviceData(split.train.row(u), release_catalog_of(split.n_items))
+        held = HeldOut(int(split.valid[u]), int(split.test[u]), split.negatives[u])
+        client = DeviceClient(
+            data,
+            {},  # type: ignore[arg-type]
+            seed=0,
+            row=u,
+            evaluate_tasks=evaluate_tasks(lambda row, held=held: held),
         )
-        _, examples, metrics = MFClient(data, {}, seed=0, row=u).evaluate(  # type: ignore[arg-type]
-            result.shared, {**local, "server-round": 1}
-        )
+        request = Request(task=Task.MODEL, round=1, settings=local)
+        _, examples, metrics = client.evaluate(result.shared, request.to_config())
         if examples:
             clear.append(metrics)
     assert evaluation["devices"] == len(clear) > 0

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flower_rounds import run_recorded
+from flower_rounds import own_updates, run_recorded, secagg_config
 
 from stamen.models import LocalSettings
-from stamen.models.mf.local import local_update
 from stamen.simulation.config import load_config
 from stamen.simulation.engines.flower import initial_shared
 from stamen.simulation.protocol import attack as atk
@@ -235,7 +234,7 @@ def test_attack_under_dp_noise_is_near_chance(population, noise, epsilon) -> Non
 
 # ------------------------------------------------ end to end: Flower with SecAgg+
 
-N_DEVICES, E2E_DIM = 20, 4
+N_DEVICES = 20
 
 
 @pytest.mark.slow
@@ -244,16 +243,7 @@ def test_secagg_server_sees_only_the_mean_and_the_attack_fails_on_it(tmp_path) -
     full = _ml100k_split()
     users = np.sort(np.random.default_rng(2).choice(full.n_users, N_DEVICES, replace=False))
     split = full.select(users)
-    config = load_config(
-        None,
-        {
-            "rounds": 1,
-            "clients_per_round": N_DEVICES,
-            "eval_every": 0,
-            "local": {"dim": E2E_DIM},
-            "secagg": {"enabled": True},
-        },
-    )
+    config = secagg_config(N_DEVICES)
     initial = initial_shared(split.n_items, config)
     strategy = run_recorded(split, config, initial=initial, folder=tmp_path)
     assert len(strategy.received) == 1, "aggregate_fit did not run exactly once"
@@ -264,17 +254,7 @@ def test_secagg_server_sees_only_the_mean_and_the_attack_fails_on_it(tmp_path) -
     for other in received[1:]:  # Flower hands every FitRes the same aggregate
         assert all(np.array_equal(a, b) for a, b in zip(view, other, strict=True))
 
-    # Each device's individual update, recomputed as MFClient.fit draws it (round 1).
-    individual = [
-        local_update(
-            initial,
-            None,
-            items=split.train.row(row),
-            settings=config.server_settings(N_DEVICES).local,  # what the server sends
-            rng=np.random.default_rng([config.seed, row, 1, 0]),
-        ).delta
-        for row in range(N_DEVICES)
-    ]
+    individual = own_updates(initial, split, config)
     secagg = config.secagg
     assert max(float(np.abs(a).max()) for d in individual for a in d) < secagg.clipping_range
     step = secagg.quantization_step()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_simulation import tiny_config
 from typer.testing import CliRunner
 
 from stamen.models import ReleaseBundle
@@ -20,11 +21,7 @@ runner = CliRunner()
 
 @pytest.mark.slow
 def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(
-        "synthetic-users = 30\nsynthetic-items = 400\neval-every = 1\n"
-        "[local]\ndim = 8\nrefresh-steps = 3\n[centralised]\nepochs = 3\n"
-    )
+    config = tiny_config(tmp_path, users=30, items=400, epochs=3, extra="eval-every = 1\n")
     out = tmp_path / "out"
     result = runner.invoke(
         app,
@@ -103,6 +100,24 @@ def test_bad_settings_exit_with_a_message(tmp_path) -> None:
     result = runner.invoke(app, ["simulate", "--rounds", "0", "--output", str(tmp_path)])
     assert result.exit_code == 2
     assert "rounds" in result.output
+    # every problem at once, the flags and the file's keys named as written
+    config = tmp_path / "run.toml"
+    config.write_text("[secagg]\nnum-sharez = 5\n")
+    result = runner.invoke(
+        app,
+        ["simulate", "--rounds", "0", "--clients-per-round", "1", "--config", str(config)]
+        + ["--epsilon", "-1", "--dp", "central"],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 2
+    for problem in (
+        "4 problems:",
+        "command line: --rounds: Input should be greater than or equal to 1",
+        "command line: --clients-per-round: Input should be greater than or equal to 2",
+        "command line: --epsilon: Input should be greater than 0",
+        f"{config}: secagg.num-sharez: unknown key",
+    ):
+        assert problem in result.output, result.output
 
 
 def test_missing_data_without_network_falls_back_to_synthetic(tmp_path, monkeypatch) -> None:

@@ -11,17 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from signed_releases import film_release
 from typer.testing import CliRunner
 
-from stamen.models import LocalSettings, ReleaseCatalog
-from stamen.models.mf.model import MFModel
-from stamen.server import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation.cli.commands import app
 
 HEAVY = {"flwr", "ray", "opacus"}
-N_ITEMS, DIM = 30, 4
 
 #: Runs the ``stamen`` entry point on ``sys.argv[1:]`` in a fresh interpreter, then prints
 #: its exit status and the top-level packages it imported, as JSON on the last line.
@@ -55,20 +51,7 @@ def _stamen(*args: str) -> tuple[str, set[str]]:
 @pytest.fixture
 def device(tmp_path: Path) -> Path:
     """A device folder holding one event and a signed MF release of 30 films."""
-    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
-    catalog = ReleaseCatalog.build(
-        [str(i) for i in range(1, N_ITEMS + 1)],
-        titles=[f"Film {i} (1995)" for i in range(1, N_ITEMS + 1)],
-    )
-    writer = ReleaseWriter(
-        tmp_path / "releases",
-        private_key=private,
-        public_key=public,
-        model=MFModel(LocalSettings(dim=DIM), catalog),
-    )
-    rng = np.random.default_rng(0)
-    shared = [rng.normal(0, 0.3, (N_ITEMS, DIM)).astype(np.float32), np.zeros(N_ITEMS, np.float32)]
-    bundle = writer.publish(1, shared)
+    bundle = film_release(tmp_path, 1)
     folder = tmp_path / "phone"
     public = tmp_path / "releases" / "release.pub"
     runner = CliRunner()

@@ -88,6 +88,20 @@ def pairs(ds: Dataset) -> set[tuple[int, int, float, int | None]]:
     }
 
 
+def load_bad_line(
+    tmp_path: Path, fmt: tuple, file_name: str, line: int, text: str, field: str
+) -> DataFormatError:
+    """Load a copy of ``fmt``'s fixture whose ``file_name`` has ``text`` at ``line``; check
+    that the error's message names the file, the line and ``field``, and return it."""
+    folder_name, _, load = fmt
+    edit(copy_fixture(tmp_path, folder_name) / file_name, line, text)
+    with pytest.raises(DataFormatError) as info:
+        load(tmp_path / folder_name)
+    message = str(info.value)
+    assert file_name in message and f"line {line}" in message and f"field {field!r}" in message
+    return info.value
+
+
 def real(folder: str) -> Path:
     path = REAL / folder
     if not path.is_dir():
@@ -258,15 +272,10 @@ BAD_LINES = [
 def test_bad_interaction_line_names_file_line_field(
     tmp_path: Path, fmt: tuple, line: int, text: str, field: str
 ) -> None:
-    folder_name, file_name, load = fmt
-    folder = copy_fixture(tmp_path, folder_name)
-    edit(folder / file_name, line, text)
-    with pytest.raises(DataFormatError) as info:
-        load(folder)
-    message = str(info.value)
-    assert file_name in message and f"line {line}" in message and f"field {field!r}" in message
-    assert (info.value.line, info.value.field) == (line, field)
-    assert info.value.path == str(folder / file_name)
+    folder_name, file_name, _ = fmt
+    error = load_bad_line(tmp_path, fmt, file_name, line, text, field)
+    assert (error.line, error.field) == (line, field)
+    assert error.path == str(tmp_path / folder_name / file_name)
 
 
 def test_duplicate_names_first_occurrence(tmp_path: Path) -> None:
@@ -340,13 +349,7 @@ BAD_CATALOG = [
 def test_bad_catalogue_line_names_file_line_field(
     tmp_path: Path, fmt: tuple, file_name: str, line: int, text: str, field: str
 ) -> None:
-    folder_name, _, load = fmt
-    folder = copy_fixture(tmp_path, folder_name)
-    edit(folder / file_name, line, text)
-    with pytest.raises(DataFormatError) as info:
-        load(folder)
-    message = str(info.value)
-    assert file_name in message and f"line {line}" in message and f"field {field!r}" in message
+    load_bad_line(tmp_path, fmt, file_name, line, text, field)
 
 
 @pytest.mark.parametrize(

@@ -6,39 +6,23 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
+from signed_releases import film_release
 from typer.testing import CliRunner
 
 from stamen.errors import DataError
-from stamen.models import DataFormatError, LocalSettings, ReleaseCatalog
-from stamen.models.mf.model import MFModel
+from stamen.models import DataFormatError
 from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
-from stamen.server import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation.cli import commands as cli
 from stamen.simulation.cli.commands import app
 from stamen.simulation.cli.event_files import read_events
 
 runner = CliRunner()
-N_ITEMS, DIM = 30, 4
 
 
 @pytest.fixture
 def release(tmp_path):
-    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
-    catalog = ReleaseCatalog.build(
-        [str(i) for i in range(1, N_ITEMS + 1)],
-        titles=[f"Film {i} (1995)" for i in range(1, N_ITEMS + 1)],
-    )
-    writer = ReleaseWriter(
-        tmp_path / "releases",
-        private_key=private,
-        public_key=public,
-        model=MFModel(LocalSettings(dim=DIM), catalog),
-    )
-    rng = np.random.default_rng(0)
-    shared = [rng.normal(0, 0.3, (N_ITEMS, DIM)).astype(np.float32), np.zeros(N_ITEMS, np.float32)]
-    return writer.publish(3, shared), tmp_path / "releases" / "release.pub"
+    return film_release(tmp_path, 3), tmp_path / "releases" / "release.pub"
 
 
 def _ok(args: list[str]) -> str:

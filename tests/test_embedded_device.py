@@ -27,7 +27,7 @@ from stamen.client import (
     ReleaseError,
     RollbackError,
 )
-from stamen.client.device.device import RELEASE_FILE
+from stamen.client.device.releases import RELEASE_FILE
 from stamen.client.device.store import DB_NAME, SCHEMA_VERSION
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.models import DataError
@@ -167,6 +167,24 @@ def test_an_acknowledged_record_survives_sigkill(tmp_path) -> None:
     assert [(e.item, e.kind, e.value, dict(e.context)) for e in history] == [
         ("zq-durable-7", "play", 1.0, {"hour": 21})
     ]
+
+
+def test_forget_erases_only_stamens_files_in_a_folder_the_app_shares(tmp_path) -> None:
+    key = generate_key()
+    folder = tmp_path / "appdata"
+    folder.mkdir()
+    (folder / "settings.json").write_text("{}")
+    (folder / "photos").mkdir()
+    (folder / "photos" / "me.jpg").write_bytes(b"\xff\xd8")
+    _, release = _signed(1)
+    device = _open(folder, key)
+    device.apply_release(release)
+    device.record("item-1", "play")
+    (folder / f".{RELEASE_FILE}.abc.tmp").write_bytes(b"half a release")
+    device.forget()
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert left == ["photos", "photos/me.jpg", "settings.json"]
+    assert (folder / "photos" / "me.jpg").read_bytes() == b"\xff\xd8"
 
 
 def test_forget_leaves_an_empty_folder_and_a_closed_device(tmp_path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
+from populations import timed_population
 
 from stamen.client.flower.app import build_client_app
 from stamen.models import CheckpointError, Interactions
@@ -52,19 +53,11 @@ EVAL_METRICS = {
 
 def _population(seed: int = 0) -> Interactions:
     rng = np.random.default_rng(seed)
-    users, items, times = [], [], []
+    items, times = [], []
     for u in range(N_USERS):
-        chosen = rng.choice(N_ITEMS // 2, size=12, replace=False) + (u % 2) * (N_ITEMS // 2)
-        users += [u] * 12
-        items += chosen.tolist()
-        times += sorted(rng.integers(0, 10_000, 12).tolist())
-    return Interactions.from_raw(
-        np.array(users),
-        np.array(items),
-        np.ones(len(users)),
-        np.array(times),
-        item_ids=np.arange(N_ITEMS),
-    )
+        items.append(rng.choice(N_ITEMS // 2, size=12, replace=False) + (u % 2) * (N_ITEMS // 2))
+        times.append(sorted(rng.integers(0, 10_000, 12).tolist()))
+    return timed_population(items, times, N_ITEMS)
 
 
 class _Capture:
@@ -285,7 +278,8 @@ def _query(m: dict) -> str | None:
     """What a SecAgg+ masked-vector reply answered (``None``: another stage's reply)."""
     if "masked_params" not in m["configs"].get("secaggplus_configs", {}):
         return None
-    return m["received_configs"]["fitins.config"].get("analytics-query", "training")
+    task = m["received_configs"]["fitins.config"]["task"]
+    return {"model": "training", "evaluation-sum": "evaluation"}.get(task, task)
 
 
 def test_trending_counts_go_into_the_release_with_their_own_epsilon(secagg_run) -> None:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from stamen.client.flower.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ReleaseBundle, ReleaseCatalog, UserItems
 from stamen.models.metrics import top_k
 from stamen.models.registry import MODELS, DeviceInputs, build_model, model_class
+from stamen.models.wire import DeviceDP, Request, Task
 from stamen.server.rounds import RoundPlan
 from stamen.server.settings import ServerSettings
 from stamen.simulation.engines.batched import model_step, round_mean
@@ -133,9 +134,10 @@ def test_the_upload_holds_the_shared_arrays_only(model) -> None:
     shared = _shared(model)
     state: dict = {}
     items = np.array([3, 7, 8, 20])
-    data = DeviceData(items, -1, -1, np.zeros(0, np.int64), model.catalog)
-    client = MFClient(data, state, seed=0, row=2)  # type: ignore[arg-type]
-    config = {"server-round": 1, "model": model.name, **model.settings.to_config()}
+    data = DeviceData(items, model.catalog)
+    client = DeviceClient(data, state, seed=0, row=2)  # type: ignore[arg-type]
+    settings = {"model": model.name, **model.settings.to_config()}
+    config = Request(task=Task.MODEL, round=1, settings=settings).to_config()
     upload, _, _ = client.fit(shared, config)
     assert [u.shape for u in upload] == [a.shape for a in shared]
     kept = [v.to_numpy_ndarrays()[0] for v in state.values()]
@@ -187,23 +189,17 @@ def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     rnd = 3
     step = model_step(model, devices.history, users, seed=settings.seed)
     mean = round_mean(step, shared, users, RoundPlan(settings, population=50), rnd)
-    config = {
-        "server-round": rnd,
-        **settings.device_config(),
-        "dp-clip-norm": 0.05,
-        "dp-noise-std": 0.0,
-    }
+    config = Request(
+        task=Task.MODEL, round=rnd, settings=settings.device_config(), dp=DeviceDP(0.05, 0.0)
+    ).to_config()
     uploads = []
     for d, user in enumerate(users):
         data = DeviceData(
             devices.history.row(d),
-            -1,
-            -1,
-            np.zeros(0, np.int64),
             model.catalog,
             devices.history.select(np.array([d])).contexts,
         )
-        client = MFClient(data, {}, seed=settings.seed, row=int(user))  # type: ignore[arg-type]
+        client = DeviceClient(data, {}, seed=settings.seed, row=int(user))  # type: ignore[arg-type]
         uploads.append(client.fit(shared, config)[0])
     for k, got in enumerate(mean):
         want = np.mean([u[k] for u in uploads], axis=0)

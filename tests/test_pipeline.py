@@ -238,52 +238,36 @@ def _mmr_reference(relevance, vectors, k, lam):
     return chosen
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.3, 0.7, 1.0])
-def test_mmr_matches_the_slow_reference(lam) -> None:
-    rng = np.random.default_rng(int(lam * 10))
-    relevance, vectors = rng.random(40), rng.normal(size=(40, 5))
+def _mmr(relevance: np.ndarray, vectors, k: int, lam: float) -> list[int]:
+    """The candidates ``rerank`` picks by MMR alone: all allowed, no genres, none fresh."""
     n = len(relevance)
     slots = rerank(
         relevance,
         vectors,
-        12,
+        k,
         allowed=np.ones(n, bool),
         genres=[()] * n,
         fresh=np.zeros(n, bool),
         lam=lam,
     )
-    assert [s.candidate for s in slots] == _mmr_reference(relevance, vectors, 12, lam)
+    return [s.candidate for s in slots]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.7, 1.0])
+def test_mmr_matches_the_slow_reference(lam) -> None:
+    rng = np.random.default_rng(int(lam * 10))
+    relevance, vectors = rng.random(40), rng.normal(size=(40, 5))
+    assert _mmr(relevance, vectors, 12, lam) == _mmr_reference(relevance, vectors, 12, lam)
     # wide, sparse vectors (tags) give the same list as their dense form
     tags = sparse.random(40, 300, density=0.02, random_state=int(lam * 10), format="csr")
-    kwargs = dict(allowed=np.ones(n, bool), genres=[()] * n, fresh=np.zeros(n, bool), lam=lam)
-    dense = rerank(relevance, tags.toarray(), 12, **kwargs)
-    assert [s.candidate for s in rerank(relevance, tags, 12, **kwargs)] == [
-        s.candidate for s in dense
-    ]
+    assert _mmr(relevance, tags, 12, lam) == _mmr(relevance, tags.toarray(), 12, lam)
 
 
 def test_mmr_diversifies_a_list_of_near_duplicates() -> None:
     vectors = np.array([[1.0, 0], [1.0, 0.01], [0, 1.0]])
     relevance = np.array([1.0, 0.99, 0.5])
-    plain = rerank(
-        relevance,
-        vectors,
-        2,
-        allowed=np.ones(3, bool),
-        genres=[()] * 3,
-        fresh=np.zeros(3, bool),
-        lam=1.0,
-    )
-    diverse = rerank(
-        relevance,
-        vectors,
-        2,
-        allowed=np.ones(3, bool),
-        genres=[()] * 3,
-        fresh=np.zeros(3, bool),
-        lam=0.5,
-    )
-    assert [s.candidate for s in plain] == [0, 1] and [s.candidate for s in diverse] == [0, 2]
+    assert _mmr(relevance, vectors, 2, lam=1.0) == [0, 1]
+    assert _mmr(relevance, vectors, 2, lam=0.5) == [0, 2]
 
 
 # -- exploration -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flower_rounds import RecordingMF, run_recorded
+from flower_rounds import RecordingMF, run_recorded, secagg_config
 
 from stamen.models import ReleaseBundle
 from stamen.models.analytics import query_scale
@@ -23,7 +23,7 @@ from stamen.models.ranker.model import (
 )
 from stamen.privacy import open_signed
 from stamen.server.ranker_strategy import RankerAveraging
-from stamen.simulation.config import SimulationConfig, load_config
+from stamen.simulation.config import SimulationConfig
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.engines.flower import initial_shared
 from stamen.simulation.protocol.split import leave_one_out
@@ -39,17 +39,8 @@ class RecordingRanker(RecordingMF, RankerAveraging):
 
 def _config(**extra: object) -> SimulationConfig:
     """Two rounds of every device under SecAgg+ (5 shares), MF of dimension 4."""
-    return load_config(
-        None,
-        {
-            "rounds": 2,
-            "clients_per_round": N_DEVICES,
-            "eval_every": 0,
-            "local": {"dim": 4},
-            "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
-            **extra,
-        },
-    )
+    secagg = {"num_shares": 5, "reconstruction_threshold": 3}
+    return secagg_config(N_DEVICES, rounds=2, secagg=secagg, **extra)
 
 
 def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from loopback import BIN, free_port, poll, running, text
+from tiny_simulation import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +52,7 @@ def _cluster(tmp_path: Path) -> Iterator[str]:
 
 
 def test_simulate_runs_its_devices_on_a_two_node_ray_cluster(tmp_path) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(
-        "synthetic-users = 20\nsynthetic-items = 200\n"
-        "[local]\ndim = 8\nrefresh-steps = 3\n[centralised]\nepochs = 2\n"
-    )
+    config = tiny_config(tmp_path, users=20, items=200, epochs=2)
     out = tmp_path / "out"
     with _cluster(tmp_path) as address:
         command = [str(BIN / "stamen"), "simulate", "--dataset", "synthetic", "--rounds", "2"]

@@ -15,12 +15,13 @@ from static_clients import StaticClients
 from typer.testing import CliRunner
 
 from stamen.client.flower import record_dp as record_dp_module
-from stamen.client.flower.app import USER_STATE_KEY, DeviceData, MFClient
+from stamen.client.flower.app import USER_STATE_KEY, DeviceClient, DeviceData
 from stamen.client.flower.record_dp import record_dp_update
 from stamen.models.batches import UserItems
 from stamen.models.mf.factorization import MatrixFactorization
 from stamen.models.mf.local import build_local_model
 from stamen.models.mf.settings import LocalSettings
+from stamen.models.wire import Request, Task
 from stamen.privacy import RecordDP, SecAggSettings, UserDP, record_epsilon, update_norm
 from stamen.server.checkpoint import Checkpoint
 from stamen.server.settings import ServerSettings
@@ -29,6 +30,7 @@ from stamen.simulation import experiment
 from stamen.simulation.cli.commands import app
 from stamen.simulation.config import load_config
 from stamen.simulation.engines.flower import release_catalog_of
+from stamen.simulation.protocol.device_evaluation import HeldOut, evaluate_tasks
 
 N_ITEMS, DIM = 300, 8
 
@@ -356,7 +358,7 @@ def test_user_level_report_is_unchanged_beside_the_record_entry() -> None:
     report = both.privacy_report()
     assert report is not None and set(report) == {*plain.privacy_report(), "record"}  # type: ignore[misc]
     assert {k: v for k, v in report.items() if k != "record"} == plain.privacy_report()
-    assert "record-dp-noise-multiplier" not in plain.request_config(1)
+    assert "record-dp-noise-multiplier" not in plain.request(1).to_config()
     assert FederatedAveraging(_server(), initial=_zeros()).privacy_report() is None
 
 
@@ -381,12 +383,17 @@ def test_resumed_strategy_carries_the_earlier_participations() -> None:
 
 
 def test_device_trains_by_dp_sgd_and_keeps_only_that_factor() -> None:
-    data = DeviceData(np.array([1, 2, 3, 9]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
+    data = DeviceData(np.array([1, 2, 3, 9]), release_catalog_of(N_ITEMS))
     state: dict = {}
-    client = MFClient(data, state, seed=0, row=2)  # type: ignore[arg-type]
+    tasks = evaluate_tasks(lambda row: HeldOut(4, 5, np.arange(10, 20)))
+    client = DeviceClient(data, state, seed=0, row=2, evaluate_tasks=tasks)  # type: ignore[arg-type]
     rdp = RecordDP(enabled=True, sample_rate=0.5, steps_per_round=3)
-    config = {"server-round": 1, **_settings().to_config(), **rdp.to_config()}
-    config["fit-metrics"] = True  # to compare the loss (a private run's server says False)
+    config = Request(
+        task=Task.MODEL,
+        round=1,
+        settings={**_settings().to_config(), **rdp.to_config()},
+        report_loss=True,  # to compare the loss (a private run's server says False)
+    ).to_config()
     shared = _shared()
     delta, _, metrics = client.fit(shared, config)
     expected = record_dp_update(

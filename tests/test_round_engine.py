@@ -3,7 +3,7 @@ same ``RoundPlan`` (budget, cohorts, minimum cohort, fixed-denominator release, 
 streams), so for the same seed they draw the same cohorts and reach the same model.
 
 The Flower path here is the strategy's own ``configure_fit`` / ``aggregate_fit`` with
-every sampled device answering through the ClientApp's ``MFClient.fit`` in process (plain
+every sampled device answering through the ClientApp's ``DeviceClient.fit`` in process (plain
 aggregation: SecAgg+ only adds its quantisation, checked in ``test_batched.py``)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from static_clients import StaticClients
 
-from stamen.client.flower.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ReleaseCatalog, UserItems
 from stamen.models.ranker.model import FEATURES, RankerSettings, RankingExamples
 from stamen.models.registry import build_model
@@ -99,9 +99,9 @@ def test_dp_fedavg_rounds_agree_between_flower_and_the_batched_engine(dp: UserDP
     model = build_model("mf", settings.local, catalog)
     initial = model.init_shared(settings.seed)
 
-    def client_of(device: int) -> MFClient:
-        data = DeviceData(history.row(device), -1, -1, np.zeros(0, np.int64), catalog)
-        return MFClient(data, {}, seed=settings.seed, row=device)  # type: ignore[arg-type]
+    def client_of(device: int) -> DeviceClient:
+        data = DeviceData(history.row(device), catalog)
+        return DeviceClient(data, {}, seed=settings.seed, row=device)  # type: ignore[arg-type]
 
     strategy = FederatedAveraging(settings, initial=initial, population=N_USERS)
     flower, flower_cohorts = _flower(strategy, client_of)
@@ -139,9 +139,9 @@ def test_ranker_rounds_agree_between_flower_and_the_batched_engine() -> None:
         lists.append((rng.normal(size=(n, len(FEATURES))).astype(np.float32), taken))
     examples = RankingExamples.stack(lists)
 
-    def client_of(device: int) -> MFClient:
-        data = DeviceData(np.zeros(0, np.int64), -1, -1, np.zeros(0, np.int64), _catalog())
-        return MFClient(
+    def client_of(device: int) -> DeviceClient:
+        data = DeviceData(np.zeros(0, np.int64), _catalog())
+        return DeviceClient(
             data,
             {},  # type: ignore[arg-type]
             seed=settings.seed,

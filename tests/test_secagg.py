@@ -9,22 +9,20 @@ import logging
 import numpy as np
 import pytest
 import torch
-from flower_rounds import run_recorded
+from flower_rounds import own_updates, run_recorded, secagg_config
 from flwr.common.secure_aggregation.secaggplus_constants import (
     RECORD_KEY_CONFIGS,
     Key,
     Stage,
 )
 
-from stamen.models.mf.local import local_update
-from stamen.simulation.config import load_config
 from stamen.simulation.datasets import generate_synthetic
 from stamen.simulation.engines.flower import initial_shared
 from stamen.simulation.protocol.split import leave_one_out
 
 pytestmark = pytest.mark.slow
 
-N_DEVICES, N_ITEMS, DIM = 10, 300, 4
+N_DEVICES, N_ITEMS = 10, 300
 DROPPED = 0  # partition id of the device that fails
 
 
@@ -48,16 +46,7 @@ def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> Non
     torch.set_num_threads(1)
     data = generate_synthetic(N_DEVICES, N_ITEMS, seed=5)
     split = leave_one_out(data.interactions, seed=0)
-    config = load_config(
-        None,
-        {
-            "rounds": 1,
-            "clients_per_round": N_DEVICES,
-            "eval_every": 0,
-            "local": {"dim": DIM},
-            "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
-        },
-    )
+    config = secagg_config(N_DEVICES, secagg={"num_shares": 5, "reconstruction_threshold": 3})
     initial = initial_shared(split.n_items, config)
     strategy = run_recorded(
         split,
@@ -73,16 +62,7 @@ def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> Non
     assert len(received) == N_DEVICES - 1
     assert strategy.history[0]["devices"] == N_DEVICES - 1
     survivors = [row for row in range(N_DEVICES) if row != DROPPED]
-    individual = [
-        local_update(
-            initial,
-            None,
-            items=split.train.row(row),
-            settings=config.server_settings(N_DEVICES).local,
-            rng=np.random.default_rng([config.seed, row, 1, 0]),
-        ).delta
-        for row in range(N_DEVICES)
-    ]
+    individual = own_updates(initial, split, config)
     step = config.secagg.quantization_step()
     for i, received in enumerate(view):
         survivors_mean = np.mean([individual[r][i].astype(np.float64) for r in survivors], axis=0)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 import torch
+from signed_releases import publish_signed
 
 from stamen.client.device.device import Device
 from stamen.client.pipeline.recommend import PipelineSettings
@@ -24,7 +25,6 @@ from stamen.models.two_tower.features import feature_width, item_features
 from stamen.models.two_tower.model import TwoTower, padded_histories
 from stamen.models.two_tower.sampled_softmax import full_softmax_loss, sampled_softmax_loss
 from stamen.privacy import generate_key
-from stamen.server import ReleaseWriter, load_or_create_signing_key
 
 N_ITEMS = 40
 
@@ -211,13 +211,9 @@ def test_user_attributes_stay_inputs_of_the_user_tower() -> None:
 
 
 def test_a_device_serves_a_two_tower_release_and_updates_on_every_event(tmp_path) -> None:
-    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
     model = _model(user_tower="sequence")
     shared = _shared(model)
-    writer = ReleaseWriter(
-        tmp_path / "releases", private_key=private, public_key=public, model=model
-    )
-    release = writer.publish(1, shared)
+    release, public = publish_signed(tmp_path, model, shared)
     with Device.open(
         tmp_path / "device", key=generate_key(), release_key=public, pipeline=RETRIEVAL
     ) as device:
@@ -276,13 +272,9 @@ def test_the_context_term_learns_from_each_target_events_context_only() -> None:
 def test_a_device_scores_with_the_request_context(tmp_path) -> None:
     """The device adds the request's context term to the user vector: its list is the
     batch scorer's for that context, and an hour the model learned differently changes it."""
-    private, public = load_or_create_signing_key(tmp_path / "keys" / "release.key")
     model = _model(context=True)
     shared = _shared(model, seed=4)
-    writer = ReleaseWriter(
-        tmp_path / "releases", private_key=private, public_key=public, model=model
-    )
-    release = writer.publish(1, shared)
+    release, public = publish_signed(tmp_path, model, shared)
     with Device.open(
         tmp_path / "device", key=generate_key(), release_key=public, pipeline=RETRIEVAL
     ) as device:

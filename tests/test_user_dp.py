@@ -11,7 +11,9 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from opacus.accountants import RDPAccountant
 from static_clients import StaticClients
 
-from stamen.client.flower.app import DeviceData, MFClient
+from stamen.client.flower.app import DeviceClient, DeviceData
+from stamen.client.flower.tasks import check_upload, privatise
+from stamen.models.wire import DeviceDP, Request, Task
 from stamen.privacy import SecAggSettings, UserDP, update_norm
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
@@ -44,30 +46,32 @@ def _fit_res(arrays: list[np.ndarray]) -> FitRes:
 
 
 def test_device_clips_its_whole_update_and_adds_its_noise_share() -> None:
-    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
-    client = MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
+    data = DeviceData(np.array([1, 2, 3]), release_catalog_of(N_ITEMS))
+    client = DeviceClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
     rng = np.random.default_rng(0)
     big = [
         rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
         rng.normal(size=N_ITEMS).astype(np.float32),
     ]
-    clipped = client._privatise(big, {"server-round": 1, "dp-clip-norm": 0.5, "dp-noise-std": 0.0})
+
+    def request(dp: DeviceDP | None) -> Request:
+        return Request(task=Task.MODEL, round=1, dp=dp)
+
+    clipped = privatise(client, big, request(DeviceDP(0.5, 0.0)), purpose=2)
     assert update_norm(clipped) == pytest.approx(0.5, rel=1e-5)
-    noised = client._privatise(big, {"server-round": 1, "dp-clip-norm": 0.5, "dp-noise-std": 0.2})
+    noised = privatise(client, big, request(DeviceDP(0.5, 0.2)), purpose=2)
     residual = np.concatenate([(n - c).ravel() for n, c in zip(noised, clipped, strict=True)])
     assert residual.std() == pytest.approx(0.2, rel=0.1)
-    assert client._privatise(big, {"server-round": 1}) is big
+    assert privatise(client, big, request(None), purpose=2) is big
 
 
 def test_strategy_sends_dp_settings_and_distributed_shares() -> None:
     strategy = _strategy(UserDP(mode="distributed", noise_multiplier=1.2, clip_norm=0.3), cohort=4)
-    config = strategy.request_config(1)
+    config = strategy.request(1).to_config()
     assert config["dp-clip-norm"] == 0.3
     assert config["dp-noise-std"] == pytest.approx(1.2 * 0.3 / 2)
-    central = _strategy(UserDP(mode="central", noise_multiplier=1.2, clip_norm=0.3)).request_config(
-        1
-    )
-    assert central["dp-noise-std"] == 0.0
+    central = _strategy(UserDP(mode="central", noise_multiplier=1.2, clip_norm=0.3))
+    assert central.request(1).to_config()["dp-noise-std"] == 0.0
 
 
 def test_central_noise_is_calibrated_and_rounds_are_accounted_like_opacus() -> None:
@@ -136,12 +140,14 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
     from stamen.privacy import SignatureError, generate_signing_key, sign_arrays
 
     private, public = generate_signing_key()
-    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
-    client = MFClient(data, {}, seed=0, row=0, release_key=public)  # type: ignore[arg-type]
+    data = DeviceData(np.array([1, 2, 3]), release_catalog_of(N_ITEMS))
+    client = DeviceClient(data, {}, seed=0, row=0, release_key=public)  # type: ignore[arg-type]
     shared = _zeros()
-    config = {"server-round": 3, "dim": DIM, "loss": "ials", "item_l2": 0.1}
-    good = {**config, "release-signature": sign_arrays(shared, round=3, private_key=private)}
-    client._verify(shared, good)  # verifies
+    request = Request(task=Task.MODEL, round=3, settings={"dim": DIM, "loss": "ials"})
+    config = request.to_config()
+    signature = sign_arrays(shared, round=3, private_key=private)
+    good = request.with_(signature=signature).to_config()
+    client.fit(shared, good)  # verifies
     with pytest.raises(SignatureError, match="unsigned"):
         client.fit(shared, config)
     tampered = [shared[0].copy(), shared[1].copy()]
@@ -231,21 +237,21 @@ def test_a_device_refuses_to_send_a_broken_update() -> None:
     zeros = _zeros()
     broken = [a.copy() for a in zeros]
     broken[0][0, 0] = np.inf
-    config = {"dp-clip-norm": 0.5, "dp-noise-std": 0.0}
+    request = Request(task=Task.MODEL, round=1, dp=DeviceDP(0.5, 0.0))
     with pytest.raises(ValueError, match="finite|NaN|inf"):
-        MFClient._check(broken, zeros, config)
+        check_upload(broken, zeros, request)
     with pytest.raises(ValueError, match="norm"):
-        MFClient._check([np.ones_like(a) for a in zeros], zeros, config)
-    MFClient._check(
-        [np.ones_like(a) for a in zeros], zeros, {"dp-clip-norm": 0.5, "dp-noise-std": 0.1}
-    )
+        check_upload([np.ones_like(a) for a in zeros], zeros, request)
+    noised = request.with_(dp=DeviceDP(0.5, 0.1))
+    check_upload([np.ones_like(a) for a in zeros], zeros, noised)
 
 
 def test_a_device_reports_its_loss_only_when_told_the_run_is_not_private() -> None:
-    data = DeviceData(np.array([1, 2, 3]), 4, 5, np.arange(10, 20), release_catalog_of(N_ITEMS))
-    config = {"server-round": 1, "model": "mf", "dim": DIM}
+    data = DeviceData(np.array([1, 2, 3]), release_catalog_of(N_ITEMS))
+    config = Request(task=Task.MODEL, round=1, settings={"model": "mf", "dim": DIM}).to_config()
+    del config["fit-metrics"]
     for setting, expected in ((None, set()), (False, set()), (True, {"train_loss"})):
-        client = MFClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
+        client = DeviceClient(data, {}, seed=0, row=0)  # type: ignore[arg-type]
         request = config if setting is None else {**config, "fit-metrics": setting}
         _, _, metrics = client.fit(_zeros(), request)
         assert set(metrics) == expected, setting

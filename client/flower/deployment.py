@@ -110,7 +110,7 @@ class _DeployedDevice(NumPyClient):
         import torch
 
         from stamen.client.device.device import Device
-        from stamen.client.flower.app import DeviceData, MFClient
+        from stamen.client.flower.app import DeviceClient, DeviceData
 
         torch.set_num_threads(1)
         policy = self.policy
@@ -122,13 +122,13 @@ class _DeployedDevice(NumPyClient):
             release_key = device.release_key
         if catalog is None:
             raise ConfigError(f"{policy.folder}: no release installed (stamen device apply)")
-        data = DeviceData(items, -1, -1, items[:0], catalog, contexts, times)
+        data = DeviceData(items, catalog, contexts, times)
 
         def ranking_example() -> tuple | None:
             with Device.open(policy.folder, key=policy.store_key()) as device:
                 return device.ranking_example()
 
-        return MFClient(
+        return DeviceClient(
             data,
             self.context.state,
             seed=secrets.randbits(63),
@@ -138,7 +138,7 @@ class _DeployedDevice(NumPyClient):
         )
 
     def fit(self, parameters: list, config: dict) -> tuple:
-        """One local step on the person's events (``stamen.client.flower.app.MFClient.fit``)."""
+        """One local step on the person's events (``stamen.client.flower.app.DeviceClient.fit``)."""
         return self._client().fit(parameters, config)
 
     def evaluate(self, parameters: list, config: dict) -> tuple:

@@ -20,9 +20,12 @@ many.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
-from stamen.models.als.layout import ALS_STAGE_KEY, ALSLayout, als_sensitivity
+from stamen.models.als.layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
 from stamen.models.quantize import ItemTable
 from stamen.models.training import IALSSolver
@@ -84,24 +87,30 @@ def als_statistics(
     return out
 
 
-def als_upload(parameters: list[np.ndarray], items: np.ndarray, config: dict) -> list[np.ndarray]:
+def als_upload(
+    parameters: list[np.ndarray], items: np.ndarray, settings: Mapping[str, Any], *, counts: bool
+) -> list[np.ndarray]:
     """What one device sends in a private ALS round: its :func:`item_counts` vector
-    (stage ``counts``), or its user factor solved exactly against the item side
-    ``parameters`` (factors, biases) and its :func:`als_statistics` (stage
-    ``statistics``, with ``als-head`` the head rows as int64 bytes)."""
+    (``counts``), or its user factor solved exactly against the item side ``parameters``
+    (factors, biases) and its :func:`als_statistics` (with ``settings``' ``als-head`` the
+    head rows as int64 bytes)."""
     table, bias = parameters
     data = UserItems.single(np.asarray(items, np.int64), n_items=len(bias))
-    if config[ALS_STAGE_KEY] == "counts":
+    if counts:
         return [item_counts(data)[0]]
     layout = ALSLayout(
         dim=table.shape[1],
-        head=np.frombuffer(config["als-head"], np.int64),
-        item_grams=bool(config["als-item-grams"]),
+        head=np.frombuffer(settings["als-head"], np.int64),
+        item_grams=bool(settings["als-item-grams"]),
     )
-    alpha, l2 = float(config["als-alpha"]), float(config["als-user-l2"])
+    alpha, l2 = float(settings["als-alpha"]), float(settings["als-user-l2"])
     solver = IALSSolver.build(ItemTable.dense(table), bias, alpha=alpha, l2=l2)
     factor = solver.solve(data).astype(np.float64)
     stats = als_statistics(
-        factor, data, layout, user_clip=float(config["als-user-clip"]), cap=int(config["als-cap"])
+        factor,
+        data,
+        layout,
+        user_clip=float(settings["als-user-clip"]),
+        cap=int(settings["als-cap"]),
     )
     return [stats[0]]

@@ -61,33 +61,31 @@ REASONS = {
 }
 
 
+#: Each generator's default budget (how many candidates it proposes) and rank fusion weight.
+#: The weights were chosen on MovieLens-100K validation (benchmarks/results/pipeline-ml-100k.md):
+#: any weight on the content and fresh lists cost NDCG there; their candidates still reach a
+#: list through MMR, the rules and exploration.
+_GENERATOR_DEFAULTS = {
+    "cf": (200, 1.0),
+    "content": (100, 0.0),
+    "trending": (50, 0.0),
+    "fresh": (20, 0.0),
+    "popular": (100, 1.0),
+}
+
+
 class PipelineSettings(BaseModel):
     """Budgets of the candidate generators and the re-ranker's settings."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     budgets: dict[str, int] = Field(
-        default_factory=lambda: {
-            "cf": 200,
-            "content": 100,
-            "trending": 50,
-            "fresh": 20,
-            "popular": 100,
-        },
+        default_factory=lambda: {name: budget for name, (budget, _) in _GENERATOR_DEFAULTS.items()},
         description="candidate generator -> how many it proposes "
         "(stamen.client.pipeline.candidates)",
     )
     weights: dict[str, float] = Field(
-        # chosen on MovieLens-100K validation (benchmarks/results/pipeline-ml-100k.md): any
-        # weight on the content and fresh lists cost NDCG there; their candidates still
-        # reach a list through MMR, the rules and exploration
-        default_factory=lambda: {
-            "cf": 1.0,
-            "content": 0.0,
-            "trending": 0.0,
-            "fresh": 0.0,
-            "popular": 1.0,
-        },
+        default_factory=lambda: {name: weight for name, (_, weight) in _GENERATOR_DEFAULTS.items()},
         description="rank fusion weight of each generator's list (missing: 1)",
     )
     rrf_k: float = Field(60.0, gt=0, description="reciprocal rank fusion constant")

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALSLayout", "ALS_STAGE_KEY", "als_sensitivity"]
-
-#: The round config key naming a private ALS stage: ``"counts"`` or ``"statistics"``.
-ALS_STAGE_KEY = "als-stage"
+__all__ = ["ALSLayout", "als_sensitivity"]
 
 
 def als_sensitivity(*, user_clip: float, cap: int, item_grams: bool = True) -> float:

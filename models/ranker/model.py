@@ -36,7 +36,6 @@ __all__ = [
     "FEATURES",
     "PRIOR",
     "RANKER_METRICS",
-    "RANKER_STEP_KEY",
     "RANKED_GENERATORS",
     "RankerSettings",
     "RankingExamples",
@@ -102,10 +101,6 @@ class RankerSettings(BaseModel):
         except KeyError as missing:
             raise ValueError(f"a ranker request lacks {missing}") from None
         return cls.model_validate(values)
-
-
-#: The key of a training request for the ranker (``stamen.server.ranker_strategy``).
-RANKER_STEP_KEY = "ranker-step"
 
 
 def ranker_names(settings: RankerSettings) -> tuple[str, ...]:

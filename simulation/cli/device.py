@@ -39,6 +39,7 @@ device_app = typer.Typer(
 _KEY_BYTES = 32
 _BATCH = 500
 
+Folder = Annotated[Path, typer.Argument(help="the device folder")]
 KeyFile = Annotated[
     Path | None,
     typer.Option(help="the store key file, outside the device folder [default: <folder>.key]"),
@@ -105,7 +106,7 @@ def init(
 
 @device_app.command()
 def record(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     item: Annotated[str, typer.Argument(help="the app's item id")],
     kind: Annotated[str, typer.Argument(help="view, click, play, rating, skip, …")],
     value: Annotated[float, typer.Option(help="rating or watch fraction")] = 1.0,
@@ -120,7 +121,7 @@ def record(
 
 @device_app.command(name="import")
 def import_events(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     events: Annotated[Path, typer.Argument(help="u.data, ratings.dat/.csv or user_artists.dat")],
     user: Annotated[int | None, typer.Option(help="the person's user id in the file")] = None,
     format: Annotated[
@@ -142,7 +143,7 @@ def import_events(
 
 @device_app.command()
 def apply(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     bundle: Annotated[Path, typer.Argument(help="a signed release file (release-NNNNNN.stamen)")],
     key_file: KeyFile = None,
 ) -> None:
@@ -157,7 +158,7 @@ def apply(
 
 @device_app.command()
 def recommend(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     k: Annotated[int, typer.Option("--k", min=1, help="how many")] = 10,
     key_file: KeyFile = None,
 ) -> None:
@@ -182,7 +183,7 @@ def recommend(
 
 @device_app.command()
 def export(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     output: Annotated[Path | None, typer.Option(help="write here [default: print]")] = None,
     key_file: KeyFile = None,
 ) -> None:
@@ -197,7 +198,7 @@ def export(
 
 @device_app.command()
 def forget(
-    folder: Annotated[Path, typer.Argument(help="the device folder")],
+    folder: Folder,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
     key_file: KeyFile = None,
 ) -> None:

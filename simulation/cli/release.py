@@ -6,13 +6,16 @@ releases folder: the deployment ServerApp starts from it and every device instal
 (``stamen device apply``).
 """
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+
+from stamen.simulation.cli.options import settings_options
+
+if TYPE_CHECKING:
+    from stamen.simulation.config import SimulationConfig
 
 __all__ = ["init", "release_app"]
 
@@ -24,36 +27,24 @@ release_app = typer.Typer(
 
 
 @release_app.command()
+@settings_options(("dataset", "data_dir"))
 def init(
     releases: Annotated[Path, typer.Argument(help="the releases folder (created)")],
     signing_key: Annotated[
         Path, typer.Option(help="the publisher's Ed25519 key (created owner-only if absent)")
     ],
-    dataset: Annotated[
-        str | None, typer.Option(help="whose catalogue: ml-100k, lastfm-2k, … [from --config]")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="folder holding the data sets [env STAMEN_DATA_DIR]")
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="TOML settings: dataset, model, [local] or [two-tower], seed"),
-    ] = None,
+    settings: "SimulationConfig",
 ) -> None:
-    """Write release 0: the data set's public catalogue and the model's initial weights."""
+    """Write release 0: the data set's public catalogue and the model's initial weights
+    (the model, its settings and the seed from --config)."""
     from stamen.errors import DataError
     from stamen.models.bundle import ReleaseCatalog
     from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
-    from stamen.simulation.config import load_config
     from stamen.simulation.engines.flower import initial_shared, release_catalog_of
     from stamen.simulation.experiment import load_for_config
 
     if latest_release(releases) is not None:
         raise DataError(f"{releases}: already holds releases; start a new folder")
-    overrides: dict = {} if dataset is None else {"dataset": dataset}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    settings = load_config(config, overrides)
     data, source = load_for_config(settings, say=Console(stderr=True).print)
     catalog = (
         ReleaseCatalog.from_catalog(data.catalog)

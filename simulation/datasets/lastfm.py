@@ -21,15 +21,7 @@ import numpy as np
 
 from stamen.errors import DataFormatError
 from stamen.models.schema import Catalog, Dataset
-from stamen.simulation.datasets.parsing import (
-    Column,
-    TableFormat,
-    parse_int,
-    read_interactions,
-    require_dir,
-    require_file,
-    text_lines,
-)
+from stamen.simulation.datasets import parsing
 
 __all__ = [
     "MIN_TAG_ARTISTS",
@@ -42,10 +34,14 @@ TAGS_PER_ARTIST = 5
 #: Artists a tag must describe to be kept.
 MIN_TAG_ARTISTS = 10
 
-_USER_ARTISTS = TableFormat(
+_USER_ARTISTS = parsing.TableFormat(
     sep="\t",
     header=("userID", "artistID", "weight"),
-    columns=(Column("userID", low=0), Column("artistID", low=0), Column("weight", low=1)),
+    columns=(
+        parsing.Column("userID", low=0),
+        parsing.Column("artistID", low=0),
+        parsing.Column("weight", low=1),
+    ),
     timestamp=None,
 )
 _ARTIST_FIELDS = ("id", "name", "url", "pictureURL")
@@ -55,7 +51,7 @@ _ARTIST_HEADER = "\t".join(_ARTIST_FIELDS)
 def _read_artists(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     # Artist names hold every script and a few stray bytes: decode leniently (U+FFFD),
     # but a line must still have exactly four tab-separated fields.
-    lines = text_lines(path, "utf-8-replace")
+    lines = parsing.text_lines(path, "utf-8-replace")
     header = next(lines, None)
     if header is None or tuple(header[1].split("\t")) != _ARTIST_FIELDS:
         raise DataFormatError(
@@ -70,23 +66,9 @@ def _read_artists(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
     seen: dict[int, int] = {}
     for number, line in lines:
         fields = line.split("\t")
-        if len(fields) != len(_ARTIST_FIELDS):
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected 4 tab-separated ({_ARTIST_HEADER!r})",
-                path=path,
-                line=number,
-                field=_ARTIST_FIELDS[min(len(fields), len(_ARTIST_FIELDS) - 1)],
-            )
-        artist = parse_int(fields[0], path=path, line=number, field="id")
-        if artist in seen:
-            raise DataFormatError(
-                f"id {artist} repeats the one on line {seen[artist]}",
-                path=path,
-                line=number,
-                field="id",
-            )
-        seen[artist] = number
-        ids.append(artist)
+        layout = f"tab-separated ({_ARTIST_HEADER!r})"
+        parsing.check_field_count(fields, _ARTIST_FIELDS, layout, path=path, line=number)
+        ids.append(parsing.unique_id(fields[0], seen, path=path, line=number, field="id"))
         names.append(fields[1])
     if not ids:
         raise DataFormatError("no artists listed", path=path)
@@ -94,28 +76,27 @@ def _read_artists(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
 
 
 def _read_tag_names(path: Path) -> dict[int, str]:
-    lines = text_lines(path, "utf-8|latin-1")
+    lines = parsing.text_lines(path, "utf-8|latin-1")
     header = next(lines, None)
     if header is None or header[1].split("\t") != ["tagID", "tagValue"]:
         raise DataFormatError("expected the header 'tagID\ttagValue'", path=path, line=1)
     names: dict[int, str] = {}
     for number, line in lines:
         fields = line.split("\t")
-        if len(fields) != 2:
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected 2 tab-separated (tagID, tagValue)",
-                path=path,
-                line=number,
-                field="tagValue" if len(fields) < 2 else "tagID",
-            )
-        names[parse_int(fields[0], path=path, line=number, field="tagID")] = fields[1].strip()
+        layout = "tab-separated (tagID, tagValue)"
+        parsing.check_field_count(
+            fields, ("tagID", "tagValue"), layout, path=path, line=number, too_many="tagID"
+        )
+        names[parsing.parse_int(fields[0], path=path, line=number, field="tagID")] = fields[
+            1
+        ].strip()
     return names
 
 
 def _artist_tags(tags: Path, tagged: Path, item_ids: np.ndarray) -> tuple[tuple[str, ...], ...]:
     """Each artist's most applied tags (see module docstring)."""
     names = _read_tag_names(tags)
-    lines = text_lines(tagged, "utf-8")
+    lines = parsing.text_lines(tagged, "utf-8")
     next(lines, None)
     row = {int(a): i for i, a in enumerate(item_ids)}
     counts: dict[tuple[int, int], int] = {}
@@ -128,8 +109,8 @@ def _artist_tags(tags: Path, tagged: Path, item_ids: np.ndarray) -> tuple[tuple[
                 path=tagged,
                 line=number,
             )
-        artist = parse_int(fields[1], path=tagged, line=number, field="artistID")
-        tag = parse_int(fields[2], path=tagged, line=number, field="tagID")
+        artist = parsing.parse_int(fields[1], path=tagged, line=number, field="artistID")
+        tag = parsing.parse_int(fields[2], path=tagged, line=number, field="tagID")
         if tag not in names:
             raise DataFormatError(f"tag {tag} is not in {tags.name}", path=tagged, line=number)
         if artist in row:  # tags of artists outside artists.dat describe nothing here
@@ -150,13 +131,19 @@ def load_lastfm_2k(path: str | Path) -> Dataset:
     """Load HetRec Last.fm-2K from the folder holding ``user_artists.dat`` and
     ``artists.dat``: one row per (user, artist) with the play count as value and no
     timestamps; the catalogue is ``artists.dat`` in file order (names as titles)."""
-    folder = require_dir(path, "the extracted hetrec2011-lastfm-2k folder (with user_artists.dat)")
-    plays = require_file(
+    folder = parsing.require_dir(
+        path, "the extracted hetrec2011-lastfm-2k folder (with user_artists.dat)"
+    )
+    plays = parsing.require_file(
         folder / "user_artists.dat", "Last.fm-2K play counts (userID, artistID, weight)"
     )
-    artists = require_file(folder / "artists.dat", "Last.fm-2K artist list (id, name, url, ...)")
+    artists = parsing.require_file(
+        folder / "artists.dat", "Last.fm-2K artist list (id, name, url, ...)"
+    )
     item_ids, names = _read_artists(artists)
-    interactions = read_interactions(plays, _USER_ARTISTS, item_ids=item_ids, catalog_path=artists)
+    interactions = parsing.read_interactions(
+        plays, _USER_ARTISTS, item_ids=item_ids, catalog_path=artists
+    )
     genres: tuple[tuple[str, ...], ...] = ((),) * len(item_ids)
     tags, tagged = folder / "tags.dat", folder / "user_taggedartists.dat"
     if tags.is_file() and tagged.is_file():

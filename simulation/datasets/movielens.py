@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from stamen.models.schema import Catalog, Dataset, UserAttributes
 from stamen.simulation.datasets.parsing import (
     Column,
     TableFormat,
+    check_field_count,
     decode_text,
     first_seen,
     parse_int,
@@ -31,6 +33,7 @@ from stamen.simulation.datasets.parsing import (
     require_dir,
     require_file,
     text_lines,
+    unique_id,
     year_from_title,
 )
 
@@ -78,26 +81,29 @@ _U_DATA = TableFormat(
         Column("timestamp", low=0),
     ),
 )
-_RATINGS_DAT = TableFormat(
-    sep="::",
-    header=None,
-    columns=(
-        Column("UserID", low=0),
-        Column("MovieID", low=0),
-        Column("Rating", integer=False, low=0.5, high=5.0),
-        Column("Timestamp", low=0),
-    ),
-)
-_RATINGS_CSV = TableFormat(
-    sep=",",
-    header=("userId", "movieId", "rating", "timestamp"),
-    columns=(
-        Column("userId", low=0),
-        Column("movieId", low=0),
-        Column("rating", integer=False, low=0.5, high=5.0),
-        Column("timestamp", low=0),
-    ),
-)
+
+
+def _ratings_format(sep: str, names: tuple[str, str, str, str], *, header: bool) -> TableFormat:
+    """The ratings file of ML-1M and later: user, movie, a half-star rating from 0.5 to 5
+    and a timestamp, under ``names``; ``header``: the file starts with the names."""
+    user, movie, rating, timestamp = names
+    return TableFormat(
+        sep=sep,
+        header=names if header else None,
+        columns=(
+            Column(user, low=0),
+            Column(movie, low=0),
+            Column(rating, integer=False, low=0.5, high=5.0),
+            Column(timestamp, low=0),
+        ),
+    )
+
+
+_RATINGS_DAT = _ratings_format("::", ("UserID", "MovieID", "Rating", "Timestamp"), header=False)
+_RATINGS_CSV = _ratings_format(",", ("userId", "movieId", "rating", "timestamp"), header=True)
+
+#: A movie file's columns: ids, titles, genres and years, in file order.
+_Movies = tuple[list[int], list[str], list[tuple[str, ...]], list[int]]
 
 
 def _dataset(
@@ -105,7 +111,7 @@ def _dataset(
     ratings_path: Path,
     fmt: TableFormat,
     movies_path: Path,
-    movies: tuple[list[int], list[str], list[tuple[str, ...]], list[int]],
+    movies: _Movies,
     *,
     genre_names: tuple[str, ...] = (),
     user_ids: np.ndarray | None = None,
@@ -138,15 +144,31 @@ def _dataset(
     return Dataset(name=name, interactions=interactions, catalog=catalog, users=attributes)
 
 
-def _check_new_id(seen: dict[int, int], movie_id: int, path: Path, line: int, field: str) -> None:
-    if movie_id in seen:
-        raise DataFormatError(
-            f"id {movie_id} repeats the one on line {seen[movie_id]}",
-            path=path,
-            line=line,
-            field=field,
-        )
-    seen[movie_id] = line
+def _read_movies(
+    path: Path,
+    rows: Iterable[tuple[int, list[str]]],
+    names: tuple[str, ...],
+    layout: str,
+    details: Callable[[list[str], int], tuple[tuple[str, ...], int]],
+) -> _Movies:
+    """Read a movie file's ``(line number, fields)`` rows: one field per name (``layout``
+    describes them, for errors), a unique id first, the title second, and the genres and
+    year that ``details`` finds in the fields. The file must list at least one movie."""
+    ids: list[int] = []
+    titles: list[str] = []
+    genres: list[tuple[str, ...]] = []
+    years: list[int] = []
+    seen: dict[int, int] = {}
+    for number, fields in rows:
+        check_field_count(fields, names, layout, path=path, line=number)
+        ids.append(unique_id(fields[0], seen, path=path, line=number, field=names[0]))
+        titles.append(fields[1])
+        movie_genres, year = details(fields, number)
+        genres.append(movie_genres)
+        years.append(year)
+    if not ids:
+        raise DataFormatError("no movies listed", path=path)
+    return ids, titles, genres, years
 
 
 # ---------------------------------------------------------------------------- ML-100K
@@ -156,13 +178,10 @@ def _read_u_genre(path: Path) -> tuple[str, ...]:
     names: list[str] = []
     for number, line in text_lines(path, "latin-1"):
         fields = line.split("|")
-        if len(fields) != 2:
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected 2 (genre, genre id) separated by '|'",
-                path=path,
-                line=number,
-                field="genre id" if len(fields) < 2 else "genre",
-            )
+        layout = "(genre, genre id) separated by '|'"
+        check_field_count(
+            fields, ("genre", "genre id"), layout, path=path, line=number, too_many="genre"
+        )
         index = parse_int(fields[1], path=path, line=number, field="genre id")
         if index != len(names):
             raise DataFormatError(
@@ -193,27 +212,8 @@ def _year_of_release(text: str, path: Path, line: int) -> int:
     return int(match.group(3))
 
 
-def _read_u_item(path: Path, genre_names: tuple[str, ...]):
-    n_fields = 5 + len(genre_names)
-    ids: list[int] = []
-    titles: list[str] = []
-    genres: list[tuple[str, ...]] = []
-    years: list[int] = []
-    seen: dict[int, int] = {}
-    names = ("movie id", "movie title", "release date", "video release date", "IMDb URL")
-    for number, line in text_lines(path, "latin-1"):
-        fields = line.split("|")
-        if len(fields) != n_fields:
-            where = (names + genre_names)[min(len(fields), n_fields - 1)]
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected {n_fields} separated by '|' "
-                f"(5 movie fields and {len(genre_names)} genre flags)",
-                path=path,
-                line=number,
-                field=where,
-            )
-        movie_id = parse_int(fields[0], path=path, line=number, field="movie id")
-        _check_new_id(seen, movie_id, path, number, "movie id")
+def _read_u_item(path: Path, genre_names: tuple[str, ...]) -> _Movies:
+    def details(fields: list[str], number: int) -> tuple[tuple[str, ...], int]:
         flags = fields[5:]
         for genre, flag in zip(genre_names, flags, strict=True):
             if flag not in ("0", "1"):
@@ -223,13 +223,13 @@ def _read_u_item(path: Path, genre_names: tuple[str, ...]):
                     line=number,
                     field=genre,
                 )
-        ids.append(movie_id)
-        titles.append(fields[1])
-        years.append(_year_of_release(fields[2], path, number))
-        genres.append(tuple(g for g, f in zip(genre_names, flags, strict=True) if f == "1"))
-    if not ids:
-        raise DataFormatError("no movies listed", path=path)
-    return ids, titles, genres, years
+        genres = tuple(g for g, f in zip(genre_names, flags, strict=True) if f == "1")
+        return genres, _year_of_release(fields[2], path, number)
+
+    names = ("movie id", "movie title", "release date", "video release date", "IMDb URL")
+    rows = ((number, line.split("|")) for number, line in text_lines(path, "latin-1"))
+    layout = f"separated by '|' (5 movie fields and {len(genre_names)} genre flags)"
+    return _read_movies(path, rows, names + genre_names, layout, details)
 
 
 #: Age buckets of the user attributes (MovieLens-1M's): lower edges in years.
@@ -242,15 +242,9 @@ def _read_u_user(path: Path) -> tuple[np.ndarray, UserAttributes]:
     for number, line in text_lines(path, "latin-1"):
         fields = line.split("|")
         names = ("user id", "age", "gender", "occupation", "zip code")
-        if len(fields) != len(names):
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected 5 (user id|age|gender|occupation|zip code)",
-                path=path,
-                line=number,
-                field=names[min(len(fields), len(names) - 1)],
-            )
-        user = parse_int(fields[0], path=path, line=number, field="user id")
-        _check_new_id(seen, user, path, number, "user id")
+        layout = "(user id|age|gender|occupation|zip code)"
+        check_field_count(fields, names, layout, path=path, line=number)
+        unique_id(fields[0], seen, path=path, line=number, field="user id")
         age = parse_int(fields[1], path=path, line=number, field="age")
         if not 0 < age < 130:
             raise DataFormatError(f"age {age} out of range", path=path, line=number, field="age")
@@ -326,45 +320,22 @@ def _split_genres(text: str, path: Path, line: int, field: str) -> tuple[str, ..
     return genres
 
 
-def _read_movies_dat(path: Path):
-    ids: list[int] = []
-    titles: list[str] = []
-    genres: list[tuple[str, ...]] = []
-    years: list[int] = []
-    seen: dict[int, int] = {}
+def _read_titled_movies(
+    path: Path, rows: Iterable[tuple[int, list[str]]], names: tuple[str, str, str], layout: str
+) -> _Movies:
+    """Read (id, title, genres) movie rows, the format of ML-1M and later: ``|``-joined
+    genres and the year in the title."""
+
+    def details(fields: list[str], number: int) -> tuple[tuple[str, ...], int]:
+        return _split_genres(fields[2], path, number, names[2]), year_from_title(fields[1])
+
+    return _read_movies(path, rows, names, layout, details)
+
+
+def _read_movies_dat(path: Path) -> _Movies:
+    rows = ((number, line.split("::")) for number, line in text_lines(path, "utf-8|latin-1"))
     names = ("MovieID", "Title", "Genres")
-    for number, line in text_lines(path, "utf-8|latin-1"):
-        fields = line.split("::")
-        if len(fields) != 3:
-            raise DataFormatError(
-                f"found {len(fields)} fields, expected 3 (MovieID::Title::Genres)",
-                path=path,
-                line=number,
-                field=names[min(len(fields), 2)],
-            )
-        _add_movie(fields, (ids, titles, genres, years), seen, path, number, ("MovieID", "Genres"))
-    if not ids:
-        raise DataFormatError("no movies listed", path=path)
-    return ids, titles, genres, years
-
-
-def _add_movie(
-    fields: list[str],
-    columns: tuple[list[int], list[str], list[tuple[str, ...]], list[int]],
-    seen: dict[int, int],
-    path: Path,
-    number: int,
-    names: tuple[str, str],
-) -> None:
-    """Parse one (id, title, genres) movie row of either MovieLens format into ``columns``;
-    ``names`` are the file's names of the id and genres fields, for error messages."""
-    ids, titles, genres, years = columns
-    movie_id = parse_int(fields[0], path=path, line=number, field=names[0])
-    _check_new_id(seen, movie_id, path, number, names[0])
-    ids.append(movie_id)
-    titles.append(fields[1])
-    years.append(year_from_title(fields[1]))
-    genres.append(_split_genres(fields[2], path, number, names[1]))
+    return _read_titled_movies(path, rows, names, "(MovieID::Title::Genres)")
 
 
 def load_movielens_dat(path: str | Path, name: str) -> Dataset:
@@ -382,12 +353,7 @@ def load_movielens_dat(path: str | Path, name: str) -> Dataset:
 # ------------------------------------------------------ ML-latest-small, 20M, 25M, 32M
 
 
-def _read_movies_csv(path: Path):
-    ids: list[int] = []
-    titles: list[str] = []
-    genres: list[tuple[str, ...]] = []
-    years: list[int] = []
-    seen: dict[int, int] = {}
+def _read_movies_csv(path: Path) -> _Movies:
     reader = csv.reader(io.StringIO(decode_text(path, "utf-8"), newline=""))
     header = next(reader, None)
     if header != ["movieId", "title", "genres"]:
@@ -397,23 +363,10 @@ def _read_movies_csv(path: Path):
             line=1,
             field="header",
         )
+    rows = ((reader.line_num, row) for row in reader if row)
     names = ("movieId", "title", "genres")
-    for row in reader:
-        number = reader.line_num
-        if not row:
-            continue
-        if len(row) != 3:
-            raise DataFormatError(
-                f"found {len(row)} fields, expected 3 (movieId,title,genres; quote titles "
-                "holding commas)",
-                path=path,
-                line=number,
-                field=names[min(len(row), 2)],
-            )
-        _add_movie(row, (ids, titles, genres, years), seen, path, number, ("movieId", "genres"))
-    if not ids:
-        raise DataFormatError("no movies listed", path=path)
-    return ids, titles, genres, years
+    layout = "(movieId,title,genres; quote titles holding commas)"
+    return _read_titled_movies(path, rows, names, layout)
 
 
 def load_movielens_csv(path: str | Path, name: str) -> Dataset:

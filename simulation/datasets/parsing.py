@@ -15,7 +15,7 @@ import itertools
 import math
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from stamen.models.schema import Interactions
 __all__ = [
     "Column",
     "TableFormat",
+    "check_field_count",
     "decode_text",
     "first_seen",
     "parse_int",
@@ -34,6 +35,7 @@ __all__ = [
     "require_dir",
     "require_file",
     "text_lines",
+    "unique_id",
     "year_from_title",
 ]
 
@@ -157,6 +159,44 @@ def parse_int(text: str, *, path: Path, line: int, field: str) -> int:
             f"expected an integer, found {text!r}", path=path, line=line, field=field
         )
     return int(text)
+
+
+def unique_id(text: str, seen: dict[int, int], *, path: Path, line: int, field: str) -> int:
+    """Parse an id like ``parse_int`` and record its line in ``seen``, raising
+    ``DataFormatError`` when an earlier line (one in ``seen``) has the same id."""
+    value = parse_int(text, path=path, line=line, field=field)
+    if value in seen:
+        raise DataFormatError(
+            f"id {value} repeats the one on line {seen[value]}", path=path, line=line, field=field
+        )
+    seen[value] = line
+    return value
+
+
+def check_field_count(
+    fields: Sequence[str],
+    names: Sequence[str],
+    layout: str,
+    *,
+    path: Path,
+    line: int,
+    too_many: str | None = None,
+) -> None:
+    """Raise ``DataFormatError`` unless a catalogue line has one field per name; the
+    message is ``found N fields, expected M <layout>`` and the field named is the first
+    missing one or, when there are too many, ``too_many`` (by default the last name)."""
+    if len(fields) < len(names):
+        field = names[len(fields)]
+    elif len(fields) > len(names):
+        field = names[-1] if too_many is None else too_many
+    else:
+        return
+    raise DataFormatError(
+        f"found {len(fields)} fields, expected {len(names)} {layout}",
+        path=path,
+        line=line,
+        field=field,
+    )
 
 
 def year_from_title(title: str) -> int:

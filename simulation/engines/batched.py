@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from stamen.client.flower.app import VALID_METRICS
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.mf.model import MFModel, mf_factors
@@ -47,6 +46,7 @@ from stamen.server.optimizer import ServerOptimizer
 from stamen.server.rounds import BUDGET_SPENT, RoundPlan
 from stamen.server.settings import ServerSettings
 from stamen.simulation.baselines.scorers import shared_model_scorer
+from stamen.simulation.protocol.device_evaluation import VALID_METRICS
 from stamen.simulation.protocol.evaluate import Scorer, evaluate
 from stamen.simulation.protocol.split import Split
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from stamen.client.flower.app import HeldOut
 from stamen.client.flower.virtual import VirtualDevices
 from stamen.models.bundle import ReleaseCatalog
 from stamen.privacy import derive_key
+from stamen.simulation.protocol.device_evaluation import HeldOut
 from stamen.simulation.protocol.holdout import read_held_out, write_held_out
 from stamen.simulation.protocol.split import Split
 

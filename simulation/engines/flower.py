@@ -40,6 +40,7 @@ from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.engines.devices import Provisioned, provision_devices
+from stamen.simulation.protocol.device_evaluation import evaluate_tasks
 from stamen.simulation.protocol.split import Split
 
 __all__ = [
@@ -277,7 +278,7 @@ def run_federated(
         provisioned.devices,
         seed=config.seed,
         secure_aggregation=config.secagg.enabled,
-        held_out=provisioned.held_out,
+        evaluate_tasks=evaluate_tasks(provisioned.held_out),
     )
     backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},

@@ -2,14 +2,15 @@
 
 ``pyproject.toml`` names ``server_app`` and ``client_app`` here. The run config
 (``[tool.flwr.app.config]``, overridable with ``flwr run . --run-config "k=v ..."``) holds
-flat kebab-case keys: ``dataset``, ``data-dir``, ``num-server-rounds``,
-``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``synthetic-users``,
-``synthetic-items``; SecAgg+: ``secure-aggregation``, ``secagg-num-shares``,
-``secagg-reconstruction-threshold``, ``secagg-clipping-range``; user-level DP: ``dp``
-(``off``, ``central`` or ``distributed``), ``dp-epsilon`` (target ε), ``dp-delta``,
-``dp-noise-multiplier``, ``dp-clip-norm``; the pipeline's ranker after training:
-``ranker-rounds``, ``ranker-clients-per-round``, ``ranker-hidden``, ``ranker-local-lr``.
-An empty value keeps the default.
+flat kebab-case keys, one for each field of ``SimulationConfig`` (:data:`RUN_CONFIG_KEYS`,
+derived by ``stamen.server.run_config``): ``dataset``, ``data-dir``, ``num-server-rounds``,
+``clients-per-round``, ``eval-every``, ``seed``, ``output``, ``synthetic-users``; SecAgg+:
+``secure-aggregation``, ``secagg-num-shares``, ``secagg-clipping-range`` …; user-level DP:
+``dp`` (``off``, ``central`` or ``distributed``), ``dp-epsilon`` (target ε), ``dp-delta``,
+``dp-noise-multiplier``, ``dp-clip-norm``; the model's sections (``local-dim``,
+``two-tower-hidden`` …); the pipeline's ranker after training: ``ranker-rounds``,
+``ranker-clients-per-round``, ``ranker-hidden``, ``ranker-local-lr`` …. An empty value keeps
+the default.
 The federation must have one SuperNode per user (``num-supernodes`` = the data set's
 user count, e.g. 943 for ml-100k). Before the first round the ServerApp provisions the
 virtual devices, as ``stamen simulate`` does: one device per user under
@@ -35,80 +36,35 @@ from flwr.server import Grid, ServerApp
 from stamen.client.device.keys import DeviceKeys
 from stamen.client.flower.app import make_client_fn
 from stamen.client.flower.virtual import VirtualDevices
-from stamen.models import ConfigError
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
-from stamen.simulation.config import SimulationConfig, load_config
+from stamen.server.run_config import read_run_config, run_config_keys, validate
+from stamen.simulation.config import SimulationConfig
 from stamen.simulation.engines.devices import Provisioned
 from stamen.simulation.engines.flower import build_ranker_strategy, build_strategy, provision_run
 from stamen.simulation.experiment import load_for_config, privacy_section
+from stamen.simulation.protocol.device_evaluation import evaluate_tasks
 from stamen.simulation.protocol.report import write_results
 from stamen.simulation.protocol.split import leave_one_out
 
-__all__ = ["client_app", "config_from_run_config", "server_app"]
+__all__ = ["RUN_CONFIG_KEYS", "client_app", "config_from_run_config", "server_app"]
 
 _log = logging.getLogger("stamen")
 
-_KEYS = {
-    "dataset": "dataset",
-    "data-dir": "data_dir",
-    "num-server-rounds": "rounds",
-    "algorithm": "algorithm",
-    "model": "model",
-    "clients-per-round": "clients_per_round",
-    "eval-every": "eval_every",
-    "seed": "seed",
-    "output": "output",
-    "synthetic-users": "synthetic_users",
-    "synthetic-items": "synthetic_items",
-}
+#: Settings a ``flwr run`` does not read: Flower's federation config places the devices,
+#: and the app runs no centralised baseline.
+_NOT_READ = ("cpus_per_client", "ray_address", "centralised")
 
-
-_SECTIONS = {
-    "secagg": {
-        "secure-aggregation": "enabled",
-        "secagg-num-shares": "num_shares",
-        "secagg-reconstruction-threshold": "reconstruction_threshold",
-        "secagg-clipping-range": "clipping_range",
-    },
-    "dp": {
-        "dp": "mode",
-        "dp-epsilon": "target_epsilon",
-        "dp-delta": "delta",
-        "dp-noise-multiplier": "noise_multiplier",
-        "dp-clip-norm": "clip_norm",
-    },
-    "ranker": {
-        "ranker-rounds": "rounds",
-        "ranker-clients-per-round": "clients_per_round",
-        "ranker-hidden": "hidden",
-        "ranker-local-lr": "local_lr",
-    },
-}
-
-
-def _given(run_config: dict, keys: dict[str, str]) -> dict:
-    """Stamen's names for the ``keys`` set in ``run_config`` (empty strings: unset)."""
-    return {
-        ours: run_config[theirs]
-        for theirs, ours in keys.items()
-        if run_config.get(theirs, "") != ""
-    }
+#: Run-config key -> ``SimulationConfig`` field path.
+RUN_CONFIG_KEYS = run_config_keys(SimulationConfig, exclude=_NOT_READ)
 
 
 def config_from_run_config(run_config: dict) -> SimulationConfig:
-    """Map Flower's flat run config onto Stamen's settings (empty values: defaults)."""
-    known = set(_KEYS).union(*_SECTIONS.values())
-    unknown = sorted(set(run_config) - known)
-    if unknown:
-        raise ConfigError(f"flwr run config: unknown keys {unknown}; known: {sorted(known)}")
-    run_config = {k: v for k, v in run_config.items() if v is not None}
-    overrides = _given(run_config, _KEYS)
-    for section, keys in _SECTIONS.items():
-        if values := _given(run_config, keys):
-            overrides[section] = values
-    return load_config(None, overrides, source="flwr run config")
+    """Flower's flat run config as Stamen's settings (empty values: defaults); one error
+    names every unknown key and bad value."""
+    given = read_run_config(run_config, RUN_CONFIG_KEYS, source="flwr run config")
+    return validate(SimulationConfig, given)
 
 
 def _keys(config: SimulationConfig) -> Path:
@@ -183,7 +139,8 @@ def _client_fn(context: Context) -> Client:
     keys = DeviceKeys.load(_keys(config))
     devices = _devices(config, keys)
     provisioned = Provisioned(devices=devices, held_out_folder=config.output / "held-out")
-    return make_client_fn(devices, seed=config.seed, held_out=provisioned.held_out)(context)
+    tasks = evaluate_tasks(provisioned.held_out)
+    return make_client_fn(devices, seed=config.seed, evaluate_tasks=tasks)(context)
 
 
 client_app = ClientApp(client_fn=_client_fn, mods=[_device_policy_mod])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stamen.client.flower.app import HeldOut
 from stamen.models import DataError
 from stamen.privacy import decrypt_file, encrypt_file
+from stamen.simulation.protocol.device_evaluation import HeldOut
 
 __all__ = ["read_held_out", "write_held_out"]
 

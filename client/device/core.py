@@ -1,0 +1,264 @@
+"""The state every part of a :class:`~stamen.client.device.device.Device` shares: the
+open store, the person's events folded into their latest event per item, and what the
+installed release derives from them (items, rejected items, user vector). The parts
+(releases, serving, impressions, portability) are mixins over this core.
+
+Thread safety: every public method takes one lock, so a UI thread may record while a
+background thread recommends or trains; calls are serialised, never interleaved.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from stamen.client.device.events import EVENT_KINDS, Event, validate_event
+from stamen.client.device.served import ReleaseInfo, ServedRelease
+from stamen.client.device.store import EventStore
+from stamen.client.pipeline.recommend import PipelineSettings
+from stamen.errors import (
+    DeviceClosedError,
+    EventError,
+)
+from stamen.models.bundle import ReleaseCatalog
+from stamen.models.two_tower.context import context_row
+
+__all__ = ["DeviceCore"]
+
+_log = logging.getLogger("stamen.device")
+
+
+class DeviceCore:
+    """The shared state of a device and its events (see module docstring)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        store: EventStore,
+        release_key: bytes,
+        pipeline: PipelineSettings | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.folder = folder
+        self.pipeline = pipeline or PipelineSettings()
+        self._rng = np.random.default_rng(seed)  # exploration; None: the OS's entropy
+        self._store: EventStore | None = store
+        self._release_key = release_key
+        self._lock = threading.RLock()
+        self._latest: dict[str, tuple[float, str]] = {}
+        self._contexts: dict[str, np.ndarray] = {}  # the latest event's context per item
+        self._serving: ServedRelease | None = None
+        self._factor: np.ndarray | None = None
+        self._items = np.zeros(0, np.int64)
+        self._ordered = np.zeros(0, np.int64)
+        self._rejected = np.zeros(0, np.int64)
+        self._track(store.events())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store (further calls raise ``DeviceClosedError``)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def _open_store(self) -> EventStore:
+        if self._store is None:
+            raise DeviceClosedError(f"{self.folder}: the device is closed")
+        return self._store
+
+    # -- events --------------------------------------------------------------------------
+
+    def record(
+        self,
+        item: str,
+        kind: str,
+        *,
+        value: float = 1.0,
+        at: float | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Store one event durably and update the person's state before returning.
+
+        ``kind`` is one of ``EVENT_KINDS``; ``value`` carries a rating or a watch
+        fraction; ``at`` (seconds since the epoch, or an aware ``datetime``) defaults to
+        now; ``context`` is a small mapping (``hour``, ``weekday``, ``device``,
+        ``region``, …). An item the installed release does not know is kept, and counts
+        once a release knows it.
+
+        Raises:
+            EventError: a malformed event (the message names the field); nothing stored.
+        """
+        event = validate_event(item, kind, value=value, at=at, context=context)
+        self._append([event])
+        return event
+
+    def record_many(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
+        """Store a batch of events (``Event`` objects or dicts with ``item``, ``kind`` and
+        optionally ``value``, ``at``, ``context``) in one transaction: all or none.
+
+        Raises:
+            EventError: naming the first malformed event's index and field; nothing
+                of the batch is stored.
+        """
+        now = time.time()
+        checked = []
+        for index, raw in enumerate(events):
+            fields = raw.to_json() if isinstance(raw, Event) else raw
+            if not isinstance(fields, Mapping):
+                raise EventError(
+                    f"expected a mapping, got {type(raw).__name__}", field="event", index=index
+                )
+            unknown = set(fields) - {"item", "kind", "value", "at", "context"}
+            if unknown:
+                raise EventError(
+                    f"unknown fields {sorted(unknown)}", field=sorted(unknown)[0], index=index
+                )
+            checked.append(
+                validate_event(
+                    fields.get("item"),
+                    fields.get("kind"),
+                    value=fields.get("value", 1.0),
+                    at=fields.get("at"),
+                    context=fields.get("context"),
+                    index=index,
+                    now=now,
+                )
+            )
+        self._append(checked)
+        return len(checked)
+
+    def _append(self, events: list[Event]) -> None:
+        with self._lock:
+            self._open_store().append(events)
+            if self._track(events):
+                self._refresh()
+
+    def _track(self, events: Iterable[Event]) -> bool:
+        """Fold events into the latest event per item; whether any item changed side."""
+        changed = False
+        for event in events:
+            before = self._latest.get(event.item)
+            if before is None or event.at >= before[0]:
+                was = None if before is None else EVENT_KINDS[before[1]].positive
+                self._latest[event.item] = (event.at, event.kind)
+                self._contexts[event.item] = context_row(event.context)
+                changed |= was != EVENT_KINDS[event.kind].positive
+        return changed
+
+    def _ids(self, positive: bool) -> list[str]:
+        """The items whose latest event is positive (negative), oldest first."""
+        chosen = [
+            (at, item)
+            for item, (at, kind) in self._latest.items()
+            if EVENT_KINDS[kind].positive == positive
+        ]
+        return [item for _, item in sorted(chosen)]
+
+    def _refresh(self) -> None:
+        """Re-derive the person's state from the events and the installed release."""
+        serving = self._serving
+        if serving is None:
+            self._factor = None
+            self._items = self._rejected = self._ordered = np.zeros(0, np.int64)
+            return
+        catalog = serving.bundle.catalog
+        ordered = catalog.index_of(self._ids(True))
+        ordered = ordered[ordered >= 0]
+        rejected = np.unique(catalog.index_of(self._ids(False)))
+        self._items, self._rejected = np.unique(ordered), rejected[rejected >= 0]
+        self._ordered = ordered
+        self._factor = serving.factor(ordered, self._factor)
+
+    def history(self) -> list[Event]:
+        """Every stored event, in the order recorded."""
+        with self._lock:
+            return list(self._open_store().events())
+
+    def item_indices(self) -> np.ndarray:
+        """The person's items as rows of the installed release's catalogue (sorted; items
+        the release does not know are left out). Empty without a release."""
+        with self._lock:
+            self._open_store()
+            return self._items.copy()
+
+    def history_indices(self) -> np.ndarray:
+        """The person's items as catalogue rows in the order of their latest positive
+        event, oldest first (what a sequence-aware user tower reads)."""
+        with self._lock:
+            self._open_store()
+            return self._ordered.copy()
+
+    def history_contexts(self) -> np.ndarray:
+        """The context ``(hour, weekday)`` recorded with the latest event of each item of
+        :meth:`history_indices`, ``(n, 2)``; unknown where the app recorded none
+        (``stamen.models.two_tower.context``)."""
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None or not len(self._ordered):
+                return np.zeros((0, 2), np.int64)
+            catalog = serving.bundle.catalog
+            return np.stack(
+                [self._contexts[catalog.item_id(int(i))] for i in self._ordered.tolist()]
+            )
+
+    def history_times(self) -> np.ndarray:
+        """The time (seconds since the epoch) of the latest event of each item of
+        :meth:`history_indices`."""
+        with self._lock:
+            self._open_store()
+            if self._serving is None or not len(self._ordered):
+                return np.zeros(0, np.float64)
+            return self._times(self._ordered)
+
+    @property
+    def release_key(self) -> bytes:
+        """The publisher's Ed25519 public key this device pinned (raw 32 bytes)."""
+        return self._release_key
+
+    @property
+    def user_factor(self) -> np.ndarray | None:
+        """The person's current user factor (``None``: no release or no known items)."""
+        with self._lock:
+            self._open_store()
+            return None if self._factor is None else self._factor.copy()
+
+    @property
+    def release(self) -> ReleaseInfo | None:
+        """The installed release, or ``None``."""
+        with self._lock:
+            self._open_store()
+            if self._serving is None:
+                return None
+            bundle = self._serving.bundle
+            return ReleaseInfo(
+                number=bundle.release,
+                model=bundle.model,
+                items=len(bundle.catalog),
+                quantized=bool(bundle.quantized),
+            )
+
+    @property
+    def catalog(self) -> ReleaseCatalog | None:
+        """The installed release's catalogue, or ``None``."""
+        with self._lock:
+            self._open_store()
+            return None if self._serving is None else self._serving.bundle.catalog
+
+    def _times(self, rows: np.ndarray) -> np.ndarray:
+        """The time of the latest event of each catalogue row's item."""
+        assert self._serving is not None
+        catalog = self._serving.bundle.catalog
+        return np.array([self._latest[catalog.item_id(int(r))][0] for r in rows], np.float64)

@@ -1,0 +1,100 @@
+"""The person's rights on a device: export everything stored, restore an export,
+forget (a part of ``Device``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stamen.client.device.core import DeviceCore
+from stamen.client.device.releases import RELEASE_FILE
+from stamen.client.device.store import DB_NAME
+from stamen.errors import (
+    DataError,
+)
+
+__all__ = ["EXPORT_FORMAT", "PortabilityMixin", "stamen_files"]
+
+EXPORT_FORMAT = "stamen-device-export/1"
+
+
+class PortabilityMixin(DeviceCore):
+    """Export, restore and forget (a part of ``Device``)."""
+
+    def export(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """Everything stored about the person, as JSON (written to ``path`` if given):
+        the events, the logged impressions, the derived state (items, rejected items,
+        user factor) and what is installed. :meth:`restore` reads the events back."""
+        with self._lock:
+            release = self.release
+            catalog = None if self._serving is None else self._serving.bundle.catalog
+            ids = (lambda rows: [catalog.item_id(int(i)) for i in rows]) if catalog else None
+            data = {
+                "format": EXPORT_FORMAT,
+                "exported_at": time.time(),
+                "release_key": self._release_key.hex(),
+                "release": None if release is None else release.__dict__,
+                "events": [event.to_json() for event in self._open_store().events()],
+                "impressions": [i.__dict__ for i in self._open_store().impressions()],
+                "state": {
+                    "items": ids(self._items) if ids else [],
+                    "rejected": ids(self._rejected) if ids else [],
+                    "user_factor": None if self._factor is None else self._factor.tolist(),
+                },
+            }
+        if path is not None:
+            Path(path).write_text(json.dumps(data, indent=1))
+        return data
+
+    def restore(self, export: Mapping[str, Any] | str | os.PathLike[str]) -> int:
+        """Record the events of an :meth:`export` (a dict or the JSON file's path) into
+        this device, which must hold no events yet. Returns the number restored.
+
+        Raises:
+            DataError: not an export of this format, or the device already holds events.
+            EventError: an exported event is malformed (nothing is stored).
+        """
+        if not isinstance(export, Mapping):
+            source = str(export)
+            try:
+                export = json.loads(Path(export).read_text())
+            except (OSError, ValueError) as error:
+                raise DataError(f"{source}: not a readable export ({error})") from None
+        if not isinstance(export, Mapping) or export.get("format") != EXPORT_FORMAT:
+            raise DataError(f"not a {EXPORT_FORMAT} export")
+        with self._lock:
+            if self._open_store().count():
+                raise DataError(f"{self.folder}: restore needs a device without events")
+            return self.record_many(export.get("events", []))
+
+    def forget(self) -> None:
+        """Erase everything this device stored: the database with its WAL and journal
+        files, the installed release (and any half-written copy of it), the derived
+        state; the device is closed. Only Stamen's own files are removed: anything else
+        the app keeps in the folder stays, and so does the folder."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            for path in stamen_files(self.folder):
+                path.unlink(missing_ok=True)
+            self._latest.clear()
+            self._contexts.clear()
+            self._serving, self._factor = None, None
+            self._items = self._rejected = np.zeros(0, np.int64)
+
+
+def stamen_files(folder: Path) -> list[Path]:
+    """The files a device keeps in ``folder`` (``stamen.client.device``): its database
+    and the SQLite companions, the installed release, the link and temporary files
+    installing one leaves while it runs."""
+    names = [DB_NAME, *(f"{DB_NAME}{suffix}" for suffix in ("-wal", "-shm", "-journal"))]
+    found = [folder / name for name in (*names, RELEASE_FILE, f".{RELEASE_FILE}.link")]
+    found += sorted(folder.glob(f".{RELEASE_FILE}.*.tmp"))
+    return [path for path in found if path.is_file() or path.is_symlink()]

@@ -1,0 +1,71 @@
+"""What an installed release serves on a device, held in memory only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stamen.client.pipeline.candidates import ReleaseIndex
+from stamen.errors import (
+    BundleError,
+)
+from stamen.models.bundle import ReleaseBundle
+from stamen.models.registry import model_class
+from stamen.models.two_tower.context import context_row
+
+__all__ = ["ReleaseInfo", "ServedRelease"]
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """What is installed: release number, model kind, catalogue size, int8 table or not."""
+
+    number: int
+    model: str
+    items: int
+    quantized: bool
+
+
+class ServedRelease:
+    """What a device derives from an installed release (held in memory only): the model
+    named in the release (``stamen.models.registry``) and its serving state."""
+
+    def __init__(self, bundle: ReleaseBundle, digest: bytes) -> None:
+        self.bundle = bundle
+        self.digest = digest
+        cls = model_class(bundle.model)
+        fields = cls.settings_class.model_fields
+        settings = cls.settings_class.model_validate(
+            {k: v for k, v in bundle.settings.items() if k in fields}
+        )
+        self.model = cls(settings, bundle.catalog)
+        shared = bundle.shared_arrays()
+        try:
+            self.model.check_shared(shared)
+        except ValueError as err:
+            raise BundleError(f"release {bundle.release}: {err}") from None
+        served = self.model.serving(shared, bundle.table)
+        self.table, self.bias, self._user = served.table, served.bias, served.user
+        self._context = served.context
+        # what the candidate generators read, indexed once per release
+        self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
+        self.ranker = None if bundle.ranker is None else list(bundle.ranker)
+
+    def request_vector(
+        self, factor: np.ndarray, context: Mapping[str, Any] | None, at: float
+    ) -> np.ndarray:
+        """The user vector a request at time ``at`` scores with: ``factor`` plus the
+        model's context term of the request (hour and weekday from ``context``, else the
+        device's local clock), where the model reads context."""
+        if self._context is None:
+            return factor
+        return factor + self._context(context_row(context, at=at))
+
+    def factor(self, items: np.ndarray, previous: np.ndarray | None) -> np.ndarray | None:
+        """The user vector for ``items`` (rows in time order), ``None`` without any."""
+        if not len(items):
+            return None
+        return self._user(items, previous)

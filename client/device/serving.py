@@ -1,0 +1,162 @@
+"""Recommending on a device: the pipeline over the installed release and the person's
+state, reasons a person can read, and the ranker's replayed training example."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stamen.client.device.core import DeviceCore
+from stamen.client.device.events import EVENT_KINDS
+from stamen.client.device.served import ServedRelease
+from stamen.client.pipeline.candidates import Request
+from stamen.client.pipeline.recommend import offered_example, run_pipeline
+from stamen.models.two_tower.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY
+
+__all__ = ["Recommendation", "ServingMixin"]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One recommended item: the app's id, its relevance, a reason a person can read, the
+    stage that earned it (a candidate generator of ``stamen.client.pipeline.candidates``: ``"cf"``,
+    ``"content"``, ``"trending"``, ``"fresh"``, ``"popular"``; or ``"explore"``) and the
+    probability the pipeline's policy gave it in its position (1 without exploration);
+    ``scores`` holds the score each candidate generator that proposed it gave it."""
+
+    item: str
+    score: float
+    reason: str
+    source: str
+    propensity: float = 1.0
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+class ServingMixin(DeviceCore):
+    """Recommendations and the ranker's example (a part of ``Device``)."""
+
+    def recommend(
+        self,
+        k: int = 10,
+        *,
+        context: Mapping[str, Any] | None = None,
+        exclude: Iterable[str] = (),
+        at: float | None = None,
+    ) -> list[Recommendation]:
+        """The ``k`` best items for the person, best first, each with a reason.
+
+        The on-device pipeline (``stamen.client.pipeline.recommend``, settings ``self.pipeline``):
+        candidate generators (collaborative filtering against the user vector, content
+        against the person's genre profile, the release's trending counts, the newest
+        items, popularity for a person with no history), fused by rank, re-ranked under
+        the rules (the person's own and rejected items; ``exclude``, the app's blocked
+        item ids; availability in ``context["region"]``), diversified by MMR, capped per
+        genre, explored ε-greedily. Never an exception for lack of data: with no release,
+        an empty list. ``context`` (``hour``, ``weekday``, ``region``; a missing hour or
+        weekday is read from the device's local clock) enters the score where the
+        release's model reads context; it never leaves the device. ``at``: the request's
+        time in seconds since the epoch (default: the device's clock; replays of old
+        data pass the time they replay, so that item ages and launch windows mean then).
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1 (got {k})")
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None:
+                return []
+            catalog = serving.bundle.catalog
+            when = time.time() if at is None else float(at)
+            request = self._request(serving, self._ordered, when, context, self._factor)
+            blocked = catalog.index_of(list(exclude))
+            region = (context or {}).get("region")
+            picks = run_pipeline(
+                request,
+                self.pipeline,
+                k,
+                vectors=serving.table.rows,
+                because=self._reasons,
+                blocked=blocked[blocked >= 0],
+                region=None if region is None else str(region),
+                rng=self._rng,
+                ranker=serving.ranker,
+            )
+            return [
+                Recommendation(
+                    catalog.item_id(p.row), p.score, p.reason, p.source, p.propensity, p.scores
+                )
+                for p in picks
+            ]
+
+    def _request(
+        self,
+        serving: ServedRelease,
+        ordered: np.ndarray,
+        at: float,
+        context: Mapping[str, Any] | None,
+        factor: np.ndarray | None,
+    ) -> Request:
+        """What the pipeline sees of a request at time ``at`` by a person whose items are
+        ``ordered`` (catalogue rows in time order) and whose user vector is ``factor``."""
+        cf_scores = None
+        if factor is not None:
+            vector = serving.request_vector(factor, context, at)
+            cf_scores = serving.table.scores(vector[None])[0] + serving.bias
+        return Request(
+            index=serving.index,
+            cf_scores=cf_scores,
+            history=ordered,
+            history_at=self._times(ordered),
+            rejected=self._rejected,
+            rejected_at=self._times(self._rejected),
+            excluded=np.union1d(ordered, self._rejected),
+            now=at,
+            context=dict(context or {}),
+            content_half_life_s=self.pipeline.content_half_life_days * 86400.0,
+        )
+
+    def ranking_example(self, recent: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
+        """This device's training example for the ranker, replayed from its own history:
+        the list the pipeline (``self.pipeline``) would have given the ranker just before
+        the person's last ``recent`` items, from the history before them and the
+        installed release, with the items the person then took marked
+        (``stamen.client.pipeline.recommend.offered_example``; the request's context is that of the
+        first of those events). ``None`` without a release, with no more than
+        ``recent`` items, or when the list holds none of them. Computed here; only the
+        ranker's weight update, clipped and aggregated, ever leaves the device."""
+        if recent < 1:
+            raise ValueError(f"recent must be at least 1 (got {recent})")
+        with self._lock:
+            self._open_store()
+            serving = self._serving
+            if serving is None or len(self._ordered) <= recent:
+                return None
+            before, after = self._ordered[:-recent], self._ordered[-recent:]
+            first = serving.bundle.catalog.item_id(int(after[0]))
+            hour, weekday = self._contexts[first].tolist()
+            context = {} if hour == UNKNOWN_HOUR else {"hour": hour}
+            context |= {} if weekday == UNKNOWN_WEEKDAY else {"weekday": weekday}
+            at = self._latest[first][0]
+            request = self._request(serving, before, at, context, serving.factor(before, None))
+            return offered_example(request, self.pipeline, after)
+
+    def _reasons(self, ids: np.ndarray) -> list[str]:
+        """ "Because you <verb> <title>": the person's item most similar to each pick."""
+        serving = self._serving
+        assert serving is not None
+        history = serving.table.rows(self._items)
+        picks = serving.table.rows(ids)
+        history = history / np.maximum(np.linalg.norm(history, axis=1, keepdims=True), 1e-12)
+        picks = picks / np.maximum(np.linalg.norm(picks, axis=1, keepdims=True), 1e-12)
+        nearest = self._items[np.argmax(picks @ history.T, axis=1)]
+        catalog = serving.bundle.catalog
+        reasons = []
+        for index in nearest:
+            item = catalog.item_id(int(index))
+            verb = EVENT_KINDS[self._latest[item][1]].verb
+            reasons.append(f"Because you {verb} {catalog.title(int(index))}")
+        return reasons
