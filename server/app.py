@@ -2,7 +2,8 @@
 Flower's ``SecAggPlusWorkflow`` as the fit workflow when secure aggregation is on, and
 :class:`RoundEnd` as each round's evaluate stage (private analytics queries, federated
 evaluation, the round's release and checkpoint).
-``server_app`` is the deployment app (``stamen.server.deployment``)."""
+``server_app`` is Stamen's one ServerApp: the run config's ``runtime`` picks what it
+runs (``stamen.runtimes``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from flwr.server.workflow.default_workflows import (
 )
 
 from stamen.privacy import SecAggSettings
+from stamen.runtimes import SERVER_RUNTIMES, load_runtime
 from stamen.server.analytics import PrivateSum
 from stamen.server.strategy import FederatedAveraging
 
@@ -121,14 +123,12 @@ def build_server_app(
     return app
 
 
-#: The deployment ServerApp (``stamen.server.deployment`` says what it reads).
+#: Stamen's ServerApp, for every runtime: the run config's ``runtime`` picks the body
+#: (``stamen.runtimes``: ``simulation`` or ``deployment``).
 server_app = ServerApp()
 
 
 @server_app.main()
-def _deployment(grid: Grid, context: Context) -> None:
-    from stamen.server.deployment import Deployment, deployment_strategy
-    from stamen.server.grid import PromptGrid
-
-    strategy = deployment_strategy(Deployment(dict(context.run_config)))
-    run_rounds(PromptGrid(grid), context, strategy)
+def _main(grid: Grid, context: Context) -> None:
+    serve = load_runtime(SERVER_RUNTIMES, context.run_config)
+    serve(grid, context)

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from flwr.app import Context
+from flwr.server import Grid
 from pydantic import Field
 
 from stamen.errors import ConfigError
@@ -35,6 +37,7 @@ from stamen.models.bundle import ReleaseBundle
 from stamen.models.ranker.model import RankerSettings, ranker_hidden
 from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed
+from stamen.runtimes import without_runtime
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
@@ -48,6 +51,7 @@ __all__ = [
     "Deployment",
     "DeploymentRun",
     "deployment_strategy",
+    "serve",
 ]
 
 _log = logging.getLogger("stamen")
@@ -97,7 +101,7 @@ class Deployment:
     unknown key and bad value."""
 
     def __init__(self, run_config: dict[str, Any]) -> None:
-        given = read_run_config(run_config, RUN_CONFIG_KEYS, source="run config")
+        given = read_run_config(without_runtime(run_config), RUN_CONFIG_KEYS, source="run config")
         train = given.data.get("train", "model")
         ranker = given.given_under("ranker")
         problems = []
@@ -204,3 +208,12 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     strategy.trending = release.trending
     strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
     return strategy
+
+
+def serve(grid: Grid, context: Context) -> None:
+    """The ServerApp's body in the ``deployment`` runtime (module docstring)."""
+    from stamen.server.app import run_rounds
+    from stamen.server.grid import PromptGrid
+
+    strategy = deployment_strategy(Deployment(dict(context.run_config)))
+    run_rounds(PromptGrid(grid), context, strategy)

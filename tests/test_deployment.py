@@ -13,18 +13,14 @@ from flwr.app import Context, MessageType, RecordDict
 from typer.testing import CliRunner
 
 from stamen.client.device.device import Device
-from stamen.client.flower.deployment import (
-    DevicePolicy,
-    client_app,
-    device_policy,
-)
+from stamen.client.flower.clientapp import ClientRuntime
+from stamen.client.flower.deployment import DevicePolicy, device_policy
 from stamen.errors import ConfigError, DataError, SecureAggregationRequired
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.mf.settings import DEVICE_ID_KEY
 from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
-from stamen.server.app import server_app
 from stamen.server.deployment import Deployment, deployment_strategy
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
@@ -61,6 +57,35 @@ def _run_config(tmp_path: Path, releases: Path, key: Path, **extra) -> dict:
     }
 
 
+def test_one_flower_app_serves_both_runtimes() -> None:
+    import tomllib
+
+    from stamen.runtimes import CLIENT_RUNTIMES, SERVER_RUNTIMES, load_runtime
+    from stamen.server.deployment import serve
+
+    root = Path(__file__).resolve().parents[1]
+    apps = [
+        tomllib.loads((root / folder / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+        for folder in (".", "deploy")
+    ]
+    assert (
+        apps[0]["components"]
+        == apps[1]["components"]
+        == {
+            "serverapp": "stamen.server.app:server_app",
+            "clientapp": "stamen.client.flower.clientapp:client_app",
+        }
+    )
+    assert [app["config"]["runtime"] for app in apps] == ["simulation", "deployment"]
+    assert load_runtime(SERVER_RUNTIMES, {"runtime": "deployment"}) is serve
+    for name in ("simulation", "deployment"):
+        assert isinstance(load_runtime(CLIENT_RUNTIMES, {"runtime": name}), ClientRuntime)
+    with pytest.raises(ConfigError, match="runtime 'cloud' is unknown; registered runtimes: "):
+        load_runtime(SERVER_RUNTIMES, {"runtime": "cloud"})
+    with pytest.raises(ConfigError, match="no 'runtime' key"):
+        load_runtime(CLIENT_RUNTIMES, {})
+
+
 def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
     releases, key = _release_init(tmp_path)
     assert latest_release(releases).name.startswith("release-")
@@ -74,7 +99,6 @@ def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
     assert strategy.settings.rounds == 2 and strategy.settings.clients_per_round == 3
     assert strategy.settings.model == "mf" and not strategy.settings.secagg.enabled
     assert strategy.releases is not None and strategy.start_round == 0
-    assert server_app is not None and client_app is not None
     # deployed devices keep no held-out items: not even the last round asks them to evaluate
     assert not strategy.settings.evaluate
     assert strategy.configure_evaluate(2, None, client_manager=None) == []  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Stamen's ClientApp for Flower's deployment runtime (``client_app``), on a SuperNode.
+"""The device side of Stamen's ``deployment`` runtime (``stamen.runtimes``), on a SuperNode.
 
 A SuperNode names its device in ``--node-config``; the ClientApp opens that
 :class:`~stamen.client.Device` store for every message and trains on what the person
@@ -26,18 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, MessageType
-from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client import Client, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from stamen.client.flower.clientapp import ClientRuntime
 from stamen.errors import ConfigError, SecureAggregationRequired
 
 __all__ = [
     "DevicePolicy",
-    "client_app",
     "deployment_client_fn",
     "device_policy",
+    "runtime",
 ]
 
 _KEY_BYTES = 32
@@ -151,7 +152,7 @@ def deployment_client_fn(context: Context) -> Client:
     return _DeployedDevice(context).to_client()
 
 
-#: The deployment ClientApp: ``clientapp = "stamen.client.flower.deployment:client_app"``. This
-#: module imports neither torch nor Stamen's models until a message needs the device, so
-#: the SecAgg+ stages that only exchange keys and shares start fast.
-client_app = ClientApp(client_fn=deployment_client_fn, mods=[device_policy])
+#: The ``deployment`` runtime's device side (``stamen.runtimes``): this module imports
+#: neither torch nor Stamen's models until a message needs the device, so the SecAgg+
+#: stages that only exchange keys and shares start fast.
+runtime = ClientRuntime(client_fn=deployment_client_fn, mod=device_policy)

@@ -1,6 +1,7 @@
-"""The Flower App behind ``flwr run .`` (simulation runtime).
+"""The ``simulation`` runtime of Stamen's one Flower App (``flwr run .``; ``stamen.runtimes``).
 
-``pyproject.toml`` names ``server_app`` and ``client_app`` here. The run config
+``pyproject.toml`` names Stamen's ServerApp and ClientApp and sets ``runtime =
+"simulation"``; they run :func:`serve` and :data:`client_runtime` from here. The run config
 (``[tool.flwr.app.config]``, overridable with ``flwr run . --run-config "k=v ..."``) holds
 flat kebab-case keys, one for each field of ``SimulationConfig`` (:data:`RUN_CONFIG_KEYS`,
 derived by ``stamen.server.run_config``): ``dataset``, ``data-dir``, ``num-server-rounds``,
@@ -27,16 +28,18 @@ import logging
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.client import Client, ClientApp
+from flwr.client import Client
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Message
-from flwr.server import Grid, ServerApp
+from flwr.server import Grid
 
 from stamen.client.device.keys import DeviceKeys
 from stamen.client.flower.app import make_client_fn
+from stamen.client.flower.clientapp import ClientRuntime
 from stamen.client.flower.virtual import VirtualDevices
 from stamen.privacy import generate_key, generate_signing_key
+from stamen.runtimes import without_runtime
 from stamen.server.app import run_rounds
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.run_config import read_run_config, run_config_keys, validate
@@ -48,7 +51,7 @@ from stamen.simulation.protocol.device_evaluation import evaluate_tasks
 from stamen.simulation.protocol.report import write_results
 from stamen.simulation.protocol.split import leave_one_out
 
-__all__ = ["RUN_CONFIG_KEYS", "client_app", "config_from_run_config", "server_app"]
+__all__ = ["RUN_CONFIG_KEYS", "client_runtime", "config_from_run_config", "serve"]
 
 _log = logging.getLogger("stamen")
 
@@ -63,7 +66,7 @@ RUN_CONFIG_KEYS = run_config_keys(SimulationConfig, exclude=_NOT_READ)
 def config_from_run_config(run_config: dict) -> SimulationConfig:
     """Flower's flat run config as Stamen's settings (empty values: defaults); one error
     names every unknown key and bad value."""
-    given = read_run_config(run_config, RUN_CONFIG_KEYS, source="flwr run config")
+    given = read_run_config(without_runtime(run_config), RUN_CONFIG_KEYS, source="flwr run config")
     return validate(SimulationConfig, given)
 
 
@@ -71,11 +74,8 @@ def _keys(config: SimulationConfig) -> Path:
     return config.output / "device-keys"
 
 
-server_app = ServerApp()
-
-
-@server_app.main()
-def _server(grid: Grid, context: Context) -> None:
+def serve(grid: Grid, context: Context) -> None:
+    """The ServerApp's body in the ``simulation`` runtime (module docstring)."""
     config = config_from_run_config(dict(context.run_config))
     dataset, source = load_for_config(config, say=_log.warning)
     split = leave_one_out(dataset.interactions, seed=config.seed)
@@ -143,4 +143,5 @@ def _client_fn(context: Context) -> Client:
     return make_client_fn(devices, seed=config.seed, evaluate_tasks=tasks)(context)
 
 
-client_app = ClientApp(client_fn=_client_fn, mods=[_device_policy_mod])
+#: The ``simulation`` runtime's device side (``stamen.runtimes``).
+client_runtime = ClientRuntime(client_fn=_client_fn, mod=_device_policy_mod)
