@@ -1,6 +1,7 @@
 """The round engine is one: the Flower strategies and the batched simulation follow the
 same ``RoundPlan`` (budget, cohorts, minimum cohort, fixed-denominator release, noise
-streams), so for the same seed they draw the same cohorts and reach the same model.
+streams), so for the same seed they draw the same cohorts and reach the same model: DP-FedAvg plain,
+central and distributed, the ranker, private ALS and the trending counts.
 
 The Flower path here is the strategy's own ``configure_fit`` / ``aggregate_fit`` with
 every sampled device answering through the ClientApp's ``DeviceClient.fit`` in process (plain
@@ -26,6 +27,7 @@ from stamen.simulation.engines.batched import model_step, run_rounds
 from stamen.simulation.engines.ranker import train_ranker
 
 N_USERS, N_ITEMS, COHORT, ROUNDS = 40, 30, 8, 3
+N_TRENDING_ITEMS = 400
 
 
 def _history(seed: int = 0) -> UserItems:
@@ -195,3 +197,78 @@ def test_the_plan_skips_small_poisson_cohorts_and_charges_them() -> None:
     assert skipped and all(len(d.cohort) < 5 for d in skipped)
     assert all(len(d.cohort) >= 5 for d in draws if d.skipped is None)
     assert plan.mechanism is not None and plan.mechanism.accountant.rounds == len(skipped)
+
+
+def test_private_als_rounds_agree_between_flower_and_the_batched_simulation() -> None:
+    from stamen.server.als import ALSSettings
+    from stamen.server.als_strategy import FederatedALS, als_server_settings
+    from stamen.simulation.baselines.private_als import run_private_als
+
+    history, catalog = _history(seed=3), _catalog()
+    als = ALSSettings(dim=3, rounds=2, head=12, cap=4, user_clip=1.0)
+    base = ServerSettings(clients_per_round=2, evaluate=False, seed=5, secagg={"enabled": False})
+    settings = als_server_settings(base, als, devices=N_USERS)
+    initial = FederatedALS.initial(N_ITEMS, als, seed=settings.seed)
+    strategy = FederatedALS(settings, als, initial=initial, population=N_USERS)
+
+    def client_of(device: int) -> DeviceClient:
+        data = DeviceData(history.row(device), catalog)
+        return DeviceClient(data, {}, seed=settings.seed, row=device)  # type: ignore[arg-type]
+
+    flower, cohorts = _flower(strategy, client_of)
+    assert cohorts == [list(range(N_USERS))] * (als.rounds + 1)  # every device, every round
+    simulated = run_private_als(
+        history, als, epsilon=float("inf"), delta=1 / N_USERS, seed=settings.seed
+    )
+    np.testing.assert_allclose(flower[0], simulated.items, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(flower[1], simulated.bias, rtol=1e-4, atol=1e-6)
+    assert np.abs(flower[0]).max() > 0.01
+
+
+def test_trending_counts_agree_between_flower_and_the_batched_simulation() -> None:
+    from stamen.simulation.datasets import generate_synthetic
+    from stamen.simulation.engines.trending import private_trending, true_trending
+    from stamen.simulation.protocol.split import leave_one_out
+
+    split = leave_one_out(
+        generate_synthetic(N_USERS, N_TRENDING_ITEMS, seed=2).interactions, seed=0
+    )
+    assert split.train_times is not None
+    cap, epsilon, seed = 5, 4.0, 3
+    counts, now = true_trending(split, window_days=30.0, cap=cap)
+    batched, report = private_trending(counts, epsilon=epsilon, users=N_USERS, cap=cap, seed=seed)
+    trending = {
+        "every": 1,
+        "window_days": 30.0,
+        "cap": cap,
+        "now": now,
+        "dp": {"mode": "central", "target_epsilon": epsilon},
+    }
+    settings = ServerSettings(
+        rounds=1, clients_per_round=N_USERS, evaluate=False, seed=seed,
+        analytics={"trending": trending},
+    )  # fmt: skip
+    catalog = ReleaseCatalog.build(
+        [str(i) for i in range(N_TRENDING_ITEMS)], titles=[""] * N_TRENDING_ITEMS
+    )
+    strategy = FederatedAveraging(
+        settings, initial=build_model("mf", settings.local, catalog).init_shared(0),
+        population=N_USERS,
+    )  # fmt: skip
+    clients = StaticClients(N_USERS, shuffle=2)
+    query = strategy.ask_trending(1)
+    instructions = query.configure_fit(1, ndarrays_to_parameters([]), clients)  # type: ignore[arg-type]
+    assert sorted(proxy.device for proxy, _ in instructions) == list(range(N_USERS))
+    results = []
+    for proxy, ins in instructions:
+        u = proxy.device
+        times = split.train_times[split.train.indptr[u] : split.train.indptr[u + 1]]
+        data = DeviceData(split.train.row(u), catalog, train_times=times)
+        device = DeviceClient(data, {}, seed=seed, row=u)  # type: ignore[arg-type]
+        sent = parameters_to_ndarrays(ins.parameters)
+        results.append((proxy, _ok(device.fit(sent, ins.config)[0])))
+    query.aggregate_fit(1, results, [])  # type: ignore[arg-type]
+    assert query.result is not None and query.report() is not None
+    np.testing.assert_allclose(np.maximum(query.result.total, 0.0), batched, atol=1e-9)
+    assert query.report()["epsilon"] == report["epsilon"]  # type: ignore[index]
+    assert report["noise_std"] > 0 and np.any(batched != np.maximum(counts, 0))
