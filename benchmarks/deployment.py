@@ -36,10 +36,10 @@ from tempfile import TemporaryDirectory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the loopback helpers the integration tests use
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.loopback: what the integration tests use
 
 from common import local_path  # noqa: E402
-from loopback import (  # noqa: E402
+from helpers.loopback import (  # noqa: E402
     BIN,
     flower_home,
     free_port,

@@ -9,8 +9,8 @@ events inside the window that ends at the split's last training event, at most `
 of them, newest first); ``stamen.simulation.engines.trending`` sums them and releases the sum
 through the very ``PrivateSum`` a federated run uses, every device asked once, δ = 1 /
 users, the noise calibrated to each ε (central Gaussian). A Flower run sums the vectors
-under SecAgg+ first (``tests/test_analytics.py`` checks that sum against the plain one),
-which changes nothing the figures measure. The seed also seeds the noise.
+under SecAgg+ first (``tests/integration/test_analytics_rounds.py`` checks that sum
+against the plain one), which changes nothing the figures measure. The seed also seeds the noise.
 
 Reported per window and ε: the mean absolute error of the counts over all items and
 over the true top 20, the overlap of the private and the true top 10, and the trending

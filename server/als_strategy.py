@@ -10,8 +10,8 @@ splits one budget between them). The server picks the head items
 from the noisy counts and solves the item side (``stamen.server.als``). Every device takes
 part in every round (sampling rate 1), so the ``als.rounds + 1`` releases compose through
 Opacus' RDP accountant as full-batch Gaussian mechanisms. The arithmetic is the one
-``stamen.simulation.baselines.private_als`` simulates (``tests/test_als_strategy.py`` checks the two
-agree).
+``stamen.simulation.baselines.private_als`` simulates
+(``tests/integration/test_als_rounds.py`` checks the two agree).
 """
 
 from __future__ import annotations
@@ -198,6 +198,7 @@ class FederatedALS(FederatedAveraging):
                 f"round {rnd}: no device returned its private ALS statistics "
                 f"({len(failures)} failures: {reasons})"
             )
+        results = self.in_device_order(results)
         updates = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         total = np.asarray(aggregate(updates)[0], np.float64) * len(results)
         sigma = self._sigma(rnd)

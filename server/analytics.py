@@ -293,6 +293,8 @@ class PrivateSum(Strategy):
         if not results:
             self.record["failed"] = "no device answered"
             return None, {}
+        if self.owner is not None:
+            results = self.owner.in_device_order(results)
         answers = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         if self.secagg is not None:
             total = np.asarray(aggregate(answers)[0], np.float64) * len(results)

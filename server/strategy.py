@@ -420,6 +420,15 @@ class FederatedAveraging(Strategy):
         ids = self.plan.sample(rnd, n, purpose=purpose, poisson=poisson, available=available)
         return [devices[int(i)] for i in ids]
 
+    def in_device_order(
+        self, results: list[tuple[ClientProxy, Any]]
+    ) -> list[tuple[ClientProxy, Any]]:
+        """``results`` ordered by device id, not by when they arrived: sums are then the
+        same to the last digit on every run."""
+        return sorted(
+            results, key=lambda result: self._device_ids.get(getattr(result[0], "cid", ""), -1)
+        )
+
     def request(self, rnd: int, cohort: int | None = None) -> Request:
         """Round ``rnd``'s request to a cohort of ``cohort`` devices (``None``: the
         expected cohort): the model's step with its settings, whether the device may
@@ -487,6 +496,7 @@ class FederatedAveraging(Strategy):
     ) -> flower.AggregatedFit:
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
+        results = self.in_device_order(results)
         if not results:
             reasons = failure_reasons(failures)
             raise RuntimeError(
@@ -621,6 +631,7 @@ class FederatedAveraging(Strategy):
     ) -> flower.AggregatedEvaluate:
         """Mean of the devices' metrics (devices without held-out items weigh 0)."""
         rnd = self._global_round(server_round)
+        results = self.in_device_order(results)
         pairs = [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in results]
         metrics = _mean_metrics(pairs)
         self._record["evaluate"] = {

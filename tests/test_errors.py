@@ -8,7 +8,7 @@ import inspect
 import re
 
 import pytest
-from stamen_modules import all_modules
+from helpers.stamen_modules import all_modules
 
 import stamen.client
 import stamen.errors

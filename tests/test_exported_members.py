@@ -10,7 +10,7 @@ import inspect
 from types import ModuleType
 
 import pytest
-from stamen_modules import module_names, packages
+from helpers.stamen_modules import module_names, packages
 
 import stamen
 

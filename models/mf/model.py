@@ -11,7 +11,7 @@ targets ``t``, confidences ``c = 1 + alpha t`` and ``r = c ∘ (t - s)``,
 
 times the device's count under ``update_weighting="positives"``: exactly the gradient
 the autograd step (``stamen.models.mf.local.local_update``) takes, without a per-device
-model (``tests/test_models_interface.py`` checks the two agree). Other losses and epochs
+model (``tests/models/test_model_contract.py`` checks the two agree). Other losses and epochs
 run the autograd step device by device.
 """
 

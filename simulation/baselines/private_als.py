@@ -21,7 +21,7 @@ multiplier times its sensitivity. The model reported is the
 last round's: no round is chosen by looking at private validation metrics.
 
 Left out here: SecAgg+'s quantisation (below 5e-7 a coordinate at its defaults,
-``tests/test_attack.py``, far under the noise) and its transport.
+``tests/integration/test_attack_on_secagg.py``, far under the noise) and its transport.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ typer option.
 ``--epsilon``). :func:`settings_options` gives a command ``--config`` and the flags it
 names, and hands it the ``SimulationConfig`` of the defaults, the TOML file and the flags:
 one error lists every problem, the flags named as written. Nothing here imports the
-models (``stamen --help`` loads no torch); ``tests/test_config.py`` checks that each
+models (``stamen --help`` loads no torch); ``tests/simulation/test_config.py`` checks that each
 flag's type is its field's.
 """
 

@@ -4,8 +4,8 @@ Every user's device vector (``stamen.client.flower.analytics.trending_vectors``,
 device runs) is summed in numpy and released by the very ``PrivateSum`` a federated run
 uses (``stamen.server.analytics``): every device asked once (sampling rate 1), central
 Gaussian noise (distributed mode's shares sum to the same distribution), δ = 1 / users
-unless given. A Flower run sums the vectors under SecAgg+ first; ``tests/test_analytics.py``
-checks that sum against this plain one.
+unless given. A Flower run sums the vectors under SecAgg+ first;
+``tests/integration/test_analytics_rounds.py`` checks that sum against this plain one.
 """
 
 from __future__ import annotations

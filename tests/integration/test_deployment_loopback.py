@@ -1,0 +1,406 @@
+"""Stamen on Flower's deployment runtime over 127.0.0.1: a SuperLink with TLS and
+SuperNode authentication, three SuperNodes each holding its own encrypted device, the
+deployment Flower App (``deploy/``) run with ``flwr run``: two rounds of federated MF with
+SecAgg+ and user-level DP, then a round of the ranker; a killed run resumed; an
+unregistered node refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.loopback import (
+    BIN,
+    flower_home,
+    free_port,
+    poll,
+    register_supernode,
+    running,
+    stop,
+    superexec_command,
+    superlink_command,
+    supernode_command,
+    text,
+)
+from helpers.paths import ROOT
+from typer.testing import CliRunner
+
+from stamen.client.device.device import Device
+from stamen.models.bundle import ReleaseBundle
+from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.privacy import open_signed
+from stamen.server.certs import make_certificates
+from stamen.server.releases import latest_release
+from stamen.simulation.cli.commands import app
+
+pytestmark = pytest.mark.slow
+
+APP = ROOT / "deploy"
+NODES = 3
+RUN_S = 420  # the whole `flwr run` of two rounds, bounded
+#: What Flower's ServerApp process logs, with its traceback, when the app raised.
+SERVERAPP_RAISED = "ServerApp raised an exception"
+
+
+def _deployment(tmp_path: Path):
+    """Certificates, release 0 and one device per SuperNode, as the README's commands
+    make them."""
+    certs = make_certificates(tmp_path / "certs", supernodes=NODES + 1)
+    config = tmp_path / "stamen.toml"
+    config.write_text(
+        'dataset = "synthetic"\nsynthetic_users = 100\nsynthetic_items = 100\n[local]\ndim = 8\n'
+    )
+    key = tmp_path / "keys" / "release.key"
+    result = CliRunner().invoke(
+        app,
+        ["release", "init", str(tmp_path / "releases"), "--signing-key", str(key)]
+        + ["--config", str(config)],
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    public = key.with_suffix(".pub").read_bytes()
+    rng = np.random.default_rng(0)
+    for d in range(NODES):
+        store_key = rng.bytes(32)
+        (tmp_path / f"device-{d}.key").write_bytes(store_key)
+        with Device.open(tmp_path / f"device-{d}", key=store_key, release_key=public) as dev:
+            dev.apply_release(latest_release(tmp_path / "releases"))
+            items = rng.choice(np.arange(100), size=10, replace=False)
+            now = time.time()  # recent: inside a trending window that ends at the server's clock
+            dev.record_many(
+                {"item": str(i), "kind": "view", "at": now - 600.0 * k} for k, i in enumerate(items)
+            )
+    return certs, key
+
+
+def _run_config(tmp_path: Path, key: Path, **extra: object) -> str:
+    values = {
+        "releases": f"'{tmp_path / 'releases'}'",
+        "checkpoints": f"'{tmp_path / 'checkpoints'}'",
+        "signing-key": f"'{key}'",
+        "population": NODES,
+        "num-server-rounds": 2,
+        "dp": "'central'",
+        "dp-epsilon": 8.0,
+        "dp-clip-norm": 0.5,
+        **extra,
+    }
+    return " ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _rounds(tmp_path: Path, checkpoints: str = "checkpoints") -> list[dict]:
+    log = tmp_path / checkpoints / "rounds.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@contextmanager
+def _federation(
+    tmp_path: Path, *, forking: bool = False, in_memory: bool = False
+) -> Iterator[dict]:
+    """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
+    their devices and one unregistered SuperNode; every process stopped on exit.
+    ``forking``: the SuperNodes are ``stamen-supernode`` and run their ClientApps through
+    ``stamen-superexec``; ``in_memory``: the SuperLink keeps Flower's in-memory state."""
+    certs, key = _deployment(tmp_path)
+    port = free_port()
+    env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
+    log = tmp_path / "superlink.log"
+    link_cmd = superlink_command(
+        certs, port, tmp_path, "--enable-supernode-auth", in_memory=in_memory
+    )
+    with ExitStack() as stack:
+        link = stack.enter_context(running(link_cmd, env=env, log=log))
+        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
+        ids = [
+            register_supernode(certs.supernodes[d].public_key, "test", env) for d in range(NODES)
+        ]
+        nodes, execs, commands = [], [], []  # commands: each node's (and its SuperExec's)
+        for d in range(NODES):
+            runtime = free_port()
+            command = supernode_command(
+                certs.supernodes[d].private_key,
+                certs,
+                port,
+                runtime_port=runtime,
+                forking=forking,
+                fast_poll=forking,
+            )
+            command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
+            nodes.append(
+                stack.enter_context(running(command, env=env, log=tmp_path / f"node-{d}.log"))
+            )
+            commands.append([command])
+            if forking:
+                superexec = superexec_command(runtime)
+                execs.append(
+                    stack.enter_context(running(superexec, env=env, log=tmp_path / f"exec-{d}.log"))
+                )
+                commands[-1].append(superexec)
+        stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
+        stack.enter_context(running(stranger, env=env, log=tmp_path / "stranger.log"))
+        for node_id in ids:
+            poll(
+                lambda i=node_id: f"Activated node_id={i}" in text(log),
+                proc=link,
+                log=log,
+                what=f"SuperNode {node_id} connecting over TLS",
+            )
+        yield {
+            "env": env,
+            "key": key,
+            "log": log,
+            "link": link,
+            "nodes": nodes,
+            "execs": execs,
+            "commands": commands,
+            "certs": certs,
+            "link_cmd": link_cmd,
+            "stack": stack,
+        }
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A ``flwr run --stream`` in progress and the file its output goes to."""
+
+    proc: subprocess.Popen
+    log: Path
+
+    def failure(self) -> str:
+        """What to show when the run failed: from the ServerApp's traceback on, when it
+        raised one (Flower streams it before its exit code), else the log's tail."""
+        output = text(self.log)
+        start = output.find(SERVERAPP_RAISED)
+        return output[start:][:8000] if start >= 0 else output[-4000:]
+
+
+def _run(tmp_path: Path, fed: dict, **extra: object) -> _Run:
+    command = [str(BIN / "flwr"), "run", str(APP), "test", "--stream"]
+    command += ["--run-config", _run_config(tmp_path, fed["key"], **extra)]
+    log = tmp_path / f"flwr-run-{len(list(tmp_path.glob('flwr-run-*.log')))}.log"
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
+    return _Run(proc, log)
+
+
+def _finish(run: _Run, tmp_path: Path, rounds: int, checkpoints: str = "checkpoints") -> None:
+    """Wait for ``flwr run`` and for ``rounds`` rounds in the log: the run goes on in the
+    SuperLink even when ``--stream`` ends early (it has here, under load). A ServerApp
+    that raised fails the test at once, with its traceback."""
+    deadline = time.monotonic() + RUN_S
+    try:
+        run.proc.wait(timeout=RUN_S)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        pytest.fail(f"flwr run: not within {RUN_S} s:\n{run.failure()}")
+    while len(_rounds(tmp_path, checkpoints)) < rounds and time.monotonic() < deadline:
+        if SERVERAPP_RAISED in text(run.log):
+            pytest.fail(f"flwr run: the ServerApp failed:\n{run.failure()}")
+        time.sleep(0.5)
+
+
+def _releases(tmp_path: Path, key: Path) -> list[ReleaseBundle]:
+    public = key.with_suffix(".pub").read_bytes()
+    return [
+        ReleaseBundle.decode(open_signed(p.read_bytes(), public_key=public))
+        for p in sorted((tmp_path / "releases").glob("release-*.stamen"))
+    ]
+
+
+TRENDING = {
+    "trending-every": 1,
+    "trending-window-days": 1.0,
+    "trending-dp": "'central'",
+    "trending-epsilon": 8.0,
+}
+
+
+RANKER = {"train": "'ranker'", "ranker-hidden": 0, "num-server-rounds": 1}
+
+
+def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
+    """Also: the SuperNodes are Stamen's (shorter waits) and run their ClientApps through
+    Stamen's forking SuperExec, each round asks the devices for private trending counts,
+    and a second run on the same federation trains the ranker for a round."""
+    with _federation(tmp_path, forking=True) as fed:
+        log = fed["log"]
+        poll(
+            lambda: "No SuperNode found with the given public key" in text(log),
+            proc=fed["link"],
+            log=log,
+            what="the unregistered SuperNode refused",
+        )
+        retrieval = _run(tmp_path, fed, **TRENDING)
+        _finish(retrieval, tmp_path, 2)
+        ranker_run = {**RANKER, "checkpoints": f"'{tmp_path / 'ranker-checkpoints'}'"}
+        _finish(_run(tmp_path, fed, **ranker_run), tmp_path, 1, "ranker-checkpoints")
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], retrieval.failure()
+    assert text(log).count("Activated node_id=") == NODES
+    assert all(r["devices"] == NODES and r["failures"] == 0 for r in rounds)
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
+    bundles = _releases(tmp_path, fed["key"])
+    assert [b.release for b in bundles] == [0, 1, 2, 3]
+    # the ranker's run: every device answered from its own replayed list under SecAgg+
+    # and DP, its release 3 holds the retrieval model of release 2 and the new ranker,
+    # and its last round's evaluation is the secure sum of the devices' list metrics
+    (ranked,) = _rounds(tmp_path, "ranker-checkpoints")
+    assert ranked["devices"] == NODES and ranked["failures"] == 0, ranked
+    assert 0 < ranked["privacy"]["epsilon"] <= 8.0 + 1e-6
+    evaluation = ranked["evaluate"]
+    assert evaluation["secure"] and evaluation["answered"] == NODES, evaluation
+    assert 0 < evaluation["devices"] <= NODES
+    assert all(0 <= evaluation[name] <= 1 for name in RANKER_METRICS), evaluation
+    ranker_release = bundles.pop()
+    assert ranker_release.ranker is not None and bundles[-1].ranker is None
+    for a, b in zip(ranker_release.shared_arrays(), bundles[-1].shared_arrays(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ranker_release.trending, bundles[-1].trending)
+    assert not np.array_equal(ranker_release.ranker[0], init_ranker(RankerSettings(hidden=0), 0)[0])
+    first, last = bundles[0].shared_arrays(), bundles[-1].shared_arrays()
+    assert not all(np.allclose(a, b) for a, b in zip(first, last, strict=True))
+    # trending: every device asked each round, its own ε, the noisy counts in the release
+    trending = [r["analytics"]["trending"] for r in rounds]
+    assert all(t["devices"] == NODES and "failed" not in t for t in trending), trending
+    spent = [t["privacy"]["epsilon"] for t in trending]
+    assert 0 < spent[0] < spent[1] <= 8.0 + 1e-6
+    assert bundles[0].trending is None
+    assert all(b.trending is not None and b.trending.shape == (100,) for b in bundles[1:])
+    print({"round_seconds": [round(r["seconds"], 1) for r in rounds], "epsilon": epsilons})
+
+
+def _serverapps(home: str) -> list[int]:
+    """The ServerApp processes of this test's Flower home (started by the SuperLink)."""
+    found = subprocess.run(["pgrep", "-f", "flwr-serverapp"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split() if _home(int(p)) == home]
+
+
+def _home(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    values = dict(v.split(b"=", 1) for v in environ if b"=" in v)
+    home = values.get(b"FLWR_HOME")
+    return None if home is None else home.decode()
+
+
+def _run_to_round_1(tmp_path: Path, fed: dict) -> _Run:
+    """A two-round ``flwr run``, once its round 1 is in the log."""
+    first = _run(tmp_path, fed)
+    poll(
+        lambda: len(_rounds(tmp_path)) >= 1,
+        proc=first.proc,
+        log=first.log,
+        what="round 1",
+        wait_s=RUN_S,
+    )
+    return first
+
+
+def _check_resumed(tmp_path: Path, fed: dict, resumed: _Run) -> list[dict]:
+    """Rounds 1 and 2 in the log, ε continuing from round 1, releases 0 to 2; the rounds."""
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2], resumed.failure()
+    epsilons = [r["privacy"]["epsilon"] for r in rounds]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6  # continued, not restarted at round 1
+    assert [b.release for b in _releases(tmp_path, fed["key"])] == [0, 1, 2]
+    return rounds
+
+
+def test_a_killed_server_app_resumes_at_the_next_round_with_epsilon_continuing(tmp_path):
+    with _federation(tmp_path) as fed:
+        first = _run_to_round_1(tmp_path, fed)
+        killed = _serverapps(fed["env"]["FLWR_HOME"])
+        assert killed, "no ServerApp process found"
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        first.proc.kill()
+        first.proc.wait(timeout=30)
+        assert [r["round"] for r in _rounds(tmp_path)] == [1]
+        resumed = _run(tmp_path, fed, resume="true")
+        _finish(resumed, tmp_path, 2)
+    _check_resumed(tmp_path, fed, resumed)
+
+
+def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(tmp_path):
+    """The README's fast SuperLink (Flower's in-memory state) killed after round 1: the
+    restarted one has forgotten the SuperNodes, which exit when it refuses them; their
+    keys registered again and the SuperNodes restarted, the run submitted again with
+    ``resume=true`` continues at round 2 with ε continuing."""
+    with _federation(tmp_path, forking=True, in_memory=True) as fed:
+        first = _run_to_round_1(tmp_path, fed)
+        home = fed["env"]["FLWR_HOME"]
+        os.killpg(fed["link"].pid, signal.SIGKILL)  # the SuperLink and what it started
+        fed["link"].wait(timeout=30)
+        for pid in _serverapps(home):  # a ServerApp left without its SuperLink
+            os.kill(pid, signal.SIGKILL)
+        first.proc.kill()
+        first.proc.wait(timeout=30)
+        assert [r["round"] for r in _rounds(tmp_path)] == [1]
+        log = tmp_path / "superlink-restarted.log"
+        link = fed["stack"].enter_context(running(fed["link_cmd"], env=fed["env"], log=log))
+        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="restart")
+        for proc in fed["nodes"] + fed["execs"]:
+            stop(proc)
+        for d in range(NODES):
+            node_id = register_supernode(fed["certs"].supernodes[d].public_key, "test", fed["env"])
+            for i, command in enumerate(fed["commands"][d]):
+                again = tmp_path / f"restarted-{d}-{i}.log"
+                fed["stack"].enter_context(running(command, env=fed["env"], log=again))
+            poll(
+                lambda i=node_id: f"Activated node_id={i}" in text(log),
+                proc=link,
+                log=log,
+                what=f"SuperNode {d} reconnecting as {node_id}",
+            )
+        resumed = _run(tmp_path, fed, resume="true")
+        _finish(resumed, tmp_path, 2)
+    assert _check_resumed(tmp_path, fed, resumed)[1]["devices"] == NODES
+
+
+@pytest.mark.parametrize("killed", [1, 2], ids=["threshold-holds", "below-threshold"])
+def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
+    """SuperNodes are killed as they receive the round's training message (SecAgg+'s
+    collect-masked-vectors stage, after the key shares went out) and the stage times out
+    on them. One killed: the two others' shares of its secret remove its masks and the
+    round aggregates two. Two killed: one device is below the reconstruction threshold
+    (2), the round fails with a message saying so and the model stays as it was."""
+    with _federation(tmp_path) as fed:
+        victims = range(NODES - killed, NODES)
+        run = _run(tmp_path, fed, **{"num-server-rounds": 1, "secagg-timeout": 20.0})
+        poll(
+            lambda: all(
+                text(tmp_path / f"node-{v}.log").count("Receiving: train message") >= 3
+                for v in victims
+            ),
+            proc=run.proc,
+            log=run.log,
+            what="the training stage reaching the SuperNodes to kill",
+            wait_s=RUN_S,
+        )
+        for v in victims:
+            os.killpg(fed["nodes"][v].pid, signal.SIGKILL)
+        _finish(run, tmp_path, 1)
+    rounds = _rounds(tmp_path)
+    assert [r["round"] for r in rounds] == [1], run.failure()
+    (record,) = rounds
+    first, last = (b.shared_arrays() for b in _releases(tmp_path, fed["key"]))
+    same = all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
+    if killed == 1:
+        assert record["cohort"] == NODES and record["devices"] == NODES - 1
+        assert record["dropouts"] == 1 and "timeout" in record["dropout_reason"]
+        assert 0 < record["privacy"]["epsilon"] <= 8.0 + 1e-6
+        assert not same
+    else:
+        assert record["devices"] == 0 and "reconstruction threshold" in record["failed"]
+        assert same
