@@ -39,6 +39,7 @@ __all__ = [
     "ExperimentResult",
     "load_for_config",
     "privacy_section",
+    "round_status",
     "run_experiment",
     "select_round",
 ]
@@ -62,6 +63,21 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.fields[status]}"),
         console=console,
     )
+
+
+def round_status(record: dict[str, Any]) -> str:
+    """A finished round's progress line: its devices, time and NDCG@10, or why it was
+    skipped or failed (a private run skips rounds whose Poisson cohort is too small)."""
+    seconds = f"{record.get('seconds', 0.0):.1f}s"
+    if "skipped" in record:
+        return f"skipped ({record['skipped']}), {seconds}"
+    status = f"{record.get('devices', 0)} devices, {seconds}"
+    if "failed" in record:
+        status += "  failed (see results.json)"
+    ndcg = record.get("evaluate", {}).get("ndcg@10")
+    if ndcg is not None:
+        status += f"  NDCG@10 {ndcg:.4f}"
+    return status
 
 
 def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> tuple[Dataset, str]:
@@ -183,10 +199,7 @@ def run_experiment(
         )
 
         def on_round(record: dict[str, Any]) -> None:
-            status = f"{record['devices']} devices, {record['seconds']:.1f}s"
-            if "evaluate" in record:
-                status += f"  NDCG@10 {record['evaluate']['ndcg@10']:.4f}"
-            progress.update(task, completed=record["round"], status=status)
+            progress.update(task, completed=record["round"], status=round_status(record))
 
         fed = run_federated(
             config,
