@@ -33,6 +33,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Message
 from flwr.server import Grid
+from threadpoolctl import threadpool_limits
 
 from stamen.client.device.keys import DeviceKeys
 from stamen.client.flower.app import make_client_fn
@@ -75,7 +76,18 @@ def _keys(config: SimulationConfig) -> Path:
 
 
 def serve(grid: Grid, context: Context) -> None:
-    """The ServerApp's body in the ``simulation`` runtime (module docstring)."""
+    """The ServerApp's body in the ``simulation`` runtime (module docstring).
+
+    Its BLAS runs single-threaded: Flower runs this body in a thread while the simulation
+    engine starts Ray in another, and OpenBLAS's thread pool, used meanwhile, was seen to
+    spin forever in ``exec_blas`` (twice in this project's test runs, each during the
+    devices' provisioning). The server's own arithmetic is small; the devices compute in
+    Ray's processes, unaffected."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        _serve(grid, context)
+
+
+def _serve(grid: Grid, context: Context) -> None:
     config = config_from_run_config(dict(context.run_config))
     dataset, source = load_for_config(config, say=_log.warning)
     split = leave_one_out(dataset.interactions, seed=config.seed)

@@ -5,8 +5,10 @@ target ε of 8, then a round of the pipeline's ranker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -116,6 +118,7 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # so the simulation process and Ray it starts go with it
     )
     try:
         _wait_for(port, superlink)
@@ -136,6 +139,8 @@ def flwr_run(tmp_path_factory):  # noqa: ANN001, ANN201
         except subprocess.TimeoutExpired:
             superlink.kill()
             superlink.wait()
+        with contextlib.suppress(ProcessLookupError):  # the simulation and Ray it started
+            os.killpg(superlink.pid, signal.SIGKILL)
         log.close()
 
 
