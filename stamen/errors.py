@@ -15,6 +15,11 @@
         ├── ReleaseError                    a device refused a release; the installed one stays
         │   └── RollbackError               the release is older than the newest installed
         ├── DeviceClosedError               the device was closed or forgotten
+        ├── StoreError                      a device's folder or store cannot be used
+        │   ├── NotAStoreError              a non-empty folder that is not a device's
+        │   ├── StoreLostError              the device's database is gone or empty
+        │   ├── StoreCorruptError           the database is damaged (the key is right)
+        │   └── DeviceBusyError             another process or ``Device`` holds the store
         ├── SecureAggregationRequired (RuntimeError)
         │                                   a device refused a training request without SecAgg+
         ├── ProtocolError (ValueError)      a request on the wire is malformed or unknown
@@ -48,8 +53,10 @@ __all__ = [
     "DataError",
     "DataFormatError",
     "DecryptionError",
+    "DeviceBusyError",
     "DeviceClosedError",
     "EventError",
+    "NotAStoreError",
     "PrivacyError",
     "ProtocolError",
     "ReleaseError",
@@ -57,6 +64,9 @@ __all__ = [
     "SecureAggregationRequired",
     "SignatureError",
     "StamenError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreLostError",
 ]
 
 
@@ -135,6 +145,35 @@ class RollbackError(ReleaseError):
 
 class DeviceClosedError(StamenError):
     """The device was closed or forgotten; open it again."""
+
+
+class StoreError(StamenError):
+    """A device's folder or encrypted store cannot be used (the subclass says why)."""
+
+
+class NotAStoreError(StoreError):
+    """``Device.open`` was given a non-empty folder that is not a Stamen device's: a
+    device's folder is its own, so Stamen never adopts (or later erases) other files."""
+
+
+class StoreLostError(StoreError):
+    """The folder's marker says a device lives here but its database is missing, empty or
+    another device's. Nothing was created: restore from an export, or start over
+    explicitly (``Device.start_over``)."""
+
+
+class StoreCorruptError(StoreError):
+    """The device's database is damaged (the key is right: it matches the folder's key
+    check). ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | Path) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class DeviceBusyError(StoreError):
+    """Another process (or another open ``Device`` in this one) holds the device's store;
+    one opener at a time."""
 
 
 class SecureAggregationRequired(StamenError, RuntimeError):

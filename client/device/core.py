@@ -19,12 +19,14 @@ from typing import Any, Self
 import numpy as np
 
 from stamen.client.device.events import EVENT_KINDS, Event, validate_event
+from stamen.client.device.folder import FolderLock
 from stamen.client.device.served import ReleaseInfo, ServedRelease
 from stamen.client.device.store import EventStore
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.errors import (
     DeviceClosedError,
     EventError,
+    StamenError,
 )
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.two_tower.context import context_row
@@ -51,9 +53,11 @@ class DeviceCore:
         self._store: EventStore | None = store
         self._release_key = release_key
         self._lock = threading.RLock()
+        self._folder_lock: FolderLock | None = None  # set by ``Device.open``
         self._latest: dict[str, tuple[float, str]] = {}
         self._contexts: dict[str, np.ndarray] = {}  # the latest event's context per item
         self._serving: ServedRelease | None = None
+        self._release_error: StamenError | None = None  # why the installed one is not served
         self._factor: np.ndarray | None = None
         self._items = np.zeros(0, np.int64)
         self._ordered = np.zeros(0, np.int64)
@@ -67,11 +71,15 @@ class DeviceCore:
         self.close()
 
     def close(self) -> None:
-        """Close the store (further calls raise ``DeviceClosedError``)."""
+        """Close the store and let go of the folder (further calls raise
+        ``DeviceClosedError``; another ``Device.open`` may now hold it)."""
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+            if self._folder_lock is not None:
+                self._folder_lock.release()
+                self._folder_lock = None
 
     def _open_store(self) -> EventStore:
         if self._store is None:

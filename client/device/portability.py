@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
+from stamen.client.device.folder import LOCK_FILE, MARKER_FILE
 from stamen.client.device.releases import RELEASE_FILE
 from stamen.client.device.store import DB_NAME
-from stamen.errors import (
-    DataError,
-)
+from stamen.errors import DataError
+from stamen.privacy import write_atomically
 
 __all__ = ["EXPORT_FORMAT", "PortabilityMixin", "stamen_files"]
 
@@ -28,7 +28,8 @@ class PortabilityMixin(DeviceCore):
     """Export, restore and forget (a part of ``Device``)."""
 
     def export(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """Everything stored about the person, as JSON (written to ``path`` if given):
+        """Everything stored about the person, as JSON (written to ``path`` if given,
+        atomically and readable by the owner only):
         the events, the logged impressions, the derived state (items, rejected items,
         user factor) and what is installed. :meth:`restore` reads the events back."""
         with self._lock:
@@ -48,8 +49,8 @@ class PortabilityMixin(DeviceCore):
                     "user_factor": None if self._factor is None else self._factor.tolist(),
                 },
             }
-        if path is not None:
-            Path(path).write_text(json.dumps(data, indent=1))
+        if path is not None:  # owner-only: it holds everything about the person
+            write_atomically(path, json.dumps(data, indent=1).encode(), mode=0o600)
         return data
 
     def restore(self, export: Mapping[str, Any] | str | os.PathLike[str]) -> int:
@@ -79,11 +80,10 @@ class PortabilityMixin(DeviceCore):
         state; the device is closed. Only Stamen's own files are removed: anything else
         the app keeps in the folder stays, and so does the folder."""
         with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
+            self.close()
             for path in stamen_files(self.folder):
                 path.unlink(missing_ok=True)
+            (self.folder / LOCK_FILE).unlink(missing_ok=True)
             self._latest.clear()
             self._contexts.clear()
             self._serving, self._factor = None, None
@@ -91,10 +91,13 @@ class PortabilityMixin(DeviceCore):
 
 
 def stamen_files(folder: Path) -> list[Path]:
-    """The files a device keeps in ``folder`` (``stamen.client.device``): its database
-    and the SQLite companions, the installed release, the link and temporary files
-    installing one leaves while it runs."""
+    """The files a device keeps in ``folder`` (``stamen.client.device``), but for its lock
+    file: its marker, its database and the SQLite companions, the installed release, the
+    link and temporary files that installing a release or the marker leaves while it
+    runs."""
     names = [DB_NAME, *(f"{DB_NAME}{suffix}" for suffix in ("-wal", "-shm", "-journal"))]
-    found = [folder / name for name in (*names, RELEASE_FILE, f".{RELEASE_FILE}.link")]
-    found += sorted(folder.glob(f".{RELEASE_FILE}.*.tmp"))
+    names += [MARKER_FILE, RELEASE_FILE, f".{RELEASE_FILE}.link"]
+    found = [folder / name for name in names]
+    for name in (RELEASE_FILE, MARKER_FILE):
+        found += sorted(folder.glob(f".{name}.*.tmp"))
     return [path for path in found if path.is_file() or path.is_symlink()]

@@ -15,6 +15,7 @@ from stamen.errors import (
     ReleaseError,
     RollbackError,
     SignatureError,
+    StamenError,
 )
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.registry import model_class
@@ -39,22 +40,29 @@ class ReleasesMixin(DeviceCore):
         try:
             bundle, digest = self._verified(path.read_bytes(), str(path))
         except (SignatureError, DataError, ReleaseError) as error:
+            self._release_error = error
             _log.warning("%s: installed release ignored (%s); apply a release again", path, error)
             return
         highest = self._highest()
         if bundle.release < highest or (
             bundle.release == highest and digest != self._open_store().get_meta(_DIGEST)
         ):
-            _log.warning(
-                "%s: installed release %d is not the release %d this device last installed; "
-                "ignored",
-                path,
-                bundle.release,
-                highest,
+            self._release_error = ReleaseError(
+                f"{path}: installed release {bundle.release} is not the release {highest} "
+                "this device last installed; ignored"
             )
+            _log.warning("%s", self._release_error)
             return
         self._serving = ServedRelease(bundle, digest)
         self._refresh()
+
+    @property
+    def release_error(self) -> StamenError | None:
+        """Why the installed release file was not served when the device opened (damaged,
+        tampered, or not the release this device last installed), else ``None``. The
+        device then recommends nothing until a release is applied again (the same
+        release may be re-applied), which clears this."""
+        return self._release_error
 
     def _highest(self) -> int:
         raw = self._open_store().get_meta(_HIGHEST)
@@ -111,7 +119,7 @@ class ReleasesMixin(DeviceCore):
             serving = ServedRelease(release, digest)  # before installing: it may refuse
             self._install_file(data, path if link else None)
             store.set_meta({_HIGHEST: str(release.release).encode(), _DIGEST: digest})
-            self._serving = serving
+            self._serving, self._release_error = serving, None
             self._refresh()
             return self.release  # type: ignore[return-value]
 

@@ -18,20 +18,24 @@ Version 2 adds::
 
 ``MIGRATIONS[v]`` upgrades a database from version ``v`` to ``v + 1`` inside one
 transaction; opening a database runs the missing steps, and refuses one written by a
-newer Stamen. Callers serialise access (``Device`` holds a lock).
+newer Stamen. Callers serialise access (``Device`` holds a lock). A page that fails
+its authentication or does not parse (a damaged file) raises ``StoreCorruptError`` with
+the path, from any method.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from stamen.client.device.events import Event
 from stamen.client.device.impressions import Impression
-from stamen.errors import DataError
+from stamen.errors import DataError, StoreCorruptError
 from stamen.privacy import open_encrypted_database
+from stamen.privacy.crypto.database import DatabaseError, OperationalError
 
 __all__ = ["DB_NAME", "MIGRATIONS", "SCHEMA_VERSION", "EventStore"]
 
@@ -65,7 +69,21 @@ class EventStore:
     def __init__(self, folder: Path, *, key: bytes) -> None:
         self.path = folder / DB_NAME
         self._db = open_encrypted_database(self.path, key=key)
-        self._migrate()
+        with self.guard():
+            self._migrate()
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn the driver's report of a damaged database into ``StoreCorruptError``
+        (a busy or locked database, ``OperationalError``, passes through)."""
+        try:
+            yield
+        except OperationalError:
+            raise
+        except DatabaseError as error:
+            raise StoreCorruptError(
+                f"the device's database is damaged ({error})", path=self.path
+            ) from None
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -87,12 +105,13 @@ class EventStore:
 
     def get_meta(self, key: str) -> bytes | None:
         """A metadata value (``None`` when unset)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        with self.guard():
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
 
     def set_meta(self, values: dict[str, bytes]) -> None:
         """Set metadata values, all in one transaction."""
-        with self.transaction():
+        with self.guard(), self.transaction():
             self._db.executemany(
                 "INSERT INTO meta(key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -101,52 +120,64 @@ class EventStore:
 
     def append(self, events: Iterable[Event]) -> None:
         """Store ``events`` in one transaction: all of them, or (on error) none."""
-        rows = [
-            (e.item, e.kind, e.value, e.at, json.dumps(dict(e.context)) if e.context else None)
-            for e in events
-        ]
-        with self.transaction():
-            self._db.executemany(
-                "INSERT INTO events(item, kind, value, at, context) VALUES (?, ?, ?, ?, ?)", rows
-            )
+        with self.guard():
+            rows = [
+                (e.item, e.kind, e.value, e.at, json.dumps(dict(e.context)) if e.context else None)
+                for e in events
+            ]
+            with self.transaction():
+                self._db.executemany(
+                    "INSERT INTO events(item, kind, value, at, context) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
 
     def events(self) -> Iterator[Event]:
         """Every stored event in arrival order."""
-        cursor = self._db.execute("SELECT item, kind, value, at, context FROM events ORDER BY seq")
-        for item, kind, value, at, context in cursor:
-            yield Event(
-                item=item,
-                kind=kind,
-                value=float(value),
-                at=float(at),
-                context=json.loads(context) if context else {},
+        with self.guard():
+            cursor = self._db.execute(
+                "SELECT item, kind, value, at, context FROM events ORDER BY seq"
             )
+            for item, kind, value, at, context in cursor:
+                yield Event(
+                    item=item,
+                    kind=kind,
+                    value=float(value),
+                    at=float(at),
+                    context=json.loads(context) if context else {},
+                )
 
     def log_impressions(self, rows: Iterable[Impression]) -> None:
         """Store shown recommendations in one transaction."""
-        values = [(i.request, i.position, i.item, i.propensity, i.source, i.at) for i in rows]
-        with self.transaction():
-            self._db.executemany(
-                "INSERT INTO impressions(request, position, item, propensity, source, at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                values,
-            )
+        with self.guard():
+            values = [(i.request, i.position, i.item, i.propensity, i.source, i.at) for i in rows]
+            with self.transaction():
+                self._db.executemany(
+                    "INSERT INTO impressions(request, position, item, propensity, source, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    values,
+                )
 
     def impressions(self) -> list[Impression]:
         """Every logged impression, in logging order."""
-        cursor = self._db.execute(
-            "SELECT request, position, item, propensity, source, at FROM impressions ORDER BY seq"
-        )
-        return [Impression(int(r), int(p), i, float(q), s, float(a)) for r, p, i, q, s, a in cursor]
+        with self.guard():
+            cursor = self._db.execute(
+                "SELECT request, position, item, propensity, source, at FROM impressions "
+                "ORDER BY seq"
+            )
+            return [
+                Impression(int(r), int(p), i, float(q), s, float(a)) for r, p, i, q, s, a in cursor
+            ]
 
     def next_request(self) -> int:
         """One more than the highest logged request number (0 when none)."""
-        row = self._db.execute("SELECT max(request) FROM impressions").fetchone()
-        return 0 if row[0] is None else int(row[0]) + 1
+        with self.guard():
+            row = self._db.execute("SELECT max(request) FROM impressions").fetchone()
+            return 0 if row[0] is None else int(row[0]) + 1
 
     def count(self) -> int:
         """Number of stored events."""
-        return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
+        with self.guard():
+            return int(self._db.execute("SELECT count(*) FROM events").fetchone()[0])
 
     def close(self) -> None:
         """Checkpoint the WAL into the database and close the connection."""

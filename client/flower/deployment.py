@@ -111,11 +111,12 @@ class _DeployedDevice(NumPyClient):
         import torch
 
         from stamen.client.device.device import Device
+        from stamen.client.device.folder import MARKER_FILE
         from stamen.client.flower.app import DeviceClient, DeviceData
 
         torch.set_num_threads(1)
         policy = self.policy
-        if not (policy.folder / "device.db").is_file():
+        if not any((policy.folder / name).is_file() for name in ("device.db", MARKER_FILE)):
             raise ConfigError(f"{policy.folder}: no device here (stamen device init)")
         with Device.open(policy.folder, key=policy.store_key()) as device:
             items, catalog = device.history_indices(), device.catalog

@@ -19,10 +19,12 @@ from sqlcipher3 import dbapi2
 from stamen.errors import DecryptionError
 from stamen.privacy.crypto.encryption import KEY_BYTES
 
-__all__ = ["DatabaseError", "open_encrypted_database"]
+__all__ = ["DatabaseError", "OperationalError", "open_encrypted_database"]
 
 #: The driver's error type (``sqlcipher3.dbapi2.DatabaseError``), for callers' handlers.
 DatabaseError = dbapi2.DatabaseError
+#: Its subclass for a busy, locked or otherwise unavailable database (not damage).
+OperationalError = dbapi2.OperationalError
 
 
 def open_encrypted_database(path: str | os.PathLike[str], *, key: bytes) -> Any:

@@ -172,12 +172,11 @@ def test_an_acknowledged_record_survives_sigkill(tmp_path) -> None:
 def test_forget_erases_only_stamens_files_in_a_folder_the_app_shares(tmp_path) -> None:
     key = generate_key()
     folder = tmp_path / "appdata"
-    folder.mkdir()
+    _, release = _signed(1)
+    device = _open(folder, key)  # the folder is the device's; the app writes there anyway
     (folder / "settings.json").write_text("{}")
     (folder / "photos").mkdir()
     (folder / "photos" / "me.jpg").write_bytes(b"\xff\xd8")
-    _, release = _signed(1)
-    device = _open(folder, key)
     device.apply_release(release)
     device.record("item-1", "play")
     (folder / f".{RELEASE_FILE}.abc.tmp").write_bytes(b"half a release")
