@@ -10,13 +10,15 @@ data (every MovieLens rating is an implicit positive).
 
 Validation happens before anything is stored and names the field: an empty or oversized
 item id, an unknown kind, a non-finite or out-of-range value, a timestamp before 1970 or
-more than a day ahead, a context that is not a small mapping of scalars.
+more than a day ahead, a context that is not a small mapping of scalars. Numbers may be
+Python's or numpy's (``np.float32(4.5)``); they are stored as Python floats and ints.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ __all__ = [
     "EVENT_KINDS",
     "Event",
     "EventKind",
+    "validate_context",
     "validate_event",
 ]
 
@@ -88,12 +91,27 @@ class Event:
         }
 
 
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (Python's or numpy's), else ``None``
+    (``bool`` is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _scalar(value: Any) -> Any:
+    """A context value as a plain Python scalar (a numpy scalar unwrapped)."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
 def _timestamp(at: Any, now: float) -> float:
     if isinstance(at, datetime):
         if at.tzinfo is None:
             raise ValueError("a datetime needs a time zone (use datetime.now(timezone.utc))")
         at = at.timestamp()
-    if isinstance(at, bool) or not isinstance(at, int | float):
+    if _number(at) is None:
         raise ValueError(f"expected seconds since the epoch or a datetime, got {at!r}")
     at = float(at)
     if not math.isfinite(at):
@@ -105,6 +123,19 @@ def _timestamp(at: Any, now: float) -> float:
     return at
 
 
+def validate_context(context: Any) -> dict[str, Any]:
+    """Check a context (``record``'s and ``recommend``'s alike) and return it as a dict
+    of plain Python scalars (numpy scalars unwrapped).
+
+    Raises:
+        EventError: naming the field ``context``.
+    """
+    try:
+        return _context(context)
+    except ValueError as error:
+        raise EventError(str(error), field="context") from None
+
+
 def _context(context: Any) -> dict[str, Any]:
     if context is None:
         return {}
@@ -113,6 +144,7 @@ def _context(context: Any) -> dict[str, Any]:
     limits = CONTEXT_LIMITS
     if len(context) > limits["keys"]:
         raise ValueError(f"{len(context)} keys; at most {limits['keys']}")
+    context = {key: _scalar(value) for key, value in context.items()}
     for key, value in context.items():
         if not isinstance(key, str) or not 0 < len(key) <= limits["key_chars"]:
             raise ValueError(f"key {key!r} is not a string of 1 to {limits['key_chars']} chars")
@@ -162,9 +194,10 @@ def validate_event(
             f"unknown kind {kind!r}; known: {', '.join(EVENT_KINDS)}", field="kind", index=index
         )
     spec = EVENT_KINDS[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    number = _number(value)
+    if number is None:
         raise EventError(f"expected a number, got {value!r}", field="value", index=index)
-    value = float(value)
+    value = number
     if not math.isfinite(value):
         raise EventError(f"{value!r} is not finite", field="value", index=index)
     if not spec.low <= value <= spec.high:
@@ -181,4 +214,4 @@ def validate_event(
         ctx = _context(context)
     except ValueError as error:
         raise EventError(str(error), field="context", index=index) from None
-    return Event(item=item, kind=name, value=value, at=stamp, context=ctx)
+    return Event(item=str(item), kind=name, value=value, at=stamp, context=ctx)

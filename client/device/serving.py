@@ -3,6 +3,7 @@ state, reasons a person can read, and the ranker's replayed training example."""
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
-from stamen.client.device.events import EVENT_KINDS
+from stamen.client.device.events import EVENT_KINDS, validate_context
 from stamen.client.device.served import ServedRelease
 from stamen.client.pipeline.candidates import Request
 from stamen.client.pipeline.recommend import offered_example, run_pipeline
@@ -61,9 +62,30 @@ class ServingMixin(DeviceCore):
         release's model reads context; it never leaves the device. ``at``: the request's
         time in seconds since the epoch (default: the device's clock; replays of old
         data pass the time they replay, so that item ages and launch windows mean then).
+
+        The list: at most ``k`` distinct items, never one the person consumed or
+        rejected, nor one in ``exclude``; fewer than ``k`` only when fewer remain
+        eligible (the catalogue less those items and those unavailable in the region).
+        In list order, which is the pipeline's final order (after diversification and
+        exploration), so ``score`` (the fused relevance the re-ranker started from)
+        need not decrease down the list; ``propensity`` is each slot's probability
+        under the exploration policy.
+
+        Raises:
+            ValueError: ``k`` below 1.
+            TypeError: ``exclude`` is a single string rather than a collection of ids.
+            EventError: ``context`` is malformed (checked as ``record`` checks it).
         """
+        k = operator.index(k)
         if k < 1:
             raise ValueError(f"k must be at least 1 (got {k})")
+        if isinstance(exclude, str | bytes):
+            raise TypeError(
+                f"exclude takes a collection of item ids, not one string ({exclude!r}): "
+                f"write exclude=[{exclude!r}]"
+            )
+        excluded = [str(item) for item in exclude]
+        context = validate_context(context)
         with self._lock:
             self._open_store()
             serving = self._serving
@@ -72,7 +94,7 @@ class ServingMixin(DeviceCore):
             catalog = serving.bundle.catalog
             when = time.time() if at is None else float(at)
             request = self._request(serving, self._ordered, when, context, self._factor)
-            blocked = catalog.index_of(list(exclude))
+            blocked = catalog.index_of(excluded)
             region = (context or {}).get("region")
             picks = run_pipeline(
                 request,

@@ -196,8 +196,37 @@ def run_pipeline(
     model's item embeddings (what MMR compares under ``diversity="embeddings"`` or for a
     catalogue without genres); ``because(rows)`` the "Because you …" reasons of
     collaborative-filtering picks; ``blocked`` rows the app excludes; ``region`` the
-    request's region (``None``: no availability rule)."""
-    candidates = generate(request, settings.budgets)
+    request's region (``None``: no availability rule).
+
+    Fewer than ``k`` picks come back only when fewer items are eligible: when the
+    generators' budgets run out first (a large ``k``), they are widened to the whole
+    catalogue and the pipeline runs again."""
+    picks = _picks(
+        request, settings, settings.budgets, k, vectors, because, blocked, region, rng, ranker
+    )
+    size = len(request.index.catalog)
+    if len(picks) < k and any(0 < budget < size for budget in settings.budgets.values()):
+        widened = {name: size if budget > 0 else 0 for name, budget in settings.budgets.items()}
+        picks = _picks(
+            request, settings, widened, k, vectors, because, blocked, region, rng, ranker
+        )
+    return picks
+
+
+def _picks(
+    request: Request,
+    settings: PipelineSettings,
+    budgets: Mapping[str, int],
+    k: int,
+    vectors: Callable[[np.ndarray], np.ndarray],
+    because: Callable[[np.ndarray], Sequence[str]],
+    blocked: np.ndarray,
+    region: str | None,
+    rng: np.random.Generator | None,
+    ranker: list[np.ndarray] | None,
+) -> list[Pick]:
+    """One pass of the pipeline with the generators' ``budgets``."""
+    candidates = generate(request, budgets)
     rows = candidates.rows
     catalog = request.index.catalog
     allowed = ~np.isin(rows, request.excluded) & ~np.isin(rows, blocked)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from stamen.models import LocalSettings, ReleaseCatalog
+from stamen.models.bundle import ReleaseBundle
 from stamen.models.mf.model import MFModel
 from stamen.models.registry import RecModel
+from stamen.privacy import seal_signed
 from stamen.server import ReleaseWriter, load_or_create_signing_key
 
 #: The films of :func:`film_release`: ids "1" to "30", titled "Film <id> (1995)".
@@ -39,3 +41,23 @@ def film_release(folder: Path, number: int) -> Path:
     shared = [rng.normal(0, 0.3, (FILMS, 4)).astype(np.float32), np.zeros(FILMS, np.float32)]
     model = MFModel(LocalSettings(dim=4), catalog)
     return publish_signed(folder, model, shared, number)[0]
+
+
+def small_mf_release(number: int, private_key: bytes, n: int = 20, dim: int = 4) -> bytes:
+    """The signed bytes of release ``number`` of an ``ials`` MF model of items
+    ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``), item factors seeded by ``number``."""
+    rng = np.random.default_rng(number)
+    bundle = ReleaseBundle(
+        release=number,
+        model="mf",
+        settings={"loss": "ials", "dim": dim, "alpha": 1.0, "l2": 2.0},
+        arrays={
+            "items.weight": rng.normal(0.0, 0.3, (n, dim)).astype(np.float32),
+            "items.bias": np.zeros(n, np.float32),
+        },
+        catalog=ReleaseCatalog.build(
+            [f"item-{i}" for i in range(n)], titles=[f"Title {i}" for i in range(n)]
+        ),
+        popularity=rng.random(n).astype(np.float32),
+    )
+    return seal_signed(bundle.encode(), private_key=private_key)

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers.signed_releases import small_mf_release
 
 from stamen.client import (
     Device,
@@ -25,29 +25,14 @@ from stamen.client.device.folder import LOCK_FILE, MARKER_FILE
 from stamen.client.device.releases import RELEASE_FILE
 from stamen.client.device.store import DB_NAME
 from stamen.client.pipeline.recommend import PipelineSettings
-from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
-from stamen.privacy import DecryptionError, generate_key, generate_signing_key, seal_signed
+from stamen.privacy import DecryptionError, generate_key, generate_signing_key
 
 PUBLISHER = generate_signing_key()
 RETRIEVAL = PipelineSettings.retrieval_only()
 
 
-def _release(number: int, n: int = 20, dim: int = 4) -> bytes:
-    rng = np.random.default_rng(number)
-    bundle = ReleaseBundle(
-        release=number,
-        model="mf",
-        settings={"loss": "ials", "dim": dim, "alpha": 1.0, "l2": 2.0},
-        arrays={
-            "items.weight": rng.normal(0.0, 0.3, (n, dim)).astype(np.float32),
-            "items.bias": np.zeros(n, np.float32),
-        },
-        catalog=ReleaseCatalog.build(
-            [f"item-{i}" for i in range(n)], titles=[f"Title {i}" for i in range(n)]
-        ),
-        popularity=rng.random(n).astype(np.float32),
-    )
-    return seal_signed(bundle.encode(), private_key=PUBLISHER[0])
+def _release(number: int) -> bytes:
+    return small_mf_release(number, PUBLISHER[0])
 
 
 def _open(folder: Path, key: bytes) -> Device:

@@ -336,13 +336,23 @@ def test_every_pick_carries_the_reason_of_the_stage_that_earned_it() -> None:
     settings = PipelineSettings(
         budgets={"cf": 1, "content": 2, "trending": 1, "fresh": 1}, mmr_lambda=1.0
     )
-    picks = {p.row: p for p in _run(request, settings, 6)}
+    picks = {p.row: p for p in _run(request, settings, 4)}  # what the budgets propose
     assert picks[2].source == "cf" and picks[2].reason == "Because of 2"
     assert picks[5].source == "trending" and picks[5].reason == "Popular this week"
     assert picks[4].source == "fresh" and picks[4].reason == "New this week"
     assert picks[1].source == "content" and picks[1].reason == "Matches your interest in Sci-Fi"
-    explored = _run(request, settings.model_copy(update={"explore": 1.0}), 6)
+    explored = _run(request, settings.model_copy(update={"explore": 1.0}), 4)
     assert all(p.reason == "Something different" for p in explored if p.source == "explore")
+
+
+def test_k_beyond_the_budgets_widens_them_to_every_eligible_item() -> None:
+    request = _request(cf_scores=np.array([0.1, 0.2, 0.9, 0.2, 0.0, 0.3]), history=np.array([0]))
+    settings = PipelineSettings(budgets={"cf": 2, "popular": 1}, mmr_lambda=1.0)
+    assert len(_run(request, settings, 3)) == 3  # within the budgets: no widening
+    picks = _run(request, settings, 50)
+    assert sorted(p.row for p in picks) == [1, 2, 3, 4, 5]  # all but the person's own item
+    blocked = _run(request, settings, 50, blocked=np.array([3]))
+    assert sorted(p.row for p in blocked) == [1, 2, 4, 5]
 
 
 def test_settings_refuse_unknown_generators_and_bad_rates() -> None:
