@@ -18,7 +18,7 @@ from stamen.errors import (
 #: errors, say) does not load torch.
 _LAZY = {
     "stamen.models.batches": ("Batch", "UserItems", "user_batches"),
-    "stamen.models.bundle": ("BUNDLE_FORMAT", "ReleaseBundle", "ReleaseCatalog"),
+    "stamen.models.bundle": ("BUNDLE_FORMAT", "ReleaseBundle", "ReleaseCatalog", "ReleaseIdentity"),
     "stamen.models.losses": ("LOSSES", "bce_loss", "bpr_loss", "softmax_loss"),
     "stamen.models.metrics": (
         "batch_metrics",
@@ -53,6 +53,7 @@ __all__ = [
     "MatrixFactorization",
     "ReleaseBundle",
     "ReleaseCatalog",
+    "ReleaseIdentity",
     "SHARED_PARAMETERS",
     "StamenError",
     "UserItems",

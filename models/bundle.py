@@ -5,6 +5,8 @@ loading it executes no code) whose header metadata ``"stamen"`` holds a JSON man
 
     format      bundle format version (``BUNDLE_FORMAT``)
     release     release number (the server's round; devices refuse older ones)
+    identity    whose releases these are (``ReleaseIdentity``: the publisher's app id and
+                its catalogue's name); absent in bundles made before identities
     model       model kind (``"mf"``) and ``settings`` (the local settings it trains with)
     arrays      names of the shared arrays, in upload order
     quantized   names of arrays stored as int8 with a per-row scale
@@ -26,9 +28,11 @@ for distribution and ``stamen.privacy.open_signed`` checks them on the device.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +44,18 @@ from stamen.models.quantize import ItemTable
 from stamen.models.ranker.model import check_ranker
 from stamen.models.schema import Catalog
 
-__all__ = ["BUNDLE_FORMAT", "ReleaseBundle", "ReleaseCatalog"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "LATEST_POINTER",
+    "ReleaseBundle",
+    "ReleaseCatalog",
+    "ReleaseIdentity",
+    "latest_release",
+]
 
 BUNDLE_FORMAT = 1
+#: The file in a releases folder that names its newest release file.
+LATEST_POINTER = "latest"
 _MODEL = "model/"
 _RANKER = "ranker/"
 _CATALOG = "catalog/"
@@ -257,6 +270,26 @@ class ReleaseCatalog:
         )
 
 
+@dataclass(frozen=True)
+class ReleaseIdentity:
+    """Whose releases these are: the publisher's ``app`` id and the name of the
+    ``catalog`` the items come from. A device pins the identity and the model kind of its
+    first release and refuses a release of another (``stamen.client.device.releases``)."""
+
+    app: str
+    catalog: str
+
+    def __post_init__(self) -> None:
+        for name in ("app", "catalog"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip() or len(value) > 200:
+                raise BundleError(f"release identity: {name} must be 1 to 200 characters")
+
+    def to_json(self) -> dict[str, str]:
+        """The manifest's ``identity`` object."""
+        return {"app": self.app, "catalog": self.catalog}
+
+
 @dataclass(frozen=True, eq=False)
 class ReleaseBundle:
     """One model release (see module docstring). ``arrays`` are the shared arrays in
@@ -274,6 +307,7 @@ class ReleaseBundle:
     names: tuple[str, ...] = ()
     trending: np.ndarray | None = None
     ranker: tuple[np.ndarray, ...] | None = None
+    identity: ReleaseIdentity | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.release, bool) or int(self.release) < 0:
@@ -344,6 +378,8 @@ class ReleaseBundle:
             "ranker": len(self.ranker or ()),
             "extras": dict(self.extras),
         }
+        if self.identity is not None:
+            manifest["identity"] = self.identity.to_json()
         return save_tensors(tensors, metadata={"stamen": json.dumps(manifest)})
 
     @classmethod
@@ -389,11 +425,36 @@ class ReleaseBundle:
                 names=tuple(manifest["arrays"]),
                 trending=tensors.get("trending"),
                 ranker=tuple(tensors[f"{_RANKER}{k}"] for k in range(ranker)) or None,
+                identity=_identity(manifest.get("identity")),
             )
         except KeyError as error:
             raise BundleError(f"{source}: bundle lacks {error}") from None
         except (BundleError, ValueError) as error:
             raise BundleError(f"{source}: {error}") from None
+
+
+def latest_release(folder: str | os.PathLike[str]) -> Path | None:
+    """The newest release file in a releases ``folder``, by its ``latest`` pointer (a file
+    holding the release file's name); ``None`` when the folder has no pointer.
+
+    Raises:
+        BundleError: the pointer names something other than a file in ``folder``.
+    """
+    pointer = Path(folder) / LATEST_POINTER
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise BundleError(f"{pointer}: names {name!r}, not a release file in {folder}")
+    return Path(folder) / name
+
+
+def _identity(raw: Any) -> ReleaseIdentity | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"app", "catalog"}:
+        raise BundleError(f"identity must be an object of app and catalog, got {raw!r}")
+    return ReleaseIdentity(app=raw["app"], catalog=raw["catalog"])
 
 
 def _manifest(data: bytes | memoryview) -> dict[str, Any]:

@@ -21,14 +21,13 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stamen.errors import DataError
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity, latest_release
 from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
 __all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "latest_release", "load_or_create_signing_key"]
 
 PUBLIC_KEY_FILE = "release.pub"
-_LATEST = "latest"
 
 
 def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
@@ -51,14 +50,6 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> tuple[bytes, byt
     return private, public
 
 
-def latest_release(folder: str | os.PathLike[str]) -> Path | None:
-    """The newest release file in ``folder`` (by its ``latest`` pointer), or ``None``."""
-    pointer = Path(folder) / _LATEST
-    if not pointer.is_file():
-        return None
-    return Path(folder) / pointer.read_text().strip()
-
-
 class ReleaseWriter:
     """Writes signed release bundles of the global model into ``folder``.
 
@@ -70,6 +61,8 @@ class ReleaseWriter:
             bundle; devices rebuild the same model from them).
         quantize: store the model's per-item tables (``quantizable``) as int8 with a
             per-row scale.
+        identity: the publisher's app id and catalogue name, written into every bundle
+            (devices pin it with the model kind at their first release).
     """
 
     def __init__(
@@ -80,8 +73,10 @@ class ReleaseWriter:
         public_key: bytes,
         model: RecModel,
         quantize: bool = False,
+        identity: ReleaseIdentity | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.identity = identity
         self.folder.mkdir(parents=True, exist_ok=True)
         self._private_key = private_key
         self.public_key = public_key
@@ -119,9 +114,10 @@ class ReleaseWriter:
             popularity=model.popularity(shared),
             trending=trending,
             ranker=None if ranker is None else tuple(np.asarray(w, np.float32) for w in ranker),
+            identity=self.identity,
         )
         payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)
         write_atomically(path, seal_signed(payload, private_key=self._private_key), mode=0o644)
-        write_atomically(self.folder / _LATEST, path.name.encode(), mode=0o644)
+        write_atomically(self.folder / LATEST_POINTER, path.name.encode(), mode=0o644)
         return path

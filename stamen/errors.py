@@ -13,7 +13,8 @@
         │   └── CertificateExistsError (FileExistsError)
         │                                   files would be overwritten (without ``force``)
         ├── ReleaseError                    a device refused a release; the installed one stays
-        │   └── RollbackError               the release is older than the newest installed
+        │   ├── RollbackError               the release is older than the newest installed
+        │   └── ForeignReleaseError         another publisher app, catalogue or model kind
         ├── DeviceClosedError               the device was closed or forgotten
         ├── StoreError                      a device's folder or store cannot be used
         │   ├── NotAStoreError              a non-empty folder that is not a device's
@@ -56,6 +57,7 @@ __all__ = [
     "DeviceBusyError",
     "DeviceClosedError",
     "EventError",
+    "ForeignReleaseError",
     "NotAStoreError",
     "PrivacyError",
     "ProtocolError",
@@ -141,6 +143,12 @@ class ReleaseError(StamenError):
 
 class RollbackError(ReleaseError):
     """A release older than the newest one this device has installed was refused."""
+
+
+class ForeignReleaseError(ReleaseError):
+    """A release of another publisher app, catalogue or model kind than the one the device
+    pinned at its first release was refused (``apply_release(..., migrate=True)`` moves
+    the device to it)."""
 
 
 class DeviceClosedError(StamenError):

@@ -4,22 +4,26 @@ install it atomically, and hold what it serves (:class:`ServedRelease`) in memor
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import secrets
+import tempfile
 from pathlib import Path
 
 from stamen.client.device.core import DeviceCore
 from stamen.client.device.served import ReleaseInfo, ServedRelease
 from stamen.errors import (
     DataError,
+    ForeignReleaseError,
     ReleaseError,
     RollbackError,
     SignatureError,
     StamenError,
 )
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.registry import model_class
-from stamen.privacy import open_signed, write_atomically
+from stamen.privacy import open_signed
 
 __all__ = ["RELEASE_FILE", "ReleasesMixin"]
 
@@ -28,6 +32,7 @@ _log = logging.getLogger("stamen.device")
 RELEASE_FILE = "release.stamen"
 _HIGHEST = "highest_release"
 _DIGEST = "release_sha256"
+_PINNED = "release_pin"
 
 
 class ReleasesMixin(DeviceCore):
@@ -80,7 +85,11 @@ class ReleasesMixin(DeviceCore):
         return bundle, hashlib.sha256(data).digest()
 
     def apply_release(
-        self, bundle: bytes | str | os.PathLike[str], *, link: bool = False
+        self,
+        bundle: bytes | str | os.PathLike[str],
+        *,
+        link: bool = False,
+        migrate: bool = False,
     ) -> ReleaseInfo:
         """Verify and install a signed release (a file path or its bytes).
 
@@ -88,53 +97,160 @@ class ReleasesMixin(DeviceCore):
         hard-links the file instead, where the file system allows: for files that are
         replaced, never rewritten in place, such as the server's ``release-NNNNNN.stamen``
         (simulations share one release among many devices this way). Re-applying the
-        installed release changes nothing.
+        installed release changes nothing. Verifying the release and building what it
+        serves happen outside the device's lock: ``recommend`` and ``record`` on other
+        threads go on with the installed release until the new one is swapped in.
+
+        The first release pins its identity (publisher app and catalogue,
+        ``ReleaseBundle.identity``) and model kind; a release of another is refused
+        unless ``migrate=True``, which installs it whatever its number and pins it in
+        their place (the person's events stay; what the old catalogue alone knew no
+        longer counts). A pin made from a release without identity is completed by the
+        first release of that model kind that has one.
 
         Raises:
             SignatureError: unsigned, tampered, or signed by another key than the pinned.
             BundleError: signed but not a readable bundle.
+            ForeignReleaseError: another publisher app, catalogue or model kind than the
+                pinned one (without ``migrate``).
             RollbackError: older than the newest release this device installed.
             ReleaseError: same number as the installed one with other contents, or a
                 model this device does not serve.
             In every case the installed release stays.
         """
+        installed = self._apply(bundle, link=link, migrate=migrate, only_newer=False)
+        assert installed is not None
+        return installed
+
+    def apply_if_newer(
+        self, source: bytes | str | os.PathLike[str], *, link: bool = False
+    ) -> ReleaseInfo | None:
+        """Install ``source`` (a release file, its bytes, or a releases folder, whose
+        ``latest`` pointer names the file) when it is newer than every release this
+        device installed; otherwise do nothing and return ``None``. What
+        :meth:`apply_release` refuses (a bad signature, a foreign release) is refused
+        here too."""
+        if not isinstance(source, bytes | bytearray | memoryview) and Path(source).is_dir():
+            newest = latest_release(source)
+            if newest is None:
+                raise ReleaseError(f"{source}: no 'latest' pointer; not a releases folder")
+            source = newest
+        return self._apply(source, link=link, migrate=False, only_newer=True)
+
+    def _apply(
+        self,
+        bundle: bytes | str | os.PathLike[str],
+        *,
+        link: bool,
+        migrate: bool,
+        only_newer: bool,
+    ) -> ReleaseInfo | None:
         path = None if isinstance(bundle, bytes | bytearray | memoryview) else Path(bundle)
         data = bytes(bundle) if path is None else path.read_bytes()  # type: ignore[arg-type]
         source = "release bundle" if path is None else str(path)
+        release, digest = self._verified(data, source)  # outside the lock: the slow part
         with self._lock:
-            store = self._open_store()
-            release, digest = self._verified(data, source)
-            highest = self._highest()
-            if release.release < highest:
-                raise RollbackError(
-                    f"{source}: release {release.release} is older than release {highest}, "
-                    "which this device installed; refused"
+            if only_newer and release.release <= self._highest():
+                return None
+            if self._check(release, digest, source, migrate=migrate):
+                return self.release  # already installed
+        serving = ServedRelease(release, digest)  # before installing: it may refuse
+        staged = self._stage_file(data, path if link else None)
+        try:
+            with self._lock:  # checked again: another thread may have installed meanwhile
+                store = self._open_store()
+                if only_newer and release.release <= self._highest():
+                    return None
+                if self._check(release, digest, source, migrate=migrate):
+                    return self.release
+                os.replace(staged, self.folder / RELEASE_FILE)
+                staged = None
+                store.set_meta(
+                    {
+                        _HIGHEST: str(release.release).encode(),
+                        _DIGEST: digest,
+                        _PINNED: _pin(release),
+                    }
                 )
-            if release.release == highest and digest != store.get_meta(_DIGEST):
-                raise ReleaseError(
-                    f"{source}: release {highest} is installed with other contents; refused"
-                )
-            if self._serving is not None and self._serving.digest == digest:
-                return self.release  # type: ignore[return-value]
-            serving = ServedRelease(release, digest)  # before installing: it may refuse
-            self._install_file(data, path if link else None)
-            store.set_meta({_HIGHEST: str(release.release).encode(), _DIGEST: digest})
-            self._serving, self._release_error = serving, None
-            self._refresh()
-            return self.release  # type: ignore[return-value]
+                self._serving, self._release_error = serving, None
+                self._refresh()
+                return self.release
+        finally:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
 
-    def _install_file(self, data: bytes, source: Path | None) -> None:
-        """Put the release file in place atomically: a hard link to ``source`` where given
-        and possible (the file is verified again at every open), else a written, fsynced
-        copy."""
-        target = self.folder / RELEASE_FILE
+    def _check(self, release: ReleaseBundle, digest: bytes, source: str, *, migrate: bool) -> bool:
+        """Refuse ``release`` (raising) or say whether it is the one installed already;
+        under the lock."""
+        store = self._open_store()
+        foreign = _foreign(store.get_meta(_PINNED), release)
+        if foreign and not migrate:
+            raise ForeignReleaseError(
+                f"{source}: {foreign}; refused (apply_release(..., migrate=True) moves the "
+                "device to it)"
+            )
+        if foreign:
+            return False  # a migration: its own numbering starts here
+        highest = self._highest()
+        if release.release < highest:
+            raise RollbackError(
+                f"{source}: release {release.release} is older than release {highest}, "
+                "which this device installed; refused"
+            )
+        if release.release == highest and digest != store.get_meta(_DIGEST):
+            raise ReleaseError(
+                f"{source}: release {highest} is installed with other contents; refused"
+            )
+        return self._serving is not None and self._serving.digest == digest
+
+    def _stage_file(self, data: bytes, source: Path | None) -> Path:
+        """The release file, ready to be renamed into place: a hard link to ``source``
+        where given and possible (the file is verified again at every open), else a
+        written, fsynced, owner-only copy; named as ``stamen_files`` expects."""
         if source is not None:
-            link = self.folder / f".{RELEASE_FILE}.link"
+            staged = self.folder / f".{RELEASE_FILE}.{secrets.token_hex(8)}.tmp"
             try:
-                link.unlink(missing_ok=True)
-                os.link(source, link)
-                os.replace(link, target)
-                return
+                os.link(source, staged)
+                return staged
             except OSError:
-                link.unlink(missing_ok=True)
-        write_atomically(target, data, mode=0o600)
+                staged.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{RELEASE_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o600)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return Path(name)
+
+
+def _pin(release: ReleaseBundle) -> bytes:
+    """What a device pins of its release: the model kind and the identity."""
+    identity = None if release.identity is None else release.identity.to_json()
+    return json.dumps({"model": release.model, "identity": identity}).encode()
+
+
+def _foreign(pinned: bytes | None, release: ReleaseBundle) -> str | None:
+    """Why ``release`` is not of the pinned publisher, catalogue and model (``None``: it
+    is, or nothing is pinned yet)."""
+    if pinned is None:
+        return None
+    pin = json.loads(pinned)
+    if pin["model"] != release.model:
+        return f"a {release.model!r} release, where this device serves {pin['model']!r}"
+    if pin["identity"] is None:
+        return None  # pinned before identities: the model kind is all there is to check
+    if release.identity is None:
+        return "a release without identity, where this device pins " + _named(pin["identity"])
+    if release.identity.to_json() != pin["identity"]:
+        return f"a release of {_named(release.identity.to_json())}, where this device pins " + (
+            _named(pin["identity"])
+        )
+    return None
+
+
+def _named(identity: dict[str, str]) -> str:
+    return f"app {identity['app']!r}, catalogue {identity['catalog']!r}"

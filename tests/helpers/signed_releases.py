@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from stamen.models import LocalSettings, ReleaseCatalog
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import ReleaseBundle, ReleaseIdentity
 from stamen.models.mf.model import MFModel
 from stamen.models.registry import RecModel
 from stamen.privacy import seal_signed
@@ -43,9 +43,17 @@ def film_release(folder: Path, number: int) -> Path:
     return publish_signed(folder, model, shared, number)[0]
 
 
-def small_mf_release(number: int, private_key: bytes, n: int = 20, dim: int = 4) -> bytes:
+def small_mf_release(
+    number: int,
+    private_key: bytes,
+    n: int = 20,
+    dim: int = 4,
+    *,
+    identity: ReleaseIdentity | None = None,
+) -> bytes:
     """The signed bytes of release ``number`` of an ``ials`` MF model of items
-    ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``), item factors seeded by ``number``."""
+    ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``), item factors seeded by ``number``,
+    published under ``identity``."""
     rng = np.random.default_rng(number)
     bundle = ReleaseBundle(
         release=number,
@@ -59,5 +67,6 @@ def small_mf_release(number: int, private_key: bytes, n: int = 20, dim: int = 4)
             [f"item-{i}" for i in range(n)], titles=[f"Title {i}" for i in range(n)]
         ),
         popularity=rng.random(n).astype(np.float32),
+        identity=identity,
     )
     return seal_signed(bundle.encode(), private_key=private_key)

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 import torch
-from helpers.signed_releases import publish_signed
+from helpers.signed_releases import film_release, publish_signed
 from helpers.updates import moved_shared
 
+from stamen.client import ForeignReleaseError
 from stamen.client.device.device import Device
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.models import ReleaseCatalog, UserItems
@@ -218,6 +219,9 @@ def test_a_device_serves_a_two_tower_release_and_updates_on_every_event(tmp_path
     ) as device:
         device.apply_release(release)
         assert device.release.model == "two-tower"
+        with pytest.raises(ForeignReleaseError, match="'mf' release, where this device serves"):
+            device.apply_release(film_release(tmp_path, 2))  # same publisher key, other model
+        assert device.release.model == "two-tower" and device.release.number == 1
         cold = [r.item for r in device.recommend(5)]
         assert all(r.source == "popular" for r in device.recommend(5))
         device.record("m3", "view", at=1.0)
