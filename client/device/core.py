@@ -96,6 +96,7 @@ class DeviceCore:
         value: float = 1.0,
         at: float | None = None,
         context: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
     ) -> Event:
         """Store one event durably and update the person's state before returning.
 
@@ -103,18 +104,27 @@ class DeviceCore:
         fraction; ``at`` (seconds since the epoch, or an aware ``datetime``) defaults to
         now; ``context`` is a small mapping (``hour``, ``weekday``, ``device``,
         ``region``, …). An item the installed release does not know is kept, and counts
-        once a release knows it.
+        once a release knows it. ``event_id``, the app's own id of the event, makes the
+        call idempotent: a retry with an id already stored stores nothing and returns
+        the event stored first.
 
         Raises:
             EventError: a malformed event (the message names the field); nothing stored.
         """
-        event = validate_event(item, kind, value=value, at=at, context=context)
-        self._append([event])
+        event = validate_event(item, kind, value=value, at=at, context=context, event_id=event_id)
+        with self._lock:
+            stored = self._append([event])
+            if not stored and event.id is not None:
+                earlier = self._open_store().event(event.id)
+                assert earlier is not None
+                return earlier
         return event
 
     def record_many(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
         """Store a batch of events (``Event`` objects or dicts with ``item``, ``kind`` and
-        optionally ``value``, ``at``, ``context``) in one transaction: all or none.
+        optionally ``value``, ``at``, ``context``, ``id``) in one transaction: all or
+        none. Returns how many were stored: an event whose ``id`` is stored already (or
+        came earlier in the batch) is a retry and is skipped.
 
         Raises:
             EventError: naming the first malformed event's index and field; nothing
@@ -128,7 +138,7 @@ class DeviceCore:
                 raise EventError(
                     f"expected a mapping, got {type(raw).__name__}", field="event", index=index
                 )
-            unknown = set(fields) - {"item", "kind", "value", "at", "context"}
+            unknown = set(fields) - {"item", "kind", "value", "at", "context", "id"}
             if unknown:
                 raise EventError(
                     f"unknown fields {sorted(unknown)}", field=sorted(unknown)[0], index=index
@@ -142,16 +152,17 @@ class DeviceCore:
                     context=fields.get("context"),
                     index=index,
                     now=now,
+                    event_id=fields.get("id"),
                 )
             )
-        self._append(checked)
-        return len(checked)
+        return len(self._append(checked))
 
-    def _append(self, events: list[Event]) -> None:
+    def _append(self, events: list[Event]) -> list[Event]:
         with self._lock:
-            self._open_store().append(events)
-            if self._track(events):
+            stored = self._open_store().append(events)
+            if self._track(stored):
                 self._refresh()
+            return stored
 
     def _track(self, events: Iterable[Event]) -> bool:
         """Fold events into the latest event per item; whether any item changed side."""

@@ -72,23 +72,27 @@ _FUTURE_SLACK = 86400.0
 @dataclass(frozen=True)
 class Event:
     """One validated event: the app's item id, the canonical kind, the value, the time
-    in seconds since the epoch, and the context (a small mapping of scalars)."""
+    in seconds since the epoch, the context (a small mapping of scalars) and the app's
+    own event id, when it gave one (a retried event with the same id is stored once)."""
 
     item: str
     kind: str
     value: float = 1.0
     at: float = 0.0
     context: Mapping[str, Any] = field(default_factory=dict)
+    id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (the form ``export`` writes and ``record_many`` accepts)."""
-        return {
+        """A JSON-ready dict (the form ``export`` writes and ``record_many`` accepts);
+        ``id`` only when the app gave one."""
+        fields = {
             "item": self.item,
             "kind": self.kind,
             "value": self.value,
             "at": self.at,
             "context": dict(self.context),
         }
+        return fields if self.id is None else {**fields, "id": self.id}
 
 
 def _number(value: Any) -> float | None:
@@ -171,6 +175,7 @@ def validate_event(
     context: Any = None,
     index: int | None = None,
     now: float | None = None,
+    event_id: Any = None,
 ) -> Event:
     """Check one event and return it in canonical form (``at`` defaults to now).
 
@@ -214,4 +219,22 @@ def validate_event(
         ctx = _context(context)
     except ValueError as error:
         raise EventError(str(error), field="context", index=index) from None
-    return Event(item=str(item), kind=name, value=value, at=stamp, context=ctx)
+    if event_id is not None and (
+        not isinstance(event_id, str)
+        or not event_id.strip()
+        or len(event_id) > CONTEXT_LIMITS["item_chars"]
+    ):
+        raise EventError(
+            f"an event id must be a non-empty string of at most {CONTEXT_LIMITS['item_chars']} "
+            f"characters, got {event_id!r}",
+            field="id",
+            index=index,
+        )
+    return Event(
+        item=str(item),
+        kind=name,
+        value=value,
+        at=stamp,
+        context=ctx,
+        id=None if event_id is None else str(event_id),
+    )

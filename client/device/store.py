@@ -16,6 +16,9 @@ Version 2 adds::
                 item TEXT, propensity REAL, source TEXT, at REAL)
                                                   every logged shown recommendation
 
+Version 3 adds ``events.event_id TEXT`` (the app's own id of an event, unique where given:
+a retried ``record`` is stored once).
+
 ``MIGRATIONS[v]`` upgrades a database from version ``v`` to ``v + 1`` inside one
 transaction; opening a database runs the missing steps, and refuses one written by a
 newer Stamen. Callers serialise access (``Device`` holds a lock). A page that fails
@@ -58,8 +61,19 @@ def _add_impressions(connection: Any) -> None:
     )
 
 
+def _add_event_ids(connection: Any) -> None:
+    connection.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+    connection.execute(
+        "CREATE UNIQUE INDEX events_by_id ON events(event_id) WHERE event_id IS NOT NULL"
+    )
+
+
 #: Step ``v`` upgrades a version-``v`` database (0: empty) to version ``v + 1``.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {0: _create_v1, 1: _add_impressions}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {
+    0: _create_v1,
+    1: _add_impressions,
+    2: _add_event_ids,
+}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -118,33 +132,47 @@ class EventStore:
                 list(values.items()),
             )
 
-    def append(self, events: Iterable[Event]) -> None:
-        """Store ``events`` in one transaction: all of them, or (on error) none."""
+    def append(self, events: Iterable[Event]) -> list[Event]:
+        """Store ``events`` in one transaction: all of them, or (on error) none. An event
+        whose id is stored already (or came earlier in the batch) is a retry and is
+        skipped; returns the events stored."""
+        with self.guard(), self.transaction():
+            fresh, seen = [], set()
+            for e in events:
+                if e.id is not None:
+                    if (
+                        e.id in seen
+                        or self._db.execute(
+                            "SELECT 1 FROM events WHERE event_id = ?", (e.id,)
+                        ).fetchone()
+                    ):
+                        continue
+                    seen.add(e.id)
+                fresh.append(e)
+            self._db.executemany(
+                "INSERT INTO events(item, kind, value, at, context, event_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.item, e.kind, e.value, e.at, _context_json(e), e.id) for e in fresh],
+            )
+            return fresh
+
+    def event(self, event_id: str) -> Event | None:
+        """The stored event with the app's id ``event_id`` (``None``: none)."""
         with self.guard():
-            rows = [
-                (e.item, e.kind, e.value, e.at, json.dumps(dict(e.context)) if e.context else None)
-                for e in events
-            ]
-            with self.transaction():
-                self._db.executemany(
-                    "INSERT INTO events(item, kind, value, at, context) VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
+            row = self._db.execute(
+                "SELECT item, kind, value, at, context, event_id FROM events WHERE event_id = ?",
+                (event_id,),
+            ).fetchone()
+            return None if row is None else _event(*row)
 
     def events(self) -> Iterator[Event]:
         """Every stored event in arrival order."""
         with self.guard():
             cursor = self._db.execute(
-                "SELECT item, kind, value, at, context FROM events ORDER BY seq"
+                "SELECT item, kind, value, at, context, event_id FROM events ORDER BY seq"
             )
-            for item, kind, value, at, context in cursor:
-                yield Event(
-                    item=item,
-                    kind=kind,
-                    value=float(value),
-                    at=float(at),
-                    context=json.loads(context) if context else {},
-                )
+            for row in cursor:
+                yield _event(*row)
 
     def log_impressions(self, rows: Iterable[Impression]) -> None:
         """Store shown recommendations in one transaction."""
@@ -185,6 +213,23 @@ class EventStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
+
+
+def _context_json(event: Event) -> str | None:
+    return json.dumps(dict(event.context)) if event.context else None
+
+
+def _event(
+    item: str, kind: str, value: float, at: float, context: str | None, event_id: str | None
+) -> Event:
+    return Event(
+        item=item,
+        kind=kind,
+        value=float(value),
+        at=float(at),
+        context=json.loads(context) if context else {},
+        id=event_id,
+    )
 
 
 class _Transaction:

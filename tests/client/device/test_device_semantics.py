@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.signed_releases import small_mf_release
 
 from stamen.client import Device, EventError
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.privacy import generate_key, generate_signing_key
-
-from helpers.signed_releases import small_mf_release
 
 PUBLISHER = generate_signing_key()
 ITEMS = 20
@@ -61,3 +60,32 @@ def test_context_is_checked_alike_by_record_and_recommend(device, context) -> No
         device.record("item-9", "play", context=context)
     with pytest.raises(EventError, match="field 'context'"):
         device.recommend(k=3, context=context)
+
+
+def test_a_retried_record_with_its_event_id_is_stored_once(device) -> None:
+    first = device.record("item-9", "rating", value=4.0, at=1.7e9, event_id="tap-1")
+    again = device.record("item-9", "rating", value=4.0, at=1.7e9 + 5, event_id="tap-1")
+    assert again == first and first.id == "tap-1"
+    batch = [
+        {"item": "item-10", "kind": "play", "id": "tap-2"},
+        {"item": "item-10", "kind": "play", "id": "tap-2"},  # a retry inside the batch
+        {"item": "item-11", "kind": "play", "id": "tap-1"},  # a retry of the first call
+        {"item": "item-12", "kind": "play"},  # no id: always stored
+    ]
+    assert device.record_many(batch) == 2
+    ids = [e.id for e in device.history()]
+    assert ids.count("tap-1") == 1 and ids.count("tap-2") == 1
+    assert len(device.history()) == 3 + 3  # the fixture's three, then three new
+    with pytest.raises(EventError, match="field 'id'"):
+        device.record("item-9", "play", event_id="")
+
+
+def test_event_ids_survive_export_and_restore(device, tmp_path) -> None:
+    device.record("item-9", "play", event_id="tap-9")
+    exported = device.export()
+    with Device.open(
+        tmp_path / "other", key=generate_key(), release_key=PUBLISHER[1]
+    ) as other:
+        assert other.restore(exported) == 4
+        assert other.record("item-9", "play", event_id="tap-9").at == device.history()[-1].at
+        assert len(other.history()) == 4

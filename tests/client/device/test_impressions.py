@@ -61,7 +61,9 @@ def test_ips_recovers_a_target_policys_value_from_an_exploring_log() -> None:
         ips_estimate(rewards[:2], np.ones(3), np.ones(2))
 
 
-def test_a_version_1_store_gains_the_impression_log_and_keeps_its_events(tmp_path) -> None:
+def test_a_version_1_store_gains_the_impression_log_and_event_ids_and_keeps_its_events(
+    tmp_path,
+) -> None:
     key = generate_key()
     folder = tmp_path / "old"
     folder.mkdir()
@@ -77,8 +79,8 @@ def test_a_version_1_store_gains_the_impression_log_and_keeps_its_events(tmp_pat
     db.close()
     store = EventStore(folder, key=key)
     try:
-        assert [e.item for e in store.events()] == ["x"]
+        assert [(e.item, e.id) for e in store.events()] == [("x", None)]
         assert store.impressions() == [] and store.next_request() == 0
-        assert SCHEMA_VERSION == 2
+        assert SCHEMA_VERSION == 3
     finally:
         store.close()
