@@ -18,7 +18,12 @@ from typing import Any, Self
 
 import numpy as np
 
-from stamen.client.device.events import EVENT_KINDS, Event, validate_event
+from stamen.client.device.events import (
+    RATING_THRESHOLD,
+    Event,
+    is_positive,
+    validate_event,
+)
 from stamen.client.device.folder import FolderLock
 from stamen.client.device.served import ReleaseInfo, ServedRelease
 from stamen.client.device.store import EventStore
@@ -46,6 +51,7 @@ class DeviceCore:
         release_key: bytes,
         pipeline: PipelineSettings | None = None,
         seed: int | None = None,
+        rating_threshold: float | None = RATING_THRESHOLD,
     ) -> None:
         self.folder = folder
         self.pipeline = pipeline or PipelineSettings()
@@ -54,7 +60,9 @@ class DeviceCore:
         self._release_key = release_key
         self._lock = threading.RLock()
         self._folder_lock: FolderLock | None = None  # set by ``Device.open``
-        self._latest: dict[str, tuple[float, str]] = {}
+        self.rating_threshold = rating_threshold
+        # the latest event per item: its time, kind and whether it is engagement
+        self._latest: dict[str, tuple[float, str, bool]] = {}
         self._contexts: dict[str, np.ndarray] = {}  # the latest event's context per item
         self._serving: ServedRelease | None = None
         self._release_error: StamenError | None = None  # why the installed one is not served
@@ -170,19 +178,15 @@ class DeviceCore:
         for event in events:
             before = self._latest.get(event.item)
             if before is None or event.at >= before[0]:
-                was = None if before is None else EVENT_KINDS[before[1]].positive
-                self._latest[event.item] = (event.at, event.kind)
+                positive = is_positive(event.kind, event.value, self.rating_threshold)
+                self._latest[event.item] = (event.at, event.kind, positive)
                 self._contexts[event.item] = context_row(event.context)
-                changed |= was != EVENT_KINDS[event.kind].positive
+                changed |= (None if before is None else before[2]) != positive
         return changed
 
     def _ids(self, positive: bool) -> list[str]:
         """The items whose latest event is positive (negative), oldest first."""
-        chosen = [
-            (at, item)
-            for item, (at, kind) in self._latest.items()
-            if EVENT_KINDS[kind].positive == positive
-        ]
+        chosen = [(at, item) for item, (at, _, side) in self._latest.items() if side == positive]
         return [item for _, item in sorted(chosen)]
 
     def _refresh(self) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stamen.client.device.events import RATING_THRESHOLD
 from stamen.client.device.folder import (
     LOCK_FILE,
     MARKER_FILE,
@@ -67,6 +68,7 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
         release_key: bytes | None = None,
         pipeline: PipelineSettings | None = None,
         seed: int | None = None,
+        rating_threshold: float | None = RATING_THRESHOLD,
     ) -> Device:
         """Open the device in folder ``path``, creating it there if the folder is new or
         empty. The folder is the device's own (``stamen.client.device.folder``): a
@@ -81,6 +83,9 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
             pipeline: the recommendation pipeline's settings (default ``PipelineSettings()``).
             seed: seeds the pipeline's exploration (``None``: the operating system's
                 entropy).
+            rating_threshold: a ``rating`` event at or above it is a like, below it
+                negative feedback (default 3, for 1–5 stars; ``None``: every rating is a
+                like). Events are stored as recorded: the threshold only reads them.
 
         Raises:
             DecryptionError: ``key`` is not this store's key.
@@ -94,7 +99,9 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
                 a new device.
             ValueError: a key has the wrong length.
         """
-        return cls._open(Path(path), key, release_key, pipeline, seed, start_over=False)
+        return cls._open(
+            Path(path), key, release_key, pipeline, seed, rating_threshold, start_over=False
+        )
 
     @classmethod
     def start_over(
@@ -105,12 +112,15 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
         release_key: bytes,
         pipeline: PipelineSettings | None = None,
         seed: int | None = None,
+        rating_threshold: float | None = RATING_THRESHOLD,
     ) -> Device:
         """Erase the device in ``path`` (its files only, as :meth:`forget` does) and create
         a new one there: what an app calls after :class:`StoreLostError` when it has no
         export to restore (or to restore one into the new device). Same arguments and
         errors as :meth:`open`; ``release_key`` is required."""
-        return cls._open(Path(path), key, release_key, pipeline, seed, start_over=True)
+        return cls._open(
+            Path(path), key, release_key, pipeline, seed, rating_threshold, start_over=True
+        )
 
     @classmethod
     def _open(
@@ -120,6 +130,7 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
         release_key: bytes | None,
         pipeline: PipelineSettings | None,
         seed: int | None,
+        rating_threshold: float | None,
         *,
         start_over: bool,
     ) -> Device:
@@ -140,7 +151,7 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
             store, marker, new = _claim(folder, key, release_key)
             try:
                 pinned = _pin(folder, store, release_key)
-                device = cls(folder, store, pinned, pipeline, seed)
+                device = cls(folder, store, pinned, pipeline, seed, rating_threshold)
             except BaseException:
                 store.close()
                 raise

@@ -4,9 +4,11 @@ Kinds (``EVENT_KINDS``) are positive engagement (``view``, ``click``, ``play``,
 ``complete``, ``rating``, ``purchase``, ``add_to_list``) or negative feedback (``skip``,
 ``dismiss``, ``not_interested``); hyphenated spellings (``add-to-list``) are accepted.
 An item counts as one of the person's items when its most recent event is positive; an
-item whose most recent event is negative is *rejected*: it is never recommended and it
-does not count. Ratings count as engagement whatever their value, as in the training
-data (every MovieLens rating is an implicit positive).
+item whose most recent event is negative is *rejected*: it is never recommended, does
+not count, and counts against its genre in the content profile. A ``rating`` is positive
+at or above the device's rating threshold (``RATING_THRESHOLD``, 3, for 1–5 stars; an
+app with another scale passes its own to ``Device.open``) and negative feedback below it,
+so a 1★ never becomes a "Because you rated" reason.
 
 Validation happens before anything is stored and names the field: an empty or oversized
 item id, an unknown kind, a non-finite or out-of-range value, a timestamp before 1970 or
@@ -32,6 +34,8 @@ __all__ = [
     "EVENT_KINDS",
     "Event",
     "EventKind",
+    "RATING_THRESHOLD",
+    "is_positive",
     "validate_context",
     "validate_event",
 ]
@@ -61,6 +65,19 @@ EVENT_KINDS: dict[str, EventKind] = {
     "dismiss": EventKind(False, "dismissed"),
     "not_interested": EventKind(False, "marked not interested"),
 }
+
+#: A rating at or above this counts as a like, below it as negative feedback (1–5 stars).
+RATING_THRESHOLD = 3.0
+
+
+def is_positive(kind: str, value: float, rating_threshold: float | None) -> bool:
+    """Whether an event of ``kind`` with ``value`` is engagement (else negative feedback):
+    the kind's own side, but for a rating below ``rating_threshold`` (``None``: every
+    rating is engagement)."""
+    if kind == "rating" and rating_threshold is not None:
+        return value >= rating_threshold
+    return EVENT_KINDS[kind].positive
+
 
 #: Bounds of an event's id and context.
 CONTEXT_LIMITS = {"item_chars": 256, "keys": 16, "key_chars": 64, "json_bytes": 1024}

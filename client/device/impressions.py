@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stamen.client.device.events import EVENT_KINDS, Event
+from stamen.client.device.events import RATING_THRESHOLD, Event, is_positive
 
 __all__ = ["Impression", "engagement_rewards", "ips_estimate"]
 
@@ -37,13 +37,17 @@ class Impression:
 
 
 def engagement_rewards(
-    impressions: Sequence[Impression], events: Iterable[Event], *, window_s: float
+    impressions: Sequence[Impression],
+    events: Iterable[Event],
+    *,
+    window_s: float,
+    rating_threshold: float | None = RATING_THRESHOLD,
 ) -> np.ndarray:
     """1.0 for each impression followed by a positive event on its item within
-    ``window_s`` seconds, else 0.0."""
+    ``window_s`` seconds (a rating at or above ``rating_threshold``), else 0.0."""
     engaged: dict[str, list[float]] = {}
     for event in events:
-        if EVENT_KINDS[event.kind].positive:
+        if is_positive(event.kind, event.value, rating_threshold):
             engaged.setdefault(event.item, []).append(event.at)
     return np.array(
         [

@@ -50,7 +50,9 @@ class ImpressionsMixin(DeviceCore):
         with self._lock:
             store = self._open_store()
             logged = store.impressions()
-            rewards = engagement_rewards(logged, store.events(), window_s=window_s)
+            rewards = engagement_rewards(
+                logged, store.events(), window_s=window_s, rating_threshold=self.rating_threshold
+            )
         return ips_estimate(
             rewards, np.array([i.propensity for i in logged]), np.array([target(i) for i in logged])
         )

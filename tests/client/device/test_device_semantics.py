@@ -9,7 +9,8 @@ from helpers.signed_releases import small_mf_release
 
 from stamen.client import Device, EventError
 from stamen.client.pipeline.recommend import PipelineSettings
-from stamen.privacy import generate_key, generate_signing_key
+from stamen.models.bundle import ReleaseBundle
+from stamen.privacy import generate_key, generate_signing_key, open_signed
 
 PUBLISHER = generate_signing_key()
 ITEMS = 20
@@ -83,9 +84,59 @@ def test_a_retried_record_with_its_event_id_is_stored_once(device) -> None:
 def test_event_ids_survive_export_and_restore(device, tmp_path) -> None:
     device.record("item-9", "play", event_id="tap-9")
     exported = device.export()
-    with Device.open(
-        tmp_path / "other", key=generate_key(), release_key=PUBLISHER[1]
-    ) as other:
+    with Device.open(tmp_path / "other", key=generate_key(), release_key=PUBLISHER[1]) as other:
         assert other.restore(exported) == 4
         assert other.record("item-9", "play", event_id="tap-9").at == device.history()[-1].at
         assert len(other.history()) == 4
+
+
+def _fresh(tmp_path, name: str, **kwargs) -> Device:
+    device = Device.open(
+        tmp_path / name,
+        key=generate_key(),
+        release_key=PUBLISHER[1],
+        pipeline=PipelineSettings.retrieval_only(),
+        **kwargs,
+    )
+    device.apply_release(small_mf_release(1, PUBLISHER[0], n=ITEMS))
+    return device
+
+
+def test_a_low_rating_is_negative_feedback_and_lowers_the_items_neighbours(tmp_path) -> None:
+    liked, disliked = _fresh(tmp_path, "liked"), _fresh(tmp_path, "disliked")
+    for device, stars in ((liked, 5), (disliked, 1)):
+        device.record("item-4", "play", at=1.0)  # a shared history: item-4 …
+        device.record("item-0", "rating", value=stars, at=2.0)  # … then item-0, 5★ or 1★
+    neighbour = _nearest(liked, "item-0", among=[f"item-{i}" for i in range(5, ITEMS)])
+    rank = {
+        name: [p.item for p in device.recommend(k=ITEMS)].index(neighbour)
+        for name, device in (("liked", liked), ("disliked", disliked))
+    }
+    assert rank["disliked"] > rank["liked"]  # the 1★ item's neighbour falls
+    assert "item-0" in _item_ids(liked) and "item-0" not in _item_ids(disliked)
+    reasons = [p.reason for p in disliked.recommend(k=ITEMS)]
+    assert not any("Title 0" in reason for reason in reasons)  # never "Because you rated" it
+    assert all(p.item != "item-0" for p in disliked.recommend(k=ITEMS))  # nor recommended
+
+
+def test_the_rating_threshold_follows_the_apps_scale(tmp_path) -> None:
+    thumbs = _fresh(tmp_path, "thumbs", rating_threshold=0.0)
+    thumbs.record("item-1", "rating", value=1)
+    thumbs.record("item-2", "rating", value=-1)
+    assert _item_ids(thumbs) == ["item-1"]
+    every = _fresh(tmp_path, "every", rating_threshold=None)  # every rating is a like
+    every.record("item-2", "rating", value=1)
+    assert _item_ids(every) == ["item-2"]
+
+
+def _nearest(device: Device, item: str, among: list[str]) -> str:
+    """The item of ``among`` whose release factor is closest in direction to ``item``'s."""
+    payload = open_signed(small_mf_release(1, PUBLISHER[0], n=ITEMS), public_key=PUBLISHER[1])
+    factors = ReleaseBundle.decode(payload).arrays["items.weight"]
+    table = factors[device.catalog.index_of([item, *among])]
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    return among[int(np.argmax(unit[1:] @ unit[0]))]
+
+
+def _item_ids(device: Device) -> list[str]:
+    return [device.catalog.item_id(int(row)) for row in device.item_indices()]
