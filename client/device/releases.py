@@ -164,7 +164,6 @@ class ReleasesMixin(DeviceCore):
                 if self._check(release, digest, source, migrate=migrate):
                     return self.release
                 os.replace(staged, self.folder / RELEASE_FILE)
-                staged = None
                 store.set_meta(
                     {
                         _HIGHEST: str(release.release).encode(),
@@ -176,8 +175,7 @@ class ReleasesMixin(DeviceCore):
                 self._refresh()
                 return self.release
         finally:
-            if staged is not None:
-                staged.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)  # gone once renamed into place
 
     def _check(self, release: ReleaseBundle, digest: bytes, source: str, *, migrate: bool) -> bool:
         """Refuse ``release`` (raising) or say whether it is the one installed already;

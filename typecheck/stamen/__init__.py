@@ -1,0 +1,1 @@
+../../stamen/__init__.py

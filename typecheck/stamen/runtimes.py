@@ -1,0 +1,1 @@
+../../stamen/runtimes.py
