@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,18 @@ class ServedRelease:
         # what the candidate generators read, indexed once per release
         self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
         self.ranker = None if bundle.ranker is None else list(bundle.ranker)
+
+    @functools.cached_property
+    def item_norms(self) -> np.ndarray:
+        """The L2 norm of every item vector (computed on first use, a block at a time)."""
+        table, block = self.table, 65536
+        return np.concatenate(
+            [
+                np.linalg.norm(table.rows(np.arange(i, min(i + block, len(table)))), axis=1)
+                for i in range(0, len(table), block)
+            ]
+            or [np.zeros(0)]
+        )
 
     def request_vector(
         self, factor: np.ndarray, context: Mapping[str, Any] | None, at: float

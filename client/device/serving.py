@@ -16,6 +16,7 @@ from stamen.client.device.events import EVENT_KINDS, validate_context
 from stamen.client.device.served import ServedRelease
 from stamen.client.pipeline.candidates import Request
 from stamen.client.pipeline.recommend import offered_example, run_pipeline
+from stamen.errors import EventError
 from stamen.models.two_tower.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY
 
 __all__ = ["Recommendation", "ServingMixin"]
@@ -76,43 +77,129 @@ class ServingMixin(DeviceCore):
             TypeError: ``exclude`` is a single string rather than a collection of ids.
             EventError: ``context`` is malformed (checked as ``record`` checks it).
         """
-        k = operator.index(k)
-        if k < 1:
-            raise ValueError(f"k must be at least 1 (got {k})")
-        if isinstance(exclude, str | bytes):
-            raise TypeError(
-                f"exclude takes a collection of item ids, not one string ({exclude!r}): "
-                f"write exclude=[{exclude!r}]"
-            )
-        excluded = [str(item) for item in exclude]
+        k, excluded = _checked_k(k), _ids(exclude)
         context = validate_context(context)
+        with self._lock:
+            self._open_store()
+            return self._recommend(k, context, excluded, at)
+
+    def recommend_many(
+        self,
+        surfaces: Mapping[str, Mapping[str, Any]],
+        *,
+        distinct: bool = False,
+        at: float | None = None,
+    ) -> dict[str, list[Recommendation]]:
+        """Lists for several surfaces of one screen at once, under one hold of the device:
+        ``surfaces`` maps each surface's name to :meth:`recommend`'s keyword arguments
+        (``k``, ``context``, ``exclude``). With ``distinct=True`` an item shown on a
+        surface is left out of the surfaces after it (in ``surfaces``' order).
+
+        Raises:
+            TypeError: an unknown argument for a surface (the message names it).
+            As :meth:`recommend`, naming the surface.
+        """
+        requests = []
+        for name, arguments in surfaces.items():
+            unknown = sorted(set(arguments) - {"k", "context", "exclude"})
+            if unknown:
+                raise TypeError(f"surface {name!r}: unknown arguments {unknown}")
+            try:
+                requests.append(
+                    (
+                        name,
+                        _checked_k(arguments.get("k", 10)),
+                        validate_context(arguments.get("context")),
+                        _ids(arguments.get("exclude", ())),
+                    )
+                )
+            except EventError as error:
+                reason = str(error).split(": ", 1)[-1]
+                raise EventError(f"surface {name!r}: {reason}", field=error.field) from None
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"surface {name!r}: {error}") from None
+        with self._lock:
+            self._open_store()
+            shown: list[str] = []
+            lists = {}
+            for name, k, context, excluded in requests:
+                picks = self._recommend(k, context, excluded + shown, at)
+                lists[name] = picks
+                if distinct:
+                    shown += [p.item for p in picks]
+            return lists
+
+    def similar(
+        self, item: str, k: int = 10, *, exclude: Iterable[str] = (), include_seen: bool = False
+    ) -> list[Recommendation]:
+        """Items like ``item`` ("more like this"), most similar first: the cosine of the
+        installed release's item vectors, each with the reason "Similar to <title>" and
+        its cosine as the score. Never ``item`` itself, the person's rejected items or
+        ``exclude``; nor the person's own items unless ``include_seen``. Fewer than ``k``
+        only when fewer remain; ``[]`` with no release.
+
+        Raises:
+            KeyError: the installed release's catalogue does not hold ``item``.
+            ValueError, TypeError: as :meth:`recommend`'s ``k`` and ``exclude``.
+        """
+        k, excluded = _checked_k(k), _ids(exclude)
         with self._lock:
             self._open_store()
             serving = self._serving
             if serving is None:
                 return []
             catalog = serving.bundle.catalog
-            when = time.time() if at is None else float(at)
-            request = self._request(serving, self._ordered, when, context, self._factor)
-            blocked = catalog.index_of(excluded)
-            region = (context or {}).get("region")
-            picks = run_pipeline(
-                request,
-                self.pipeline,
-                k,
-                vectors=serving.table.rows,
-                because=self._reasons,
-                blocked=blocked[blocked >= 0],
-                region=None if region is None else str(region),
-                rng=self._rng,
-                ranker=serving.ranker,
+            row = int(catalog.index_of([str(item)])[0])
+            if row < 0:
+                raise KeyError(f"{item!r} is not in the installed release's catalogue")
+            table, norms = serving.table, serving.item_norms
+            target = table.rows(np.array([row]))[0].astype(np.float64)
+            cosine = table.scores(target[None])[0] / np.maximum(
+                norms * np.linalg.norm(target), 1e-12
             )
+            left_out = [np.array([row]), self._rejected, catalog.index_of(excluded)]
+            if not include_seen:
+                left_out.append(self._items)
+            gone = np.concatenate(left_out).astype(np.int64)
+            cosine[gone[gone >= 0]] = -np.inf
+            k = min(k, int(np.isfinite(cosine).sum()))
+            top = np.argpartition(-cosine, k - 1)[:k] if k else np.zeros(0, np.int64)
+            top = top[np.argsort(-cosine[top], kind="stable")]
+            reason = f"Similar to {catalog.title(row)}"
             return [
-                Recommendation(
-                    catalog.item_id(p.row), p.score, p.reason, p.source, p.propensity, p.scores
-                )
-                for p in picks
+                Recommendation(catalog.item_id(int(r)), float(cosine[r]), reason, "similar")
+                for r in top
             ]
+
+    def _recommend(
+        self, k: int, context: dict[str, Any], excluded: list[str], at: float | None
+    ) -> list[Recommendation]:
+        """:meth:`recommend` with checked arguments, under the lock."""
+        serving = self._serving
+        if serving is None:
+            return []
+        catalog = serving.bundle.catalog
+        when = time.time() if at is None else float(at)
+        request = self._request(serving, self._ordered, when, context, self._factor)
+        blocked = catalog.index_of(excluded)
+        region = context.get("region")
+        picks = run_pipeline(
+            request,
+            self.pipeline,
+            k,
+            vectors=serving.table.rows,
+            because=self._reasons,
+            blocked=blocked[blocked >= 0],
+            region=None if region is None else str(region),
+            rng=self._rng,
+            ranker=serving.ranker,
+        )
+        return [
+            Recommendation(
+                catalog.item_id(p.row), p.score, p.reason, p.source, p.propensity, p.scores
+            )
+            for p in picks
+        ]
 
     def _request(
         self,
@@ -182,3 +269,19 @@ class ServingMixin(DeviceCore):
             verb = EVENT_KINDS[self._latest[item][1]].verb
             reasons.append(f"Because you {verb} {catalog.title(int(index))}")
         return reasons
+
+
+def _checked_k(k: Any) -> int:
+    k = operator.index(k)
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (got {k})")
+    return k
+
+
+def _ids(exclude: Any) -> list[str]:
+    if isinstance(exclude, str | bytes):
+        raise TypeError(
+            f"exclude takes a collection of item ids, not one string ({exclude!r}): "
+            f"write exclude=[{exclude!r}]"
+        )
+    return [str(item) for item in exclude]

@@ -140,3 +140,33 @@ def _nearest(device: Device, item: str, among: list[str]) -> str:
 
 def _item_ids(device: Device) -> list[str]:
     return [device.catalog.item_id(int(row)) for row in device.item_indices()]
+
+
+def test_similar_items_by_cosine_with_a_reason(device) -> None:
+    payload = open_signed(small_mf_release(1, PUBLISHER[0], n=ITEMS), public_key=PUBLISHER[1])
+    factors = ReleaseBundle.decode(payload).arrays["items.weight"].astype(np.float64)
+    unit = factors / np.linalg.norm(factors, axis=1, keepdims=True)
+    cosine = unit @ unit[10]
+    picks = device.similar("item-10", k=4, exclude=["item-11"])
+    never = {10, 11, 0, 1, 2}  # itself, the excluded one and the person's three
+    want = [i for i in np.argsort(-cosine) if i not in never][:4]
+    assert [p.item for p in picks] == [f"item-{i}" for i in want]
+    assert [p.score for p in picks] == pytest.approx(cosine[want], abs=1e-5)
+    assert all(p.reason == "Similar to Title 10" and p.source == "similar" for p in picks)
+    seen = device.similar("item-10", k=ITEMS, include_seen=True)
+    assert {"item-0", "item-1", "item-2"} <= {p.item for p in seen} and len(seen) == ITEMS - 1
+    with pytest.raises(KeyError, match="not in the installed release"):
+        device.similar("no-such-item")
+
+
+def test_recommend_many_fills_several_surfaces_at_once(device) -> None:
+    lists = device.recommend_many(
+        {"top": {"k": 3}, "more": {"k": 3, "exclude": ["item-5"]}}, distinct=True
+    )
+    top, more = [p.item for p in lists["top"]], [p.item for p in lists["more"]]
+    assert top == [p.item for p in device.recommend(k=3)]
+    assert len(more) == 3 and not set(top) & set(more) and "item-5" not in more
+    with pytest.raises(TypeError, match="surface 'x': unknown arguments \\['kk'\\]"):
+        device.recommend_many({"x": {"kk": 3}})
+    with pytest.raises(EventError, match="surface 'y'"):
+        device.recommend_many({"y": {"context": {"hour": 99}}})
