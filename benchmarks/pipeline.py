@@ -60,7 +60,7 @@ from scipy import sparse
 
 from stamen.client.pipeline.candidates import ReleaseIndex
 from stamen.client.pipeline.recommend import PipelineSettings
-from stamen.models.ranker.model import RankerSettings
+from stamen.models.ranker.weights import RankerSettings
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings
@@ -408,7 +408,7 @@ def _ranker_lines(per_seed: list[dict], metrics: tuple[str, ...]) -> list[str]:
         "candidates). The ranker is trained over them by the batched simulation's federated "
         f"averaging ({rounds} rounds of {cohort} "
         f"devices, FedAvg, SecAgg+ quantisation, DP {info['settings']['dp']['mode']}), "
-        "starting from the retrieval order (`stamen.models.ranker.model.PRIOR`); its release "
+        "starting from the retrieval order (`stamen.models.ranker.weights.PRIOR`); its release "
         "goes to every device; test lists (the validation item now in each history, so "
         "retrieval is re-measured here). h: hidden units (0: logistic regression).",
         "",

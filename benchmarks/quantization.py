@@ -27,9 +27,9 @@ from common import command, local_dataset, report_head, write_results
 
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.metrics import top_k
+from stamen.models.mf.ials import IALSSolver
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.quantize import ItemTable
-from stamen.models.training import IALSSolver
 from stamen.simulation.baselines.scorers import train_centralised_mf
 from stamen.simulation.config import CentralisedSettings
 from stamen.simulation.engines.flower import release_catalog

@@ -27,10 +27,10 @@ _LAZY = {
         "sampled_ranks",
         "top_k",
     ),
-    "stamen.models.mf.factorization": ("SHARED_PARAMETERS", "MatrixFactorization"),
+    "stamen.models.mf.factorization": ("MatrixFactorization",),
     "stamen.models.quantize": ("ItemTable",),
     "stamen.models.schema": ("Catalog", "Dataset", "Interactions"),
-    "stamen.models.mf.settings": ("LocalSettings",),
+    "stamen.models.mf.settings": ("SHARED_PARAMETERS", "LocalSettings"),
     "stamen.models.training": ("fit", "refresh_users", "torch_generator"),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)

@@ -1,12 +1,18 @@
-"""Per-user positive items in compressed-row form, and the batches the training loop eats."""
+"""Per-user positive items in compressed-row form, and the batches the training loop eats.
+
+:class:`UserItems` is numpy only (a device holds one row); torch loads with the functions
+that build tensors (:meth:`UserItems.mask`, :func:`user_batches`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["Batch", "UserItems", "user_batches"]
 
@@ -104,6 +110,8 @@ class UserItems:
 
     def mask(self) -> torch.Tensor:
         """Dense boolean ``(n_users, n_items)`` membership (use on small batches only)."""
+        import torch
+
         out = torch.zeros(self.n_users, self.n_items, dtype=torch.bool)
         users, items = self.pairs()
         out[torch.from_numpy(users), torch.from_numpy(items)] = True
@@ -129,6 +137,8 @@ def user_batches(
     """Yield batches of whole users (all of each user's positives), shuffled when ``rng``
     is given. ``user_index`` maps rows of ``data`` to rows of the model's user table
     (identity by default)."""
+    import torch
+
     order = np.arange(data.n_users)
     if rng is not None:
         order = rng.permutation(order)

@@ -19,7 +19,7 @@ and whose tensors are the shared arrays (``model/<name>``; an int8 table as
 (``catalog/...``: the app's item ids, titles, genres, release year, first-seen time,
 regions), ``popularity`` (a score per item for the no-history fallback) and, when the
 release carries them, ``trending`` (recent interaction counts, privately aggregated)
-and the ranker's weights (``ranker/<k>``, ``stamen.models.ranker.model``).
+and the ranker's weights (``ranker/<k>``, ``stamen.models.ranker.weights``).
 
 This module is the format only; ``stamen.privacy.seal_signed`` signs a bundle's bytes
 for distribution and ``stamen.privacy.open_signed`` checks them on the device.
@@ -41,7 +41,7 @@ from safetensors.numpy import save as save_tensors
 
 from stamen.errors import BundleError
 from stamen.models.quantize import ItemTable
-from stamen.models.ranker.model import check_ranker
+from stamen.models.ranker.weights import check_ranker
 from stamen.models.schema import Catalog
 
 __all__ = [

@@ -15,25 +15,31 @@ A :class:`RecModel` says, for one model family, everything the rest of Stamen ne
 
 Models register under a name with :func:`register_model`; :func:`model_class` looks one
 up (``--model mf|two-tower``, the ``model`` key of ``flwr run`` configs and of release
-bundles). Imports no other Stamen package and never ``flwr``.
+bundles), importing only the module of the family asked for (serving an ``mf`` release
+does not load the two-tower model). Imports no other Stamen package and never ``flwr``;
+torch only where a family's own module does.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.quantize import ItemTable
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
+    "BUILTIN_MODELS",
     "MODELS",
     "DeviceInputs",
     "DeviceUpdates",
@@ -191,9 +197,15 @@ class RecModel(ABC):
         user factors from scratch with more steps than a warm device does)."""
         return self
 
+    def shared_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the shared arrays, in ``shared_names`` order (by default those of
+        ``init_shared``; a family whose initialisation needs torch says them directly, so
+        that a device checking a release does not load it)."""
+        return [tuple(a.shape) for a in self.init_shared(0)]
+
     def check_shared(self, shared: list[np.ndarray]) -> None:
         """Raise ``ValueError`` unless ``shared`` has this model's names and shapes."""
-        expected = [a.shape for a in self.init_shared(0)]
+        expected = self.shared_shapes()
         names = self.shared_names()
         if len(shared) != len(names):
             raise ValueError(f"{self.name}: expected {len(names)} shared arrays, got {len(shared)}")
@@ -218,6 +230,8 @@ def device_seeds(devices: np.ndarray, *, seed: int, rnd: int, purpose: int) -> n
 
 #: Registered model families by name.
 MODELS: dict[str, type[RecModel]] = {}
+#: The built-in families and the module that registers each (imported on first lookup).
+BUILTIN_MODELS = {"mf": "stamen.models.mf.model", "two-tower": "stamen.models.two_tower.model"}
 
 
 def register_model(name: str) -> Callable[[type[RecModel]], type[RecModel]]:
@@ -234,8 +248,9 @@ def register_model(name: str) -> Callable[[type[RecModel]], type[RecModel]]:
 
 
 def model_class(name: str) -> type[RecModel]:
-    """The registered model family ``name``."""
-    _load_builtin()
+    """The registered model family ``name`` (a built-in one is imported on first use)."""
+    if name not in MODELS:
+        _load_builtin(name)
     try:
         return MODELS[name]
     except KeyError:
@@ -253,7 +268,9 @@ def build_model(
     return cls(settings, catalog)
 
 
-def _load_builtin() -> None:
-    """Import the built-in families so that they register themselves."""
-    import stamen.models.mf.model  # noqa: F401
-    import stamen.models.two_tower.model  # noqa: F401
+def _load_builtin(name: str) -> None:
+    """Import the built-in family ``name`` so that it registers itself (every built-in
+    family when ``name`` is none of them, so that the error lists them all)."""
+    modules = [BUILTIN_MODELS[name]] if name in BUILTIN_MODELS else BUILTIN_MODELS.values()
+    for module in modules:
+        importlib.import_module(module)

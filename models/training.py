@@ -4,7 +4,6 @@ they differ only in the data and the parameters they hand it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,11 +11,11 @@ import torch
 from stamen.models.batches import UserItems, user_batches
 from stamen.models.losses import LOSSES, LossFn
 from stamen.models.mf.factorization import MatrixFactorization
+from stamen.models.mf.ials import IALSSolver
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.quantize import ItemTable
 
 __all__ = [
-    "IALSSolver",
     "REFITTERS",
     "fit",
     "refit_users",
@@ -119,62 +118,6 @@ def refresh_users(
             p.requires_grad_(True)
 
 
-@dataclass(frozen=True, eq=False)
-class IALSSolver:
-    """The exact ``ials`` user solve against a frozen item side, batch-first.
-
-    The user factor minimising the ``ials`` loss is the solution of ``(QᵀQ + alpha
-    Q_uᵀQ_u + l2 I) p_u = -Qᵀb + Σ_{i∈u}(1 + alpha - alpha b_i) q_i``. Everything but
-    the user's own rows is fixed by the item side, so :meth:`build` computes ``QᵀQ +
-    l2 I`` and ``-Qᵀb`` once (in float64, a block of rows at a time) and :meth:`solve`
-    then costs one small ``dim x dim`` system per user: what a device pays per event.
-    """
-
-    table: ItemTable
-    bias: np.ndarray
-    gram: np.ndarray
-    base: np.ndarray
-    alpha: float
-
-    @classmethod
-    def build(
-        cls, table: ItemTable, bias: np.ndarray, *, alpha: float, l2: float, block: int = 65536
-    ) -> IALSSolver:
-        """Precompute the item side's part of the system (see class docstring)."""
-        dim = table.dim
-        gram = l2 * np.eye(dim)
-        base = np.zeros(dim)
-        bias = np.asarray(bias, np.float64)
-        for start in range(0, len(table), block):
-            rows = table.rows(np.arange(start, min(start + block, len(table)))).astype(np.float64)
-            gram += rows.T @ rows
-            base -= rows.T @ bias[start : start + len(rows)]
-        return cls(table=table, bias=bias, gram=gram, base=base, alpha=alpha)
-
-    def solve(self, data: UserItems, *, batch_size: int = 256) -> np.ndarray:
-        """The factor ``(n_users, dim)`` (float32) of every row of ``data``. Users are
-        batched in order of their item count, so that a batch's padding to its longest
-        row stays short (counts are heavy-tailed: a few long rows would otherwise widen
-        every batch they fall in)."""
-        out = np.zeros((data.n_users, self.table.dim), np.float32)
-        order = np.argsort(data.counts(), kind="stable")
-        for start in range(0, data.n_users, batch_size):
-            users = order[start : start + batch_size]
-            sub = data.select(users)
-            counts = sub.counts()
-            width = max(int(counts.max()) if len(counts) else 0, 1)
-            rows, items = sub.pairs()
-            slots = np.arange(len(items)) - np.repeat(sub.indptr[:-1], counts)
-            padded = np.zeros((len(users), width, self.table.dim))
-            weights = np.zeros((len(users), width))
-            padded[rows, slots] = self.table.rows(items)
-            weights[rows, slots] = 1.0 + self.alpha - self.alpha * self.bias[items]
-            lhs = self.gram + self.alpha * padded.transpose(0, 2, 1) @ padded
-            rhs = self.base + np.einsum("uw,uwd->ud", weights, padded)
-            out[users] = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
-        return out
-
-
 def solve_users(
     model: MatrixFactorization,
     data: UserItems,
@@ -184,8 +127,8 @@ def solve_users(
     batch_size: int = 256,
 ) -> None:
     """Set each user's factor to the exact minimiser of the ``ials`` loss against the
-    frozen item side (:class:`IALSSolver`). Row ``u`` of ``data`` is row ``u`` of the
-    model's user table."""
+    frozen item side (``stamen.models.mf.ials.IALSSolver``). Row ``u`` of ``data`` is row
+    ``u`` of the model's user table."""
     table = ItemTable.dense(model.items.weight.detach().numpy())
     solver = IALSSolver.build(table, model.items.bias.detach().numpy(), alpha=alpha, l2=l2)
     factors = solver.solve(data, batch_size=batch_size)

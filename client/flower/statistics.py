@@ -27,8 +27,8 @@ import numpy as np
 
 from stamen.models.als.layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
+from stamen.models.mf.ials import IALSSolver
 from stamen.models.quantize import ItemTable
-from stamen.models.training import IALSSolver
 from stamen.privacy import clip_update
 
 __all__ = ["als_statistics", "als_upload", "item_counts"]

@@ -26,14 +26,12 @@ from stamen.client.flower.statistics import als_upload
 from stamen.models.analytics import metric_names_from_config
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.ranker.model import (
-    FEATURES,
     RANKER_METRICS,
-    RankerSettings,
     RankingExamples,
-    check_ranker,
     list_metrics,
     ranker_updates,
 )
+from stamen.models.ranker.weights import FEATURES, RankerSettings, check_ranker
 from stamen.models.wire import Request, Scalar, Task
 from stamen.privacy import RecordDP, check_update, clip_update, gaussian_noise
 

@@ -1,7 +1,7 @@
 """The ranker's input on the device: each candidate's features.
 
 :func:`candidate_features` turns a request's merged candidates into the rows the ranker
-reads (``stamen.models.ranker.model.FEATURES``); the pipeline scores them when the release
+reads (``stamen.models.ranker.weights.FEATURES``); the pipeline scores them when the release
 carries a ranker, and a device's training example (``stamen.client.pipeline.recommend
 .offered_example``) is made of them. They are computed on the device, from the installed
 release and the person's history, and never leave it (only the ranker's clipped,
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from stamen.client.pipeline.candidates import Candidates, Request, content_profile
-from stamen.models.ranker.model import DEVICE_KINDS, FEATURES, RANKED_GENERATORS
+from stamen.models.ranker.weights import DEVICE_KINDS, FEATURES, RANKED_GENERATORS
 from stamen.models.two_tower.context import context_row
 
 __all__ = ["candidate_features"]
@@ -35,7 +35,7 @@ def candidate_features(
     candidates: Candidates, request: Request, which: np.ndarray | None = None
 ) -> np.ndarray:
     """The ranker's input ``(n, len(FEATURES))`` for ``request``'s candidates ``which``
-    (indices; ``None``: all), float32; see ``stamen.models.ranker.model.FEATURES`` for the
+    (indices; ``None``: all), float32; see ``stamen.models.ranker.weights.FEATURES`` for the
     columns. Standardised columns are standardised over the candidates described."""
     which = np.arange(len(candidates)) if which is None else np.asarray(which, np.int64)
     rows = candidates.rows[which]

@@ -7,7 +7,7 @@ about the person leaves the device. Stages:
    ``PipelineSettings.budgets`` proposes up to its budget; proposals are merged.
 2. **Relevance**: weighted reciprocal rank fusion of the generators' lists (Cormack et
    al., 2009): ``Σ_g w_g / (rrf_k + rank_g)`` over the generators that proposed the item
-   (ranks from 1). When the release carries a ranker (``stamen.models.ranker.model``) and
+   (ranks from 1). When the release carries a ranker (``stamen.models.ranker.weights``) and
    ``PipelineSettings.ranker`` is on, it re-orders the ``ranker_depth`` best of them by
    their features (``stamen.client.pipeline.ranking``), ahead of the rest (a cascade: the
    ranker sees the head of the first stage, in training and in serving alike).
@@ -38,7 +38,7 @@ from stamen.client.pipeline.candidates import (
 )
 from stamen.client.pipeline.ranking import candidate_features
 from stamen.client.pipeline.rerank import Slot, rerank
-from stamen.models.ranker.model import ranker_scores
+from stamen.models.ranker.weights import ranker_scores
 
 __all__ = [
     "Pick",

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SHARED_PARAMETERS", "MatrixFactorization"]
+from stamen.models.mf.settings import SHARED_PARAMETERS
 
-#: Names of the parameters that are global (trained federatedly), in upload order.
-SHARED_PARAMETERS: tuple[str, ...] = ("items.weight", "items.bias")
+__all__ = ["MatrixFactorization"]
 
 
 class MatrixFactorization(nn.Module):

@@ -13,23 +13,28 @@ times the device's count under ``update_weighting="positives"``: exactly the gra
 the autograd step (``stamen.models.mf.local.local_update``) takes, without a per-device
 model (``tests/models/test_model_contract.py`` checks the two agree). Other losses and epochs
 run the autograd step device by device.
+
+Importing this module (and serving an ``ials`` release) needs numpy only: torch and the
+torch modules (``factorization``, ``local``, ``stamen.models.training``) are imported by
+the training and scoring paths that use them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from stamen.models.batches import UserItems
-from stamen.models.mf.factorization import SHARED_PARAMETERS, MatrixFactorization
-from stamen.models.mf.local import build_local_model, local_update
-from stamen.models.mf.settings import LocalSettings
+from stamen.models.mf.ials import IALSSolver
+from stamen.models.mf.settings import SHARED_PARAMETERS, LocalSettings
 from stamen.models.quantize import ItemTable
 from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
-from stamen.models.training import IALSSolver, refit_users, solve_users
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SERVING_REFRESH_STEPS", "MFFactors", "MFModel", "mf_factors"]
 
@@ -58,6 +63,11 @@ class MFFactors:
 
 def mf_factors(shared: list[np.ndarray], data: UserItems, local: LocalSettings) -> MFFactors:
     """The factored ``ials`` step of every row of ``data`` from ``shared``."""
+    import torch
+
+    from stamen.models.mf.factorization import MatrixFactorization
+    from stamen.models.training import solve_users
+
     model = MatrixFactorization(data.n_users, shared[0].shape[0], local.dim)
     model.load_shared_arrays(shared)
     solve_users(model, data, alpha=local.alpha, l2=local.l2)
@@ -88,8 +98,16 @@ class MFModel(RecModel):
         """``items.weight`` (item factors) and ``items.bias``."""
         return SHARED_PARAMETERS
 
+    def shared_shapes(self) -> list[tuple[int, ...]]:
+        """``(n_items, dim)`` and ``(n_items,)``."""
+        return [(self.n_items, self.settings.dim), (self.n_items,)]
+
     def init_shared(self, seed: int) -> list[np.ndarray]:
         """Item factors drawn from N(0, init_std²) by ``seed``; zero biases."""
+        import torch
+
+        from stamen.models.mf.factorization import MatrixFactorization
+
         model = MatrixFactorization(
             1,
             self.n_items,
@@ -115,6 +133,7 @@ class MFModel(RecModel):
                 return solver.solve(UserItems.single(rows, n_items=len(items)))[0]
 
         else:
+            from stamen.models.mf.local import build_local_model
 
             def user(rows: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
                 model = build_local_model(
@@ -155,6 +174,8 @@ class MFModel(RecModel):
             losses = _ials_losses(f, devices.history, local)
             states = tuple(row.copy() for row in f.x.numpy())
             return DeviceUpdates([d_w.numpy(), d_b.numpy()], states, losses)
+        from stamen.models.mf.local import local_update
+
         results = [
             local_update(
                 shared,
@@ -179,6 +200,11 @@ class MFModel(RecModel):
         self, shared: list[np.ndarray], devices: DeviceInputs
     ) -> tuple[torch.Tensor, tuple[np.ndarray | None, ...]]:
         """:meth:`scores` and the re-fitted user factors."""
+        import torch
+
+        from stamen.models.mf.factorization import MatrixFactorization
+        from stamen.models.training import refit_users
+
         local = self.settings
         model = MatrixFactorization(devices.n_devices, self.n_items, local.dim)
         model.load_shared_arrays(shared)
@@ -198,6 +224,8 @@ class MFModel(RecModel):
 
 def _ials_losses(f: MFFactors, data: UserItems, local: LocalSettings) -> np.ndarray:
     """Each device's ``ials`` loss at its solved factor, before the step."""
+    import torch
+
     with torch.no_grad():
         target = torch.zeros_like(f.residual)
         rows, items = data.pairs()

@@ -11,7 +11,11 @@ if TYPE_CHECKING:
     from stamen.models.losses import LossFn
 
 
-__all__ = ["DEVICE_ID_KEY", "LocalSettings"]
+__all__ = ["DEVICE_ID_KEY", "SHARED_PARAMETERS", "LocalSettings"]
+
+#: Names of the parameters that are global (trained federatedly), in upload order: the
+#: item factors and item biases (``stamen.models.mf.factorization``'s item side).
+SHARED_PARAMETERS: tuple[str, ...] = ("items.weight", "items.bias")
 
 #: The ``get_properties`` key under which a device reports its stable device id (its
 #: partition), by which the server samples cohorts.

@@ -1,4 +1,4 @@
-"""The exact ``ials`` user solve (``stamen.models.training.IALSSolver``) against a dense,
+"""The exact ``ials`` user solve (``stamen.models.mf.ials.IALSSolver``) against a dense,
 user-by-user reference: whatever the order its batches take the users in."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from stamen.models.batches import UserItems
+from stamen.models.mf.ials import IALSSolver
 from stamen.models.quantize import ItemTable
-from stamen.models.training import IALSSolver
 
 
 def _heavy_tailed(rng: np.random.Generator, users: int, items: int) -> UserItems:
