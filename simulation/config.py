@@ -2,15 +2,16 @@
 
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags (or a ``flwr run`` config, ``stamen.server.run_config``). Keys may be written kebab-case
-or snake_case; nested sections are ``[local]``, ``[two-tower]``, ``[optimizer]``,
-``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``, ``[als]``, ``[ranker]`` and
-``[analytics.trending]`` / ``[analytics.evaluation]``. Every problem is reported at once,
-each key named as the file or the flag spelled it.
+or snake_case; nested sections are ``[data]`` (your own interactions file), ``[local]``,
+``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``,
+``[als]``, ``[ranker]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``. Every
+problem is reported at once, each key named as the file or the flag spelled it.
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,15 +19,40 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
-from stamen.models.ranker.model import RankerSettings
+from stamen.models.ranker.weights import RankerSettings
 from stamen.models.registry import RecModel, build_model
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.run_config import Given, validate
 from stamen.server.settings import ServerSettings
+from stamen.simulation.datasets.interactions_file import DataFileSettings
 
-__all__ = ["CentralisedSettings", "RankerTraining", "SimulationConfig", "load_config"]
+__all__ = [
+    "DEFAULT_DATASET",
+    "Adjustment",
+    "CentralisedSettings",
+    "RankerTraining",
+    "SimulationConfig",
+    "load_config",
+]
+
+#: The named data set of a run that names neither one nor a file.
+DEFAULT_DATASET = "ml-100k"
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    """A setting the run used with another value than the config's: ``setting`` as the
+    TOML file names it, the value ``given`` (or the default), the value ``used``, and why."""
+
+    setting: str
+    given: Any
+    used: Any
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.given} -> {self.used}: {self.reason}"
 
 
 class CentralisedSettings(BaseModel):
@@ -65,12 +91,17 @@ class SimulationConfig(ServerSettings):
     """Everything a simulation run needs (see ``stamen simulate --help``): the server's
     settings (``ServerSettings``: rounds, cohort, evaluation, ``[local]``, ``[two-tower]``,
     ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[analytics]``) and the
-    simulation's own (data set, output, Ray, the baselines, private ALS, the ranker)."""
+    simulation's own (data set or ``[data]`` file, output, Ray, the baselines, private
+    ALS, the ranker). ``dataset`` is ``DEFAULT_DATASET`` unless it or a ``[data]`` file is
+    given (then ``None``); giving both is an error."""
 
     # at least 2 in a simulation (the server's settings allow 1)
     clients_per_round: int = Field(ServerSettings.model_fields["clients_per_round"].default, ge=2)
-    dataset: str = "ml-100k"
+    dataset: str | None = Field(
+        None, description=f"a named data set or synthetic (unset: {DEFAULT_DATASET})"
+    )
     data_dir: Path | None = None
+    data: DataFileSettings = DataFileSettings()
     algorithm: Literal["fedavg", "als"] = Field(
         "fedavg",
         description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
@@ -94,6 +125,29 @@ class SimulationConfig(ServerSettings):
         """The run's model over ``catalog`` with its settings for ``devices`` devices."""
         settings = self.server_settings(devices)
         return build_model(settings.model, settings.model_settings(), catalog)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dataset(cls, values: Any) -> Any:
+        """``dataset`` is ``DEFAULT_DATASET`` when neither it nor a data file is given."""
+        if not isinstance(values, dict) or values.get("dataset") is not None:
+            return values
+        data = values.get("data")
+        path = data.get("path") if isinstance(data, dict) else getattr(data, "path", None)
+        return values if path is not None else {**values, "dataset": DEFAULT_DATASET}
+
+    @model_validator(mode="after")
+    def _check_data(self) -> SimulationConfig:
+        if self.data.path is not None and self.dataset is not None:
+            raise ValueError(
+                "give a data file (--data; path in [data]) or a named data set (--dataset; "
+                f"dataset), not both (--data {self.data.path}, --dataset {self.dataset})"
+            )
+        unused = sorted(self.data.model_fields_set - {"path"})
+        if self.data.path is None and unused:
+            names = ", ".join(name.replace("_", "-") for name in unused)
+            raise ValueError(f"{names} given without a data file (--data; path in [data])")
+        return self
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> SimulationConfig:
@@ -128,11 +182,70 @@ class SimulationConfig(ServerSettings):
             }
         )
 
+    def adjustments(self, *, devices: int, evaluated: int) -> list[Adjustment]:
+        """Every setting a run over ``devices`` devices (``evaluated`` of them holding
+        held-out items) uses with another value than this config's: a cohort above the
+        population (capped: every device in each round), evaluation devices above those
+        that can evaluate, and what the algorithm fixes (private ALS: its rounds, cohort,
+        device step and SecAgg+ range). A derived default (``item_l2`` from ``l2``) is no
+        adjustment."""
+        found: list[Adjustment] = []
+        if self.algorithm == "fedavg" and self.clients_per_round > devices:
+            how = "a Poisson rate of 1" if self.dp.enabled else "every device in every round"
+            found.append(
+                Adjustment(
+                    "clients-per-round",
+                    self.clients_per_round,
+                    devices,
+                    f"the data has {devices} users (one device each): {how}",
+                )
+            )
+        if self.eval_clients is not None and self.eval_clients > evaluated:
+            found.append(
+                Adjustment(
+                    "eval-clients",
+                    self.eval_clients,
+                    evaluated,
+                    f"only {evaluated} devices hold held-out items",
+                )
+            )
+        ranker_cohort = self.ranker.clients_per_round
+        if self.ranker.rounds and ranker_cohort is not None and ranker_cohort > devices:
+            found.append(
+                Adjustment(
+                    "ranker.clients-per-round",
+                    ranker_cohort,
+                    devices,
+                    f"the data has {devices} users: every device in every ranker round",
+                )
+            )
+        if self.algorithm == "als":
+            given = self._server_settings(devices).model_dump()
+            used = self.server_settings(devices).model_dump()
+            for path, before, after in _changed(given, used):
+                found.append(Adjustment(path, before, after, "private ALS fixes it (see [als])"))
+        return found
+
     def _server_settings(self, devices: int) -> ServerSettings:
         fields = {name: getattr(self, name) for name in ServerSettings.model_fields}
         return ServerSettings.model_validate(
             {**fields, "local": self.local.for_population(devices)}
         )
+
+
+def _changed(
+    given: dict[str, Any], used: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """The leaves whose values differ, as ``(toml-path, given, used)``."""
+    out = []
+    for key, before in given.items():
+        after = used.get(key)
+        name = prefix + key.replace("_", "-")
+        if isinstance(before, dict) and isinstance(after, dict):
+            out += _changed(before, after, name + ".")
+        elif before != after and before is not None:  # None: a default derived later
+            out.append((name, before, after))
+    return out
 
 
 def load_config(

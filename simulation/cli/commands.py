@@ -10,6 +10,7 @@ import typer
 
 from stamen.errors import StamenError
 from stamen.simulation.cli.certs import certs_app
+from stamen.simulation.cli.data import data_app
 from stamen.simulation.cli.device import device_app
 from stamen.simulation.cli.options import settings_options
 from stamen.simulation.cli.release import release_app
@@ -50,6 +51,7 @@ def simulate(
     run_experiment(settings, console=wide_console(), verbose=verbose)
 
 
+app.add_typer(data_app)
 app.add_typer(device_app)
 app.add_typer(certs_app)
 app.add_typer(release_app)

@@ -64,8 +64,9 @@ def _read_key(path: Path) -> bytes:
 
 def _open(folder: Path, key_file: Path | None) -> Any:
     from stamen.client.device.device import Device  # torch loads only for device commands
+    from stamen.client.device.folder import MARKER_FILE
 
-    if not (folder / "device.db").is_file():
+    if not (folder / "device.db").is_file() and not (folder / MARKER_FILE).is_file():
         raise DataError(f"{folder}: no device here; run `stamen device init {folder}` first")
     path = _key_path(folder, key_file)
     try:

@@ -6,13 +6,14 @@ typer option.
 ``--secure-aggregation``) unless it lists the command line's own spellings (``--rounds``,
 ``--epsilon``). :func:`settings_options` gives a command ``--config`` and the flags it
 names, and hands it the ``SimulationConfig`` of the defaults, the TOML file and the flags:
-one error lists every problem, the flags named as written. Nothing here imports the
+one error lists every problem, the flags named as written; a command may also take a
+field as a positional argument (``stamen data inspect FILE``). Nothing here imports the
 models (``stamen --help`` loads no torch); ``tests/simulation/test_config.py`` checks that each
 flag's type is its field's.
 """
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,7 +23,7 @@ import typer
 from stamen.errors import StamenError
 from stamen.server.run_config import Given, run_config_key
 
-__all__ = ["FLAGS", "Flag", "settings_options"]
+__all__ = ["DATA_FLAGS", "FLAGS", "Flag", "settings_options"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,37 @@ _RECORD_DP = (("record_dp.enabled", True),)  # a record-level DP flag turns DP-S
 
 #: Every settings flag, by field path, in the order ``--help`` lists them.
 FLAGS: dict[str, Flag] = {
-    "dataset": Flag(str, "ml-100k, ml-1m, …, lastfm-2k or synthetic"),
+    "dataset": Flag(str, "ml-100k (the default), ml-1m, …, lastfm-2k or synthetic"),
+    "data.path": Flag(
+        Path,
+        "your own interactions file (CSV, TSV, JSON lines, Parquet): not --dataset",
+        ("--data",),
+    ),
+    "data.format": Flag(str, "csv, tsv, jsonl or parquet \\[default: by suffix]", ("--format",)),
+    "data.user_col": Flag(str, "the data file's column of user ids", ("--user-col",)),
+    "data.item_col": Flag(str, "the data file's column of item ids", ("--item-col",)),
+    "data.rating_col": Flag(
+        str,
+        "column of explicit ratings, any scale (a repeated pair keeps its latest row)",
+        ("--rating-col",),
+    ),
+    "data.weight_col": Flag(
+        str, "column of implicit counts (summed over a repeated pair)", ("--weight-col",)
+    ),
+    "data.time_col": Flag(
+        str, "column of times: epoch seconds or ISO 8601 (none: random hold-out)", ("--time-col",)
+    ),
+    "data.min_rating": Flag(
+        float,
+        "a positive's least rating (or summed weight) \\[default: every row]",
+        ("--min-rating",),
+    ),
+    "data.min_user_interactions": Flag(
+        int, "k-core: users with fewer positives are dropped", ("--min-user-interactions",)
+    ),
+    "data.min_item_interactions": Flag(
+        int, "k-core: items with fewer positives are dropped", ("--min-item-interactions",)
+    ),
     "model": Flag(str, "model family: mf or two-tower (\\[two-tower] section)"),
     "algorithm": Flag(str, "fedavg (DP-FedAvg under --dp) or als (private ALS; \\[als] section)"),
     "rounds": Flag(int, "federated rounds", ("--rounds",)),
@@ -90,6 +121,9 @@ FLAGS: dict[str, Flag] = {
     ),
 }
 
+#: The flags of a data file's columns and filters (``stamen data inspect`` takes these).
+DATA_FLAGS: tuple[str, ...] = tuple(p for p in FLAGS if p.startswith("data.") and p != "data.path")
+
 _CONFIG = Annotated[Path | None, typer.Option(help="TOML file of settings (flags override it)")]
 
 
@@ -97,9 +131,13 @@ def _param(path: str) -> str:
     return path.replace(".", "__")
 
 
-def _flags_given(paths: Iterable[str], values: dict[str, Any]) -> Given:
+def _flags_given(
+    paths: Iterable[str], values: dict[str, Any], arguments: Mapping[str, str]
+) -> Given:
     given: dict[str, Any] = {}
     names: dict[str, str] = {}
+    for path, metavar in arguments.items():
+        given[path], names[path] = values.pop(metavar.lower()), metavar
     for path in paths:
         value = values.pop(_param(path))
         if value is None:
@@ -115,15 +153,31 @@ def _flags_given(paths: Iterable[str], values: dict[str, Any]) -> Given:
 
 def settings_options(
     paths: Iterable[str] = FLAGS,
+    *,
+    arguments: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Gives a command ``--config`` and the flags of ``paths``; the command takes
-    ``settings`` (a ``SimulationConfig``) instead. A ``StamenError`` the command raises, or
-    that the settings have, ends it with its message and exit status 2."""
+    """Gives a command ``--config``, the flags of ``paths`` and, first, a positional
+    argument for each field path of ``arguments`` (shown as its metavar, e.g.
+    ``{"data.path": "FILE"}``); the command takes ``settings`` (a ``SimulationConfig``)
+    instead. A ``StamenError`` the command raises, or that the settings have, ends it with
+    its message and exit status 2."""
     paths = tuple(paths)
+    arguments = dict(arguments or {})
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
         keyword = inspect.Parameter.KEYWORD_ONLY
+        positional = [
+            inspect.Parameter(
+                metavar.lower(),
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=Annotated[
+                    FLAGS[path].type,
+                    typer.Argument(metavar=metavar, help=FLAGS[path].help, show_default=False),
+                ],
+            )
+            for path, metavar in arguments.items()
+        ]
         added = [
             inspect.Parameter(
                 _param(path), keyword, default=None, annotation=FLAGS[path].option(path)
@@ -132,14 +186,17 @@ def settings_options(
         ]
         added.append(inspect.Parameter("config", keyword, default=None, annotation=_CONFIG))
         params = (
-            [p for p in own if p.kind != keyword] + added + [p for p in own if p.kind == keyword]
+            positional
+            + [p for p in own if p.kind != keyword]
+            + added
+            + [p for p in own if p.kind == keyword]
         )
 
         def run(**values: Any) -> None:
             from stamen.simulation.config import load_config
 
             config = values.pop("config")
-            flags = _flags_given(paths, values)
+            flags = _flags_given(paths, values, arguments)
             try:
                 command(settings=load_config(config, flags), **values)
             except StamenError as err:

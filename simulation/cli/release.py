@@ -38,8 +38,8 @@ def init(
     """Write release 0: the data set's public catalogue and the model's initial weights
     (the model, its settings and the seed from --config)."""
     from stamen.errors import DataError
-    from stamen.models.bundle import ReleaseCatalog
-    from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+    from stamen.models.bundle import ReleaseCatalog, latest_release
+    from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
     from stamen.simulation.engines.flower import initial_shared, release_catalog_of
     from stamen.simulation.experiment import load_for_config
 

@@ -3,7 +3,9 @@ their official archives, and a synthetic generator.
 
 ``load_dataset(name, path)`` reads an extracted folder (or downloads, verifies and
 extracts the official archive when ``path`` is ``None``) through the ``DATASETS``
-registry. Every loader returns a ``stamen.models.schema.Dataset`` and raises
+registry; ``locate`` finds a named set's folder or says where it looked and what to do.
+``load_interactions_file`` reads a researcher's own CSV, TSV, JSON lines or Parquet file
+(``DataFileSettings``). Every loader returns a ``stamen.models.schema.Dataset`` and raises
 ``DataFormatError`` naming the file, line and field of the first malformed input.
 """
 
@@ -13,6 +15,12 @@ from stamen.simulation.datasets.download import (
     ensure_archive,
     fetch_url,
     file_sha256,
+)
+from stamen.simulation.datasets.interactions_file import (
+    DataFileSettings,
+    FileReport,
+    LoadedFile,
+    load_interactions_file,
 )
 from stamen.simulation.datasets.lastfm import load_lastfm_2k
 from stamen.simulation.datasets.movielens import (
@@ -27,13 +35,17 @@ from stamen.simulation.datasets.registry import (
     default_data_dir,
     find_local,
     load_dataset,
+    locate,
 )
 from stamen.simulation.datasets.synthetic import generate_synthetic
 
 __all__ = [
     "Archive",
     "DATASETS",
+    "DataFileSettings",
     "DatasetSpec",
+    "FileReport",
+    "LoadedFile",
     "ML100K_GENRES",
     "default_cache_dir",
     "default_data_dir",
@@ -43,8 +55,10 @@ __all__ = [
     "find_local",
     "generate_synthetic",
     "load_dataset",
+    "load_interactions_file",
     "load_lastfm_2k",
     "load_movielens_100k",
     "load_movielens_csv",
     "load_movielens_dat",
+    "locate",
 ]

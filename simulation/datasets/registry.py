@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stamen.errors import ConfigError
+from stamen.errors import ConfigError, DataError
 from stamen.models.schema import Dataset
-from stamen.simulation.datasets.download import Archive, ensure_archive
+from stamen.simulation.datasets.download import Archive, default_cache_dir, ensure_archive
 from stamen.simulation.datasets.lastfm import load_lastfm_2k
 from stamen.simulation.datasets.movielens import (
     load_movielens_100k,
@@ -45,6 +45,7 @@ __all__ = [
     "default_data_dir",
     "find_local",
     "load_dataset",
+    "locate",
 ]
 
 _MOVIELENS = "https://files.grouplens.org/datasets/movielens/"
@@ -165,6 +166,39 @@ def find_local(name: str, data_dir: Path | None = None) -> Path | None:
         name
     ).archive.folder
     return folder if folder.is_dir() else None
+
+
+def locate(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    cache_dir: Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """The extracted folder of data set ``name``: under ``data_dir`` (default
+    ``default_data_dir()``), else in the download cache (``cache_dir``, default
+    ``~/.cache/stamen``), downloading and verifying the official archive there once
+    (``say`` is told first). Raises ``DataError`` saying where it looked and what to do
+    when neither place has it and the download fails: never another data set instead."""
+    root = data_dir if data_dir is not None else default_data_dir()
+    local = find_local(name, root)
+    if local is not None:
+        return local
+    archive = _spec_of(name).archive
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    if say is not None:
+        say(f"{name}: no folder {archive.folder} under {root}; fetching {archive.url} into {cache}")
+    try:
+        return ensure_archive(archive, cache)
+    except (OSError, DataError) as err:
+        raise DataError(
+            f"data set {name!r} not found: no folder {archive.folder!r} under {root} (the data "
+            f"dir: --data-dir, data-dir, $STAMEN_DATA_DIR) nor in the download cache {cache}, "
+            f"and fetching it failed ({err}). Download {archive.url}, extract it into {root} "
+            "(or point --data-dir at the folder holding it) and run again; --dataset "
+            "synthetic runs on generated data, --data FILE --user-col … --item-col … on your "
+            "own file"
+        ) from err
 
 
 def load_dataset(
