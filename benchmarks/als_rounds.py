@@ -42,18 +42,18 @@ def main(argv: list[str]) -> None:
         }
         result, wall = timed_federated(overrides, split)
         history = result.history
-        als = [h["seconds"] for h in history[1:]]
+        als = [h.seconds for h in history[1:]]
         timed = als[:-1] if len(als) > 2 else als
         return {
             "users": n,
             "secagg": secagg,
-            "counts_round_s": round(history[0]["seconds"], 3),
+            "counts_round_s": round(history[0].seconds, 3),
             "median_als_round_s": statistics.median(timed),
             "als_round_s": [round(t, 3) for t in als],
-            "counts_upload_bytes": history[0]["upload_bytes_per_device"],
-            "als_upload_bytes": history[1]["upload_bytes_per_device"],
+            "counts_upload_bytes": history[0].upload_bytes_per_device,
+            "als_upload_bytes": history[1].upload_bytes_per_device,
             "epsilon": result.privacy["epsilon"] if result.privacy else None,
-            "test_ndcg@10": history[-1]["evaluate"]["ndcg@10"],
+            "test_ndcg@10": history[-1].evaluate.metrics["ndcg@10"],
             "wall_s": round(wall, 1),
         }
 

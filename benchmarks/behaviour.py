@@ -79,7 +79,7 @@ def probe() -> dict:
                     exact=exact,
                 )
                 out[f"{dp}-secagg{secagg}-exact{exact}"] = {
-                    "history": _timeless(result.history),
+                    "history": _timeless([record.to_json() for record in result.history]),
                     "shared": _digest(result.shared),
                     "privacy": result.privacy,
                 }

@@ -81,7 +81,7 @@ def fedavg(split, epsilon: float, rate: float) -> float:
     config = load_config(None, overrides)
     settings = config.server_settings(split.n_users)
     result = run_batched(split, settings, initial=initial_shared(split.n_items, config))
-    return float(result.history[-1]["evaluate"]["ndcg@10"])
+    return float(result.history[-1].evaluate.metrics["ndcg@10"])
 
 
 def als(split, epsilon: float, settings: ALSSettings) -> float:

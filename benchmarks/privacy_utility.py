@@ -125,11 +125,11 @@ def one_run(
     initial = initial_shared(split.n_items, config, catalog)
     result = run_batched(split, settings, initial=initial, model=model)
     best = select_round(result.history, devices=len(split.evaluated), private=dp is not None)
-    metrics = best["evaluate"]
+    metrics = best.evaluate.metrics
     return {
         "seed": seed,
         "schedule": schedule,
-        "round": best["round"],
+        "round": best.round,
         "valid_ndcg@10": metrics["valid_ndcg@10"],
         **{m: metrics[m] for m in METRICS},
         "privacy": result.privacy,

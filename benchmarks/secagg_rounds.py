@@ -41,14 +41,14 @@ def main(argv: list[str]) -> None:
             "secagg": {"enabled": secagg},
         }
         result, wall = timed_federated(overrides, split)
-        timed = [h["seconds"] for h in result.history[1:-1]]
+        timed = [h.seconds for h in result.history[1:-1]]
         return {
             "cohort": n,
             "secagg": secagg,
             "median_round_s": statistics.median(timed),
             "rounds_timed": len(timed),
             "round_s": [round(t, 3) for t in timed],
-            "upload_bytes_per_device": result.history[-1]["upload_bytes_per_device"],
+            "upload_bytes_per_device": result.history[-1].upload_bytes_per_device,
             "wall_s": round(wall, 1),
         }
 

@@ -279,7 +279,7 @@ def main(argv: list[str]) -> None:
         for name in variants:
             model, result = train(name, proto, catalog, attributes, args, seed)
             shared = result.shared
-            last = result.history[-1]["evaluate"]
+            last = result.history[-1].evaluate.to_json()
             run["warm"][name] = {k: v for k, v in last.items() if not k.startswith("valid_")}
             run["warm"][name]["seconds"] = round(result.seconds, 1)
             attrs = attributes if VARIANTS[name][2] else None

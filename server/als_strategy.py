@@ -34,6 +34,7 @@ from stamen.server.als import (
     solve_item_side,
 )
 from stamen.server.flower_types import AggregatedFit, FitFailures, FitResults
+from stamen.server.rounds import PrivacySpent
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import MASKED_VALUE_BYTES, FederatedAveraging, failure_reasons
 
@@ -205,7 +206,7 @@ class FederatedALS(FederatedAveraging):
         if self.mechanisms is not None:
             mechanism = self.mechanisms[self._stage(rnd)]
             total = mechanism.release_sum(total, rnd=rnd)
-            self._record["privacy"] = mechanism.spent()
+            self._record.privacy = PrivacySpent.of(mechanism)
         if self._stage(rnd) == "counts":
             self.counts = total
             self.head = choose_head(total, self.als)
@@ -222,14 +223,11 @@ class FederatedALS(FederatedAveraging):
             )
             self.server.assign([items, bias])
         per_value = MASKED_VALUE_BYTES if self.settings.secagg.enabled else total.itemsize
-        self._record.update(
-            {
-                "stage": self._stage(rnd),
-                "devices": len(results),
-                "failures": len(failures),
-                "upload_bytes_per_device": int(per_value * total.size),
-            }
-        )
+        record = self._record
+        record.stage = self._stage(rnd)
+        record.devices = len(results)
+        record.failures = len(failures)
+        record.upload_bytes_per_device = int(per_value * total.size)
         if failures:
-            self._record["failure_reasons"] = failure_reasons(failures)
+            record.failure_reasons = failure_reasons(failures)
         return ndarrays_to_parameters(self.server.arrays()), {}

@@ -43,6 +43,7 @@ from stamen.privacy import (
     check_update,
 )
 from stamen.server import flower_types as flower
+from stamen.server.rounds import PrivacySpent, QueryRecord
 
 if TYPE_CHECKING:
     from stamen.server.strategy import FederatedAveraging
@@ -205,7 +206,8 @@ class PrivateSum(Strategy):
         self.secagg = None if secagg is None else self._secagg(secagg)
         self._ask: tuple[Parameters, Request] | None = None
         self.result: SumResult | None = None
-        self.record: dict[str, Any] = {}
+        #: This round's part of the query (the round record's ``analytics`` or ``evaluate``).
+        self.record = QueryRecord()
 
     def __repr__(self) -> str:
         return f"PrivateSum({self.name!r}, width={self.width})"
@@ -239,7 +241,7 @@ class PrivateSum(Strategy):
         task, round and settings) for the next run of a workflow."""
         self._ask = (ndarrays_to_parameters(parameters), request)
         self.result = None
-        self.record = {}
+        self.record = QueryRecord()
 
     def report(self) -> dict[str, Any] | None:
         """The query's (ε, δ) and mechanism (``None`` without DP)."""
@@ -263,11 +265,11 @@ class PrivateSum(Strategy):
         devices = self.owner.connected_devices(client_manager)
         private = self.mechanism is not None
         cohort = self.owner.sample(devices, self.cohort, rnd, purpose=self.purpose, poisson=private)
-        self.record["cohort"] = len(cohort)
+        self.record.cohort = len(cohort)
         if len(cohort) < self._min_cohort:
             if self.mechanism is not None:
                 self.mechanism.skip()  # charged although skipped: the draw is not data-free
-            self.record["skipped"] = (
+            self.record.skipped = (
                 f"cohort of {len(cohort)} devices, below the {self._min_cohort} SecAgg+ needs"
             )
             self._report_privacy()
@@ -288,10 +290,10 @@ class PrivateSum(Strategy):
         not touched."""
         assert self._ask is not None
         rnd = self._ask[1].round
-        self.record["devices"] = len(results)
-        self.record["failures"] = len(failures)
+        self.record.devices = len(results)
+        self.record.failures = len(failures)
         if not results:
-            self.record["failed"] = "no device answered"
+            self.record.failed = "no device answered"
             return None, {}
         if self.owner is not None:
             results = self.owner.in_device_order(results)
@@ -308,11 +310,13 @@ class PrivateSum(Strategy):
                         bound=self._plain_bound(),
                     )
                 except ValueError as error:
-                    self.record.setdefault("rejected", []).append(str(error))
+                    if self.record.rejected is None:
+                        self.record.rejected = []
+                    self.record.rejected.append(str(error))
                     continue
                 kept.append(np.asarray(arrays[0], np.float64))
             if not kept or len({a.shape for a in kept}) != 1:
-                self.record["failed"] = "no usable answers (rejected or of differing shapes)"
+                self.record.failed = "no usable answers (rejected or of differing shapes)"
                 return None, {}
             total = np.sum(kept, axis=0)
         self.result = self.release(total, rnd=rnd, devices=len(results))
@@ -326,7 +330,7 @@ class PrivateSum(Strategy):
         if self.mechanism is not None:
             total = self.mechanism.release_sum(total, rnd=rnd)
         self._report_privacy()
-        self.record["noise_std"] = sigma / self.scale
+        self.record.noise_std = sigma / self.scale
         return SumResult(total / self.scale, devices, sigma / self.scale)
 
     def _plain_bound(self) -> float:
@@ -338,7 +342,7 @@ class PrivateSum(Strategy):
 
     def _report_privacy(self) -> None:
         if self.mechanism is not None:
-            self.record["privacy"] = self.mechanism.spent()
+            self.record.privacy = PrivacySpent.of(self.mechanism)
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

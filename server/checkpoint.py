@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from stamen.errors import CheckpointError
+from stamen.server.rounds import RoundRecord
 
 __all__ = ["Checkpoint", "CheckpointStore"]
 
@@ -26,7 +27,7 @@ class Checkpoint:
 
     round: int
     server_state: dict[str, Any]
-    history: list[dict[str, Any]]
+    history: list[RoundRecord]
     fingerprint: dict[str, Any]
 
 
@@ -46,7 +47,7 @@ class CheckpointStore:
             {
                 "round": checkpoint.round,
                 "server_state": checkpoint.server_state,
-                "history": checkpoint.history,
+                "history": [record.to_json() for record in checkpoint.history],
                 "fingerprint": checkpoint.fingerprint,
             },
             tmp,
@@ -88,9 +89,11 @@ class CheckpointStore:
             return Checkpoint(
                 round=int(raw["round"]),
                 server_state=raw["server_state"],
-                history=list(raw["history"]),
+                history=[RoundRecord.from_json(record) for record in raw["history"]],
                 fingerprint=dict(raw["fingerprint"]),
             )
+        except CheckpointError as err:  # a round record it cannot read
+            raise CheckpointError(f"{path}: {err}") from err
         except Exception as err:  # torch raises many types for a corrupt file
             raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from err
 

@@ -33,14 +33,15 @@ from flwr.server import Grid
 from pydantic import Field
 
 from stamen.errors import ConfigError
-from stamen.models.bundle import ReleaseBundle
-from stamen.models.ranker.model import RankerSettings, ranker_hidden
+from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.models.ranker.weights import RankerSettings, ranker_hidden
 from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed
 from stamen.runtimes import without_runtime
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.ranker_strategy import RankerAveraging
-from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
+from stamen.server.rounds import RoundRecord
 from stamen.server.run_config import read_run_config, run_config_keys, validate
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
@@ -165,8 +166,8 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     log = deployment.checkpoints / "rounds.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
 
-    def on_round(record: dict[str, Any]) -> None:
-        line = json.dumps({"time": time.time(), **record}, default=str)
+    def on_round(record: RoundRecord) -> None:
+        line = json.dumps({"time": time.time(), **record.to_json()}, default=str)
         with log.open("a") as handle:
             handle.write(line + "\n")
         _log.info(line)
@@ -179,7 +180,11 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
         "population": deployment.population,
         "release_key": private,
         "releases": ReleaseWriter(
-            deployment.releases, private_key=private, public_key=public, model=model
+            deployment.releases,
+            private_key=private,
+            public_key=public,
+            model=model,
+            identity=release.identity,  # the run's releases are the starting release's
         ),
     }
     if deployment.train == "ranker":

@@ -21,11 +21,11 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from stamen.errors import DataError
-from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity, latest_release
+from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity
 from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
-__all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "latest_release", "load_or_create_signing_key"]
+__all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "load_or_create_signing_key"]
 
 PUBLIC_KEY_FILE = "release.pub"
 

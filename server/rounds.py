@@ -10,20 +10,40 @@ estimate through the run's Gaussian-sum mechanism, ``stamen.privacy.dp.gaussian`
 
 The Flower strategies (``stamen.server.strategy``) and the batched simulation
 (``stamen.simulation.engines.batched``) both follow it, so the two are the same arithmetic.
+
+What a round did is one :class:`RoundRecord` (its cohort, privacy spent, evaluation,
+queries, failures, time), whichever engine ran it; ``to_json`` / ``from_json`` are its
+form in results files, ``rounds.jsonl`` lines and checkpoints.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from stamen.errors import CheckpointError
 from stamen.privacy import GaussianSum, Purpose, Streams, secagg_range_for
 from stamen.server.cohorts import sample_cohort
-from stamen.server.settings import ServerSettings
 
-__all__ = ["Draw", "RoundPlan", "check_distributed_range", "min_poisson_cohort"]
+if TYPE_CHECKING:  # annotations only: the settings import the analytics, which record here
+    from stamen.server.settings import ServerSettings
+
+__all__ = [
+    "Draw",
+    "Evaluation",
+    "PrivacySpent",
+    "QueryRecord",
+    "RecordPrivacy",
+    "RoundPlan",
+    "RoundRecord",
+    "Unidentified",
+    "check_distributed_range",
+    "min_poisson_cohort",
+]
 
 #: Why a round is skipped when the accountant's target ε would be exceeded.
 BUDGET_SPENT = "privacy budget (target epsilon) reached"
@@ -190,3 +210,316 @@ class RoundPlan:
             expected=self.expected_cohort,
             simulated_shares=simulated_shares,
         )
+
+
+# --- what a round did -----------------------------------------------------------------
+
+_R = TypeVar("_R")
+
+
+def _object(obj: object, where: str, keys: Iterable[str]) -> dict[str, Any]:
+    """``obj`` as a dict whose keys are all among ``keys``; else a ``CheckpointError``
+    naming what is wrong (nothing is silently dropped)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where}: expected an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(keys), key=str)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise CheckpointError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {names}")
+    return dict(obj)
+
+
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+def _build(cls: type[_R], values: dict[str, Any], where: str) -> _R:
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field is missing
+        raise CheckpointError(f"{where}: {err}") from err
+
+
+def _set(record: Any) -> dict[str, Any]:
+    """A record's fields that are set (not ``None``), in field order."""
+    values = ((f.name, getattr(record, f.name)) for f in fields(record))
+    return {name: value for name, value in values if value is not None}
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise CheckpointError(f"{where}: expected a list, got {type(value).__name__}")
+    return value
+
+
+@dataclass(slots=True, kw_only=True)
+class PrivacySpent:
+    """The (ε, δ) an accountant has spent so far (``GaussianSum.spent``)."""
+
+    epsilon: float
+    delta: float
+
+    @classmethod
+    def of(cls, mechanism: GaussianSum) -> PrivacySpent:
+        """What ``mechanism``'s accountant has spent."""
+        spent = mechanism.spent()
+        return cls(epsilon=spent["epsilon"], delta=spent["delta"])
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"epsilon": …, "delta": …}``."""
+        return _set(self)
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "privacy") -> PrivacySpent:
+        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
+        return _build(cls, _object(obj, where, _names(cls)), where)
+
+
+@dataclass(slots=True, kw_only=True)
+class RecordPrivacy:
+    """Record-level DP-SGD so far: ε of the most-sampled device's records and the rounds
+    that device took part in."""
+
+    epsilon: float
+    max_participations: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON object."""
+        return _set(self)
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "record_privacy") -> RecordPrivacy:
+        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
+        return _build(cls, _object(obj, where, _names(cls)), where)
+
+
+@dataclass(slots=True, kw_only=True)
+class Unidentified:
+    """A node left out of a round because it reported no device id, and why."""
+
+    node: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON object."""
+        return _set(self)
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "unidentified") -> Unidentified:
+        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
+        return _build(cls, _object(obj, where, _names(cls)), where)
+
+
+@dataclass(slots=True, kw_only=True)
+class QueryRecord:
+    """A private analytics query's part of a round (``stamen.server.analytics.PrivateSum``):
+    its cohort, answers, noise and privacy spent, or why it was skipped or failed."""
+
+    cohort: int | None = None
+    skipped: str | None = None
+    devices: int | None = None
+    failures: int | None = None
+    failed: str | None = None
+    rejected: list[str] | None = None
+    #: Standard deviation of the noise on each decoded entry of the sum.
+    noise_std: float | None = None
+    privacy: PrivacySpent | None = None
+    #: Trending: items whose released count is above zero.
+    items_counted: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The set fields as a JSON object."""
+        out = _set(self)
+        if self.rejected is not None:
+            out["rejected"] = list(self.rejected)
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "query") -> QueryRecord:
+        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
+        values = _object(obj, where, _names(cls))
+        if values.get("rejected") is not None:
+            values["rejected"] = list(_list(values["rejected"], f"{where}.rejected"))
+        if values.get("privacy") is not None:
+            values["privacy"] = PrivacySpent.from_json(values["privacy"], f"{where}.privacy")
+        return _build(cls, values, where)
+
+
+@dataclass(slots=True, kw_only=True)
+class Evaluation:
+    """A round's federated evaluation: the mean of each metric over the devices, in the
+    clear or as a secure sum (then with the sum's query fields and noise)."""
+
+    #: Metric name -> mean over the devices (``ndcg@10``, ``valid_ndcg@10``, ``loss``, …).
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: Devices measured (a secure sum's noisy count, rounded).
+    devices: int | None = None
+    #: Whether every device was asked (the round that selection may report).
+    full: bool | None = None
+    #: A SecAgg+ sum, not devices' metrics in the clear.
+    secure: bool | None = None
+    #: Devices whose answers the secure sum holds.
+    answered: int | None = None
+    #: Standard deviation of the noise on each metric's mean.
+    metric_noise_std: float | None = None
+    cohort: int | None = None
+    skipped: str | None = None
+    failures: int | None = None
+    failed: str | None = None
+    rejected: list[str] | None = None
+    noise_std: float | None = None
+    privacy: PrivacySpent | None = None
+
+    @classmethod
+    def of_query(cls, query: QueryRecord, *, secure: bool) -> Evaluation:
+        """An evaluation that starts from a query's record (its cohort, answers, noise,
+        privacy); the metrics come later."""
+        return cls(
+            cohort=query.cohort,
+            skipped=query.skipped,
+            devices=query.devices,
+            failures=query.failures,
+            failed=query.failed,
+            rejected=None if query.rejected is None else list(query.rejected),
+            noise_std=query.noise_std,
+            privacy=query.privacy,
+            secure=secure,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """One flat JSON object: the metrics by name, then the set fields."""
+        out: dict[str, Any] = dict(self.metrics)
+        for name, value in _set(self).items():
+            if name != "metrics":
+                out[name] = value
+        if self.rejected is not None:
+            out["rejected"] = list(self.rejected)
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "evaluate") -> Evaluation:
+        """Read :meth:`to_json`'s object back: a key that is not a field is a metric and
+        must hold a number (``CheckpointError`` naming it otherwise)."""
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{where}: expected an object, got {type(obj).__name__}")
+        known = set(_names(cls)) - {"metrics"}
+        metrics = {
+            k: v
+            for k, v in obj.items()
+            if k not in known and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        values = _object({k: v for k, v in obj.items() if k not in metrics}, where, known)
+        if values.get("rejected") is not None:
+            values["rejected"] = list(_list(values["rejected"], f"{where}.rejected"))
+        if values.get("privacy") is not None:
+            values["privacy"] = PrivacySpent.from_json(values["privacy"], f"{where}.privacy")
+        return _build(cls, {"metrics": metrics, **values}, where)
+
+
+@dataclass(slots=True, kw_only=True)
+class RoundRecord:
+    """What one training round did, whichever engine ran it (the Flower strategies, the
+    batched simulation, private ALS). A field is ``None`` where the round has nothing to
+    say (a skipped round has no cohort; a round without DP no privacy)."""
+
+    round: int
+    #: Why the round did not run (privacy budget spent, too small a Poisson cohort).
+    skipped: str | None = None
+    #: Private ALS: the round's stage, ``"counts"`` or ``"statistics"``.
+    stage: str | None = None
+    #: Nodes left out because they reported no device id.
+    unidentified: list[Unidentified] | None = None
+    #: Devices sampled.
+    cohort: int | None = None
+    #: Record-level DP-SGD spent so far.
+    record_privacy: RecordPrivacy | None = None
+    #: User-level (ε, δ) spent so far.
+    privacy: PrivacySpent | None = None
+    #: Devices' training metrics, averaged (only without SecAgg+ and DP).
+    fit: dict[str, float] | None = None
+    #: Updates aggregated.
+    devices: int | None = None
+    #: Devices that failed or whose update was rejected.
+    failures: int | None = None
+    upload_bytes_per_device: int | None = None
+    #: L2 norm of the mean update the server optimiser received.
+    update_norm: float | None = None
+    failure_reasons: list[str] | None = None
+    #: Devices sent a request that never answered, and why that is counted.
+    dropouts: int | None = None
+    dropout_reason: str | None = None
+    #: Why updates were left out of the mean (plain mode's checks).
+    rejected: list[str] | None = None
+    #: Private ALS baseline: user factors clipped this round.
+    clipped_user_factors: int | None = None
+    #: The round's private analytics queries by name (``trending``).
+    analytics: dict[str, QueryRecord] | None = None
+    evaluate: Evaluation | None = None
+    evaluate_failures: int | None = None
+    evaluate_failure_reasons: list[str] | None = None
+    #: How the round aggregated when it differs from the usual (no aggregate arrived).
+    aggregation: str | None = None
+    #: Why the round failed (the model did not change).
+    failed: str | None = None
+    #: File name of the release published after the round.
+    release: str | None = None
+    #: Wall time of the round.
+    seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as a JSON object: the set fields (``None`` ones left out), nested
+        parts as objects; results files, ``rounds.jsonl`` and checkpoints hold this."""
+        out = _set(self)
+        for name in ("failure_reasons", "rejected", "evaluate_failure_reasons"):
+            if out.get(name) is not None:
+                out[name] = list(out[name])
+        if self.fit is not None:
+            out["fit"] = dict(self.fit)
+        if self.unidentified is not None:
+            out["unidentified"] = [u.to_json() for u in self.unidentified]
+        if self.record_privacy is not None:
+            out["record_privacy"] = self.record_privacy.to_json()
+        if self.privacy is not None:
+            out["privacy"] = self.privacy.to_json()
+        if self.analytics is not None:
+            out["analytics"] = {name: q.to_json() for name, q in self.analytics.items()}
+        if self.evaluate is not None:
+            out["evaluate"] = self.evaluate.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object, where: str = "round record") -> RoundRecord:
+        """Read :meth:`to_json`'s object back (also what earlier versions wrote, the same
+        keys). Raises ``CheckpointError`` naming an unknown key or a missing ``round``."""
+        if isinstance(obj, dict) and "round" in obj:
+            where = f"{where} of round {obj['round']}"
+        values = _object(obj, where, _names(cls))
+        for name in ("failure_reasons", "rejected", "evaluate_failure_reasons"):
+            if values.get(name) is not None:
+                values[name] = list(_list(values[name], f"{where}.{name}"))
+        if values.get("fit") is not None:
+            values["fit"] = dict(_object(values["fit"], f"{where}.fit", values["fit"]))
+        if values.get("unidentified") is not None:
+            values["unidentified"] = [
+                Unidentified.from_json(u, f"{where}.unidentified")
+                for u in _list(values["unidentified"], f"{where}.unidentified")
+            ]
+        if values.get("record_privacy") is not None:
+            values["record_privacy"] = RecordPrivacy.from_json(
+                values["record_privacy"], f"{where}.record_privacy"
+            )
+        if values.get("privacy") is not None:
+            values["privacy"] = PrivacySpent.from_json(values["privacy"], f"{where}.privacy")
+        if values.get("analytics") is not None:
+            analytics = _object(values["analytics"], f"{where}.analytics", values["analytics"])
+            values["analytics"] = {
+                name: QueryRecord.from_json(q, f"{where}.analytics.{name}")
+                for name, q in analytics.items()
+            }
+        if values.get("evaluate") is not None:
+            values["evaluate"] = Evaluation.from_json(values["evaluate"], f"{where}.evaluate")
+        return _build(cls, values, where)

@@ -18,6 +18,7 @@ strategy asks each connected node once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -53,7 +54,15 @@ from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.releases import ReleaseWriter
-from stamen.server.rounds import BUDGET_SPENT, RoundPlan
+from stamen.server.rounds import (
+    BUDGET_SPENT,
+    Evaluation,
+    PrivacySpent,
+    RecordPrivacy,
+    RoundPlan,
+    RoundRecord,
+    Unidentified,
+)
 from stamen.server.settings import ServerSettings
 
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
@@ -65,7 +74,8 @@ __all__ = ["FederatedAveraging", "RoundCallback", "failure_reasons"]
 
 _log = logging.getLogger("stamen")
 
-RoundCallback = Callable[[dict[str, Any]], None]
+#: Called with each finished round's record.
+RoundCallback = Callable[[RoundRecord], None]
 
 
 def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
@@ -76,7 +86,7 @@ def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> 
     ]
 
 
-def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float]:
     total = sum(n for n, _ in pairs)
     if total == 0:
         return {}
@@ -141,14 +151,14 @@ class FederatedAveraging(Strategy):
             }
         self.on_round = on_round
         self.server = ServerOptimizer(initial, settings.optimizer)
-        self.history: list[dict[str, Any]] = []
+        self.history: list[RoundRecord] = []
         self.start_round = 0
         if resume is not None:
             CheckpointStore.check_fingerprint(resume, self.fingerprint)
             self.server.load_state_dict(resume.server_state)
             self.history = list(resume.history)
             self.start_round = resume.round
-        self._record: dict[str, Any] = {}
+        self._record = RoundRecord(round=self.start_round)
         self._started = 0.0
         self.release_key = release_key
         self.population = population
@@ -167,9 +177,9 @@ class FederatedAveraging(Strategy):
         self.participations: Counter[str] = Counter()
         self._participations_before = max(
             (
-                h["record_privacy"]["max_participations"]
+                h.record_privacy.max_participations
                 for h in self.history
-                if "record_privacy" in h
+                if h.record_privacy is not None
             ),
             default=0,
         )
@@ -187,8 +197,8 @@ class FederatedAveraging(Strategy):
     def _asked(self, name: str) -> int:
         """Times query ``name`` was asked in the rounds of a resumed history."""
         if name == TRENDING:
-            return sum(1 for h in self.history if TRENDING in h.get("analytics", {}))
-        return sum(1 for h in self.history if h.get("evaluate", {}).get("secure"))
+            return sum(1 for h in self.history if TRENDING in (h.analytics or {}))
+        return sum(1 for h in self.history if h.evaluate is not None and h.evaluate.secure)
 
     def _trending_query(self) -> PrivateSum | None:
         trending = self.settings.analytics.trending
@@ -258,13 +268,15 @@ class FederatedAveraging(Strategy):
         0, which is post-processing) go into this round's release and the later ones."""
         query = self.trending_query
         assert query is not None
-        record = dict(query.record)
+        record = dataclasses.replace(query.record)
         if query.result is not None:
             self.trending = np.maximum(query.result.total, 0.0).astype(np.float32)
-            record["items_counted"] = int(np.count_nonzero(self.trending))
-        elif "skipped" not in record:
-            record.setdefault("failed", "SecAgg+ halted without a sum (too few answers)")
-        self._record.setdefault("analytics", {})[TRENDING] = record
+            record.items_counted = int(np.count_nonzero(self.trending))
+        elif record.skipped is None and record.failed is None:
+            record.failed = "SecAgg+ halted without a sum (too few answers)"
+        if self._record.analytics is None:
+            self._record.analytics = {}
+        self._record.analytics[TRENDING] = record
 
     def secure_evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd``'s evaluation is a secure sum rather than in the clear."""
@@ -294,21 +306,21 @@ class FederatedAveraging(Strategy):
         devices that hold held-out items (the sum's first entry counts them)."""
         query = self.evaluation_query
         assert query is not None
-        record: dict[str, Any] = {**query.record, "secure": True}
-        record["full"] = self._eval_full if query.accountant is None else True
+        record = Evaluation.of_query(query.record, secure=True)
+        record.full = self._eval_full if query.accountant is None else True
         if query.result is not None:
             count, *sums = query.result.total.tolist()
             names = self.settings.analytics.evaluation.metrics
-            record["devices"] = int(round(count))
-            record["answered"] = query.result.devices
-            if record["devices"] > 0:  # else no device had anything to measure: no means
+            record.devices = int(round(count))
+            record.answered = query.result.devices
+            if record.devices > 0:  # else no device had anything to measure: no means
                 denominator = max(count, 1.0)
                 means = zip(names, (value / denominator for value in sums), strict=True)
-                record.update(dict(means))
-                record["metric_noise_std"] = query.result.noise_std / denominator
-        else:
-            record.setdefault("failed", "SecAgg+ halted without a sum (too few answers)")
-        self._record["evaluate"] = record
+                record.metrics = dict(means)
+                record.metric_noise_std = query.result.noise_std / denominator
+        elif record.failed is None:
+            record.failed = "SecAgg+ halted without a sum (too few answers)"
+        self._record.evaluate = record
 
     @property
     def remaining_rounds(self) -> int:
@@ -384,10 +396,10 @@ class FederatedAveraging(Strategy):
             _log.warning(
                 "%d node(s) left out of round %s without a device id",
                 len(failed),
-                self._record.get("round"),
+                self._record.round,
             )
-            self._record["unidentified"] = [
-                {"node": cid, "reason": reason} for cid, reason in sorted(failed.items())
+            self._record.unidentified = [
+                Unidentified(node=cid, reason=reason) for cid, reason in sorted(failed.items())
             ]
         devices = {self._device_ids[c]: p for c, p in connected.items() if c in self._device_ids}
         return dict(sorted(devices.items()))
@@ -468,25 +480,25 @@ class FederatedAveraging(Strategy):
         """A seeded cohort of ``clients_per_round`` devices."""
         rnd = self._global_round(server_round)
         self._started = time.perf_counter()
-        self._record = {"round": rnd}
+        self._record = RoundRecord(round=rnd)
         if self.plan.budget_spent():
-            self._record["skipped"] = BUDGET_SPENT
+            self._record.skipped = BUDGET_SPENT
             return []
         devices = self.connected_devices(client_manager)
         draw = self.plan.draw(rnd, np.fromiter(devices, np.int64, len(devices)))
         if draw.skipped is not None:
             assert self.plan.mechanism is not None
-            self._record["skipped"] = draw.skipped
-            self._record["privacy"] = self.plan.mechanism.spent()
+            self._record.skipped = draw.skipped
+            self._record.privacy = PrivacySpent.of(self.plan.mechanism)
             return []
         cohort = [devices[int(i)] for i in draw.cohort]
-        self._record["cohort"] = len(cohort)
+        self._record.cohort = len(cohort)
         if self.settings.record_dp.enabled:
             self.participations.update(str(client.cid) for client in cohort)
-            self._record["record_privacy"] = {
-                "epsilon": self._record_dp_report()["epsilon"],
-                "max_participations": self.max_participations,
-            }
+            self._record.record_privacy = RecordPrivacy(
+                epsilon=self._record_dp_report()["epsilon"],
+                max_participations=self.max_participations,
+            )
         request = self.sign(self.request(rnd, len(cohort)), parameters)
         fit_ins = FitIns(parameters, request.to_config())
         return [(client, fit_ins) for client in cohort]
@@ -510,29 +522,26 @@ class FederatedAveraging(Strategy):
         mean = [np.asarray(a, np.float32) for a in mean]
         if self.plan.mechanism is not None:
             mean = self.plan.release(mean, rnd=rnd, devices=len(updates))
-            self._record["privacy"] = self.plan.mechanism.spent()
+            self._record.privacy = PrivacySpent.of(self.plan.mechanism)
         new = self.server.step(mean)
         metrics = _mean_metrics([(r.num_examples, r.metrics) for _, r in results])
-        self._record.update(
-            {
-                "fit": metrics,
-                "devices": len(updates),
-                "failures": len(failures) + len(rejected),
-                "upload_bytes_per_device": self._upload_bytes(),
-                "update_norm": float(
-                    np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
-                ),
-            }
+        record = self._record
+        record.fit = metrics
+        record.devices = len(updates)
+        record.failures = len(failures) + len(rejected)
+        record.upload_bytes_per_device = self._upload_bytes()
+        record.update_norm = float(
+            np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in mean))
         )
         if failures:  # only then, so a clean round's record stays small
-            self._record["failure_reasons"] = failure_reasons(failures)
-        dropouts = self._record.get("cohort", 0) - len(results) - len(failures)
+            record.failure_reasons = failure_reasons(failures)
+        dropouts = (record.cohort or 0) - len(results) - len(failures)
         if dropouts > 0:  # sent a request, never answered (under SecAgg+: masks removed)
-            self._record["dropouts"] = dropouts
-            self._record["dropout_reason"] = "no reply within the stage's timeout"
+            record.dropouts = dropouts
+            record.dropout_reason = "no reply within the stage's timeout"
         if rejected:
-            self._record["rejected"] = rejected
-        return ndarrays_to_parameters(new), metrics
+            record.rejected = rejected
+        return ndarrays_to_parameters(new), dict(metrics)
 
     def _checked(
         self, results: list[tuple[ClientProxy, FitRes]], rnd: int
@@ -634,17 +643,15 @@ class FederatedAveraging(Strategy):
         results = self.in_device_order(results)
         pairs = [(r.num_examples, {**r.metrics, "loss": r.loss}) for _, r in results]
         metrics = _mean_metrics(pairs)
-        self._record["evaluate"] = {
-            **metrics,
-            "devices": sum(n for n, _ in pairs),
-            "full": self._eval_full,
-        }
-        self._record["evaluate_failures"] = len(failures)
+        self._record.evaluate = Evaluation(
+            metrics=metrics, devices=sum(n for n, _ in pairs), full=self._eval_full
+        )
+        self._record.evaluate_failures = len(failures)
         if failures:
-            self._record["evaluate_failure_reasons"] = failure_reasons(failures)
+            self._record.evaluate_failure_reasons = failure_reasons(failures)
         self.finish_round(rnd)
         loss = metrics.get("loss")
-        return (None if loss is None else float(loss)), metrics
+        return (None if loss is None else float(loss)), dict(metrics)
 
     def evaluate(
         self, server_round: int, parameters: Parameters
@@ -663,24 +670,26 @@ class FederatedAveraging(Strategy):
         """Close round ``rnd`` (once; Flower's evaluate stage calls this after the round's
         training, queries and evaluation): complete its record, publish its release,
         checkpoint, report."""
-        if self.history and self.history[-1].get("round") == rnd:
+        if self.history and self.history[-1].round == rnd:
             return
-        if "devices" not in self._record and "skipped" not in self._record:
+        record = self._record
+        if record.devices is None and record.skipped is None:
             # the fit workflow ended without aggregating (e.g. SecAgg+ halted below its
             # reconstruction threshold): the model did not change this round
-            self._record.update({"devices": 0, "aggregation": "none: no aggregate arrived"})
+            record.devices = 0
+            record.aggregation = "none: no aggregate arrived"
             if self.settings.secagg.enabled:
-                self._record["failed"] = (
+                record.failed = (
                     f"round {rnd} failed: SecAgg+ halted without an aggregate (as a rule: "
                     f"fewer than its reconstruction threshold, "
                     f"{self.settings.secagg.reconstruction_threshold}, of a device's neighbours "
                     "answered a stage within its timeout); the model did not change"
                 )
-                _log.error(self._record["failed"])
+                _log.error(record.failed)
         if self.releases is not None:
-            self._record["release"] = self._publish(rnd).name
-        self._record["seconds"] = time.perf_counter() - self._started
-        self.history.append(self._record)
+            record.release = self._publish(rnd).name
+        record.seconds = time.perf_counter() - self._started
+        self.history.append(record)
         if self.checkpoints is not None:
             self.checkpoints.save(
                 Checkpoint(
@@ -691,4 +700,4 @@ class FederatedAveraging(Strategy):
                 )
             )
         if self.on_round is not None:
-            self.on_round(self._record)
+            self.on_round(record)

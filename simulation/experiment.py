@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stamen.models import Dataset, StamenError
+from stamen.server.rounds import Evaluation, RoundRecord
 from stamen.simulation.baselines.scorers import (
     dp_popularity_scorer,
     mf_scorer,
@@ -23,12 +26,14 @@ from stamen.simulation.baselines.scorers import (
     shared_model_scorer,
     train_centralised_mf,
 )
-from stamen.simulation.config import SimulationConfig
+from stamen.simulation.config import DEFAULT_DATASET, SimulationConfig
 from stamen.simulation.datasets import (
+    FileReport,
     default_data_dir,
-    find_local,
     generate_synthetic,
     load_dataset,
+    load_interactions_file,
+    locate,
 )
 from stamen.simulation.engines.flower import release_catalog, run_federated
 from stamen.simulation.protocol.evaluate import evaluate
@@ -37,8 +42,12 @@ from stamen.simulation.protocol.split import leave_one_out
 
 __all__ = [
     "ExperimentResult",
+    "LoadedData",
+    "load_data",
     "load_for_config",
     "privacy_section",
+    "round_line",
+    "round_progress",
     "round_status",
     "run_experiment",
     "select_round",
@@ -65,77 +74,149 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def round_status(record: dict[str, Any]) -> str:
+def round_status(record: RoundRecord) -> str:
     """A finished round's progress line: its devices, time and NDCG@10, or why it was
     skipped or failed (a private run skips rounds whose Poisson cohort is too small)."""
-    seconds = f"{record.get('seconds', 0.0):.1f}s"
-    if "skipped" in record:
-        return f"skipped ({record['skipped']}), {seconds}"
-    status = f"{record.get('devices', 0)} devices, {seconds}"
-    if "failed" in record:
+    seconds = f"{record.seconds or 0.0:.1f}s"
+    if record.skipped is not None:
+        return f"skipped ({record.skipped}), {seconds}"
+    status = f"{record.devices or 0} devices, {seconds}"
+    if record.failed is not None:
         status += "  failed (see results.json)"
-    ndcg = record.get("evaluate", {}).get("ndcg@10")
+    ndcg = None if record.evaluate is None else record.evaluate.metrics.get("ndcg@10")
     if ndcg is not None:
         status += f"  NDCG@10 {ndcg:.4f}"
     return status
 
 
-def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> tuple[Dataset, str]:
-    """The configured data set and a note on where it came from. Falls back to the
-    synthetic data set (and says so) when a real one is neither on disk nor downloadable."""
-    if config.dataset == "synthetic":
+#: Metrics a plain progress line shows, with their labels.
+_LINE_METRICS = {"ndcg@10": "NDCG@10", "hr@10": "HR@10"}
+
+
+def round_line(record: RoundRecord, *, rounds: int) -> str:
+    """A finished round as one plain line, for a console that is not a terminal (a log
+    file, a pipe, a CI job): round of ``rounds``, cohort, time, the ε spent so far under
+    DP, the metrics of an evaluation; or why the round was skipped or failed."""
+    head = f"round {record.round}/{rounds}:"
+    seconds = f"{record.seconds or 0.0:.1f} s"
+    if record.skipped is not None:
+        return f"{head} skipped ({record.skipped}), {seconds}"
+    cohort = "?" if record.cohort is None else record.cohort
+    parts = [f"cohort {cohort}", f"{record.devices or 0} aggregated", seconds]
+    if record.privacy is not None:
+        parts.append(f"ε {record.privacy.epsilon:.3f}")
+    if record.record_privacy is not None:
+        parts.append(f"record-level ε {record.record_privacy.epsilon:.3f}")
+    if record.failed is not None:
+        parts.append("failed (see results.json)")
+    evaluation = record.evaluate
+    if evaluation is not None:
+        metrics = evaluation.metrics
+        shown = [f"{label} {metrics[k]:.4f}" for k, label in _LINE_METRICS.items() if k in metrics]
+        if shown:
+            parts.append(" ".join(shown))
+        elif evaluation.failed is not None or evaluation.skipped is not None:
+            parts.append(f"evaluation {evaluation.failed or evaluation.skipped}")
+    return f"{head} {', '.join(parts)}"
+
+
+@contextmanager
+def round_progress(
+    console: Console, *, rounds: int, description: str = "federated rounds"
+) -> Iterator[Callable[[RoundRecord], None]]:
+    """A callback that reports each finished round of ``rounds``: a progress bar on a
+    terminal; elsewhere (output to a file or a pipe, where a bar only shows once the
+    stage ends) one plain line per round (:func:`round_line`) as it finishes."""
+    if not console.is_terminal:
+        console.print(f"{description}: {rounds} rounds", markup=False, highlight=False)
+
+        def line(record: RoundRecord) -> None:
+            console.print(round_line(record, rounds=rounds), markup=False, highlight=False)
+
+        yield line
+        return
+    with _progress(console) as progress:
+        task = progress.add_task(description, total=rounds, status="provisioning devices…")
+
+        def update(record: RoundRecord) -> None:
+            progress.update(task, completed=record.round, status=round_status(record))
+
+        yield update
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """The run's data set, where it came from, and a data file's report (``None`` for a
+    named or generated data set)."""
+
+    dataset: Dataset
+    source: str
+    report: FileReport | None = None
+
+
+def load_data(config: SimulationConfig, *, say: Callable[[str], None]) -> LoadedData:
+    """The data the config asks for, and nothing else: a ``[data]`` file
+    (``load_interactions_file``), the generated set when ``dataset`` is ``synthetic``, or
+    a named set from the data dir or the download cache (``locate``, which ``say``s when
+    it downloads). A named set that is in neither and cannot be fetched is a
+    ``DataError`` saying where it looked and what to do."""
+    if config.data.path is not None:
+        loaded = load_interactions_file(config.data)
+        return LoadedData(loaded.dataset, loaded.report.path, loaded.report)
+    name = config.dataset or DEFAULT_DATASET
+    if name == "synthetic":
         data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
-        return data, "synthetic (generated)"
+        return LoadedData(data, "synthetic (generated)")
     root = config.data_dir if config.data_dir is not None else default_data_dir()
-    local = find_local(config.dataset, root)
-    if local is not None:
-        return load_dataset(config.dataset, local), str(local)
-    try:
-        return load_dataset(config.dataset), "downloaded to the cache"
-    except (OSError, StamenError) as err:
-        say(
-            f"[yellow]No copy of {config.dataset} under {root} and the download failed ({err}); "
-            "falling back to the built-in synthetic data set.[/yellow]"
-        )
-        data = generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.seed)
-        return data, f"synthetic fallback ({config.dataset} unavailable)"
+    folder = locate(name, root, say=say)
+    return LoadedData(load_dataset(name, folder), str(folder))
+
+
+def load_for_config(config: SimulationConfig, *, say: Callable[[str], None]) -> tuple[Dataset, str]:
+    """``load_data``'s data set and source."""
+    loaded = load_data(config, say=say)
+    return loaded.dataset, loaded.source
 
 
 def privacy_section(report: dict[str, Any] | None, config: SimulationConfig) -> dict[str, Any]:
-    """The results JSON's ``privacy``: the strategy's (ε, δ) report (mode ``off`` and
-    ε = ∞ without DP), the SecAgg+ settings, and the at-rest / release protections every
-    run has (device stores encrypted, global models signed)."""
+    """The results JSON's ``privacy``: the strategy's (ε, δ) report (without DP: mode
+    ``off`` and ``epsilon`` ``null``, meaning no finite guarantee, ε = ∞), the SecAgg+
+    settings, and the at-rest / release protections every run has (device stores
+    encrypted, global models signed)."""
     return {
-        **(report or {"mode": "off", "epsilon": float("inf"), "delta": None}),
+        **(report or {"mode": "off", "epsilon": None, "delta": None}),
         "secure_aggregation": config.secagg.model_dump(mode="json"),
         "encrypted_at_rest": True,
         "signed_releases": True,
     }
 
 
-def _covers_all(evaluation: dict[str, Any] | None, devices: int) -> bool:
+def _covers_all(evaluation: Evaluation | None, devices: int) -> bool:
     """Whether an evaluation asked every device (a noised secure evaluation counts its
     devices only approximately, so its ``full`` flag decides)."""
-    if not evaluation:
+    if evaluation is None:
         return False
-    if "full" in evaluation:
-        return bool(evaluation["full"]) and "failed" not in evaluation
-    return evaluation.get("devices") == devices
+    if evaluation.full is not None:
+        return evaluation.full and evaluation.failed is None
+    return evaluation.devices == devices
 
 
-def select_round(
-    history: list[dict[str, Any]], *, devices: int, private: bool = False
-) -> dict[str, Any]:
+def select_round(history: list[RoundRecord], *, devices: int, private: bool = False) -> RoundRecord:
     """The round reported: for a private run the last evaluation over all ``devices``
     evaluable devices (choosing by private validation metrics would spend privacy the
     accountant does not count); otherwise the one with the best validation NDCG@10, early
     stopping on validation as for the baseline."""
-    full = [h for h in history if _covers_all(h.get("evaluate"), devices)]
+    full = [h for h in history if _covers_all(h.evaluate, devices)]
     if not full:
         raise StamenError("no federated evaluation covered every device; cannot select a round")
     if private:
         return full[-1]
-    return max(full, key=lambda h: (h["evaluate"].get("valid_ndcg@10", 0.0), h["round"]))
+    return max(full, key=lambda h: (_metrics(h).get("valid_ndcg@10", 0.0), h.round))
+
+
+def _metrics(record: RoundRecord) -> dict[str, float]:
+    """The metrics of a round's evaluation (none when it did not evaluate)."""
+    return {} if record.evaluate is None else record.evaluate.metrics
 
 
 #: How ``select_round`` chose, as results.json says it.
@@ -152,12 +233,15 @@ def run_experiment(
     """Run the baselines and the federated simulation; write results JSON, plot, negatives."""
     console = console or wide_console()
     output = config.output
-    output.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    dataset, source = load_for_config(config, say=console.print)
+    loaded = load_data(config, say=console.print)  # before output exists: a bad file leaves none
+    dataset, source = loaded.dataset, loaded.source
+    for line in [] if loaded.report is None else loaded.report.lines():
+        console.print(f"{dataset.name}: {line}", markup=False, highlight=False)
     split = leave_one_out(dataset.interactions, seed=config.seed)
+    output.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(output / "negatives.npz", negatives=split.negatives, seed=config.seed)
     timings["data"] = time.perf_counter() - started
     console.print(
@@ -165,6 +249,11 @@ def run_experiment(
         f"{len(dataset.interactions)} interactions; "
         f"{split.stats()['evaluated_users']} users evaluated"
     )
+    adjustments = config.adjustments(
+        devices=split.n_users, evaluated=split.stats()["evaluated_users"]
+    )
+    for adjustment in adjustments:
+        console.print(f"warning: adjusted {adjustment}", style="yellow", markup=False)
 
     methods: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
@@ -191,16 +280,8 @@ def run_experiment(
     methods["centralised MF"] = evaluate(mf_scorer(model), split)
     timings["centralised"] = time.perf_counter() - started
 
-    with _progress(console) as progress:
-        task = progress.add_task(
-            "federated rounds",
-            total=config.server_settings(split.n_users).rounds,
-            status="provisioning devices…",
-        )
-
-        def on_round(record: dict[str, Any]) -> None:
-            progress.update(task, completed=record["round"], status=round_status(record))
-
+    rounds = config.server_settings(split.n_users).rounds
+    with round_progress(console, rounds=rounds) as on_round:
         fed = run_federated(
             config,
             split,
@@ -228,7 +309,7 @@ def run_experiment(
     federated = f"federated {run_model.display_name}"
     methods[federated] = {  # test metrics only: not the record's counts, flags or noise
         k: v
-        for k, v in chosen["evaluate"].items()
+        for k, v in _metrics(chosen).items()
         if (k == "loss" or "@" in k) and not k.startswith("valid_")
     }
     methods[federated]["coverage@10"] = offline["coverage@10"]
@@ -274,12 +355,18 @@ def run_experiment(
     if config.secagg.enabled and config.analytics.evaluation.secure is not False:
         console.print("federated evaluation: a SecAgg+ sum (no device's metrics in the clear)")
     ranker = _ranker_section(fed.ranker)
-    if ranker is not None:
-        console.print(_ranker_summary(ranker))
+    if fed.ranker is not None:
+        console.print(_ranker_summary(fed.ranker))
 
     results = {
         "config": config.model_dump(mode="json"),
-        "dataset": {"name": dataset.name, "source": source, **split.stats()},
+        "dataset": {
+            "name": dataset.name,
+            "source": source,
+            **split.stats(),
+            **({} if loaded.report is None else {"file": loaded.report.as_dict()}),
+        },
+        "adjustments": [dataclasses.asdict(a) for a in adjustments],
         "protocol": {
             "split": "per-user temporal leave-one-out (seeded tie-break); "
             "validation = second-to-last",
@@ -292,9 +379,9 @@ def run_experiment(
         "centralised": info,
         "federated": {
             "algorithm": config.algorithm,
-            "selected_round": chosen["round"],
+            "selected_round": chosen.round,
             "selection": SELECTION[private],
-            "rounds": fed.history,
+            "rounds": [record.to_json() for record in fed.history],
             "resumed_from_round": fed.resumed_from,
             "offline_check": offline,
             "federated_over_centralised_ndcg@10": ratio,
@@ -320,20 +407,25 @@ def _ranker_section(ranked: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ranker's rounds and privacy for the results file (``None``: no ranker rounds)."""
     if ranked is None:
         return None
-    return {"rounds": ranked["history"], "privacy": ranked["privacy"]}
+    return {
+        "rounds": [record.to_json() for record in ranked["history"]],
+        "privacy": ranked["privacy"],
+    }
 
 
-def _ranker_summary(section: dict[str, Any]) -> str:
+def _ranker_summary(ranked: dict[str, Any]) -> str:
     """A line saying what the ranker's last round's secure evaluation measured on the
     devices' own lists, and its ε."""
-    last = section["rounds"][-1]
-    evaluation = last.get("evaluate", {})
-    privacy = section["privacy"]
-    summary = f"ranker: {len(section['rounds'])} rounds, release {last.get('release')}"
-    if "ranker_ndcg@10" in evaluation:
+    history: list[RoundRecord] = ranked["history"]
+    last = history[-1]
+    privacy = ranked["privacy"]
+    summary = f"ranker: {len(history)} rounds, release {last.release}"
+    evaluation = last.evaluate
+    if evaluation is not None and "ranker_ndcg@10" in evaluation.metrics:
+        metrics = evaluation.metrics
         summary += (
-            f"; on {evaluation['devices']} devices' own lists NDCG@10 "
-            f"{evaluation['ranker_ndcg@10']:.4f} ranked against {evaluation['fused_ndcg@10']:.4f} "
+            f"; on {evaluation.devices} devices' own lists NDCG@10 "
+            f"{metrics['ranker_ndcg@10']:.4f} ranked against {metrics['fused_ndcg@10']:.4f} "
             "as fused"
         )
     if privacy is not None and privacy.get("mode", "off") != "off":

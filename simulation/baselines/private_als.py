@@ -27,15 +27,14 @@ Left out here: SecAgg+'s quantisation (below 5e-7 a coordinate at its defaults,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from stamen.client.flower.statistics import als_statistics, item_counts
 from stamen.models.als.layout import ALSLayout, als_sensitivity
 from stamen.models.batches import UserItems
+from stamen.models.mf.ials import IALSSolver
 from stamen.models.quantize import ItemTable
-from stamen.models.training import IALSSolver
 from stamen.privacy import DPSettings, PrivacyAccountant, noise_for_target
 from stamen.server.als import (
     ALSSettings,
@@ -44,6 +43,7 @@ from stamen.server.als import (
     release_noise,
     solve_item_side,
 )
+from stamen.server.rounds import RoundRecord
 
 __all__ = [
     "PrivateALSResult",
@@ -66,7 +66,7 @@ class PrivateALSResult:
     noise_multiplier: float
     epsilon: float
     delta: float
-    history: list[dict[str, Any]]
+    history: list[RoundRecord]
     upload_bytes: int
 
 
@@ -125,7 +125,7 @@ def run_private_als(
     sensitivity = als_sensitivity(
         user_clip=settings.user_clip, cap=settings.cap, item_grams=settings.item_grams
     )
-    history = []
+    history: list[RoundRecord] = []
     for rnd in range(1, settings.rounds + 1):
         solver = IALSSolver.build(
             ItemTable.dense(items), bias, alpha=settings.alpha, l2=settings.user_l2
@@ -148,7 +148,7 @@ def run_private_als(
             l2=settings.item_l2 + settings.noise_l2 * z_statistics * sensitivity,
             counts=counts,
         )
-        history.append({"round": rnd, "clipped_user_factors": clipped})
+        history.append(RoundRecord(round=rnd, clipped_user_factors=clipped))
     return PrivateALSResult(
         items=items,
         bias=bias,

@@ -43,7 +43,7 @@ from stamen.models.mf.model import MFModel, mf_factors
 from stamen.models.registry import DeviceInputs, RecModel, build_model, device_seeds
 from stamen.privacy import SecAggSettings
 from stamen.server.optimizer import ServerOptimizer
-from stamen.server.rounds import BUDGET_SPENT, RoundPlan
+from stamen.server.rounds import BUDGET_SPENT, Evaluation, PrivacySpent, RoundPlan, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.baselines.scorers import shared_model_scorer
 from stamen.simulation.protocol.device_evaluation import VALID_METRICS
@@ -79,7 +79,7 @@ class BatchedResult:
     """History (records shaped like ``FederatedAveraging.history``), final shared arrays,
     wall time and the privacy report (``None`` without DP)."""
 
-    history: list[dict[str, Any]]
+    history: list[RoundRecord]
     shared: list[np.ndarray]
     seconds: float
     privacy: dict[str, Any] | None
@@ -170,7 +170,7 @@ def _evaluate(
     split: Split,
     settings: ServerSettings,
     attributes: np.ndarray | None,
-) -> dict:
+) -> Evaluation:
     def scorer(stage: Literal["valid", "test"]) -> Scorer:
         return shared_model_scorer(
             shared, split, model=model, seed=settings.seed, attributes=attributes, stage=stage
@@ -178,11 +178,10 @@ def _evaluate(
 
     test = evaluate(scorer("test"), split, stage="test")
     valid = evaluate(scorer("valid"), split, stage="valid", ks=(10,))
-    return {
-        **test,
-        **{f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS},
-        "devices": len(split.evaluated),
-    }
+    return Evaluation(
+        metrics={**test, **{f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS}},
+        devices=len(split.evaluated),
+    )
 
 
 def run_batched(
@@ -192,7 +191,7 @@ def run_batched(
     initial: list[np.ndarray],
     model: RecModel | None = None,
     attributes: np.ndarray | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
     exact: bool = False,
 ) -> BatchedResult:
     """Run ``settings.rounds`` rounds of ``settings.clients_per_round`` devices drawn from
@@ -242,8 +241,8 @@ def run_rounds(
     initial: list[np.ndarray],
     step: DeviceStep,
     fast_mean: FastMean | None = None,
-    evaluate: Callable[[list[np.ndarray]], dict] | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    evaluate: Callable[[list[np.ndarray]], Evaluation] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> BatchedResult:
     """``settings.rounds`` rounds of federated averaging over devices ``0..population-1``
     whose updates ``step`` computes (any shared arrays: the retrieval model's, the
@@ -254,20 +253,20 @@ def run_rounds(
     after the last."""
     plan = RoundPlan(settings, population=population)
     server = ServerOptimizer(initial, settings.optimizer)
-    history: list[dict[str, Any]] = []
+    history: list[RoundRecord] = []
     started = time.perf_counter()
     for rnd in range(1, settings.rounds + 1):
         tick = time.perf_counter()
-        record: dict[str, Any] = {"round": rnd}
+        record = RoundRecord(round=rnd)
         if plan.budget_spent():
-            record["skipped"] = BUDGET_SPENT
+            record.skipped = BUDGET_SPENT
             history.append(record)
             continue
         draw = plan.draw(rnd)
         if draw.skipped is not None:
             assert plan.mechanism is not None
-            record["skipped"] = draw.skipped
-            record["privacy"] = plan.mechanism.spent()
+            record.skipped = draw.skipped
+            record.privacy = PrivacySpent.of(plan.mechanism)
             history.append(record)
             continue
         users = draw.cohort
@@ -277,12 +276,14 @@ def run_rounds(
         if mean is None:
             mean = round_mean(step, server.arrays(), users, plan, rnd)
         server.step(mean)
-        record.update({"devices": len(users), "cohort": len(users), "failures": 0})
+        record.devices = len(users)
+        record.cohort = len(users)
+        record.failures = 0
         if plan.mechanism is not None:
-            record["privacy"] = plan.mechanism.spent()
+            record.privacy = PrivacySpent.of(plan.mechanism)
         if evaluate is not None and plan.evaluates(rnd):
-            record["evaluate"] = evaluate(server.arrays())
-        record["seconds"] = time.perf_counter() - tick
+            record.evaluate = evaluate(server.arrays())
+        record.seconds = time.perf_counter() - tick
         history.append(record)
         if on_round is not None:
             on_round(record)

@@ -27,7 +27,7 @@ from flwr.simulation import run_simulation
 from stamen.client.flower.app import build_client_app
 from stamen.client.flower.virtual import VirtualDevices
 from stamen.errors import ConfigError
-from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
+from stamen.models.bundle import ReleaseBundle, ReleaseCatalog, latest_release
 from stamen.models.registry import RecModel
 from stamen.models.schema import Catalog
 from stamen.privacy import generate_key, open_signed
@@ -35,7 +35,8 @@ from stamen.server.als_strategy import FederatedALS
 from stamen.server.app import build_server_app
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.ranker_strategy import RankerAveraging
-from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
+from stamen.server.rounds import RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig
@@ -59,7 +60,7 @@ __all__ = [
 class FederatedResult:
     """What a federated run produced."""
 
-    history: list[dict[str, Any]]
+    history: list[RoundRecord]
     shared: list[np.ndarray]
     seconds: float
     resumed_from: int
@@ -213,7 +214,7 @@ def run_federated(
     *,
     output: Path,
     catalog: Catalog | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
     verbose: bool = False,
 ) -> FederatedResult:
     """Run ``config.rounds`` rounds (fewer when resuming) with ``split.n_users`` devices;
@@ -311,7 +312,7 @@ def run_federated(
     if not built:
         raise RuntimeError("the Flower simulation ended before the server strategy was built")
     strategy = built[0]
-    done = strategy.history[-1]["round"] if strategy.history else 0
+    done = strategy.history[-1].round if strategy.history else 0
     planned = strategy.settings.rounds
     if done < planned:
         raise RuntimeError(
@@ -320,7 +321,7 @@ def run_federated(
         )
     ranked = None
     if config.ranker.rounds:
-        done = ranker[0].history[-1]["round"] if ranker and ranker[0].history else 0
+        done = ranker[0].history[-1].round if ranker and ranker[0].history else 0
         if done < config.ranker.rounds:
             raise RuntimeError(
                 f"the ranker's rounds stopped after round {done} of {config.ranker.rounds}; "

@@ -120,7 +120,7 @@ def _serve(grid: Grid, context: Context) -> None:
     results = {
         "config": config.model_dump(mode="json"),
         "dataset": {"name": dataset.name, "source": source},
-        "federated": {"rounds": strategy.history},
+        "federated": {"rounds": [record.to_json() for record in strategy.history]},
         "privacy": privacy_section(strategy.privacy_report(), config),
     }
     if config.ranker.rounds:  # then the pipeline's ranker, on the same devices
@@ -128,7 +128,10 @@ def _serve(grid: Grid, context: Context) -> None:
             config, split, _devices(config, keys), releases, release_key=release_private
         )
         run_rounds(grid, context, ranker)
-        results["ranker"] = {"rounds": ranker.history, "privacy": ranker.privacy_report()}
+        results["ranker"] = {
+            "rounds": [record.to_json() for record in ranker.history],
+            "privacy": ranker.privacy_report(),
+        }
     write_results(config.output / "results.json", results)
 
 

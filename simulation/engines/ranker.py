@@ -14,19 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from stamen.models.ranker.model import (
-    FEATURES,
-    RankerSettings,
-    RankingExamples,
-    init_ranker,
-    listwise_losses,
-    ranker_updates,
-)
+from stamen.models.ranker.model import RankingExamples, listwise_losses, ranker_updates
+from stamen.models.ranker.weights import FEATURES, RankerSettings, init_ranker
+from stamen.server.rounds import RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.engines.batched import BatchedResult, run_rounds
 
@@ -70,7 +64,7 @@ def train_ranker(
     settings: ServerSettings,
     ranker: RankerSettings,
     *,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundRecord], None] | None = None,
 ) -> RankerRun:
     """Train the ranker federatedly over the devices whose examples are ``examples``
     (row ``d``: device ``d``) under ``settings`` (rounds, cohort, optimiser, SecAgg+,

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
+import math
+import os
 import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-__all__ = ["TABLE_METRICS", "plot_history", "print_table", "wide_console", "write_results"]
+if TYPE_CHECKING:
+    from stamen.server.rounds import RoundRecord
+
+__all__ = [
+    "PACKAGES",
+    "TABLE_METRICS",
+    "plot_history",
+    "print_table",
+    "run_environment",
+    "wide_console",
+    "write_results",
+]
 
 #: Columns of the final table, in order.
 TABLE_METRICS: tuple[str, ...] = (
@@ -45,15 +65,90 @@ def wide_console() -> Console:
     return console if console.is_terminal else Console(width=120)
 
 
-def write_results(path: Path, results: dict[str, Any]) -> Path:
-    """Write the results record as indented JSON (with the Python and platform versions)."""
-    results = {
+#: The packages whose versions every results record names.
+PACKAGES: tuple[str, ...] = ("stamen", "flwr", "torch", "opacus", "numpy")
+
+
+def write_results(
+    path: Path, results: dict[str, Any], *, command: Sequence[str] | None = None
+) -> Path:
+    """Write the results record as indented, standard JSON, with what it takes to trust
+    and redo the run later: ``command`` (the exact command line, default ``sys.argv``) and
+    ``environment`` (:func:`run_environment`: versions, git commit, Python, machine).
+
+    A number that is not finite is written as ``null``: an ``epsilon`` of ``null`` means
+    no finite guarantee (ε = ∞: no user-level DP), a metric of ``null`` was not a number.
+    The encoder runs with ``allow_nan=False``, so ``Infinity`` and ``NaN`` can never
+    reach the file. Dataclasses become objects, numpy values numbers and lists, anything
+    else its ``str``."""
+    record = {
         **results,
-        "environment": {"python": platform.python_version(), "platform": platform.platform()},
+        "command": list(sys.argv if command is None else command),
+        "environment": run_environment(),
     }
+    text = json.dumps(_plain(record), indent=2, sort_keys=False, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
+    path.write_text(text + "\n")
     return path
+
+
+def run_environment(cwd: Path | None = None) -> dict[str, Any]:
+    """Versions of :data:`PACKAGES` (``null``: not installed), the git checkout of ``cwd``
+    (default: the working directory) as ``{"commit", "dirty"}`` (``dirty``: tracked files
+    changed since that commit; ``null`` outside a checkout or without git), the Python
+    version, the machine and the working directory (which the command's relative paths
+    are relative to)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "cwd": str(cwd or Path.cwd()),
+        "git": _git(cwd or Path.cwd()),
+    }
+
+
+def _git(cwd: Path) -> dict[str, Any] | None:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):  # no git, or it hangs
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON values (see :func:`write_results`)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic | np.ndarray):
+        return _plain(value.tolist())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    return str(value)
 
 
 def print_table(
@@ -73,19 +168,20 @@ def print_table(
 
 def plot_history(
     path: Path,
-    history: list[dict[str, Any]],
+    history: list[RoundRecord],
     *,
     references: dict[str, dict[str, float]],
     title: str,
     label: str = "federated MF",
 ) -> Path:
     """Federated NDCG@10 and sampled HR@10 over rounds, with baselines as lines."""
-    evaluated = [h for h in history if "evaluate" in h]
+    evaluated = [h.evaluate for h in history if h.evaluate is not None]
+    rounds = [h.round for h in history if h.evaluate is not None]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("ndcg@10", "sampled_hr@10"), strict=True):
         ax.plot(
-            [h["round"] for h in evaluated],
-            [h["evaluate"].get(metric, float("nan")) for h in evaluated],
+            rounds,
+            [e.metrics.get(metric, float("nan")) for e in evaluated],
             marker="o",
             label=label,
         )

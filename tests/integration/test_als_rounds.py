@@ -27,9 +27,9 @@ def split():
 def test_flower_private_als_equals_the_simulation_without_noise(split, tmp_path) -> None:
     config = als_config(tmp_path, secagg={"enabled": False})
     result = run_federated(config, split, output=tmp_path)
-    assert [h["round"] for h in result.history] == [1, 2, 3]
-    assert [h["stage"] for h in result.history] == ["counts", "statistics", "statistics"]
-    assert all(h["devices"] == USERS and h["failures"] == 0 for h in result.history)
+    assert [h.round for h in result.history] == [1, 2, 3]
+    assert [h.stage for h in result.history] == ["counts", "statistics", "statistics"]
+    assert all(h.devices == USERS and h.failures == 0 for h in result.history)
     simulated = run_private_als(
         split.train, config.als, epsilon=float("inf"), delta=1 / USERS, seed=config.seed
     )
@@ -37,7 +37,8 @@ def test_flower_private_als_equals_the_simulation_without_noise(split, tmp_path)
     np.testing.assert_allclose(items, simulated.items, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(bias, simulated.bias, rtol=1e-4, atol=1e-6)
     assert np.abs(items).max() > 0.01  # the item side was solved, not left at its start
-    assert set(result.history[-1]["evaluate"]) >= {"ndcg@10", "hr@10"}
+    evaluation = result.history[-1].evaluate
+    assert evaluation is not None and set(evaluation.metrics) >= {"ndcg@10", "hr@10"}
 
 
 def test_private_als_under_secagg_and_central_noise_spends_its_epsilon(split, tmp_path) -> None:
@@ -52,14 +53,13 @@ def test_private_als_under_secagg_and_central_noise_spends_its_epsilon(split, tm
         dp={"mode": "central", "target_epsilon": 8.0},
     )
     result = run_federated(config, split, output=tmp_path)
-    assert all(h["devices"] == USERS and h["failures"] == 0 for h in result.history)
+    assert all(h.devices == USERS and h.failures == 0 for h in result.history)
     layout = ALSLayout(dim=ALS["dim"], head=np.arange(ALS["head"]), item_grams=False)
-    sizes = [h["upload_bytes_per_device"] for h in result.history]
+    sizes = [h.upload_bytes_per_device for h in result.history]
     assert sizes == [8 * ITEMS, 8 * layout.size, 8 * layout.size]  # SecAgg+ sends int64
     privacy = result.privacy
     assert privacy is not None and privacy["rounds"] == 3 and privacy["sampling_rate"] == 1.0
     assert 7.5 < privacy["epsilon"] <= 8.0 and privacy["delta"] == pytest.approx(1 / USERS)
-    assert [h["privacy"]["epsilon"] for h in result.history] == sorted(
-        h["privacy"]["epsilon"] for h in result.history
-    )
+    epsilons = [h.privacy.epsilon for h in result.history if h.privacy is not None]
+    assert len(epsilons) == 3 and epsilons == sorted(epsilons)
     assert np.isfinite(result.shared[0]).all() and np.abs(result.shared[0]).max() > 0

@@ -32,9 +32,8 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     """SecAgg+ on, no DP anywhere: the trending counts in the release are the plain sum
     of the devices' vectors, and the secure evaluation the clear path's mean of the
     devices' own metrics, both to within SecAgg+'s quantisation."""
-    from stamen.models.bundle import ReleaseBundle
+    from stamen.models.bundle import ReleaseBundle, latest_release
     from stamen.privacy import open_signed
-    from stamen.server.releases import latest_release
     from stamen.simulation.config import load_config
     from stamen.simulation.engines.flower import run_federated
     from stamen.simulation.engines.trending import true_trending
@@ -63,7 +62,8 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     bound = n * level * 1.001
 
     true, _ = true_trending(split, window_days=window_days, cap=cap)
-    assert true.sum() > 0 and last["analytics"]["trending"]["noise_std"] == 0
+    assert last.analytics is not None
+    assert true.sum() > 0 and last.analytics["trending"].noise_std == 0
     bundle = ReleaseBundle.decode(
         open_signed(
             latest_release(tmp_path / "releases").read_bytes(),
@@ -73,8 +73,9 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     scale = query_scale(width=cap, clip_norm=1.0)
     assert np.abs(bundle.trending - true).max() <= bound / scale
 
-    evaluation = last["evaluate"]
-    assert evaluation["secure"] and evaluation["full"] and evaluation["answered"] == n
+    evaluation = last.evaluate
+    assert evaluation is not None
+    assert evaluation.secure and evaluation.full and evaluation.answered == n
     local = config.server_settings(n).device_config()
     clear = []
     for u in range(n):
@@ -91,8 +92,8 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
         _, examples, metrics = client.evaluate(result.shared, request.to_config())
         if examples:
             clear.append(metrics)
-    assert evaluation["devices"] == len(clear) > 0
+    assert evaluation.devices == len(clear) > 0
     scale = query_scale(width=len(EVALUATION_METRICS) + 1, clip_norm=1.0)
     for name in EVALUATION_METRICS:
         mean = np.mean([m[name] for m in clear])
-        assert abs(evaluation[name] - mean) <= bound / scale / len(clear), name
+        assert abs(evaluation.metrics[name] - mean) <= bound / scale / len(clear), name

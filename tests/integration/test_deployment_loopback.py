@@ -35,11 +35,11 @@ from helpers.paths import ROOT
 from typer.testing import CliRunner
 
 from stamen.client.device.device import Device
-from stamen.models.bundle import ReleaseBundle
-from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.models.ranker.model import RANKER_METRICS
+from stamen.models.ranker.weights import RankerSettings, init_ranker
 from stamen.privacy import open_signed
 from stamen.server.certs import make_certificates
-from stamen.server.releases import latest_release
 from stamen.simulation.cli.commands import app
 
 pytestmark = pytest.mark.slow

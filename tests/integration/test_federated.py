@@ -19,10 +19,9 @@ from helpers.populations import timed_population
 
 from stamen.client.flower.app import build_client_app
 from stamen.models import CheckpointError, Interactions
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.privacy import open_signed
 from stamen.server.checkpoint import CheckpointStore
-from stamen.server.releases import latest_release
 from stamen.simulation.config import load_config
 from stamen.simulation.engines import flower as runner_module
 from stamen.simulation.engines.flower import initial_shared, run_federated
@@ -122,9 +121,9 @@ VARIANTS = {
 def _failed_devices(result) -> dict[int, list[str]]:  # noqa: ANN001
     """Round -> why its devices failed (training and evaluation), for rounds with any."""
     return {
-        h["round"]: h.get("failure_reasons", []) + h.get("evaluate_failure_reasons", [])
+        h.round: (h.failure_reasons or []) + (h.evaluate_failure_reasons or [])
         for h in result.history
-        if h.get("failures") or h.get("evaluate_failures")
+        if h.failures or h.evaluate_failures
     }
 
 
@@ -183,14 +182,14 @@ def monkeypatch_module():
 def test_item_factors_change_and_rounds_complete(federated_run) -> None:
     config, split, result, _, _ = federated_run
     start = initial_shared(split.n_items, config)
-    assert [h["round"] for h in result.history] == [1, 2]
+    assert [h.round for h in result.history] == [1, 2]
     # plain: fixed cohorts of 4; DP: Poisson cohorts (rate 4/8) of whatever size was drawn
-    assert all(h["devices"] == h["cohort"] and h["failures"] == 0 for h in result.history)
+    assert all(h.devices == h.cohort and h.failures == 0 for h in result.history)
     if not config.dp.enabled:
-        assert all(h["cohort"] == 4 for h in result.history)
+        assert all(h.cohort == 4 for h in result.history)
     assert not np.allclose(result.shared[0], start[0])
     assert not np.allclose(result.shared[1], start[1])
-    assert set(result.history[-1]["evaluate"]) >= EVAL_METRICS
+    assert set(result.history[-1].evaluate.metrics) >= EVAL_METRICS
 
 
 def _check_evaluate_replies(evals: list[dict]) -> None:
@@ -215,7 +214,7 @@ def test_devices_send_only_dense_shared_updates_and_aggregate_metrics(plain_run)
         assert set(m["configs"]) == {"fitres.metrics", "fitres.status"}
         assert set(m["configs"]["fitres.metrics"]) == FIT_METRICS
         payload = sum(a.nbytes for a in m["arrays"]["fitres.parameters"])
-        assert all(h["upload_bytes_per_device"] == payload for h in result.history)
+        assert all(h.upload_bytes_per_device == payload for h in result.history)
     _check_evaluate_replies(evals)
 
 
@@ -229,9 +228,9 @@ def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(secagg_ru
     fits = [m for m in messages if m["type"] == "train"]
     # secure evaluation: no device sends its metrics in an evaluation reply
     assert not [m for m in messages if m["type"] == "evaluate"]
-    sampled = sum(h["cohort"] for h in result.history)  # Poisson cohorts under DP
-    trending = sum(h["analytics"]["trending"]["cohort"] for h in result.history)
-    evaluated = sum(h["evaluate"]["answered"] for h in result.history)
+    sampled = sum(h.cohort for h in result.history)  # Poisson cohorts under DP
+    trending = sum(h.analytics["trending"].cohort for h in result.history)
+    evaluated = sum(h.evaluate.answered for h in result.history)
     asked = sampled + trending + evaluated
     assert len(fits) == 4 * asked  # 4 stages per device and query
     by_query = Counter(_query(m) for m in fits if _query(m) is not None)
@@ -264,14 +263,14 @@ def test_under_secagg_devices_send_only_keys_shares_and_masked_vectors(secagg_ru
         assert values.min() >= 0 and values.max() < mod_range
         if _query(m) == "training":
             payload = sum(a.nbytes for a in masked)
-            assert all(h["upload_bytes_per_device"] == payload for h in result.history)
+            assert all(h.upload_bytes_per_device == payload for h in result.history)
     assert stages == [asked] * 4
     # Unmasked, a quantised vector sits inside [0, quantization_range); masked, it is
     # spread over the whole modulus (expected share inside: 2**22 / 2**32 < 0.1%)
     values = np.concatenate(pooled)
     assert np.mean(values < config.secagg.quantization_range) < 0.01
     assert values.max() > mod_range / 2
-    assert all(h["privacy"]["epsilon"] > 0 for h in result.history)
+    assert all(h.privacy.epsilon > 0 for h in result.history)
 
 
 def _query(m: dict) -> str | None:
@@ -287,15 +286,15 @@ def test_trending_counts_go_into_the_release_with_their_own_epsilon(secagg_run) 
     deviation, they reach the round's signed release, and their ε is accounted apart
     from training's (which it does not change)."""
     _, split, result, _, output = secagg_run
-    records = [h["analytics"]["trending"] for h in result.history]
-    assert all(r["devices"] == r["cohort"] == N_USERS for r in records)  # rate 1: everyone
+    records = [h.analytics["trending"] for h in result.history]
+    assert all(r.devices == r.cohort == N_USERS for r in records)  # rate 1: everyone
     std = 0.5 * np.sqrt(TRENDING_CAP)  # z × sqrt(cap): one device moves the counts by sqrt(cap)
-    assert all(np.isclose(r["noise_std"], std) for r in records)
-    epsilons = [r["privacy"]["epsilon"] for r in records]
+    assert all(np.isclose(r.noise_std, std) for r in records)
+    epsilons = [r.privacy.epsilon for r in records]
     assert 0 < epsilons[0] < epsilons[1] < np.inf
     report = result.privacy["analytics"]["trending"]
     assert report["epsilon"] == epsilons[-1] and report["rounds"] == 2
-    assert result.privacy["epsilon"] == result.history[-1]["privacy"]["epsilon"]
+    assert result.privacy["epsilon"] == result.history[-1].privacy.epsilon
     assert result.privacy["epsilon"] != report["epsilon"]
     bundle = ReleaseBundle.decode(
         open_signed(
@@ -350,7 +349,7 @@ def test_user_factor_never_appears_in_any_message(federated_run) -> None:
                 assert not any(
                     np.isclose(float(v), factor).all() for v in flat if isinstance(v, float)
                 )
-    assert checked == sum(h["cohort"] for h in result.history)
+    assert checked == sum(h.cohort for h in result.history)
 
 
 def _abs_cosines(rows: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -440,7 +439,7 @@ def test_masked_upload_hides_the_user_factor_direction(secagg_run, plain_run) ->
     The same criterion rejects the raw updates of the plain run."""
     _, split, result, messages, _ = secagg_run
     masked = [m for m in messages if m["type"] == "train" and _query(m) == "training"]
-    assert len(masked) == sum(h["cohort"] for h in result.history)
+    assert len(masked) == sum(h.cohort for h in result.history)
     bound = _mean_squared_cosine_bound(split.n_items, DIM)
     for m in masked:
         cosines = _abs_cosines(_masked_rows(m, split.n_items), m["user_factor"])
@@ -463,9 +462,9 @@ def test_resume_continues_from_the_checkpoint(federated_run, tmp_path) -> None:
     resumed_config = config.model_copy(update={"rounds": 3, "resume": True})
     result = run_federated(resumed_config, split, output=output)
     assert result.resumed_from == 2
-    assert [h["round"] for h in result.history] == [1, 2, 3]
+    assert [h.round for h in result.history] == [1, 2, 3]
     last = result.history[-1]
-    assert last["devices"] == last["cohort"] >= 3, (last, result.errors[-4:])
+    assert last.devices == last.cohort >= 3, (last, result.errors[-4:])
     assert not np.allclose(result.shared[0], first.shared[0])
     wrong = config.model_copy(
         update={

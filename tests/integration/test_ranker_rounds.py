@@ -15,12 +15,11 @@ from stamen.models import ReleaseBundle
 from stamen.models.analytics import query_scale
 from stamen.models.ranker.model import (
     RANKER_METRICS,
-    RankerSettings,
     RankingExamples,
-    init_ranker,
     list_metrics,
     ranker_updates,
 )
+from stamen.models.ranker.weights import RankerSettings, init_ranker
 from stamen.privacy import open_signed
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.simulation.config import SimulationConfig
@@ -61,7 +60,7 @@ def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) ->
         retrieval=retrieval,
         release_offset=10,
     )
-    assert [h["devices"] for h in strategy.history] == [N_DEVICES, N_DEVICES]
+    assert [h.devices for h in strategy.history] == [N_DEVICES, N_DEVICES]
     # round 1: the one mean SecAgg+ reveals is the mean of each device's own update (as
     # SecAgg+ clips it), computed here from the example the device replays on itself
     results, _ = strategy.received[0]
@@ -101,16 +100,16 @@ def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) ->
     # the last round's evaluation: the secure sum of each device's metrics on its own
     # list under the final ranker, within SecAgg+'s quantisation (one level per device
     # and entry), and no round before it evaluated (eval_every 0: the last round only)
-    assert "evaluate" not in strategy.history[0]
-    evaluation = strategy.history[-1]["evaluate"]
+    assert strategy.history[0].evaluate is None
+    evaluation = strategy.history[-1].evaluate
     values, took = list_metrics(strategy.server.arrays(), RankingExamples.stack(pairs))
-    assert evaluation["secure"] and evaluation["devices"] == int(took.sum()) > 0
+    assert evaluation.secure and evaluation.devices == int(took.sum()) > 0
     level = 2 * config.secagg.clipping_range / config.secagg.quantization_range
     scale = query_scale(width=len(RANKER_METRICS) + 1, clip_norm=1.0)
     bound = N_DEVICES * level * 1.001 / scale / int(took.sum())
     for i, name in enumerate(RANKER_METRICS):
-        assert abs(evaluation[name] - values[took, i].mean()) <= bound, name
-    assert not any(name in evaluation for name in ("hr@10", "ndcg@10", "loss"))
+        assert abs(evaluation.metrics[name] - values[took, i].mean()) <= bound, name
+    assert not any(name in evaluation.metrics for name in ("hr@10", "ndcg@10", "loss"))
 
 
 def test_a_simulation_trains_the_ranker_after_the_model_on_the_same_devices(tmp_path) -> None:
@@ -129,15 +128,16 @@ def test_a_simulation_trains_the_ranker_after_the_model_on_the_same_devices(tmp_
     result = run_federated(config, split, output=tmp_path)
     assert result.ranker is not None, result.errors[-4:]
     history = result.ranker["history"]
-    assert [h["round"] for h in history] == [1, 2]
-    assert [h["release"] for h in history] == ["release-000003.stamen", "release-000004.stamen"]
+    assert [h.round for h in history] == [1, 2]
+    assert [h.release for h in history] == ["release-000003.stamen", "release-000004.stamen"]
     # Poisson cohorts under DP: the ranker's rounds had devices, and their ε is its own
-    assert all(h["devices"] == h["cohort"] > 0 for h in history), history
+    assert all(h.devices == h.cohort > 0 for h in history), history
     assert 0 < result.ranker["privacy"]["epsilon"] <= 8.0 + 1e-6
     assert 0 < result.privacy["epsilon"] <= 8.0 + 1e-6
-    evaluation = history[-1]["evaluate"]
-    assert evaluation["secure"] and evaluation["answered"] == N_DEVICES, evaluation
-    assert evaluation["devices"] > 0 and all(0 <= evaluation[m] <= 1 for m in RANKER_METRICS)
+    evaluation = history[-1].evaluate
+    assert evaluation.secure and evaluation.answered == N_DEVICES, evaluation
+    metrics = evaluation.metrics
+    assert evaluation.devices > 0 and all(0 <= metrics[m] <= 1 for m in RANKER_METRICS)
     bundle = ReleaseBundle.decode(
         open_signed(
             (tmp_path / "releases" / "release-000004.stamen").read_bytes(),

@@ -60,7 +60,7 @@ def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> Non
     received, _ = strategy.received[0]
     view = received[0]
     assert len(received) == N_DEVICES - 1
-    assert strategy.history[0]["devices"] == N_DEVICES - 1
+    assert strategy.history[0].devices == N_DEVICES - 1
     survivors = [row for row in range(N_DEVICES) if row != DROPPED]
     individual = own_updates(initial, split, config)
     step = config.secagg.quantization_step()

@@ -44,6 +44,13 @@ def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "federated MF" in result.output and "centralised MF" in result.output
+    # not a terminal: one plain line per federated round as it ends, not a bar at the end
+    lines = result.output.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("round ")] == [
+        "round 1/2",
+        "round 2/2",
+    ], result.output
+    assert "round 2/2: cohort 5, 5 aggregated" in result.output and "NDCG@10" in result.output
     record = json.loads((out / "results.json").read_text())
     assert record["seed"] == 1 and record["config"]["rounds"] == 2
     assert set(record["methods"]) == {"popularity", "centralised MF", "federated MF"}
@@ -52,7 +59,8 @@ def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
     # SecAgg+ is on by default: each device uploads a masked int64 vector
     assert record["config"]["secagg"]["enabled"] is True
     assert record["privacy"]["secure_aggregation"]["num_shares"] == 5
-    assert record["privacy"]["epsilon"] == float("inf") and record["privacy"]["mode"] == "off"
+    assert record["privacy"]["epsilon"] is None  # null: no user-level DP, ε = ∞
+    assert record["privacy"]["mode"] == "off"
     assert "secure aggregation: Flower SecAgg+" in result.output
     assert all(r["upload_bytes_per_device"] == 400 * (8 + 1) * 8 for r in rounds)
     assert 0.0 <= record["methods"]["federated MF"]["ndcg@10"] <= 1.0

@@ -18,14 +18,8 @@ from stamen.client.pipeline.recommend import PipelineSettings, offered_example, 
 from stamen.errors import BundleError
 from stamen.models import LocalSettings, ReleaseBundle, ReleaseCatalog
 from stamen.models.mf.model import MFModel
-from stamen.models.ranker.model import (
-    FEATURES,
-    RankerSettings,
-    RankingExamples,
-    init_ranker,
-    ranker_scores,
-    ranker_updates,
-)
+from stamen.models.ranker.model import RankingExamples, ranker_updates
+from stamen.models.ranker.weights import FEATURES, RankerSettings, init_ranker, ranker_scores
 from stamen.privacy import generate_key, generate_signing_key, open_signed
 from stamen.server import ReleaseWriter
 from stamen.server.settings import ServerSettings
@@ -203,7 +197,7 @@ def test_user_level_dp_training_reports_its_epsilon() -> None:
     privacy = run.result.privacy
     assert privacy is not None and 0 < privacy["epsilon"] <= 4.0
     assert privacy["delta"] == pytest.approx(1 / 500)
-    assert all("privacy" in r for r in run.result.history)
+    assert all(r.privacy is not None for r in run.result.history)
 
 
 def test_gather_examples_keeps_device_order_and_empty_lists() -> None:

@@ -24,6 +24,7 @@ from stamen.models.mf.settings import LocalSettings
 from stamen.models.wire import Request, Task
 from stamen.privacy import RecordDP, SecAggSettings, UserDP, record_epsilon, update_norm
 from stamen.server.checkpoint import Checkpoint
+from stamen.server.rounds import RecordPrivacy, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation import experiment
@@ -320,8 +321,8 @@ def test_strategy_reports_record_epsilon_of_the_most_sampled_device() -> None:
             assert ins.config["record-dp-sample-rate"] == 0.1
             assert ins.config["record-dp-steps-per-round"] == 10
         strategy.finish_round(rnd)  # no aggregate: the round's record as it stands
-        entry = strategy.history[-1]["record_privacy"]
-        assert entry["max_participations"] == max(counts.values())
+        entry = strategy.history[-1].record_privacy
+        assert entry is not None and entry.max_participations == max(counts.values())
     most = max(counts.values())
     assert 1 < most < 6 and strategy.max_participations == most
     report = strategy.privacy_report()
@@ -360,7 +361,9 @@ def test_user_level_report_is_unchanged_beside_the_record_entry() -> None:
 def test_resumed_strategy_carries_the_earlier_participations() -> None:
     settings = _server(rounds=4, clients_per_round=2, record_dp=RecordDP(enabled=True))
     first = FederatedAveraging(settings, initial=zero_shared(50, 4))
-    history = [{"round": 1, "record_privacy": {"epsilon": 1.0, "max_participations": 3}}]
+    history = [
+        RoundRecord(round=1, record_privacy=RecordPrivacy(epsilon=1.0, max_participations=3))
+    ]
     resume = Checkpoint(
         round=1, server_state=first.server.state_dict(), history=history, fingerprint={}
     )

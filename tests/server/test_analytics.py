@@ -195,7 +195,8 @@ def test_central_noise_matches_the_reported_std_and_opacus_accounts_it() -> None
     assert abs(error.mean()) < 5 * z * np.sqrt(width) / np.sqrt(n_entries)
     reference = RDPAccountant()
     reference.history = [(z, 1.0, 1)]
-    assert query.record["privacy"]["epsilon"] == pytest.approx(
+    assert query.record.privacy is not None
+    assert query.record.privacy.epsilon == pytest.approx(
         reference.get_epsilon(delta=1 / population)
     )
 
@@ -208,7 +209,7 @@ def test_a_plain_answer_above_the_clip_norm_is_rejected() -> None:
     vectors[0, :2] = query.scale  # norm 1: fine
     vectors[1, :] = 3.0  # norm 6.7: a poisoned answer
     query.aggregate_fit(1, _answers(vectors), [])
-    assert len(query.record["rejected"]) == 1
+    assert len(query.record.rejected or []) == 1
     assert query.result is not None and np.allclose(query.result.total, [1, 1, 0, 0, 0])
 
 

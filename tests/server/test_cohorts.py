@@ -137,8 +137,9 @@ def test_a_cohort_too_small_for_secagg_is_skipped_and_still_charged() -> None:
         if not instructions:
             skipped += 1
             record = strategy.history[-1]
-            assert record["round"] == rnd and "below the 5" in record["skipped"]
-            assert record["privacy"]["epsilon"] == strategy.accountant.epsilon
+            assert record.round == rnd and "below the 5" in (record.skipped or "")
+            assert record.privacy is not None
+            assert record.privacy.epsilon == strategy.accountant.epsilon
         else:
             assert len(instructions) >= 5
         # a skipped round is charged at once; a running one when it aggregates (not here)
@@ -205,11 +206,11 @@ def test_a_node_failing_to_name_its_device_is_asked_again_then_left_out(monkeypa
     assert chosen == sorted(p.device for p in proxies if p is not broken)
     assert asked[flaky.cid] == 2
     strategy.finish_round(1)  # its record, in the history
-    (left_out,) = strategy.history[-1]["unidentified"]
-    assert left_out["node"] == broken.cid and "node unavailable" in left_out["reason"]
+    (left_out,) = strategy.history[-1].unidentified or []
+    assert left_out.node == broken.cid and "node unavailable" in left_out.reason
     assert asked[broken.cid] >= 2
     broken.get_properties = failing(broken, 0)  # recovered: part of the next round
     assert _devices(strategy.configure_fit(2, params, clients)) == sorted(p.device for p in proxies)
     assert asked[flaky.cid] == 2  # an identified node is not asked again
     strategy.finish_round(2)
-    assert "unidentified" not in strategy.history[-1]
+    assert strategy.history[-1].unidentified is None

@@ -17,14 +17,15 @@ from stamen.client.device.device import Device
 from stamen.client.flower.clientapp import ClientRuntime
 from stamen.client.flower.deployment import DevicePolicy, device_policy
 from stamen.errors import ConfigError, DataError, SecureAggregationRequired
-from stamen.models.bundle import ReleaseBundle
+from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.mf.settings import DEVICE_ID_KEY
-from stamen.models.ranker.model import RANKER_METRICS, RankerSettings, init_ranker
+from stamen.models.ranker.model import RANKER_METRICS
+from stamen.models.ranker.weights import RankerSettings, init_ranker
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server.deployment import Deployment, deployment_strategy
 from stamen.server.ranker_strategy import RankerAveraging
-from stamen.server.releases import ReleaseWriter, latest_release, load_or_create_signing_key
+from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation.cli.commands import app
 
 runner = CliRunner()
@@ -170,7 +171,7 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     ranker_run = {**ranker_run, "secure-aggregation": False}
     first = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
     first.finish_round(1)
-    assert first.history[-1]["release"] == "release-000003.stamen"
+    assert first.history[-1].release == "release-000003.stamen"
     resumed = deployment_strategy(
         Deployment(_run_config(tmp_path, releases, key, **ranker_run, resume=True))
     )

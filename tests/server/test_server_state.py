@@ -21,6 +21,7 @@ from stamen.privacy import (
 from stamen.server import ReleaseWriter, latest_release, load_or_create_signing_key
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
 from stamen.server.optimizer import ServerOptimizer, ServerOptimizerSettings
+from stamen.server.rounds import RoundRecord
 
 
 def test_fedavg_with_unit_server_lr_adds_the_mean_update() -> None:
@@ -51,11 +52,15 @@ def test_checkpoint_round_trip_resumes_the_same_trajectory(tmp_path) -> None:
     store = CheckpointStore(tmp_path)
     store.save(
         Checkpoint(
-            round=2, server_state=first.state_dict(), history=[{"round": 2}], fingerprint={"dim": 2}
+            round=2,
+            server_state=first.state_dict(),
+            history=[RoundRecord(round=2, devices=4)],
+            fingerprint={"dim": 2},
         )
     )
     loaded = store.latest()
-    assert loaded is not None and loaded.round == 2 and loaded.history == [{"round": 2}]
+    assert loaded is not None and loaded.round == 2
+    assert loaded.history == [RoundRecord(round=2, devices=4)]
     resumed = ServerOptimizer([np.zeros((4, 2), np.float32)], ServerOptimizerSettings())
     resumed.load_state_dict(loaded.server_state)
     for u in updates[2:]:

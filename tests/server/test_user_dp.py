@@ -108,9 +108,9 @@ def test_run_stops_at_the_target_epsilon() -> None:
     assert ran == allowed
     assert strategy.accountant.epsilon <= 3.0
     # skipped rounds are recorded; the last round's record completes at its evaluation
-    assert sum("skipped" in h for h in strategy.history) == 50 - allowed - 1
+    assert sum(h.skipped is not None for h in strategy.history) == 50 - allowed - 1
     strategy.finish_round(50)
-    last = {k: v for k, v in strategy.history[-1].items() if k != "seconds"}
+    last = {k: v for k, v in strategy.history[-1].to_json().items() if k != "seconds"}
     assert last == {"round": 50, "skipped": "privacy budget (target epsilon) reached"}
 
 
@@ -224,8 +224,9 @@ def test_plain_mode_leaves_malformed_or_oversized_updates_out_of_the_mean() -> N
     strategy.aggregate_fit(1, results, [])  # type: ignore[arg-type]
     strategy.finish_round(1)
     record = strategy.history[-1]
-    assert record["devices"] == 1 and record["failures"] == 3
-    assert [r.split(":")[0] for r in record["rejected"]] == ["node b", "node c", "node d"]
+    assert record.devices == 1 and record.failures == 3
+    assert record.rejected is not None
+    assert [r.split(":")[0] for r in record.rejected] == ["node b", "node c", "node d"]
     strategy.configure_fit(2, ndarrays_to_parameters(zeros), StaticClients(50))
     with pytest.raises(RuntimeError, match="every update was rejected"):
         strategy.aggregate_fit(2, results[1:], [])  # type: ignore[arg-type]

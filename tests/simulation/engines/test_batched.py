@@ -129,13 +129,14 @@ def test_run_trains_accounts_and_reports(split) -> None:
         split,
         settings,
         initial=initial_shared(split.n_items, config),
-        on_round=lambda r: seen.append(r["round"]),
+        on_round=lambda r: seen.append(r.round),
     )
     assert seen == [1, 2, 3, 4, 5, 6]
-    evaluated = [h for h in result.history if "evaluate" in h]
-    assert [h["round"] for h in evaluated] == [3, 6]
-    assert evaluated[-1]["evaluate"]["devices"] == len(split.evaluated)
-    assert {"ndcg@10", "valid_ndcg@10", "sampled_hr@10"} <= set(evaluated[-1]["evaluate"])
+    evaluated = [h for h in result.history if h.evaluate is not None]
+    assert [h.round for h in evaluated] == [3, 6]
+    last = evaluated[-1].evaluate
+    assert last is not None and last.devices == len(split.evaluated)
+    assert {"ndcg@10", "valid_ndcg@10", "sampled_hr@10"} <= set(last.metrics)
     assert result.privacy is not None and result.privacy["rounds"] == 6
     dp = UserDP(mode="central", target_epsilon=50.0, clip_norm=1.0).resolve(
         population=split.n_users, cohort=10, rounds=6
