@@ -10,8 +10,8 @@ draws share a stream.
     noise_shares(rnd)           [seed, rnd, 2]   (the simulation's stand-in for the
                                                   devices' own noise shares)
 
-A :class:`Purpose` separates the rounds' kinds: training, the evaluation query and the
-trending query each draw their own cohorts and noise.
+A :class:`Purpose` separates the rounds' kinds: training, the evaluation query, the
+trending query and an experiment's measurement each draw their own cohorts and noise.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class Purpose(IntEnum):
     TRAINING = 0
     EVALUATION = 1
     TRENDING = 2
+    EXPERIMENT = 3
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,379 @@
+"""A/B experiments on the device: the definition, self-assignment and what a person contributes.
+
+**Definition.** An :class:`Experiment` (part of a signed release) has an id, a salt and two or
+more :class:`Arm` s, each a named variant with a weight and a dict of
+``stamen.client.pipeline.recommend.PipelineSettings`` overrides (``{"explore": 0.1}``).
+Building one validates every field and raises one ``ConfigError`` naming each problem
+(``arms.1.weight: ...``).
+
+**Assignment** (:func:`assign`, nothing sent). The device computes
+``HMAC-SHA256(key=device_secret, msg=id ‖ 0x00 ‖ salt)``, reads its first 53 bits as
+``u ∈ [0, 1)`` and serves the first arm whose cumulative weight share exceeds ``u``. HMAC is a
+pseudo-random function of its message under the device's own secret, so ``u`` is uniform over
+devices, the same at every call (stable across sessions and releases that keep the id and
+salt), and independent between two experiments (different messages); the server, which never
+learns the secret, cannot recompute it.
+
+**Measurement** (:func:`person_counts`, :func:`contributions`). Over a window
+``[start, end)`` the device counts, from its impression log and events:
+
+- ``exposures``: sessions with an impression (impressions more than ``session_gap_s``
+  apart start a new session), bound ``max_sessions``;
+- ``engagement``: impressions followed by a positive event on their item within
+  ``attribution_s``, per impression, bound 1;
+- ``positive_rate``: positive events (any item) per exposed session, bound
+  ``max_positive_rate``;
+- ``not_interested``: ``not_interested`` events on a shown item within ``attribution_s``,
+  per impression (a guardrail), bound 1.
+
+Each value is clipped to ``[0, bound]`` and divided by its bound (``y ∈ [0, 1]``). A person
+with no impression in the window contributes nothing (a zero vector). An exposed person in arm
+``a`` contributes, in the ``a``-th block of ``1 + 2M`` coordinates (``M`` = 4 metrics), the
+layout :data:`STATISTICS`::
+
+    [1, y_1, y_1², y_2, y_2², …, y_M, y_M²]
+
+and zeros in every other arm's block. The sums over people give each arm's count ``n``, its
+sums ``Σy`` (the mean) and ``Σy²`` (its sampling variance), which is all the server needs
+(``stamen.server.experiment_stats``).
+
+**Sensitivity.** Adding or removing one person changes the summed vector by that person's
+vector, of squared L2 norm ``1 + Σ_m (y_m² + y_m⁴) ≤ 1 + 2M`` (at ``y_m = 1``), so the L2
+sensitivity is :func:`sensitivity` ``= sqrt(1 + 2M)`` = 3 for the four metrics; the Gaussian-sum
+mechanism (``stamen.privacy.dp.gaussian``) is calibrated to it. A person who switches arms
+between two neighbouring data sets (replace-one adjacency) moves it by at most ``√2`` times as much.
+
+This module is the device's serving path: it imports numpy and the standard library only
+(``PipelineSettings`` is imported when an experiment's overrides are validated).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hmac
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from stamen.client.device.events import RATING_THRESHOLD, Event, is_positive
+from stamen.client.device.impressions import Impression, engagement_rewards
+from stamen.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stamen.client.pipeline.recommend import PipelineSettings
+
+__all__ = [
+    "METRICS",
+    "STATISTICS",
+    "Arm",
+    "Experiment",
+    "MetricBounds",
+    "PersonCounts",
+    "assign",
+    "assignment_unit",
+    "contribution",
+    "contributions",
+    "metric_values",
+    "person_counts",
+    "sensitivity",
+    "summed_contributions",
+]
+
+#: The metrics a device measures, in the order of their blocks (module docstring).
+METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_interested")
+
+#: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
+#: squares (of the value divided by its bound).
+STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
+
+_BITS = 53
+
+
+def _problem_list(error: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, message)`` of every problem, a nested model's problems under its
+    path; a list's length error is left out when its items failed (it follows from them)."""
+    found: list[tuple[str, str]] = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        cause = (e.get("ctx") or {}).get("error")
+        nested = getattr(cause, "problems", None)
+        if nested:
+            found += [(f"{where}.{field}" if where else field, msg) for field, msg in nested]
+            continue
+        message = e["msg"].removeprefix("Value error, ")
+        found.append((where, message))
+    failed_items = {w.split(".")[0] for w, _ in found if "." in w}
+    return [
+        (w, m) for w, m in found if not (w in failed_items and m.startswith("Tuple should have"))
+    ]
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(f"{w}: {m}" if w else m for w, m in _problem_list(error))
+
+
+class _Checked(BaseModel):
+    """A frozen model whose validation errors surface as one ``ConfigError`` naming every
+    field at fault (its ``problems``: ``(field path, message)`` pairs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            problems = _problem_list(error)
+            config_error = ConfigError(f"{type(self).__name__}: {_problems(error)}")
+            config_error.problems = problems  # type: ignore[attr-defined]
+            raise config_error from None
+
+
+class Arm(_Checked):
+    """One arm: its name, its weight (relative share of devices) and the
+    ``PipelineSettings`` fields it overrides."""
+
+    name: str = Field(min_length=1, max_length=64)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("overrides")
+    @classmethod
+    def _settings(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        from stamen.client.pipeline.recommend import PipelineSettings
+
+        try:
+            PipelineSettings(**overrides)
+        except ValidationError as error:
+            raise ValueError(f"not valid pipeline settings ({_problems(error)})") from None
+        return overrides
+
+    def settings(self, base: PipelineSettings) -> PipelineSettings:
+        """``base`` with this arm's overrides applied (validated again)."""
+        return type(base)(**{**base.model_dump(), **self.overrides})
+
+
+class Experiment(_Checked):
+    """An experiment: its id, salt and arms (module docstring)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    salt: str = Field(min_length=1, max_length=128)
+    arms: tuple[Arm, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Experiment:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arms: names repeat ({names})")
+        return self
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Experiment:
+        """An experiment from its JSON form (``to_json``)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"Experiment: expected a mapping, got {type(data).__name__}")
+        return cls(**data)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return self.model_dump(mode="json")
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        """The arms' names, in order."""
+        return tuple(arm.name for arm in self.arms)
+
+    def cumulative_shares(self) -> list[float]:
+        """Each arm's upper end in ``[0, 1]`` (the last is exactly 1)."""
+        weights = [arm.weight for arm in self.arms]
+        total = math.fsum(weights)
+        shares = [math.fsum(weights[: i + 1]) / total for i in range(len(weights))]
+        shares[-1] = 1.0
+        return shares
+
+    def arm_of(self, unit: float | np.ndarray) -> int | np.ndarray:
+        """The arm index of assignment unit(s) ``u ∈ [0, 1)`` (vectorised for arrays)."""
+        shares = self.cumulative_shares()
+        if isinstance(unit, np.ndarray):
+            return np.searchsorted(np.asarray(shares), unit, side="right").astype(np.int64)
+        return bisect.bisect_right(shares, unit)
+
+
+def assignment_unit(experiment: Experiment, *, device_secret: bytes) -> float:
+    """``u ∈ [0, 1)`` from HMAC-SHA256 of the experiment's id and salt under the device's
+    secret (module docstring)."""
+    if not isinstance(device_secret, bytes) or len(device_secret) < 16:
+        raise ValueError("device_secret must be at least 16 random bytes")
+    message = experiment.id.encode() + b"\x00" + experiment.salt.encode()
+    digest = hmac.digest(device_secret, message, "sha256")
+    return (int.from_bytes(digest[:8], "big") >> (64 - _BITS)) / float(1 << _BITS)
+
+
+def assign(experiment: Experiment, *, device_secret: bytes) -> int:
+    """The index of the arm this device serves (nothing is sent)."""
+    return int(experiment.arm_of(assignment_unit(experiment, device_secret=device_secret)))
+
+
+class MetricBounds(_Checked):
+    """The per-person clip bounds and the measurement's windows (module docstring)."""
+
+    max_sessions: int = Field(20, ge=1)
+    max_positive_rate: float = Field(5.0, gt=0, allow_inf_nan=False)
+    session_gap_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    attribution_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
+
+    def bounds(self) -> np.ndarray:
+        """Each metric's bound, in :data:`METRICS` order."""
+        return np.array([self.max_sessions, 1.0, self.max_positive_rate, 1.0])
+
+
+@dataclass(frozen=True)
+class PersonCounts:
+    """Raw counts over a window, one entry per person (arrays) or for one person (0-d):
+    sessions with an impression, impressions, engaged impressions, positive events and
+    ``not_interested`` events on shown items."""
+
+    sessions: np.ndarray
+    impressions: np.ndarray
+    engaged: np.ndarray
+    positives: np.ndarray
+    not_interested: np.ndarray
+
+
+def _sessions(times: np.ndarray, gap_s: float) -> int:
+    if not len(times):
+        return 0
+    times = np.sort(times)
+    return 1 + int(np.count_nonzero(np.diff(times) > gap_s))
+
+
+def person_counts(
+    events: Iterable[Event],
+    impressions: Sequence[Impression],
+    *,
+    start: float,
+    end: float,
+    bounds: MetricBounds,
+    rating_threshold: float | None = RATING_THRESHOLD,
+) -> PersonCounts:
+    """One person's counts over ``[start, end)`` from their events and impression log."""
+    events = list(events)
+    shown = [i for i in impressions if start <= i.at < end]
+    engaged = engagement_rewards(
+        shown, events, window_s=bounds.attribution_s, rating_threshold=rating_threshold
+    )
+    rejected: dict[str, list[float]] = {}
+    for event in events:
+        if event.kind == "not_interested":
+            rejected.setdefault(event.item, []).append(event.at)
+    not_interested = sum(
+        any(0 <= at - i.at <= bounds.attribution_s for at in rejected.get(i.item, ()))
+        for i in shown
+    )
+    positives = sum(
+        start <= e.at < end and is_positive(e.kind, e.value, rating_threshold) for e in events
+    )
+    return PersonCounts(
+        sessions=np.asarray(_sessions(np.array([i.at for i in shown]), bounds.session_gap_s)),
+        impressions=np.asarray(len(shown)),
+        engaged=np.asarray(float(engaged.sum())),
+        positives=np.asarray(positives),
+        not_interested=np.asarray(not_interested),
+    )
+
+
+def metric_values(counts: PersonCounts, bounds: MetricBounds) -> np.ndarray:
+    """Each person's clipped metric values in their own units, shape ``(..., M)``
+    (zero where a person has no impression)."""
+    sessions = np.asarray(counts.sessions, np.float64)
+    impressions = np.asarray(counts.impressions, np.float64)
+    per_impression = np.maximum(impressions, 1.0)
+    per_session = np.maximum(sessions, 1.0)
+    values = np.stack(
+        [
+            sessions,
+            np.asarray(counts.engaged, np.float64) / per_impression,
+            np.asarray(counts.positives, np.float64) / per_session,
+            np.asarray(counts.not_interested, np.float64) / per_impression,
+        ],
+        axis=-1,
+    )
+    values = np.clip(values, 0.0, bounds.bounds())
+    return np.where((impressions > 0)[..., None], values, 0.0)
+
+
+def sensitivity(metrics: int = len(METRICS)) -> float:
+    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``."""
+    return math.sqrt(1 + 2 * metrics)
+
+
+def _blocks(counts: PersonCounts, bounds: MetricBounds) -> np.ndarray:
+    """Each person's own block ``[x, y_1, y_1², …]`` (``x``: exposed), shape
+    ``(people, len(STATISTICS))``."""
+    scaled = metric_values(counts, bounds) / bounds.bounds()
+    block = np.empty((len(scaled), len(STATISTICS)))
+    block[:, 0] = np.asarray(counts.impressions) > 0
+    block[:, 1::2] = scaled
+    block[:, 2::2] = scaled**2
+    return block
+
+
+def _checked_arms(arms: np.ndarray, n_arms: int) -> np.ndarray:
+    arms = np.asarray(arms, np.int64)
+    if arms.ndim != 1 or (len(arms) and (arms.min() < 0 or arms.max() >= n_arms)):
+        raise ValueError(f"arms must be a 1-d array of indices in [0, {n_arms})")
+    return arms
+
+
+def contributions(
+    arms: np.ndarray, counts: PersonCounts, *, n_arms: int, bounds: MetricBounds
+) -> np.ndarray:
+    """Every person's contribution vector, shape ``(people, n_arms · len(STATISTICS))``:
+    their block in their arm ``arms[i]``, zeros elsewhere (module docstring)."""
+    arms = _checked_arms(arms, n_arms)
+    width = len(STATISTICS)
+    out = np.zeros((len(arms), n_arms * width))
+    columns = arms[:, None] * width + np.arange(width)
+    np.put_along_axis(out, columns, _blocks(counts, bounds), axis=1)
+    return out
+
+
+def summed_contributions(
+    arms: np.ndarray, counts: PersonCounts, *, n_arms: int, bounds: MetricBounds
+) -> np.ndarray:
+    """The sum of :func:`contributions` over people, shape ``(n_arms, len(STATISTICS))``,
+    without building every vector (what a secure sum of them releases, before noise)."""
+    arms = _checked_arms(arms, n_arms)
+    blocks = _blocks(counts, bounds)
+    one_hot = (arms[None, :] == np.arange(n_arms)[:, None]).astype(np.float64)
+    return one_hot @ blocks
+
+
+def contribution(
+    experiment: Experiment,
+    *,
+    device_secret: bytes,
+    events: Iterable[Event],
+    impressions: Sequence[Impression],
+    start: float,
+    end: float,
+    bounds: MetricBounds | None = None,
+) -> np.ndarray:
+    """The vector this device contributes to ``experiment``'s measurement over
+    ``[start, end)``: its own arm's block (assigned by :func:`assign`), zeros elsewhere; L2
+    norm at most :func:`sensitivity`."""
+    bounds = bounds or MetricBounds()
+    counts = person_counts(events, impressions, start=start, end=end, bounds=bounds)
+    one = PersonCounts(*(np.atleast_1d(getattr(counts, f)) for f in counts.__dataclass_fields__))
+    arm = assign(experiment, device_secret=device_secret)
+    return contributions(np.array([arm]), one, n_arms=len(experiment.arms), bounds=bounds)[0]

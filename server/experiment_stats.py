@@ -1,0 +1,262 @@
+"""An experiment's report from the noisy per-arm sums of the devices' contributions.
+
+Each device contributes, in its arm's block, ``[1, y_1, y_1², …, y_M, y_M²]`` with every
+``y_m ∈ [0, 1]`` (its metric value divided by the metric's bound, ``scales[m]``), zeros in
+the other arms' blocks (``stamen.client.device.experiments``). The server receives, per arm
+and coordinate, the sum plus Gaussian noise of known standard deviation ``σ`` (the same on
+every coordinate, independent between coordinates; ``σ = 0`` without DP):
+
+    N  = n    + e_0          (exposed people in the arm)
+    S₁ = Σ y  + e_1          (per metric)
+    S₂ = Σ y² + e_2
+
+**Mean.** ``μ̂ = S₁ / N`` (a ratio estimator: the count is noisy too), reported in the metric's
+own units as ``scale · μ̂``.
+
+**Its variance (delta method).** Treat the arm's people as draws from a population and
+linearise ``S₁ / N`` around ``(Σy, n)``: with ``μ = Σy / n``,
+
+    S₁ / N − μ ≈ [ (Σy − n μ) + e_1 − μ e_0 ] / n
+
+The sampling part has variance ``Σ(y_i − μ)² / n²`` (the usual ``s² / n``), and the noise
+part, independent of it, ``σ² (1 + μ²) / n²``. So
+
+    Var(μ̂) ≈ [ Q + σ² (1 + μ²) ] / n²,    Q = Σ(y_i − μ)² = Σy² − (Σy)² / n
+
+estimated by plugging in ``Q̂ = max(S₂ − S₁² / N, 0)``, ``μ̂`` and ``N`` (``Var`` in the metric's
+units: times ``scale²``). Without noise it is the ordinary ``s² / n``. The noise on ``S₂``
+enters only ``Q̂``: where ``Q`` is large against ``σ`` its error is negligible; where it is
+not (a rare metric under strong noise, such as a ``not_interested`` rate at ε = 1), the clip
+at 0 biases ``Q̂`` upwards by up to about ``0.4 σ``, so the variance is conservative there (the
+interval slightly too wide, the false-positive rate slightly below α).
+
+**Effect.** For a treatment arm ``B`` against the control ``A`` (disjoint people, independent
+noise): ``Δ̂ = μ̂_B − μ̂_A``, ``Var(Δ̂) = Var(μ̂_A) + Var(μ̂_B)``, the ``1 − α`` interval
+``Δ̂ ± z_{1−α/2} · sqrt(Var(Δ̂))`` and the two-sided p-value ``2 · (1 − Φ(|Δ̂| / sqrt(Var(Δ̂))))``
+(normal: the noise is Gaussian, the sampling part by the central limit theorem). The relative
+lift ``μ̂_B / μ̂_A − 1`` has, by the delta method, ``Var ≈ [Var(μ̂_B) + (μ̂_B/μ̂_A)² Var(μ̂_A)] / μ̂_A²``.
+
+The privacy side: :func:`experiment_mechanism` builds the Gaussian-sum mechanism of the
+training rounds (``stamen.privacy.dp.gaussian``), with its own accountant, for one
+experiment's measurement releases: ε is reported per experiment and separately from
+training's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from stamen.privacy.dp.gaussian import GaussianSum
+from stamen.privacy.dp.streams import Purpose
+from stamen.privacy.dp.user import UserDP
+
+__all__ = [
+    "ArmSummary",
+    "Effect",
+    "ExperimentReport",
+    "arm_estimates",
+    "effect_estimates",
+    "experiment_mechanism",
+    "experiment_report",
+]
+
+
+def arm_estimates(
+    sums: np.ndarray, *, noise_std: float, scales: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each arm's mean of each metric, its variance (sampling and noise: module docstring)
+    and the arm's noisy count, from ``sums`` of shape ``(..., arms, 1 + 2M)``.
+
+    Returns ``(mean, variance, n)`` of shapes ``(..., arms, M)``, ``(..., arms, M)`` and
+    ``(..., arms)``, in the metrics' units (NaN where the noisy count is not positive).
+    """
+    sums = np.asarray(sums, np.float64)
+    scales = np.asarray(scales, np.float64)
+    if sums.shape[-1] != 1 + 2 * len(scales):
+        raise ValueError(f"sums end in {sums.shape[-1]} coordinates; expected 1 + 2·{len(scales)}")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be non-negative (got {noise_std})")
+    n = sums[..., 0]
+    n_safe = np.where(n > 0, n, np.nan)[..., None]
+    s1, s2 = sums[..., 1::2], sums[..., 2::2]
+    mean = s1 / n_safe
+    spread = np.maximum(s2 - s1 * mean, 0.0)
+    variance = (spread + noise_std**2 * (1.0 + mean**2)) / n_safe**2
+    return mean * scales, variance * scales**2, n
+
+
+def effect_estimates(
+    mean: np.ndarray, variance: np.ndarray, *, control: int = 0, alpha: float = 0.05
+) -> dict[str, np.ndarray]:
+    """Every arm's effect against arm ``control`` from :func:`arm_estimates`' ``mean`` and
+    ``variance`` (shape ``(..., arms, M)``): ``effect``, ``stderr``, ``lower``, ``upper``,
+    ``p_value``, ``lift``, ``lift_lower``, ``lift_upper``, each ``(..., arms, M)`` (the
+    control's own row is zero effect with NaN p-value)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1) (got {alpha})")
+    base, base_var = mean[..., control : control + 1, :], variance[..., control : control + 1, :]
+    effect = mean - base
+    var = variance + base_var
+    z = stats.norm.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stderr = np.sqrt(var)
+        p_value = 2 * stats.norm.sf(np.abs(effect) / stderr)
+        ratio = mean / base
+        lift_se = np.sqrt(variance + ratio**2 * base_var) / np.abs(base)
+    own = np.zeros(mean.shape[-2], bool)
+    own[control] = True
+    stderr = np.where(own[:, None], 0.0, stderr)
+    p_value = np.where(own[:, None], np.nan, p_value)
+    lift = ratio - 1
+    lift_se = np.where(own[:, None], 0.0, lift_se)
+    return {
+        "effect": effect,
+        "stderr": stderr,
+        "lower": effect - z * stderr,
+        "upper": effect + z * stderr,
+        "p_value": p_value,
+        "lift": lift,
+        "lift_lower": lift - z * lift_se,
+        "lift_upper": lift + z * lift_se,
+    }
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One arm of a report: its name, noisy count of exposed people, and per metric the
+    mean and its standard error (sampling and noise)."""
+
+    name: str
+    exposed: float
+    means: dict[str, float]
+    stderrs: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A treatment arm against the control on one metric: the difference of means
+    (treatment − control) with its interval and p-value, and the relative lift with its
+    interval."""
+
+    arm: str
+    metric: str
+    effect: float
+    stderr: float
+    lower: float
+    upper: float
+    p_value: float
+    lift: float
+    lift_lower: float
+    lift_upper: float
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval excludes zero."""
+        return bool(self.lower > 0 or self.upper < 0)
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """What the server reports of an experiment: each arm, each treatment's effect on each
+    metric, the confidence level, the noise and the privacy spent (``epsilon`` per
+    experiment, separate from training's)."""
+
+    experiment: str
+    control: str
+    alpha: float
+    noise_std: float
+    arms: list[ArmSummary]
+    effects: list[Effect]
+    privacy: dict[str, Any] = field(default_factory=dict)
+
+    def effect(self, arm: str, metric: str) -> Effect:
+        """The effect of ``arm`` on ``metric``."""
+        for e in self.effects:
+            if e.arm == arm and e.metric == metric:
+                return e
+        raise KeyError(f"no effect of arm {arm!r} on metric {metric!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN and infinities as ``null``)."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not np.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        result = clean(asdict(self))
+        json.dumps(result)  # fails here, not at the caller's, on a non-JSON value
+        return dict(result)
+
+
+def experiment_report(
+    sums: np.ndarray,
+    *,
+    experiment: str,
+    arms: Sequence[str],
+    metrics: Sequence[str],
+    scales: Sequence[float],
+    noise_std: float,
+    control: int = 0,
+    alpha: float = 0.05,
+    privacy: dict[str, Any] | None = None,
+) -> ExperimentReport:
+    """The report of one experiment from its released sums, shape ``(arms, 1 + 2M)``."""
+    sums = np.asarray(sums, np.float64)
+    if sums.shape != (len(arms), 1 + 2 * len(metrics)):
+        raise ValueError(f"sums of shape {sums.shape} for {len(arms)} arms, {len(metrics)} metrics")
+    mean, variance, n = arm_estimates(sums, noise_std=noise_std, scales=scales)
+    est = effect_estimates(mean, variance, control=control, alpha=alpha)
+    summaries = [
+        ArmSummary(
+            name=name,
+            exposed=float(n[a]),
+            means={m: float(mean[a, j]) for j, m in enumerate(metrics)},
+            stderrs={m: float(np.sqrt(variance[a, j])) for j, m in enumerate(metrics)},
+        )
+        for a, name in enumerate(arms)
+    ]
+    effects = [
+        Effect(arm=name, metric=m, **{k: float(v[a, j]) for k, v in est.items()})
+        for a, name in enumerate(arms)
+        if a != control
+        for j, m in enumerate(metrics)
+    ]
+    return ExperimentReport(
+        experiment=experiment,
+        control=arms[control],
+        alpha=alpha,
+        noise_std=float(noise_std),
+        arms=summaries,
+        effects=effects,
+        privacy=dict(privacy or {"epsilon": float("inf"), "mode": "off"}),
+    )
+
+
+def experiment_mechanism(
+    privacy: UserDP, *, population: int, sensitivity: float, seed: int, rounds: int = 1
+) -> GaussianSum | None:
+    """The Gaussian-sum mechanism of one experiment's ``rounds`` measurement releases over
+    all ``population`` devices (``None`` when DP is off), with an accountant of its own:
+    ``privacy``'s mode, ε target and δ (default ``1 / population``), its clip norm replaced by
+    the contributions' ``sensitivity``."""
+    if not privacy.enabled:
+        return None
+    settings = UserDP(**{**privacy.model_dump(), "clip_norm": float(sensitivity)})
+    return settings.mechanism(
+        population=population,
+        cohort=population,
+        rounds=rounds,
+        seed=seed,
+        purpose=Purpose.EXPERIMENT,
+    )

@@ -1,0 +1,137 @@
+"""Many repeated experiments at once, without Flower: assign, measure, sum, add the noise,
+report.
+
+For each of ``repetitions`` independent experiments over one population:
+
+1. every person gets an assignment unit ``u ∈ [0, 1)`` and the arm it falls in
+   (``Experiment.arm_of``). On a device ``u`` is the HMAC of the experiment's id and salt
+   under the device's secret (``stamen.client.device.experiments.assign``); here, by default,
+   a fresh uniform draw per repetition stands in for it (HMAC-SHA256 is a pseudo-random
+   function, and ``tests/client/device/test_experiments.py`` checks that its units are
+   uniform); :func:`hmac_units` computes the real ones (one HMAC per person);
+2. the response simulator draws every person's counts under their arm's lists
+   (``stamen.simulation.experiments.response``) and their contribution vectors, by the
+   device's own functions, are summed (``summed_contributions``: the sum of
+   ``contributions`` without building every vector);
+3. the sums are released through the experiment's Gaussian-sum mechanism
+   (``stamen.server.experiment_stats.experiment_mechanism``, the mechanism training uses):
+   ``central``: the server's noise; ``distributed``: the devices' noise shares, drawn here as
+   one sum (every device reports, so the shares add up to the full ``σ``). Each repetition is
+   its own experiment with one release: the mechanism's accountant is charged once, and the
+   ε it reports is the ε of each experiment;
+4. :func:`estimates` turns the released sums into means, effects, intervals and p-values
+   (``stamen.server.experiment_stats``).
+
+The people's draws do not depend on the privacy setting, so :func:`clear_sums` runs once and
+:func:`release` once per setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stamen.client.device.experiments import (
+    STATISTICS,
+    Experiment,
+    MetricBounds,
+    assignment_unit,
+    sensitivity,
+    summed_contributions,
+)
+from stamen.privacy.dp.user import UserDP
+from stamen.server.experiment_stats import (
+    arm_estimates,
+    effect_estimates,
+    experiment_mechanism,
+)
+from stamen.simulation.experiments.response import (
+    Population,
+    ResponseModel,
+    VariantResponse,
+    simulate_counts,
+)
+
+__all__ = ["Released", "clear_sums", "estimates", "hmac_units", "release"]
+
+
+def hmac_units(experiment: Experiment, secrets: list[bytes]) -> np.ndarray:
+    """Each device's assignment unit, by its own HMAC (one call per device)."""
+    return np.array([assignment_unit(experiment, device_secret=s) for s in secrets])
+
+
+def clear_sums(
+    population: Population,
+    responses: list[VariantResponse],
+    experiment: Experiment,
+    *,
+    repetitions: int,
+    seed: int,
+    model: ResponseModel,
+    bounds: MetricBounds,
+    units: np.ndarray | None = None,
+) -> np.ndarray:
+    """The noise-free sums of ``repetitions`` experiments, shape
+    ``(repetitions, arms, len(STATISTICS))``; ``responses[a]`` is arm ``a``'s variant, and
+    ``units`` fixed assignment units (default: fresh uniform units per repetition)."""
+    n_arms = len(experiment.arms)
+    if len(responses) != n_arms:
+        raise ValueError(f"{len(responses)} variants for {n_arms} arms")
+    rng = np.random.default_rng([seed, 28, 1])
+    out = np.empty((repetitions, n_arms, len(STATISTICS)))
+    for r in range(repetitions):
+        u = rng.random(population.size) if units is None else units
+        arms = np.asarray(experiment.arm_of(u))
+        counts = simulate_counts(population, responses, arms, model, rng)
+        out[r] = summed_contributions(arms, counts, n_arms=n_arms, bounds=bounds)
+    return out
+
+
+@dataclass(frozen=True)
+class Released:
+    """Released sums (shape as ``clear_sums``'), the noise's standard deviation on each
+    coordinate and the privacy report of each experiment (ε, δ, z, mode)."""
+
+    sums: np.ndarray
+    noise_std: float
+    privacy: dict[str, Any]
+
+
+def release(clear: np.ndarray, *, privacy: UserDP, population: int, seed: int) -> Released:
+    """Release every repetition's sums through the experiment's mechanism (module
+    docstring): one release per experiment."""
+    mechanism = experiment_mechanism(
+        privacy, population=population, sensitivity=sensitivity(), seed=seed
+    )
+    if mechanism is None:
+        return Released(clear.copy(), 0.0, {"epsilon": float("inf"), "mode": "off"})
+    total = clear
+    if mechanism.mode == "distributed":
+        shares = mechanism.share_std(population) * np.sqrt(population)
+        total = clear + mechanism.streams.noise_shares(0).normal(0.0, shares, clear.shape)
+    noisy = mechanism.release_sum(total, rnd=0)
+    report = mechanism.report()
+    report["epsilon"] = mechanism.accountant.epsilon
+    return Released(noisy, mechanism.sigma, report)
+
+
+def estimates(
+    released: Released,
+    *,
+    bounds: MetricBounds,
+    control: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, np.ndarray]:
+    """Every repetition's arm means (``mean``, ``variance``, ``n``) and effects against arm
+    ``control`` (``effect_estimates``' arrays), shape ``(repetitions, arms, metrics)``."""
+    mean, variance, n = arm_estimates(
+        released.sums, noise_std=released.noise_std, scales=bounds.bounds()
+    )
+    return {
+        "mean": mean,
+        "variance": variance,
+        "n": n,
+        **effect_estimates(mean, variance, control=control, alpha=alpha),
+    }
