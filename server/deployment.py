@@ -32,11 +32,11 @@ from flwr.app import Context
 from flwr.server import Grid
 from pydantic import Field
 
-from stamen.errors import ConfigError
+from stamen.errors import CheckpointError, ConfigError, RoundFailedError
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.ranker.weights import RankerSettings, ranker_hidden
 from stamen.models.registry import RecModel, build_model
-from stamen.privacy import open_signed
+from stamen.privacy import open_signed, write_atomically
 from stamen.runtimes import without_runtime
 from stamen.server.checkpoint import CheckpointStore
 from stamen.server.ranker_strategy import RankerAveraging
@@ -51,6 +51,7 @@ __all__ = [
     "SECAGG_TIMEOUT_S",
     "Deployment",
     "DeploymentRun",
+    "RunStatus",
     "deployment_strategy",
     "serve",
 ]
@@ -171,8 +172,14 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
         with log.open("a") as handle:
             handle.write(line + "\n")
         _log.info(line)
+        if record.failed is not None:  # recorded, published nothing: the run stops here
+            raise RoundFailedError(record.failed)
 
+    # the releases folder owns the numbering: release N of the run follows the newest one
+    # (after a resume: the newest before the run's first round)
+    start = release.release - (resume.round if resume is not None else 0)
     common: dict[str, Any] = {
+        "release_offset": start,
         "checkpoints": checkpoints,
         "resume": resume,
         "fingerprint": {"n_items": len(release.catalog), "model": model.name},
@@ -188,8 +195,6 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
         ),
     }
     if deployment.train == "ranker":
-        # release N of the run follows the starting one (after a resume: the run's first)
-        start = release.release - (resume.round if resume is not None else 0)
         carried = None if release.ranker is None else list(release.ranker)
         hidden = 0 if carried is None else ranker_hidden(carried)
         if carried is not None and hidden != deployment.ranker.hidden:
@@ -204,7 +209,6 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
             settings,
             ranker=deployment.ranker,
             retrieval=release.shared_arrays(),
-            release_offset=start,
             initial=carried,
             trending=release.trending,
             **common,
@@ -216,9 +220,61 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
 
 
 def serve(grid: Grid, context: Context) -> None:
-    """The ServerApp's body in the ``deployment`` runtime (module docstring)."""
+    """The ServerApp's body in the ``deployment`` runtime (module docstring). The run's
+    outcome goes to ``<checkpoints>/status.json`` (:class:`RunStatus`): Flower reports
+    every run as completed, whatever happened in it."""
     from stamen.server.app import run_rounds
     from stamen.server.grid import PromptGrid
 
-    strategy = deployment_strategy(Deployment(dict(context.run_config)))
-    run_rounds(PromptGrid(grid), context, strategy)
+    config = dict(context.run_config)
+    folder = config.get("checkpoints")
+    status = None if not folder else RunStatus(Path(str(folder)), run_id=context.run_id)
+    if status is not None:
+        status.write("running")
+    try:
+        strategy = deployment_strategy(Deployment(config))
+        run_rounds(PromptGrid(grid), context, strategy)
+    except BaseException as error:
+        if status is not None:
+            status.write("failed", reason=f"{type(error).__name__}: {error}")
+        _log.error("run %s failed: %s: %s", context.run_id, type(error).__name__, error)
+        raise
+    if status is not None:
+        status.write("completed")
+
+
+class RunStatus:
+    """A deployment run's outcome, as ``<checkpoints>/status.json``: ``{"run_id",
+    "status": "running" | "completed" | "failed", "reason", "time"}``, replaced
+    atomically (owner-only) as the run starts and ends. ``stamen deploy status`` reads
+    it and exits with the run's outcome."""
+
+    FILE = "status.json"
+
+    def __init__(self, folder: Path, *, run_id: int) -> None:
+        self.path = folder / self.FILE
+        self.run_id = int(run_id)
+
+    def write(self, status: str, *, reason: str | None = None) -> None:
+        """Record ``status`` (and why, when it failed)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"run_id": self.run_id, "status": status, "reason": reason, "time": time.time()}
+        write_atomically(self.path, json.dumps(body).encode(), mode=0o600)
+
+    @classmethod
+    def read(cls, folder: Path) -> dict[str, Any] | None:
+        """The recorded outcome in ``folder`` (``None``: no run recorded one)."""
+        path = folder / cls.FILE
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: unreadable run status ({error})") from None
+        if not isinstance(body, dict) or body.get("status") not in {
+            "running",
+            "completed",
+            "failed",
+        }:
+            raise CheckpointError(f"{path}: not a run status")
+        return body

@@ -43,8 +43,6 @@ class RankerAveraging(FederatedAveraging):
         ranker: the ranker's shape and device step.
         retrieval: the retrieval model's shared arrays the devices serve (every release
             of this run carries them, and each round's ranker).
-        release_offset: release ``release_offset + N`` is published after round ``N``
-            (the retrieval run's last release number, so that devices take them as newer).
         initial: the ranker to start from (default ``init_ranker``: the retrieval order).
         trending: the retrieval run's latest noisy trending counts, carried into every
             release of this run (``None``: none).
@@ -57,7 +55,6 @@ class RankerAveraging(FederatedAveraging):
         *,
         ranker: RankerSettings,
         retrieval: list[np.ndarray],
-        release_offset: int = 0,
         initial: list[np.ndarray] | None = None,
         trending: np.ndarray | None = None,
         **kwargs: Any,
@@ -78,7 +75,6 @@ class RankerAveraging(FederatedAveraging):
         self.trending = trending
         self.ranker = ranker
         self.retrieval = [np.asarray(a, np.float32) for a in retrieval]
-        self.release_offset = release_offset
         self.fingerprint["ranker"] = ranker.model_dump()
 
     evaluates = Task.RANKER

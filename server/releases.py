@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stamen.errors import DataError
-from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity
+from stamen.errors import DataError, PublishError
+from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity, latest_release
 from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
@@ -85,6 +85,16 @@ class ReleaseWriter:
         self.quantize = quantize
         write_atomically(self.folder / PUBLIC_KEY_FILE, public_key, mode=0o644)
 
+    def newest(self) -> int | None:
+        """The number of the newest release in the folder (by ``latest``), or ``None``."""
+        path = latest_release(self.folder)
+        if path is None:
+            return None
+        try:
+            return int(path.stem.removeprefix("release-"))
+        except ValueError:
+            raise PublishError(f"{path}: 'latest' names a file that is not a release") from None
+
     def path(self, number: int) -> Path:
         """Where release ``number`` is written."""
         return self.folder / f"release-{number:06d}.stamen"
@@ -101,7 +111,25 @@ class ReleaseWriter:
         ``shared_names`` order) and, if given, the privately aggregated trending counts
         (``stamen.server.analytics``) and the federatedly trained ranker's weights
         (``stamen.models.ranker.model``), then point ``latest`` at it. Returns the file's
-        path."""
+        path.
+
+        Releases only move forward: ``number`` must be above the newest release in the
+        folder (``latest``), and a file is never overwritten.
+
+        Raises:
+            PublishError: release ``number`` exists, or is not newer than ``latest``.
+        """
+        newest = self.newest()
+        if (newest is not None and number <= newest) or self.path(number).exists():
+            raise PublishError(
+                f"{self.path(number)}: release {number} would "
+                + (
+                    "overwrite a published release"
+                    if self.path(number).exists()
+                    else f"go back from release {newest}, the folder's newest"
+                )
+                + "; releases only move forward (start a run from the newest release)"
+            )
         model = self.model
         shared = [np.asarray(a, np.float32) for a in shared]
         model.check_shared(shared)

@@ -112,7 +112,10 @@ class FederatedAveraging(Strategy):
         release_key: raw Ed25519 private key; every global model sent to devices is then
             signed (``release-signature`` in the config) and devices verify it before use.
         releases: where to publish a signed release bundle after every round (``None``:
-            nowhere); release ``N`` is the global model after round ``N``.
+            nowhere); release ``release_offset + N`` is the global model after round ``N``.
+            A failed round publishes nothing.
+        release_offset: the number of the release this run started from (after a resume:
+            the run's first), so that every release of the run is newer than it.
     """
 
     #: What evaluation rounds ask the devices to evaluate.
@@ -130,9 +133,11 @@ class FederatedAveraging(Strategy):
         population: int | None = None,
         release_key: bytes | None = None,
         releases: ReleaseWriter | None = None,
+        release_offset: int = 0,
     ) -> None:
         super().__init__()
         self.releases = releases
+        self.release_offset = release_offset
         self.settings = settings
         self.checkpoints = checkpoints
         #: The round engine's plan: budget, cohorts, evaluation schedule, DP release.
@@ -663,7 +668,10 @@ class FederatedAveraging(Strategy):
         """Publish round ``rnd``'s signed release; returns its path."""
         assert self.releases is not None
         return self.releases.publish(
-            rnd, self.server.arrays(), trending=self.trending, ranker=self.carried_ranker
+            self.release_offset + rnd,
+            self.server.arrays(),
+            trending=self.trending,
+            ranker=self.carried_ranker,
         )
 
     def finish_round(self, rnd: int) -> None:
@@ -686,7 +694,7 @@ class FederatedAveraging(Strategy):
                     "answered a stage within its timeout); the model did not change"
                 )
                 _log.error(record.failed)
-        if self.releases is not None:
+        if self.releases is not None and record.failed is None:
             record.release = self._publish(rnd).name
         record.seconds = time.perf_counter() - self._started
         self.history.append(record)

@@ -9,6 +9,8 @@
         │   └── BundleError                 a release bundle does not decode
         ├── ConfigError (ValueError)        a setting is out of range or inconsistent
         ├── CheckpointError                 a checkpoint is missing, corrupt or not this run's
+        ├── PublishError                    a release would overwrite one or go back
+        ├── RoundFailedError                a deployment's round failed: the run stops
         ├── CertificateError (ValueError)   a certificate request is invalid
         │   └── CertificateExistsError (FileExistsError)
         │                                   files would be overwritten (without ``force``)
@@ -61,8 +63,10 @@ __all__ = [
     "NotAStoreError",
     "PrivacyError",
     "ProtocolError",
+    "PublishError",
     "ReleaseError",
     "RollbackError",
+    "RoundFailedError",
     "SecureAggregationRequired",
     "SignatureError",
     "StamenError",
@@ -127,6 +131,16 @@ class ConfigError(StamenError, ValueError):
 
 class CheckpointError(StamenError):
     """A checkpoint cannot be read or does not belong to the run resuming from it."""
+
+
+class PublishError(StamenError):
+    """A release was not published: it would overwrite a published release or be older
+    than the newest in the folder (releases only move forward)."""
+
+
+class RoundFailedError(StamenError):
+    """A deployment's round failed (the message says why); the run stops, recorded as
+    failed (``checkpoints/status.json``)."""
 
 
 class CertificateError(StamenError, ValueError):

@@ -11,6 +11,7 @@ import typer
 from stamen.errors import StamenError
 from stamen.simulation.cli.certs import certs_app
 from stamen.simulation.cli.data import data_app
+from stamen.simulation.cli.deploy import deploy_app
 from stamen.simulation.cli.device import device_app
 from stamen.simulation.cli.options import settings_options
 from stamen.simulation.cli.release import release_app
@@ -44,7 +45,8 @@ def simulate(
     *,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
-    """Federated MF on Flower's simulation engine, against popularity and centralised MF."""
+    """Federated training on Flower's simulation engine (or --engine batched), against
+    popularity and centralised MF."""
     from stamen.simulation.experiment import run_experiment
     from stamen.simulation.protocol.report import wide_console
 
@@ -55,6 +57,7 @@ app.add_typer(data_app)
 app.add_typer(device_app)
 app.add_typer(certs_app)
 app.add_typer(release_app)
+app.add_typer(deploy_app)
 
 
 def main() -> None:

@@ -391,16 +391,23 @@ def test_supernodes_killed_mid_round(tmp_path, killed: int) -> None:
         for v in victims:
             os.killpg(fed["nodes"][v].pid, signal.SIGKILL)
         _finish(run, tmp_path, 1)
+        status_file = tmp_path / "checkpoints" / "status.json"
+        deadline = time.monotonic() + RUN_S  # the ServerApp records how the run ended
+        while '"running"' in text(status_file) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status = json.loads(text(status_file))
     rounds = _rounds(tmp_path)
     assert [r["round"] for r in rounds] == [1], run.failure()
     (record,) = rounds
-    first, last = (b.shared_arrays() for b in _releases(tmp_path, fed["key"]))
-    same = all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
+    releases = [b.shared_arrays() for b in _releases(tmp_path, fed["key"])]
     if killed == 1:
         assert record["cohort"] == NODES and record["devices"] == NODES - 1
         assert record["dropouts"] == 1 and "timeout" in record["dropout_reason"]
         assert 0 < record["privacy"]["epsilon"] <= 8.0 + 1e-6
-        assert not same
+        first, last = releases
+        assert not all(np.array_equal(a, b) for a, b in zip(first, last, strict=True))
+        assert status["status"] == "completed"
     else:
         assert record["devices"] == 0 and "reconstruction threshold" in record["failed"]
-        assert same
+        assert len(releases) == 1 and "release" not in record  # the failed round published nothing
+        assert status["status"] == "failed" and "reconstruction threshold" in status["reason"]

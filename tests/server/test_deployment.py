@@ -4,6 +4,7 @@ its own policy (fail closed)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,14 +17,20 @@ from typer.testing import CliRunner
 from stamen.client.device.device import Device
 from stamen.client.flower.clientapp import ClientRuntime
 from stamen.client.flower.deployment import DevicePolicy, device_policy
-from stamen.errors import ConfigError, DataError, SecureAggregationRequired
+from stamen.errors import (
+    ConfigError,
+    DataError,
+    PublishError,
+    RoundFailedError,
+    SecureAggregationRequired,
+)
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.mf.settings import DEVICE_ID_KEY
 from stamen.models.ranker.model import RANKER_METRICS
 from stamen.models.ranker.weights import RankerSettings, init_ranker
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
-from stamen.server.deployment import Deployment, deployment_strategy
+from stamen.server.deployment import Deployment, RunStatus, deployment_strategy, serve
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation.cli.commands import app
@@ -158,8 +165,8 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
         np.testing.assert_array_equal(got, want)
     model_run = deployment_strategy(Deployment(_run_config(tmp_path, releases, key)))
     assert not isinstance(model_run, RankerAveraging) and not model_run.settings.evaluate
-    published = ReleaseBundle.decode(
-        open_signed(model_run._publish(2).read_bytes(), public_key=_public(key))
+    published = ReleaseBundle.decode(  # its round 1 follows release 1: release 2
+        open_signed(model_run._publish(1).read_bytes(), public_key=_public(key))
     )
     assert published.ranker is not None and published.trending is not None
     for got, want in zip(published.ranker, ranker, strict=True):
@@ -181,9 +188,14 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     # never in the clear, and only with the population known
     plain = {**ranker_run, "secure-aggregation": False}
     unknown_population = {"train": "ranker", "ranker-hidden": 4}
-    for run in (plain, unknown_population):
-        built = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **run)))
-        assert not built.settings.evaluate and built.configure_evaluate(2, None, None) == []  # type: ignore[arg-type]
+    built = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    assert not built.settings.evaluate and built.configure_evaluate(2, None, None) == []  # type: ignore[arg-type]
+    built = deployment_strategy(
+        Deployment(_run_config(tmp_path, releases, key, **unknown_population))
+    )
+    assert not built.settings.evaluate
+    with pytest.raises(RoundFailedError):  # ending a SecAgg+ round with no aggregate fails
+        built.configure_evaluate(2, None, None)  # type: ignore[arg-type]
 
 
 def test_a_ranker_run_refuses_bad_ranker_settings(tmp_path) -> None:
@@ -264,3 +276,72 @@ def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> 
     wrong = _context({"device": str(tmp_path / "phone"), "device-id": 12, "key-file": "nope"})
     with pytest.raises(ConfigError, match="no store key"):
         deployment_client_fn(wrong).numpy_client._client()  # type: ignore[attr-defined]
+
+
+def test_releases_only_move_forward(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    start = ReleaseBundle.decode(
+        open_signed(latest_release(releases).read_bytes(), public_key=_public(key))
+    )
+    writer = ReleaseWriter(
+        releases,
+        private_key=load_or_create_signing_key(key)[0],
+        public_key=_public(key),
+        model=build_model(start.model, dict(start.settings), start.catalog),
+    )
+    writer.publish(3, start.shared_arrays())
+    before = {p.name: p.read_bytes() for p in releases.iterdir()}
+    with pytest.raises(PublishError, match="overwrite a published release"):
+        writer.publish(3, start.shared_arrays())
+    with pytest.raises(PublishError, match="go back from release 3"):
+        writer.publish(2, start.shared_arrays())
+    assert {p.name: p.read_bytes() for p in releases.iterdir()} == before  # nothing touched
+    assert writer.newest() == 3
+
+
+def test_consecutive_runs_continue_the_numbering_and_a_failed_round_publishes_nothing(
+    tmp_path,
+) -> None:
+    releases, key = _release_init(tmp_path)
+    plain = {"secure-aggregation": False}
+    first = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    first.finish_round(1)
+    assert first.history[-1].release == "release-000001.stamen"
+    second = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    second.finish_round(1)  # a new run starts after the newest release: nothing rewritten
+    assert second.history[-1].release == "release-000002.stamen"
+    assert latest_release(releases).name == "release-000002.stamen"
+    # under SecAgg+ a round that ends without an aggregate failed: no release, and the
+    # deployment's round callback stops the run
+    secure = deployment_strategy(Deployment(_run_config(tmp_path, releases, key)))
+    with pytest.raises(RoundFailedError, match="SecAgg\\+ halted without an aggregate"):
+        secure.finish_round(1)
+    assert secure.history[-1].failed and secure.history[-1].release is None
+    assert latest_release(releases).name == "release-000002.stamen"
+    lines = (tmp_path / "checkpoints" / "rounds.jsonl").read_text().splitlines()
+    assert "failed" in json.loads(lines[-1])
+
+
+def test_a_runs_outcome_is_recorded_and_stamen_deploy_status_exits_with_it(tmp_path) -> None:
+    releases, key = _release_init(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    context = SimpleNamespace(
+        run_id=7, run_config=_run_config(tmp_path, tmp_path / "no-releases", key)
+    )
+    with pytest.raises(ConfigError, match="no release to start from"):
+        serve(None, context)  # type: ignore[arg-type]
+    status = json.loads((checkpoints / "status.json").read_text())
+    assert status["run_id"] == 7 and status["status"] == "failed"
+    assert "ConfigError" in status["reason"] and "no release" in status["reason"]
+    failed = runner.invoke(app, ["deploy", "status", str(checkpoints)])
+    assert failed.exit_code == 1 and "run 7 failed: ConfigError" in failed.output
+    other = runner.invoke(app, ["deploy", "status", str(checkpoints), "--run-id", "8"])
+    assert isinstance(other.exception, DataError) and "not run 8's" in str(other.exception)
+    RunStatus(checkpoints, run_id=8).write("running")
+    running = runner.invoke(
+        app, ["deploy", "status", str(checkpoints), "--wait", "--timeout", "0.1"]
+    )
+    assert running.exit_code == 3
+    RunStatus(checkpoints, run_id=8).write("completed")
+    done = runner.invoke(app, ["deploy", "status", str(checkpoints), "--run-id", "8", "--json"])
+    assert done.exit_code == 0 and json.loads(done.output)["status"] == "completed"
