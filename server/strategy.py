@@ -13,7 +13,9 @@ the clear otherwise), and the round's close (:meth:`FederatedAveraging.finish_ro
 record, signed release, checkpoint).
 
 A device names itself by answering ``get_properties`` with :data:`DEVICE_ID_KEY`; the
-strategy asks each connected node once.
+strategy asks each connected node once. An id outside ``[0, population)`` (``[0,
+MAX_DEVICE_ID)`` without a population) or claimed by two nodes leaves those nodes out of
+the round, recorded under ``unidentified`` with the reason.
 """
 
 from __future__ import annotations
@@ -67,10 +69,14 @@ from stamen.server.settings import ServerSettings
 
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
 MASKED_VALUE_BYTES = 8
+#: Device ids are below this when the population is not given (below the population when
+#: it is): a cohort draw's memory grows with the largest id.
+MAX_DEVICE_ID = 10_000_000
+
 #: Seconds a round keeps asking a node that failed to report its device id.
 ID_RETRY_S = 10.0
 
-__all__ = ["FederatedAveraging", "RoundCallback", "failure_reasons"]
+__all__ = ["MAX_DEVICE_ID", "FederatedAveraging", "RoundCallback", "failure_reasons"]
 
 _log = logging.getLogger("stamen")
 
@@ -397,6 +403,14 @@ class FederatedAveraging(Strategy):
             )
             time.sleep(min(pause, left))
             pause *= 2
+        claimed: dict[int, list[str]] = {}
+        for cid in connected:
+            if cid in self._device_ids:
+                claimed.setdefault(self._device_ids[cid], []).append(cid)
+        for device_id, cids in claimed.items():
+            if len(cids) > 1:  # no one may answer for another: all of them stay out
+                for cid in cids:
+                    failed[cid] = f"device id {device_id} claimed by {len(cids)} nodes"
         if failed:
             _log.warning(
                 "%d node(s) left out of round %s without a device id",
@@ -406,7 +420,11 @@ class FederatedAveraging(Strategy):
             self._record.unidentified = [
                 Unidentified(node=cid, reason=reason) for cid, reason in sorted(failed.items())
             ]
-        devices = {self._device_ids[c]: p for c, p in connected.items() if c in self._device_ids}
+        devices = {
+            self._device_ids[c]: p
+            for c, p in connected.items()
+            if c in self._device_ids and c not in failed
+        }
         return dict(sorted(devices.items()))
 
     def _ask_device_id(self, proxy: ClientProxy) -> int | str:
@@ -420,6 +438,10 @@ class FederatedAveraging(Strategy):
         value = res.properties.get(DEVICE_ID_KEY) if res.status.code == Code.OK else None
         if not isinstance(value, int) or isinstance(value, bool):
             return f"no integer {DEVICE_ID_KEY!r} ({res.status.message or res.properties})"
+        bound = MAX_DEVICE_ID if self.population is None else self.population
+        if not 0 <= value < bound:
+            limit = "the population" if self.population is not None else "MAX_DEVICE_ID"
+            return f"{DEVICE_ID_KEY} {value} is outside [0, {bound}) ({limit})"
         return value
 
     def sample(

@@ -8,10 +8,17 @@ import math
 
 import numpy as np
 import pytest
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    GetPropertiesRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from helpers.static_clients import StaticClients
 from helpers.updates import fit_res, zero_shared
 
+from stamen.models.mf.settings import DEVICE_ID_KEY
 from stamen.privacy import SecAggSettings, UserDP
 from stamen.server import strategy as strategy_module
 from stamen.server.cohorts import sample_cohort
@@ -214,3 +221,31 @@ def test_a_node_failing_to_name_its_device_is_asked_again_then_left_out(monkeypa
     assert asked[flaky.cid] == 2  # an identified node is not asked again
     strategy.finish_round(2)
     assert strategy.history[-1].unidentified is None
+
+
+def test_an_id_out_of_range_or_claimed_twice_leaves_its_nodes_out(monkeypatch) -> None:
+    monkeypatch.setattr(strategy_module, "ID_RETRY_S", 0.2)
+    clients = StaticClients(6)
+    proxies = list(clients.all().values())
+
+    def claiming(device: int):  # noqa: ANN202
+        def get_properties(ins, timeout, group_id):  # noqa: ANN001, ANN202
+            return GetPropertiesRes(Status(Code.OK, ""), properties={DEVICE_ID_KEY: device})
+
+        return get_properties
+
+    huge, twin = proxies[0], proxies[1]
+    huge.get_properties = claiming(2**40)  # would size a cohort draw in terabytes
+    twin.get_properties = claiming(proxies[2].device)  # answers for another device
+    strategy = _strategy(UserDP(), cohort=3, population=6)
+    params = ndarrays_to_parameters(zero_shared(N_ITEMS, DIM))
+    chosen = _devices(strategy.configure_fit(1, params, clients))
+    assert set(chosen) <= {p.device for p in proxies[3:]}
+    strategy.finish_round(1)
+    reasons = {u.node: u.reason for u in strategy.history[-1].unidentified or []}
+    assert "outside [0, 6)" in reasons[huge.cid]
+    assert (
+        reasons[twin.cid]
+        == reasons[proxies[2].cid]
+        == (f"device id {proxies[2].device} claimed by 2 nodes")
+    )
