@@ -22,6 +22,7 @@ from stamen.privacy.crypto.encryption import (
     encrypt_file,
     generate_key,
     write_atomically,
+    write_staged,
 )
 from stamen.privacy.crypto.secagg import SecAggSettings
 from stamen.privacy.crypto.signing import (
@@ -101,4 +102,5 @@ __all__ = [
     "verify_arrays",
     "verify_release",
     "write_atomically",
+    "write_staged",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 
@@ -246,6 +246,23 @@ def _set(record: Any) -> dict[str, Any]:
     return {name: value for name, value in values if value is not None}
 
 
+class _FlatRecord:
+    """``to_json`` / ``from_json`` of a record whose fields are all JSON values."""
+
+    __slots__ = ()
+    json_key: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields that are set, as a JSON object."""
+        return _set(self)
+
+    @classmethod
+    def from_json(cls, obj: object, where: str | None = None) -> Self:
+        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
+        where = where or cls.json_key
+        return _build(cls, _object(obj, where, _names(cls)), where)
+
+
 def _list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise CheckpointError(f"{where}: expected a list, got {type(value).__name__}")
@@ -253,7 +270,7 @@ def _list(value: object, where: str) -> list[Any]:
 
 
 @dataclass(slots=True, kw_only=True)
-class PrivacySpent:
+class PrivacySpent(_FlatRecord):
     """The (ε, δ) an accountant has spent so far (``GaussianSum.spent``)."""
 
     epsilon: float
@@ -265,49 +282,31 @@ class PrivacySpent:
         spent = mechanism.spent()
         return cls(epsilon=spent["epsilon"], delta=spent["delta"])
 
-    def to_json(self) -> dict[str, Any]:
-        """``{"epsilon": …, "delta": …}``."""
-        return _set(self)
-
-    @classmethod
-    def from_json(cls, obj: object, where: str = "privacy") -> PrivacySpent:
-        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
-        return _build(cls, _object(obj, where, _names(cls)), where)
+    #: What a checkpoint's error names it.
+    json_key: ClassVar[str] = "privacy"
 
 
 @dataclass(slots=True, kw_only=True)
-class RecordPrivacy:
+class RecordPrivacy(_FlatRecord):
     """Record-level DP-SGD so far: ε of the most-sampled device's records and the rounds
     that device took part in."""
 
     epsilon: float
     max_participations: int
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON object."""
-        return _set(self)
-
-    @classmethod
-    def from_json(cls, obj: object, where: str = "record_privacy") -> RecordPrivacy:
-        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
-        return _build(cls, _object(obj, where, _names(cls)), where)
+    #: What a checkpoint's error names it.
+    json_key: ClassVar[str] = "record_privacy"
 
 
 @dataclass(slots=True, kw_only=True)
-class Unidentified:
+class Unidentified(_FlatRecord):
     """A node left out of a round because it reported no device id, and why."""
 
     node: str
     reason: str
 
-    def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON object."""
-        return _set(self)
-
-    @classmethod
-    def from_json(cls, obj: object, where: str = "unidentified") -> Unidentified:
-        """Read :meth:`to_json`'s object back (``CheckpointError`` on an unknown key)."""
-        return _build(cls, _object(obj, where, _names(cls)), where)
+    #: What a checkpoint's error names it.
+    json_key: ClassVar[str] = "unidentified"
 
 
 @dataclass(slots=True, kw_only=True)

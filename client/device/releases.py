@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from stamen.client.device.core import DeviceCore
@@ -23,7 +22,7 @@ from stamen.errors import (
 )
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.registry import model_class
-from stamen.privacy import open_signed
+from stamen.privacy import open_signed, write_staged
 
 __all__ = ["RELEASE_FILE", "ReleasesMixin"]
 
@@ -106,7 +105,8 @@ class ReleasesMixin(DeviceCore):
         unless ``migrate=True``, which installs it whatever its number and pins it in
         their place (the person's events stay; what the old catalogue alone knew no
         longer counts). A pin made from a release without identity is completed by the
-        first release of that model kind that has one.
+        first release of that model kind that has one. Whatever is refused, the installed
+        release stays.
 
         Raises:
             SignatureError: unsigned, tampered, or signed by another key than the pinned.
@@ -116,7 +116,6 @@ class ReleasesMixin(DeviceCore):
             RollbackError: older than the newest release this device installed.
             ReleaseError: same number as the installed one with other contents, or a
                 model this device does not serve.
-            In every case the installed release stays.
         """
         installed = self._apply(bundle, link=link, migrate=migrate, only_newer=False)
         assert installed is not None
@@ -212,17 +211,7 @@ class ReleasesMixin(DeviceCore):
                 return staged
             except OSError:
                 staged.unlink(missing_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.folder, prefix=f".{RELEASE_FILE}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(name, 0o600)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        return Path(name)
+        return write_staged(self.folder / RELEASE_FILE, data, mode=0o600)
 
 
 def _pin(release: ReleaseBundle) -> bytes:

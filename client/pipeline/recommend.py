@@ -201,15 +201,14 @@ def run_pipeline(
     Fewer than ``k`` picks come back only when fewer items are eligible: when the
     generators' budgets run out first (a large ``k``), they are widened to the whole
     catalogue and the pipeline runs again."""
-    picks = _picks(
-        request, settings, settings.budgets, k, vectors, because, blocked, region, rng, ranker
-    )
     size = len(request.index.catalog)
-    if len(picks) < k and any(0 < budget < size for budget in settings.budgets.values()):
-        widened = {name: size if budget > 0 else 0 for name, budget in settings.budgets.items()}
+    widened = {name: size if budget > 0 else 0 for name, budget in settings.budgets.items()}
+    for budgets in (settings.budgets, widened):
         picks = _picks(
-            request, settings, widened, k, vectors, because, blocked, region, rng, ranker
+            request, settings, budgets, k, vectors, because, blocked, region, rng, ranker
         )
+        if len(picks) == k or budgets == widened:
+            return picks
     return picks
 
 

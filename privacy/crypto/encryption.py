@@ -28,6 +28,7 @@ __all__ = [
     "encrypt_file",
     "generate_key",
     "write_atomically",
+    "write_staged",
 ]
 
 FORMAT_VERSION = 1
@@ -107,17 +108,30 @@ def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0
     ``chmod mode``, then ``os.replace``. A crash leaves the old file or the new one,
     never a partial write."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    staged = write_staged(path, data, mode=mode)
+    try:
+        os.replace(staged, path)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
+def write_staged(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> Path:
+    """``data`` written, fsynced and ``chmod mode`` under a temporary name beside ``path``
+    (``.<name>.<random>.tmp``), ready for ``os.replace`` into ``path`` when the caller
+    chooses (:func:`write_atomically` does at once); the caller removes it otherwise."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        os.chmod(name, mode)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        Path(name).unlink(missing_ok=True)
         raise
+    return Path(name)
 
 
 def encrypt_file(
