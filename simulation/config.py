@@ -29,6 +29,7 @@ from stamen.server.settings import ServerSettings
 from stamen.simulation.datasets.interactions_file import DataFileSettings
 
 __all__ = [
+    "BATCHED_MODELS",
     "DEFAULT_DATASET",
     "Adjustment",
     "CentralisedSettings",
@@ -39,6 +40,10 @@ __all__ = [
 
 #: The named data set of a run that names neither one nor a file.
 DEFAULT_DATASET = "ml-100k"
+
+#: The model families the batched engine trains (``engine = "batched"``): those whose
+#: device step keeps no state between rounds (MF only with its closed-form ``ials`` step).
+BATCHED_MODELS = ("mf", "two-tower")
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,12 @@ class SimulationConfig(ServerSettings):
         description="fedavg: FedAvg/FedAdam rounds (DP-FedAvg under DP); als: private ALS "
         "(als.rounds + 1 rounds, every device in each; see [als])",
     )
+    engine: Literal["flower", "batched"] = Field(
+        "flower",
+        description="flower: Flower's simulation engine, one virtual device per user (the "
+        "default); batched: the same cohorts and arithmetic vectorised in this process "
+        "(stamen.simulation.engines.batched), for research-size populations",
+    )
     output: Path = Path("results/run")
     resume: bool = False
     cpus_per_client: float = Field(1.0, gt=0)
@@ -158,6 +169,46 @@ class SimulationConfig(ServerSettings):
         if self.algorithm == "als" and self.record_dp.enabled:
             raise ValueError("private ALS has no record-level DP-SGD step")
         return self
+
+    @model_validator(mode="after")
+    def _check_engine(self) -> SimulationConfig:
+        if self.engine == "batched" and (problems := self.batched_problems()):
+            raise ValueError(
+                f"engine 'batched' does not run {'; '.join(problems)}. It runs algorithm "
+                "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1) or "
+                "'two-tower', user-level DP off, central or distributed, SecAgg+ on or off; "
+                "use engine 'flower' for the rest"
+            )
+        return self
+
+    def batched_problems(self) -> list[str]:
+        """What this config asks that the batched engine does not do, each named by its
+        setting (empty: it runs this config as Flower's simulation would)."""
+        found = []
+        if self.algorithm != "fedavg":
+            found.append(f"algorithm {self.algorithm!r}")
+        if self.model not in BATCHED_MODELS:
+            found.append(f"model {self.model!r}")
+        elif self.model == "mf" and (self.local.loss != "ials" or self.local.local_epochs != 1):
+            found.append(
+                f"model 'mf' with local.loss {self.local.loss!r} and local.local-epochs "
+                f"{self.local.local_epochs} (a device keeps its user factor between rounds)"
+            )
+        if self.record_dp.enabled:
+            found.append("record-level DP-SGD ([record-dp])")
+        if self.ranker.rounds:
+            found.append(f"ranker.rounds {self.ranker.rounds} (the pipeline's ranker)")
+        if self.analytics.trending.every:
+            found.append(f"analytics.trending.every {self.analytics.trending.every}")
+        if self.analytics.evaluation.dp.enabled:
+            found.append("analytics.evaluation.dp (a noised evaluation)")
+        if self.eval_clients is not None:
+            found.append(f"eval-clients {self.eval_clients} (it evaluates every device)")
+        if self.resume:
+            found.append("resume (it writes no checkpoints)")
+        if self.ray_address is not None:
+            found.append("ray-address (it runs in this process)")
+        return found
 
     def server_settings(self, devices: int) -> ServerSettings:
         """The server's view of this run over ``devices`` devices."""

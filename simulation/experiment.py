@@ -35,7 +35,8 @@ from stamen.simulation.datasets import (
     load_interactions_file,
     locate,
 )
-from stamen.simulation.engines.flower import release_catalog, run_federated
+from stamen.simulation.engines.flower import release_catalog
+from stamen.simulation.engines.registry import ENGINES
 from stamen.simulation.protocol.evaluate import evaluate
 from stamen.simulation.protocol.report import plot_history, print_table, wide_console, write_results
 from stamen.simulation.protocol.split import leave_one_out
@@ -281,8 +282,9 @@ def run_experiment(
     timings["centralised"] = time.perf_counter() - started
 
     rounds = config.server_settings(split.n_users).rounds
+    engine = ENGINES[config.engine]
     with round_progress(console, rounds=rounds) as on_round:
-        fed = run_federated(
+        fed = engine.run(
             config,
             split,
             catalog=dataset.catalog,
@@ -334,8 +336,8 @@ def run_experiment(
         sa = config.secagg
         plain = fed.privacy is None or fed.privacy["mode"] == "off"
         console.print(
-            f"secure aggregation: Flower SecAgg+ ({sa.num_shares} shares, threshold "
-            f"{sa.reconstruction_threshold})"
+            "secure aggregation: "
+            + engine.secure_aggregation.format(**sa.model_dump())
             + ("; no user-level DP, so ε = ∞ for what the cohort sum reveals" if plain else "")
         )
     if fed.privacy is not None and "record" in fed.privacy:
@@ -353,7 +355,7 @@ def run_experiment(
             "apart from training's"
         )
     if config.secagg.enabled and config.analytics.evaluation.secure is not False:
-        console.print("federated evaluation: a SecAgg+ sum (no device's metrics in the clear)")
+        console.print(f"federated evaluation: {engine.secure_evaluation}")
     ranker = _ranker_section(fed.ranker)
     if fed.ranker is not None:
         console.print(_ranker_summary(fed.ranker))
@@ -375,6 +377,7 @@ def run_experiment(
             "negatives_file": "negatives.npz",
         },
         "seed": config.seed,
+        "engine": config.engine,
         "methods": methods,
         "centralised": info,
         "federated": {

@@ -85,6 +85,11 @@ FLAGS: dict[str, Flag] = {
     ),
     "model": Flag(str, "model family: mf or two-tower (\\[two-tower] section)"),
     "algorithm": Flag(str, "fedavg (DP-FedAvg under --dp) or als (private ALS; \\[als] section)"),
+    "engine": Flag(
+        str,
+        "flower (Flower's simulation engine, the default) or batched (the same cohorts and "
+        "arithmetic vectorised in this process: MF or two-tower FedAvg, fast)",
+    ),
     "rounds": Flag(int, "federated rounds", ("--rounds",)),
     "clients_per_round": Flag(int, "devices sampled per round"),
     "seed": Flag(int, "seed of the split, sampling and init"),

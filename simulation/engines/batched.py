@@ -193,11 +193,14 @@ def run_batched(
     attributes: np.ndarray | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     exact: bool = False,
+    evaluation: Callable[[list[np.ndarray]], Evaluation] | None = None,
 ) -> BatchedResult:
     """Run ``settings.rounds`` rounds of ``settings.clients_per_round`` devices drawn from
     the ``split.n_users`` users (see module docstring), training ``model`` (``None``: MF
     with ``settings.local``; other models need their catalogue); ``attributes`` are the
-    users' on-device attributes (rows by user) for models that read them.
+    users' on-device attributes (rows by user) for models that read them. ``evaluation``
+    measures the shared arrays on evaluation rounds (``None``: offline scoring of every
+    evaluated user, ``shared_model_scorer``).
 
     ``exact=True`` materialises every device's update and runs Flower's quantisation on
     it; the default computes the same clipped sum in factored form (``fast_round_mean``),
@@ -229,7 +232,8 @@ def run_batched(
         initial=initial,
         step=step,
         fast_mean=fast,
-        evaluate=lambda shared: _evaluate(recmodel, shared, split, settings, attributes),
+        evaluate=evaluation
+        or (lambda shared: _evaluate(recmodel, shared, split, settings, attributes)),
         on_round=on_round,
     )
 
@@ -250,7 +254,8 @@ def run_rounds(
     quantised as the devices and SecAgg+ do, the accountant charged, the server's
     optimiser stepped. ``fast_mean`` may compute a round's mean another way (``None``:
     the exact path); ``evaluate(shared)`` runs every ``settings.eval_every`` rounds and
-    after the last."""
+    after the last, skipped rounds included; ``on_round`` gets every round's record,
+    skipped ones included."""
     plan = RoundPlan(settings, population=population)
     server = ServerOptimizer(initial, settings.optimizer)
     history: list[RoundRecord] = []
@@ -258,29 +263,27 @@ def run_rounds(
     for rnd in range(1, settings.rounds + 1):
         tick = time.perf_counter()
         record = RoundRecord(round=rnd)
-        if plan.budget_spent():
+        draw = None if plan.budget_spent() else plan.draw(rnd)
+        if draw is None:
             record.skipped = BUDGET_SPENT
-            history.append(record)
-            continue
-        draw = plan.draw(rnd)
-        if draw.skipped is not None:
+        elif draw.skipped is not None:
             assert plan.mechanism is not None
             record.skipped = draw.skipped
             record.privacy = PrivacySpent.of(plan.mechanism)
-            history.append(record)
-            continue
-        users = draw.cohort
-        mean = None
-        if fast_mean is not None:
-            mean = fast_mean(server.arrays(), users, rnd, plan)
-        if mean is None:
-            mean = round_mean(step, server.arrays(), users, plan, rnd)
-        server.step(mean)
-        record.devices = len(users)
-        record.cohort = len(users)
-        record.failures = 0
-        if plan.mechanism is not None:
-            record.privacy = PrivacySpent.of(plan.mechanism)
+        else:
+            users = draw.cohort
+            mean = None
+            if fast_mean is not None:
+                mean = fast_mean(server.arrays(), users, rnd, plan)
+            if mean is None:
+                mean = round_mean(step, server.arrays(), users, plan, rnd)
+            server.step(mean)
+            record.devices = len(users)
+            record.cohort = len(users)
+            record.failures = 0
+            if plan.mechanism is not None:
+                record.privacy = PrivacySpent.of(plan.mechanism)
+        # as the Flower strategies do, a skipped round still evaluates on its schedule
         if evaluate is not None and plan.evaluates(rnd):
             record.evaluate = evaluate(server.arrays())
         record.seconds = time.perf_counter() - tick

@@ -57,8 +57,8 @@ __all__ = ["RUN_CONFIG_KEYS", "client_runtime", "config_from_run_config", "serve
 _log = logging.getLogger("stamen")
 
 #: Settings a ``flwr run`` does not read: Flower's federation config places the devices,
-#: and the app runs no centralised baseline.
-_NOT_READ = ("cpus_per_client", "ray_address", "centralised")
+#: the app runs no centralised baseline, and Flower is its engine.
+_NOT_READ = ("cpus_per_client", "ray_address", "centralised", "engine")
 
 #: Run-config key -> ``SimulationConfig`` field path.
 RUN_CONFIG_KEYS = run_config_keys(SimulationConfig, exclude=_NOT_READ)
