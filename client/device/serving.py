@@ -133,7 +133,7 @@ class ServingMixin(DeviceCore):
         self, item: str, k: int = 10, *, exclude: Iterable[str] = (), include_seen: bool = False
     ) -> list[Recommendation]:
         """Items like ``item`` ("more like this"), most similar first: the cosine of the
-        installed release's item vectors, each with the reason "Similar to <title>" and
+        installed release's item vectors, each with the reason ``Similar to <title>`` and
         its cosine as the score. Never ``item`` itself, the person's rejected items or
         ``exclude``; nor the person's own items unless ``include_seen``. Fewer than ``k``
         only when fewer remain; ``[]`` with no release.
