@@ -74,8 +74,12 @@ def figures(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def settings_of(results: dict[str, Any]) -> dict[str, Any]:
-    """A results file's config without where it ran."""
-    return {k: v for k, v in results["config"].items() if k not in _WHERE}
+    """A results file's config without where it ran (nor its ``[data]`` section when it
+    names no file: its defaults alone would read as a file's settings)."""
+    config = {k: v for k, v in results["config"].items() if k not in _WHERE}
+    if (config.get("data") or {}).get("path") is None:
+        config.pop("data", None)
+    return config
 
 
 def main(argv: list[str]) -> None:
