@@ -142,9 +142,8 @@ class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = FolderLock(folder)
         try:
-            if start_over:
-                marker = read_marker(folder) if (folder / MARKER_FILE).exists() else None
-                if marker is None and not (folder / DB_NAME).exists():
+            if start_over:  # erase Stamen's files, even a damaged marker; nobody else's
+                if not (folder / MARKER_FILE).exists() and not (folder / DB_NAME).exists():
                     check_adoptable(folder)
                 for stale in stamen_files(folder):
                     stale.unlink()

@@ -77,7 +77,7 @@ class ServingMixin(DeviceCore):
             TypeError: ``exclude`` is a single string rather than a collection of ids.
             EventError: ``context`` is malformed (checked as ``record`` checks it).
         """
-        k, excluded = _checked_k(k), _ids(exclude)
+        k, excluded = _checked_k(k), _excluded_ids(exclude)
         context = validate_context(context)
         with self._lock:
             self._open_store()
@@ -110,7 +110,7 @@ class ServingMixin(DeviceCore):
                         name,
                         _checked_k(arguments.get("k", 10)),
                         validate_context(arguments.get("context")),
-                        _ids(arguments.get("exclude", ())),
+                        _excluded_ids(arguments.get("exclude", ())),
                     )
                 )
             except EventError as error:
@@ -142,7 +142,7 @@ class ServingMixin(DeviceCore):
             KeyError: the installed release's catalogue does not hold ``item``.
             ValueError, TypeError: as :meth:`recommend`'s ``k`` and ``exclude``.
         """
-        k, excluded = _checked_k(k), _ids(exclude)
+        k, excluded = _checked_k(k), _excluded_ids(exclude)
         with self._lock:
             self._open_store()
             serving = self._serving
@@ -278,7 +278,7 @@ def _checked_k(k: Any) -> int:
     return k
 
 
-def _ids(exclude: Any) -> list[str]:
+def _excluded_ids(exclude: Any) -> list[str]:
     if isinstance(exclude, str | bytes):
         raise TypeError(
             f"exclude takes a collection of item ids, not one string ({exclude!r}): "
