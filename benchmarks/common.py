@@ -7,6 +7,7 @@ The scripts run as ``python benchmarks/<script>.py``, which puts this folder on
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ def local_dataset(name: str) -> Dataset:
 
 def command(script: str, argv: list[str]) -> str:
     """The command line that ran ``benchmarks/<script>`` with ``argv``, for the results."""
-    return " ".join([f"python benchmarks/{script}", *argv])
+    return " ".join([f"python benchmarks/{script}", *map(shlex.quote, argv)])
 
 
 class Stopwatch:

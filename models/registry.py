@@ -231,7 +231,11 @@ def device_seeds(devices: np.ndarray, *, seed: int, rnd: int, purpose: int) -> n
 #: Registered model families by name.
 MODELS: dict[str, type[RecModel]] = {}
 #: The built-in families and the module that registers each (imported on first lookup).
-BUILTIN_MODELS = {"mf": "stamen.models.mf.model", "two-tower": "stamen.models.two_tower.model"}
+BUILTIN_MODELS = {
+    "mf": "stamen.models.mf.model",
+    "two-tower": "stamen.models.two_tower.model",
+    "sequential": "stamen.models.sequential.model",
+}
 
 
 def register_model(name: str) -> Callable[[type[RecModel]], type[RecModel]]:

@@ -86,6 +86,7 @@ _FIXED = (
     "model",
     "local",
     "two_tower",
+    "sequential",
     "evaluate",
     "eval_every",
     "eval_clients",

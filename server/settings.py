@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.registry import model_class
+from stamen.models.sequential.model import SequentialSettings
 from stamen.models.two_tower.model import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.analytics import AnalyticsSettings
@@ -42,6 +43,7 @@ class ServerSettings(BaseModel):
     model: str = Field("mf", description="model family (stamen.models.registry)")
     local: LocalSettings = LocalSettings()
     two_tower: TwoTowerSettings = TwoTowerSettings()
+    sequential: SequentialSettings = SequentialSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()

@@ -3,9 +3,10 @@
 Sources, later ones winning: the defaults here, a ``--config`` TOML file, command-line
 flags (or a ``flwr run`` config, ``stamen.server.run_config``). Keys may be written kebab-case
 or snake_case; nested sections are ``[data]`` (your own interactions file), ``[local]``,
-``[two-tower]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[centralised]``,
-``[als]``, ``[ranker]`` and ``[analytics.trending]`` / ``[analytics.evaluation]``. Every
-problem is reported at once, each key named as the file or the flag spelled it.
+``[two-tower]``, ``[sequential]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``,
+``[centralised]``, ``[als]``, ``[ranker]`` and ``[analytics.trending]`` /
+``[analytics.evaluation]``. Every problem is reported at once, each key named as the file
+or the flag spelled it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ DEFAULT_DATASET = "ml-100k"
 
 #: The model families the batched engine trains (``engine = "batched"``): those whose
 #: device step keeps no state between rounds (MF only with its closed-form ``ials`` step).
-BATCHED_MODELS = ("mf", "two-tower")
+BATCHED_MODELS = ("mf", "two-tower", "sequential")
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,10 @@ class RankerTraining(RankerSettings):
 class SimulationConfig(ServerSettings):
     """Everything a simulation run needs (see ``stamen simulate --help``): the server's
     settings (``ServerSettings``: rounds, cohort, evaluation, ``[local]``, ``[two-tower]``,
-    ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``, ``[analytics]``) and the
-    simulation's own (data set or ``[data]`` file, output, Ray, the baselines, private
-    ALS, the ranker). ``dataset`` is ``DEFAULT_DATASET`` unless it or a ``[data]`` file is
-    given (then ``None``); giving both is an error."""
+    ``[sequential]``, ``[optimizer]``, ``[secagg]``, ``[dp]``, ``[record-dp]``,
+    ``[analytics]``) and the simulation's own (data set or ``[data]`` file, output, Ray,
+    the baselines, private ALS, the ranker). ``dataset`` is ``DEFAULT_DATASET`` unless it
+    or a ``[data]`` file is given (then ``None``); giving both is an error."""
 
     # at least 2 in a simulation (the server's settings allow 1)
     clients_per_round: int = Field(ServerSettings.model_fields["clients_per_round"].default, ge=2)
@@ -175,8 +176,9 @@ class SimulationConfig(ServerSettings):
         if self.engine == "batched" and (problems := self.batched_problems()):
             raise ValueError(
                 f"engine 'batched' does not run {'; '.join(problems)}. It runs algorithm "
-                "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1) or "
-                "'two-tower', user-level DP off, central or distributed, SecAgg+ on or off; "
+                "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1), "
+                "'two-tower' or 'sequential', user-level DP off, central or distributed, "
+                "SecAgg+ on or off; "
                 "use engine 'flower' for the rest"
             )
         return self

@@ -173,7 +173,9 @@ class DeviceCore:
             return stored
 
     def _track(self, events: Iterable[Event]) -> bool:
-        """Fold events into the latest event per item; whether any item changed side."""
+        """Fold events into the latest event per item; whether the person's state moved:
+        an item changed side, or a liked item moved later in the history's order (what a
+        sequential model reads)."""
         changed = False
         for event in events:
             before = self._latest.get(event.item)
@@ -181,7 +183,8 @@ class DeviceCore:
                 positive = is_positive(event.kind, event.value, self.rating_threshold)
                 self._latest[event.item] = (event.at, event.kind, positive)
                 self._contexts[event.item] = context_row(event.context)
-                changed |= (None if before is None else before[2]) != positive
+                changed |= before is None or before[2] != positive
+                changed |= positive and before is not None and event.at > before[0]
         return changed
 
     def _ids(self, positive: bool) -> list[str]:

@@ -31,8 +31,8 @@ class ReleaseInfo:
 
 
 class ServedRelease:
-    """What a device derives from an installed release (held in memory only): the model
-    named in the release (``stamen.models.registry``) and its serving state."""
+    """What a device derives from an installed release (held in memory only): the serving
+    state of the model named in the release (``stamen.models.registry``)."""
 
     def __init__(self, bundle: ReleaseBundle, digest: bytes) -> None:
         self.bundle = bundle
@@ -42,13 +42,13 @@ class ServedRelease:
         settings = cls.settings_class.model_validate(
             {k: v for k, v in bundle.settings.items() if k in fields}
         )
-        self.model = cls(settings, bundle.catalog)
+        model = cls(settings, bundle.catalog)  # not kept: serving holds what it needs
         shared = bundle.shared_arrays()
         try:
-            self.model.check_shared(shared)
+            model.check_shared(shared)
         except ValueError as err:
             raise BundleError(f"release {bundle.release}: {err}") from None
-        served = self.model.serving(shared, bundle.table)
+        served = model.serving(shared, bundle.table)
         self.table, self.bias, self._user = served.table, served.bias, served.user
         self._context = served.context
         # what the candidate generators read, indexed once per release

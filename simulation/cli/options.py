@@ -83,12 +83,14 @@ FLAGS: dict[str, Flag] = {
     "data.min_item_interactions": Flag(
         int, "k-core: items with fewer positives are dropped", ("--min-item-interactions",)
     ),
-    "model": Flag(str, "model family: mf or two-tower (\\[two-tower] section)"),
+    "model": Flag(
+        str, "model family: mf, two-tower or sequential (\\[two-tower], \\[sequential] sections)"
+    ),
     "algorithm": Flag(str, "fedavg (DP-FedAvg under --dp) or als (private ALS; \\[als] section)"),
     "engine": Flag(
         str,
         "flower (Flower's simulation engine, the default) or batched (the same cohorts and "
-        "arithmetic vectorised in this process: MF or two-tower FedAvg, fast)",
+        "arithmetic vectorised in this process: MF, two-tower or sequential FedAvg, fast)",
     ),
     "rounds": Flag(int, "federated rounds", ("--rounds",)),
     "clients_per_round": Flag(int, "devices sampled per round"),

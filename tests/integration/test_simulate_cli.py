@@ -68,25 +68,32 @@ def test_simulate_writes_table_results_and_plot(tmp_path) -> None:
     assert (out / "negatives.npz").is_file()
 
 
-def test_simulate_trains_the_two_tower_model_through_flower(tmp_path) -> None:
-    """``--model two-tower`` reaches every layer: the devices' step, SecAgg+, the
-    federated evaluation, the releases and the results."""
+@pytest.mark.parametrize(
+    ("model", "section"),
+    [
+        ("two-tower", "[two-tower]\ndim = 8\nhidden = 16\nnegatives = 32\n"),
+        ("sequential", "[sequential]\ndim = 8\nhidden = 16\nmax-history = 6\nnegatives = 32\n"),
+    ],
+)
+def test_simulate_trains_a_neural_model_through_flower(tmp_path, model, section) -> None:
+    """``--model two-tower`` and ``--model sequential`` reach every layer: the devices'
+    step, SecAgg+, the federated evaluation, the releases and the results."""
     config = tmp_path / "tiny.toml"
     config.write_text(
         "synthetic-users = 30\nsynthetic-items = 400\neval-every = 1\n"
-        "[two-tower]\ndim = 8\nhidden = 16\nnegatives = 32\n"
-        "[local]\ndim = 8\n[centralised]\nepochs = 2\n"
+        + section
+        + "[local]\ndim = 8\n[centralised]\nepochs = 2\n"
     )
     out = tmp_path / "out"
     result = runner.invoke(
         app,
-        ["simulate", "--dataset", "synthetic", "--model", "two-tower", "--rounds", "2"]
+        ["simulate", "--dataset", "synthetic", "--model", model, "--rounds", "2"]
         + ["--clients-per-round", "5", "--config", str(config), "--output", str(out)],
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "results.json").read_text())
-    assert record["config"]["model"] == "two-tower"
-    assert set(record["methods"]) == {"popularity", "centralised MF", "federated two-tower"}
+    assert record["config"]["model"] == model
+    assert set(record["methods"]) == {"popularity", "centralised MF", f"federated {model}"}
     rounds = record["federated"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["devices"] >= 5 and not r.get("failures") for r in rounds)
@@ -96,9 +103,9 @@ def test_simulate_trains_the_two_tower_model_through_flower(tmp_path) -> None:
             public_key=(out / "releases" / "release.pub").read_bytes(),
         )
     )
-    assert bundle.release == 2 and bundle.model == "two-tower"
-    model = build_model("two-tower", bundle.settings, bundle.catalog)
-    assert bundle.names == model.shared_names()
+    assert bundle.release == 2 and bundle.model == model
+    built = build_model(model, bundle.settings, bundle.catalog)
+    assert bundle.names == built.shared_names()
     values = sum(a.size for a in bundle.shared_arrays())
     assert all(r["upload_bytes_per_device"] == values * 8 for r in rounds)  # SecAgg+ int64
-    assert 0.0 <= record["methods"]["federated two-tower"]["ndcg@10"] <= 1.0
+    assert 0.0 <= record["methods"][f"federated {model}"]["ndcg@10"] <= 1.0

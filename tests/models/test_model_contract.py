@@ -34,6 +34,14 @@ CASES = {
         "two-tower",
         {"dim": 8, "hidden": 12, "negatives": 16, "context": True, "context_dropout": 0.3},
     ),
+    "sequential": (
+        "sequential",
+        {"dim": 8, "hidden": 12, "max_history": 6, "negatives": 16, "local_epochs": 2},
+    ),
+    "sequential-ids-full-softmax": (
+        "sequential",
+        {"dim": 8, "blocks": 1, "max_history": 4, "content": False, "negatives": 0, "dropout": 0},
+    ),
     "two-tower-content-full-softmax": (
         "two-tower",
         {"dim": 8, "hidden": 12, "item_ids": False, "negatives": 0, "local_epochs": 2},
@@ -142,7 +150,7 @@ def test_the_upload_holds_the_shared_arrays_only(model) -> None:
     if model.name == "mf":
         assert len(kept) == 1 and kept[0].shape == (model.settings.dim,)
     else:
-        assert kept == []  # the two-tower user tower reads the history itself
+        assert kept == []  # the user tower or sequence reads the history itself
 
 
 def test_scores_rank_under_the_exclusion_masks(model) -> None:
@@ -165,7 +173,9 @@ def test_batch_first_step_equals_the_step_device_by_device(model) -> None:
             np.testing.assert_allclose(x[d], y[0], atol=2e-5 * scale)
 
 
-@pytest.mark.parametrize("case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context"])
+@pytest.mark.parametrize(
+    "case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context", "sequential"]
+)
 def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     """``simulation/batched.py`` and the per-device ClientApp agree: the cohort mean the
     batched simulation computes (chunked, clipped under DP) is the mean of what each

@@ -85,7 +85,7 @@ def test_the_command_line_refuses_an_unsupported_combination_with_exit_2() -> No
     assert "engine 'batched' does not run algorithm 'als'" in result.output
 
 
-@pytest.mark.parametrize("model", ["mf", "two-tower"])
+@pytest.mark.parametrize("model", ["mf", "two-tower", "sequential"])
 def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model: str) -> None:
     """Every device answering the strategy's evaluation request in process, aggregated by
     ``FederatedAveraging.aggregate_evaluate``, gives the batched evaluation's metrics."""
@@ -102,6 +102,7 @@ def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model
             "secagg": {"enabled": False},
             "local": {"dim": 4},
             "two_tower": {"dim": 4, "hidden": 8, "negatives": 16},
+            "sequential": {"dim": 4, "hidden": 8, "max_history": 5, "negatives": 16},
         },
     )
     settings = config.server_settings(split.n_users)
