@@ -8,6 +8,8 @@
         --model-settings '{"item_ids": false}' --name content-tower --modes central
     python benchmarks/privacy_utility.py --dataset synthetic --users 20000 --items 1000 \
         --seeds 0 1 2
+    python benchmarks/privacy_utility.py --dataset ml-100k --model sequential \
+        --optimizer '{"lr": 0.001}' --name sequential --modes central
 
 Runs use the batched simulation (``stamen.simulation.engines.batched``: the devices' and server's
 arithmetic, Flower's SecAgg+ quantisation included, without Flower's transport), because
@@ -80,6 +82,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--model-settings", type=json.loads, default={}, help="JSON of the model's settings"
     )
+    parser.add_argument(
+        "--optimizer",
+        type=json.loads,
+        default={},
+        help="JSON of the server optimiser's settings (default: ServerSettings')",
+    )
     parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
@@ -108,6 +116,7 @@ def one_run(
         "clients_per_round": cohort,
         "eval_every": eval_every,
         "secagg": {"enabled": True, "clipping_range": max(1.0, clip)},
+        "optimizer": args.optimizer,
     }
     if dp:
         overrides["dp"] = dp
@@ -263,6 +272,7 @@ def main(argv: list[str]) -> None:
         "selection": "private runs: the last round; non-private: best validation NDCG@10",
         "model": args.model,
         "model_settings": args.model_settings,
+        "optimizer": args.optimizer,
         "users": split0.n_users,
         "items": split0.n_items,
         "clip_norm": clip,

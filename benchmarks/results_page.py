@@ -42,6 +42,7 @@ SECTIONS: dict[str, str] = {
     "attack": "The item-set inference attack",
     "pipeline": "The on-device pipeline",
     "two_tower": "Two-tower model and cold start",
+    "sequential": "The sequential model",
     "trending": "Private trending counts",
     "experiments": "Private A/B experiments",
     "quantization": "int8 item tables",
