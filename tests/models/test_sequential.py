@@ -182,3 +182,18 @@ def test_a_repeated_event_moves_the_item_to_the_end_of_the_sequence(tmp_path) ->
         want[[3, 8, 11]] = -np.inf
         got = [r.item for r in device.recommend(5)]
         assert got == [f"m{i}" for i in torch.topk(want, 5).indices]
+
+
+def test_the_whole_pipeline_serves_a_sequential_release(tmp_path) -> None:
+    """The model is the pipeline's collaborative candidate generator and its score a
+    ranker feature, as MF's is: the default pipeline fuses its candidates with the rest."""
+    model = _model()
+    shared = moved_shared(model, 0.2)
+    release, public = publish_signed(tmp_path, model, shared)
+    with Device.open(tmp_path / "device", key=generate_key(), release_key=public) as device:
+        device.apply_release(release)
+        for at, item in enumerate([3, 8, 11, 20]):
+            device.record(f"m{item}", "view", at=float(at))
+        got = device.recommend(8)
+        assert len(got) == 8 and not {r.item for r in got} & {"m3", "m8", "m11", "m20"}
+        assert "cf" in {r.source for r in got}
