@@ -43,6 +43,7 @@ SECTIONS: dict[str, str] = {
     "pipeline": "The on-device pipeline",
     "two_tower": "Two-tower model and cold start",
     "sequential": "The sequential model",
+    "order_quality": "Order in the timestamps",
     "trending": "Private trending counts",
     "experiments": "Private A/B experiments",
     "quantization": "int8 item tables",

@@ -324,7 +324,7 @@ def run_experiment(
     ratio = methods[federated].get("ndcg@10", 0.0) / max(
         methods["centralised MF"]["ndcg@10"], 1e-12
     )
-    console.print(f"federated / centralised NDCG@10: {ratio:.3f}")
+    console.print(f"{federated} / centralised MF NDCG@10: {ratio:.3f}")
     if fed.privacy is not None and fed.privacy["mode"] != "off":
         p = fed.privacy
         console.print(
