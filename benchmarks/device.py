@@ -27,7 +27,8 @@ finish or fails is recorded as such, with why, in the results), measures:
 - ``record`` of a new item (a durable SQLCipher commit, then the user-state update: MF's
   exact iALS re-solve of the user factor, the sequential model's user vector recomputed
   through the transformer from the last ``max_history`` items), ``record`` of an item
-  already in the history (the commit alone), and the user-state update alone
+  already in the history (it moves to the end of the sequence: the commit and the
+  update again), and the user-state update alone
   (``Serving.user(rows, None)``) for the person's first ``--history`` items and for the
   whole history at the end of the run;
 - ``recommend(10)`` p50 and p99 for a person with ``--history`` items through the whole
@@ -43,7 +44,7 @@ finish or fails is recorded as such, with why, in the results), measures:
 and the ratio sequential ÷ MF of record, the user-state update, recommend, apply_release,
 RSS and release size at each size and table.
 
-Writes ``--out``/device.{json,md} (default benchmarks/results).
+Writes ``--out``/device[-<name>].{json,md} (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ HERE = Path(__file__).resolve().parent
 DIM = 64
 MODELS = ("mf", "sequential")
 TABLES = ("float32", "int8")
+
+
+def _stem(args: argparse.Namespace) -> str:
+    return "device" + (f"-{args.name}" if args.name else "")
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -317,6 +322,7 @@ def main(argv: list[str]) -> None:
         "--timeout", type=float, default=1200.0, help="seconds one child (row) may run"
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument(
         "--one", nargs=3, metavar=("MODEL", "SIZE", "TABLE"), help=argparse.SUPPRESS
     )
@@ -356,7 +362,7 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
     args.out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/device.py", *argv])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    (args.out / "device.json").write_text(
+    (args.out / f"{_stem(args)}.json").write_text(
         json.dumps(
             {
                 "command": command,
@@ -470,8 +476,9 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
         "A new item's `record` commits the event (WAL, `synchronous=FULL`: an fsync) and then"
         " updates the user state: MF re-solves the user factor exactly (iALS), the"
         " sequential model recomputes the user vector through its transformer from the"
-        " person's last `max_history` items. An item already in the history changes no"
-        " item set, so only the commit is paid. The user-state update alone is"
+        " person's last `max_history` items. An item already in the history moves to the"
+        " end of the person's sequence, so its `record` updates the user state too. The"
+        " user-state update alone is"
         " `Serving.user(rows, None)` for the person's first items and for the whole history"
         " at the end of the run (the sequential model reads its last `max_history` of them)."
         " apply_release builds the model (the sequential model: the catalogue's content"
@@ -485,7 +492,7 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
             "Rows that did not finish say why in place of their figures"
             f" (each row's child process may run {args.timeout:.0f} s, `--timeout`).",
         ]
-    (args.out / "device.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{_stem(args)}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ benchmark: the test item is scored from the training items, the validation item 
 excluded from the ranking) and **train + validation** (the protocol of SASRec and its
 successors: everything before the test event is the history, as on a device).
 
-Writes benchmarks/results/sequential-<dataset>.{json,md} after every seed.
+Writes benchmarks/results/sequential-<dataset>[-<name>].{json,md} after every seed.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="validation-only tuning on the first seed: one JSON of settings per point "
         "(the model's, server_lr, secagg), written to results/sequential-tuning-*",
     )
-    parser.add_argument("--name", default="", help="suffix of the tuning results files")
+    parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     return parser.parse_args(argv)
 
@@ -332,7 +332,8 @@ def write(args, record: dict) -> None:
             if curve:
                 lines.append(f"- seed {r['seed']}, {name}: {curve}")
     lines += ["", f"Wall time: {record['seconds']:.0f} s on 2 CPU cores."]
-    write_results(args.out, f"sequential-{args.dataset}", record, lines, default=str)
+    stem = f"sequential-{args.dataset}" + (f"-{args.name}" if args.name else "")
+    write_results(args.out, stem, record, lines, default=str)
 
 
 if __name__ == "__main__":
