@@ -40,7 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import Stopwatch, command, local_dataset, table_head, write_results
-from two_tower import _constant, _scores, cold_item_metrics, cold_user_metrics, protocol
+from two_tower import (
+    _constant,
+    _scores,
+    cold_item_metrics,
+    cold_lines,
+    cold_user_metrics,
+    protocol,
+)
 from two_tower import train as train_mf
 
 from stamen.models.registry import DeviceInputs, device_seeds
@@ -293,39 +300,7 @@ def write(args, record: dict) -> None:
             rounds = "/".join(str(m["round"]) for m in meta) if "round" in meta[0] else "—"
             wall = f"{np.mean([m['seconds'] for m in meta]):.0f}" if "seconds" in meta[0] else "—"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {rounds} | {wall} |")
-    lines += [
-        "",
-        "## Cold users: NDCG@10 (HR@10) of the next item after k onboarding items",
-        "",
-        *table_head("method | " + " | ".join(f"k = {k}" for k in (0, 1, 3, 5))),
-    ]
-    for name in runs[0]["cold_users"]:
-        cells = []
-        for k in (0, 1, 3, 5):
-            got = [r["cold_users"][name].get(f"k={k}") for r in runs]
-            if got[0] is None:
-                cells.append("—")
-                continue
-            cells.append(
-                f"{_mean_std([g['ndcg@10'] for g in got])} "
-                f"({np.mean([g['hr@10'] for g in got]):.4f})"
-            )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    first = runs[0]["cold_items"]["popularity"]
-    lines += [
-        "",
-        f"## Cold items: {first['cold_items']} items never trained on, "
-        f"{first['users']} users (seed {seeds[0]})",
-        "",
-        *table_head("method | HR@10 | NDCG@10 | AUC"),
-    ]
-    for name in runs[0]["cold_items"]:
-        got = [r["cold_items"][name] for r in runs]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_mean_std([g[m] for g in got]) for m in ("hr@10", "ndcg@10", "auc"))
-            + " |"
-        )
+    lines += cold_lines(runs, reference="popularity")
     lines += ["", "## Validation NDCG@10 by round (the reported round is the best)", ""]
     for r in runs:
         for name, curve in r["best"].items():

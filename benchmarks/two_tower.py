@@ -310,6 +310,47 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
+def cold_lines(runs: list[dict], reference: str = "random") -> list[str]:
+    """The cold-users and cold-items tables of the records ``runs`` (mean ± std over
+    seeds); the cold-items heading counts from method ``reference``'s record."""
+    seeds = [r["seed"] for r in runs]
+    lines: list[str] = []
+    lines += [
+        "",
+        "## Cold users: NDCG@10 (HR@10) of the next item after k onboarding items",
+        "",
+        *table_head("method | " + " | ".join(f"k = {k}" for k in KS)),
+    ]
+    for name in runs[0]["cold_users"]:
+        cells = []
+        for k in KS:
+            got = [r["cold_users"][name].get(f"k={k}") for r in runs]
+            if got[0] is None:
+                cells.append("—")
+                continue
+            cells.append(
+                f"{_mean_std([g['ndcg@10'] for g in got])} "
+                f"({np.mean([g['hr@10'] for g in got]):.4f})"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    first = runs[0]["cold_items"][reference]
+    lines += [
+        "",
+        f"## Cold items: {first['cold_items']} items never trained on, "
+        f"{first['users']} users (seed {seeds[0]})",
+        "",
+        *table_head("method | HR@10 | NDCG@10 | AUC"),
+    ]
+    for name in runs[0]["cold_items"]:
+        got = [r["cold_items"][name] for r in runs]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_mean_std([g[m] for g in got]) for m in ("hr@10", "ndcg@10", "auc"))
+            + " |"
+        )
+    return lines
+
+
 def write(args, record: dict) -> None:
     stem = f"two-tower-{args.dataset}" + (f"-{args.name}" if args.name else "")
     runs = record["runs"]
@@ -332,39 +373,7 @@ def write(args, record: dict) -> None:
             )
             + f" | {wall} |"
         )
-    lines += [
-        "",
-        "## Cold users: NDCG@10 (HR@10) of the next item after k onboarding items",
-        "",
-        *table_head("method | " + " | ".join(f"k = {k}" for k in KS)),
-    ]
-    for name in runs[0]["cold_users"]:
-        cells = []
-        for k in KS:
-            got = [r["cold_users"][name].get(f"k={k}") for r in runs]
-            if got[0] is None:
-                cells.append("—")
-                continue
-            cells.append(
-                f"{_mean_std([g['ndcg@10'] for g in got])} "
-                f"({np.mean([g['hr@10'] for g in got]):.4f})"
-            )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    first = runs[0]["cold_items"]["random"]
-    lines += [
-        "",
-        f"## Cold items: {first['cold_items']} items never trained on, "
-        f"{first['users']} users (seed {seeds[0]})",
-        "",
-        *table_head("method | HR@10 | NDCG@10 | AUC"),
-    ]
-    for name in runs[0]["cold_items"]:
-        got = [r["cold_items"][name] for r in runs]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(_mean_std([g[m] for g in got]) for m in ("hr@10", "ndcg@10", "auc"))
-            + " |"
-        )
+    lines += cold_lines(runs)
     lines += ["", f"Wall time: {record['seconds']:.0f} s on 2 CPU cores."]
     write_results(args.out, stem, record, lines, default=str)
 
