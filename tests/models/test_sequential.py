@@ -130,17 +130,26 @@ def test_a_cold_item_is_embedded_from_its_content() -> None:
     assert "content_out.weight" not in without.shared_names()
 
 
-def test_a_device_recomputes_its_user_vector_on_every_event(tmp_path) -> None:
-    model = _model(max_history=3)
-    shared = moved_shared(model, 0.2)
+def _serving_device(
+    tmp_path, model: Sequential, shared, pipeline: PipelineSettings | None = None
+) -> Device:
+    """A new device with a signed release of ``shared`` applied (retrieval only unless
+    ``pipeline`` says otherwise)."""
     release, public = publish_signed(tmp_path, model, shared)
-    with Device.open(
+    device = Device.open(
         tmp_path / "device",
         key=generate_key(),
         release_key=public,
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as device:
-        device.apply_release(release)
+        pipeline=pipeline or PipelineSettings.retrieval_only(),
+    )
+    device.apply_release(release)
+    return device
+
+
+def test_a_device_recomputes_its_user_vector_on_every_event(tmp_path) -> None:
+    model = _model(max_history=3)
+    shared = moved_shared(model, 0.2)
+    with _serving_device(tmp_path, model, shared) as device:
         assert device.release.model == "sequential"
         assert all(r.source == "popular" for r in device.recommend(5))
         seen = []
@@ -166,14 +175,7 @@ def test_a_device_recomputes_its_user_vector_on_every_event(tmp_path) -> None:
 def test_a_repeated_event_moves_the_item_to_the_end_of_the_sequence(tmp_path) -> None:
     model = _model()
     shared = moved_shared(model, 0.2)
-    release, public = publish_signed(tmp_path, model, shared)
-    with Device.open(
-        tmp_path / "device",
-        key=generate_key(),
-        release_key=public,
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as device:
-        device.apply_release(release)
+    with _serving_device(tmp_path, model, shared) as device:
         for at, item in enumerate([3, 8, 11]):
             device.record(f"m{item}", "view", at=float(at))
         device.record("m3", "view", at=10.0)  # played again: now the latest
@@ -189,9 +191,7 @@ def test_the_whole_pipeline_serves_a_sequential_release(tmp_path) -> None:
     ranker feature, as MF's is: the default pipeline fuses its candidates with the rest."""
     model = _model()
     shared = moved_shared(model, 0.2)
-    release, public = publish_signed(tmp_path, model, shared)
-    with Device.open(tmp_path / "device", key=generate_key(), release_key=public) as device:
-        device.apply_release(release)
+    with _serving_device(tmp_path, model, shared, PipelineSettings()) as device:
         for at, item in enumerate([3, 8, 11, 20]):
             device.record(f"m{item}", "view", at=float(at))
         got = device.recommend(8)
