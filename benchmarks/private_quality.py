@@ -23,7 +23,7 @@ validation; see that file).
 (one tuned at that ε, ``--tune-epsilon EPS``): the table then says which ε used which.
 
 ``--grid FIELD=V1,V2 …`` tunes over another grid of ``ALSSettings`` fields; with
-``--tune-only`` only the tuning table is written (``…-tuning[-eps<ε>].{json,md}``, the
+``--tune-only`` only the tuning table is written (``tuning/…-tuning[-eps<ε>].{json,md}``, the
 ε named unless it is 4; its ``config`` is what a later ``--settings-from`` takes).
 
 Writes benchmarks/results/private-quality-<dataset>[-<users>][-<tag>].{json,md}.
@@ -228,8 +228,9 @@ def write_tuning(args: argparse.Namespace, argv: list[str], tried: dict, best: A
     stem = _stem(args) + "-tuning"
     if args.tune_epsilon != 4.0:
         stem += f"-eps{args.tune_epsilon:g}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(
+    folder = args.out / "tuning"  # tuning runs sit below the current records
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(
         json.dumps({"command": command, "config": best.model_dump(), "tuning": tried}, indent=2)
     )
     lines = [
@@ -245,7 +246,7 @@ def write_tuning(args: argparse.Namespace, argv: list[str], tried: dict, best: A
         "|---|---|",
         *(f"| {k} | {v:.4f} |" for k, v in sorted(tried.items(), key=lambda kv: -kv[1])),
     ]
-    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (folder / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -188,7 +188,9 @@ def render(results: Path = RESULTS) -> tuple[str, dict[str, Path]]:
             "",
             "Records kept in sub-folders of `benchmarks/results/`: earlier runs that a "
             "current record replaced, and the tuning runs whose chosen settings the current "
-            "records use.",
+            "records use (`tuning/`, where the benchmarks write them; those recorded before "
+            "that folder existed were moved there, so their commands, and the commands "
+            "that read them, name `benchmarks/results/` itself).",
             "",
         ]
         for record in earlier:

@@ -61,7 +61,7 @@ from stamen.simulation.protocol.split import Split
 HERE = Path(__file__).resolve().parent
 
 #: name -> settings of the model, the server optimiser's ``server_lr`` and ``secagg``
-#: (chosen on seed 0's validation NDCG@10: ``--tune``, results/sequential-tuning-*.md)
+#: (chosen on seed 0's validation NDCG@10: ``--tune``, results/tuning/sequential-tuning-*.md)
 VARIANTS: dict[str, dict] = {
     "sequential, centralised reference": {"local_epochs": 1, "local_lr": 1.0, "secagg": False},
     "sequential, federated": {"local_epochs": 1, "local_lr": 1.0, "secagg": True},
@@ -85,7 +85,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         metavar="JSON",
         help="validation-only tuning on the first seed: one JSON of settings per point "
-        "(the model's, server_lr, secagg), written to results/sequential-tuning-*",
+        "(the model's, server_lr, secagg), written to results/tuning/sequential-tuning-*",
     )
     parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -116,7 +116,7 @@ def tune(args, dataset, catalog, log) -> None:
             cells = " | ".join(f"{v:.4f}" for v in p["valid_ndcg@10"].values())
             lines.append(f"| `{json.dumps(p['settings'])}` | {cells} |")
         stem = f"sequential-tuning-{args.dataset}" + (f"-{args.name}" if args.name else "")
-        write_results(args.out, stem, record, lines, default=str)
+        write_results(args.out / "tuning", stem, record, lines, default=str)
 
 
 def warm_metrics(model, shared, split: Split, seed: int, *, valid_only: bool = False) -> dict:
