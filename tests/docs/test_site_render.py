@@ -175,9 +175,13 @@ def test_each_page_renders_its_code_blocks_and_images(
     assert not failed, f"{url}: requests the site could not answer: {failed}"
     if page == "benchmarks.md":
         assert len(local) == len(list((ROOT / "docs" / "images" / "benchmarks").glob("*.png")))
+    if page == "how-it-works.md":  # the architecture and the two data flows, served locally
+        assert {"architecture.svg", "round.svg", "recommendation.svg"} <= {
+            Path(p).name for p in local
+        }
 
 
-@pytest.mark.parametrize("page", ["index.md", "app-developer.md"])
+@pytest.mark.parametrize("page", ["index.md", "app-developer.md", "how-it-works.md"])
 def test_screenshots_for_a_person_to_judge(
     page: str, site: tuple[str, list[tuple[str, int]]], tmp_path: Path
 ) -> None:
