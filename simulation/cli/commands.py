@@ -33,8 +33,26 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import stamen
+
+        typer.echo(f"stamen {stamen.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print Stamen's version and exit",
+        ),
+    ] = False,
+) -> None:
     """Stamen: a privacy-preserving, federated, on-device recommender."""
 
 

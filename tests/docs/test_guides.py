@@ -20,8 +20,8 @@ The convention (summed up in the README's Development section):
   to run a shell block's commands before the first one starting with TEXT.
 
 :data:`PAGES` names the pages whose every block must be run or marked (an unmarked block
-that no runner takes fails :func:`test_every_block_runs_or_says_why_not`); the Python and
-TOML blocks of :data:`RUN_ONLY` pages run too.
+that no runner takes fails :func:`test_every_block_runs_or_says_why_not`): the README and
+every page of the docs site.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,10 +43,16 @@ import numpy as np
 import pytest
 from helpers.paths import REAL_DATA, ROOT
 
-#: Pages whose every block must run or say why not.
-PAGES = ("README.md", "docs/app-developer.md")
-#: Pages of which only the Python and TOML blocks run (their other blocks are not checked).
-RUN_ONLY = ("docs/researcher.md",)
+#: Pages whose every block must run or say why not: the README and every page of the site
+#: but the generated Benchmarks page (its records' commands are the benchmarks themselves).
+PAGES = (
+    "README.md",
+    *sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "docs").rglob("*.md")
+        if p.name != "benchmarks.md"
+    ),
+)
 RUNNERS = ("python", "bash", "toml")
 
 _FENCE = re.compile(r"^(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
@@ -120,7 +128,6 @@ def _runs(block: Block) -> bool:
 @pytest.mark.parametrize("page", PAGES)
 def test_every_block_runs_or_says_why_not(page: str) -> None:
     found = blocks(page)
-    assert found, f"{page} has no code block: is the page still there?"
     unmarked = [b.id for b in found if b.not_run is None and b.lang not in RUNNERS]
     assert not unmarked, (
         f"blocks no test runs and that do not say why: {unmarked}; put "
@@ -153,7 +160,7 @@ def test_the_convention_is_read_as_written(tmp_path: Path) -> None:
 
 
 def _python_pages() -> Iterator[str]:
-    for page in PAGES + RUN_ONLY:
+    for page in PAGES:
         if any(b.lang == "python" and _runs(b) for b in blocks(page)):
             yield page
 
@@ -163,9 +170,11 @@ def app_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
     """What an app's code has before the guide's lines: its store key from the keystore,
     the publisher's public key, and release 16 (a small MF model whose catalogue holds
     MovieLens' ids 50 and 181, titled as there) at the path the guide names, in the
-    working directory."""
+    working directory; for the experiments guide, the device's experiment secret and the
+    app's pipeline settings."""
     from helpers.signed_releases import publish_signed
 
+    from stamen.client.pipeline.recommend import PipelineSettings
     from stamen.models import LocalSettings, ReleaseCatalog
     from stamen.models.mf.model import MFModel
 
@@ -182,7 +191,39 @@ def app_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]
     work.mkdir()
     shutil.copy(release, work / "release-000016.stamen")
     monkeypatch.chdir(work)
-    return {"key_from_keystore": bytes(range(32)), "publisher_key": public}
+    return {
+        "key_from_keystore": bytes(range(32)),
+        "publisher_key": public,
+        "secret": bytes(range(100, 132)),
+        "base_settings": PipelineSettings(),
+    }
+
+
+def _ten_picks(page: str, namespace: dict[str, Any], printed: list[str]) -> None:
+    """The device guides print ten picks, each "item score reason"; the app developer
+    guide's comment promises a "Because you rated" reason for the 5-star rating."""
+    assert len(printed) == 10, printed
+    assert all(line.split()[0] not in {"50", "181"} for line in printed), printed
+    assert any("Because you rated Star Wars (1977)" in line for line in printed), printed
+
+
+def _an_arm(page: str, namespace: dict[str, Any], printed: list[str]) -> None:
+    """The experiments guide's device assigns itself an arm, the same one every time, and
+    serves that arm's settings."""
+    from stamen.client.device.experiments import assign
+
+    experiment, arm = namespace["experiment"], namespace["arm"]
+    assert arm == assign(experiment, device_secret=namespace["secret"])
+    explore = {0: namespace["base_settings"].explore, 1: 0.1}[arm]
+    assert namespace["settings"].explore == explore
+
+
+#: What each page's Python blocks must have done, checked after they run.
+PYTHON_CHECKS = {
+    "README.md": _ten_picks,
+    "docs/app-developer.md": _ten_picks,
+    "docs/experiments.md": _an_arm,
+}
 
 
 @pytest.mark.parametrize("page", list(_python_pages()))
@@ -198,12 +239,8 @@ def test_python_blocks_run(
         device = namespace.get("device")
         if device is not None:
             device.close()
-    printed = capsys.readouterr().out.splitlines()
-    # The guides print ten picks, each "item score reason"; the app developer guide's
-    # comment promises a "Because you rated" reason for the 5-star rating.
-    assert len(printed) == 10, printed
-    assert all(line.split()[0] not in {"50", "181"} for line in printed), printed
-    assert any("Because you rated Star Wars (1977)" in line for line in printed), printed
+    assert page in PYTHON_CHECKS, f"{page}: say in PYTHON_CHECKS what its blocks must do"
+    PYTHON_CHECKS[page](page, namespace, capsys.readouterr().out.splitlines())
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,7 +248,7 @@ def test_python_blocks_run(
 
 
 def _toml_blocks() -> list[Block]:
-    return [b for p in PAGES + RUN_ONLY for b in blocks(p) if b.lang == "toml" and _runs(b)]
+    return [b for p in PAGES for b in blocks(p) if b.lang == "toml" and _runs(b)]
 
 
 @pytest.mark.parametrize("block", _toml_blocks(), ids=lambda b: b.id)
@@ -289,9 +326,11 @@ def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
     if "ml-100k" in script:
         if not (REAL_DATA / "ml-100k").is_dir():
             pytest.skip(f"real data not present: {REAL_DATA / 'ml-100k'}")
-    # The reader's repository root: ../shared/data beside it holds the data sets.
+    # The reader's repository root (its Flower app for deployments, `deploy/`):
+    # ../shared/data beside it holds the data sets.
     work = tmp_path / "main"
     work.mkdir()
+    shutil.copytree(ROOT / "deploy", work / "deploy")
     (tmp_path / "shared").mkdir()
     if REAL_DATA.is_dir():
         (tmp_path / "shared" / "data").symlink_to(REAL_DATA.resolve())
@@ -301,15 +340,43 @@ def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "STAMEN_DATA_DIR": str(tmp_path / "shared" / "data"),
     }
-    done = subprocess.run(
-        ["bash", "-eu", "-o", "pipefail", "-c", script],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
+    # A session of its own, so that the servers a block starts in the background (the
+    # operator's walk-through) are stopped with it, whether it passed or not; its output
+    # goes to files, which those servers may hold open after the block has ended.
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        shell = subprocess.Popen(
+            ["bash", "-eu", "-o", "pipefail", "-c", script],
+            cwd=work,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        try:
+            shell.wait(timeout=1500)
+        finally:
+            _stop_session(shell)
+    assert shell.returncode == 0, (
+        f"{block.id} failed ({shell.returncode}):\n{script}\n--- stdout\n"
+        f"{out.read_text()[-4000:]}\n--- stderr\n{err.read_text()[-4000:]}"
     )
-    assert done.returncode == 0, (
-        f"{block.id} failed ({done.returncode}):\n{script}\n--- stdout\n{done.stdout[-4000:]}"
-        f"\n--- stderr\n{done.stderr[-4000:]}"
-    )
+
+
+def _stop_session(shell: subprocess.Popen[bytes]) -> None:
+    """Stop every process of the block's session: SIGTERM, then SIGKILL after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(shell.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(shell.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+    if shell.poll() is None:
+        shell.kill()
+    shell.wait()
