@@ -117,6 +117,7 @@ class EventError(DataError):
     def __init__(self, message: str, *, field: str, index: int | None = None) -> None:
         self.field = field
         self.index = index
+        self.reason = message  # without the field and index
         where = f"field {field!r}" if index is None else f"event {index}, field {field!r}"
         super().__init__(f"{where}: {message}")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -121,68 +122,74 @@ class DeviceCore:
         """
         event = validate_event(item, kind, value=value, at=at, context=context, event_id=event_id)
         with self._lock:
-            stored = self._append([event])
-            if not stored and event.id is not None:
+            if not self._append([event]) and event.id is not None:
                 earlier = self._open_store().event(event.id)
                 assert earlier is not None
                 return earlier
         return event
 
-    def record_many(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
+    def record_many(
+        self,
+        events: Iterable[Event | Mapping[str, Any]],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Store a batch of events (``Event`` objects or dicts with ``item``, ``kind`` and
         optionally ``value``, ``at``, ``context``, ``id``) in one transaction: all or
-        none. Returns how many were stored: an event whose ``id`` is stored already (or
+        none. ``events`` may be any iterable: a generator streams through in constant
+        memory (``progress(n)`` is called with the count stored so far, after every
+        chunk). Returns how many were stored: an event whose ``id`` is stored already (or
         came earlier in the batch) is a retry and is skipped.
 
         Raises:
             EventError: naming the first malformed event's index and field; nothing
                 of the batch is stored.
         """
-        now = time.time()
-        checked = []
-        for index, raw in enumerate(events):
-            fields = raw.to_json() if isinstance(raw, Event) else raw
-            if not isinstance(fields, Mapping):
-                raise EventError(
-                    f"expected a mapping, got {type(raw).__name__}", field="event", index=index
-                )
-            unknown = set(fields) - {"item", "kind", "value", "at", "context", "id"}
-            if unknown:
-                raise EventError(
-                    f"unknown fields {sorted(unknown)}", field=sorted(unknown)[0], index=index
-                )
-            checked.append(
-                validate_event(
-                    fields.get("item"),
-                    fields.get("kind"),
-                    value=fields.get("value", 1.0),
-                    at=fields.get("at"),
-                    context=fields.get("context"),
-                    index=index,
-                    now=now,
-                    event_id=fields.get("id"),
-                )
-            )
-        return len(self._append(checked))
+        return self._append(_validated(events), progress)
 
-    def _append(self, events: list[Event]) -> list[Event]:
+    def _append(
+        self, events: Iterable[Event], progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Store ``events`` (one transaction) and fold them into the person's state once
+        they are committed: an error part-way leaves both as they were."""
         with self._lock:
-            stored = self._open_store().append(events)
-            if self._track(stored):
-                self._refresh()
-            return stored
+            latest: ChainMap[str, tuple[float, str, bool]] = ChainMap({}, self._latest)
+            contexts: dict[str, np.ndarray] = {}
+            moved, stored = False, 0
 
-    def _track(self, events: Iterable[Event]) -> bool:
-        """Fold events into the latest event per item; whether the person's state moved:
-        an item changed side, or a liked item moved later in the history's order (what a
+            def fold(chunk: list[Event]) -> None:
+                nonlocal moved, stored
+                moved |= self._track(chunk, latest, contexts)
+                stored += len(chunk)
+                if progress is not None:
+                    progress(stored)
+
+            count = self._open_store().append(events, fold)
+            self._latest.update(latest.maps[0])
+            self._contexts.update(contexts)
+            if moved:
+                self._refresh()
+            return count
+
+    def _track(
+        self,
+        events: Iterable[Event],
+        latest: MutableMapping[str, tuple[float, str, bool]] | None = None,
+        contexts: MutableMapping[str, np.ndarray] | None = None,
+    ) -> bool:
+        """Fold events into the latest event per item (``latest`` and ``contexts``: where
+        to, by default the device's own); whether the person's state moved: an item
+        changed side, or a liked item moved later in the history's order (what a
         sequential model reads)."""
+        latest = self._latest if latest is None else latest
+        contexts = self._contexts if contexts is None else contexts
         changed = False
         for event in events:
-            before = self._latest.get(event.item)
+            before = latest.get(event.item)
             if before is None or event.at >= before[0]:
                 positive = is_positive(event.kind, event.value, self.rating_threshold)
-                self._latest[event.item] = (event.at, event.kind, positive)
-                self._contexts[event.item] = context_row(event.context)
+                latest[event.item] = (event.at, event.kind, positive)
+                contexts[event.item] = context_row(event.context)
                 changed |= before is None or before[2] != positive
                 changed |= positive and before is not None and event.at > before[0]
         return changed
@@ -288,3 +295,29 @@ class DeviceCore:
         assert self._serving is not None
         catalog = self._serving.bundle.catalog
         return np.array([self._latest[catalog.item_id(int(r))][0] for r in rows], np.float64)
+
+
+def _validated(events: Iterable[Event | Mapping[str, Any]]) -> Iterator[Event]:
+    """Each event of a batch checked as it is read (``EventError`` names its index)."""
+    now = time.time()
+    for index, raw in enumerate(events):
+        fields = raw.to_json() if isinstance(raw, Event) else raw
+        if not isinstance(fields, Mapping):
+            raise EventError(
+                f"expected a mapping, got {type(raw).__name__}", field="event", index=index
+            )
+        unknown = set(fields) - {"item", "kind", "value", "at", "context", "id"}
+        if unknown:
+            raise EventError(
+                f"unknown fields {sorted(unknown)}", field=sorted(unknown)[0], index=index
+            )
+        yield validate_event(
+            fields.get("item"),
+            fields.get("kind"),
+            value=fields.get("value", 1.0),
+            at=fields.get("at"),
+            context=fields.get("context"),
+            index=index,
+            now=now,
+            event_id=fields.get("id"),
+        )

@@ -1,27 +1,40 @@
-"""The person's rights on a device: export everything stored, restore an export,
-forget (a part of ``Device``)."""
+"""The person's rights on a device: export everything stored, restore an export, import
+an events file, forget (a part of ``Device``)."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
+from stamen.client.device.event_files import EventFile, EventSource
 from stamen.client.device.folder import LOCK_FILE, MARKER_FILE
 from stamen.client.device.releases import RELEASE_FILE
 from stamen.client.device.store import DB_NAME
-from stamen.errors import DataError
+from stamen.errors import DataError, DataFormatError, EventError
 from stamen.privacy import write_atomically
 
-__all__ = ["EXPORT_FORMAT", "PortabilityMixin", "stamen_files"]
+__all__ = ["EXPORT_FORMAT", "Imported", "PortabilityMixin", "stamen_files"]
 
 EXPORT_FORMAT = "stamen-device-export/1"
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What :meth:`PortabilityMixin.import_events` did: events stored, rows read (a row
+    whose ``id`` was stored already is read and not stored again), and the file's
+    columns that are no event field (not read)."""
+
+    stored: int
+    read: int
+    ignored_columns: tuple[str, ...] = ()
 
 
 class PortabilityMixin(DeviceCore):
@@ -73,6 +86,49 @@ class PortabilityMixin(DeviceCore):
             if self._open_store().count():
                 raise DataError(f"{self.folder}: restore needs a device without events")
             return self.record_many(export.get("events", []))
+
+    def import_events(
+        self,
+        source: str | os.PathLike[str] | EventSource,
+        *,
+        format: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        kind: str | None = None,
+        progress: Callable[[int, int, int], None] | None = None,
+    ) -> Imported:
+        """Record the events of a file (CSV or JSON lines: see
+        :mod:`stamen.client.device.event_files` for its columns; ``format``, ``columns``
+        and ``kind`` as there), or of another :class:`EventSource`, in ONE transaction:
+        every event or, on any error, none. The file is streamed: memory stays flat
+        however long it is. ``progress(events, bytes_read, file_bytes)`` is called as
+        chunks are stored.
+
+        Raises:
+            DataError: no such file, an unknown format, missing columns.
+            DataFormatError: a bad row, naming the file, the line and the column; nothing
+                of the file is stored.
+        """
+        if isinstance(source, str | os.PathLike):
+            source = EventFile(source, format=format, columns=columns, kind=kind)
+        elif format is not None or columns is not None or kind is not None:
+            raise DataError("format, columns and kind describe a file; this source is read as is")
+        reader = source
+        report = None if progress is None else (lambda n: progress(n, *reader.progress()))
+        read = 0
+
+        def counted() -> Iterator[dict[str, Any]]:
+            nonlocal read
+            for read, event in enumerate(reader, start=1):  # noqa: B007
+                yield event
+
+        try:
+            stored = self.record_many(counted(), progress=report)
+        except EventError as error:
+            raise DataFormatError(
+                error.reason, path=reader.path, line=reader.line, field=reader.column(error.field)
+            ) from None
+        ignored = tuple(getattr(reader, "ignored", ()))
+        return Imported(stored=stored, read=read, ignored_columns=ignored)
 
     def forget(self) -> None:
         """Erase everything this device stored: the database with its WAL and journal

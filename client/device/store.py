@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,11 @@ from stamen.errors import DataError, StoreCorruptError
 from stamen.privacy import open_encrypted_database
 from stamen.privacy.crypto.database import DatabaseError, OperationalError
 
-__all__ = ["DB_NAME", "MIGRATIONS", "SCHEMA_VERSION", "EventStore"]
+__all__ = ["CHUNK", "DB_NAME", "MIGRATIONS", "SCHEMA_VERSION", "EventStore"]
 
 DB_NAME = "device.db"
+#: Events inserted per statement when a batch or an import streams into the store.
+CHUNK = 1000
 
 
 def _create_v1(connection: Any) -> None:
@@ -132,29 +135,39 @@ class EventStore:
                 list(values.items()),
             )
 
-    def append(self, events: Iterable[Event]) -> list[Event]:
-        """Store ``events`` in one transaction: all of them, or (on error) none. An event
-        whose id is stored already (or came earlier in the batch) is a retry and is
-        skipped; returns the events stored."""
+    def append(
+        self, events: Iterable[Event], on_stored: Callable[[list[Event]], None] | None = None
+    ) -> int:
+        """Store ``events`` in one transaction: all of them, or (on an error, raised by the
+        iterable too) none. The iterable is consumed :data:`CHUNK` events at a time, so a
+        long import streams through in constant memory; ``on_stored`` sees each chunk once
+        it is inserted (before the commit). An event whose id is stored already (or came
+        earlier) is a retry and is skipped; returns how many were stored."""
+        stored = 0
         with self.guard(), self.transaction():
-            fresh, seen = [], set()
-            for e in events:
-                if e.id is not None:
-                    if (
-                        e.id in seen
-                        or self._db.execute(
-                            "SELECT 1 FROM events WHERE event_id = ?", (e.id,)
-                        ).fetchone()
-                    ):
-                        continue
-                    seen.add(e.id)
-                fresh.append(e)
-            self._db.executemany(
-                "INSERT INTO events(item, kind, value, at, context, event_id) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.item, e.kind, e.value, e.at, _context_json(e), e.id) for e in fresh],
-            )
-            return fresh
+            it = iter(events)
+            while chunk := list(islice(it, CHUNK)):
+                fresh, seen = [], set()  # earlier chunks are in the table already
+                for e in chunk:
+                    if e.id is not None:
+                        if (
+                            e.id in seen
+                            or self._db.execute(
+                                "SELECT 1 FROM events WHERE event_id = ?", (e.id,)
+                            ).fetchone()
+                        ):
+                            continue
+                        seen.add(e.id)
+                    fresh.append(e)
+                self._db.executemany(
+                    "INSERT INTO events(item, kind, value, at, context, event_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.item, e.kind, e.value, e.at, _context_json(e), e.id) for e in fresh],
+                )
+                stored += len(fresh)
+                if on_stored is not None:
+                    on_stored(fresh)
+        return stored
 
     def event(self, event_id: str) -> Event | None:
         """The stored event with the app's id ``event_id`` (``None``: none)."""

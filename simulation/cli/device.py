@@ -2,22 +2,26 @@
 
 Every command takes the device folder; the store key lives in a key file OUTSIDE that
 folder (``--key-file``, by default ``<folder>.key`` beside it), created owner-only by
-``init`` (standing in for the app's keystore).
+``init`` (standing in for the app's keystore). With ``--json`` a command prints one JSON
+object on stdout instead of its text, and an error as ``{"error": {"type", "message"}}``
+(exit status 2 either way).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from stamen.errors import DataError, DecryptionError
+from stamen.errors import DataError, DecryptionError, StamenError
 
 __all__ = [
     "apply",
@@ -37,13 +41,33 @@ device_app = typer.Typer(
 )
 
 _KEY_BYTES = 32
-_BATCH = 500
 
 Folder = Annotated[Path, typer.Argument(help="the device folder")]
 KeyFile = Annotated[
     Path | None,
     typer.Option(help="the store key file, outside the device folder [default: <folder>.key]"),
 ]
+Json = Annotated[bool, typer.Option("--json", help="print one JSON object instead of text")]
+
+
+@contextmanager
+def _reported(as_json: bool) -> Iterator[None]:
+    """With ``--json``, a Stamen error becomes one JSON object on stdout (exit 2);
+    without, it reaches ``stamen``'s ``error:`` line."""
+    try:
+        yield
+    except StamenError as error:
+        if not as_json:
+            raise
+        typer.echo(json.dumps({"error": {"type": type(error).__name__, "message": str(error)}}))
+        raise typer.Exit(2) from None
+
+
+def _say(as_json: bool, data: dict[str, Any], text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        Console().print(text)
 
 
 def _key_path(folder: Path, key_file: Path | None) -> Path:
@@ -82,8 +106,14 @@ def init(
         Path, typer.Option(help="the publisher's raw Ed25519 public key (release.pub)")
     ],
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Create a device pinned to a publisher's release key; make (or take) its store key."""
+    with _reported(as_json):
+        _init(folder, release_key, key_file, as_json)
+
+
+def _init(folder: Path, release_key: Path, key_file: Path | None, as_json: bool) -> None:
     from stamen.client.device.device import Device
     from stamen.privacy import generate_key
 
@@ -102,7 +132,16 @@ def init(
     if len(public) != _KEY_BYTES:
         raise DataError(f"{release_key}: not a raw 32-byte Ed25519 public key")
     Device.open(folder, key=key, release_key=public).close()
-    Console().print(f"device in {folder}; {note}; pinned release key {public.hex()[:16]}…")
+    _say(
+        as_json,
+        {
+            "folder": str(folder),
+            "key_file": str(path),
+            "new_key": "new" in note,
+            "release_key": public.hex(),
+        },
+        f"device in {folder}; {note}; pinned release key {public.hex()[:16]}…",
+    )
 
 
 @device_app.command()
@@ -112,34 +151,110 @@ def record(
     kind: Annotated[str, typer.Argument(help="view, click, play, rating, skip, …")],
     value: Annotated[float, typer.Option(help="rating or watch fraction")] = 1.0,
     at: Annotated[float | None, typer.Option(help="seconds since the epoch [default: now]")] = None,
+    event_id: Annotated[
+        str | None, typer.Option("--id", help="the event's own id: a retry stores nothing")
+    ] = None,
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Record one event."""
-    with _open(folder, key_file) as device:
-        device.record(item, kind, value=value, at=at)
-        Console().print(f"recorded {kind} {item}; {len(device.history())} events on the device")
+    with _reported(as_json), _open(folder, key_file) as device:
+        event = device.record(item, kind, value=value, at=at, event_id=event_id)
+        count = len(device.history())
+    _say(
+        as_json,
+        {"event": event.to_json(), "events": count},
+        f"recorded {kind} {item}; {count} events on the device",
+    )
 
 
 @device_app.command(name="import")
 def import_events(
     folder: Folder,
-    events: Annotated[Path, typer.Argument(help="u.data, ratings.dat/.csv or user_artists.dat")],
-    user: Annotated[int | None, typer.Option(help="the person's user id in the file")] = None,
+    events: Annotated[
+        Path,
+        typer.Argument(
+            help="an events file (.csv or .jsonl: item, kind, value, at, id columns) or a "
+            "data set's u.data, ratings.dat, ratings.csv or user_artists.dat"
+        ),
+    ],
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--column", help="FIELD=NAME: the file's column for an event field (repeatable)"
+        ),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="every row's kind, when the file has no kind column")
+    ] = None,
+    user: Annotated[
+        int | None, typer.Option(help="the person's user id in a data set's file")
+    ] = None,
     format: Annotated[
-        str | None, typer.Option("--format", help="layout, if the file name does not say")
+        str | None,
+        typer.Option(
+            "--format", help="csv, jsonl or a data set's layout, if the name does not say"
+        ),
     ] = None,
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
-    """Seed a device with one person's events from a file of the loaders' formats."""
-    from stamen.simulation.cli.event_files import read_events
+    """Record one person's events from a file, streamed, in one transaction: every event
+    or, on an error (its file, line and column named), none."""
+    from stamen.simulation.cli.event_files import EVENT_FILES, PresetFile
 
-    rows = read_events(events, layout=format, user=user)
-    with _open(folder, key_file) as device, Progress(transient=True) as progress:
-        task = progress.add_task("importing events", total=len(rows))
-        for start in range(0, len(rows), _BATCH):
-            device.record_many(rows[start : start + _BATCH])
-            progress.advance(task, len(rows[start : start + _BATCH]))
-    Console().print(f"imported {len(rows)} events from {events}")
+    with _reported(as_json):
+        preset = (format or events.name) in EVENT_FILES
+        if preset and (column or kind):
+            raise DataError(f"{events}: --column and --kind describe a .csv or .jsonl events file")
+        if not preset and user is not None:
+            raise DataError(f"{events}: --user picks a person in a data set's file only")
+        columns = dict(_pair(text) for text in column or [])
+        source: Any = PresetFile(events, layout=format, user=user) if preset else events
+        options = {} if preset else {"format": format, "columns": columns, "kind": kind}
+        with _open(folder, key_file) as device, _progress(as_json) as progress:
+            task = progress.add_task("importing", total=None)
+
+            def advance(stored: int, done: int, size: int) -> None:
+                progress.update(task, completed=done, total=size, description=f"{stored} events")
+
+            report = device.import_events(source, progress=advance, **options)
+            count = len(device.history())
+    note = (
+        f"; columns not read: {', '.join(report.ignored_columns)}" if report.ignored_columns else ""
+    )
+    _say(
+        as_json,
+        {
+            "file": str(events),
+            "stored": report.stored,
+            "read": report.read,
+            "ignored_columns": list(report.ignored_columns),
+            "events": count,
+        },
+        f"imported {report.stored} events from {events} ({report.read} rows read; "
+        f"{count} events on the device){note}",
+    )
+
+
+def _pair(text: str) -> tuple[str, str]:
+    field, sep, name = text.partition("=")
+    if not sep or not field or not name:
+        raise DataError(f"--column {text!r}: expected FIELD=NAME, e.g. item=movie_id")
+    return field, name
+
+
+def _progress(as_json: bool) -> Progress:
+    """A progress bar on stderr (by bytes of the file), silent under ``--json``."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=as_json,
+    )
 
 
 @device_app.command()
@@ -147,13 +262,16 @@ def apply(
     folder: Folder,
     bundle: Annotated[Path, typer.Argument(help="a signed release file (release-NNNNNN.stamen)")],
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Verify and install a signed release."""
-    with _open(folder, key_file) as device:
+    with _reported(as_json), _open(folder, key_file) as device:
         info = device.apply_release(bundle)
-    Console().print(
+    _say(
+        as_json,
+        {"release": dict(info.__dict__)},
         f"installed release {info.number} ({info.model}, {info.items} items"
-        f"{', int8 table' if info.quantized else ''})"
+        f"{', int8 table' if info.quantized else ''})",
     )
 
 
@@ -162,12 +280,32 @@ def recommend(
     folder: Folder,
     k: Annotated[int, typer.Option("--k", min=1, help="how many")] = 10,
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Recommendations computed on the device, with their reasons."""
-    with _open(folder, key_file) as device:
+    with _reported(as_json), _open(folder, key_file) as device:
         picks = device.recommend(k)
         release = device.release
         catalog = None if device._serving is None else device._serving.bundle.catalog
+    rows = []
+    for rank, pick in enumerate(picks, start=1):
+        index = int(catalog.index_of([pick.item])[0]) if catalog is not None else -1
+        title = catalog.title(index) if catalog is not None and index >= 0 else pick.item
+        rows.append(
+            {
+                "rank": rank,
+                "item": pick.item,
+                "title": title,
+                "score": pick.score,
+                "reason": pick.reason,
+                "source": pick.source,
+            }
+        )
+    if as_json:
+        typer.echo(
+            json.dumps({"release": None if release is None else release.number, "picks": rows})
+        )
+        return
     console = Console()
     if release is None:
         console.print("no release installed: nothing to recommend (`stamen device apply`)")
@@ -175,10 +313,15 @@ def recommend(
     table = Table(title=f"recommendations (release {release.number})")
     for column in ("#", "title", "item", "score", "why", "source"):
         table.add_column(column, justify="right" if column in ("#", "score") else "left")
-    for rank, pick in enumerate(picks, start=1):
-        index = int(catalog.index_of([pick.item])[0]) if catalog is not None else -1
-        title = catalog.title(index) if catalog is not None and index >= 0 else pick.item
-        table.add_row(str(rank), title, pick.item, f"{pick.score:.3f}", pick.reason, pick.source)
+    for row in rows:
+        table.add_row(
+            str(row["rank"]),
+            row["title"],
+            row["item"],
+            f"{row['score']:.3f}",
+            row["reason"],
+            row["source"],
+        )
     console.print(table)
 
 
@@ -187,14 +330,19 @@ def export(
     folder: Folder,
     output: Annotated[Path | None, typer.Option(help="write here [default: print]")] = None,
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Everything the device stores about the person, as JSON."""
-    with _open(folder, key_file) as device:
+    with _reported(as_json), _open(folder, key_file) as device:
         data = device.export(output)
     if output is None:
-        typer.echo(json.dumps(data, indent=1))
+        typer.echo(json.dumps(data, indent=None if as_json else 1))
     else:
-        Console().print(f"wrote {len(data['events'])} events and the state to {output}")
+        _say(
+            as_json,
+            {"output": str(output), "events": len(data["events"])},
+            f"wrote {len(data['events'])} events and the state to {output}",
+        )
 
 
 @device_app.command()
@@ -202,10 +350,13 @@ def forget(
     folder: Folder,
     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
     key_file: KeyFile = None,
+    as_json: Json = False,
 ) -> None:
     """Erase everything the device stored (the key file is left to the app's keystore)."""
-    if not yes:
-        typer.confirm(f"erase everything in {folder}?", abort=True)
-    device = _open(folder, key_file)
-    device.forget()
-    Console().print(f"erased; {folder} is empty")
+    with _reported(as_json):
+        if not yes:
+            if as_json:
+                raise DataError("--json cannot ask for confirmation: add --yes")
+            typer.confirm(f"erase everything in {folder}?", abort=True)
+        _open(folder, key_file).forget()
+    _say(as_json, {"forgotten": str(folder)}, f"erased what Stamen stored in {folder}")

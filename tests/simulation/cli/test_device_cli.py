@@ -15,7 +15,7 @@ from stamen.models import DataFormatError
 from stamen.privacy import BudgetExceededError, DecryptionError, SignatureError
 from stamen.simulation.cli import commands as cli
 from stamen.simulation.cli.commands import app
-from stamen.simulation.cli.event_files import read_events
+from stamen.simulation.cli.event_files import PresetFile
 
 runner = CliRunner()
 
@@ -133,13 +133,82 @@ def test_event_files_name_file_line_and_field(tmp_path) -> None:
     bad = tmp_path / "u.data"
     bad.write_text("1\t2\t5\t100\n1\t3\t9\t101\n")
     with pytest.raises(DataFormatError, match=r"u\.data, line 2, field 'rating': 9 is above"):
-        read_events(bad)
+        list(PresetFile(bad))
     several = tmp_path / "ratings.csv"
     several.write_text("userId,movieId,rating,timestamp\n1,2,4.5,10\n2,2,3.0,11\n")
-    with pytest.raises(DataError, match="holds 2 users; choose one with --user"):
-        read_events(several)
-    assert read_events(several, user=2) == [
+    with pytest.raises(DataError, match="holds several users; choose one with --user"):
+        list(PresetFile(several))
+    assert list(PresetFile(several, user=2)) == [
         {"item": "2", "kind": "rating", "value": 3.0, "at": 11.0}
     ]
+    with pytest.raises(DataError, match="no events for user 3"):
+        list(PresetFile(several, user=3))
     with pytest.raises(DataError, match="unknown layout"):
-        read_events(tmp_path / "u.data", layout="events.json")
+        PresetFile(tmp_path / "u.data", layout="events.json")
+
+
+def test_import_is_one_transaction_and_json_reports_it(tmp_path, release) -> None:
+    """A bad last row of a data set's file leaves nothing stored, named by file, line and
+    field; with --json every command prints one object, errors included (exit 2)."""
+    _, public = release
+    folder = tmp_path / "phone"
+    _ok(["device", "init", str(folder), "--release-key", str(public), "--json"])
+    events = tmp_path / "u.data"
+    rows = [f"7\t{item}\t4\t{100 + item}" for item in range(1, 2500)]
+    events.write_text("\n".join([*rows, "7\t9\t4\tsoon"]) + "\n")
+    bad = runner.invoke(app, ["device", "import", str(folder), str(events), "--json"])
+    assert bad.exit_code == 2, bad.output
+    error = json.loads(bad.output)["error"]
+    assert error["type"] == "DataFormatError"
+    assert "u.data, line 2500, field 'timestamp'" in error["message"]
+    assert json.loads(_ok(["device", "export", str(folder), "--json"]))["events"] == []
+    events.write_text("\n".join(rows) + "\n")
+    done = json.loads(_ok(["device", "import", str(folder), str(events), "--json"]))
+    assert done == {
+        "file": str(events),
+        "stored": 2499,
+        "read": 2499,
+        "ignored_columns": [],
+        "events": 2499,
+    }
+    own = tmp_path / "mine.csv"
+    own.write_text("movie_id,when,stars,user_id\nm1,2020-01-01T10:00:00Z,5,u\nm2,1600000000,2,u\n")
+    args = ["device", "import", str(folder), str(own), "--column", "item=movie_id"]
+    args += ["--column", "at=when", "--column", "value=stars", "--kind", "rating", "--json"]
+    done = json.loads(_ok(args))
+    assert (done["stored"], done["ignored_columns"], done["events"]) == (2, ["user_id"], 2501)
+    text = _ok(
+        [
+            "device",
+            "import",
+            str(folder),
+            str(own),
+            "--column",
+            "item=movie_id",
+            "--column",
+            "at=when",
+            "--column",
+            "value=stars",
+            "--kind",
+            "rating",
+        ]
+    )
+    assert "columns not read: user_id" in text
+    recorded = json.loads(
+        _ok(["device", "record", str(folder), "m3", "play", "--id", "e1", "--json"])
+    )
+    assert recorded["event"]["item"] == "m3" and recorded["events"] == 2504
+    again = json.loads(_ok(["device", "record", str(folder), "m3", "play", "--id", "e1", "--json"]))
+    assert again["events"] == 2504  # a retry with the same id stores nothing
+    picks = json.loads(_ok(["device", "recommend", str(folder), "--k", "3", "--json"]))
+    assert picks == {"release": None, "picks": []}
+    wrong = runner.invoke(app, ["device", "import", str(folder), str(own), "--json"])
+    assert (
+        wrong.exit_code == 2
+        and "no column ['item', 'kind']" in json.loads(wrong.output)["error"]["message"]
+    )
+    refused = runner.invoke(app, ["device", "forget", str(folder), "--json"])
+    assert refused.exit_code == 2 and "--yes" in json.loads(refused.output)["error"]["message"]
+    assert json.loads(_ok(["device", "forget", str(folder), "--yes", "--json"])) == {
+        "forgotten": str(folder)
+    }
