@@ -214,6 +214,11 @@ class DeviceCore:
         self._ordered = ordered
         self._factor = serving.factor(ordered, self._factor)
 
+    def event_count(self) -> int:
+        """How many events the store holds (without reading them)."""
+        with self._lock:
+            return self._open_store().count()
+
     def history(self) -> list[Event]:
         """Every stored event, in the order recorded."""
         with self._lock:

@@ -160,7 +160,7 @@ def record(
     """Record one event."""
     with _reported(as_json), _open(folder, key_file) as device:
         event = device.record(item, kind, value=value, at=at, event_id=event_id)
-        count = len(device.history())
+        count = device.event_count()
     _say(
         as_json,
         {"event": event.to_json(), "events": count},
@@ -219,7 +219,7 @@ def import_events(
                 progress.update(task, completed=done, total=size, description=f"{stored} events")
 
             report = device.import_events(source, progress=advance, **options)
-            count = len(device.history())
+            count = device.event_count()
     note = (
         f"; columns not read: {', '.join(report.ignored_columns)}" if report.ignored_columns else ""
     )
