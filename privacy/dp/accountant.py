@@ -12,7 +12,9 @@ Example (FLOWER-NOTES): q = 0.01, 500 rounds, z = 1.0 spend ε ≈ 1.65 at δ = 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -95,7 +97,20 @@ def _epsilon(
         return math.inf
     opacus_accountant = ACCOUNTANTS[accountant]()
     opacus_accountant.history = [(noise_multiplier, sampling_rate, rounds)]
-    return float(opacus_accountant.get_epsilon(delta=delta))
+    with _largest_order_is_an_upper_bound():
+        return float(opacus_accountant.get_epsilon(delta=delta))
+
+
+@contextmanager
+def _largest_order_is_an_upper_bound() -> Iterator[None]:
+    """Silence Opacus' "Optimal order is the largest alpha" warning. The RDP conversion at
+    the largest of its default orders is still a valid upper bound on ε (a looser one
+    than more orders could give), and keeping Opacus' default orders keeps every recorded
+    ε and calibrated noise reproducible; the warning only told the reader of a console
+    (`stamen simulate` printed it) something the accounting does not need."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha", UserWarning)
+        yield
 
 
 class PrivacyAccountant:
@@ -222,8 +237,8 @@ def noise_for_target(
 
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1 (got {rounds})")
-    return float(
-        get_noise_multiplier(
+    with _largest_order_is_an_upper_bound():
+        noise = get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,
             sample_rate=sampling_rate,
@@ -231,4 +246,4 @@ def noise_for_target(
             accountant=accountant,
             epsilon_tolerance=epsilon_tolerance,
         )
-    )
+    return float(noise)

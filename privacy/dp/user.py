@@ -55,8 +55,8 @@ class UserDP(BaseModel):
         if self.mode == "off" and (self.noise_multiplier, self.target_epsilon) != (None, None):
             # a run the user believes private must not quietly run without noise
             raise ValueError(
-                "noise_multiplier / target_epsilon given but mode is 'off': "
-                "set mode to 'central' or 'distributed'"
+                "noise_multiplier / target_epsilon (--noise-multiplier / --epsilon) given "
+                "but mode (--dp) is 'off': set it to 'central' or 'distributed'"
             )
         return self
 

@@ -30,6 +30,7 @@ app = typer.Typer(
     help="Stamen: a privacy-preserving, federated, on-device recommender.",
     no_args_is_help=True,
     add_completion=False,
+    suggest_commands=False,  # click suggests a command itself: Typer's would say it twice
 )
 
 

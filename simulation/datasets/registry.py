@@ -145,7 +145,7 @@ def _spec_of(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        known = ", ".join(sorted(DATASETS))
+        known = ", ".join([*sorted(DATASETS), "synthetic (generated)"])
         raise ConfigError(f"unknown data set {name!r}; known: {known}") from None
 
 

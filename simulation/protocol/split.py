@@ -136,6 +136,16 @@ def leave_one_out(interactions: Interactions, *, seed: int, n_negatives: int = 9
     all_items = UserItems.from_pairs(
         users, items, n_users=interactions.n_users, n_items=interactions.n_items
     )
+    short = evaluated & (interactions.n_items - all_items.counts() < n_negatives)
+    if short.any():  # name the person as the data names them, and the way out
+        u = int(np.flatnonzero(short)[0])
+        raise DataError(
+            f"user {interactions.user_ids[u]!r} has {interactions.n_items - counts[u]} items "
+            f"they have not interacted with, and the sampled protocol draws {n_negatives} "
+            f"of them ({int(short.sum())} users are short): the catalogue needs at least "
+            f"{n_negatives + int(counts[short].max())} items (`stamen data inspect` says "
+            "so before a run)"
+        )
     negatives = sample_negatives(all_items, evaluated, n_negatives=n_negatives, rng=rng)
     return Split(
         train=train,

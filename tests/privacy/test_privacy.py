@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -178,6 +179,20 @@ def test_noise_for_target_round_trips() -> None:
     dp = DPSettings(noise_multiplier=z, sampling_rate=0.01, target_epsilon=8.0)
     accountant = PrivacyAccountant(dp, rounds=500)
     assert accountant.epsilon <= 8.0 and not accountant.would_exceed(rounds=0)
+
+
+def test_a_bound_at_the_largest_order_is_kept_without_opacus_warning() -> None:
+    """Much noise over few rounds puts the optimal Rényi order at Opacus' largest (its
+    noise search starts there too): ε is still an upper bound (the same value), and the
+    console shows no warning."""
+    with pytest.warns(UserWarning, match="Optimal order is the largest alpha"):
+        expected = _opacus_epsilon(20.0, 0.5, 2, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = noise_for_target(target_epsilon=8.0, delta=1e-3, sampling_rate=0.5, rounds=2)
+        dp = DPSettings(noise_multiplier=20.0, sampling_rate=0.5, delta=1e-3)
+        assert PrivacyAccountant(dp, rounds=2).epsilon == pytest.approx(expected, rel=1e-12)
+    assert 8.0 - 0.01 <= _opacus_epsilon(z, 0.5, 2, 1e-3) <= 8.0
 
 
 @pytest.mark.parametrize("target", [1.0, 1.65, 3.0])

@@ -127,7 +127,7 @@ def test_dp_without_noise_or_target_is_rejected() -> None:
 
 @pytest.mark.parametrize("given", [{"target_epsilon": 4.0}, {"noise_multiplier": 1.0}])
 def test_noise_settings_without_a_dp_mode_are_rejected(given: dict) -> None:
-    with pytest.raises(ValueError, match="mode is 'off'"):
+    with pytest.raises(ValueError, match=r"mode \(--dp\) is 'off'"):
         UserDP(**given)
 
 

@@ -212,3 +212,9 @@ def test_import_is_one_transaction_and_json_reports_it(tmp_path, release) -> Non
     assert json.loads(_ok(["device", "forget", str(folder), "--yes", "--json"])) == {
         "forgotten": str(folder)
     }
+
+
+def test_a_misspelt_command_is_suggested_once() -> None:
+    result = runner.invoke(app, ["simulat"])
+    assert result.exit_code == 2
+    assert result.output.count("Did you mean 'simulate'?") == 1, result.output
