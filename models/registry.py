@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from stamen.errors import ConfigError
 from stamen.models.batches import UserItems
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.quantize import ItemTable
@@ -253,12 +254,13 @@ def register_model(name: str) -> Callable[[type[RecModel]], type[RecModel]]:
 
 def model_class(name: str) -> type[RecModel]:
     """The registered model family ``name`` (a built-in one is imported on first use)."""
-    if name not in MODELS:
+    if name not in MODELS and name in BUILTIN_MODELS:
         _load_builtin(name)
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+        known = sorted(set(MODELS) | set(BUILTIN_MODELS))
+        raise ValueError(f"unknown model {name!r}; choose one of {known}") from None
 
 
 def build_model(
@@ -273,8 +275,18 @@ def build_model(
 
 
 def _load_builtin(name: str) -> None:
-    """Import the built-in family ``name`` so that it registers itself (every built-in
-    family when ``name`` is none of them, so that the error lists them all)."""
-    modules = [BUILTIN_MODELS[name]] if name in BUILTIN_MODELS else BUILTIN_MODELS.values()
-    for module in modules:
-        importlib.import_module(module)
+    """Import the built-in family ``name`` so that it registers itself.
+
+    Raises:
+        ConfigError: the family needs torch and torch is not installed (a device-only
+            install, ``requirements-device.txt``, serves ``mf`` releases without it).
+    """
+    try:
+        importlib.import_module(BUILTIN_MODELS[name])
+    except ModuleNotFoundError as error:
+        if error.name != "torch":
+            raise
+        raise ConfigError(
+            f"model {name!r} needs torch, which is not installed here (a device-only "
+            "install serves 'mf' releases; pip install torch==2.13.0 for the others)"
+        ) from None

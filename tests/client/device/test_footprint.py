@@ -4,9 +4,12 @@ store and the release format only: never torch, Flower, Ray or Opacus (issue 26)
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
+import tomllib
 
+from helpers.paths import ROOT
 from helpers.signed_releases import small_mf_release
 
 from stamen.privacy import generate_key, generate_signing_key
@@ -35,3 +38,89 @@ def test_serving_an_mf_release_loads_no_torch_flower_ray_or_opacus(tmp_path) -> 
         [sys.executable, "-c", SERVE, *args], check=True, capture_output=True, text=True
     )
     assert ast.literal_eval(child.stdout.strip().splitlines()[-1]) == []
+
+
+#: The import name of each of pyproject.toml's dependencies (distribution -> module).
+MODULES = {
+    "flwr": "flwr",
+    "torch": "torch",
+    "opacus": "opacus",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "cryptography": "cryptography",
+    "grpcio": "grpc",
+    "pydantic": "pydantic",
+    "typer": "typer",
+    "rich": "rich",
+    "matplotlib": "matplotlib",
+    "safetensors": "safetensors",
+    "sqlcipher3-binary": "sqlcipher3",
+    "threadpoolctl": "threadpoolctl",
+}
+
+#: A finder that makes ``BLOCKED`` (and Ray, which Flower's simulation extra brings)
+#: unimportable, as in an environment where they were never installed.
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = set(sys.argv.pop(1).split(","))
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Absent())
+"""
+
+
+def _requirements(lines: list[str]) -> dict[str, str]:
+    """Distribution name -> its specifier, for each requirement of ``lines`` (comments and
+    blank lines skipped, extras dropped)."""
+    found = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.match(r"[A-Za-z0-9_.-]+(\[[^\]]*\])?", line)
+            assert name is not None, line
+            found[re.sub(r"\[.*\]", "", name[0])] = line[len(name[0]) :]
+    return found
+
+
+def test_the_device_only_install_pins_as_pyproject_does_and_serves_without_the_rest(
+    tmp_path,
+) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    everything = _requirements(project["dependencies"])
+    device = _requirements((ROOT / "requirements-device.txt").read_text().splitlines())
+    assert set(MODULES) == set(everything), "name the import module of every dependency"
+    assert {name: everything[name] for name in device} == device
+    blocked = sorted({MODULES[name] for name in everything} - {MODULES[n] for n in device})
+    assert {"torch", "flwr", "opacus"} <= set(blocked)
+    private, public = generate_signing_key()
+    release = tmp_path / "release-000001.stamen"
+    release.write_bytes(small_mf_release(1, private))
+    args = [str(tmp_path / "device"), str(release), generate_key().hex(), public.hex()]
+    script = BLOCKER + SERVE
+    child = subprocess.run(
+        [sys.executable, "-c", script, ",".join([*blocked, "ray"]), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert ast.literal_eval(child.stdout.strip().splitlines()[-1]) == []
+    # a release of a model that needs torch is refused by name, not with a bare import error
+    refused = subprocess.run(
+        [sys.executable, "-c", BLOCKER + NEEDS_TORCH, ",".join([*blocked, "ray"])],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 0, refused.stderr[-3000:]
+    assert "model 'two-tower' needs torch, which is not installed here" in refused.stdout
+
+
+NEEDS_TORCH = """
+from stamen.errors import ConfigError
+from stamen.models.registry import model_class
+try:
+    model_class("two-tower")
+except ConfigError as error:
+    print(error)
+"""
