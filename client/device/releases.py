@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import secrets
+import ssl
 from pathlib import Path
 
 from stamen.client.device.core import DeviceCore
+from stamen.client.device.fetch import fetch_newest, is_url
 from stamen.client.device.served import ReleaseInfo, ServedRelease
 from stamen.errors import (
     DataError,
@@ -122,13 +124,34 @@ class ReleasesMixin(DeviceCore):
         return installed
 
     def apply_if_newer(
-        self, source: bytes | str | os.PathLike[str], *, link: bool = False
+        self,
+        source: bytes | str | os.PathLike[str],
+        *,
+        link: bool = False,
+        timeout: float = 30.0,
+        context: ssl.SSLContext | None = None,
     ) -> ReleaseInfo | None:
-        """Install ``source`` (a release file, its bytes, or a releases folder, whose
-        ``latest`` pointer names the file) when it is newer than every release this
-        device installed; otherwise do nothing and return ``None``. What
-        :meth:`apply_release` refuses (a bad signature, a foreign release) is refused
-        here too."""
+        """Install ``source`` (a release file, its bytes, a releases folder, whose
+        ``latest`` pointer names the file, or the ``http(s)://`` URL of such a folder on
+        a static web server) when it is newer than every release this device installed;
+        otherwise do nothing and return ``None``. What :meth:`apply_release` refuses (a
+        bad signature, a foreign release) is refused here too. A URL is read by
+        :func:`stamen.client.device.fetch.fetch_newest` (``timeout`` seconds per request,
+        ``context`` for HTTPS with the publisher's own CA); a release its name says is not
+        newer is not downloaded.
+
+        Raises:
+            ReleaseError: as :meth:`apply_release`, and a URL that cannot be fetched.
+        """
+        if is_url(source):
+            with self._lock:
+                highest = self._highest()
+            fetched = fetch_newest(
+                str(source), newer_than=highest, timeout=timeout, context=context
+            )
+            if fetched is None:
+                return None
+            return self._apply(fetched[1], link=False, migrate=False, only_newer=True)
         if not isinstance(source, bytes | bytearray | memoryview) and Path(source).is_dir():
             newest = latest_release(source)
             if newest is None:

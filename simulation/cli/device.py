@@ -32,6 +32,7 @@ __all__ = [
     "init",
     "recommend",
     "record",
+    "update",
 ]
 
 device_app = typer.Typer(
@@ -273,6 +274,51 @@ def apply(
         f"installed release {info.number} ({info.model}, {info.items} items"
         f"{', int8 table' if info.quantized else ''})",
     )
+
+
+@device_app.command()
+def update(
+    folder: Folder,
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="a releases folder, or its http(s):// URL on a static web server "
+            "(its `latest` names the newest release)"
+        ),
+    ],
+    ca_file: Annotated[
+        Path | None, typer.Option(help="the CA certificate of an HTTPS server with its own CA")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds per request")] = 30.0,
+    key_file: KeyFile = None,
+    as_json: Json = False,
+) -> None:
+    """Install the newest signed release of a folder or URL if it is newer than the
+    device's (a no-op otherwise)."""
+    import ssl
+
+    from stamen.client.device.fetch import is_url
+
+    with _reported(as_json):
+        if not is_url(source) and not Path(source).is_dir():
+            raise DataError(f"{source}: neither a releases folder nor an http(s):// URL")
+        context = None if ca_file is None else ssl.create_default_context(cafile=str(ca_file))
+        with _open(folder, key_file) as device:
+            before = device.release
+            info = device.apply_if_newer(source, timeout=timeout, context=context)
+    if info is None:
+        number = None if before is None else before.number
+        _say(
+            as_json,
+            {"updated": False, "release": number},
+            f"release {number} is the newest: nothing to install",
+        )
+    else:
+        _say(
+            as_json,
+            {"updated": True, "release": dict(info.__dict__)},
+            f"installed release {info.number} ({info.model}, {info.items} items)",
+        )
 
 
 @device_app.command()
