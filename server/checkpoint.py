@@ -1,14 +1,19 @@
-"""Per-round checkpoints of the global model, the server optimiser and the run history.
+"""Per-round checkpoints of the global model, the server optimiser and the run history,
+and the deployment's log of rounds.
 
-A checkpoint is one ``torch.save`` file per round (``round-00012.pt``), written atomically;
-``latest.json`` names the newest. A later run resumes from it when its fingerprint (the
-settings that must not change mid-run: model shape, optimiser) matches.
+A checkpoint is one ``torch.save`` file per round (``round-00012.pt``), written atomically
+and readable by the owner only (it holds the model and the history); ``latest.json`` names
+the newest. A later run resumes from it when its fingerprint (the settings that must not
+change mid-run: model shape, optimiser) matches. :class:`RoundsLog` is
+``rounds.jsonl``: one JSON line per round of the current run, owner-only.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +21,10 @@ from typing import Any
 import torch
 
 from stamen.errors import CheckpointError
+from stamen.privacy import write_atomically
 from stamen.server.rounds import RoundRecord
 
-__all__ = ["Checkpoint", "CheckpointStore"]
+__all__ = ["Checkpoint", "CheckpointStore", "RoundsLog"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,9 @@ class CheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> Path:
         """Write ``checkpoint`` atomically and prune older ones."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.folder / f"round-{checkpoint.round:05d}.pt"
-        tmp = path.with_suffix(".tmp")
+        buffer = io.BytesIO()
         torch.save(
             {
                 "round": checkpoint.round,
@@ -50,14 +56,11 @@ class CheckpointStore:
                 "history": [record.to_json() for record in checkpoint.history],
                 "fingerprint": checkpoint.fingerprint,
             },
-            tmp,
+            buffer,
         )
-        os.replace(tmp, path)
-        latest = self.folder / "latest.json"
-        latest.with_suffix(".tmp").write_text(
-            json.dumps({"round": checkpoint.round, "file": path.name})
-        )
-        os.replace(latest.with_suffix(".tmp"), latest)
+        write_atomically(path, buffer.getvalue(), mode=0o600)
+        pointer = {"round": checkpoint.round, "file": path.name}
+        write_atomically(self.folder / "latest.json", json.dumps(pointer).encode(), mode=0o600)
         for old in sorted(self.folder.glob("round-*.pt"))[: -self.keep]:
             old.unlink()
         return path
@@ -110,3 +113,34 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint from round {checkpoint.round} does not fit this run ({detail})"
             )
+
+
+class RoundsLog:
+    """``<folder>/rounds.jsonl``: one JSON line per round of the current run, readable by
+    the owner only. A new run first moves the previous run's lines aside, to
+    ``rounds-<UTC time of its first round>.jsonl``; a resumed run appends to them."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / "rounds.jsonl"
+
+    def start(self, *, resume: bool) -> Path | None:
+        """Begin the log of a run; returns where the previous run's lines went (if any)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if resume or not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        with self.path.open() as handle:
+            first = json.loads(handle.readline() or "{}")
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(float(first.get("time", 0))))
+        moved = self.path.with_name(f"rounds-{stamp}.jsonl")
+        n = 1
+        while moved.exists():
+            n += 1
+            moved = self.path.with_name(f"rounds-{stamp}-{n}.jsonl")
+        os.replace(self.path, moved)
+        return moved
+
+    def append(self, line: str) -> None:
+        """Add one line (durable once written: opened, appended, closed)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(line + "\n")

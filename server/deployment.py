@@ -38,7 +38,7 @@ from stamen.models.ranker.weights import RankerSettings, ranker_hidden
 from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed, write_atomically
 from stamen.runtimes import without_runtime
-from stamen.server.checkpoint import CheckpointStore
+from stamen.server.checkpoint import CheckpointStore, RoundsLog
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
 from stamen.server.rounds import RoundRecord
@@ -165,13 +165,14 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
     resume = checkpoints.latest() if deployment.resume else None
     if not deployment.resume:
         checkpoints.clear()
-    log = deployment.checkpoints / "rounds.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    log = RoundsLog(deployment.checkpoints)
+    moved = log.start(resume=deployment.resume)
+    if moved is not None:
+        _log.info("the previous run's rounds.jsonl moved to %s", moved)
 
     def on_round(record: RoundRecord) -> None:
         line = json.dumps({"time": time.time(), **record.to_json()}, default=str)
-        with log.open("a") as handle:
-            handle.write(line + "\n")
+        log.append(line)
         _log.info(line)
         if record.failed is not None:  # recorded, published nothing: the run stops here
             raise RoundFailedError(record.failed)

@@ -318,8 +318,20 @@ def test_consecutive_runs_continue_the_numbering_and_a_failed_round_publishes_no
         secure.finish_round(1)
     assert secure.history[-1].failed and secure.history[-1].release is None
     assert latest_release(releases).name == "release-000002.stamen"
-    lines = (tmp_path / "checkpoints" / "rounds.jsonl").read_text().splitlines()
-    assert "failed" in json.loads(lines[-1])
+    # rounds.jsonl is the current run's: each new run moved the previous run's lines aside
+    checkpoints = tmp_path / "checkpoints"
+    lines = (checkpoints / "rounds.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "failed" in json.loads(lines[0])
+    earlier = sorted(checkpoints.glob("rounds-*.jsonl"))
+    assert [len(p.read_text().splitlines()) for p in earlier] == [1, 1]
+    assert {json.loads(p.read_text())["release"] for p in earlier} == {
+        "release-000001.stamen",
+        "release-000002.stamen",
+    }
+    # what the server keeps is the owner's alone: the log and the checkpoints
+    kept = [checkpoints / "rounds.jsonl", checkpoints / "latest.json", *earlier]
+    kept += list(checkpoints.glob("round-*.pt"))
+    assert len(kept) > 4 and {p.stat().st_mode & 0o777 for p in kept} == {0o600}
 
 
 def test_a_runs_outcome_is_recorded_and_stamen_deploy_status_exits_with_it(tmp_path) -> None:
