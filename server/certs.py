@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -55,10 +56,13 @@ __all__ = [
     "SUPERLINK_CERTIFICATE",
     "SUPERLINK_KEY",
     "CertificatePaths",
+    "CertificateStatus",
     "SupernodeKeyPaths",
     "add_supernode",
+    "check_certificates",
     "make_certificates",
     "parse_san",
+    "renew_superlink_certificate",
     "supernode_key_paths",
 ]
 
@@ -240,6 +244,134 @@ def add_supernode(folder: str | Path, name: str, *, force: bool = False) -> Supe
     _check_writable(root, [node.private_key, node.public_key], force=force)
     _write_all(root, _node_files(node))
     return node
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """One certificate of a folder as :func:`check_certificates` found it."""
+
+    path: Path
+    subject: str
+    not_after: dt.datetime
+    days_left: float
+    problem: str | None  # why it cannot serve (expired, not issued by the CA), or None
+
+    def state(self, warn_days: float) -> str:
+        """``invalid``, ``expired``, ``expiring`` (within ``warn_days``) or ``valid``."""
+        if self.problem is not None:
+            return "expired" if self.days_left <= 0 else "invalid"
+        return "expiring" if self.days_left <= warn_days else "valid"
+
+
+def check_certificates(
+    folder: str | Path, *, now: dt.datetime | None = None
+) -> list[CertificateStatus]:
+    """The CA and SuperLink certificates of ``folder``: when each expires, and whether the
+    SuperLink's is still one the CA issued (a CA made again with ``--force`` no longer is).
+
+    Raises:
+        CertificateError: a certificate file is missing or does not parse.
+    """
+    root = Path(folder)
+    now = dt.datetime.now(dt.UTC) if now is None else now
+    ca = _load_certificate(root / CA_CERTIFICATE)
+    server = _load_certificate(root / SUPERLINK_CERTIFICATE)
+    found = []
+    for path, cert in ((root / CA_CERTIFICATE, ca), (root / SUPERLINK_CERTIFICATE, server)):
+        left = (cert.not_valid_after_utc - now).total_seconds() / 86400
+        problem = None if left > 0 else f"expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+        if problem is None and now < cert.not_valid_before_utc:
+            problem = f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        if problem is None and cert is server:
+            try:
+                server.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                problem = f"not issued by {CA_CERTIFICATE} (devices holding it would refuse it)"
+        subject = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        found.append(
+            CertificateStatus(
+                path=path,
+                subject=str(subject[0].value) if subject else cert.subject.rfc4514_string(),
+                not_after=cert.not_valid_after_utc,
+                days_left=left,
+                problem=problem,
+            )
+        )
+    return found
+
+
+def renew_superlink_certificate(
+    folder: str | Path, *, days: int = 365, sans: Iterable[str] | None = None
+) -> CertificatePaths:
+    """A new SuperLink key and certificate under the folder's existing CA, so that no
+    device needs a new ``ca.crt``; the SANs stay the old certificate's unless ``sans``
+    (beyond :data:`DEFAULT_SANS`) is given.
+
+    Raises:
+        CertificateError: no CA key or certificate, a bad lifetime or SAN, or ``days``
+            beyond the CA's own expiry (a certificate cannot outlive its issuer: make a
+            new CA, and give every device its ``ca.crt``).
+    """
+    root = Path(folder)
+    if not 1 <= days <= _MAX_DAYS:
+        raise CertificateError(f"--days is {days}; it must lie in 1..{_MAX_DAYS}")
+    ca_cert = _load_certificate(root / CA_CERTIFICATE)
+    ca_key = _load_ca_key(root / CA_KEY)
+    now = dt.datetime.now(dt.UTC)
+    ca_left = ca_cert.not_valid_after_utc - now
+    if dt.timedelta(days=days) > ca_left:
+        raise CertificateError(
+            f"{root / CA_CERTIFICATE} expires in {max(ca_left.days, 0)} days; a certificate it "
+            f"signs cannot outlive it: use --days {max(ca_left.days, 1)} or less, or make a "
+            "new CA (stamen certs make --force; every device then needs its ca.crt)"
+        )
+    if sans is None:
+        old = _load_certificate(root / SUPERLINK_CERTIFICATE)
+        general_names = list(
+            old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
+    else:
+        names = _unique([*DEFAULT_SANS, *sans])
+        general_names = _unique_names(parse_san(name) for name in names)
+    key = ec.generate_private_key(_CURVE())
+    cert = _server_certificate(key, ca_key, ca_cert, general_names, now=now, days=days)
+    _write_all(
+        root,
+        [
+            (root / SUPERLINK_KEY, _pem_private_key(key), True),
+            (root / SUPERLINK_CERTIFICATE, cert.public_bytes(serialization.Encoding.PEM), False),
+        ],
+    )
+    return CertificatePaths(
+        folder=root,
+        ca_key=root / CA_KEY,
+        ca_certificate=root / CA_CERTIFICATE,
+        superlink_key=root / SUPERLINK_KEY,
+        superlink_certificate=root / SUPERLINK_CERTIFICATE,
+        supernodes=(),
+        sans=tuple(_san_text(name) for name in general_names),
+    )
+
+
+def _load_certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise CertificateError(f"{path}: no such certificate") from None
+    except ValueError as error:
+        raise CertificateError(f"{path}: not a PEM certificate ({error})") from None
+
+
+def _load_ca_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise CertificateError(f"{path}: no CA key here; renew where the CA was made") from None
+    except (ValueError, TypeError) as error:
+        raise CertificateError(f"{path}: not an unencrypted PEM private key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{path}: not an EC private key")
+    return key
 
 
 # ── certificates ─────────────────────────────────────────────────────────────────────────

@@ -2,7 +2,10 @@
 
 ``stamen certs make OUT_DIR`` writes a test CA, a SuperLink certificate it signs (for
 localhost, 127.0.0.1, ::1 and every ``--san``) and ``--supernodes`` authentication key pairs;
-``stamen certs node OUT_DIR NAME`` adds one more key pair. See :mod:`stamen.server.certs`.
+``stamen certs node OUT_DIR NAME`` adds one more key pair; ``stamen certs check OUT_DIR``
+says when the certificates expire (exit 1 within ``--warn-days``, 2 expired or not the
+CA's); ``stamen certs renew OUT_DIR`` issues a new SuperLink certificate under the same CA.
+See :mod:`stamen.server.certs`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from stamen.errors import StamenError
 if TYPE_CHECKING:
     from stamen.server.certs import CertificatePaths, SupernodeKeyPaths
 
-__all__ = ["certs_app", "make", "node"]
+__all__ = ["certs_app", "check", "make", "node", "renew"]
 
 certs_app = typer.Typer(
     name="certs",
@@ -85,6 +88,88 @@ def node(
     console = Console()
     _summary(console, out_dir, [keys.private_key, keys.public_key])
     _node_steps(console, keys)
+
+
+@certs_app.command()
+def check(
+    out_dir: Annotated[Path, typer.Argument(help="the certificates folder")],
+    warn_days: Annotated[
+        float, typer.Option(min=0, help="warn when a certificate expires within this many days")
+    ] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """When the CA and SuperLink certificates expire, and whether the SuperLink's is still
+    the CA's: exit 0 valid, 1 one expires within --warn-days, 2 one is expired or not
+    issued by the CA (start no SuperLink on it)."""
+    import json
+
+    from stamen.server.certs import check_certificates
+
+    try:
+        found = check_certificates(out_dir)
+    except StamenError as err:
+        _fail(err)
+    states = [status.state(warn_days) for status in found]
+    if as_json:
+        rows = [
+            {
+                "file": str(status.path),
+                "subject": status.subject,
+                "not_after": status.not_after.isoformat(),
+                "days_left": round(status.days_left, 2),
+                "state": state,
+                "problem": status.problem,
+            }
+            for status, state in zip(found, states, strict=True)
+        ]
+        typer.echo(json.dumps({"certificates": rows}))
+    else:
+        table = Table(title=f"certificates in {out_dir}", title_justify="left")
+        for column in ("file", "subject", "expires", "days left", "state"):
+            table.add_column(column)
+        for status, state in zip(found, states, strict=True):
+            shown = state if status.problem is None else f"{state}: {status.problem}"
+            table.add_row(
+                status.path.name,
+                status.subject,
+                f"{status.not_after:%Y-%m-%d %H:%M} UTC",
+                f"{status.days_left:.1f}",
+                shown,
+            )
+        Console().print(table)
+    if {"expired", "invalid"} & set(states):
+        raise typer.Exit(code=2)
+    if "expiring" in states:
+        if not as_json:
+            typer.echo(
+                "warning: renew before it expires: stamen certs renew (same CA) or, for the "
+                "CA itself, stamen certs make --force (every device then needs the new ca.crt)",
+                err=True,
+            )
+        raise typer.Exit(code=1)
+
+
+@certs_app.command()
+def renew(
+    out_dir: Annotated[Path, typer.Argument(help="the certificates folder (with ca.key)")],
+    days: Annotated[int, typer.Option(min=1, help="days the new certificate stays valid")] = 365,
+    san: Annotated[
+        list[str] | None,
+        typer.Option("--san", help="the new SANs beyond localhost/127.0.0.1/::1 [default: keep]"),
+    ] = None,
+) -> None:
+    """A new SuperLink key and certificate under the same CA (devices keep their ca.crt);
+    restart the SuperLink to serve it."""
+    from stamen.server.certs import renew_superlink_certificate
+
+    try:
+        paths = renew_superlink_certificate(out_dir, days=days, sans=san)
+    except StamenError as err:
+        _fail(err)
+    console = Console()
+    _summary(console, paths.folder, [paths.superlink_key, paths.superlink_certificate])
+    console.print(f"SuperLink SANs: {', '.join(paths.sans)}", soft_wrap=True)
+    _next_steps(console, paths)
 
 
 def _fail(err: Exception) -> NoReturn:
