@@ -39,6 +39,7 @@ from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed, write_atomically
 from stamen.runtimes import without_runtime
 from stamen.server.checkpoint import CheckpointStore, RoundsLog
+from stamen.server.metrics import RunMetrics, parse_address
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
 from stamen.server.rounds import RoundRecord
@@ -78,6 +79,9 @@ class DeploymentRun(ServerSettings):
         "model", description="the retrieval model or the pipeline's ranker"
     )
     ranker: RankerSettings = RankerSettings()
+    metrics_address: str | None = Field(
+        None, description="host:port of the run's Prometheus endpoint (none: not served)"
+    )
 
 
 #: ``ServerSettings`` fields a deployment's run config does not set: the starting release
@@ -114,6 +118,9 @@ class Deployment:
         self.releases, self.checkpoints = run.releases, run.checkpoints
         self.signing_key, self.population = run.signing_key, run.population
         self.resume, self.train, self.ranker = run.resume, run.train, run.ranker
+        self.metrics_address = run.metrics_address
+        if self.metrics_address is not None:
+            parse_address(self.metrics_address)  # a bad address fails the run before round 1
         self._given = given.only(ServerSettings.model_fields)
         # deployed devices keep no held-out items: no evaluation rounds to wait for, but
         # a ranker run's last round, which asks every enrolled device about its own
@@ -140,9 +147,12 @@ class Deployment:
         return ReleaseBundle.decode(payload, source=str(path))
 
 
-def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
+def deployment_strategy(
+    deployment: Deployment, metrics: RunMetrics | None = None
+) -> FederatedAveraging:
     """The run's strategy: settings from the run config, model and catalogue from the
-    newest signed release, resumed from the last checkpoint when asked."""
+    newest signed release, resumed from the last checkpoint when asked; ``metrics`` sees
+    every round as it closes."""
     if not deployment.signing_key.is_file():
         raise ConfigError(f"{deployment.signing_key}: no release signing key")
     private, public = load_or_create_signing_key(deployment.signing_key)
@@ -174,6 +184,8 @@ def deployment_strategy(deployment: Deployment) -> FederatedAveraging:
         line = json.dumps({"time": time.time(), **record.to_json()}, default=str)
         log.append(line)
         _log.info(line)
+        if metrics is not None:
+            metrics.observe(record)
         if record.failed is not None:  # recorded, published nothing: the run stops here
             raise RoundFailedError(record.failed)
 
@@ -233,14 +245,25 @@ def serve(grid: Grid, context: Context) -> None:
     status = None if not folder else RunStatus(Path(str(folder)), run_id=context.run_id)
     if status is not None:
         status.write("running")
+    metrics = None
     try:
-        strategy = deployment_strategy(Deployment(config))
+        deployment = Deployment(config)
+        if deployment.metrics_address is not None:
+            metrics = RunMetrics()
+            host, port = metrics.serve(deployment.metrics_address)
+            _log.info("run %s: Prometheus metrics at http://%s:%d/", context.run_id, host, port)
+        strategy = deployment_strategy(deployment, metrics)
+        if metrics is not None:
+            metrics.epsilon_budget = strategy.settings.dp.target_epsilon
         run_rounds(PromptGrid(grid), context, strategy)
     except BaseException as error:
         if status is not None:
             status.write("failed", reason=f"{type(error).__name__}: {error}")
         _log.error("run %s failed: %s: %s", context.run_id, type(error).__name__, error)
         raise
+    finally:
+        if metrics is not None:
+            metrics.close()
     if status is not None:
         status.write("completed")
 

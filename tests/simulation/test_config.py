@@ -184,6 +184,8 @@ def test_every_key_in_both_pyproject_files_is_a_derived_key() -> None:
         text = (pyproject / "pyproject.toml").read_text()
         keys = set(tomllib.loads(text)["tool"]["flwr"]["app"]["config"]) - {"runtime"}
         assert keys and keys <= set(known), keys - set(known)
+        if pyproject.name == "deploy":  # every key a deployment reads can be set per run
+            assert keys == set(known), set(known) - keys
     deploy = tomllib.loads((root / "deploy" / "pyproject.toml").read_text())
     assert Deployment(deploy["tool"]["flwr"]["app"]["config"]).train == "model"
 

@@ -56,6 +56,7 @@ MODULES = {
     "safetensors": "safetensors",
     "sqlcipher3-binary": "sqlcipher3",
     "threadpoolctl": "threadpoolctl",
+    "prometheus-client": "prometheus_client",
 }
 
 #: A finder that makes ``BLOCKED`` (and Ray, which Flower's simulation extra brings)
