@@ -357,3 +357,29 @@ def test_a_runs_outcome_is_recorded_and_stamen_deploy_status_exits_with_it(tmp_p
     RunStatus(checkpoints, run_id=8).write("completed")
     done = runner.invoke(app, ["deploy", "status", str(checkpoints), "--run-id", "8", "--json"])
     assert done.exit_code == 0 and json.loads(done.output)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("run_config", "error", "said"),
+    [
+        ("population=3 dp='central' dp-epsilon=8.0 dp-clip-norm=0.5", None, "4 keys set"),
+        ("population=3 dp-epsilom=8.0", ConfigError, "'dp-epsilom' (did you mean 'dp-epsilon'?)"),
+        ("dp='central' dp-epsilon=-1.0 population=3", ConfigError, "dp-epsilon: Input should be"),
+        ("metrics-address='nowhere'", ConfigError, "metrics-address 'nowhere'"),
+    ],
+)
+def test_deploy_check_names_a_misspelt_key_and_a_bad_value(
+    run_config: str, error: type[Exception] | None, said: str
+) -> None:
+    """What Flower would refuse without a name, or the ServerApp only once the run has
+    started, `stamen deploy check` names before `flwr run` (a ConfigError: `stamen` prints
+    it on one line and exits 2)."""
+    from stamen.simulation.cli.commands import app
+
+    result = CliRunner().invoke(
+        app, ["deploy", "check", str(ROOT / "deploy"), "--run-config", run_config]
+    )
+    if error is None:
+        assert result.exit_code == 0 and said in result.output, result.output
+    else:
+        assert isinstance(result.exception, error) and said in str(result.exception)
