@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import sparse
 
 from stamen.client.pipeline.candidates import (
     GENERATORS,
     ReleaseIndex,
     Request,
+    _genre_groups,
     content_profile,
     generate,
     register_generator,
@@ -410,3 +413,28 @@ def test_device_recommend_runs_the_pipeline_with_the_apps_rules(tmp_path) -> Non
         assert all(r.reason and r.source in GENERATORS and r.propensity == 1.0 for r in recs)
         assert all(r.scores for r in recs)
         assert "trending" in {s for r in recs for s in r.scores}  # the release's counts used
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from(["Drama", "Comedy", "Action", "Sci-Fi", "Noir"]), max_size=4),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_genre_groups_are_np_uniques_groups(genre_lists: list[list[str]]) -> None:
+    """Items group by their set of genres, numbered as ``np.unique(axis=0)`` numbers the
+    sorted padded rows (the slow way it was once done), members ascending within a group."""
+    ids = [str(i) for i in range(len(genre_lists))]
+    catalog = ReleaseCatalog.build(ids, titles=ids, genres=[tuple(g) for g in genre_lists])
+    group_of, indptr, members = _genre_groups(catalog)
+    counts = np.diff(catalog.genre_indptr)
+    width = int(counts.max(initial=0))
+    padded = np.full((len(ids), width), np.iinfo(np.int64).max, np.int64)
+    padded[np.arange(width) < counts[:, None]] = catalog.genre_index
+    _, expected = np.unique(np.sort(padded, axis=1), axis=0, return_inverse=True)
+    assert group_of.tolist() == expected.reshape(-1).tolist()
+    for g in range(len(indptr) - 1):
+        rows = members[indptr[g] : indptr[g + 1]]
+        assert rows.tolist() == sorted(rows.tolist()) and set(group_of[rows]) == {g}
