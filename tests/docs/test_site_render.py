@@ -16,15 +16,14 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 from helpers.paths import ROOT
+from helpers.static_server import static_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SHOTS = Path(os.environ.get("STAMEN_SITE_SHOTS", "/tmp/stamen-site"))
@@ -92,16 +91,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[t
     )
     assert built.returncode == 0, built.stderr[-4000:]
     log: list[tuple[str, int]] = []
-    handler = type("Handler", (_Handler,), {"log": log})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", log
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with static_server(folder, type("Handler", (_Handler,), {"log": log})) as url:
+        yield url, log
 
 
 def _chromium(tmp_path: Path, *args: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.devices import retrieval_device
 from helpers.signed_releases import small_mf_release
 
 from stamen.client import Device, EventError
@@ -18,12 +19,7 @@ ITEMS = 20
 
 @pytest.fixture
 def device(tmp_path):
-    with Device.open(
-        tmp_path / "device",
-        key=generate_key(),
-        release_key=PUBLISHER[1],
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as opened:
+    with retrieval_device(tmp_path / "device", PUBLISHER[1]) as opened:
         opened.apply_release(small_mf_release(1, PUBLISHER[0], n=ITEMS))
         opened.record_many([{"item": f"item-{i}", "kind": "play"} for i in range(3)])
         yield opened

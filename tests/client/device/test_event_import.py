@@ -8,24 +8,19 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from helpers.devices import retrieval_device
 from helpers.signed_releases import small_mf_release
 
-from stamen.client import DataError, Device, EventFile
-from stamen.client.pipeline.recommend import PipelineSettings
+from stamen.client import DataError, EventFile
 from stamen.errors import DataFormatError
-from stamen.privacy import generate_key, generate_signing_key
+from stamen.privacy import generate_signing_key
 
 PUBLISHER = generate_signing_key()
 
 
 @pytest.fixture
 def device(tmp_path):
-    with Device.open(
-        tmp_path / "device",
-        key=generate_key(),
-        release_key=PUBLISHER[1],
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as opened:
+    with retrieval_device(tmp_path / "device", PUBLISHER[1]) as opened:
         opened.apply_release(small_mf_release(1, PUBLISHER[0], n=20))
         yield opened
 

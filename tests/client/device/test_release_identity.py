@@ -6,14 +6,14 @@ from __future__ import annotations
 import threading
 
 import pytest
+from helpers.devices import retrieval_device
 from helpers.signed_releases import small_mf_release
 
 import stamen.client.device.releases as releases_module
-from stamen.client import Device, ForeignReleaseError, ReleaseError, RollbackError
-from stamen.client.pipeline.recommend import PipelineSettings
+from stamen.client import ForeignReleaseError, ReleaseError, RollbackError
 from stamen.errors import BundleError
 from stamen.models.bundle import ReleaseBundle, ReleaseIdentity, latest_release
-from stamen.privacy import generate_key, generate_signing_key, open_signed
+from stamen.privacy import generate_signing_key, open_signed
 
 PUBLISHER = generate_signing_key()
 MOVIES = ReleaseIdentity(app="acme", catalog="ml-100k")
@@ -26,12 +26,7 @@ def _release(number: int, identity: ReleaseIdentity | None = MOVIES) -> bytes:
 
 @pytest.fixture
 def device(tmp_path):
-    with Device.open(
-        tmp_path / "device",
-        key=generate_key(),
-        release_key=PUBLISHER[1],
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as opened:
+    with retrieval_device(tmp_path / "device", PUBLISHER[1]) as opened:
         yield opened
 
 

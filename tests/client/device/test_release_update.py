@@ -3,15 +3,14 @@ over HTTP (a loopback static server, stopped by the test)."""
 
 from __future__ import annotations
 
-import functools
 import json
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from helpers.signed_releases import film_release
+from helpers.static_server import static_server
 from typer.testing import CliRunner
 
 from stamen.simulation.cli.commands import app
@@ -30,16 +29,8 @@ def served(tmp_path) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, format: str, *args: object) -> None:
             asked.append(self.path)
 
-    handler = functools.partial(Handler, directory=str(tmp_path / "releases"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", asked
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with static_server(tmp_path / "releases", Handler) as url:
+        yield url, asked
 
 
 def _json(args: list[str], code: int = 0) -> dict:
