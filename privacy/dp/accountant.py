@@ -103,13 +103,15 @@ def _epsilon(
 
 @contextmanager
 def _largest_order_is_an_upper_bound() -> Iterator[None]:
-    """Silence Opacus' "Optimal order is the largest alpha" warning. The RDP conversion at
-    the largest of its default orders is still a valid upper bound on ε (a looser one
-    than more orders could give), and keeping Opacus' default orders keeps every recorded
-    ε and calibrated noise reproducible; the warning only told the reader of a console
-    (`stamen simulate` printed it) something the accounting does not need."""
+    """Silence Opacus' "Optimal order is the largest (smallest) alpha" warning. The RDP
+    conversion at the edge of its default orders is still a valid upper bound on ε (a
+    looser one than more orders could give), and keeping Opacus' default orders keeps every
+    recorded ε and calibrated noise reproducible; the warning only told the reader of a
+    console (`stamen simulate` printed it) something the accounting does not need."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Optimal order is the largest alpha", UserWarning)
+        warnings.filterwarnings(
+            "ignore", "Optimal order is the (largest|smallest) alpha", UserWarning
+        )
         yield
 
 

@@ -181,7 +181,7 @@ def test_noise_for_target_round_trips() -> None:
     assert accountant.epsilon <= 8.0 and not accountant.would_exceed(rounds=0)
 
 
-def test_a_bound_at_the_largest_order_is_kept_without_opacus_warning() -> None:
+def test_a_bound_at_an_edge_order_is_kept_without_opacus_warning() -> None:
     """Much noise over few rounds puts the optimal Rényi order at Opacus' largest (its
     noise search starts there too): ε is still an upper bound (the same value), and the
     console shows no warning."""
@@ -193,6 +193,17 @@ def test_a_bound_at_the_largest_order_is_kept_without_opacus_warning() -> None:
         dp = DPSettings(noise_multiplier=20.0, sampling_rate=0.5, delta=1e-3)
         assert PrivacyAccountant(dp, rounds=2).epsilon == pytest.approx(expected, rel=1e-12)
     assert 8.0 - 0.01 <= _opacus_epsilon(z, 0.5, 2, 1e-3) <= 8.0
+    # little noise over many rounds puts it at the smallest order: silenced alike
+    with pytest.warns(UserWarning, match="Optimal order is the smallest alpha"):
+        _opacus_epsilon(0.3, 1.0, 1000, 1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            PrivacyAccountant(
+                DPSettings(noise_multiplier=0.3, sampling_rate=1.0), rounds=1000
+            ).epsilon
+            > 0
+        )
 
 
 @pytest.mark.parametrize("target", [1.0, 1.65, 3.0])
