@@ -3,7 +3,6 @@ install it atomically, and hold what it serves (:class:`ServedRelease`) in memor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from stamen.errors import (
 )
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.registry import model_class
-from stamen.privacy import open_signed, write_staged
+from stamen.privacy import open_signed_with_sha256, write_staged
 
 __all__ = ["RELEASE_FILE", "ReleasesMixin"]
 
@@ -75,7 +74,7 @@ class ReleasesMixin(DeviceCore):
         return -1 if raw is None else int(raw.decode())
 
     def _verified(self, data: bytes, source: str) -> tuple[ReleaseBundle, bytes]:
-        payload = open_signed(data, public_key=self._release_key, source=source)
+        payload, digest = open_signed_with_sha256(data, public_key=self._release_key, source=source)
         bundle = ReleaseBundle.decode(payload, source=source)
         try:
             model_class(bundle.model)
@@ -83,7 +82,7 @@ class ReleasesMixin(DeviceCore):
             raise ReleaseError(
                 f"{source}: model {bundle.model!r} is not one this device serves"
             ) from None
-        return bundle, hashlib.sha256(data).digest()
+        return bundle, digest
 
     def apply_release(
         self,

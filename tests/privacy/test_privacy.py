@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 
@@ -30,7 +31,10 @@ from stamen.privacy import (
     generate_key,
     generate_signing_key,
     noise_for_target,
+    open_signed,
+    open_signed_with_sha256,
     release_digest,
+    seal_signed,
     sign_arrays,
     sign_release,
     update_norm,
@@ -432,3 +436,19 @@ def test_digest_rejects_bad_rounds_and_objects() -> None:
         release_digest(_model(), round=-1)
     with pytest.raises(ValueError, match="object dtype"):
         release_digest([np.array([object()])], round=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(payload=st.binary(min_size=0, max_size=4096))
+def test_one_pass_gives_the_payload_and_the_files_sha256(payload: bytes) -> None:
+    """What a device pins (the whole file's SHA-256) comes from the same pass over the
+    bytes as the signature check, and is what hashing the file gives."""
+    private, public = generate_signing_key()
+    signed = seal_signed(payload, private_key=private)
+    body, digest = open_signed_with_sha256(signed, public_key=public)
+    assert bytes(body) == payload == bytes(open_signed(signed, public_key=public))
+    assert digest == hashlib.sha256(signed).digest()
+    tampered = bytearray(signed)
+    tampered[len(signed) // 2] ^= 1
+    with pytest.raises(SignatureError, match="^f.stamen: "):
+        open_signed_with_sha256(bytes(tampered), public_key=public, source="f.stamen")
