@@ -78,9 +78,9 @@ class ReleasesMixin(DeviceCore):
         bundle = ReleaseBundle.decode(payload, source=source)
         try:
             model_class(bundle.model)
-        except ValueError:
+        except ValueError as error:  # an unknown model, or one whose library is absent
             raise ReleaseError(
-                f"{source}: model {bundle.model!r} is not one this device serves"
+                f"{source}: model {bundle.model!r} is not one this device serves ({error})"
             ) from None
         return bundle, digest
 

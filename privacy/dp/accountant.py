@@ -97,12 +97,12 @@ def _epsilon(
         return math.inf
     opacus_accountant = ACCOUNTANTS[accountant]()
     opacus_accountant.history = [(noise_multiplier, sampling_rate, rounds)]
-    with _largest_order_is_an_upper_bound():
+    with _edge_orders_are_upper_bounds():
         return float(opacus_accountant.get_epsilon(delta=delta))
 
 
 @contextmanager
-def _largest_order_is_an_upper_bound() -> Iterator[None]:
+def _edge_orders_are_upper_bounds() -> Iterator[None]:
     """Silence Opacus' "Optimal order is the largest (smallest) alpha" warning. The RDP
     conversion at the edge of its default orders is still a valid upper bound on ε (a
     looser one than more orders could give), and keeping Opacus' default orders keeps every
@@ -239,7 +239,7 @@ def noise_for_target(
 
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1 (got {rounds})")
-    with _largest_order_is_an_upper_bound():
+    with _edge_orders_are_upper_bounds():
         noise = get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,

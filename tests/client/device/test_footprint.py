@@ -109,19 +109,46 @@ def test_the_device_only_install_pins_as_pyproject_does_and_serves_without_the_r
     assert ast.literal_eval(child.stdout.strip().splitlines()[-1]) == []
     # a release of a model that needs torch is refused by name, not with a bare import error
     refused = subprocess.run(
-        [sys.executable, "-c", BLOCKER + NEEDS_TORCH, ",".join([*blocked, "ray"])],
+        [
+            sys.executable,
+            "-c",
+            BLOCKER + NEEDS_TORCH,
+            ",".join([*blocked, "ray"]),
+            release.read_bytes().hex(),
+            public.hex(),
+            str(tmp_path / "other-device"),
+        ],
         capture_output=True,
         text=True,
     )
     assert refused.returncode == 0, refused.stderr[-3000:]
-    assert "model 'two-tower' needs torch, which is not installed here" in refused.stdout
+    said = refused.stdout.strip().splitlines()
+    assert said[0].startswith("model 'two-tower' needs torch, which is not installed here")
+    assert (
+        "model 'two-tower' is not one this device serves (model 'two-tower' needs torch"
+        in (said[1])
+    )
 
 
 NEEDS_TORCH = """
+import dataclasses, sys
+from stamen.client import Device, ReleaseError
 from stamen.errors import ConfigError
+from stamen.models.bundle import ReleaseBundle
 from stamen.models.registry import model_class
+from stamen.privacy import generate_key, generate_signing_key, open_signed, seal_signed
 try:
     model_class("two-tower")
 except ConfigError as error:
     print(error)
+# a release of a model that needs torch, as a device-only install meets it
+private, public = generate_signing_key()
+signed_mf, mf_key = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+mf = ReleaseBundle.decode(open_signed(signed_mf, public_key=mf_key))
+signed = seal_signed(dataclasses.replace(mf, model="two-tower").encode(), private_key=private)
+with Device.open(sys.argv[3], key=generate_key(), release_key=public) as device:
+    try:
+        device.apply_release(signed)
+    except ReleaseError as error:
+        print(error)
 """
