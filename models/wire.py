@@ -64,6 +64,8 @@ class Task(StrEnum):
     TRENDING = "trending"
     #: analytics: the device's evaluation metrics of ``evaluates``, as a bounded vector
     EVALUATION_SUM = "evaluation-sum"
+    #: an A/B experiment's measurement: the device's clipped contribution over a window
+    EXPERIMENT = "experiment"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from flwr.server.strategy.aggregate import aggregate
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models.analytics import query_scale
+from stamen.models.experiments import MetricBounds
 from stamen.models.wire import DeviceDP, Request
 from stamen.privacy import (
     GaussianSum,
@@ -52,6 +53,7 @@ __all__ = [
     "AnalyticsSettings",
     "EVALUATION_METRICS",
     "EvaluationQuerySettings",
+    "ExperimentQuerySettings",
     "PrivateSum",
     "SumResult",
     "TrendingSettings",
@@ -128,13 +130,45 @@ class EvaluationQuerySettings(BaseModel):
         return self
 
 
+class ExperimentQuerySettings(BaseModel):
+    """Measurement rounds of the A/B experiments the starting release carries
+    (``stamen.server.experiment_rounds``): every ``every`` rounds each experiment is
+    measured over the window ``[start, now)`` (``start`` ``None``: ``window_days`` before
+    ``now``) by a secure sum of every device's clipped contribution, with ``dp``'s noise
+    and an accountant per experiment; ``bounds`` are the per-person clip bounds, ``alpha``
+    the reports' level."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    every: int = Field(0, ge=0, description="rounds between measurements; 0: none")
+    window_days: float = Field(7.0, gt=0, allow_inf_nan=False)
+    start: float | None = Field(
+        None, description="start of the window, in seconds since the epoch (None: window-days)"
+    )
+    now: float | None = Field(
+        None, description="end of the window (None: the server's clock when it is asked)"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1)
+    bounds: MetricBounds = MetricBounds()
+    dp: UserDP = UserDP()
+
+    def window(self, now: float) -> tuple[float, float]:
+        """The measurement window ending at ``now``."""
+        start = now - self.window_days * _DAY if self.start is None else self.start
+        if not start < now:
+            raise ValueError(f"the experiment window starts ({start}) after it ends ({now})")
+        return start, now
+
+
 class AnalyticsSettings(BaseModel):
-    """Private federated analytics of a run (trending counts, secure evaluation)."""
+    """Private federated analytics of a run (trending counts, secure evaluation, A/B
+    experiments' measurements)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     trending: TrendingSettings = TrendingSettings()
     evaluation: EvaluationQuerySettings = EvaluationQuerySettings()
+    experiments: ExperimentQuerySettings = ExperimentQuerySettings()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from flwr.server.workflow.default_workflows import (
 from stamen.privacy import SecAggSettings
 from stamen.runtimes import SERVER_RUNTIMES, load_runtime
 from stamen.server.analytics import PrivateSum
+from stamen.server.experiment_rounds import query_name
 from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
@@ -62,8 +63,9 @@ def run_query(grid: Grid, context: LegacyContext, query: PrivateSum) -> None:
 
 class RoundEnd:
     """Flower's evaluate stage of each round, as Stamen runs it: the round's analytics
-    queries (trending), then federated evaluation (a secure sum, or Flower's evaluate
-    workflow in the clear), then the round's close (record, release, checkpoint)."""
+    queries (trending, the experiments' measurements), then federated evaluation (a
+    secure sum, or Flower's evaluate workflow in the clear), then the round's close
+    (record, release, checkpoint)."""
 
     def __init__(self, strategy: FederatedAveraging) -> None:
         self.strategy = strategy
@@ -78,6 +80,11 @@ class RoundEnd:
         if strategy.trending_due(rnd):
             run_query(grid, context, strategy.ask_trending(rnd))
             strategy.take_trending(rnd)
+        measurements = strategy.experiments
+        if measurements is not None and measurements.due(rnd):
+            for experiment in measurements.arms:
+                run_query(grid, context, measurements.ask(experiment, rnd))
+                strategy.record_query(query_name(experiment), measurements.take(experiment))
         if strategy.secure_evaluates(rnd):
             parameters = arrayrecord_to_parameters(
                 context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True

@@ -34,6 +34,7 @@ from pydantic import Field
 
 from stamen.errors import CheckpointError, ConfigError, RoundFailedError
 from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
 from stamen.models.ranker.weights import RankerSettings, ranker_hidden
 from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed, write_atomically
@@ -53,6 +54,7 @@ __all__ = [
     "Deployment",
     "DeploymentRun",
     "RunStatus",
+    "carried_extras",
     "deployment_strategy",
     "serve",
 ]
@@ -206,8 +208,15 @@ def deployment_strategy(
             public_key=public,
             model=model,
             identity=release.identity,  # the run's releases are the starting release's
+            extras=carried_extras(release),  # and serve its experiments
         ),
     }
+    experiments = experiment_arms(release.extras)
+    if settings.analytics.experiments.every and deployment.population is None:
+        raise ConfigError(
+            "run config: experiment measurements need 'population' (the number of enrolled "
+            "devices, all of which are asked), which also sets their default delta"
+        )
     if deployment.train == "ranker":
         carried = None if release.ranker is None else list(release.ranker)
         hidden = 0 if carried is None else ranker_hidden(carried)
@@ -219,7 +228,7 @@ def deployment_strategy(
                 deployment.ranker.hidden,
             )
             carried = None
-        return RankerAveraging(
+        strategy: FederatedAveraging = RankerAveraging(
             settings,
             ranker=deployment.ranker,
             retrieval=release.shared_arrays(),
@@ -227,10 +236,25 @@ def deployment_strategy(
             trending=release.trending,
             **common,
         )
-    strategy = FederatedAveraging(settings, initial=release.shared_arrays(), **common)
-    strategy.trending = release.trending
-    strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
+    else:
+        strategy = FederatedAveraging(settings, initial=release.shared_arrays(), **common)
+        strategy.trending = release.trending
+        strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
+    if settings.analytics.experiments.every:
+        if not experiments:
+            _log.warning(
+                "experiment-every is %d, but the starting release carries no experiments: "
+                "nothing to measure (stamen experiment publish)",
+                settings.analytics.experiments.every,
+            )
+        strategy.measure_experiments(experiments)
     return strategy
+
+
+def carried_extras(release: ReleaseBundle) -> dict[str, Any]:
+    """What of the starting release's ``extras`` every release of the run carries: its
+    experiments (the devices keep serving their arms)."""
+    return {k: v for k, v in release.extras.items() if k == EXPERIMENTS_EXTRA}
 
 
 def serve(grid: Grid, context: Context) -> None:

@@ -14,8 +14,9 @@ no-history fallback costs no extra data from anyone.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -63,6 +64,8 @@ class ReleaseWriter:
             per-row scale.
         identity: the publisher's app id and catalogue name, written into every bundle
             (devices pin it with the model kind at their first release).
+        extras: the manifest's ``extras`` written into every bundle (a deployment carries
+            its starting release's experiments, ``stamen.models.experiments``).
     """
 
     def __init__(
@@ -74,9 +77,11 @@ class ReleaseWriter:
         model: RecModel,
         quantize: bool = False,
         identity: ReleaseIdentity | None = None,
+        extras: Mapping[str, Any] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.identity = identity
+        self.extras = dict(extras or {})
         self.folder.mkdir(parents=True, exist_ok=True)
         self._private_key = private_key
         self.public_key = public_key
@@ -143,6 +148,7 @@ class ReleaseWriter:
             trending=trending,
             ranker=None if ranker is None else tuple(np.asarray(w, np.float32) for w in ranker),
             identity=self.identity,
+            extras=self.extras,
         )
         payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)

@@ -325,6 +325,8 @@ class QueryRecord:
     privacy: PrivacySpent | None = None
     #: Trending: items whose released count is above zero.
     items_counted: int | None = None
+    #: An experiment's measurement: its report (``ExperimentReport.to_json``).
+    report: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The set fields as a JSON object."""

@@ -52,6 +52,10 @@ ALIASES: dict[str, str] = {
     "analytics.evaluation.dp": "evaluation",
     "analytics.evaluation.dp.mode": "evaluation-dp",
     "analytics.evaluation.dp.target_epsilon": "evaluation-epsilon",
+    "analytics.experiments": "experiment",
+    "analytics.experiments.dp": "experiment",
+    "analytics.experiments.dp.mode": "experiment-dp",
+    "analytics.experiments.dp.target_epsilon": "experiment-epsilon",
 }
 
 

@@ -96,6 +96,11 @@ class ServerSettings(BaseModel):
                 "trending counts need secure aggregation (secagg.enabled): without it the "
                 "server would see each device's recent items"
             )
+        if analytics.experiments.every and not self.secagg.enabled:
+            raise ValueError(
+                "experiment measurements need secure aggregation (secagg.enabled): without "
+                "it the server would see each device's arm and metrics"
+            )
         if analytics.evaluation.dp.enabled and not self.secure_evaluation:
             raise ValueError("evaluation DP noises the secure evaluation sum: it needs SecAgg+")
         if analytics.evaluation.dp.enabled and self.eval_clients is not None:

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,12 +54,14 @@ from stamen.privacy import PrivacyAccountant, Purpose, check_update, sign_arrays
 from stamen.server import flower_types as flower
 from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
+from stamen.server.experiment_rounds import ExperimentMeasurements
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.releases import ReleaseWriter
 from stamen.server.rounds import (
     BUDGET_SPENT,
     Evaluation,
     PrivacySpent,
+    QueryRecord,
     RecordPrivacy,
     RoundPlan,
     RoundRecord,
@@ -183,6 +185,9 @@ class FederatedAveraging(Strategy):
         self.carried_ranker: list[np.ndarray] | None = None
         self.trending_query = self._trending_query()
         self.evaluation_query = self._evaluation_query()
+        #: The measurements of the experiments the run's release carries (``None``: none;
+        #: set by :meth:`measure_experiments`).
+        self.experiments: ExperimentMeasurements | None = None
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
         # resume, the earlier rounds' largest count is carried as a conservative offset.
         self.participations: Counter[str] = Counter()
@@ -207,9 +212,20 @@ class FederatedAveraging(Strategy):
 
     def _asked(self, name: str) -> int:
         """Times query ``name`` was asked in the rounds of a resumed history."""
-        if name == TRENDING:
-            return sum(1 for h in self.history if TRENDING in (h.analytics or {}))
-        return sum(1 for h in self.history if h.evaluate is not None and h.evaluate.secure)
+        if name == EVALUATION:
+            return sum(1 for h in self.history if h.evaluate is not None and h.evaluate.secure)
+        return sum(1 for h in self.history if name in (h.analytics or {}))
+
+    def measure_experiments(self, experiments: Mapping[str, tuple[str, ...]]) -> None:
+        """Measure ``experiments`` (arm names by id: the starting release's) every
+        ``analytics.experiments.every`` rounds (``stamen.server.experiment_rounds``)."""
+        self.experiments = ExperimentMeasurements(self, experiments) if experiments else None
+
+    def record_query(self, name: str, record: QueryRecord) -> None:
+        """Put query ``name``'s record into the current round's ``analytics``."""
+        if self._record.analytics is None:
+            self._record.analytics = {}
+        self._record.analytics[name] = record
 
     def _trending_query(self) -> PrivateSum | None:
         trending = self.settings.analytics.trending
@@ -285,9 +301,7 @@ class FederatedAveraging(Strategy):
             record.items_counted = int(np.count_nonzero(self.trending))
         elif record.skipped is None and record.failed is None:
             record.failed = "SecAgg+ halted without a sum (too few answers)"
-        if self._record.analytics is None:
-            self._record.analytics = {}
-        self._record.analytics[TRENDING] = record
+        self.record_query(TRENDING, record)
 
     def secure_evaluates(self, rnd: int) -> bool:
         """Whether round ``rnd``'s evaluation is a secure sum rather than in the clear."""

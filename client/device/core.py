@@ -10,6 +10,7 @@ background thread recommends or trains; calls are serialised, never interleaved.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import ChainMap
@@ -26,7 +27,7 @@ from stamen.client.device.events import (
     validate_event,
 )
 from stamen.client.device.folder import FolderLock
-from stamen.client.device.served import ReleaseInfo, ServedRelease
+from stamen.client.device.served import ReleaseInfo, ServedRelease, arm_settings
 from stamen.client.device.store import EventStore
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.errors import (
@@ -40,6 +41,8 @@ from stamen.models.two_tower.context import context_row
 __all__ = ["DeviceCore"]
 
 _log = logging.getLogger("stamen.device")
+
+_EXPERIMENT_SECRET = "experiment_secret"
 
 
 class DeviceCore:
@@ -94,6 +97,27 @@ class DeviceCore:
         if self._store is None:
             raise DeviceClosedError(f"{self.folder}: the device is closed")
         return self._store
+
+    def _experiment_secret(self) -> bytes:
+        """The device's experiment-assignment secret: 32 random bytes made on first use,
+        kept in the encrypted store, never sent or exported
+        (``stamen.client.device.experiment_arms``)."""
+        store = self._open_store()
+        secret = store.get_meta(_EXPERIMENT_SECRET)
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            store.set_meta({_EXPERIMENT_SECRET: secret})
+        return secret
+
+    def _served_pipeline(self) -> PipelineSettings:
+        """The pipeline settings served now: the app's, with the overrides of the arm this
+        device is in of each of the installed release's experiments."""
+        serving = self._serving
+        if serving is None or not serving.experiments:
+            return self.pipeline
+        return arm_settings(
+            self.pipeline, serving.experiments, device_secret=self._experiment_secret()
+        )
 
     # -- events --------------------------------------------------------------------------
 

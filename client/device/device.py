@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 
 from stamen.client.device.events import RATING_THRESHOLD
+from stamen.client.device.experiment_arms import ExperimentsMixin
 from stamen.client.device.folder import (
     LOCK_FILE,
     MARKER_FILE,
@@ -52,12 +53,13 @@ _PINNED_KEY = "release_key"
 _STORE_ID = "store_id"
 
 
-class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, PortabilityMixin):
+class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, ExperimentsMixin, PortabilityMixin):
     """One person's device (see module docstring). Create with :meth:`open`.
 
     Its parts: the events and derived state (``stamen.client.device.core``), releases
     (``.releases``), recommending (``.serving``), the impression log
-    (``.impressions_log``), the person's rights (``.portability``)."""
+    (``.impressions_log``), A/B experiments (``.experiment_arms``), the person's rights
+    (``.portability``)."""
 
     @classmethod
     def open(

@@ -3,21 +3,56 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from stamen.client.device.experiments import Experiment, assign
 from stamen.client.pipeline.candidates import ReleaseIndex
-from stamen.errors import (
-    BundleError,
-)
+from stamen.client.pipeline.recommend import PipelineSettings
+from stamen.errors import BundleError, ConfigError
 from stamen.models.bundle import ReleaseBundle
+from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
 from stamen.models.registry import model_class
 from stamen.models.two_tower.context import context_row
 
-__all__ = ["ReleaseInfo", "ServedRelease"]
+__all__ = ["ReleaseInfo", "ServedRelease", "arm_settings", "release_experiments"]
+
+
+def release_experiments(bundle: ReleaseBundle) -> tuple[Experiment, ...]:
+    """The experiments a release carries (``stamen.models.experiments``), each validated in
+    full against this device's pipeline settings.
+
+    Raises:
+        BundleError: one is not a valid experiment, or their ids repeat.
+    """
+    try:
+        experiment_arms(bundle.extras)  # the shape the server reads, ids distinct
+        raw = bundle.extras.get(EXPERIMENTS_EXTRA, [])
+        found = []
+        for k, item in enumerate(raw):
+            try:
+                found.append(Experiment.from_json(item))
+            except ConfigError as error:
+                raise ConfigError(f"extras.{EXPERIMENTS_EXTRA}.{k}: {error}") from None
+    except ConfigError as error:
+        raise BundleError(f"release {bundle.release}: {error}") from None
+    return tuple(found)
+
+
+def arm_settings(
+    base: PipelineSettings, experiments: Sequence[Experiment], *, device_secret: bytes
+) -> PipelineSettings:
+    """``base`` with the overrides of the arm this device is in of each experiment, in
+    order (a later experiment's override of the same field wins)."""
+    settings = base
+    for experiment in experiments:
+        arm = experiment.arms[assign(experiment, device_secret=device_secret)]
+        if arm.overrides:
+            settings = arm.settings(settings)
+    return settings
 
 
 @dataclass(frozen=True)
@@ -54,6 +89,8 @@ class ServedRelease:
         # what the candidate generators read, indexed once per release
         self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
         self.ranker = None if bundle.ranker is None else list(bundle.ranker)
+        #: The release's A/B experiments (``stamen.client.device.experiment_arms``).
+        self.experiments = release_experiments(bundle)
 
     @functools.cached_property
     def item_norms(self) -> np.ndarray:

@@ -185,7 +185,7 @@ class ServingMixin(DeviceCore):
         region = context.get("region")
         picks = run_pipeline(
             request,
-            self.pipeline,
+            self._served_pipeline(),
             k,
             vectors=serving.table.rows,
             because=self._reasons,
@@ -225,7 +225,7 @@ class ServingMixin(DeviceCore):
             excluded=np.union1d(ordered, self._rejected),
             now=at,
             context=dict(context or {}),
-            content_half_life_s=self.pipeline.content_half_life_days * 86400.0,
+            content_half_life_s=self._served_pipeline().content_half_life_days * 86400.0,
         )
 
     def ranking_example(self, recent: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
@@ -251,7 +251,7 @@ class ServingMixin(DeviceCore):
             context |= {} if weekday == UNKNOWN_WEEKDAY else {"weekday": weekday}
             at = self._latest[first][0]
             request = self._request(serving, before, at, context, serving.factor(before, None))
-            return offered_example(request, self.pipeline, after)
+            return offered_example(request, self._served_pipeline(), after)
 
     def _reasons(self, ids: np.ndarray) -> list[str]:
         """ "Because you <verb> <title>": the person's item most similar to each pick."""

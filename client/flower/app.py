@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from stamen.privacy import SignatureError, verify_arrays
 __all__ = [
     "USER_STATE_KEY",
     "DeviceClient",
+    "ExperimentContribution",
     "DeviceData",
     "build_client_app",
     "make_client_fn",
@@ -42,6 +44,10 @@ __all__ = [
 
 #: Key of the user factor in the node's persistent ``context.state``.
 USER_STATE_KEY = "stamen-user-factor"
+
+#: ``contribution(experiment, start=…, end=…, bounds=…)``: a device's contribution to an
+#: experiment's measurement, ``None`` when it serves no such experiment.
+ExperimentContribution = Callable[..., np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,9 @@ class DeviceClient(NumPyClient):
         row: the device's stable id.
         release_key: the public key releases must be signed with (``None``: unsigned).
         ranking_example: the device's replayed example for the ranker, built on demand.
+        experiment_contribution: the device's contribution to an experiment's measurement
+            (``Device.experiment_contribution``'s arguments), computed on demand; ``None``:
+            the device serves no experiments.
         fit_tasks, evaluate_tasks: what the device does with each task (default: what
             every device can do).
     """
@@ -85,6 +94,7 @@ class DeviceClient(NumPyClient):
         row: int,
         release_key: bytes | None = None,
         ranking_example: Callable[[], tuple[np.ndarray, np.ndarray] | None] | None = None,
+        experiment_contribution: ExperimentContribution | None = None,
         fit_tasks: Mapping[Task, FitHandler] = FIT_TASKS,
         evaluate_tasks: Mapping[Task, EvaluateHandler] = EVALUATE_TASKS,
     ) -> None:
@@ -96,6 +106,7 @@ class DeviceClient(NumPyClient):
         # the device's replayed example for the ranker (Device.ranking_example), built
         # only when a ranker round asks for it
         self.ranking_example = ranking_example
+        self.experiment_contribution = experiment_contribution
         self.fit_tasks = fit_tasks
         self.evaluate_tasks = evaluate_tasks
 
@@ -189,6 +200,10 @@ def make_client_fn(
             with devices.open(row) as device:
                 return device.ranking_example()
 
+        def experiment_contribution(experiment: str, **window: Any) -> np.ndarray | None:
+            with devices.open(row) as device:
+                return device.experiment_contribution(experiment, **window)
+
         client = DeviceClient(
             data,
             context.state,
@@ -196,6 +211,7 @@ def make_client_fn(
             row=row,
             release_key=devices.release_key,
             ranking_example=ranking_example,
+            experiment_contribution=experiment_contribution,
             evaluate_tasks=evaluate_tasks,
         )
         return client.to_client()

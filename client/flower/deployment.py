@@ -130,6 +130,10 @@ class _DeployedDevice(NumPyClient):
             with Device.open(policy.folder, key=policy.store_key()) as device:
                 return device.ranking_example()
 
+        def experiment_contribution(experiment: str, **window: Any) -> Any:
+            with Device.open(policy.folder, key=policy.store_key()) as device:
+                return device.experiment_contribution(experiment, **window)
+
         return DeviceClient(
             data,
             self.context.state,
@@ -137,6 +141,7 @@ class _DeployedDevice(NumPyClient):
             row=policy.device_id,
             release_key=release_key,
             ranking_example=ranking_example,
+            experiment_contribution=experiment_contribution,
         )
 
     def fit(self, parameters: list, config: dict) -> tuple:

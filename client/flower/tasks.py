@@ -24,6 +24,7 @@ import numpy as np
 from stamen.client.flower.analytics import evaluation_vectors, trending_vectors
 from stamen.client.flower.statistics import als_upload
 from stamen.models.analytics import metric_names_from_config
+from stamen.models.experiments import STATISTICS, MetricBounds
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.ranker.model import (
     RANKER_METRICS,
@@ -46,6 +47,7 @@ __all__ = [
     "als",
     "check_upload",
     "evaluation_sum",
+    "experiment",
     "privatise",
     "ranker_metrics",
     "ranker_step",
@@ -60,8 +62,9 @@ FitHandler = Callable[["DeviceClient", list[np.ndarray], Request], FitResult]
 #: ``handler(device, arrays, request)`` of an evaluation message: (loss, examples, metrics).
 EvaluateHandler = Callable[["DeviceClient", list[np.ndarray], Request], EvaluateResult]
 
-#: Streams of the device's own noise, by what it noises.
-_TRAINING_NOISE, _ANALYTICS_NOISE = 2, 3
+#: Streams of the device's own noise, by what it noises (an experiment's: its place in the
+#: release added).
+_TRAINING_NOISE, _ANALYTICS_NOISE, _EXPERIMENT_NOISE = 2, 3, 16
 
 
 def privatise(
@@ -175,9 +178,11 @@ def als(device: DeviceClient, parameters: list[np.ndarray], request: Request) ->
     return privatise(device, upload, request, purpose=_TRAINING_NOISE), 1, {}
 
 
-def _answer(device: DeviceClient, vector: np.ndarray, request: Request) -> list[np.ndarray]:
+def _answer(
+    device: DeviceClient, vector: np.ndarray, request: Request, purpose: int = _ANALYTICS_NOISE
+) -> list[np.ndarray]:
     scaled = [vector * float(request.settings["analytics-scale"])]
-    return _private_upload(device, scaled, scaled, request, purpose=_ANALYTICS_NOISE)
+    return _private_upload(device, scaled, scaled, request, purpose=purpose)
 
 
 def trending(device: DeviceClient, parameters: list[np.ndarray], request: Request) -> FitResult:
@@ -218,6 +223,37 @@ def evaluation_sum(
     return _answer(device, vector, request), 1, {}
 
 
+def experiment(device: DeviceClient, parameters: list[np.ndarray], request: Request) -> FitResult:
+    """The device's contribution to an experiment's measurement over the request's window
+    (``Device.experiment_contribution``): its arm's block of clipped metrics; zeros, the
+    same length, when it serves no such experiment (it was not in it)."""
+    settings = request.settings
+    arms = int(settings["experiment-arms"])
+    bounds = MetricBounds(
+        **{k: settings[f"experiment-{k.replace('_', '-')}"] for k in MetricBounds.model_fields}
+    )
+    measure = device.experiment_contribution
+    measured = (
+        None
+        if measure is None
+        else measure(
+            str(settings["experiment-id"]),
+            start=float(settings["experiment-start"]),
+            end=float(settings["experiment-end"]),
+            bounds=bounds,
+        )
+    )
+    width = arms * len(STATISTICS)
+    vector = np.zeros(width) if measured is None else np.asarray(measured, np.float64)
+    if vector.shape != (width,):
+        raise ValueError(
+            f"experiment {settings['experiment-id']!r}: this device's contribution has "
+            f"{vector.shape} entries, the server's {arms} arms need {width}"
+        )
+    purpose = _EXPERIMENT_NOISE + int(settings["experiment-place"])  # a stream per experiment
+    return _answer(device, vector, request, purpose), 1, {}
+
+
 #: What every device does with a training message, by task.
 FIT_TASKS: dict[Task, FitHandler] = {
     Task.MODEL: train,
@@ -226,6 +262,7 @@ FIT_TASKS: dict[Task, FitHandler] = {
     Task.ALS_STATISTICS: als,
     Task.TRENDING: trending,
     Task.EVALUATION_SUM: evaluation_sum,
+    Task.EXPERIMENT: experiment,
 }
 
 #: What every device does with an evaluation message, by task (the model's held-out

@@ -13,6 +13,7 @@ from stamen.simulation.cli.certs import certs_app
 from stamen.simulation.cli.data import data_app
 from stamen.simulation.cli.deploy import deploy_app
 from stamen.simulation.cli.device import device_app
+from stamen.simulation.cli.experiment import experiment_app
 from stamen.simulation.cli.options import settings_options
 from stamen.simulation.cli.release import release_app
 
@@ -77,6 +78,7 @@ app.add_typer(device_app)
 app.add_typer(certs_app)
 app.add_typer(release_app)
 app.add_typer(deploy_app)
+app.add_typer(experiment_app)
 
 
 def main() -> None:

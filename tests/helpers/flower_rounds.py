@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,11 @@ from flwr.clientapp.typing import Mod
 from flwr.common import parameters_to_ndarrays
 
 from stamen.client.flower.app import build_client_app
+from stamen.client.flower.virtual import VirtualDevices
 from stamen.models.mf.local import local_update
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.app import build_server_app
+from stamen.server.releases import ReleaseWriter
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.config import SimulationConfig, load_config
 from stamen.simulation.engines.flower import provision_run
@@ -88,12 +90,14 @@ def run_recorded(
     log_level: int = logging.ERROR,
     strategy: type[RecordingMF] = RecordingMF,
     publish: bool = False,
+    prepare: Callable[[ReleaseWriter, VirtualDevices], None] | None = None,
     **strategy_kwargs: Any,
 ) -> RecordingMF:
     """Run ``config`` with one device per row of ``split`` (store written under
     ``folder``); returns the strategy (of class ``strategy``, built with
     ``strategy_kwargs``; with ``publish``, it writes signed releases under
-    ``folder / "releases"``), or fails if Flower never built it."""
+    ``folder / "releases"``), or fails if Flower never built it. ``prepare`` is handed the
+    run's release writer and provisioned devices before the run starts."""
     from flwr.simulation import run_simulation
 
     built: list[RecordingMF] = []
@@ -106,6 +110,8 @@ def run_recorded(
         signing_key=signing_key,
         master_key=generate_key(),
     )
+    if prepare is not None:
+        prepare(writer, provisioned.devices)
 
     def make_strategy(context) -> FederatedAveraging:  # noqa: ANN001
         built_strategy = strategy(

@@ -50,10 +50,11 @@ def small_mf_release(
     dim: int = 4,
     *,
     identity: ReleaseIdentity | None = None,
+    extras: dict | None = None,
 ) -> bytes:
     """The signed bytes of release ``number`` of an ``ials`` MF model of items
     ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``), item factors seeded by ``number``,
-    published under ``identity``."""
+    published under ``identity`` with the manifest's ``extras``."""
     rng = np.random.default_rng(number)
     bundle = ReleaseBundle(
         release=number,
@@ -68,5 +69,6 @@ def small_mf_release(
         ),
         popularity=rng.random(n).astype(np.float32),
         identity=identity,
+        extras=extras or {},
     )
     return seal_signed(bundle.encode(), private_key=private_key)

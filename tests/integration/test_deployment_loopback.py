@@ -35,6 +35,7 @@ from helpers.paths import ROOT
 from typer.testing import CliRunner
 
 from stamen.client.device.device import Device
+from stamen.client.device.experiments import Experiment
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.ranker.model import RANKER_METRICS
 from stamen.models.ranker.weights import RankerSettings, init_ranker
@@ -51,9 +52,17 @@ RUN_S = 420  # the whole `flwr run` of two rounds, bounded
 SERVERAPP_RAISED = "ServerApp raised an exception"
 
 
-def _deployment(tmp_path: Path):
+EXPERIMENT = {
+    "id": "explore-loopback",
+    "salt": "s1",
+    "arms": [{"name": "control"}, {"name": "explore", "overrides": {"explore": 0.5}}],
+}
+
+
+def _deployment(tmp_path: Path, *, experiment: bool = False):
     """Certificates, release 0 and one device per SuperNode, as the README's commands
-    make them."""
+    make them; with ``experiment``, release 1 carries an A/B experiment (``stamen
+    experiment publish``) and each device shows its arm's list and logs it."""
     certs = make_certificates(tmp_path / "certs", supernodes=NODES + 1)
     config = tmp_path / "stamen.toml"
     config.write_text(
@@ -66,6 +75,15 @@ def _deployment(tmp_path: Path):
         + ["--config", str(config)],
     )
     assert result.exit_code == 0, (result.output, result.exception)
+    if experiment:
+        definition = tmp_path / "experiment.json"
+        definition.write_text(json.dumps(EXPERIMENT))
+        result = CliRunner().invoke(
+            app,
+            ["experiment", "publish", str(definition), "--releases", str(tmp_path / "releases")]
+            + ["--signing-key", str(key)],
+        )
+        assert result.exit_code == 0, (result.output, result.exception)
     public = key.with_suffix(".pub").read_bytes()
     rng = np.random.default_rng(0)
     for d in range(NODES):
@@ -78,6 +96,10 @@ def _deployment(tmp_path: Path):
             dev.record_many(
                 {"item": str(i), "kind": "view", "at": now - 600.0 * k} for k, i in enumerate(items)
             )
+            if experiment:  # what the app showed, and what the person did with it
+                shown = dev.recommend(5)
+                dev.log_shown(shown)
+                dev.record(shown[0].item, "view" if d % 2 == 0 else "not_interested")
     return certs, key
 
 
@@ -103,13 +125,14 @@ def _rounds(tmp_path: Path, checkpoints: str = "checkpoints") -> list[dict]:
 
 @contextmanager
 def _federation(
-    tmp_path: Path, *, forking: bool = False, in_memory: bool = False
+    tmp_path: Path, *, forking: bool = False, in_memory: bool = False, experiment: bool = False
 ) -> Iterator[dict]:
     """A TLS SuperLink with node authentication, ``NODES`` registered SuperNodes with
     their devices and one unregistered SuperNode; every process stopped on exit.
     ``forking``: the SuperNodes are ``stamen-supernode`` and run their ClientApps through
-    ``stamen-superexec``; ``in_memory``: the SuperLink keeps Flower's in-memory state."""
-    certs, key = _deployment(tmp_path)
+    ``stamen-superexec``; ``in_memory``: the SuperLink keeps Flower's in-memory state;
+    ``experiment``: the devices serve an A/B experiment (:func:`_deployment`)."""
+    certs, key = _deployment(tmp_path, experiment=experiment)
     port = free_port()
     env = flower_home(tmp_path / "home", "test", port, certs.ca_certificate)
     log = tmp_path / "superlink.log"
@@ -225,12 +248,16 @@ TRENDING = {
 
 RANKER = {"train": "'ranker'", "ranker-hidden": 0, "num-server-rounds": 1}
 
+MEASURE = {"experiment-every": 1, "experiment-dp": "'central'", "experiment-epsilon": 8.0}
+
 
 def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
     """Also: the SuperNodes are Stamen's (shorter waits) and run their ClientApps through
-    Stamen's forking SuperExec, each round asks the devices for private trending counts,
-    and a second run on the same federation trains the ranker for a round."""
-    with _federation(tmp_path, forking=True) as fed:
+    Stamen's forking SuperExec, each round asks the devices for private trending counts
+    and measures the A/B experiment their release carries (its own ε, its report read
+    back by ``stamen experiment report``), and a second run on the same federation trains
+    the ranker for a round."""
+    with _federation(tmp_path, forking=True, experiment=True) as fed:
         log = fed["log"]
         poll(
             lambda: "No SuperNode found with the given public key" in text(log),
@@ -238,7 +265,7 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
             log=log,
             what="the unregistered SuperNode refused",
         )
-        retrieval = _run(tmp_path, fed, **TRENDING)
+        retrieval = _run(tmp_path, fed, **TRENDING, **MEASURE)
         _finish(retrieval, tmp_path, 2)
         ranker_run = {**RANKER, "checkpoints": f"'{tmp_path / 'ranker-checkpoints'}'"}
         _finish(_run(tmp_path, fed, **ranker_run), tmp_path, 1, "ranker-checkpoints")
@@ -249,7 +276,13 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     epsilons = [r["privacy"]["epsilon"] for r in rounds]
     assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
     bundles = _releases(tmp_path, fed["key"])
-    assert [b.release for b in bundles] == [0, 1, 2, 3]
+    assert [b.release for b in bundles] == [0, 1, 2, 3, 4]
+    # release 1 is release 0 with the experiment; every later release carries it on
+    assert "experiments" not in bundles[0].extras
+    published = Experiment.from_json(EXPERIMENT).to_json()  # with the defaults filled in
+    assert all(b.extras["experiments"] == [published] for b in bundles[1:])
+    _check_measurements(rounds, tmp_path)
+    bundles.pop(1)  # the experiment's release: release 0's model, as trained from
     # the ranker's run: every device answered from its own replayed list under SecAgg+
     # and DP, its release 3 holds the retrieval model of release 2 and the new ranker,
     # and its last round's evaluation is the secure sum of the devices' list metrics
@@ -276,6 +309,28 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     assert bundles[0].trending is None
     assert all(b.trending is not None and b.trending.shape == (100,) for b in bundles[1:])
     print({"round_seconds": [round(r["seconds"], 1) for r in rounds], "epsilon": epsilons})
+
+
+def _check_measurements(rounds: list[dict], tmp_path: Path) -> None:
+    """Each round measured the experiment: every device answered under SecAgg+, the
+    report has both arms and every effect, ε grows within its budget, and ``stamen
+    experiment report`` prints it."""
+    name = f"experiment:{EXPERIMENT['id']}"
+    measured = [r["analytics"][name] for r in rounds]
+    assert all(m["devices"] == NODES and "failed" not in m for m in measured), measured
+    spent = [m["report"]["privacy"]["epsilon"] for m in measured]
+    assert 0 < spent[0] < spent[1] <= 8.0 + 1e-6
+    report = measured[-1]["report"]
+    assert [a["name"] for a in report["arms"]] == ["control", "explore"]
+    assert {e["metric"] for e in report["effects"]} == {
+        "exposures",
+        "engagement",
+        "positive_rate",
+        "not_interested",
+    }
+    result = CliRunner().invoke(app, ["experiment", "report", str(tmp_path / "checkpoints")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert EXPERIMENT["id"] in result.output and "explore" in result.output
 
 
 def _serverapps(home: str) -> list[int]:

@@ -8,13 +8,12 @@ the message it answered (the global model and settings the server sent).
 from __future__ import annotations
 
 import pickle
-import uuid
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
+from helpers.capture import Capture
 from helpers.populations import timed_population
 
 from stamen.client.flower.app import build_client_app
@@ -57,38 +56,6 @@ def _population(seed: int = 0) -> Interactions:
         items.append(rng.choice(N_ITEMS // 2, size=12, replace=False) + (u % 2) * (N_ITEMS // 2))
         times.append(sorted(rng.integers(0, 10_000, 12).tolist()))
     return timed_population(items, times, N_ITEMS)
-
-
-class _Capture:
-    """A picklable Flower mod that records every reply a device sends."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __call__(self, msg, context, call_next):  # noqa: ANN001, ANN204
-        from stamen.client.flower.app import USER_STATE_KEY
-
-        reply = call_next(msg, context)
-        content = reply.content
-        record = {
-            "type": reply.metadata.message_type,
-            "row": int(context.node_config["partition-id"]),
-            "received_arrays": {
-                k: r.to_numpy_ndarrays() for k, r in msg.content.array_records.items()
-            },
-            "received_configs": {k: dict(r) for k, r in msg.content.config_records.items()},
-            "arrays": {k: r.to_numpy_ndarrays() for k, r in content.array_records.items()},
-            "metrics": {k: dict(r) for k, r in content.metric_records.items()},
-            "configs": {k: dict(r) for k, r in content.config_records.items()},
-            "user_factor": (
-                context.state[USER_STATE_KEY].to_numpy_ndarrays()[0]
-                if USER_STATE_KEY in context.state
-                else None
-            ),
-        }
-        name = f"{reply.metadata.message_type}-{uuid.uuid4().hex}.pkl"
-        (self.folder / name).write_bytes(pickle.dumps(record))
-        return reply
 
 
 #: The two ways a run can leave a device: plain aggregation, and the default SecAgg+ with
@@ -135,7 +102,7 @@ def _run(variant: str, tmp_path_factory, monkeypatch_module):  # noqa: ANN001, A
     monkeypatch_module.setattr(
         runner_module,
         "build_client_app",
-        lambda *a, **k: build_client_app(*a, **k, outer_mods=[_Capture(captured)]),
+        lambda *a, **k: build_client_app(*a, **k, outer_mods=[Capture(captured)]),
     )
     split = leave_one_out(_population(), seed=0)
     config = load_config(

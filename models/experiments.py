@@ -1,0 +1,131 @@
+"""What a device and the server agree on about an A/B experiment's measurement: the metrics,
+their per-person bounds, the layout of a device's contribution and its sensitivity, and
+what the server reads of the experiments a release carries.
+
+A device contributes, per experiment, one block of :data:`STATISTICS` per arm (its own arm's
+block filled, the others zero; ``stamen.client.device.experiments``); the server sums them
+securely and reports (``stamen.server.experiment_stats``). A release carries its
+experiments in its manifest's ``extras["experiments"]`` (:data:`EXPERIMENTS_EXTRA`), a list
+of ``{"id", "salt", "arms": [{"name", "weight", "overrides"}, …]}``; the device validates
+them in full (its pipeline's settings), the server reads the ids and arm names
+(:func:`experiment_arms`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stamen.errors import ConfigError
+
+__all__ = [
+    "EXPERIMENTS_EXTRA",
+    "METRICS",
+    "STATISTICS",
+    "Checked",
+    "MetricBounds",
+    "experiment_arms",
+    "problem_list",
+    "problems_text",
+    "sensitivity",
+]
+
+#: The key of a release manifest's ``extras`` that holds its experiments.
+EXPERIMENTS_EXTRA = "experiments"
+
+#: The metrics a device measures, in the order of their blocks.
+METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_interested")
+
+#: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
+#: squares (of the value divided by its bound).
+STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
+
+
+def problem_list(error: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, message)`` of every problem, a nested model's problems under its
+    path; a list's length error is left out when its items failed (it follows from them)."""
+    found: list[tuple[str, str]] = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        cause = (e.get("ctx") or {}).get("error")
+        nested = getattr(cause, "problems", None)
+        if nested:
+            found += [(f"{where}.{field}" if where else field, msg) for field, msg in nested]
+            continue
+        message = e["msg"].removeprefix("Value error, ")
+        found.append((where, message))
+    failed_items = {w.split(".")[0] for w, _ in found if "." in w}
+    return [
+        (w, m) for w, m in found if not (w in failed_items and m.startswith("Tuple should have"))
+    ]
+
+
+def problems_text(error: ValidationError) -> str:
+    """:func:`problem_list` as one line."""
+    return "; ".join(f"{w}: {m}" if w else m for w, m in problem_list(error))
+
+
+class Checked(BaseModel):
+    """A frozen model whose validation errors surface as one ``ConfigError`` naming every
+    field at fault (its ``problems``: ``(field path, message)`` pairs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            problems = problem_list(error)
+            config_error = ConfigError(f"{type(self).__name__}: {problems_text(error)}")
+            config_error.problems = problems  # type: ignore[attr-defined]
+            raise config_error from None
+
+
+class MetricBounds(Checked):
+    """The per-person clip bounds and the measurement's windows
+    (``stamen.client.device.experiments``)."""
+
+    max_sessions: int = Field(20, ge=1)
+    max_positive_rate: float = Field(5.0, gt=0, allow_inf_nan=False)
+    session_gap_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
+    attribution_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
+
+    def bounds(self) -> np.ndarray:
+        """Each metric's bound, in :data:`METRICS` order."""
+        return np.array([self.max_sessions, 1.0, self.max_positive_rate, 1.0])
+
+
+def sensitivity(metrics: int = len(METRICS)) -> float:
+    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``."""
+    return math.sqrt(1 + 2 * metrics)
+
+
+def experiment_arms(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The arm names of each experiment a release's ``extras`` carry, by experiment id, in
+    the release's order (what the server needs to ask for and read a measurement).
+
+    Raises:
+        ConfigError: not a list of experiments with distinct ids and at least two named arms.
+    """
+    raw = extras.get(EXPERIMENTS_EXTRA, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"extras.{EXPERIMENTS_EXTRA}: a list, not {type(raw).__name__}")
+    found: dict[str, tuple[str, ...]] = {}
+    for k, item in enumerate(raw):
+        where = f"extras.{EXPERIMENTS_EXTRA}.{k}"
+        arms = item.get("arms") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise ConfigError(f"{where}: an object with a string id")
+        if not isinstance(arms, list) or len(arms) < 2:
+            raise ConfigError(f"{where}: arms must list at least two arms")
+        names = tuple(str(a.get("name", "")) if isinstance(a, dict) else "" for a in arms)
+        if not all(names) or len(set(names)) != len(names):
+            raise ConfigError(f"{where}: arm names must be distinct and not empty ({names})")
+        if item["id"] in found:
+            raise ConfigError(f"{where}: experiment id {item['id']!r} repeats")
+        found[item["id"]] = names
+    return found

@@ -1,0 +1,369 @@
+"""``stamen experiment``: define an A/B experiment into a release, plan it on simulated
+people, and read what a federation's measurement rounds found.
+
+    stamen experiment check FILE                  validate a definition, print its arms
+    stamen experiment publish FILE --releases DIR --signing-key KEY
+                                                  the newest release again, with the
+                                                  experiment, as the next release
+    stamen experiment simulate FILE               repeated experiments on simulated people
+    stamen experiment report CHECKPOINTS          each experiment's latest measurement
+
+A definition is a JSON or TOML file of ``id``, ``salt`` and ``arms`` (each ``name``,
+``weight``, ``overrides`` of the pipeline's settings): ``stamen.client.device.experiments``.
+A deployment run measures the experiments of the release it starts from every
+``experiment-every`` rounds (``stamen.server.experiment_rounds``); the reports go into the
+run's ``rounds.jsonl``, which ``report`` reads.
+"""
+
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from stamen.client.device.experiments import Experiment
+
+__all__ = ["check", "experiment_app", "publish", "report", "simulate"]
+
+experiment_app = typer.Typer(
+    name="experiment",
+    help="Private A/B experiments: define, publish, plan, report.",
+    no_args_is_help=True,
+)
+
+
+def read_experiment(path: Path) -> "Experiment":
+    """The experiment defined in ``path`` (JSON, or TOML by its ``.toml`` suffix).
+
+    Raises:
+        DataError: the file cannot be read or parsed.
+        ConfigError: not a valid experiment (every field at fault named).
+    """
+    from stamen.client.device.experiments import Experiment
+    from stamen.errors import ConfigError, DataError
+
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise DataError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({error})"
+        ) from None
+    try:
+        return Experiment.from_json(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _arms_table(experiment: "Experiment") -> Table:
+    table = Table(title=f"experiment {experiment.id}")
+    for column in ("arm", "share", "overrides"):
+        table.add_column(column)
+    shares = [0.0, *experiment.cumulative_shares()]
+    for k, arm in enumerate(experiment.arms):
+        share = shares[k + 1] - shares[k]
+        table.add_row(arm.name, f"{share:.1%}", json.dumps(arm.overrides) if arm.overrides else "")
+    return table
+
+
+@experiment_app.command()
+def check(
+    file: Annotated[Path, typer.Argument(help="the experiment's definition (JSON or TOML)")],
+) -> None:
+    """Validate an experiment's definition and print its arms (exit 2 on a problem)."""
+    Console().print(_arms_table(read_experiment(file)))
+
+
+@experiment_app.command()
+def publish(
+    files: Annotated[list[Path], typer.Argument(help="experiment definitions (JSON or TOML)")],
+    releases: Annotated[Path, typer.Option(help="the releases folder")],
+    signing_key: Annotated[Path, typer.Option(help="the publisher's Ed25519 key")],
+) -> None:
+    """Publish the newest release again, as the next release, carrying these experiments
+    (one with the id of an experiment it carries replaces it). Devices that install it
+    serve their arms; a deployment run started from it measures them."""
+    from stamen.errors import ConfigError
+    from stamen.models.bundle import ReleaseBundle, latest_release
+    from stamen.models.experiments import EXPERIMENTS_EXTRA
+    from stamen.models.registry import build_model
+    from stamen.privacy import open_signed
+    from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
+
+    experiments = [read_experiment(f) for f in files]
+    ids = [e.id for e in experiments]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"experiment ids repeat among the files ({ids})")
+    if not signing_key.is_file():
+        raise ConfigError(f"{signing_key}: no release signing key")
+    path = latest_release(releases)
+    if path is None:
+        raise ConfigError(f"{releases}: no release to publish from (stamen release init)")
+    private, public = load_or_create_signing_key(signing_key)
+    newest = ReleaseBundle.decode(
+        open_signed(path.read_bytes(), public_key=public, source=str(path)), source=str(path)
+    )
+    kept = [e for e in newest.extras.get(EXPERIMENTS_EXTRA, []) if e.get("id") not in ids]
+    extras = {**newest.extras, EXPERIMENTS_EXTRA: kept + [e.to_json() for e in experiments]}
+    model = build_model(newest.model, dict(newest.settings), newest.catalog)
+    writer = ReleaseWriter(
+        releases,
+        private_key=private,
+        public_key=public,
+        model=model,
+        quantize=bool(newest.quantized),
+        identity=newest.identity,
+        extras=extras,
+    )
+    written = writer.publish(
+        newest.release + 1,
+        newest.shared_arrays(),
+        trending=newest.trending,
+        ranker=newest.ranker,
+    )
+    names = ", ".join(e["id"] for e in extras[EXPERIMENTS_EXTRA])
+    Console().print(f"release {newest.release + 1} in {written}, carrying experiments: {names}")
+
+
+@experiment_app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="the experiment's definition (JSON or TOML)")],
+    population: Annotated[int, typer.Option(help="simulated people", min=100)] = 10_000,
+    epsilon: Annotated[
+        float, typer.Option(help="the measurement's ε (inf: no noise); δ = 1/population")
+    ] = 1.0,
+    repetitions: Annotated[int, typer.Option(help="repeated experiments", min=2)] = 200,
+    seed: Annotated[int, typer.Option(help="the simulation's seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Run the experiment many times on simulated people (``stamen.simulation.experiments``:
+    synthetic people who respond to what their arm shows) with one distributed-DP
+    measurement each, and print every treatment's true effect, mean estimate, power and
+    interval coverage: how many people an experiment needs at this ε."""
+    from stamen.client.device.experiments import METRICS, MetricBounds
+    from stamen.privacy.dp.user import UserDP
+    from stamen.simulation.experiments.batched import clear_sums, estimates, release
+    from stamen.simulation.experiments.response import (
+        ResponseModel,
+        synthetic_population,
+        true_means,
+        variant_lists,
+        variant_response,
+    )
+
+    experiment = read_experiment(file)
+    if not epsilon > 0:
+        raise typer.BadParameter(f"must be positive (got {epsilon})", param_hint="--epsilon")
+    model, bounds = ResponseModel(), MetricBounds()
+    people = synthetic_population(population, seed=seed)
+    lists = [variant_lists(people, dict(arm.overrides), seed=seed) for arm in experiment.arms]
+    responses = [variant_response(people, shown, model) for shown in lists]
+    truth = true_means(people, responses, model, bounds)
+    clear = clear_sums(
+        people,
+        responses,
+        experiment,
+        repetitions=repetitions,
+        seed=seed,
+        model=model,
+        bounds=bounds,
+    )
+    privacy = (
+        UserDP()
+        if math.isinf(epsilon)
+        else UserDP(mode="distributed", target_epsilon=epsilon, delta=1.0 / population)
+    )
+    released = release(clear, privacy=privacy, population=population, seed=seed)
+    found = estimates(released, bounds=bounds)
+    rows: list[dict[str, Any]] = []
+    for a, arm in enumerate(experiment.arms[1:], start=1):
+        for j, metric in enumerate(METRICS):
+            true_effect = float(truth[a][j] - truth[0][j])
+            lower, upper = found["lower"][:, a, j], found["upper"][:, a, j]
+            rows.append(
+                {
+                    "arm": arm.name,
+                    "metric": metric,
+                    "true_effect": true_effect,
+                    "mean_effect": float(found["effect"][:, a, j].mean()),
+                    "power": float((found["p_value"][:, a, j] < 0.05).mean()),
+                    "coverage": float(((lower <= true_effect) & (true_effect <= upper)).mean()),
+                }
+            )
+    result = {
+        "experiment": experiment.id,
+        "population": population,
+        "repetitions": repetitions,
+        "privacy": released.privacy,
+        "effects": rows,
+    }
+    if as_json:
+        typer.echo(json.dumps(result, default=float))
+        return
+    table = Table(
+        title=f"{experiment.id}: {repetitions} simulated experiments of {population} people, "
+        f"ε = {epsilon:g}"
+    )
+    for column in ("arm", "metric", "true effect", "mean estimate", "power", "coverage"):
+        table.add_column(column, justify="left" if column in ("arm", "metric") else "right")
+    for row in rows:
+        table.add_row(
+            row["arm"],
+            row["metric"],
+            f"{row['true_effect']:+.5f}",
+            f"{row['mean_effect']:+.5f}",
+            f"{row['power']:.3f}",
+            f"{row['coverage']:.3f}",
+        )
+    Console().print(table)
+
+
+def _reports(checkpoints: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every experiment measurement in ``<checkpoints>/rounds.jsonl``, by experiment id:
+    ``(round, record)`` in round order."""
+    from stamen.errors import DataError
+    from stamen.server.experiment_rounds import QUERY_PREFIX
+
+    path = checkpoints / "rounds.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no rounds recorded (has a run started with it?)") from None
+    found: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {number}: not JSON ({error})") from None
+        for name, query in (record.get("analytics") or {}).items():
+            if name.startswith(QUERY_PREFIX):
+                found.setdefault(name.removeprefix(QUERY_PREFIX), []).append(
+                    (int(record.get("round", 0)), query)
+                )
+    return found
+
+
+def _number(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+@experiment_app.command()
+def report(
+    checkpoints: Annotated[Path, typer.Argument(help="the deployment run's checkpoints folder")],
+    experiment: Annotated[
+        str | None, typer.Option(help="only this experiment (default: every one measured)")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="also draw each effect's interval per round (PNG)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the reports as JSON")] = False,
+) -> None:
+    """Print each experiment's latest measurement: every arm's exposed people and means,
+    every treatment's effect with its interval and p-value, and the ε it spent (exit 2
+    when nothing was measured)."""
+    from stamen.errors import DataError
+
+    found = _reports(checkpoints)
+    if experiment is not None:
+        if experiment not in found:
+            measured = ", ".join(found) or "none"
+            raise DataError(f"{checkpoints}: experiment {experiment!r} not measured ({measured})")
+        found = {experiment: found[experiment]}
+    if not found:
+        raise DataError(f"{checkpoints}: no experiment measured in this run")
+    latest = {name: history[-1] for name, history in found.items()}
+    if as_json:
+        typer.echo(json.dumps({name: {"round": r, **q} for name, (r, q) in latest.items()}))
+    else:
+        console = Console()
+        for name, (rnd, query) in latest.items():
+            _print_report(console, name, rnd, query)
+    if plot is not None:
+        _plot(found, plot)
+
+
+def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) -> None:
+    body = query.get("report")
+    if body is None:
+        why = query.get("failed") or query.get("skipped") or "no sum released"
+        console.print(f"experiment {name}, round {rnd}: not measured ({why})")
+        return
+    privacy = body.get("privacy") or {}
+    eps = privacy.get("epsilon")
+    spent = "no noise" if eps is None or eps == math.inf else f"ε = {eps:.3g}"
+    if privacy.get("delta") is not None:
+        spent += f", δ = {privacy['delta']:.2g}"
+    console.print(
+        f"experiment {name}, round {rnd}: {query.get('devices', '?')} devices answered; "
+        f"{spent}; noise std {body['noise_std']:.3g} per summed entry"
+    )
+    arms = Table(title="arms")
+    metrics = list(body["arms"][0]["means"])
+    for column in ("arm", "exposed", *metrics):
+        arms.add_column(column, justify="left" if column == "arm" else "right")
+    for arm in body["arms"]:
+        arms.add_row(
+            arm["name"],
+            _number(arm["exposed"], ".0f"),
+            *(
+                f"{_number(arm['means'][m], '.4f')} ± {_number(arm['stderrs'][m], '.4f')}"
+                for m in metrics
+            ),
+        )
+    console.print(arms)
+    level = 1 - float(body["alpha"])
+    effects = Table(title=f"effects against {body['control']} ({level:.0%} intervals)")
+    for column in ("arm", "metric", "effect", "interval", "p-value", "lift"):
+        effects.add_column(column, justify="left" if column in ("arm", "metric") else "right")
+    for e in body["effects"]:
+        effects.add_row(
+            e["arm"],
+            e["metric"],
+            _number(e["effect"], "+.4f"),
+            f"[{_number(e['lower'], '+.4f')}, {_number(e['upper'], '+.4f')}]",
+            _number(e["p_value"], ".3g"),
+            _number(e["lift"], "+.1%"),
+        )
+    console.print(effects)
+
+
+def _plot(found: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple[str, str, str], list[tuple[int, float, float, float]]] = {}
+    for name, history in found.items():
+        for rnd, query in history:
+            for e in (query.get("report") or {}).get("effects", []):
+                if None not in (e["effect"], e["lower"], e["upper"]):
+                    key = (name, e["arm"], e["metric"])
+                    series.setdefault(key, []).append((rnd, e["effect"], e["lower"], e["upper"]))
+    if not series:
+        raise ValueError("no effect with an interval to plot")
+    figure, axes = plt.subplots(len(series), 1, figsize=(7, 2.4 * len(series)), squeeze=False)
+    for axis, ((name, arm, metric), points) in zip(axes[:, 0], sorted(series.items()), strict=True):
+        rounds = [p[0] for p in points]
+        axis.errorbar(
+            rounds,
+            [p[1] for p in points],
+            yerr=[[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]],
+            fmt="o",
+            capsize=3,
+        )
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.set_title(f"{name}: {arm} − control, {metric}", fontsize=9)
+        axis.set_xlabel("round")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    typer.echo(f"plot in {path}")

@@ -1,0 +1,137 @@
+"""An A/B experiment's measurement round on Flower's simulation engine: devices that serve
+their arms of a release's experiment, log what they showed and what followed, and answer
+the measurement under SecAgg+. What each device sends is audited (an outermost ClientApp
+mod sees exactly what leaves it), and the server's report is checked against the devices'
+own contributions summed in the clear (the pieces on hand-built cases:
+``tests/server/test_experiment_rounds.py``)."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+from flwr.common import bytes_to_ndarray
+from helpers.capture import Capture
+from helpers.flower_rounds import RecordingMF, run_recorded, secagg_config
+from helpers.populations import timed_population
+
+from stamen.client.flower.virtual import VirtualDevices
+from stamen.models.analytics import query_scale
+from stamen.models.experiments import EXPERIMENTS_EXTRA, METRICS, STATISTICS
+from stamen.server.experiment_rounds import query_name
+from stamen.server.releases import ReleaseWriter
+from stamen.simulation.engines.flower import initial_shared
+from stamen.simulation.protocol.split import leave_one_out
+
+pytestmark = pytest.mark.slow
+
+N_USERS, N_ITEMS = 6, 150
+SHOWN_AT = 1_700_000_000.0
+EXPERIMENT = {
+    "id": "explore-test",
+    "salt": "s1",
+    "arms": [{"name": "control"}, {"name": "explore", "overrides": {"explore": 0.5}}],
+}
+ARMS = ("control", "explore")
+WINDOW = {"every": 1, "start": SHOWN_AT - 3600.0, "now": SHOWN_AT + 7200.0}
+
+
+def _split():
+    rng = np.random.default_rng(5)
+    items = [rng.choice(N_ITEMS, size=8, replace=False) for _ in range(N_USERS)]
+    times = [sorted(rng.uniform(0, 10_000, 8).tolist()) for _ in range(N_USERS)]
+    return leave_one_out(timed_population(items, times, N_ITEMS), seed=0)
+
+
+def _prepare(config, clear: dict[str, np.ndarray]):  # noqa: ANN001, ANN202
+    """Publish release 1 with the experiment, install it on every device, show each person
+    a list and record what followed; keep each device's own contribution (in the clear)."""
+
+    def prepare(writer: ReleaseWriter, devices: VirtualDevices) -> None:
+        writer.extras = {EXPERIMENTS_EXTRA: [EXPERIMENT]}
+        release = writer.publish(1, initial_shared(N_ITEMS, config, writer.catalog))
+        for row in range(N_USERS):
+            with devices.open(row) as device:
+                device.apply_release(release)
+                shown = device.recommend(5, at=SHOWN_AT)
+                device.log_shown(shown, at=SHOWN_AT)
+                kind = "view" if row % 2 == 0 else "not_interested"
+                device.record(shown[0].item, kind, at=SHOWN_AT + 60.0)
+                clear[str(row)] = device.experiment_contribution(
+                    EXPERIMENT["id"], start=WINDOW["start"], end=WINDOW["now"]
+                )
+                clear[f"arm-{row}"] = np.array(ARMS.index(device.experiment_arms()["explore-test"]))
+
+    return prepare
+
+
+class _Measuring(RecordingMF):
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.measure_experiments({EXPERIMENT["id"]: ARMS})
+
+
+def test_a_measurement_sends_only_masked_sums_and_reports_the_clear_sums(tmp_path) -> None:
+    """SecAgg+ on, no DP: every device answers the measurement with one masked vector of
+    the experiment's width (arms × statistics) and nothing else; the released per-arm
+    sums equal the devices' own contributions summed in the clear, to within SecAgg+'s
+    quantisation; the report names both arms, every metric, and ε = ∞."""
+    split = _split()
+    config = secagg_config(
+        N_USERS,
+        secagg={"num_shares": 3, "reconstruction_threshold": 2},
+        analytics={"experiments": WINDOW},
+    )
+    captured = tmp_path / "messages"
+    captured.mkdir()
+    clear: dict[str, np.ndarray] = {}
+    strategy = run_recorded(
+        split,
+        config,
+        initial=initial_shared(N_ITEMS, config),
+        folder=tmp_path,
+        outer_mods=[Capture(captured)],
+        strategy=_Measuring,
+        prepare=_prepare(config, clear),
+    )
+    (record,) = strategy.history
+    measured = record.analytics[query_name(EXPERIMENT["id"])]
+    assert measured.devices == measured.cohort == N_USERS and measured.failed is None
+    width = len(ARMS) * len(STATISTICS)
+
+    # the audit: each device's measurement reply is SecAgg+'s masked vector and no more
+    messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
+    replies = [
+        m
+        for m in messages
+        if m["received_configs"].get("fitins.config", {}).get("task") == "experiment"
+        and "masked_params" in m["configs"].get("secaggplus_configs", {})
+    ]
+    assert Counter(m["row"] for m in replies) == {row: 1 for row in range(N_USERS)}
+    for m in replies:
+        assert m["arrays"] == {"fitres.parameters": []}
+        assert m["metrics"] == {"fitres.num_examples": {"num_examples": 1}}
+        assert m["configs"]["fitres.metrics"] == {}
+        weight, *masked = [
+            bytes_to_ndarray(b) for b in m["configs"]["secaggplus_configs"]["masked_params"]
+        ]
+        assert [a.shape for a in masked] == [(width,)]
+
+    # the released sums are the clear sums (noise off), within SecAgg+'s quantisation
+    secagg = config.secagg
+    level = 2 * secagg.clipping_range / secagg.quantization_range
+    scale = query_scale(width=len(STATISTICS), clip_norm=1.0)
+    bound = N_USERS * level * 1.001 / scale
+    contributions = np.stack([clear[str(row)] for row in range(N_USERS)])
+    assert contributions.shape == (N_USERS, width)
+    assert contributions[:, 0 :: len(STATISTICS)].sum() == N_USERS  # everyone was exposed
+    report = measured.report
+    assert report is not None and report["privacy"]["epsilon"] is None  # ∞: no noise
+    sums = contributions.sum(axis=0).reshape(len(ARMS), len(STATISTICS))
+    for a, arm in enumerate(report["arms"]):
+        assert arm["name"] == ARMS[a]
+        assert abs(arm["exposed"] - sums[a, 0]) <= bound
+        assert sums[a, 0] == sum(clear[f"arm-{row}"] == a for row in range(N_USERS))
+    assert {(e["arm"], e["metric"]) for e in report["effects"]} == {("explore", m) for m in METRICS}

@@ -1,0 +1,173 @@
+"""An experiment's measurement round driven directly (no Flower): what the server asks,
+what a device answers, and the report from the released sums (over Flower:
+``tests/integration/test_experiment_rounds.py``; on the loopback SuperLink:
+``tests/integration/test_deployment_loopback.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.common import ndarrays_to_parameters
+from helpers.static_clients import StaticClients
+from helpers.updates import fit_res
+
+from stamen.client.flower.app import DeviceClient, DeviceData
+from stamen.errors import ConfigError
+from stamen.models.analytics import query_scale
+from stamen.models.experiments import METRICS, STATISTICS, MetricBounds, experiment_arms
+from stamen.privacy import SecAggSettings, UserDP
+from stamen.server.analytics import ExperimentQuerySettings
+from stamen.server.experiment_rounds import query_name
+from stamen.server.experiment_stats import experiment_report
+from stamen.server.settings import ServerSettings
+from stamen.server.strategy import FederatedAveraging
+from stamen.simulation.engines.flower import release_catalog_of
+
+ARMS = ("control", "b", "c")
+WIDTH = len(ARMS) * len(STATISTICS)
+
+
+def _owner(population: int, **experiments: object) -> FederatedAveraging:
+    settings = ServerSettings(
+        rounds=4,
+        clients_per_round=3,
+        eval_every=0,
+        secagg=SecAggSettings(num_shares=3, reconstruction_threshold=2),
+        analytics={"experiments": ExperimentQuerySettings(**experiments)},
+    )
+    owner = FederatedAveraging(
+        settings, initial=[np.zeros((10, 2), np.float32)], population=population
+    )
+    owner.measure_experiments({"exp": ARMS, "other": ("a", "b")})
+    return owner
+
+
+def test_the_server_asks_every_device_for_the_window_and_reports_the_released_sums() -> None:
+    population = 8
+    owner = _owner(population, every=2, start=100.0, now=200.0, alpha=0.1)
+    measurements = owner.experiments
+    assert measurements is not None
+    assert [measurements.due(r) for r in (1, 2, 3, 4)] == [False, True, False, True]
+    query = measurements.ask("exp", 2)
+    asked = query.configure_fit(2, ndarrays_to_parameters([]), StaticClients(population))
+    assert len(asked) == population  # rate 1: every device
+    request = asked[0][1].config
+    assert request["task"] == "experiment" and request["experiment-id"] == "exp"
+    assert (request["experiment-start"], request["experiment-end"]) == (100.0, 200.0)
+    assert request["experiment-arms"] == 3 and request["experiment-max-sessions"] == 20
+    # the devices' (scaled, float32 as sent) contributions: their arm's block, zeros elsewhere
+    rng = np.random.default_rng(0)
+    blocks = np.zeros((population, WIDTH))
+    for d in range(population):
+        arm = d % len(ARMS)
+        y = rng.random(len(METRICS))
+        block = [1.0, *np.ravel(np.column_stack([y, y**2]))]
+        blocks[d, arm * len(STATISTICS) : (arm + 1) * len(STATISTICS)] = block
+    scale = query_scale(width=len(STATISTICS), clip_norm=1.0)
+    answers = [(None, fit_res([v])) for v in (blocks * scale).astype(np.float32)]
+    query.aggregate_fit(2, answers, [])
+    record = measurements.take("exp")
+    assert record.devices == population and record.failed is None
+    expected = experiment_report(
+        blocks.sum(axis=0).reshape(len(ARMS), len(STATISTICS)),
+        experiment="exp",
+        arms=ARMS,
+        metrics=METRICS,
+        scales=MetricBounds().bounds(),
+        noise_std=0.0,
+        alpha=0.1,
+    ).to_json()
+    report = record.report
+    assert report is not None and report["alpha"] == 0.1
+    assert [a["name"] for a in report["arms"]] == list(ARMS)
+    for got, want in zip(report["effects"], expected["effects"], strict=True):
+        assert got["arm"] == want["arm"] and got["metric"] == want["metric"]
+        assert got["effect"] == pytest.approx(want["effect"], rel=1e-5)
+        assert got["lower"] == pytest.approx(want["lower"], rel=1e-5)
+    owner.record_query(query_name("exp"), record)
+    assert owner._record.analytics is not None
+    assert owner._record.analytics["experiment:exp"].report == report
+
+
+def test_each_experiment_has_its_own_accountant_and_noise() -> None:
+    dp = UserDP(mode="central", noise_multiplier=1.0)
+    owner = _owner(10, every=1, dp=dp)
+    measurements = owner.experiments
+    assert measurements is not None
+    first, second = measurements.queries["exp"], measurements.queries["other"]
+    assert first.accountant is not second.accountant
+    assert first.mechanism is not None and second.mechanism is not None
+    noise = [
+        q.mechanism.streams.central_noise(1, q.purpose).normal(size=4) for q in (first, second)
+    ]
+    assert not np.allclose(*noise)
+
+
+def test_a_measurement_that_released_nothing_is_recorded_as_failed() -> None:
+    owner = _owner(4, every=1)
+    measurements = owner.experiments
+    assert measurements is not None
+    measurements.ask("exp", 1)
+    record = measurements.take("exp")
+    assert record.report is None and "halted" in (record.failed or "")
+
+
+def _device(contribution):  # noqa: ANN001, ANN202
+    data = DeviceData(np.array([1, 2]), release_catalog_of(10))
+    return DeviceClient(
+        data,
+        {},  # type: ignore[arg-type]
+        seed=0,
+        row=0,
+        experiment_contribution=contribution,
+    )
+
+
+def _config(owner: FederatedAveraging) -> dict:
+    measurements = owner.experiments
+    assert measurements is not None
+    query = measurements.ask("exp", 1)
+    return query.configure_fit(1, ndarrays_to_parameters([]), StaticClients(4))[0][1].config
+
+
+def test_a_device_answers_with_its_scaled_contribution_or_zeros() -> None:
+    config = _config(_owner(4, every=1, start=0.0, now=50.0))
+    seen = {}
+
+    def contribution(experiment, *, start, end, bounds):  # noqa: ANN001, ANN202
+        seen.update(experiment=experiment, start=start, end=end, bounds=bounds)
+        vector = np.zeros(WIDTH)
+        vector[len(STATISTICS) : 2 * len(STATISTICS)] = 1.0  # arm b, every value at its bound
+        return vector
+
+    (sent,), n, metrics = _device(contribution).fit([], config)
+    assert n == 1 and metrics == {}
+    assert seen == {"experiment": "exp", "start": 0.0, "end": 50.0, "bounds": MetricBounds()}
+    assert np.linalg.norm(sent) == pytest.approx(1.0)  # sqrt(9) entries of 1/3: the clip norm
+    (nothing,), _, _ = _device(lambda *a, **k: None).fit([], config)
+    assert nothing.shape == (WIDTH,) and not nothing.any()
+    with pytest.raises(ValueError, match="3 arms need 27"):
+        _device(lambda *a, **k: np.zeros(18)).fit([], config)
+
+
+def test_the_server_reads_ids_and_arms_and_refuses_a_malformed_list() -> None:
+    good = {"experiments": [{"id": "e", "arms": [{"name": "a"}, {"name": "b"}]}]}
+    assert experiment_arms(good) == {"e": ("a", "b")}
+    assert experiment_arms({}) == {}
+    for bad, match in [
+        ({"experiments": {}}, "a list"),
+        ({"experiments": [{"arms": []}]}, "string id"),
+        ({"experiments": [{"id": "e", "arms": [{"name": "a"}]}]}, "at least two"),
+        ({"experiments": [{"id": "e", "arms": [{"name": "a"}, {"name": "a"}]}]}, "distinct"),
+        ({"experiments": good["experiments"] * 2}, "repeats"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            experiment_arms(bad)
+
+
+def test_measurements_need_secure_aggregation() -> None:
+    with pytest.raises(ValueError, match="secure aggregation"):
+        ServerSettings(
+            secagg=SecAggSettings(enabled=False),
+            analytics={"experiments": {"every": 1}},
+        )

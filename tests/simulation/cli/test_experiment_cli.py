@@ -1,0 +1,166 @@
+"""``stamen experiment``: check a definition, publish it into the next release, plan it on
+simulated people, and read a run's measurements back."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.signed_releases import film_release
+from typer.testing import CliRunner
+
+from stamen.client.device.experiments import Experiment
+from stamen.errors import StamenError
+from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.privacy import open_signed
+from stamen.simulation.cli.commands import app
+
+runner = CliRunner()
+EXPERIMENT = {
+    "id": "explore-1",
+    "salt": "s",
+    "arms": [{"name": "control"}, {"name": "explore", "overrides": {"explore": 0.1}}],
+}
+
+
+def _invoke(args: list[str]):  # noqa: ANN202
+    return runner.invoke(app, args, env={"COLUMNS": "400"})
+
+
+def _refused(result, *phrases: str) -> None:  # noqa: ANN001
+    """The command stopped on a Stamen error (``stamen`` exits 2 with it) naming each
+    phrase."""
+    assert isinstance(result.exception, StamenError), (result.output, result.exception)
+    for phrase in phrases:
+        assert phrase in str(result.exception), (phrase, str(result.exception))
+
+
+def _ok(args: list[str]) -> str:
+    result = _invoke(args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_check_prints_the_arms_and_names_every_problem(tmp_path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(EXPERIMENT))
+    out = _ok(["experiment", "check", str(good)])
+    assert "explore-1" in out and '{"explore": 0.1}' in out and "50.0%" in out
+    toml = tmp_path / "good.toml"
+    toml.write_text('id = "t"\nsalt = "s"\n[[arms]]\nname = "a"\n[[arms]]\nname = "b"\n')
+    assert "experiment t" in _ok(["experiment", "check", str(toml)])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**EXPERIMENT, "salt": "", "colour": 1}))
+    _refused(_invoke(["experiment", "check", str(bad)]), "bad.json", "salt", "colour")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    _refused(_invoke(["experiment", "check", str(broken)]), "not valid JSON")
+    _refused(_invoke(["experiment", "check", str(tmp_path / "missing.json")]), "cannot read")
+
+
+def test_publish_writes_the_next_release_with_the_experiment(tmp_path) -> None:
+    film_release(tmp_path, 3)
+    releases, key = tmp_path / "releases", tmp_path / "keys" / "release.key"
+    definition = tmp_path / "experiment.json"
+    definition.write_text(json.dumps(EXPERIMENT))
+    args = ["--releases", str(releases), "--signing-key", str(key)]
+    assert "release 4" in _ok(["experiment", "publish", str(definition), *args])
+    public = (releases / "release.pub").read_bytes()
+
+    def newest() -> ReleaseBundle:
+        path = latest_release(releases)
+        assert path is not None
+        return ReleaseBundle.decode(open_signed(path.read_bytes(), public_key=public))
+
+    four = newest()
+    old = ReleaseBundle.decode(
+        open_signed((releases / "release-000003.stamen").read_bytes(), public_key=public)
+    )
+    published = Experiment.from_json(EXPERIMENT).to_json()  # with the defaults filled in
+    assert four.release == 4 and four.extras["experiments"] == [published]
+    for a, b in zip(four.shared_arrays(), old.shared_arrays(), strict=True):
+        assert (a == b).all()
+    # the same id again replaces it; another is added beside it
+    changed = {**EXPERIMENT, "salt": "t"}
+    definition.write_text(json.dumps(changed))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**EXPERIMENT, "id": "other"}))
+    _ok(["experiment", "publish", str(definition), str(other), *args])
+    assert [e["salt"] for e in newest().extras["experiments"]] == ["t", "s"]
+    _refused(_invoke(["experiment", "publish", str(definition), str(definition), *args]), "repeat")
+    elsewhere = ["--releases", str(tmp_path / "none"), "--signing-key", str(key)]
+    _refused(_invoke(["experiment", "publish", str(other), *elsewhere]), "no release to publish")
+
+
+def test_simulate_finds_no_effect_between_equal_arms(tmp_path) -> None:
+    same = tmp_path / "aa.json"
+    same.write_text(json.dumps({**EXPERIMENT, "arms": [{"name": "a"}, {"name": "b"}]}))
+    out = _ok(
+        ["experiment", "simulate", str(same), "--population", "2000", "--repetitions", "20"]
+        + ["--json"]
+    )
+    result = json.loads(out)
+    assert result["repetitions"] == 20 and result["privacy"]["epsilon"] <= 1.0 + 1e-6
+    assert {row["metric"] for row in result["effects"]} == {
+        "exposures",
+        "engagement",
+        "positive_rate",
+        "not_interested",
+    }
+    assert all(row["true_effect"] == 0.0 for row in result["effects"])
+    assert all(0.0 <= row["coverage"] <= 1.0 for row in result["effects"])
+
+
+def _rounds_log(folder, records: list[dict]) -> None:  # noqa: ANN001
+    folder.mkdir()
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _report(effect: float) -> dict:
+    arm = {"exposed": 120.0, "means": {"engagement": 0.1}, "stderrs": {"engagement": 0.01}}
+    return {
+        "experiment": "explore-1",
+        "control": "control",
+        "alpha": 0.05,
+        "noise_std": 2.5,
+        "arms": [{"name": "control", **arm}, {"name": "explore", **arm}],
+        "effects": [
+            {
+                "arm": "explore",
+                "metric": "engagement",
+                "effect": effect,
+                "stderr": 0.01,
+                "lower": effect - 0.02,
+                "upper": effect + 0.02,
+                "p_value": 0.5,
+                "lift": 0.1,
+                "lift_lower": 0.0,
+                "lift_upper": 0.2,
+            }
+        ],
+        "privacy": {"epsilon": 1.5, "delta": 0.001, "mode": "central"},
+    }
+
+
+def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    name = "experiment:explore-1"
+    _rounds_log(
+        checkpoints,
+        [
+            {"round": 1, "analytics": {name: {"devices": 9, "report": _report(0.01)}}},
+            {"round": 2, "analytics": {"trending": {"devices": 9}}},
+            {"round": 3, "analytics": {name: {"devices": 9, "report": _report(0.03)}}},
+            {"round": 4, "analytics": {"experiment:gone": {"failed": "SecAgg+ halted"}}},
+        ],
+    )
+    plot = tmp_path / "effects.png"
+    out = _ok(["experiment", "report", str(checkpoints), "--plot", str(plot)])
+    assert "experiment explore-1, round 3" in out and "ε = 1.5" in out and "+0.0300" in out
+    assert "experiment gone, round 4: not measured (SecAgg+ halted)" in out
+    assert plot.stat().st_size > 0
+    body = json.loads(_ok(["experiment", "report", str(checkpoints), "--json"]))
+    assert body["explore-1"]["round"] == 3
+    assert body["explore-1"]["report"]["effects"][0]["effect"] == 0.03
+    only = ["--experiment", "nope"]
+    _refused(_invoke(["experiment", "report", str(checkpoints), *only]), "(explore-1, gone)")
+    _refused(_invoke(["experiment", "report", str(tmp_path / "elsewhere")]), "no rounds recorded")
