@@ -28,7 +28,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from stamen.client.device.experiments import Experiment
 
-__all__ = ["check", "experiment_app", "publish", "report", "simulate"]
+__all__ = ["check", "experiment_app", "publish", "read_experiment", "report", "simulate"]
 
 experiment_app = typer.Typer(
     name="experiment",
