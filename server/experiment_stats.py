@@ -36,6 +36,31 @@ noise): ``Δ̂ = μ̂_B − μ̂_A``, ``Var(Δ̂) = Var(μ̂_A) + Var(μ̂_B)``,
 (normal: the noise is Gaussian, the sampling part by the central limit theorem). The relative
 lift ``μ̂_B / μ̂_A − 1`` has, by the delta method, ``Var ≈ [Var(μ̂_B) + (μ̂_B/μ̂_A)² Var(μ̂_A)] / μ̂_A²``.
 
+**CUPED** (pre-experiment covariates, optional: ``covariates=True``). With the covariate
+layout each metric's block is ``[y, y², x, x², x·y]`` (``x``: the same metric over a
+pre-period before the assignment took effect). With ``Q_xy = Σxy − Σx Σy / n`` and so on over
+all arms' noisy sums pooled (the arms' ``x`` share one distribution: assignment is random),
+the coefficient is the one that minimises the variance below, noise included, summed over
+the ``A`` arms:
+
+    θ = (Q_xy + A σ² μ_x μ_y) / (Q_xx + A σ² (1 + μ_x²))      (pooled means μ_x, μ_y)
+
+the usual ``Q_xy / Q_xx`` without noise; with noise the ``σ²`` terms shrink it towards 0 (a
+ridge: the noise on ``Σx`` enters the adjusted mean times ``θ``), which also keeps a noisy,
+nearly-zero ``Q_xx`` from blowing ``θ`` up. Each arm's adjusted mean
+
+    μ̂_adj = μ̂_y − θ (μ̂_x − x̄),    x̄ = the pooled mean of x (cancels in every effect)
+
+is the ratio estimator of ``z = y − θ x`` (plus a constant). Treating ``θ`` as fixed (its
+error moves the effect at second order only) and linearising as above, the noise part is
+``e_y − θ e_x − μ_z e_0``, so
+
+    Var(μ̂_adj) ≈ [ Q_z + σ² (1 + θ² + μ_z²) ] / n²,   Q_z = Q_yy − 2θ Q_xy + θ² Q_xx ≥ 0
+
+(``μ_z = μ̂_y − θ μ̂_x``; without noise the usual CUPED variance ``s_y² (1 − ρ²) / n`` at the
+optimal θ). :func:`cuped_estimates` also returns the unadjusted figures from the same sums, so
+the variance reduction ``1 − Var(Δ̂_adj) / Var(Δ̂)`` can be reported.
+
 The privacy side: :func:`experiment_mechanism` builds the Gaussian-sum mechanism of the
 training rounds (``stamen.privacy.dp.gaussian``), with its own accountant, for one
 experiment's measurement releases: ε is reported per experiment and separately from
@@ -61,27 +86,58 @@ __all__ = [
     "Effect",
     "ExperimentReport",
     "arm_estimates",
+    "cuped_estimates",
     "effect_estimates",
     "experiment_mechanism",
     "experiment_report",
+    "outcome_sums",
 ]
 
 
+def _checked(
+    sums: np.ndarray, noise_std: float, scales: Sequence[float] | np.ndarray, per_metric: int
+) -> tuple[np.ndarray, np.ndarray]:
+    sums = np.asarray(sums, np.float64)
+    scales = np.asarray(scales, np.float64)
+    if sums.shape[-1] != 1 + per_metric * len(scales):
+        raise ValueError(
+            f"sums end in {sums.shape[-1]} coordinates; expected 1 + {per_metric}·{len(scales)}"
+        )
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be non-negative (got {noise_std})")
+    return sums, scales
+
+
+def outcome_sums(sums: np.ndarray) -> np.ndarray:
+    """The default layout's coordinates ``[n, Σy_1, Σy_1², …]`` of sums in the covariate
+    layout (``(..., 1 + 5M)`` to ``(..., 1 + 2M)``)."""
+    sums = np.asarray(sums, np.float64)
+    if (sums.shape[-1] - 1) % 5:
+        raise ValueError(f"sums end in {sums.shape[-1]} coordinates; expected 1 + 5·M")
+    metrics = (sums.shape[-1] - 1) // 5
+    keep = [0, *(1 + 5 * m + j for m in range(metrics) for j in (0, 1))]
+    return sums[..., keep]
+
+
 def arm_estimates(
-    sums: np.ndarray, *, noise_std: float, scales: Sequence[float] | np.ndarray
+    sums: np.ndarray,
+    *,
+    noise_std: float,
+    scales: Sequence[float] | np.ndarray,
+    covariates: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each arm's mean of each metric, its variance (sampling and noise: module docstring)
-    and the arm's noisy count, from ``sums`` of shape ``(..., arms, 1 + 2M)``.
+    and the arm's noisy count, from ``sums`` of shape ``(..., arms, 1 + 2M)``; with
+    ``covariates``, the CUPED-adjusted means from sums of shape ``(..., arms, 1 + 5M)``
+    (:func:`cuped_estimates`).
 
     Returns ``(mean, variance, n)`` of shapes ``(..., arms, M)``, ``(..., arms, M)`` and
     ``(..., arms)``, in the metrics' units (NaN where the noisy count is not positive).
     """
-    sums = np.asarray(sums, np.float64)
-    scales = np.asarray(scales, np.float64)
-    if sums.shape[-1] != 1 + 2 * len(scales):
-        raise ValueError(f"sums end in {sums.shape[-1]} coordinates; expected 1 + 2·{len(scales)}")
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be non-negative (got {noise_std})")
+    if covariates:
+        found = cuped_estimates(sums, noise_std=noise_std, scales=scales)
+        return found["mean"], found["variance"], found["n"]
+    sums, scales = _checked(sums, noise_std, scales, 2)
     n = sums[..., 0]
     n_safe = np.where(n > 0, n, np.nan)[..., None]
     s1, s2 = sums[..., 1::2], sums[..., 2::2]
@@ -89,6 +145,52 @@ def arm_estimates(
     spread = np.maximum(s2 - s1 * mean, 0.0)
     variance = (spread + noise_std**2 * (1.0 + mean**2)) / n_safe**2
     return mean * scales, variance * scales**2, n
+
+
+def cuped_estimates(
+    sums: np.ndarray, *, noise_std: float, scales: Sequence[float] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """CUPED estimates (module docstring) from sums in the covariate layout, shape
+    ``(..., arms, 1 + 5M)``: ``mean`` and ``variance`` (adjusted, ``(..., arms, M)``, metric
+    units), its part due to the noise ``noise_variance`` (at the same ``θ``), ``n``
+    (``(..., arms)``), ``theta`` (``(..., M)``, pooled over arms) and the unadjusted
+    ``plain_mean`` and ``plain_variance`` of the same sums."""
+    sums, scales = _checked(sums, noise_std, scales, 5)
+    plain_mean, plain_variance, n = arm_estimates(
+        outcome_sums(sums), noise_std=noise_std, scales=scales
+    )
+    sy, syy, sx, sxx, sxy = (sums[..., 1 + j :: 5] for j in range(5))
+
+    def spread(a: np.ndarray, b: np.ndarray, ab: np.ndarray, count: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return ab - a * b / count
+
+    pooled = sums.sum(axis=-2)
+    n_pool = np.where(pooled[..., :1] > 0, pooled[..., :1], np.nan)
+    p_y, p_x, p_xx, p_xy = (pooled[..., 1 + j :: 5] for j in (0, 2, 3, 4))
+    ridge = sums.shape[-2] * noise_std**2
+    q_xx = spread(p_x, p_x, p_xx, n_pool) + ridge * (1 + (p_x / n_pool) ** 2)
+    q_xy = spread(p_x, p_y, p_xy, n_pool) + ridge * p_x * p_y / n_pool**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.where(q_xx > 0, q_xy / q_xx, 0.0)
+    theta = np.nan_to_num(theta)
+    t = theta[..., None, :]
+    count = np.where(n > 0, n, np.nan)[..., None]
+    q_z = spread(sy, sy, syy, count) - 2 * t * spread(sx, sy, sxy, count)
+    q_z = np.maximum(q_z + t**2 * spread(sx, sx, sxx, count), 0.0)
+    mu_y, mu_x = sy / count, sx / count
+    mu_z = mu_y - t * mu_x
+    mean = mu_y - t * (mu_x - (p_x / n_pool)[..., None, :])
+    noise = noise_std**2 * (1.0 + t**2 + mu_z**2) / count**2
+    return {
+        "mean": mean * scales,
+        "variance": (q_z / count**2 + noise) * scales**2,
+        "noise_variance": noise * scales**2,
+        "n": n,
+        "theta": theta,
+        "plain_mean": plain_mean,
+        "plain_variance": plain_variance,
+    }
 
 
 def effect_estimates(
@@ -210,12 +312,16 @@ def experiment_report(
     control: int = 0,
     alpha: float = 0.05,
     privacy: dict[str, Any] | None = None,
+    covariates: bool = False,
 ) -> ExperimentReport:
-    """The report of one experiment from its released sums, shape ``(arms, 1 + 2M)``."""
+    """The report of one experiment from its released sums, shape ``(arms, 1 + 2M)``
+    (``(arms, 1 + 5M)`` with ``covariates``: CUPED-adjusted means)."""
     sums = np.asarray(sums, np.float64)
-    if sums.shape != (len(arms), 1 + 2 * len(metrics)):
+    if sums.shape != (len(arms), 1 + (5 if covariates else 2) * len(metrics)):
         raise ValueError(f"sums of shape {sums.shape} for {len(arms)} arms, {len(metrics)} metrics")
-    mean, variance, n = arm_estimates(sums, noise_std=noise_std, scales=scales)
+    mean, variance, n = arm_estimates(
+        sums, noise_std=noise_std, scales=scales, covariates=covariates
+    )
     est = effect_estimates(mean, variance, control=control, alpha=alpha)
     summaries = [
         ArmSummary(

@@ -43,6 +43,14 @@ sensitivity is :func:`sensitivity` ``= sqrt(1 + 2M)`` = 3 for the four metrics; 
 mechanism (``stamen.privacy.dp.gaussian``) is calibrated to it. A person who switches arms
 between two neighbouring data sets (replace-one adjacency) moves it by at most ``√2`` times as much.
 
+**Pre-experiment covariates (CUPED, optional).** Given the person's counts over a pre-period
+window before the assignment takes effect (``pre``), each metric's block grows to the layout
+:data:`COVARIATE_STATISTICS`, ``[y_m, y_m², x_m, x_m², x_m·y_m]`` with ``x_m ∈ [0, 1]`` the
+same metric over the pre-period, scaled by the same bound (``0`` for a person without an
+impression then). The squared norm is then ``1 + Σ_m (y² + y⁴ + x² + x⁴ + x²y²) ≤ 1 + 5M``,
+so :func:`sensitivity` with ``covariates=True`` is ``sqrt(1 + 5M)`` (√21 for four metrics).
+Without ``pre`` every function returns exactly what it did before.
+
 This module is the device's serving path: it imports numpy and the standard library only
 (``PipelineSettings`` is imported when an experiment's overrides are validated).
 """
@@ -74,6 +82,7 @@ if TYPE_CHECKING:
     from stamen.client.pipeline.recommend import PipelineSettings
 
 __all__ = [
+    "COVARIATE_STATISTICS",
     "METRICS",
     "STATISTICS",
     "Arm",
@@ -87,6 +96,7 @@ __all__ = [
     "metric_values",
     "person_counts",
     "sensitivity",
+    "statistics",
     "summed_contributions",
 ]
 
@@ -96,6 +106,13 @@ METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_int
 #: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
 #: squares (of the value divided by its bound).
 STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
+
+#: The block with pre-experiment covariates (module docstring): the count, then per metric
+#: ``y``, ``y²``, the pre-period value ``x``, ``x²`` and ``x·y``.
+COVARIATE_STATISTICS: tuple[str, ...] = (
+    "n",
+    *(f"{m}{s}" for m in METRICS for s in ("", "_sq", "_pre", "_pre_sq", "_pre_x")),
+)
 
 _BITS = 53
 
@@ -312,17 +329,38 @@ def metric_values(counts: PersonCounts, bounds: MetricBounds) -> np.ndarray:
     return np.where((impressions > 0)[..., None], values, 0.0)
 
 
-def sensitivity(metrics: int = len(METRICS)) -> float:
-    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``."""
-    return math.sqrt(1 + 2 * metrics)
+def sensitivity(metrics: int = len(METRICS), *, covariates: bool = False) -> float:
+    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``, or
+    ``sqrt(1 + 5 · metrics)`` with pre-experiment covariates (module docstring)."""
+    return math.sqrt(1 + (5 if covariates else 2) * metrics)
 
 
-def _blocks(counts: PersonCounts, bounds: MetricBounds) -> np.ndarray:
+def statistics(*, covariates: bool = False) -> tuple[str, ...]:
+    """The names of one arm's block: :data:`STATISTICS`, or :data:`COVARIATE_STATISTICS`
+    with pre-experiment covariates."""
+    return COVARIATE_STATISTICS if covariates else STATISTICS
+
+
+def _blocks(
+    counts: PersonCounts, bounds: MetricBounds, pre: PersonCounts | None = None
+) -> np.ndarray:
     """Each person's own block ``[x, y_1, y_1², …]`` (``x``: exposed), shape
-    ``(people, len(STATISTICS))``."""
+    ``(people, len(STATISTICS))``; with ``pre``, the covariate layout
+    (:data:`COVARIATE_STATISTICS`), zero for a person not exposed in the window."""
     scaled = metric_values(counts, bounds) / bounds.bounds()
+    exposed = np.asarray(counts.impressions) > 0
+    if pre is not None:
+        before = metric_values(pre, bounds) / bounds.bounds()
+        if before.shape != scaled.shape:
+            raise ValueError(f"pre has {len(before)} people; counts {len(scaled)}")
+        before = np.where(exposed[:, None], before, 0.0)
+        block = np.empty((len(scaled), len(COVARIATE_STATISTICS)))
+        block[:, 0] = exposed
+        for j, column in enumerate((scaled, scaled**2, before, before**2, before * scaled)):
+            block[:, 1 + j :: 5] = column
+        return block
     block = np.empty((len(scaled), len(STATISTICS)))
-    block[:, 0] = np.asarray(counts.impressions) > 0
+    block[:, 0] = exposed
     block[:, 1::2] = scaled
     block[:, 2::2] = scaled**2
     return block
@@ -336,25 +374,38 @@ def _checked_arms(arms: np.ndarray, n_arms: int) -> np.ndarray:
 
 
 def contributions(
-    arms: np.ndarray, counts: PersonCounts, *, n_arms: int, bounds: MetricBounds
+    arms: np.ndarray,
+    counts: PersonCounts,
+    *,
+    n_arms: int,
+    bounds: MetricBounds,
+    pre: PersonCounts | None = None,
 ) -> np.ndarray:
     """Every person's contribution vector, shape ``(people, n_arms · len(STATISTICS))``:
-    their block in their arm ``arms[i]``, zeros elsewhere (module docstring)."""
+    their block in their arm ``arms[i]``, zeros elsewhere (module docstring); with ``pre``
+    (pre-period counts) the blocks of :data:`COVARIATE_STATISTICS`."""
     arms = _checked_arms(arms, n_arms)
-    width = len(STATISTICS)
+    blocks = _blocks(counts, bounds, pre)
+    width = blocks.shape[1]
     out = np.zeros((len(arms), n_arms * width))
     columns = arms[:, None] * width + np.arange(width)
-    np.put_along_axis(out, columns, _blocks(counts, bounds), axis=1)
+    np.put_along_axis(out, columns, blocks, axis=1)
     return out
 
 
 def summed_contributions(
-    arms: np.ndarray, counts: PersonCounts, *, n_arms: int, bounds: MetricBounds
+    arms: np.ndarray,
+    counts: PersonCounts,
+    *,
+    n_arms: int,
+    bounds: MetricBounds,
+    pre: PersonCounts | None = None,
 ) -> np.ndarray:
-    """The sum of :func:`contributions` over people, shape ``(n_arms, len(STATISTICS))``,
-    without building every vector (what a secure sum of them releases, before noise)."""
+    """The sum of :func:`contributions` over people, shape ``(n_arms, len(STATISTICS))``
+    (or ``len(COVARIATE_STATISTICS)`` with ``pre``), without building every vector (what a
+    secure sum of them releases, before noise)."""
     arms = _checked_arms(arms, n_arms)
-    blocks = _blocks(counts, bounds)
+    blocks = _blocks(counts, bounds, pre)
     one_hot = (arms[None, :] == np.arange(n_arms)[:, None]).astype(np.float64)
     return one_hot @ blocks
 
@@ -368,12 +419,25 @@ def contribution(
     start: float,
     end: float,
     bounds: MetricBounds | None = None,
+    pre_start: float | None = None,
 ) -> np.ndarray:
     """The vector this device contributes to ``experiment``'s measurement over
     ``[start, end)``: its own arm's block (assigned by :func:`assign`), zeros elsewhere; L2
-    norm at most :func:`sensitivity`."""
+    norm at most :func:`sensitivity`. With ``pre_start``, the pre-period ``[pre_start,
+    start)`` gives the covariates (module docstring; norm at most
+    ``sensitivity(covariates=True)``)."""
     bounds = bounds or MetricBounds()
-    counts = person_counts(events, impressions, start=start, end=end, bounds=bounds)
-    one = PersonCounts(*(np.atleast_1d(getattr(counts, f)) for f in counts.__dataclass_fields__))
+    if pre_start is not None and not pre_start < start:
+        raise ValueError(f"pre_start must come before start (got {pre_start} >= {start})")
+
+    def one_person(since: float, until: float) -> PersonCounts:
+        c = person_counts(events, impressions, start=since, end=until, bounds=bounds)
+        return PersonCounts(*(np.atleast_1d(getattr(c, f)) for f in c.__dataclass_fields__))
+
+    events = list(events)
+    one = one_person(start, end)
+    pre = None if pre_start is None else one_person(pre_start, start)
     arm = assign(experiment, device_secret=device_secret)
-    return contributions(np.array([arm]), one, n_arms=len(experiment.arms), bounds=bounds)[0]
+    return contributions(np.array([arm]), one, n_arms=len(experiment.arms), bounds=bounds, pre=pre)[
+        0
+    ]

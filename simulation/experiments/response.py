@@ -27,6 +27,13 @@ made once per person (seeded), so the lists, and hence the truth, are fixed.
   :func:`simulate_counts`);
 - organic positive events (on items not shown): ``Poisson(organic · s)``.
 
+**Several windows** (:func:`simulate_windows`). Given the person (their lists and ``λ``), the
+windows are independent: each window's counts are a fresh :func:`simulate_counts` draw
+(sessions ``~ Poisson(λ)`` per window). Counts are additive, so the counts up to look ``k`` are
+the running sum of the first ``k`` windows (:func:`cumulative_counts`); a pre-period window,
+before the assignment takes effect, is one more draw with every person under the control's
+lists.
+
 **Truth** (:func:`true_means`). The experiment's ratio estimator targets, per arm,
 ``Σ_i π_i E[y_i | s_i ≥ 1] / Σ_i π_i`` with ``π_i = P(s_i ≥ 1) = 1 − e^{−λ_i}`` (every person is
 equally likely to be in each arm). Its terms are exact for ``exposures`` (a truncated Poisson
@@ -52,8 +59,10 @@ __all__ = [
     "Population",
     "ResponseModel",
     "VariantResponse",
+    "cumulative_counts",
     "population_from_interactions",
     "simulate_counts",
+    "simulate_windows",
     "synthetic_population",
     "true_means",
     "variant_lists",
@@ -338,6 +347,32 @@ def simulate_counts(
         positives=engaged + organic,
         not_interested=not_interested,
     )
+
+
+def simulate_windows(
+    population: Population,
+    responses: list[VariantResponse],
+    arms: np.ndarray,
+    model: ResponseModel,
+    rng: np.random.Generator,
+    *,
+    windows: int,
+) -> list[PersonCounts]:
+    """``windows`` independent windows of every person's counts (module docstring), each
+    drawn as :func:`simulate_counts` draws one."""
+    if isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        raise ValueError(f"windows must be a positive integer (got {windows!r})")
+    return [simulate_counts(population, responses, arms, model, rng) for _ in range(windows)]
+
+
+def cumulative_counts(windows: list[PersonCounts]) -> list[PersonCounts]:
+    """The running sums of per-window counts: entry ``k`` holds the counts over windows
+    ``0 … k`` (counts are additive)."""
+    if not windows:
+        raise ValueError("windows must hold at least one window's counts")
+    fields = list(PersonCounts.__dataclass_fields__)
+    running = {f: np.cumsum([getattr(w, f) for w in windows], axis=0) for f in fields}
+    return [PersonCounts(**{f: running[f][k] for f in fields}) for k in range(len(windows))]
 
 
 def true_means(
