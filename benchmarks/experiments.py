@@ -37,7 +37,8 @@ import numpy as np
 from common import Stopwatch, command, local_dataset, report_head, write_results
 from scipy import stats
 
-from stamen.client.device.experiments import METRICS, Experiment, MetricBounds, sensitivity
+from stamen.client.device.experiments import Experiment
+from stamen.models.experiments import METRICS, MetricBounds, sensitivity
 from stamen.privacy.dp.user import UserDP
 from stamen.server.experiment_stats import experiment_mechanism
 from stamen.simulation.experiments.batched import clear_sums, estimates, release

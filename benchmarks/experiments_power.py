@@ -58,12 +58,8 @@ import numpy as np  # noqa: E402
 from common import Stopwatch, command, local_dataset, report_head, write_results  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 
-from stamen.client.device.experiments import (  # noqa: E402
-    METRICS,
-    Experiment,
-    MetricBounds,
-    sensitivity,
-)
+from stamen.client.device.experiments import Experiment  # noqa: E402
+from stamen.models.experiments import METRICS, MetricBounds, sensitivity  # noqa: E402
 from stamen.privacy.dp.user import UserDP  # noqa: E402
 from stamen.server.experiment_stats import experiment_mechanism  # noqa: E402
 from stamen.simulation.experiments.batched import clear_sums, estimates, release  # noqa: E402

@@ -50,7 +50,8 @@ from common import Stopwatch, command, report_head, write_results
 from experiments import TREATMENT, _population, _privacy
 from threadpoolctl import threadpool_limits
 
-from stamen.client.device.experiments import METRICS, Experiment, MetricBounds
+from stamen.client.device.experiments import Experiment
+from stamen.models.experiments import METRICS, MetricBounds
 from stamen.server.experiment_monitoring import (
     first_crossing,
     group_sequential_bounds,

@@ -30,8 +30,9 @@ import numpy as np
 from common import Stopwatch, command, local_dataset, report_head, table_head, write_results
 from scipy import stats
 
-from stamen.client.device.experiments import METRICS, Experiment, MetricBounds
+from stamen.client.device.experiments import Experiment
 from stamen.client.device.off_policy import OffPolicyBounds, moment_names, sensitivity, width
+from stamen.models.experiments import METRICS, MetricBounds
 from stamen.privacy.dp.user import UserDP
 from stamen.server.off_policy_stats import off_policy_estimates
 from stamen.simulation.experiments import batched

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stamen.errors import ConfigError
 
 __all__ = [
+    "COVARIATE_STATISTICS",
     "EXPERIMENTS_EXTRA",
     "METRICS",
     "STATISTICS",
@@ -32,6 +33,7 @@ __all__ = [
     "problem_list",
     "problems_text",
     "sensitivity",
+    "statistics",
 ]
 
 #: The key of a release manifest's ``extras`` that holds its experiments.
@@ -43,6 +45,13 @@ METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_int
 #: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
 #: squares (of the value divided by its bound).
 STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
+
+#: The block with pre-experiment covariates (CUPED): the count, then per metric ``y``,
+#: ``y²``, the pre-period value ``x``, ``x²`` and ``x·y``.
+COVARIATE_STATISTICS: tuple[str, ...] = (
+    "n",
+    *(f"{m}{s}" for m in METRICS for s in ("", "_sq", "_pre", "_pre_sq", "_pre_x")),
+)
 
 
 def problem_list(error: ValidationError) -> list[tuple[str, str]]:
@@ -99,9 +108,17 @@ class MetricBounds(Checked):
         return np.array([self.max_sessions, 1.0, self.max_positive_rate, 1.0])
 
 
-def sensitivity(metrics: int = len(METRICS)) -> float:
-    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``."""
-    return math.sqrt(1 + 2 * metrics)
+def sensitivity(metrics: int = len(METRICS), *, covariates: bool = False) -> float:
+    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``, or
+    ``sqrt(1 + 5 · metrics)`` with pre-experiment covariates
+    (``stamen.client.device.experiments``)."""
+    return math.sqrt(1 + (5 if covariates else 2) * metrics)
+
+
+def statistics(*, covariates: bool = False) -> tuple[str, ...]:
+    """The names of one arm's block: :data:`STATISTICS`, or :data:`COVARIATE_STATISTICS`
+    with pre-experiment covariates."""
+    return COVARIATE_STATISTICS if covariates else STATISTICS
 
 
 def experiment_arms(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:

@@ -16,12 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
-from stamen.client.device.experiments import (
-    Experiment,
-    MetricBounds,
-    assign,
-    contribution,
-)
+from stamen.client.device.experiments import Experiment, assign, contribution
+from stamen.models.experiments import MetricBounds
 
 __all__ = ["ExperimentsMixin"]
 
@@ -81,4 +77,5 @@ class ExperimentsMixin(DeviceCore):
                 start=start,
                 end=end,
                 bounds=bounds,
+                rating_threshold=self.rating_threshold,
             )

@@ -65,29 +65,25 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from stamen.client.device.events import RATING_THRESHOLD, Event, is_positive
 from stamen.client.device.impressions import Impression, engagement_rewards
 from stamen.errors import ConfigError
+from stamen.models.experiments import (
+    COVARIATE_STATISTICS,
+    STATISTICS,
+    Checked,
+    MetricBounds,
+    problems_text,
+)
 
 if TYPE_CHECKING:
     from stamen.client.pipeline.recommend import PipelineSettings
 
 __all__ = [
-    "COVARIATE_STATISTICS",
-    "METRICS",
-    "STATISTICS",
     "Arm",
     "Experiment",
-    "MetricBounds",
     "PersonCounts",
     "assign",
     "assignment_unit",
@@ -95,68 +91,13 @@ __all__ = [
     "contributions",
     "metric_values",
     "person_counts",
-    "sensitivity",
-    "statistics",
     "summed_contributions",
 ]
-
-#: The metrics a device measures, in the order of their blocks (module docstring).
-METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_interested")
-
-#: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
-#: squares (of the value divided by its bound).
-STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
-
-#: The block with pre-experiment covariates (module docstring): the count, then per metric
-#: ``y``, ``y²``, the pre-period value ``x``, ``x²`` and ``x·y``.
-COVARIATE_STATISTICS: tuple[str, ...] = (
-    "n",
-    *(f"{m}{s}" for m in METRICS for s in ("", "_sq", "_pre", "_pre_sq", "_pre_x")),
-)
 
 _BITS = 53
 
 
-def _problem_list(error: ValidationError) -> list[tuple[str, str]]:
-    """``(field path, message)`` of every problem, a nested model's problems under its
-    path; a list's length error is left out when its items failed (it follows from them)."""
-    found: list[tuple[str, str]] = []
-    for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        cause = (e.get("ctx") or {}).get("error")
-        nested = getattr(cause, "problems", None)
-        if nested:
-            found += [(f"{where}.{field}" if where else field, msg) for field, msg in nested]
-            continue
-        message = e["msg"].removeprefix("Value error, ")
-        found.append((where, message))
-    failed_items = {w.split(".")[0] for w, _ in found if "." in w}
-    return [
-        (w, m) for w, m in found if not (w in failed_items and m.startswith("Tuple should have"))
-    ]
-
-
-def _problems(error: ValidationError) -> str:
-    return "; ".join(f"{w}: {m}" if w else m for w, m in _problem_list(error))
-
-
-class _Checked(BaseModel):
-    """A frozen model whose validation errors surface as one ``ConfigError`` naming every
-    field at fault (its ``problems``: ``(field path, message)`` pairs)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as error:
-            problems = _problem_list(error)
-            config_error = ConfigError(f"{type(self).__name__}: {_problems(error)}")
-            config_error.problems = problems  # type: ignore[attr-defined]
-            raise config_error from None
-
-
-class Arm(_Checked):
+class Arm(Checked):
     """One arm: its name, its weight (relative share of devices) and the
     ``PipelineSettings`` fields it overrides."""
 
@@ -172,7 +113,7 @@ class Arm(_Checked):
         try:
             PipelineSettings(**overrides)
         except ValidationError as error:
-            raise ValueError(f"not valid pipeline settings ({_problems(error)})") from None
+            raise ValueError(f"not valid pipeline settings ({problems_text(error)})") from None
         return overrides
 
     def settings(self, base: PipelineSettings) -> PipelineSettings:
@@ -180,7 +121,7 @@ class Arm(_Checked):
         return type(base)(**{**base.model_dump(), **self.overrides})
 
 
-class Experiment(_Checked):
+class Experiment(Checked):
     """An experiment: its id, salt and arms (module docstring)."""
 
     id: str = Field(min_length=1, max_length=128)
@@ -239,19 +180,6 @@ def assignment_unit(experiment: Experiment, *, device_secret: bytes) -> float:
 def assign(experiment: Experiment, *, device_secret: bytes) -> int:
     """The index of the arm this device serves (nothing is sent)."""
     return int(experiment.arm_of(assignment_unit(experiment, device_secret=device_secret)))
-
-
-class MetricBounds(_Checked):
-    """The per-person clip bounds and the measurement's windows (module docstring)."""
-
-    max_sessions: int = Field(20, ge=1)
-    max_positive_rate: float = Field(5.0, gt=0, allow_inf_nan=False)
-    session_gap_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
-    attribution_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
-
-    def bounds(self) -> np.ndarray:
-        """Each metric's bound, in :data:`METRICS` order."""
-        return np.array([self.max_sessions, 1.0, self.max_positive_rate, 1.0])
 
 
 @dataclass(frozen=True)
@@ -327,18 +255,6 @@ def metric_values(counts: PersonCounts, bounds: MetricBounds) -> np.ndarray:
     )
     values = np.clip(values, 0.0, bounds.bounds())
     return np.where((impressions > 0)[..., None], values, 0.0)
-
-
-def sensitivity(metrics: int = len(METRICS), *, covariates: bool = False) -> float:
-    """The L2 sensitivity of the summed contributions: ``sqrt(1 + 2 · metrics)``, or
-    ``sqrt(1 + 5 · metrics)`` with pre-experiment covariates (module docstring)."""
-    return math.sqrt(1 + (5 if covariates else 2) * metrics)
-
-
-def statistics(*, covariates: bool = False) -> tuple[str, ...]:
-    """The names of one arm's block: :data:`STATISTICS`, or :data:`COVARIATE_STATISTICS`
-    with pre-experiment covariates."""
-    return COVARIATE_STATISTICS if covariates else STATISTICS
 
 
 def _blocks(
@@ -420,24 +336,34 @@ def contribution(
     end: float,
     bounds: MetricBounds | None = None,
     pre_start: float | None = None,
+    rating_threshold: float | None = RATING_THRESHOLD,
 ) -> np.ndarray:
     """The vector this device contributes to ``experiment``'s measurement over
     ``[start, end)``: its own arm's block (assigned by :func:`assign`), zeros elsewhere; L2
     norm at most :func:`sensitivity`. With ``pre_start``, the pre-period ``[pre_start,
     start)`` gives the covariates (module docstring; norm at most
-    ``sensitivity(covariates=True)``)."""
+    ``sensitivity(covariates=True)``). A rating counts as positive at or above
+    ``rating_threshold`` (the device's own, ``Device.open``)."""
     bounds = bounds or MetricBounds()
     if pre_start is not None and not pre_start < start:
         raise ValueError(f"pre_start must come before start (got {pre_start} >= {start})")
 
     def one_person(since: float, until: float) -> PersonCounts:
-        c = person_counts(events, impressions, start=since, end=until, bounds=bounds)
+        c = person_counts(
+            events,
+            impressions,
+            start=since,
+            end=until,
+            bounds=bounds,
+            rating_threshold=rating_threshold,
+        )
         return PersonCounts(*(np.atleast_1d(getattr(c, f)) for f in c.__dataclass_fields__))
 
     events = list(events)
     one = one_person(start, end)
     pre = None if pre_start is None else one_person(pre_start, start)
     arm = assign(experiment, device_secret=device_secret)
-    return contributions(np.array([arm]), one, n_arms=len(experiment.arms), bounds=bounds, pre=pre)[
-        0
-    ]
+    vectors = contributions(
+        np.array([arm]), one, n_arms=len(experiment.arms), bounds=bounds, pre=pre
+    )
+    return vectors[0]

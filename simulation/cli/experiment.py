@@ -148,7 +148,7 @@ def simulate(
     synthetic people who respond to what their arm shows) with one distributed-DP
     measurement each, and print every treatment's true effect, mean estimate, power and
     interval coverage: how many people an experiment needs at this ε."""
-    from stamen.client.device.experiments import METRICS, MetricBounds
+    from stamen.models.experiments import METRICS, MetricBounds
     from stamen.privacy.dp.user import UserDP
     from stamen.simulation.experiments.batched import clear_sums, estimates, release
     from stamen.simulation.experiments.response import (

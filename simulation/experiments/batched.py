@@ -41,15 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from stamen.client.device.experiments import (
-    STATISTICS,
-    Experiment,
-    MetricBounds,
-    assignment_unit,
-    sensitivity,
-    statistics,
-    summed_contributions,
-)
+from stamen.client.device.experiments import Experiment, assignment_unit, summed_contributions
+from stamen.models.experiments import STATISTICS, MetricBounds, sensitivity, statistics
 from stamen.privacy.dp.user import UserDP
 from stamen.server.experiment_stats import (
     arm_estimates,

@@ -52,8 +52,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
-from stamen.client.device.experiments import METRICS, MetricBounds, PersonCounts
+from stamen.client.device.experiments import PersonCounts
 from stamen.errors import ConfigError
+from stamen.models.experiments import METRICS, MetricBounds
 
 __all__ = [
     "Population",

@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stamen.client.device.experiments import (
+    PersonCounts,
+    contributions,
+    metric_values,
+    summed_contributions,
+)
+from stamen.models.experiments import (
     COVARIATE_STATISTICS,
     METRICS,
     STATISTICS,
     MetricBounds,
-    PersonCounts,
-    contributions,
-    metric_values,
     sensitivity,
     statistics,
-    summed_contributions,
 )
 from stamen.server.experiment_stats import (
     arm_estimates,

@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stamen.client.device.experiments import (
-    COVARIATE_STATISTICS,
-    METRICS,
-    Experiment,
-    MetricBounds,
-)
+from stamen.client.device.experiments import Experiment
+from stamen.models.experiments import COVARIATE_STATISTICS, METRICS, MetricBounds
 from stamen.privacy.dp.user import UserDP
 from stamen.server.experiment_monitoring import (
     first_crossing,

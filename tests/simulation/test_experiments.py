@@ -7,15 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.client.device.experiments import (
-    METRICS,
-    STATISTICS,
-    Experiment,
-    MetricBounds,
-    assign,
-    sensitivity,
-)
+from stamen.client.device.experiments import Experiment, assign
 from stamen.errors import ConfigError
+from stamen.models.experiments import METRICS, STATISTICS, MetricBounds, sensitivity
 from stamen.privacy.dp.user import UserDP
 from stamen.simulation.experiments.batched import clear_sums, estimates, hmac_units, release
 from stamen.simulation.experiments.response import (

@@ -14,7 +14,7 @@ import pytest
 from helpers.paths import ROOT
 from scipy import stats
 
-from stamen.client.device.experiments import METRICS, MetricBounds
+from stamen.models.experiments import METRICS, MetricBounds
 from stamen.simulation.experiments.response import (
     ResponseModel,
     synthetic_population,

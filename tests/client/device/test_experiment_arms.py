@@ -11,8 +11,9 @@ import pytest
 from helpers.signed_releases import small_mf_release
 
 from stamen.client import Device
-from stamen.client.device.experiments import STATISTICS, Experiment, assign
+from stamen.client.device.experiments import Experiment, assign
 from stamen.errors import BundleError
+from stamen.models.experiments import STATISTICS
 from stamen.privacy import generate_key, generate_signing_key
 
 SHOWN_AT = 1_700_000_000.0
@@ -102,3 +103,24 @@ def test_a_contribution_is_the_own_arms_block_of_what_was_shown_and_done(tmp_pat
     # of at most 5; 1 not-interested of 4 impressions: each value over its bound
     values = np.array([1 / 20, 1 / 4, 1 / 5, 1 / 4])
     np.testing.assert_allclose(own, [1.0, *np.ravel(np.column_stack([values, values**2]))])
+
+
+@pytest.mark.parametrize(("threshold", "engaged"), [(3.0, 0.0), (None, 0.25)])
+def test_a_contribution_reads_ratings_by_the_devices_own_threshold(
+    tmp_path, threshold, engaged
+) -> None:
+    private, public = generate_signing_key()
+    release = small_mf_release(1, private, extras={"experiments": [_experiment()]})
+    folder = tmp_path / "device"
+    with Device.open(
+        folder, key=generate_key(), release_key=public, rating_threshold=threshold
+    ) as device:
+        device.apply_release(release)
+        shown = device.recommend(4, at=SHOWN_AT)
+        device.log_shown(shown, at=SHOWN_AT)
+        device.record(shown[0].item, "rating", value=1, at=SHOWN_AT + 60)  # one star
+        vector = device.experiment_contribution("exp-1", start=SHOWN_AT - 1, end=SHOWN_AT + 3600)
+        arm = device.experiment_arms()["exp-1"] == "explore-all"
+    assert vector is not None
+    # engagement per impression: a 1-star rating is a like only without a threshold
+    assert vector[int(arm) * len(STATISTICS) + 3] == engaged

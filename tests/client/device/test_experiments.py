@@ -14,20 +14,17 @@ from scipy import stats
 
 from stamen.client.device.events import Event
 from stamen.client.device.experiments import (
-    METRICS,
-    STATISTICS,
     Experiment,
-    MetricBounds,
     PersonCounts,
     assign,
     assignment_unit,
     contribution,
     contributions,
-    sensitivity,
     summed_contributions,
 )
 from stamen.client.device.impressions import Impression
 from stamen.errors import ConfigError
+from stamen.models.experiments import METRICS, STATISTICS, MetricBounds, sensitivity
 
 _RNG = np.random.default_rng(7)
 SECRETS = [_RNG.bytes(32) for _ in range(6000)]
