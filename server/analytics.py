@@ -149,6 +149,11 @@ class ExperimentQuerySettings(BaseModel):
         None, description="end of the window (None: the server's clock when it is asked)"
     )
     alpha: float = Field(0.05, gt=0, lt=1)
+    monitor: bool = Field(
+        False,
+        description="sequential monitoring: a group-sequential boundary at every "
+        "measurement of the run (at most 20 planned), so that looking each time keeps alpha",
+    )
     bounds: MetricBounds = MetricBounds()
     dp: UserDP = UserDP()
 

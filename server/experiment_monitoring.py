@@ -72,6 +72,7 @@ import numpy as np
 from scipy import optimize, stats
 
 __all__ = [
+    "MAX_LOOKS",
     "classical_bounds",
     "first_crossing",
     "group_sequential_bounds",
@@ -81,6 +82,10 @@ __all__ = [
 ]
 
 _Spending = Literal["obf", "pocock"]
+
+#: The most looks a monitored experiment may plan (the boundary integrates a normal law of
+#: that many dimensions at each look).
+MAX_LOOKS = 20
 
 
 def _check_alpha(alpha: float) -> None:
@@ -148,15 +153,18 @@ def group_sequential_bounds(
     alpha: float = 0.05,
     kind: _Spending = "obf",
     correlation: np.ndarray | None = None,
+    final: bool = True,
 ) -> np.ndarray:
-    """Two-sided z boundaries at looks of information ``fractions`` (increasing, the last
-    the planned final: it spends what is left of ``α``) by the ``kind`` spending function
-    (module docstring); ``correlation`` of the looks' z's, default the canonical
+    """Two-sided z boundaries at looks of information ``fractions`` (increasing; with
+    ``final`` the last is the planned final look and spends what is left of ``α``; without,
+    the looks so far of a longer plan) by the ``kind`` spending function (module
+    docstring); ``correlation`` of the looks' z's, default the canonical
     ``sqrt(t_i / t_j)``."""
     t = _fractions(fractions)
     r = _checked_correlation(correlation, t)
     spent = spending(t, alpha=alpha, kind=kind)
-    spent[-1] = alpha
+    if final:
+        spent[-1] = alpha
     bounds = np.empty(len(t))
     for k in range(len(t)):
         target = 1 - spent[k]

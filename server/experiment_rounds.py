@@ -13,6 +13,17 @@ training's and the other queries'), its own random streams (the run's seed and t
 experiment's place in the release), and its report (``stamen.server.experiment_stats``:
 each arm's means, every treatment's effect with an interval that includes the noise's
 variance, p-values) goes into the round's record under ``analytics["experiment:<id>"]``.
+
+**Monitoring** (``analytics.experiments.monitor``). A run plans ``K`` measurements
+(``rounds // every``, at most :data:`~stamen.server.experiment_monitoring.MAX_LOOKS`); at
+the ``k``-th, every effect's ``z`` is compared with the O'Brien-Fleming-type
+group-sequential boundary at spending time ``k / K``, whose correlation between looks
+includes the fresh noise of each (``stamen.server.experiment_monitoring``: the noise part
+of each look's variance is ``σ² (scale² + mean²) / n²`` per arm). The record's ``monitoring``
+gives the look, the boundary and, per effect, ``z``, whether it crossed now and whether it
+has crossed at any look so far (a crossing is a decision: it stands). Looking at every
+measurement then keeps the false-positive rate at ``α`` (the Monte Carlo:
+``benchmarks/experiments_sequential.py``); the plain ``p_value`` of a look does not.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +39,7 @@ from stamen.models.experiments import METRICS, STATISTICS
 from stamen.models.wire import Request, Task
 from stamen.privacy import Purpose
 from stamen.server.analytics import PrivateSum
+from stamen.server.experiment_monitoring import group_sequential_bounds, look_correlation
 from stamen.server.experiment_stats import experiment_report
 from stamen.server.rounds import PrivacySpent, QueryRecord
 
@@ -67,6 +79,8 @@ class ExperimentMeasurements:
         self.arms = dict(experiments)
         population = owner._query_population("experiment measurements")
         releases = max(owner.settings.rounds // max(self.settings.every, 1), 1)
+        #: The measurements the run plans (the looks of a monitored experiment).
+        self.looks = releases
         self.queries = {
             experiment: PrivateSum(
                 owner,
@@ -138,6 +152,71 @@ class ExperimentMeasurements:
                 privacy=privacy,
             )
             record.report = report.to_json()
+            if self.settings.monitor:
+                record.report["monitoring"] = self._monitor(experiment, record.report)
         elif record.skipped is None and record.failed is None:
             record.failed = "SecAgg+ halted without a sum (too few answers)"
         return record
+
+    def _earlier(self, experiment: str) -> list[dict[str, Any]]:
+        """The monitoring of this experiment's earlier looks in the run's history."""
+        name = query_name(experiment)
+        found = []
+        for h in self.owner.history:
+            query = (h.analytics or {}).get(name)
+            report = None if query is None else query.report
+            if report is not None and "monitoring" in report:
+                found.append(report["monitoring"])
+        return found
+
+    def _monitor(self, experiment: str, report: dict[str, Any]) -> dict[str, Any]:
+        """This look's boundary and every effect's crossing (module docstring)."""
+        earlier = self._earlier(experiment)
+        look = len(earlier) + 1
+        if look > self.looks:
+            return {"look": look, "looks": self.looks, "skipped": "beyond the planned looks"}
+        scales = dict(zip(METRICS, self.settings.bounds.bounds().tolist(), strict=True))
+        arms = {a["name"]: a for a in report["arms"]}
+        control = arms[report["control"]]
+        sigma = float(report["noise_std"])
+        fractions = [k / self.looks for k in range(1, look + 1)]
+        effects = []
+        for effect in report["effects"]:
+            key = (effect["arm"], effect["metric"])
+            before = [
+                e for m in earlier for e in m.get("effects", []) if (e["arm"], e["metric"]) == key
+            ]
+            stderr, scale = effect["stderr"], scales[effect["metric"]]
+            noise = sum(
+                sigma**2 * (scale**2 + a["means"][effect["metric"]] ** 2) / a["exposed"] ** 2
+                for a in (control, arms[effect["arm"]])
+            )
+            entry: dict[str, Any] = {"arm": key[0], "metric": key[1], "noise_variance": noise}
+            usable = stderr is not None and stderr > 0 and np.isfinite(noise)
+            if not usable or len(before) != look - 1 or any("variance" not in e for e in before):
+                entry["crossed"] = False
+                entry["stopped"] = any(e.get("stopped") for e in before)
+                entry["reason"] = "no variance at this or an earlier look"
+                effects.append(entry)
+                continue
+            variances = [e["variance"] for e in before] + [stderr**2]
+            noises = [min(e["noise_variance"], 0.999 * e["variance"]) for e in before]
+            noises.append(min(noise, 0.999 * stderr**2))
+            correlation = look_correlation(np.array(variances), np.array(noises))
+            bound = group_sequential_bounds(
+                fractions,
+                alpha=float(report["alpha"]),
+                correlation=correlation,
+                final=look == self.looks,
+            )[-1]
+            z = effect["effect"] / stderr
+            crossed = bool(abs(z) >= bound)
+            entry.update(
+                variance=stderr**2,
+                z=z,
+                bound=float(bound),
+                crossed=crossed,
+                stopped=crossed or any(e.get("stopped") for e in before),
+            )
+            effects.append(entry)
+        return {"look": look, "looks": self.looks, "effects": effects}

@@ -10,6 +10,7 @@ from stamen.models.sequential.model import SequentialSettings
 from stamen.models.two_tower.model import TwoTowerSettings
 from stamen.privacy import RecordDP, SecAggSettings, UserDP
 from stamen.server.analytics import AnalyticsSettings
+from stamen.server.experiment_monitoring import MAX_LOOKS
 from stamen.server.optimizer import ServerOptimizerSettings
 
 __all__ = ["ServerSettings"]
@@ -100,6 +101,15 @@ class ServerSettings(BaseModel):
             raise ValueError(
                 "experiment measurements need secure aggregation (secagg.enabled): without "
                 "it the server would see each device's arm and metrics"
+            )
+        experiments = analytics.experiments
+        if experiments.monitor and not experiments.every:
+            raise ValueError("experiment monitoring needs measurements (experiments.every)")
+        if experiments.monitor and self.rounds // max(experiments.every, 1) > MAX_LOOKS:
+            raise ValueError(
+                f"experiment monitoring plans one look per measurement: {self.rounds} rounds "
+                f"measured every {experiments.every} are more than {MAX_LOOKS} looks (measure "
+                "less often)"
             )
         if analytics.evaluation.dp.enabled and not self.secure_evaluation:
             raise ValueError("evaluation DP noises the secure evaluation sum: it needs SecAgg+")

@@ -320,19 +320,36 @@ def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) 
         )
     console.print(arms)
     level = 1 - float(body["alpha"])
-    effects = Table(title=f"effects against {body['control']} ({level:.0%} intervals)")
-    for column in ("arm", "metric", "effect", "interval", "p-value", "lift"):
+    monitoring = body.get("monitoring") or {}
+    watched = {(e["arm"], e["metric"]): e for e in monitoring.get("effects", [])}
+    title = f"effects against {body['control']} ({level:.0%} intervals)"
+    if monitoring:
+        title += f"; look {monitoring['look']} of {monitoring['looks']} (sequential boundary)"
+    columns = ["arm", "metric", "effect", "interval", "p-value", "lift"]
+    columns += ["z", "boundary", "decision"] if watched else []
+    effects = Table(title=title)
+    for column in columns:
         effects.add_column(column, justify="left" if column in ("arm", "metric") else "right")
     for e in body["effects"]:
-        effects.add_row(
+        row = [
             e["arm"],
             e["metric"],
             _number(e["effect"], "+.4f"),
             f"[{_number(e['lower'], '+.4f')}, {_number(e['upper'], '+.4f')}]",
             _number(e["p_value"], ".3g"),
             _number(e["lift"], "+.1%"),
-        )
+        ]
+        if watched:
+            w = watched.get((e["arm"], e["metric"]), {})
+            decision = "stop: differs" if w.get("stopped") else "continue"
+            row += [_number(w.get("z"), "+.2f"), _number(w.get("bound"), ".2f"), decision]
+        effects.add_row(*row)
     console.print(effects)
+    if watched:
+        console.print(
+            "With monitoring, read the decision, not the p-value: a look's p-value alone "
+            "does not account for looking at every measurement."
+        )
 
 
 def _plot(found: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> None:

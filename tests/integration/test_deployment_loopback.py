@@ -248,7 +248,12 @@ TRENDING = {
 
 RANKER = {"train": "'ranker'", "ranker-hidden": 0, "num-server-rounds": 1}
 
-MEASURE = {"experiment-every": 1, "experiment-dp": "'central'", "experiment-epsilon": 8.0}
+MEASURE = {
+    "experiment-every": 1,
+    "experiment-dp": "'central'",
+    "experiment-epsilon": 8.0,
+    "experiment-monitor": "true",
+}
 
 
 def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -> None:
@@ -322,6 +327,9 @@ def _check_measurements(rounds: list[dict], tmp_path: Path) -> None:
     assert 0 < spent[0] < spent[1] <= 8.0 + 1e-6
     report = measured[-1]["report"]
     assert [a["name"] for a in report["arms"]] == ["control", "explore"]
+    # monitored: the second of two planned looks, a boundary wherever a variance was found
+    assert (report["monitoring"]["look"], report["monitoring"]["looks"]) == (2, 2)
+    assert len(report["monitoring"]["effects"]) == 4
     assert {e["metric"] for e in report["effects"]} == {
         "exposures",
         "engagement",

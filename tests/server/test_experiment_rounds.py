@@ -171,3 +171,72 @@ def test_measurements_need_secure_aggregation() -> None:
             secagg=SecAggSettings(enabled=False),
             analytics={"experiments": {"every": 1}},
         )
+
+
+def _measure(owner: FederatedAveraging, rnd: int, blocks: np.ndarray) -> dict:
+    """Round ``rnd``'s measurement of "exp" from the devices' ``blocks`` (plain sums), put
+    into the run's history as the round's record; its report."""
+    from stamen.server.rounds import RoundRecord
+
+    measurements = owner.experiments
+    assert measurements is not None
+    query = measurements.ask("exp", rnd)
+    query.configure_fit(rnd, ndarrays_to_parameters([]), StaticClients(len(blocks)))
+    scale = query_scale(width=len(STATISTICS), clip_norm=1.0)
+    query.aggregate_fit(rnd, [(None, fit_res([v])) for v in blocks * scale], [])
+    record = measurements.take("exp")
+    owner.history.append(RoundRecord(round=rnd, analytics={query_name("exp"): record}))
+    assert record.report is not None
+    return record.report
+
+
+def _blocks(population: int, lift: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blocks = np.zeros((population, WIDTH))
+    for d in range(population):
+        arm = d % len(ARMS)
+        y = np.clip(rng.random(len(METRICS)) * 0.5 + (lift if arm == 1 else 0.0), 0, 1)
+        block = [1.0, *np.ravel(np.column_stack([y, y**2]))]
+        blocks[d, arm * len(STATISTICS) : (arm + 1) * len(STATISTICS)] = block
+    return blocks.astype(np.float32).astype(np.float64)
+
+
+def test_monitoring_compares_each_look_with_the_group_sequential_boundary() -> None:
+    from stamen.server.experiment_monitoring import group_sequential_bounds
+
+    owner = _owner(30, every=1, monitor=True)  # 4 rounds: 4 planned looks
+    reports = [_measure(owner, rnd, _blocks(30, 0.3, rnd)) for rnd in (1, 2, 3, 4)]
+    looks = [r["monitoring"] for r in reports]
+    assert [m["look"] for m in looks] == [1, 2, 3, 4] and {m["looks"] for m in looks} == {4}
+    for k, monitoring in enumerate(looks, start=1):
+        effects = {(e["arm"], e["metric"]): e for e in monitoring["effects"]}
+        assert set(effects) == {(a, m) for a in ARMS[1:] for m in METRICS}
+        e = effects[("b", "engagement")]
+        # no noise: the canonical boundary, as the spending function gives it
+        variances = [
+            {(x["arm"], x["metric"]): x for x in m["effects"]}[("b", "engagement")]["variance"]
+            for m in looks[:k]
+        ]
+        from stamen.server.experiment_monitoring import look_correlation
+
+        expected = group_sequential_bounds(
+            [j / 4 for j in range(1, k + 1)],
+            correlation=look_correlation(np.array(variances), np.zeros(k)),
+            final=k == 4,
+        )[-1]
+        assert e["noise_variance"] == 0.0 and e["bound"] == pytest.approx(expected)
+        assert e["crossed"] == (abs(e["z"]) >= e["bound"])
+    engagement = [
+        {(x["arm"], x["metric"]): x for x in m["effects"]}[("b", "engagement")] for m in looks
+    ]
+    assert engagement[0]["bound"] > engagement[-1]["bound"]  # O'Brien-Fleming: strict early
+    assert engagement[-1]["stopped"]  # a lift of 0.3 on values of spread 0.14: found
+    first = next(k for k, e in enumerate(engagement) if e["crossed"])
+    assert all(e["stopped"] for e in engagement[first:])
+
+
+def test_monitoring_plans_at_most_twenty_looks() -> None:
+    with pytest.raises(ValueError, match="more than 20 looks"):
+        ServerSettings(rounds=21, analytics={"experiments": {"every": 1, "monitor": True}})
+    with pytest.raises(ValueError, match="needs measurements"):
+        ServerSettings(analytics={"experiments": {"monitor": True}})

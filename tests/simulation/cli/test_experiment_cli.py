@@ -144,18 +144,22 @@ def _report(effect: float) -> dict:
 def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) -> None:
     checkpoints = tmp_path / "checkpoints"
     name = "experiment:explore-1"
+    watched = {"arm": "explore", "metric": "engagement", "z": 3.0, "bound": 2.5}
+    monitoring = {"look": 2, "looks": 4, "effects": [{**watched, "stopped": True}]}
+    monitored = {**_report(0.03), "monitoring": monitoring}
     _rounds_log(
         checkpoints,
         [
             {"round": 1, "analytics": {name: {"devices": 9, "report": _report(0.01)}}},
             {"round": 2, "analytics": {"trending": {"devices": 9}}},
-            {"round": 3, "analytics": {name: {"devices": 9, "report": _report(0.03)}}},
+            {"round": 3, "analytics": {name: {"devices": 9, "report": monitored}}},
             {"round": 4, "analytics": {"experiment:gone": {"failed": "SecAgg+ halted"}}},
         ],
     )
     plot = tmp_path / "effects.png"
     out = _ok(["experiment", "report", str(checkpoints), "--plot", str(plot)])
     assert "experiment explore-1, round 3" in out and "ε = 1.5" in out and "+0.0300" in out
+    assert "look 2 of 4" in out and "stop: differs" in out and "+3.00" in out
     assert "experiment gone, round 4: not measured (SecAgg+ halted)" in out
     assert plot.stat().st_size > 0
     body = json.loads(_ok(["experiment", "report", str(checkpoints), "--json"]))
