@@ -6,21 +6,29 @@ The scripts run as ``python benchmarks/<script>.py``, which puts this folder on
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stamen.models.schema import Dataset
+from stamen.privacy.dp.user import UserDP
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.engines.flower import FederatedResult, run_federated
+from stamen.simulation.experiments.response import (
+    Population,
+    population_from_interactions,
+    synthetic_population,
+)
 from stamen.simulation.protocol.split import Split, leave_one_out
 
 
@@ -114,3 +122,67 @@ def timed_federated(overrides: dict, split: Split) -> tuple[FederatedResult, flo
         started = time.perf_counter()
         result = run_federated(config, split, output=Path(tmp))
         return result, time.perf_counter() - started
+
+
+# --- the private-experiment benchmarks ---------------------------------------------------
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def experiment_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    populations: Sequence[int] | None = (10_000, 100_000),
+    ml100k_size: int = 10_000,
+) -> None:
+    """The options every private-experiment benchmark takes (``populations`` ``None``: the
+    script sizes its populations itself)."""
+    if populations is not None:
+        parser.add_argument("--populations", type=int, nargs="+", default=list(populations))
+    parser.add_argument("--ml100k-size", type=int, default=ml100k_size, help="0: skip ML-100K")
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, math.inf])
+    parser.add_argument("--repetitions", type=int, default=1000)
+    parser.add_argument("--mode", choices=["central", "distributed"], default="distributed")
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+
+
+def experiment_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """The populations a run measures: synthetic ones of ``--populations``, then ML-100K
+    people resampled to ``--ml100k-size`` (0: none)."""
+    plan = [("synthetic", n) for n in args.populations]
+    return plan + ([("ml-100k", args.ml100k_size)] if args.ml100k_size else [])
+
+
+def experiment_privacy(epsilon: float, mode: str, population: int) -> UserDP:
+    """An experiment's DP at ``epsilon`` (∞: off), δ = 1 / population."""
+    if math.isinf(epsilon):
+        return UserDP()
+    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
+
+
+def experiment_population(kind: str, size: int, seed: int, *, genres: bool = False) -> Population:
+    """Simulated people: ``synthetic`` ones, or ML-100K's resampled to ``size`` (with each
+    item's first genre when ``genres``, for the policies that read them)."""
+    if kind == "synthetic":
+        return synthetic_population(size, seed=seed)
+    dataset = local_dataset("ml-100k")
+    inter = dataset.interactions
+    assert inter.timestamp is not None
+    item_genre = None
+    if genres:
+        catalog = dataset.catalog
+        assert catalog is not None
+        index = {name: j for j, name in enumerate(catalog.genre_names)}
+        item_genre = np.array([index[g[0]] if g else -1 for g in catalog.genres])
+    return population_from_interactions(
+        inter.user,
+        inter.item,
+        inter.timestamp,
+        n_items=inter.n_items,
+        item_genre=item_genre,
+        size=size,
+        seed=seed,
+    )

@@ -31,10 +31,18 @@ import argparse
 import math
 import sys
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-from common import Stopwatch, command, local_dataset, report_head, write_results
+from common import (
+    Stopwatch,
+    command,
+    experiment_arguments,
+    experiment_plan,
+    experiment_population,
+    experiment_privacy,
+    report_head,
+    write_results,
+)
 from scipy import stats
 
 from stamen.client.device.experiments import Experiment
@@ -43,29 +51,19 @@ from stamen.privacy.dp.user import UserDP
 from stamen.server.experiment_stats import experiment_mechanism
 from stamen.simulation.experiments.batched import clear_sums, estimates, release
 from stamen.simulation.experiments.response import (
-    Population,
     ResponseModel,
-    population_from_interactions,
-    synthetic_population,
     true_means,
     variant_lists,
     variant_response,
 )
 
-HERE = Path(__file__).resolve().parent
 TREATMENT = {"explore": 0.1}
-
-
-def _privacy(epsilon: float, mode: str, population: int) -> UserDP:
-    if math.isinf(epsilon):
-        return UserDP()
-    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=256)
 def _sigma(epsilon: float, population: int) -> float:
     mechanism = experiment_mechanism(
-        _privacy(epsilon, "central", population),
+        experiment_privacy(epsilon, "central", population),
         population=population,
         sensitivity=sensitivity(),
         seed=0,
@@ -97,20 +95,9 @@ def _devices_needed(
     return high
 
 
-def _population(kind: str, size: int, seed: int) -> Population:
-    if kind == "synthetic":
-        return synthetic_population(size, seed=seed)
-    dataset = local_dataset("ml-100k")
-    inter = dataset.interactions
-    assert inter.timestamp is not None
-    return population_from_interactions(
-        inter.user, inter.item, inter.timestamp, n_items=inter.n_items, size=size, seed=seed
-    )
-
-
 def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopwatch) -> dict:
     model, bounds = ResponseModel(), MetricBounds()
-    population = _population(kind, size, args.seed)
+    population = experiment_population(kind, size, args.seed)
     base = "taste" if kind == "synthetic" else "popular"
     control = variant_response(population, variant_lists(population, {}, base=base), model)
     treated = variant_response(
@@ -159,7 +146,7 @@ def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopw
         for epsilon in args.epsilons:
             released = release(
                 clear,
-                privacy=_privacy(epsilon, args.mode, size),
+                privacy=experiment_privacy(epsilon, args.mode, size),
                 population=size,
                 seed=args.seed + 100,
             )
@@ -241,15 +228,7 @@ def _markdown(record: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--populations", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--ml100k-size", type=int, default=10_000, help="0: skip ML-100K")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, math.inf])
-    parser.add_argument("--repetitions", type=int, default=1000)
-    parser.add_argument("--mode", choices=["central", "distributed"], default="distributed")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    experiment_arguments(parser)
     args = parser.parse_args(argv)
     clock = Stopwatch()
     stem = "experiments" + (f"-{args.name}" if args.name else "")
@@ -262,10 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "bounds": MetricBounds().model_dump(),
         "populations": [],
     }
-    plan = [("synthetic", n) for n in args.populations]
-    if args.ml100k_size:
-        plan.append(("ml-100k", args.ml100k_size))
-    for kind, size in plan:
+    for kind, size in experiment_plan(args):
         record["populations"].append(_run_population(args, kind, size, clock))
         per_person = next(
             (p["per_person"] for p in record["populations"] if "per_person" in p), None

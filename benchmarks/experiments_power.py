@@ -55,20 +55,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from common import Stopwatch, command, local_dataset, report_head, write_results  # noqa: E402
+from common import (  # noqa: E402
+    Stopwatch,
+    command,
+    experiment_population,
+    experiment_privacy,
+    report_head,
+    write_results,
+)
 from scipy import optimize, stats  # noqa: E402
 
 from stamen.client.device.experiments import Experiment  # noqa: E402
 from stamen.models.experiments import METRICS, MetricBounds, sensitivity  # noqa: E402
-from stamen.privacy.dp.user import UserDP  # noqa: E402
 from stamen.server.experiment_stats import experiment_mechanism  # noqa: E402
 from stamen.simulation.experiments.batched import clear_sums, estimates, release  # noqa: E402
 from stamen.simulation.experiments.response import (  # noqa: E402
     Population,
     ResponseModel,
     VariantResponse,
-    population_from_interactions,
-    synthetic_population,
     true_means,
     variant_lists,
     variant_response,
@@ -129,17 +133,11 @@ def formula_power(
     return float(stats.norm.cdf(shift - z) + stats.norm.cdf(-shift - z))
 
 
-def _privacy(epsilon: float, mode: str, population: int) -> UserDP:
-    if math.isinf(epsilon):
-        return UserDP()
-    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
-
-
 @lru_cache(maxsize=4096)
 def mechanism_sigma(epsilon: float, population: int, mode: str) -> float:
     """The experiment mechanism's noise standard deviation at ``epsilon``, δ = 1/population."""
     mechanism = experiment_mechanism(
-        _privacy(epsilon, mode, population),
+        experiment_privacy(epsilon, mode, population),
         population=population,
         sensitivity=sensitivity(),
         seed=0,
@@ -180,22 +178,12 @@ def devices_needed(
     return found
 
 
-def _population(kind: str, size: int, seed: int) -> Population:
-    if kind == "synthetic":
-        return synthetic_population(size, seed=seed)
-    inter = local_dataset("ml-100k").interactions
-    assert inter.timestamp is not None
-    return population_from_interactions(
-        inter.user, inter.item, inter.timestamp, n_items=inter.n_items, size=size, seed=seed
-    )
-
-
 def _arms(
     kind: str, size: int, design: str, seed: int, lift: float
 ) -> tuple[Population, list[VariantResponse], np.ndarray]:
     """A population, its two arms' responses under ``design`` and their true means."""
     model = ResponseModel()
-    population = _population(kind, size, seed)
+    population = experiment_population(kind, size, seed)
     base = "taste" if kind == "synthetic" else "popular"
     control = variant_response(population, variant_lists(population, {}, base=base), model)
     if design == "lift":
@@ -252,7 +240,10 @@ def _monte_carlo(
     rows = []
     for epsilon in args.epsilons:
         released = release(
-            clear, privacy=_privacy(epsilon, args.mode, size), population=size, seed=args.seed + 100
+            clear,
+            privacy=experiment_privacy(epsilon, args.mode, size),
+            population=size,
+            seed=args.seed + 100,
         )
         est = estimates(released, bounds=MetricBounds(), alpha=args.alpha)
         p_value = est["p_value"][:, 1, ENGAGEMENT]

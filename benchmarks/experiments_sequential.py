@@ -40,14 +40,21 @@ Writes benchmarks/results/experiments-sequential[-<name>].{json,md}.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
-from common import Stopwatch, command, report_head, write_results
-from experiments import TREATMENT, _population, _privacy
+from common import (
+    Stopwatch,
+    command,
+    experiment_arguments,
+    experiment_plan,
+    experiment_population,
+    experiment_privacy,
+    report_head,
+    write_results,
+)
+from experiments import TREATMENT
 from threadpoolctl import threadpool_limits
 
 from stamen.client.device.experiments import Experiment
@@ -70,7 +77,6 @@ from stamen.simulation.experiments.response import (
     variant_response,
 )
 
-HERE = Path(__file__).resolve().parent
 RULES = ("fixed", "naive", "obf", "obf_noise", "mixture")
 
 
@@ -118,7 +124,7 @@ def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopw
     model, bounds = ResponseModel(), MetricBounds()
     repetitions = args.large_repetitions if size >= 100_000 and args.large_repetitions else None
     args = argparse.Namespace(**{**vars(args), "repetitions": repetitions or args.repetitions})
-    population = _population(kind, size, args.seed)
+    population = experiment_population(kind, size, args.seed)
     base = "taste" if kind == "synthetic" else "popular"
     control = variant_response(population, variant_lists(population, {}, base=base), model)
     treated = variant_response(
@@ -147,7 +153,7 @@ def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopw
     clock.log(f"{kind} {size}: {args.repetitions} × {args.looks} looks measured")
     rows: dict = {"population": kind, "size": size, "settings": []}
     for epsilon in args.epsilons:
-        privacy = _privacy(epsilon, args.mode, size)
+        privacy = experiment_privacy(epsilon, args.mode, size)
         found: dict = {}
         for analysis, covariates in (("plain", False), ("cuped", True)):
             for name in ("aa", "ab"):
@@ -247,19 +253,11 @@ def _markdown(record: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--populations", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--ml100k-size", type=int, default=10_000, help="0: skip ML-100K")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, math.inf])
+    experiment_arguments(parser)
     parser.add_argument("--looks", type=int, default=5)
-    parser.add_argument("--repetitions", type=int, default=1000)
     parser.add_argument(
         "--large-repetitions", type=int, default=0, help="for populations >= 100,000 (0: same)"
     )
-    parser.add_argument("--mode", choices=["central", "distributed"], default="distributed")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     threadpool_limits(1)
     clock = Stopwatch()
@@ -275,10 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         "bounds": MetricBounds().model_dump(),
         "populations": [],
     }
-    plan = [("synthetic", n) for n in args.populations]
-    if args.ml100k_size:
-        plan.append(("ml-100k", args.ml100k_size))
-    for kind, size in plan:
+    for kind, size in experiment_plan(args):
         record["populations"].append(_run_population(args, kind, size, clock))
         record["seconds"] = clock.seconds
         write_results(args.out, stem, record, _markdown(record))

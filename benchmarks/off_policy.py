@@ -22,18 +22,25 @@ Writes benchmarks/results/off-policy[-<name>].{json,md}.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from pathlib import Path
 
 import numpy as np
-from common import Stopwatch, command, local_dataset, report_head, table_head, write_results
+from common import (
+    Stopwatch,
+    command,
+    experiment_arguments,
+    experiment_plan,
+    experiment_population,
+    experiment_privacy,
+    report_head,
+    table_head,
+    write_results,
+)
 from scipy import stats
 
 from stamen.client.device.experiments import Experiment
 from stamen.client.device.off_policy import OffPolicyBounds, moment_names, sensitivity, width
 from stamen.models.experiments import METRICS, MetricBounds
-from stamen.privacy.dp.user import UserDP
 from stamen.server.off_policy_stats import off_policy_estimates
 from stamen.simulation.experiments import batched
 from stamen.simulation.experiments.off_policy import (
@@ -46,14 +53,11 @@ from stamen.simulation.experiments.off_policy import (
 from stamen.simulation.experiments.response import (
     Population,
     ResponseModel,
-    population_from_interactions,
-    synthetic_population,
     true_means,
     variant_lists,
     variant_response,
 )
 
-HERE = Path(__file__).resolve().parent
 LOGGING = Policy("popular", 0.1)
 #: Each candidate and its weight clip W_c: the largest π_c / p it can have against the
 #: logging policy where that is small (0.3 / 0.1 = 3 for more exploration; 1 / 0.9 for none),
@@ -65,31 +69,6 @@ CANDIDATES = [
     (Policy("taste", 0.1), 10.0),
 ]
 ENGAGEMENT = METRICS.index("engagement")
-
-
-def _privacy(epsilon: float, mode: str, population: int) -> UserDP:
-    if math.isinf(epsilon):
-        return UserDP()
-    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
-
-
-def _population(kind: str, size: int, seed: int) -> Population:
-    if kind == "synthetic":
-        return synthetic_population(size, seed=seed)
-    dataset = local_dataset("ml-100k")
-    inter, catalog = dataset.interactions, dataset.catalog
-    assert inter.timestamp is not None
-    index = {name: j for j, name in enumerate(catalog.genre_names)}
-    genre = np.array([index[g[0]] if g else -1 for g in catalog.genres])  # first genre
-    return population_from_interactions(
-        inter.user,
-        inter.item,
-        inter.timestamp,
-        n_items=inter.n_items,
-        item_genre=genre,
-        size=size,
-        seed=seed,
-    )
 
 
 def _summary(estimate: np.ndarray, lower: np.ndarray, upper: np.ndarray, truth: float) -> dict:
@@ -132,7 +111,10 @@ def _ab(args: argparse.Namespace, population: Population, policy: Policy, size: 
     rows = {}
     for epsilon in args.epsilons:
         released = batched.release(
-            clear, privacy=_privacy(epsilon, args.mode, size), population=size, seed=args.seed + 8
+            clear,
+            privacy=experiment_privacy(epsilon, args.mode, size),
+            population=size,
+            seed=args.seed + 8,
         )
         est = batched.estimates(released, bounds=bounds, alpha=args.alpha)
         arm_se = np.sqrt(est["variance"][:, 1, ENGAGEMENT])
@@ -156,7 +138,7 @@ def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopw
     model = ResponseModel()
     weights = tuple(w for _, w in CANDIDATES)
     bounds = OffPolicyBounds(max_slots=args.max_slots, max_weight=weights)
-    population = _population(kind, size, args.seed)
+    population = experiment_population(kind, size, args.seed, genres=True)
     logging = policy_lists(population, LOGGING)
     candidates = [policy_lists(population, p) for p, _ in CANDIDATES]
     truth = np.array([true_value(population, c, model, bounds) for c in [logging, *candidates]])
@@ -185,7 +167,7 @@ def _run_population(args: argparse.Namespace, kind: str, size: int, clock: Stopw
     for epsilon in args.epsilons:
         released = release(
             clear,
-            privacy=_privacy(epsilon, args.mode, size),
+            privacy=experiment_privacy(epsilon, args.mode, size),
             population=size,
             candidates=len(CANDIDATES),
             seed=args.seed + 100,
@@ -331,16 +313,8 @@ def _markdown(record: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--populations", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--ml100k-size", type=int, default=10_000, help="0: skip ML-100K")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, math.inf])
-    parser.add_argument("--repetitions", type=int, default=1000)
+    experiment_arguments(parser)
     parser.add_argument("--max-slots", type=int, default=50)
-    parser.add_argument("--mode", choices=["central", "distributed"], default="distributed")
-    parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     clock = Stopwatch()
     stem = "off-policy" + (f"-{args.name}" if args.name else "")
@@ -358,10 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         "response_model": ResponseModel().model_dump(),
         "populations": [],
     }
-    plan = [("synthetic", n) for n in args.populations]
-    if args.ml100k_size:
-        plan.append(("ml-100k", args.ml100k_size))
-    for kind, size in plan:
+    for kind, size in experiment_plan(args):
         record["populations"].append(_run_population(args, kind, size, clock))
         record["seconds"] = clock.seconds
         write_results(args.out, stem, record, _markdown(record))

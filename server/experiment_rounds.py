@@ -29,6 +29,7 @@ measurement then keeps the false-positive rate at ``α`` (the Monte Carlo:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,15 @@ QUERY_PREFIX = "experiment:"
 def query_name(experiment: str) -> str:
     """The name of ``experiment``'s measurement query in the round records."""
     return f"{QUERY_PREFIX}{experiment}"
+
+
+def _noise_variance(sigma: float, scale: float, mean: float | None, n: float | None) -> float:
+    """The noise's part of the variance of an arm's mean (``stamen.server.experiment_stats``),
+    in the metric's units; NaN where the arm has no estimate (its noisy count is not
+    positive: the report holds ``None``)."""
+    if mean is None or n is None or n <= 0:
+        return math.nan
+    return sigma**2 * (scale**2 + mean**2) / n**2
 
 
 def _seed(run_seed: int, place: int) -> int:
@@ -188,11 +198,13 @@ class ExperimentMeasurements:
             ]
             stderr, scale = effect["stderr"], scales[effect["metric"]]
             noise = sum(
-                sigma**2 * (scale**2 + a["means"][effect["metric"]] ** 2) / a["exposed"] ** 2
+                _noise_variance(sigma, scale, a["means"][effect["metric"]], a["exposed"])
                 for a in (control, arms[effect["arm"]])
             )
-            entry: dict[str, Any] = {"arm": key[0], "metric": key[1], "noise_variance": noise}
-            usable = stderr is not None and stderr > 0 and np.isfinite(noise)
+            entry: dict[str, Any] = {"arm": key[0], "metric": key[1]}
+            usable = stderr is not None and stderr > 0 and math.isfinite(noise)
+            if usable:
+                entry["noise_variance"] = noise
             if not usable or len(before) != look - 1 or any("variance" not in e for e in before):
                 entry["crossed"] = False
                 entry["stopped"] = any(e.get("stopped") for e in before)

@@ -240,3 +240,16 @@ def test_monitoring_plans_at_most_twenty_looks() -> None:
         ServerSettings(rounds=21, analytics={"experiments": {"every": 1, "monitor": True}})
     with pytest.raises(ValueError, match="needs measurements"):
         ServerSettings(analytics={"experiments": {"monitor": True}})
+
+
+def test_monitoring_skips_an_effect_without_an_estimate() -> None:
+    """An arm nobody was exposed in has no mean (None in the report): its effects get no
+    boundary at this look, and the others are monitored as usual."""
+    owner = _owner(30, every=1, monitor=True)
+    blocks = _blocks(30, 0.3, 1)
+    blocks[:, 2 * len(STATISTICS) :] = 0.0  # arm c: nobody exposed
+    report = _measure(owner, 1, blocks)
+    effects = {(e["arm"], e["metric"]): e for e in report["monitoring"]["effects"]}
+    assert effects[("c", "engagement")]["crossed"] is False
+    assert "reason" in effects[("c", "engagement")]
+    assert "bound" in effects[("b", "engagement")]
