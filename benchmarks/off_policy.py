@@ -39,8 +39,9 @@ from common import (
 from scipy import stats
 
 from stamen.client.device.experiments import Experiment
-from stamen.client.device.off_policy import OffPolicyBounds, moment_names, sensitivity, width
+from stamen.client.device.off_policy import OffPolicyBounds
 from stamen.models.experiments import METRICS, MetricBounds
+from stamen.models.off_policy import moment_names, sensitivity, width
 from stamen.server.off_policy_stats import off_policy_estimates
 from stamen.simulation.experiments import batched
 from stamen.simulation.experiments.off_policy import (

@@ -90,6 +90,7 @@ __all__ = [
     "effect_estimates",
     "experiment_mechanism",
     "experiment_report",
+    "json_ready",
     "outcome_sums",
 ]
 
@@ -286,19 +287,25 @@ class ExperimentReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and infinities as ``null``)."""
+        return json_ready(asdict(self))
 
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not np.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [clean(v) for v in value]
-            return value
 
-        result = clean(asdict(self))
-        json.dumps(result)  # fails here, not at the caller's, on a non-JSON value
-        return dict(result)
+def json_ready(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with every NaN and infinity (at any depth) as ``None``; raises here, not
+    at the caller's, on a value JSON cannot hold."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    result = clean(report)
+    json.dumps(result)
+    return dict(result)
 
 
 def experiment_report(

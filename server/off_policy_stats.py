@@ -1,7 +1,7 @@
 """Off-policy evaluation's report from the noisy sums of the devices' contributions.
 
-**Layout** (``stamen.client.device.off_policy``, kept in step by
-``tests/simulation/test_off_policy.py``). Each person ``i`` contributes first moments
+**Layout** (``stamen.models.off_policy``; the device builds it in
+``stamen.client.device.off_policy``). Each person ``i`` contributes first moments
 ``z_i = [n, g, a_1, b_1, …, a_K, b_K]`` (``d = 2 + 2K``, every entry in ``[0, 1]``: slots,
 logging rewards, candidate ``c``'s clipped importance-weighted rewards and weights, each
 divided by its bound) followed by the upper triangle of ``z_i z_iᵀ`` (``numpy.triu_indices``).
@@ -53,8 +53,6 @@ evaluation, its own accountant.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,9 +60,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from stamen.models.off_policy import sensitivity, width
 from stamen.privacy.dp.gaussian import GaussianSum
 from stamen.privacy.dp.user import UserDP
-from stamen.server.experiment_stats import experiment_mechanism
+from stamen.server.experiment_stats import experiment_mechanism, json_ready
 
 __all__ = [
     "CandidateEstimate",
@@ -76,13 +75,6 @@ __all__ = [
 ]
 
 
-def _width(candidates: int) -> int:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be a positive integer (got {candidates!r})")
-    d = 2 + 2 * candidates
-    return d + d * (d + 1) // 2
-
-
 def off_policy_mechanism(
     privacy: UserDP, *, population: int, candidates: int, seed: int
 ) -> GaussianSum | None:
@@ -91,7 +83,7 @@ def off_policy_mechanism(
     sensitivity ``sqrt(d + d (d + 1) / 2)``, ``d = 2 + 2 · candidates`` (every coordinate of a
     person's vector lies in ``[0, 1]``; ``stamen.client.device.off_policy.sensitivity``)."""
     return experiment_mechanism(
-        privacy, population=population, sensitivity=math.sqrt(_width(candidates)), seed=seed
+        privacy, population=population, sensitivity=sensitivity(candidates), seed=seed
     )
 
 
@@ -103,7 +95,7 @@ def moments(sums: np.ndarray, candidates: int) -> tuple[np.ndarray, np.ndarray]:
         ValueError: ``sums`` does not end in ``d + d (d + 1) / 2`` coordinates.
     """
     sums = np.asarray(sums, np.float64)
-    expected, d = _width(candidates), 2 + 2 * candidates
+    expected, d = width(candidates), 2 + 2 * candidates
     if sums.shape[-1] != expected:
         raise ValueError(
             f"sums end in {sums.shape[-1]} coordinates; expected {expected} "
@@ -229,19 +221,7 @@ class OffPolicyReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN and infinities as ``null``)."""
-
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not np.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [clean(v) for v in value]
-            return value
-
-        result = clean(asdict(self))
-        json.dumps(result)
-        return dict(result)
+        return json_ready(asdict(self))
 
 
 def off_policy_report(

@@ -46,7 +46,6 @@ Imports numpy and the standard library only (the device's serving path).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -54,17 +53,14 @@ import numpy as np
 
 from stamen.client.device.events import RATING_THRESHOLD, Event
 from stamen.client.device.impressions import Impression, engagement_rewards
+from stamen.models.off_policy import dimension
 
 __all__ = [
     "OffPolicyBounds",
     "contributions",
     "device_contribution",
-    "dimension",
     "first_moments",
-    "moment_names",
-    "sensitivity",
     "summed_contributions",
-    "width",
 ]
 
 
@@ -99,33 +95,6 @@ class OffPolicyBounds:
         if len(weights) != candidates:
             raise ValueError(f"max_weight has {len(weights)} entries for {candidates} candidates")
         return weights
-
-
-def dimension(candidates: int) -> int:
-    """The number of first moments ``d = 2 + 2K`` of ``candidates`` candidates."""
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
-        raise ValueError(f"candidates must be a positive integer (got {candidates!r})")
-    return 2 + 2 * candidates
-
-
-def width(candidates: int) -> int:
-    """The length of one person's contribution: ``d + d (d + 1) / 2``."""
-    d = dimension(candidates)
-    return d + d * (d + 1) // 2
-
-
-def sensitivity(candidates: int) -> float:
-    """The L2 sensitivity of the summed contributions: ``sqrt(width(candidates))``."""
-    return math.sqrt(width(candidates))
-
-
-def moment_names(candidates: int) -> tuple[str, ...]:
-    """The first moments' names, in layout order: ``slots``, ``reward``, then ``ips_c`` and
-    ``weight_c`` per candidate."""
-    names = ["slots", "reward"]
-    for c in range(dimension(candidates) // 2 - 1):
-        names += [f"ips_{c}", f"weight_{c}"]
-    return tuple(names)
 
 
 def _checked(

@@ -7,12 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stamen.client.device.off_policy import (
-    OffPolicyBounds,
-    first_moments,
-    sensitivity,
-    summed_contributions,
-)
+from stamen.client.device.off_policy import OffPolicyBounds, first_moments, summed_contributions
+from stamen.models.off_policy import sensitivity
 from stamen.privacy.dp.user import UserDP
 from stamen.server.off_policy_stats import moments, off_policy_estimates
 from stamen.simulation.experiments.off_policy import (

@@ -15,13 +15,10 @@ from stamen.client.device.off_policy import (
     OffPolicyBounds,
     contributions,
     device_contribution,
-    dimension,
     first_moments,
-    moment_names,
-    sensitivity,
     summed_contributions,
-    width,
 )
+from stamen.models.off_policy import dimension, moment_names, sensitivity, width
 
 
 @st.composite
