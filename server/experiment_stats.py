@@ -210,7 +210,8 @@ def effect_estimates(
     with np.errstate(divide="ignore", invalid="ignore"):
         stderr = np.sqrt(var)
         p_value = 2 * stats.norm.sf(np.abs(effect) / stderr)
-        ratio = mean / base
+        # a relative lift needs a positive control mean (noise can push it to or below 0)
+        ratio = np.where(base > 0, mean / base, np.nan)
         lift_se = np.sqrt(variance + ratio**2 * base_var) / np.abs(base)
     own = np.zeros(mean.shape[-2], bool)
     own[control] = True

@@ -170,7 +170,9 @@ class Experiment(Checked):
 def assignment_unit(experiment: Experiment, *, device_secret: bytes) -> float:
     """``u ∈ [0, 1)`` from HMAC-SHA256 of the experiment's id and salt under the device's
     secret (module docstring)."""
-    if not isinstance(device_secret, bytes) or len(device_secret) < 16:
+    if not isinstance(device_secret, bytes):
+        raise ValueError(f"device_secret must be bytes, not {type(device_secret).__name__}")
+    if len(device_secret) < 16:
         raise ValueError("device_secret must be at least 16 random bytes")
     message = experiment.id.encode() + b"\x00" + experiment.salt.encode()
     digest = hmac.digest(device_secret, message, "sha256")

@@ -5,6 +5,8 @@ people, and read what a federation's measurement rounds found.
     stamen experiment publish FILE --releases DIR --signing-key KEY
                                                   the newest release again, with the
                                                   experiment, as the next release
+    stamen experiment end ID --releases DIR --signing-key KEY
+                                                  the next release without it
     stamen experiment simulate FILE               repeated experiments on simulated people
     stamen experiment report CHECKPOINTS          each experiment's latest measurement
 
@@ -18,6 +20,7 @@ run's ``rounds.jsonl``, which ``report`` reads.
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,7 +31,15 @@ from rich.table import Table
 if TYPE_CHECKING:
     from stamen.client.device.experiments import Experiment
 
-__all__ = ["check", "experiment_app", "publish", "read_experiment", "report", "simulate"]
+__all__ = [
+    "check",
+    "end",
+    "experiment_app",
+    "publish",
+    "read_experiment",
+    "report",
+    "simulate",
+]
 
 experiment_app = typer.Typer(
     name="experiment",
@@ -82,37 +93,69 @@ def check(
     Console().print(_arms_table(read_experiment(file)))
 
 
-@experiment_app.command()
-def publish(
-    files: Annotated[list[Path], typer.Argument(help="experiment definitions (JSON or TOML)")],
-    releases: Annotated[Path, typer.Option(help="the releases folder")],
-    signing_key: Annotated[Path, typer.Option(help="the publisher's Ed25519 key")],
+def _overlaps(experiments: list[dict[str, Any]]) -> list[str]:
+    """The pipeline fields that two of ``experiments`` (JSON form) both override: a device
+    in both would serve only the later one's value, and neither effect would be what its
+    arms define."""
+    owners: dict[str, str] = {}
+    found = []
+    for e in experiments:
+        fields = {f for arm in e.get("arms", []) for f in arm.get("overrides", {})}
+        for field in sorted(fields):
+            if field in owners:
+                found.append(f"{field!r} ({owners[field]} and {e['id']})")
+            owners[field] = e["id"]
+    return found
+
+
+def _republish(
+    releases: Path,
+    signing_key: Path,
+    change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
 ) -> None:
-    """Publish the newest release again, as the next release, carrying these experiments
-    (one with the id of an experiment it carries replaces it). Devices that install it
-    serve their arms; a deployment run started from it measures them."""
+    """Publish the newest release of ``releases`` again, as the next release, with its
+    experiments (JSON form) as ``change`` makes them from the newest's."""
     from stamen.errors import ConfigError
     from stamen.models.bundle import ReleaseBundle, latest_release
     from stamen.models.experiments import EXPERIMENTS_EXTRA
     from stamen.models.registry import build_model
     from stamen.privacy import open_signed
-    from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
+    from stamen.server.releases import (
+        PUBLIC_KEY_FILE,
+        ReleaseWriter,
+        load_or_create_signing_key,
+    )
 
-    experiments = [read_experiment(f) for f in files]
-    ids = [e.id for e in experiments]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"experiment ids repeat among the files ({ids})")
     if not signing_key.is_file():
         raise ConfigError(f"{signing_key}: no release signing key")
     path = latest_release(releases)
     if path is None:
         raise ConfigError(f"{releases}: no release to publish from (stamen release init)")
     private, public = load_or_create_signing_key(signing_key)
+    pinned = releases / PUBLIC_KEY_FILE
+    if pinned.is_file() and pinned.read_bytes() != public:
+        raise ConfigError(
+            f"--signing-key {signing_key}: not the key of {pinned} (the devices' pinned key); "
+            "pass the publisher's private key file"
+        )
     newest = ReleaseBundle.decode(
         open_signed(path.read_bytes(), public_key=public, source=str(path)), source=str(path)
     )
-    kept = [e for e in newest.extras.get(EXPERIMENTS_EXTRA, []) if e.get("id") not in ids]
-    extras = {**newest.extras, EXPERIMENTS_EXTRA: kept + [e.to_json() for e in experiments]}
+    before = list(newest.extras.get(EXPERIMENTS_EXTRA, []))
+    after = change(before)
+    if after == before:
+        raise ConfigError(
+            f"release {newest.release} already carries these experiments as they are; "
+            "nothing published"
+        )
+    clashes = _overlaps(after)
+    if clashes:
+        raise ConfigError(
+            "experiments in one release may not override the same pipeline field: "
+            + ", ".join(clashes)
+            + " (end one first: stamen experiment end)"
+        )
+    extras = {**newest.extras, EXPERIMENTS_EXTRA: after}
     model = build_model(newest.model, dict(newest.settings), newest.catalog)
     writer = ReleaseWriter(
         releases,
@@ -129,8 +172,64 @@ def publish(
         trending=newest.trending,
         ranker=newest.ranker,
     )
-    names = ", ".join(e["id"] for e in extras[EXPERIMENTS_EXTRA])
+    names = ", ".join(e["id"] for e in after) or "none"
     Console().print(f"release {newest.release + 1} in {written}, carrying experiments: {names}")
+
+
+@experiment_app.command()
+def publish(
+    files: Annotated[list[Path], typer.Argument(help="experiment definitions (JSON or TOML)")],
+    releases: Annotated[Path, typer.Option(help="the releases folder")],
+    signing_key: Annotated[Path, typer.Option(help="the publisher's Ed25519 key")],
+) -> None:
+    """Publish the newest release again, as the next release, carrying these experiments.
+    One with the id of an experiment already carried replaces it (a new salt re-draws every
+    device's arm). Devices that install it serve their arms; a deployment run started from
+    it measures them."""
+    from stamen.errors import ConfigError
+
+    experiments = [read_experiment(f) for f in files]
+    ids = [e.id for e in experiments]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"experiment ids repeat among the files ({ids})")
+
+    def change(before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for old in before:
+            new = next((e for e in experiments if e.id == old.get("id")), None)
+            if new is not None and new.to_json() != old:
+                salt = " (a new salt: every device re-draws its arm)"
+                typer.echo(
+                    f"replaces experiment {new.id}" + (salt if new.salt != old.get("salt") else ""),
+                    err=True,
+                )
+        kept = [e for e in before if e.get("id") not in ids]
+        return kept + [e.to_json() for e in experiments]
+
+    _republish(releases, signing_key, change)
+
+
+@experiment_app.command()
+def end(
+    ids: Annotated[list[str], typer.Argument(help="the ids of the experiments to end")],
+    releases: Annotated[Path, typer.Option(help="the releases folder")],
+    signing_key: Annotated[Path, typer.Option(help="the publisher's Ed25519 key")],
+) -> None:
+    """Publish the newest release again, as the next release, without these experiments:
+    devices that install it serve the app's own settings again, and a run started from it
+    no longer measures them."""
+    from stamen.errors import ConfigError
+
+    def change(before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        carried = [e.get("id") for e in before]
+        unknown = [i for i in ids if i not in carried]
+        if unknown:
+            raise ConfigError(
+                f"the newest release carries no experiment {unknown} "
+                f"(it carries: {', '.join(map(str, carried)) or 'none'})"
+            )
+        return [e for e in before if e.get("id") not in ids]
+
+    _republish(releases, signing_key, change)
 
 
 @experiment_app.command()
@@ -144,10 +243,11 @@ def simulate(
     seed: Annotated[int, typer.Option(help="the simulation's seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Run the experiment many times on simulated people (``stamen.simulation.experiments``:
-    synthetic people who respond to what their arm shows) with one distributed-DP
-    measurement each, and print every treatment's true effect, mean estimate, power and
-    interval coverage: how many people an experiment needs at this ε."""
+    """Run the experiment many times on simulated people who respond to what their arm
+    shows, with one private measurement each, and print every treatment's true effect, mean
+    estimate, rejection rate (the power; for a true effect of 0, the false-positive rate) and
+    interval coverage: how many people an experiment needs at this ε. The simulator models
+    the 'explore' override only; the first arm is the control."""
     from stamen.models.experiments import METRICS, MetricBounds
     from stamen.privacy.dp.user import UserDP
     from stamen.simulation.experiments.batched import clear_sums, estimates, release
@@ -181,7 +281,12 @@ def simulate(
         if math.isinf(epsilon)
         else UserDP(mode="distributed", target_epsilon=epsilon, delta=1.0 / population)
     )
-    released = release(clear, privacy=privacy, population=population, seed=seed)
+    try:
+        released = release(clear, privacy=privacy, population=population, seed=seed)
+    except ValueError as error:  # Opacus: no noise reaches so small an ε at this δ
+        raise typer.BadParameter(
+            f"{epsilon:g} is too small for δ = 1/{population} ({error})", param_hint="--epsilon"
+        ) from None
     found = estimates(released, bounds=bounds)
     rows: list[dict[str, Any]] = []
     for a, arm in enumerate(experiment.arms[1:], start=1):
@@ -212,7 +317,7 @@ def simulate(
         title=f"{experiment.id}: {repetitions} simulated experiments of {population} people, "
         f"ε = {epsilon:g}"
     )
-    for column in ("arm", "metric", "true effect", "mean estimate", "power", "coverage"):
+    for column in ("arm", "metric", "true effect", "mean estimate", "rejections", "coverage"):
         table.add_column(column, justify="left" if column in ("arm", "metric") else "right")
     for row in rows:
         table.add_row(
@@ -224,6 +329,12 @@ def simulate(
             f"{row['coverage']:.3f}",
         )
     Console().print(table)
+    if any(math.isnan(row["mean_effect"]) for row in rows):
+        typer.echo(
+            "nan: in some repetitions an arm's noisy count of exposed people was not "
+            "positive (too few people for this ε), so it has no estimate",
+            err=True,
+        )
 
 
 def _reports(checkpoints: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
@@ -239,10 +350,17 @@ def _reports(checkpoints: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
         raise DataError(f"{path}: no rounds recorded (has a run started with it?)") from None
     found: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
+            if number == len(lines):  # the run may be writing it now
+                typer.echo(f"{path}, line {number}: incomplete, left out ({error})", err=True)
+                continue
             raise DataError(f"{path}, line {number}: not JSON ({error})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("analytics", {}), dict):
+            raise DataError(f"{path}, line {number}: not a round's record")
         for name, query in (record.get("analytics") or {}).items():
             if name.startswith(QUERY_PREFIX):
                 found.setdefault(name.removeprefix(QUERY_PREFIX), []).append(
@@ -267,10 +385,12 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="print the reports as JSON")] = False,
 ) -> None:
     """Print each experiment's latest measurement: every arm's exposed people and means,
-    every treatment's effect with its interval and p-value, and the ε it spent (exit 2
-    when nothing was measured)."""
+    every treatment's effect with its interval and p-value, and the ε it spent. Exit 2 when
+    the run measured no experiment, 1 when a latest measurement failed (it says why)."""
     from stamen.errors import DataError
 
+    if plot is not None and not plot.parent.is_dir():
+        raise DataError(f"--plot {plot}: no folder {plot.parent}")
     found = _reports(checkpoints)
     if experiment is not None:
         if experiment not in found:
@@ -288,6 +408,8 @@ def report(
             _print_report(console, name, rnd, query)
     if plot is not None:
         _plot(found, plot)
+    if any("report" not in query for _, query in latest.values()):
+        raise SystemExit(1)
 
 
 def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) -> None:
@@ -366,7 +488,9 @@ def _plot(found: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> Non
                     key = (name, e["arm"], e["metric"])
                     series.setdefault(key, []).append((rnd, e["effect"], e["lower"], e["upper"]))
     if not series:
-        raise ValueError("no effect with an interval to plot")
+        from stamen.errors import DataError
+
+        raise DataError(f"--plot {path}: no measured effect with an interval: nothing to plot")
     figure, axes = plt.subplots(len(series), 1, figsize=(7, 2.4 * len(series)), squeeze=False)
     for axis, ((name, arm, metric), points) in zip(axes[:, 0], sorted(series.items()), strict=True):
         rounds = [p[0] for p in points]
@@ -383,4 +507,4 @@ def _plot(found: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> Non
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    typer.echo(f"plot in {path}")
+    typer.echo(f"plot in {path}", err=True)

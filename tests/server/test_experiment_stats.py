@@ -127,3 +127,16 @@ def test_each_experiment_has_its_own_accountant_and_noise_stream() -> None:
     one.release_sum(np.zeros(4), rnd=0)
     assert 0.9 < one.accountant.epsilon <= 1.0
     assert two.accountant.epsilon == 0.0
+
+
+def test_no_relative_lift_against_a_control_mean_at_or_below_zero() -> None:
+    """Noise can push a small arm's mean below zero; a lift relative to it would have the
+    wrong sign, so there is none (the difference of means stays)."""
+    from stamen.server.experiment_stats import effect_estimates
+
+    mean = np.array([[-0.5, 0.2], [-0.3, 0.3]])
+    variance = np.full((2, 2), 0.01)
+    est = effect_estimates(mean, variance)
+    assert est["effect"][1, 0] == pytest.approx(0.2)
+    assert np.isnan(est["lift"][1, 0]) and np.isnan(est["lift_lower"][1, 0])
+    assert est["lift"][1, 1] == pytest.approx(0.5)

@@ -79,16 +79,35 @@ def test_publish_writes_the_next_release_with_the_experiment(tmp_path) -> None:
     assert four.release == 4 and four.extras["experiments"] == [published]
     for a, b in zip(four.shared_arrays(), old.shared_arrays(), strict=True):
         assert (a == b).all()
-    # the same id again replaces it; another is added beside it
+    # the same again: nothing to publish
+    _refused(_invoke(["experiment", "publish", str(definition), *args]), "nothing published")
+    # the same id again replaces it (and says so); another is added beside it
     changed = {**EXPERIMENT, "salt": "t"}
     definition.write_text(json.dumps(changed))
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({**EXPERIMENT, "id": "other"}))
-    _ok(["experiment", "publish", str(definition), str(other), *args])
+    ranker = {"name": "no-ranker", "overrides": {"ranker": False}}
+    other.write_text(json.dumps({**EXPERIMENT, "id": "other", "arms": [{"name": "c"}, ranker]}))
+    result = _invoke(["experiment", "publish", str(definition), str(other), *args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "replaces experiment explore-1 (a new salt" in result.output
     assert [e["salt"] for e in newest().extras["experiments"]] == ["t", "s"]
+    # two experiments may not override the same field: neither effect would be its own
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({**EXPERIMENT, "id": "clash"}))
+    _refused(
+        _invoke(["experiment", "publish", str(clash), *args]), "'explore' (explore-1 and clash)"
+    )
     _refused(_invoke(["experiment", "publish", str(definition), str(definition), *args]), "repeat")
     elsewhere = ["--releases", str(tmp_path / "none"), "--signing-key", str(key)]
     _refused(_invoke(["experiment", "publish", str(other), *elsewhere]), "no release to publish")
+    stranger = tmp_path / "stranger.key"
+    stranger.write_bytes(bytes(range(32)))
+    wrong = ["--releases", str(releases), "--signing-key", str(stranger)]
+    _refused(_invoke(["experiment", "publish", str(clash), *wrong]), "not the key of")
+    # ending one: the next release carries the other only; an unknown id is named
+    assert "release 6" in _ok(["experiment", "end", "explore-1", *args])
+    assert [e["id"] for e in newest().extras["experiments"]] == ["other"]
+    _refused(_invoke(["experiment", "end", "explore-1", *args]), "carries no experiment")
 
 
 def test_simulate_finds_no_effect_between_equal_arms(tmp_path) -> None:
@@ -157,14 +176,27 @@ def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) ->
         ],
     )
     plot = tmp_path / "effects.png"
-    out = _ok(["experiment", "report", str(checkpoints), "--plot", str(plot)])
+    result = _invoke(["experiment", "report", str(checkpoints), "--plot", str(plot)])
+    assert result.exit_code == 1, (result.output, result.exception)  # "gone" failed
+    out = result.output
     assert "experiment explore-1, round 3" in out and "ε = 1.5" in out and "+0.0300" in out
     assert "look 2 of 4" in out and "stop: differs" in out and "+3.00" in out
     assert "experiment gone, round 4: not measured (SecAgg+ halted)" in out
     assert plot.stat().st_size > 0
-    body = json.loads(_ok(["experiment", "report", str(checkpoints), "--json"]))
+    only = ["--experiment", "explore-1"]
+    body = json.loads(_ok(["experiment", "report", str(checkpoints), *only, "--json"]))
     assert body["explore-1"]["round"] == 3
     assert body["explore-1"]["report"]["effects"][0]["effect"] == 0.03
-    only = ["--experiment", "nope"]
-    _refused(_invoke(["experiment", "report", str(checkpoints), *only]), "(explore-1, gone)")
+    nope = ["--experiment", "nope"]
+    _refused(_invoke(["experiment", "report", str(checkpoints), *nope]), "(explore-1, gone)")
+    missing = ["--plot", str(tmp_path / "no" / "such.png")]
+    _refused(_invoke(["experiment", "report", str(checkpoints), *missing]), "no folder")
+    failed_only = ["--experiment", "gone", "--plot", str(plot)]
+    _refused(_invoke(["experiment", "report", str(checkpoints), *failed_only]), "nothing to plot")
+    # a blank line is skipped and a half-written last line left out; anything else is named
+    log = checkpoints / "rounds.jsonl"
+    log.write_text(log.read_text() + "\n" + '{"round": 5, "analyt')
+    assert "round 3" in _ok(["experiment", "report", str(checkpoints), *only])
+    log.write_text("[1, 2]\n" + log.read_text())
+    _refused(_invoke(["experiment", "report", str(checkpoints)]), "line 1: not a round's record")
     _refused(_invoke(["experiment", "report", str(tmp_path / "elsewhere")]), "no rounds recorded")
