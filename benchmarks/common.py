@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from stamen.models.schema import Dataset
-from stamen.privacy.dp.user import UserDP
 from stamen.simulation.config import load_config
 from stamen.simulation.datasets import default_data_dir, find_local, load_dataset
 from stamen.simulation.engines.flower import FederatedResult, run_federated
@@ -154,13 +153,6 @@ def experiment_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
     people resampled to ``--ml100k-size`` (0: none)."""
     plan = [("synthetic", n) for n in args.populations]
     return plan + ([("ml-100k", args.ml100k_size)] if args.ml100k_size else [])
-
-
-def experiment_privacy(epsilon: float, mode: str, population: int) -> UserDP:
-    """An experiment's DP at ``epsilon`` (∞: off), δ = 1 / population."""
-    if math.isinf(epsilon):
-        return UserDP()
-    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
 
 
 def experiment_population(kind: str, size: int, seed: int, *, genres: bool = False) -> Population:

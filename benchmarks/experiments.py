@@ -39,7 +39,6 @@ from common import (
     experiment_arguments,
     experiment_plan,
     experiment_population,
-    experiment_privacy,
     report_head,
     write_results,
 )
@@ -49,7 +48,7 @@ from stamen.client.device.experiments import Experiment
 from stamen.models.experiments import METRICS, MetricBounds, sensitivity
 from stamen.privacy.dp.user import UserDP
 from stamen.server.experiment_stats import experiment_mechanism
-from stamen.simulation.experiments.batched import clear_sums, estimates, release
+from stamen.simulation.experiments.batched import clear_sums, estimates, experiment_privacy, release
 from stamen.simulation.experiments.response import (
     ResponseModel,
     true_means,

@@ -59,7 +59,6 @@ from common import (  # noqa: E402
     Stopwatch,
     command,
     experiment_population,
-    experiment_privacy,
     report_head,
     write_results,
 )
@@ -68,7 +67,12 @@ from scipy import optimize, stats  # noqa: E402
 from stamen.client.device.experiments import Experiment  # noqa: E402
 from stamen.models.experiments import METRICS, MetricBounds, sensitivity  # noqa: E402
 from stamen.server.experiment_stats import experiment_mechanism  # noqa: E402
-from stamen.simulation.experiments.batched import clear_sums, estimates, release  # noqa: E402
+from stamen.simulation.experiments.batched import (  # noqa: E402
+    clear_sums,
+    estimates,
+    experiment_privacy,
+    release,
+)
 from stamen.simulation.experiments.response import (  # noqa: E402
     Population,
     ResponseModel,

@@ -50,7 +50,6 @@ from common import (
     experiment_arguments,
     experiment_plan,
     experiment_population,
-    experiment_privacy,
     report_head,
     write_results,
 )
@@ -68,6 +67,7 @@ from stamen.server.experiment_monitoring import (
 from stamen.server.experiment_stats import outcome_sums
 from stamen.simulation.experiments.batched import (
     clear_look_sums,
+    experiment_privacy,
     look_statistics,
     release,
 )

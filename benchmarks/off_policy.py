@@ -31,7 +31,6 @@ from common import (
     experiment_arguments,
     experiment_plan,
     experiment_population,
-    experiment_privacy,
     report_head,
     table_head,
     write_results,
@@ -44,6 +43,7 @@ from stamen.models.experiments import METRICS, MetricBounds
 from stamen.models.off_policy import moment_names, sensitivity, width
 from stamen.server.off_policy_stats import off_policy_estimates
 from stamen.simulation.experiments import batched
+from stamen.simulation.experiments.batched import experiment_privacy
 from stamen.simulation.experiments.off_policy import (
     Policy,
     logged_sums,

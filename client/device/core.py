@@ -69,6 +69,8 @@ class DeviceCore:
         self._latest: dict[str, tuple[float, str, bool]] = {}
         self._contexts: dict[str, np.ndarray] = {}  # the latest event's context per item
         self._serving: ServedRelease | None = None
+        # the served release, the app's settings and the arms' settings made from them
+        self._arm_pipeline: tuple[ServedRelease, PipelineSettings, PipelineSettings] | None = None
         self._release_error: StamenError | None = None  # why the installed one is not served
         self._factor: np.ndarray | None = None
         self._items = np.zeros(0, np.int64)
@@ -111,13 +113,19 @@ class DeviceCore:
 
     def _served_pipeline(self) -> PipelineSettings:
         """The pipeline settings served now: the app's, with the overrides of the arm this
-        device is in of each of the installed release's experiments."""
+        device is in of each of the installed release's experiments (worked out once per
+        installed release and app settings, not on every request)."""
         serving = self._serving
         if serving is None or not serving.experiments:
             return self.pipeline
-        return arm_settings(
+        cached = self._arm_pipeline
+        if cached is not None and cached[0] is serving and cached[1] is self.pipeline:
+            return cached[2]
+        settings = arm_settings(
             self.pipeline, serving.experiments, device_secret=self._experiment_secret()
         )
+        self._arm_pipeline = (serving, self.pipeline, settings)
+        return settings
 
     # -- events --------------------------------------------------------------------------
 

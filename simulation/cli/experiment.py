@@ -249,8 +249,12 @@ def simulate(
     interval coverage: how many people an experiment needs at this ε. The simulator models
     the 'explore' override only; the first arm is the control."""
     from stamen.models.experiments import METRICS, MetricBounds
-    from stamen.privacy.dp.user import UserDP
-    from stamen.simulation.experiments.batched import clear_sums, estimates, release
+    from stamen.simulation.experiments.batched import (
+        clear_sums,
+        estimates,
+        experiment_privacy,
+        release,
+    )
     from stamen.simulation.experiments.response import (
         ResponseModel,
         synthetic_population,
@@ -276,11 +280,7 @@ def simulate(
         model=model,
         bounds=bounds,
     )
-    privacy = (
-        UserDP()
-        if math.isinf(epsilon)
-        else UserDP(mode="distributed", target_epsilon=epsilon, delta=1.0 / population)
-    )
+    privacy = experiment_privacy(epsilon, "distributed", population)
     try:
         released = release(clear, privacy=privacy, population=population, seed=seed)
     except ValueError as error:  # Opacus: no noise reaches so small an ε at this δ

@@ -36,6 +36,7 @@ noise's part of it (for ``stamen.server.experiment_monitoring``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,7 @@ from stamen.simulation.experiments.response import (
 
 __all__ = [
     "Released",
+    "experiment_privacy",
     "clear_look_sums",
     "clear_sums",
     "estimates",
@@ -73,6 +75,14 @@ __all__ = [
 def hmac_units(experiment: Experiment, secrets: list[bytes]) -> np.ndarray:
     """Each device's assignment unit, by its own HMAC (one call per device)."""
     return np.array([assignment_unit(experiment, device_secret=s) for s in secrets])
+
+
+def experiment_privacy(epsilon: float, mode: str, population: int) -> UserDP:
+    """An experiment's user-level DP at ``epsilon`` (∞: off) in ``mode`` (``central`` or
+    ``distributed``), δ = 1 / population."""
+    if math.isinf(epsilon):
+        return UserDP()
+    return UserDP(mode=mode, target_epsilon=epsilon, delta=1.0 / population)  # type: ignore[arg-type]
 
 
 def clear_sums(
