@@ -23,7 +23,9 @@ finish or fails is recorded as such, with why, in the results), measures:
   decode, copy the file durably, build what the model serves: the iALS Gram for MF; the
   catalogue's content features and every item's embedding through the content MLP for
   the sequential model), that build alone (the model's construction, then its
-  ``serving``), and a reopen of the device with the release installed;
+  ``serving``), a reopen of the device with the release installed (its file in the page
+  cache, as after the apply: the device maps it and reads the model's derived state from
+  its store) and the first ``recommend(10)`` after that reopen;
 - ``record`` of a new item (a durable SQLCipher commit, then the user-state update: MF's
   exact iALS re-solve of the user factor, the sequential model's user vector recomputed
   through the transformer from the last ``max_history`` items), ``record`` of an item
@@ -267,6 +269,9 @@ def one(model: str, size: int, quantized: bool, history: int, repeats: int) -> d
         device = Device.open(folder, key=key)
         out["reopen_ms"] = (time.perf_counter() - started) * 1e3
         assert device.release is not None
+        started = time.perf_counter()
+        device.recommend(10)
+        out["first_recommend_after_reopen_ms"] = (time.perf_counter() - started) * 1e3
         device.close()
 
         (Path(tmp) / "store").mkdir()
@@ -427,18 +432,19 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
         f" user-state update alone, {first} items (ms) |"
         f" user-state update alone, {end} items (ms) | store commit alone (ms) |"
         " open new (ms) | apply_release (ms) | of which model (ms) |"
-        " of which serving (ms) | reopen with release (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        " of which serving (ms) | reopen with release (ms) | first recommend after it (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(failed(r, 13))
+            lines.append(failed(r, 14))
             continue
         lines.append(
             f"{head(r)} {ms(r, 'record_new_item')} | {ms(r, 'record_seen_item')} | "
             f"{ms(r, 'user_update')} | {ms(r, 'user_update_end')} | {ms(r, 'store_commit')} | "
             f"{r['open_new_ms']:.0f} | {r['apply_release_ms']:.0f} | "
-            f"{r['build_model_ms']:.0f} | {r['build_serving_ms']:.0f} | {r['reopen_ms']:.0f} |"
+            f"{r['build_model_ms']:.0f} | {r['build_serving_ms']:.0f} | {r['reopen_ms']:.0f} | "
+            f"{r.get('first_recommend_after_reopen_ms', float('nan')):.0f} |"
         )
     pairs = [
         (mf, seq)

@@ -17,9 +17,15 @@ loading it executes no code) whose header metadata ``"stamen"`` holds a JSON man
 and whose tensors are the shared arrays (``model/<name>``; an int8 table as
 ``model/<name>:int8`` plus ``model/<name>:scale``), the catalogue columns
 (``catalog/...``: the app's item ids, titles, genres, release year, first-seen time,
-regions), ``popularity`` (a score per item for the no-history fallback) and, when the
-release carries them, ``trending`` (recent interaction counts, privately aggregated)
-and the ranker's weights (``ranker/<k>``, ``stamen.models.ranker.weights``).
+regions, and the lookups a device would otherwise derive on every open: the ids' sort
+order and the items grouped by genre set), ``popularity`` (a score per item for the
+no-history fallback) and, when the release carries them, ``trending`` (recent
+interaction counts, privately aggregated) and the ranker's weights (``ranker/<k>``,
+``stamen.models.ranker.weights``).
+
+Decoding a writable buffer reads no array: each is a view into it, so a release file
+memory-mapped copy-on-write (``mmap.ACCESS_COPY``, as a device maps it) is paged in as the
+device reads it, never copied whole.
 
 This module is the format only; ``stamen.privacy.seal_signed`` signs a bundle's bytes
 for distribution and ``stamen.privacy.open_signed`` checks them on the device.
@@ -27,7 +33,9 @@ for distribution and ``stamen.privacy.open_signed`` checks them on the device.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -36,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from stamen.errors import BundleError
@@ -101,7 +108,8 @@ class ReleaseCatalog:
     region_names: tuple[str, ...] = ()
     region_indptr: np.ndarray | None = None
     region_index: np.ndarray | None = None
-    _order: np.ndarray = field(init=False, repr=False)
+    order: np.ndarray | None = field(default=None, repr=False)
+    groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     _sorted_ids: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -117,13 +125,37 @@ class ReleaseCatalog:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise BundleError(f"catalogue columns {bad} do not match its {n} items")
-        order = np.argsort(self.item_ids, kind="stable")
-        ordered = self.item_ids[order]
-        if n > 1 and (ordered[1:] == ordered[:-1]).any():
-            first = ordered[1:][ordered[1:] == ordered[:-1]][0]
-            raise BundleError(f"catalogue item id {first.decode()!r} appears twice")
-        object.__setattr__(self, "_order", order)
+        if self.order is None:
+            order = np.argsort(self.item_ids, kind="stable")
+            ordered = self.item_ids[order]
+            if n > 1 and (ordered[1:] == ordered[:-1]).any():
+                first = ordered[1:][ordered[1:] == ordered[:-1]][0]
+                raise BundleError(f"catalogue item id {first.decode()!r} appears twice")
+            object.__setattr__(self, "order", order)
+        else:  # the release's own: strictly increasing ids in range make it the sort order
+            order = self.order
+            if (
+                order.shape != (n,)
+                or order.dtype.kind not in "iu"
+                or (n and (order.min() < 0 or order.max() >= n))
+            ):
+                raise BundleError(f"catalogue order is not a permutation of its {n} items")
+            ordered = self.item_ids[order]
+            if n > 1 and not (ordered[1:] > ordered[:-1]).all():
+                raise BundleError("catalogue order does not sort its ids, or an id repeats")
         object.__setattr__(self, "_sorted_ids", ordered)
+        if self.groups is not None:
+            group_of, indptr, members = self.groups
+            if (
+                any(part.dtype.kind not in "iu" for part in self.groups)
+                or group_of.shape != (n,)
+                or members.shape != (n,)
+                or indptr.ndim != 1
+                or (n and (group_of.min() < 0 or group_of.max() >= len(indptr) - 1))
+                or (n and (members.min() < 0 or members.max() >= n))
+                or (len(indptr) and (indptr[0] != 0 or indptr[-1] != n))
+            ):
+                raise BundleError(f"catalogue genre groups do not match its {n} items")
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -211,6 +243,34 @@ class ReleaseCatalog:
         rows = self.region_index[self.region_indptr[index] : self.region_indptr[index + 1]]
         return tuple(self.region_names[j] for j in rows)
 
+    @functools.cached_property
+    def genre_groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Items with the same set of genres (tags) form a group (a content score depends
+        on nothing else): each row's group, and the rows of each group in CSR form
+        (``indptr``, members ascending). Groups are numbered as ``np.unique(axis=0)``
+        numbers the sorted genre rows. Read from the release where it carries them."""
+        if self.groups is not None:
+            return self.groups
+        indptr = np.asarray(self.genre_indptr, np.int64)
+        counts = np.diff(indptr)
+        n, width = len(counts), int(counts.max(initial=0))
+        filled = np.arange(width) < counts[:, None]
+        padded = np.full((n, width), np.iinfo(np.int64).max, np.int64)
+        padded[filled] = np.asarray(self.genre_index, np.int64)
+        rows = np.sort(padded, axis=1)
+        # the rows in lexicographic order (what np.unique(axis=0) sorts by, a hundred
+        # times faster than its sort of void records at a million items); a group starts
+        # where a row differs from the one before it
+        order = np.lexsort(rows.T[::-1]) if width else np.arange(n)
+        ranked = rows[order]
+        starts = np.ones(n, bool)
+        starts[1:] = np.any(ranked[1:] != ranked[:-1], axis=1)
+        group_of = np.empty(n, np.int64)
+        group_of[order] = np.cumsum(starts) - 1
+        members = np.argsort(group_of, kind="stable").astype(np.int64)
+        sizes = np.bincount(group_of, minlength=int(group_of.max(initial=-1)) + 1)
+        return group_of, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), members
+
     def index_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """Row of each app id, ``-1`` for ids this catalogue does not hold (batched)."""
         if not len(item_ids) or not len(self):
@@ -221,7 +281,8 @@ class ReleaseCatalog:
         query = np.array([w[:width] for w in wanted], dtype=f"S{width}")
         pos = np.minimum(np.searchsorted(self._sorted_ids, query), len(self) - 1)
         found = (self._sorted_ids[pos] == query) & ~too_long
-        return np.where(found, self._order[pos], -1).astype(np.int64)
+        assert self.order is not None  # set in __post_init__
+        return np.where(found, self.order[pos], -1).astype(np.int64)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         """The columns as named arrays (ids as a ``(n, width)`` uint8 matrix)."""
@@ -238,6 +299,13 @@ class ReleaseCatalog:
         if self.region_indptr is not None and self.region_index is not None:
             tensors["region_indptr"] = self.region_indptr
             tensors["region_index"] = self.region_index
+        index = np.int32 if len(self) < 2**31 else np.int64
+        assert self.order is not None  # set in __post_init__
+        tensors["order"] = self.order.astype(index)
+        group_of, indptr, members = self.genre_groups
+        tensors["group_of"] = group_of.astype(index)
+        tensors["group_members"] = members.astype(index)
+        tensors["group_indptr"] = indptr.astype(np.int64)
         return {f"{_CATALOG}{name}": array for name, array in tensors.items()}
 
     @classmethod
@@ -255,6 +323,8 @@ class ReleaseCatalog:
             raise BundleError("catalogue ids must be a 2-D uint8 matrix")
         ids = np.ascontiguousarray(raw).view(f"S{max(raw.shape[1], 1)}").reshape(raw.shape[0])
         regions = f"{_CATALOG}region_indptr" in tensors
+        lookups = f"{_CATALOG}order" in tensors  # releases before them lack them
+        groups = (get("group_of"), get("group_indptr"), get("group_members")) if lookups else None
         return cls(
             item_ids=ids,
             title_blob=get("title_blob"),
@@ -267,6 +337,8 @@ class ReleaseCatalog:
             region_names=tuple(meta.get("region_names", ())),
             region_indptr=get("region_indptr") if regions else None,
             region_index=get("region_index") if regions else None,
+            order=get("order") if lookups else None,
+            groups=groups,
         )
 
 
@@ -391,11 +463,9 @@ class ReleaseBundle:
                 parts; the message starts with ``source``.
         """
         try:
-            manifest = _manifest(data)
-            tensors = load_tensors(bytes(data))
-        except (ValueError, KeyError, struct.error, json.JSONDecodeError) as error:
-            raise BundleError(f"{source}: not a Stamen release bundle ({error})") from None
-        except Exception as error:  # safetensors raises its own SafetensorError
+            tensors, metadata = _tensor_views(data)
+            manifest = json.loads(metadata["stamen"])
+        except (ValueError, KeyError, TypeError, IndexError, struct.error) as error:
             raise BundleError(f"{source}: not a Stamen release bundle ({error})") from None
         if manifest.get("format") != BUNDLE_FORMAT:
             raise BundleError(
@@ -457,11 +527,52 @@ def _identity(raw: Any) -> ReleaseIdentity | None:
     return ReleaseIdentity(app=raw["app"], catalog=raw["catalog"])
 
 
-def _manifest(data: bytes | memoryview) -> dict[str, Any]:
-    """The JSON manifest in a safetensors header's metadata (no tensor is read)."""
-    view = memoryview(data)
+#: safetensors' dtype names, as numpy reads them (little-endian).
+_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}  # fmt: skip
+
+
+def _tensor_views(data: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays of a safetensors buffer as views into it, and its metadata. A writable
+    buffer (a copy-on-write memory map: nothing written reaches the file) is viewed as it
+    is, a read-only one (``bytes``) through one copy.
+
+    safetensors' own loaders copy every array (``safetensors.numpy.load``) or need a file
+    of its format alone (``safe_open``), where a release is wrapped in its signature; so
+    this reads the documented layout (a little-endian u64 header length, a JSON header
+    naming each tensor's dtype, shape and byte range, then the data) and checks what
+    safetensors checks: known dtypes, a byte range that matches the shape, ranges in
+    order, adjacent and covering the data exactly.
+    """
+    view = memoryview(data).cast("B")
+    if view.readonly:  # models may hand arrays to torch, which wants them writable
+        view = memoryview(bytearray(view))
+    if len(view) < 8:
+        raise ValueError("shorter than a safetensors header")
     (length,) = struct.unpack("<Q", view[:8])
     if length > len(view) - 8:
         raise ValueError("header longer than the file")
     header = json.loads(bytes(view[8 : 8 + length]))
-    return json.loads(header["__metadata__"]["stamen"])
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    start, end = 8 + length, 8 + length
+    tensors: dict[str, np.ndarray] = {}
+    entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+    for name, entry in entries:
+        dtype = np.dtype(_DTYPES[entry["dtype"]])
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, stop = (start + int(o) for o in entry["data_offsets"])
+        if any(d < 0 for d in shape) or begin != end or stop > len(view):
+            raise ValueError(f"tensor {name!r}: byte range out of order or beyond the file")
+        count = math.prod(shape)
+        if stop - begin != count * dtype.itemsize:
+            raise ValueError(f"tensor {name!r}: {stop - begin} bytes for shape {shape}")
+        array = np.frombuffer(view, dtype, count, begin) if count else np.zeros(0, dtype)
+        tensors[name], end = array.reshape(shape), stop
+    if end != len(view):
+        raise ValueError(f"{len(view) - end} bytes after the last tensor")
+    return tensors, metadata

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -179,11 +179,17 @@ class RecModel(ABC):
 
     @abstractmethod
     def serving(
-        self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
+        self,
+        shared: list[np.ndarray],
+        table: Callable[[str], ItemTable] | None = None,
+        cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """What a device serves from one release: the item side scored against a user
         vector, computed once per release. ``table(name)`` gives a shared array as the
-        release stores it (int8 or float32), where the model can use that directly."""
+        release stores it (int8 or float32), where the model can use that directly.
+        ``cache`` holds small arrays a model derived from this same release before (a
+        device keeps them in its store, so that reopening it does not derive them
+        again): the model reads what it finds there and adds what it derives."""
 
     def popularity(self, shared: list[np.ndarray]) -> np.ndarray:
         """A score per item for the no-history fallback (the learned item bias)."""

@@ -34,6 +34,7 @@ from stamen.privacy.crypto.signing import (
     seal_signed,
     sign_arrays,
     sign_release,
+    signed_payload,
     verify_arrays,
     verify_release,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "release_digest",
     "seal_signed",
     "secagg_range_for",
+    "signed_payload",
     "sign_arrays",
     "sign_release",
     "update_norm",

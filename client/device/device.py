@@ -8,7 +8,9 @@ A device lives in one folder of its own::
 The store key comes from the app's keystore and is never written to the folder; the
 publisher's Ed25519 public key is pinned in the (encrypted, authenticated) store when the
 device is created. The release file holds only the published model and catalogue, never
-anything about the person, and is verified again every time the device opens.
+anything about the person. It is memory-mapped, never read whole, and verified when it
+is installed and again at any open that finds the file changed since
+(``stamen.client.device.releases``).
 
 What the device knows about the person is derived from the events on every event: their
 items (the most recent event positive), the items they rejected (the most recent event

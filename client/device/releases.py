@@ -1,18 +1,39 @@
 """Releases on a device: verify a signed release, refuse rollbacks and substitutions,
-install it atomically, and hold what it serves (:class:`ServedRelease`) in memory."""
+install it atomically, and hold what it serves (:class:`ServedRelease`) in memory.
+
+The installed file is memory-mapped (copy-on-write: nothing the device does reaches the
+file), so a large release is paged in as it is read, never copied whole. Its signature
+is verified when it is installed; opening the device verifies it again only when the
+file's status (device, inode, size, modification and change times) differs from the one
+recorded, in the encrypted store, when it was installed: a file rewritten since, even
+with its times set back, has another change time. What the model derived from the
+release (MF's iALS item side) is kept in the store beside that record, so reopening
+derives nothing again."""
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import secrets
+import shutil
 import ssl
+import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from stamen.client.device.core import DeviceCore
 from stamen.client.device.fetch import fetch_newest, is_url
-from stamen.client.device.served import ReleaseInfo, ServedRelease
+from stamen.client.device.served import (
+    ReleaseInfo,
+    ServedRelease,
+    serving_cache,
+    serving_cache_record,
+)
 from stamen.errors import (
     DataError,
     ForeignReleaseError,
@@ -23,7 +44,7 @@ from stamen.errors import (
 )
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.registry import model_class
-from stamen.privacy import open_signed_with_sha256, write_staged
+from stamen.privacy import open_signed_with_sha256, signed_payload, write_staged
 
 __all__ = ["RELEASE_FILE", "ReleasesMixin"]
 
@@ -33,6 +54,8 @@ RELEASE_FILE = "release.stamen"
 _HIGHEST = "highest_release"
 _DIGEST = "release_sha256"
 _PINNED = "release_pin"
+_STATUS = "release_status"
+_CACHE = "serving_cache"
 
 
 class ReleasesMixin(DeviceCore):
@@ -42,15 +65,23 @@ class ReleasesMixin(DeviceCore):
         path = self.folder / RELEASE_FILE
         if not path.exists():
             return
+        store = self._open_store()
         try:
-            bundle, digest = self._verified(path.read_bytes(), str(path))
-        except (SignatureError, DataError, ReleaseError) as error:
-            self._release_error = error
+            mapped, status = _mapped(path)
+            digest = store.get_meta(_DIGEST)
+            if digest is not None and status == store.get_meta(_STATUS):
+                bundle = self._decoded(signed_payload(mapped, source=str(path)), str(path))
+            else:  # changed since it was installed, or installed before status records
+                bundle, digest = self._verified(mapped, str(path))
+        except (SignatureError, DataError, ReleaseError, OSError) as error:
+            self._release_error = (
+                error if isinstance(error, StamenError) else ReleaseError(f"{path}: {error}")
+            )
             _log.warning("%s: installed release ignored (%s); apply a release again", path, error)
             return
         highest = self._highest()
         if bundle.release < highest or (
-            bundle.release == highest and digest != self._open_store().get_meta(_DIGEST)
+            bundle.release == highest and digest != store.get_meta(_DIGEST)
         ):
             self._release_error = ReleaseError(
                 f"{path}: installed release {bundle.release} is not the release {highest} "
@@ -58,7 +89,11 @@ class ReleasesMixin(DeviceCore):
             )
             _log.warning("%s", self._release_error)
             return
-        self._serving = ServedRelease(bundle, digest)
+        cache = serving_cache(store.get_meta(_CACHE), digest)
+        known = dict(cache)
+        self._serving = ServedRelease(bundle, digest, cache)
+        if cache.keys() != known.keys():  # derived now: kept for the next open
+            store.set_meta({_CACHE: serving_cache_record(digest, cache)})
         self._refresh()
 
     @property
@@ -73,8 +108,11 @@ class ReleasesMixin(DeviceCore):
         raw = self._open_store().get_meta(_HIGHEST)
         return -1 if raw is None else int(raw.decode())
 
-    def _verified(self, data: bytes, source: str) -> tuple[ReleaseBundle, bytes]:
+    def _verified(self, data: bytes | memoryview, source: str) -> tuple[ReleaseBundle, bytes]:
         payload, digest = open_signed_with_sha256(data, public_key=self._release_key, source=source)
+        return self._decoded(payload, source), digest
+
+    def _decoded(self, payload: memoryview, source: str) -> ReleaseBundle:
         bundle = ReleaseBundle.decode(payload, source=source)
         try:
             model_class(bundle.model)
@@ -82,7 +120,7 @@ class ReleasesMixin(DeviceCore):
             raise ReleaseError(
                 f"{source}: model {bundle.model!r} is not one this device serves ({error})"
             ) from None
-        return bundle, digest
+        return bundle
 
     def apply_release(
         self,
@@ -167,29 +205,38 @@ class ReleasesMixin(DeviceCore):
         only_newer: bool,
     ) -> ReleaseInfo | None:
         path = None if isinstance(bundle, bytes | bytearray | memoryview) else Path(bundle)
-        data = bytes(bundle) if path is None else path.read_bytes()  # type: ignore[arg-type]
         source = "release bundle" if path is None else str(path)
-        release, digest = self._verified(data, source)  # outside the lock: the slow part
-        with self._lock:
-            if only_newer and release.release <= self._highest():
-                return None
-            if self._check(release, digest, source, migrate=migrate):
-                return self.release  # already installed
-        serving = ServedRelease(release, digest)  # before installing: it may refuse
-        staged = self._stage_file(data, path if link else None)
+        # the device's own copy first (or a link): what is verified is what is installed
+        staged, synced = self._stage_file(
+            Path(bundle) if path is not None else bytes(bundle),  # type: ignore[arg-type]
+            link=link,
+        )
         try:
+            mapped, _ = _mapped(staged)
+            release, digest = self._verified(mapped, source)  # outside the lock: the slow part
+            with self._lock:
+                if only_newer and release.release <= self._highest():
+                    return None
+                if self._check(release, digest, source, migrate=migrate):
+                    return self.release  # already installed
+            cache: dict[str, np.ndarray] = {}
+            serving = ServedRelease(release, digest, cache)  # before installing: it may refuse
+            synced()
             with self._lock:  # checked again: another thread may have installed meanwhile
                 store = self._open_store()
                 if only_newer and release.release <= self._highest():
                     return None
                 if self._check(release, digest, source, migrate=migrate):
                     return self.release
-                os.replace(staged, self.folder / RELEASE_FILE)
+                installed = self.folder / RELEASE_FILE
+                os.replace(staged, installed)
                 store.set_meta(
                     {
                         _HIGHEST: str(release.release).encode(),
                         _DIGEST: digest,
                         _PINNED: _pin(release),
+                        _STATUS: _status(os.stat(installed)),
+                        _CACHE: serving_cache_record(digest, cache),
                     }
                 )
                 self._serving, self._release_error = serving, None
@@ -222,18 +269,80 @@ class ReleasesMixin(DeviceCore):
             )
         return self._serving is not None and self._serving.digest == digest
 
-    def _stage_file(self, data: bytes, source: Path | None) -> Path:
-        """The release file, ready to be renamed into place: a hard link to ``source``
-        where given and possible (the file is verified again at every open), else a
-        written, fsynced, owner-only copy; named as ``stamen_files`` expects."""
-        if source is not None:
+    def _stage_file(
+        self, source: bytes | bytearray | memoryview | Path, *, link: bool
+    ) -> tuple[Path, Callable[[], None]]:
+        """The release file, ready to be renamed into place, named as ``stamen_files``
+        expects, and a call that returns once its bytes are on disk: a hard link to
+        ``source`` where asked and possible (the file is verified again whenever it
+        changes), else an owner-only copy, whose fsync runs on a thread meanwhile."""
+        if isinstance(source, bytes | bytearray | memoryview):
+            return write_staged(self.folder / RELEASE_FILE, bytes(source), mode=0o600), _done
+        if link:
             staged = self.folder / f".{RELEASE_FILE}.{secrets.token_hex(8)}.tmp"
             try:
                 os.link(source, staged)
-                return staged
+                return staged, _done
             except OSError:
                 staged.unlink(missing_ok=True)
-        return write_staged(self.folder / RELEASE_FILE, data, mode=0o600)
+        handle, name = tempfile.mkstemp(dir=self.folder, prefix=f".{RELEASE_FILE}.", suffix=".tmp")
+        os.close(handle)  # created owner-only; copyfile keeps the mode of a file it reuses
+        staged = Path(name)
+        try:
+            shutil.copyfile(source, staged)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged, _fsync_meanwhile(staged)
+
+
+def _done() -> None:
+    """Nothing to wait for."""
+
+
+def _fsync_meanwhile(path: Path) -> Callable[[], None]:
+    """Start fsyncing ``path`` on a thread; the returned call waits for it (raising what
+    it raised). A release's bytes reach the disk while the device verifies them."""
+    failed: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            handle = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+        except BaseException as error:  # re-raised by wait()
+            failed.append(error)
+
+    thread = threading.Thread(target=sync, name="stamen-release-fsync", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return wait
+
+
+def _mapped(path: Path) -> tuple[memoryview, bytes]:
+    """``path`` memory-mapped copy-on-write, and its status record (:func:`_status`) as it
+    was when mapped."""
+    with path.open("rb") as handle:
+        status = os.fstat(handle.fileno())
+        if status.st_size == 0:
+            return memoryview(b""), _status(status)  # an empty file cannot be mapped
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        return memoryview(mapped), _status(status)  # the view keeps the map open
+
+
+def _status(status: os.stat_result) -> bytes:
+    """What identifies a file's contents short of reading them: device, inode, size,
+    modification and change times (a write changes the change time, which no call sets
+    back)."""
+    fields = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    return ":".join(str(f) for f in fields).encode()
 
 
 def _pin(release: ReleaseBundle) -> bytes:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,14 @@ from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
 from stamen.models.registry import model_class
 from stamen.models.two_tower.context import context_row
 
-__all__ = ["ReleaseInfo", "ServedRelease", "arm_settings", "release_experiments"]
+__all__ = [
+    "ReleaseInfo",
+    "ServedRelease",
+    "arm_settings",
+    "release_experiments",
+    "serving_cache",
+    "serving_cache_record",
+]
 
 
 def release_experiments(bundle: ReleaseBundle) -> tuple[Experiment, ...]:
@@ -65,11 +73,36 @@ class ReleaseInfo:
     quantized: bool
 
 
+def serving_cache_record(digest: bytes, cache: Mapping[str, np.ndarray]) -> bytes:
+    """What a device stores of the small arrays its model derived from the release whose
+    SHA-256 is ``digest`` (``RecModel.serving``'s ``cache``): the digest, then an ``.npz``."""
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = dict(cache)
+    np.savez(buffer, **arrays)
+    return digest + buffer.getvalue()
+
+
+def serving_cache(record: bytes | None, digest: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a :func:`serving_cache_record` when it is the release ``digest``'s;
+    empty otherwise (none stored, or another release's)."""
+    if record is None or record[: len(digest)] != digest:
+        return {}
+    with np.load(io.BytesIO(record[len(digest) :]), allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
 class ServedRelease:
     """What a device derives from an installed release (held in memory only): the serving
-    state of the model named in the release (``stamen.models.registry``)."""
+    state of the model named in the release (``stamen.models.registry``). ``cache``: the
+    small arrays the model derived from this release before, read where present and
+    filled where absent (:func:`serving_cache`)."""
 
-    def __init__(self, bundle: ReleaseBundle, digest: bytes) -> None:
+    def __init__(
+        self,
+        bundle: ReleaseBundle,
+        digest: bytes,
+        cache: MutableMapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.digest = digest
         cls = model_class(bundle.model)
@@ -83,7 +116,7 @@ class ServedRelease:
             model.check_shared(shared)
         except ValueError as err:
             raise BundleError(f"release {bundle.release}: {err}") from None
-        served = model.serving(shared, bundle.table)
+        served = model.serving(shared, bundle.table, cache)
         self.table, self.bias, self._user = served.table, served.bias, served.user
         self._context = served.context
         # what the candidate generators read, indexed once per release

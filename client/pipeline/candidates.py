@@ -63,51 +63,41 @@ class ReleaseIndex:
             shape=(len(catalog), len(catalog.genre_names)),
         )
         self.norms = np.sqrt(np.diff(catalog.genre_indptr).astype(np.float64))
-        self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._sorted: dict[str, tuple[np.ndarray, np.ndarray | None, bool]] = {}
         # items grouped by genre set (a content score depends on nothing else): a request
         # scores each group once instead of every item
-        self.group_of, self.group_indptr, self.group_members = _genre_groups(catalog)
+        self.group_of, self.group_indptr, self.group_members = catalog.genre_groups
         first = self.group_members[self.group_indptr[:-1]]
         self.group_genres, self.group_norms = self.genres[first], self.norms[first]
 
     def static_top(
         self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``budget`` best rows of the release-static ``scores()`` (sorted once under
-        ``name``; non-finite scores never) outside ``excluded``."""
-        if name not in self._sorted:
-            values = np.asarray(scores(), np.float64)
-            rows = np.flatnonzero(np.isfinite(values))
-            rows = rows[np.lexsort((rows, -values[rows]))]
-            self._sorted[name] = (rows, values[rows])
-        rows, values = self._sorted[name]
-        head = slice(0, budget + len(excluded))  # enough to fill the budget after skipping
-        keep = ~np.isin(rows[head], excluded)
-        return rows[head][keep][:budget].astype(np.int64), values[head][keep][:budget]
+        """The ``budget`` best rows of the release-static ``scores()`` (best first, ties
+        by row; non-finite scores never) outside ``excluded``. The head of each list is
+        sorted once under ``name`` and lengthened when a request needs more of it."""
+        need = budget + len(excluded)  # enough to fill the budget after skipping
+        rows, values, complete = self._sorted.get(name, (np.zeros(0, np.int64), None, False))
+        if values is None or (len(rows) < need and not complete):
+            rows, values, complete = _sorted_head(
+                np.asarray(scores(), np.float64), max(need, 2 * len(rows), 1024)
+            )
+            self._sorted[name] = (rows, values, complete)
+        keep = ~np.isin(rows[:need], excluded)
+        return rows[:need][keep][:budget].astype(np.int64), values[:need][keep][:budget]
 
 
-def _genre_groups(catalog: ReleaseCatalog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Items with the same set of genres (tags) form a group: each row's group, and the
-    rows of each group in CSR form (``indptr``, members ascending)."""
-    indptr = np.asarray(catalog.genre_indptr, np.int64)
-    counts = np.diff(indptr)
-    n, width = len(counts), int(counts.max(initial=0))
-    filled = np.arange(width) < counts[:, None]
-    padded = np.full((n, width), np.iinfo(np.int64).max, np.int64)
-    padded[filled] = np.asarray(catalog.genre_index, np.int64)
-    rows = np.sort(padded, axis=1)
-    # the rows in lexicographic order (what np.unique(axis=0) sorts by, a hundred times
-    # faster than its sort of void records at a million items); a group starts where a
-    # row differs from the one before it, so groups are numbered as np.unique numbers them
-    order = np.lexsort(rows.T[::-1]) if width else np.arange(n)
-    ranked = rows[order]
-    starts = np.ones(n, bool)
-    starts[1:] = np.any(ranked[1:] != ranked[:-1], axis=1)
-    group_of = np.empty(n, np.int64)
-    group_of[order] = np.cumsum(starts) - 1
-    members = np.argsort(group_of, kind="stable").astype(np.int64)
-    sizes = np.bincount(group_of, minlength=int(group_of.max(initial=-1)) + 1)
-    return group_of, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), members
+def _sorted_head(values: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The ``head`` best rows of ``values`` in order (best first, ties by row; non-finite
+    values never), their values, and whether that is every finite row: what sorting
+    them all gives, at the cost of a partition and a sort of the head."""
+    rows = np.flatnonzero(np.isfinite(values))
+    if len(rows) > head:  # every row tied with the head's last value, then the head of those
+        threshold = -np.partition(-values[rows], head - 1)[head - 1]
+        rows = rows[values[rows] >= threshold]
+    rows = rows[np.lexsort((rows, -values[rows]))][:head]
+    complete = len(rows) == int(np.isfinite(values).sum())
+    return rows, values[rows], complete
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ def _unit(vectors: np.ndarray | sparse.spmatrix) -> np.ndarray | sparse.csr_matr
     return vectors / np.maximum(norms, 1e-12)
 
 
-def _cosines(unit: np.ndarray | sparse.csr_matrix, i: int) -> np.ndarray:
-    """Cosine of every row of ``unit`` with row ``i``."""
+def _cosines(unit: np.ndarray | sparse.csr_matrix) -> np.ndarray:
+    """The cosine of every pair of rows of ``unit`` (candidates are few: a dense square
+    once per list, where a sparse product per slot costs more in overhead than work)."""
     if sparse.issparse(unit):
-        return np.asarray((unit @ unit[i].T).todense()).ravel()
-    return unit @ unit[i]
+        return np.asarray((unit @ unit.T).todense())
+    return unit @ unit.T
 
 
 def rerank(
@@ -86,7 +87,8 @@ def rerank(
     top = np.max(np.abs(rel)) if n else 0.0
     rel = rel / top if top > 0 else np.zeros(n)
     rel = rel + freshness_boost * np.asarray(fresh, bool)
-    unit = _unit(vectors) if n and lam < 1 else None  # λ = 1: no MMR, no similarities
+    # λ = 1: no MMR, no similarities
+    cosines = _cosines(_unit(vectors)) if n and lam < 1 else None
     eligible = np.asarray(allowed, bool).copy()
     nearest = np.full(n, -np.inf)  # max cosine to the chosen items (none yet)
     holders: dict[int, list[int]] = {}  # genre -> the candidates that have it
@@ -113,6 +115,6 @@ def rerank(
             counts[g] = counts.get(g, 0) + 1
             if genre_cap is not None and counts[g] >= genre_cap:
                 eligible[holders[g]] = False  # the genre is full
-        if unit is not None:
-            nearest = np.maximum(nearest, _cosines(unit, chosen))
+        if cosines is not None:
+            nearest = np.maximum(nearest, cosines[chosen])
     return slots

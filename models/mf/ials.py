@@ -38,16 +38,20 @@ class IALSSolver:
     def build(
         cls, table: ItemTable, bias: np.ndarray, *, alpha: float, l2: float, block: int = 65536
     ) -> IALSSolver:
-        """Precompute the item side's part of the system (see class docstring)."""
+        """Precompute the item side's part of the system (see class docstring): each
+        block of rows in float32 (the table's precision; single-precision BLAS, twice the
+        speed at a million items), the blocks summed in float64."""
         dim = table.dim
         gram = l2 * np.eye(dim)
         base = np.zeros(dim)
-        bias = np.asarray(bias, np.float64)
+        single = np.asarray(bias, np.float32)
         for start in range(0, len(table), block):
-            rows = table.rows(np.arange(start, min(start + block, len(table)))).astype(np.float64)
+            rows = table.rows(np.arange(start, min(start + block, len(table))))
             gram += rows.T @ rows
-            base -= rows.T @ bias[start : start + len(rows)]
-        return cls(table=table, bias=bias, gram=gram, base=base, alpha=alpha)
+            base -= rows.T @ single[start : start + len(rows)]
+        return cls(
+            table=table, bias=np.asarray(bias, np.float64), gram=gram, base=base, alpha=alpha
+        )
 
     def solve(self, data: UserItems, *, batch_size: int = 256) -> np.ndarray:
         """The factor ``(n_users, dim)`` (float32) of every row of ``data``. Users are

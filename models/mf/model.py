@@ -21,7 +21,7 @@ the training and scoring paths that use them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -118,16 +118,28 @@ class MFModel(RecModel):
         return model.shared_arrays()
 
     def serving(
-        self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
+        self,
+        shared: list[np.ndarray],
+        table: Callable[[str], ItemTable] | None = None,
+        cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """The item factors (the release's table, int8 or float32) and biases; the user
-        factor solved exactly for ``ials`` (``IALSSolver``, precomputed once), else
-        re-fitted by Adam steps from the previous one."""
+        factor solved exactly for ``ials`` (``IALSSolver``, precomputed once per release:
+        its item side, ``ials.gram`` and ``ials.base``, read from ``cache`` where it holds
+        them, else computed and added to it), else re-fitted by Adam steps from the
+        previous one."""
         items = table("items.weight") if table is not None else ItemTable.dense(shared[0])
         bias = np.asarray(shared[1], np.float32)
         local = self.settings
         if local.loss == "ials":
-            solver = IALSSolver.build(items, bias, alpha=local.alpha, l2=local.l2)
+            known = {} if cache is None else cache
+            gram, base = known.get("ials.gram"), known.get("ials.base")
+            if gram is not None and base is not None and base.shape == (items.dim,):
+                solver = IALSSolver(items, bias.astype(np.float64), gram, base, local.alpha)
+            else:
+                solver = IALSSolver.build(items, bias, alpha=local.alpha, l2=local.l2)
+                if cache is not None:
+                    cache["ials.gram"], cache["ials.base"] = solver.gram, solver.base
 
             def user(rows: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
                 return solver.solve(UserItems.single(rows, n_items=len(items)))[0]

@@ -26,7 +26,7 @@ on every event (``Serving.user``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, cast
 
 import numpy as np
@@ -292,7 +292,10 @@ class Sequential(RecModel):
         return self._users(self._params(shared), item_emb, devices) @ item_emb.T + item_bias
 
     def serving(
-        self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
+        self,
+        shared: list[np.ndarray],
+        table: Callable[[str], ItemTable] | None = None,
+        cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """The item side once per release; the user vector recomputed from the history
         (its last ``max_history`` items) on every event."""

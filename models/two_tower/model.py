@@ -23,7 +23,7 @@ step is ``local_epochs`` SGD steps, batch-first through ``stamen.models.device_s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal
 
 import numpy as np
@@ -398,7 +398,10 @@ class TwoTower(RecModel):
             return functional_call(self.net, params, ("users", emb, mask, attributes, query))
 
     def serving(
-        self, shared: list[np.ndarray], table: Callable[[str], ItemTable] | None = None
+        self,
+        shared: list[np.ndarray],
+        table: Callable[[str], ItemTable] | None = None,
+        cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """The item tower over the whole catalogue, once; the user tower on every event;
         the request's context term (when the model reads context) per call."""

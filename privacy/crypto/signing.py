@@ -28,6 +28,7 @@ __all__ = [
     "sign_arrays",
     "seal_signed",
     "sign_release",
+    "signed_payload",
     "verify_arrays",
     "verify_release",
 ]
@@ -142,7 +143,7 @@ def open_signed(data: bytes, *, public_key: bytes, source: str = "release") -> m
 
 
 def open_signed_with_sha256(
-    data: bytes, *, public_key: bytes, source: str = "release"
+    data: bytes | memoryview, *, public_key: bytes, source: str = "release"
 ) -> tuple[memoryview, bytes]:
     """:func:`open_signed`'s payload and the SHA-256 of the whole file (``data``, the
     signature included), from one pass over the bytes: what a device pins as the release
@@ -151,10 +152,7 @@ def open_signed_with_sha256(
     Raises:
         SignatureError: as :func:`open_signed`.
     """
-    view = memoryview(data)
-    if bytes(view[: len(SIGNED_MAGIC)]) != SIGNED_MAGIC or len(view) < len(SIGNED_MAGIC) + 64:
-        raise SignatureError(f"{source}: unsigned (not a signed Stamen file); refused")
-    body, signature = view[:-SIGNATURE_BYTES], bytes(view[-SIGNATURE_BYTES:])
+    body, signature = _signed_parts(data, source)
     running = hashlib.sha256(body)
     signed = _FILE_DOMAIN + running.digest()  # what _file_digest(body) gives
     try:
@@ -163,3 +161,22 @@ def open_signed_with_sha256(
         raise SignatureError(f"{source}: {error}") from None
     running.update(signature)
     return body[len(SIGNED_MAGIC) :], running.digest()
+
+
+def signed_payload(data: bytes | memoryview, *, source: str = "release") -> memoryview:
+    """The payload of a :func:`seal_signed` file WITHOUT verifying its signature: only for
+    bytes verified before, by a record their reader trusts (a device's installed
+    release, whose file is unchanged since the device verified it).
+
+    Raises:
+        SignatureError: the data is not a signed file.
+    """
+    return _signed_parts(data, source)[0][len(SIGNED_MAGIC) :]
+
+
+def _signed_parts(data: bytes | memoryview, source: str) -> tuple[memoryview, bytes]:
+    """The signed body (magic and payload) and the signature of a signed file."""
+    view = memoryview(data).cast("B")
+    if bytes(view[: len(SIGNED_MAGIC)]) != SIGNED_MAGIC or len(view) < len(SIGNED_MAGIC) + 64:
+        raise SignatureError(f"{source}: unsigned (not a signed Stamen file); refused")
+    return view[:-SIGNATURE_BYTES], bytes(view[-SIGNATURE_BYTES:])

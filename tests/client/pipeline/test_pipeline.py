@@ -13,7 +13,6 @@ from stamen.client.pipeline.candidates import (
     GENERATORS,
     ReleaseIndex,
     Request,
-    _genre_groups,
     content_profile,
     generate,
     register_generator,
@@ -428,7 +427,10 @@ def test_genre_groups_are_np_uniques_groups(genre_lists: list[list[str]]) -> Non
     sorted padded rows (the slow way it was once done), members ascending within a group."""
     ids = [str(i) for i in range(len(genre_lists))]
     catalog = ReleaseCatalog.build(ids, titles=ids, genres=[tuple(g) for g in genre_lists])
-    group_of, indptr, members = _genre_groups(catalog)
+    group_of, indptr, members = catalog.genre_groups
+    meta = {"genre_names": catalog.genre_names}
+    carried = ReleaseCatalog.from_tensors(catalog.to_tensors(), meta).genre_groups
+    assert [a.tolist() for a in carried] == [group_of.tolist(), indptr.tolist(), members.tolist()]
     counts = np.diff(catalog.genre_indptr)
     width = int(counts.max(initial=0))
     padded = np.full((len(ids), width), np.iinfo(np.int64).max, np.int64)
@@ -438,3 +440,29 @@ def test_genre_groups_are_np_uniques_groups(genre_lists: list[list[str]]) -> Non
     for g in range(len(indptr) - 1):
         rows = members[indptr[g] : indptr[g + 1]]
         assert rows.tolist() == sorted(rows.tolist()) and set(group_of[rows]) == {g}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([0.0, 1.0, 2.0, 2.5, 3.0, float("nan"), float("inf"), -float("inf")]),
+        min_size=1,
+        max_size=3000,
+    ),
+    st.lists(st.tuples(st.integers(0, 1500), st.lists(st.integers(0, 2999), max_size=40))),
+)
+def test_a_static_list_is_what_sorting_every_row_gives(values, requests) -> None:
+    """The head sorted once and lengthened on demand gives, request after request, the
+    rows a full sort gives (best first, ties by row, non-finite never): scores with many
+    ties, as trending counts have."""
+    scores = np.array(values)
+    ids = [str(i) for i in range(len(scores))]
+    index = ReleaseIndex(ReleaseCatalog.build(ids, titles=ids), np.zeros(len(ids)), None)
+    finite = np.flatnonzero(np.isfinite(scores))
+    everything = finite[np.lexsort((finite, -scores[finite]))]
+    for budget, excluded in requests:
+        gone = np.array(excluded, np.int64)
+        rows, got = index.static_top("s", lambda: scores, budget, gone)
+        expected = everything[~np.isin(everything, gone)][:budget]
+        assert rows.tolist() == expected.tolist()
+        assert got.tolist() == scores[expected].tolist()
