@@ -66,9 +66,10 @@ class ReleasesMixin(DeviceCore):
         if not path.exists():
             return
         store = self._open_store()
+        installed = store.get_meta(_DIGEST)
         try:
             mapped, status = _mapped(path)
-            digest = store.get_meta(_DIGEST)
+            digest = installed
             if digest is not None and status == store.get_meta(_STATUS):
                 bundle = self._decoded(signed_payload(mapped, source=str(path)), str(path))
             else:  # changed since it was installed, or installed before status records
@@ -80,9 +81,7 @@ class ReleasesMixin(DeviceCore):
             _log.warning("%s: installed release ignored (%s); apply a release again", path, error)
             return
         highest = self._highest()
-        if bundle.release < highest or (
-            bundle.release == highest and digest != store.get_meta(_DIGEST)
-        ):
+        if bundle.release < highest or (bundle.release == highest and digest != installed):
             self._release_error = ReleaseError(
                 f"{path}: installed release {bundle.release} is not the release {highest} "
                 "this device last installed; ignored"
@@ -92,8 +91,13 @@ class ReleasesMixin(DeviceCore):
         cache = serving_cache(store.get_meta(_CACHE), digest)
         known = dict(cache)
         self._serving = ServedRelease(bundle, digest, cache)
+        updates = {}
         if cache.keys() != known.keys():  # derived now: kept for the next open
-            store.set_meta({_CACHE: serving_cache_record(digest, cache)})
+            updates[_CACHE] = serving_cache_record(digest, cache)
+        if digest == installed and status != store.get_meta(_STATUS):
+            updates[_STATUS] = status  # verified now: the next open need not again
+        if updates:
+            store.set_meta(updates)
         self._refresh()
 
     @property

@@ -91,6 +91,9 @@ def test_a_copied_back_file_is_verified_again_and_served(tmp_path, monkeypatch) 
     with _open(folder, key) as device:
         assert calls and device.release_error is None
         assert [r.item for r in device.recommend(5)] == first
+    calls.clear()
+    with _open(folder, key) as device:  # verified once: its new status is recorded
+        assert not calls and device.release_error is None
 
 
 def test_an_applied_file_is_verified_as_copied_not_as_read_before(tmp_path) -> None:
