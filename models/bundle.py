@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import save as save_tensors
 
 from stamen.errors import BundleError
 from stamen.models.quantize import ItemTable
@@ -452,6 +451,8 @@ class ReleaseBundle:
         }
         if self.identity is not None:
             manifest["identity"] = self.identity.to_json()
+        from safetensors.numpy import save as save_tensors  # publishers only: devices decode
+
         return save_tensors(tensors, metadata={"stamen": json.dumps(manifest)})
 
     @classmethod

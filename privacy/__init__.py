@@ -2,8 +2,8 @@
 (AES-GCM blobs and SQLCipher databases), signing.
 
 Imports no other Stamen package (only the root module ``stamen.errors``) and never ``flwr``.
-The DP names (they import Opacus) load on first use, so a device that only stores and
-verifies pays nothing for them.
+The DP names (they import Opacus) and the SecAgg+ settings load on first use, so a device
+that only stores and verifies pays nothing for them.
 """
 
 from stamen import lazy_attributes
@@ -24,7 +24,6 @@ from stamen.privacy.crypto.encryption import (
     write_atomically,
     write_staged,
 )
-from stamen.privacy.crypto.secagg import SecAggSettings
 from stamen.privacy.crypto.signing import (
     SIGNED_MAGIC,
     generate_signing_key,
@@ -57,6 +56,7 @@ _LAZY = {
         "GaussianSum",
     ),
     "stamen.privacy.dp.record": ("RecordDP", "record_epsilon"),
+    "stamen.privacy.crypto.secagg": ("SecAggSettings",),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 

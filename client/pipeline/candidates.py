@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import sparse
 
+from stamen.client.pipeline.genre_matrix import GenreMatrix
 from stamen.models.bundle import ReleaseCatalog
 
 __all__ = [
@@ -57,18 +57,16 @@ class ReleaseIndex:
         self.catalog = catalog
         self.popularity = np.asarray(popularity, np.float64)
         self.trending = None if trending is None else np.asarray(trending, np.float64)
-        values = np.ones(len(catalog.genre_index), np.float64)
-        self.genres = sparse.csr_matrix(
-            (values, catalog.genre_index, catalog.genre_indptr),
-            shape=(len(catalog), len(catalog.genre_names)),
+        self.genres = GenreMatrix(
+            catalog.genre_indptr, catalog.genre_index, len(catalog.genre_names)
         )
-        self.norms = np.sqrt(np.diff(catalog.genre_indptr).astype(np.float64))
+        self.norms = np.sqrt(self.genres.counts().astype(np.float64))
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray | None, bool]] = {}
         # items grouped by genre set (a content score depends on nothing else): a request
         # scores each group once instead of every item
         self.group_of, self.group_indptr, self.group_members = catalog.genre_groups
         first = self.group_members[self.group_indptr[:-1]]
-        self.group_genres, self.group_norms = self.genres[first], self.norms[first]
+        self.group_genres, self.group_norms = self.genres.take(first), self.norms[first]
 
     def static_top(
         self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
@@ -197,7 +195,7 @@ def content_profile(request: Request) -> np.ndarray:
         # mean, so the common reference cancels, and old histories do not underflow to 0
         age = np.maximum(latest - np.asarray(at, np.float64), 0.0)
         weights = 0.5 ** (age / request.content_half_life_s)
-        return np.asarray(genres[rows].T @ weights).ravel() / max(weights.sum(), 1e-12)
+        return genres.take(rows).tdot(weights) / max(weights.sum(), 1e-12)
 
     return weighted(request.history, request.history_at) - weighted(
         request.rejected, request.rejected_at
@@ -212,7 +210,7 @@ def _content(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0)
     index = request.index
     with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = (index.group_genres @ profile) / (index.group_norms * norm)
+        cosine = index.group_genres.dot(profile) / (index.group_norms * norm)
     # an item sharing nothing with the profile is no content match
     groups = np.flatnonzero((index.group_norms > 0) & (cosine > 0))
     groups = groups[np.argsort(-cosine[groups], kind="stable")]

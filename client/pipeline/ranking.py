@@ -57,7 +57,7 @@ def candidate_features(
     norm = np.linalg.norm(profile)
     if norm > 0:
         with np.errstate(invalid="ignore", divide="ignore"):
-            cosine = np.asarray(index.genres[rows] @ profile).ravel() / (index.norms[rows] * norm)
+            cosine = index.genres.take(rows).dot(profile) / (index.norms[rows] * norm)
         out[:, _COLUMN["content"]] = np.nan_to_num(cosine)
     if index.trending is not None:
         counts = np.maximum(index.trending, 0.0)
@@ -67,7 +67,7 @@ def candidate_features(
     popularity = index.popularity[rows]
     out[:, _COLUMN["popularity"]] = popularity
     out[:, _COLUMN["popularity_z"]] = _standardised(popularity)
-    first_seen = np.asarray(index.catalog.first_seen, np.float64)[rows]
+    first_seen = np.asarray(index.catalog.first_seen[rows], np.float64)
     known = first_seen >= 0  # negative: unknown
     age_days = np.maximum(request.now - first_seen[known], 0.0) / _DAY
     out[known, _COLUMN["age"]] = np.log1p(age_days) / _AGE_SCALE

@@ -27,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from scipy import sparse
 
 from stamen.client.pipeline.candidates import (
     GENERATORS,
@@ -275,14 +274,14 @@ def _diversity_vectors(
     settings: PipelineSettings,
     rows: np.ndarray,
     embeddings: Callable[[np.ndarray], np.ndarray],
-) -> np.ndarray | sparse.csr_matrix:
-    """What MMR compares: the candidates' genre/tag rows (sparse: a tag catalogue has
-    thousands of columns) or the model's item embeddings."""
+) -> np.ndarray:
+    """What MMR compares: the candidates' genre/tag rows (over the columns they use: a tag
+    catalogue has thousands) or the model's item embeddings."""
     if not len(rows):
         return np.zeros((0, 1))
     genres = request.index.genres
     if settings.diversity == "genres" and genres.shape[1]:
-        return genres[rows]
+        return genres.take(rows).dense()
     return embeddings(rows)
 
 
@@ -327,7 +326,7 @@ def _with_reasons(
         profile = content_profile(request)
         names = request.index.catalog.genre_names
         for i in content:
-            own = genres[rows[i]].indices
+            own = genres.row(int(rows[i]))
             reasons[i] = f"Matches your interest in {names[own[np.argmax(profile[own])]]}"
     return [
         Pick(int(r), s.relevance, source, reason, s.propensity, candidates.proposals(s.candidate))

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
 __all__ = ["Slot", "rerank"]
 
@@ -39,23 +38,11 @@ class Slot:
     explored: bool
 
 
-def _unit(vectors: np.ndarray | sparse.spmatrix) -> np.ndarray | sparse.csr_matrix:
-    """Rows scaled to unit length (a sparse matrix stays sparse: tag vectors are wide)."""
-    if sparse.issparse(vectors):
-        rows = sparse.csr_matrix(vectors, dtype=np.float64)
-        norms = np.sqrt(np.asarray(rows.multiply(rows).sum(axis=1)).ravel())
-        return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ rows
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
     vectors = np.asarray(vectors, np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
-
-
-def _cosines(unit: np.ndarray | sparse.csr_matrix) -> np.ndarray:
-    """The cosine of every pair of rows of ``unit`` (candidates are few: a dense square
-    once per list, where a sparse product per slot costs more in overhead than work)."""
-    if sparse.issparse(unit):
-        return np.asarray((unit @ unit.T).todense())
-    return unit @ unit.T
 
 
 def rerank(
@@ -73,7 +60,7 @@ def rerank(
     rng: np.random.Generator | None = None,
 ) -> list[Slot]:
     """Up to ``k`` slots over candidates with ``relevance`` and embedding ``vectors``
-    (one row each, dense or a scipy sparse matrix); ``allowed`` the rules' mask,
+    (one row each); ``allowed`` the rules' mask,
     ``genres`` each candidate's genre ids, ``fresh`` whether it is inside the launch
     window (see module docstring)."""
     if not 0 <= lam <= 1:
@@ -87,8 +74,11 @@ def rerank(
     top = np.max(np.abs(rel)) if n else 0.0
     rel = rel / top if top > 0 else np.zeros(n)
     rel = rel + freshness_boost * np.asarray(fresh, bool)
-    # λ = 1: no MMR, no similarities
-    cosines = _cosines(_unit(vectors)) if n and lam < 1 else None
+    if n and lam < 1:  # every pair's cosine, once per list: candidates are few
+        unit = _unit(vectors)
+        cosines: np.ndarray | None = unit @ unit.T
+    else:  # λ = 1: no MMR, no similarities
+        cosines = None
     eligible = np.asarray(allowed, bool).copy()
     nearest = np.full(n, -np.inf)  # max cosine to the chosen items (none yet)
     holders: dict[int, list[int]] = {}  # genre -> the candidates that have it
