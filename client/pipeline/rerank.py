@@ -81,8 +81,8 @@ def rerank(
         cosines = None
     eligible = np.asarray(allowed, bool).copy()
     nearest = np.full(n, -np.inf)  # max cosine to the chosen items (none yet)
-    holders: dict[int, list[int]] = {}  # genre -> the candidates that have it
-    for i, gs in enumerate(genres):
+    holders: dict[int, list[int]] = {}  # genre -> the candidates that have it (for a cap)
+    for i, gs in enumerate(genres if genre_cap is not None else ()):
         for g in gs:
             holders.setdefault(g, []).append(i)
     counts: dict[int, int] = {}
@@ -101,10 +101,11 @@ def rerank(
         propensity = (1 - explore) * (chosen == greedy) + explore / len(pool)
         slots.append(Slot(chosen, float(rel[chosen]), float(propensity), explored))
         eligible[chosen] = False
-        for g in genres[chosen]:
-            counts[g] = counts.get(g, 0) + 1
-            if genre_cap is not None and counts[g] >= genre_cap:
-                eligible[holders[g]] = False  # the genre is full
+        if genre_cap is not None:
+            for g in genres[chosen]:
+                counts[g] = counts.get(g, 0) + 1
+                if counts[g] >= genre_cap:
+                    eligible[holders[g]] = False  # the genre is full
         if cosines is not None:
             nearest = np.maximum(nearest, cosines[chosen])
     return slots
