@@ -16,6 +16,7 @@ from stamen.simulation.cli.device import device_app
 from stamen.simulation.cli.experiment import experiment_app
 from stamen.simulation.cli.options import settings_options
 from stamen.simulation.cli.release import release_app
+from stamen.simulation.cli.sweep import sweep
 
 if TYPE_CHECKING:
     from stamen.simulation.config import SimulationConfig
@@ -73,6 +74,7 @@ def simulate(
     run_experiment(settings, console=wide_console(), verbose=verbose)
 
 
+app.command("sweep")(sweep)
 app.add_typer(data_app)
 app.add_typer(device_app)
 app.add_typer(certs_app)
