@@ -42,6 +42,9 @@ finish or fails is recorded as such, with why, in the results), measures:
   read from it), against main memory (a 2 GiB working set) for reference, and a bare
   ``numpy`` matvec + ``argpartition``;
 - resident memory (RSS) after the release is installed, and the release file's size;
+- with ``--item-index``, all of it for releases that carry an approximate item index
+  (``stamen.models.item_index``: collaborative filtering through the index, its
+  candidates re-scored exactly; the model column says ``(approximate)``);
 
 and the ratio sequential ÷ MF of record, the user-state update, recommend, apply_release,
 RSS and release size at each size and table.
@@ -112,10 +115,14 @@ def _genres(rng: np.random.Generator, size: int) -> list[tuple[str, ...]]:
     return [tuple(names[g] for g in row[:c]) for row, c in zip(drawn, counts, strict=True)]
 
 
-def release(model: str, size: int, quantized: bool) -> tuple[bytes, bytes, list[str], dict]:
+def release(
+    model: str, size: int, quantized: bool, item_index: bool = False
+) -> tuple[bytes, bytes, list[str], dict]:
     """The signed bytes of a release of ``model`` for a synthetic catalogue of ``size``
     items (the catalogue, popularity and trending counts the same for every model), its
-    public key, the item ids and the release's model settings."""
+    public key, the item ids and the release's model settings; with ``item_index``, the
+    release carries an approximate item index of what the device serves
+    (``stamen.models.item_index``, built on one thread)."""
     import gc
 
     from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
@@ -147,6 +154,13 @@ def release(model: str, size: int, quantized: bool) -> tuple[bytes, bytes, list[
             (a + moves.normal(0.0, 0.01, a.shape)).astype(np.float32) for a in built.init_shared(0)
         ]
     names, quantizable = built.shared_names(), built.quantizable()
+    index = None
+    if item_index:
+        from stamen.models.item_index import ApproximateIndex
+
+        served = built.serving(shared)
+        index = ApproximateIndex.build(served.table, served.bias, threads=1).to_bytes()
+        del served
     del built  # the sequential model holds the catalogue's content features
     gc.collect()
     bundle = ReleaseBundle(
@@ -157,6 +171,7 @@ def release(model: str, size: int, quantized: bool) -> tuple[bytes, bytes, list[
         catalog=catalog,
         popularity=popularity,
         trending=trending,
+        item_index=index,
     )
     private, public = generate_signing_key()
     signed = seal_signed(
@@ -186,7 +201,9 @@ def build_alone(bundle: ReleaseBundle) -> dict[str, float]:
     }
 
 
-def one(model: str, size: int, quantized: bool, history: int, repeats: int) -> dict:
+def one(
+    model: str, size: int, quantized: bool, history: int, repeats: int, item_index: bool = False
+) -> dict:
     """Every measurement for one model and catalogue (run in a child process)."""
     import gc
 
@@ -199,7 +216,7 @@ def one(model: str, size: int, quantized: bool, history: int, repeats: int) -> d
     from stamen.client.device.store import EventStore
     from stamen.privacy import generate_key
 
-    signed, public, ids, settings = release(model, size, quantized)
+    signed, public, ids, settings = release(model, size, quantized, item_index)
     rng = np.random.default_rng([size, 2])
     picks = rng.choice(size, history + repeats, replace=False)
     out: dict = {
@@ -223,6 +240,8 @@ def one(model: str, size: int, quantized: bool, history: int, repeats: int) -> d
         started = time.perf_counter()
         device.apply_release(release_path)
         out["apply_release_ms"] = (time.perf_counter() - started) * 1e3
+        assert device.release is not None
+        out["retrieval"] = device.release.retrieval
         device.record_many({"item": ids[i], "kind": "play"} for i in picks[:history])
         first_rows = device.history_indices()
 
@@ -290,7 +309,8 @@ def measure(model: str, size: int, table: str, args: argparse.Namespace) -> dict
     try:
         child = subprocess.run(
             [sys.executable, __file__, "--one", model, str(size), table]
-            + ["--history", str(args.history), "--repeats", str(args.repeats)],
+            + ["--history", str(args.history), "--repeats", str(args.repeats)]
+            + (["--item-index"] if args.item_index else []),
             capture_output=True,
             text=True,
             timeout=args.timeout,
@@ -326,6 +346,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--timeout", type=float, default=1200.0, help="seconds one child (row) may run"
     )
+    parser.add_argument(
+        "--item-index",
+        action="store_true",
+        help="releases carry an approximate item index (stamen.models.item_index)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="", help="suffix of the results files")
     parser.add_argument(
@@ -334,7 +359,9 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.one:
         model, size, table = args.one
-        print(json.dumps(one(model, int(size), table == "int8", args.history, args.repeats)))
+        quantized = table == "int8"
+        measured = one(model, int(size), quantized, args.history, args.repeats, args.item_index)
+        print(json.dumps(measured))
         return
     bandwidth = read_bandwidth(2 << 30)
     print(f"single-core read bandwidth, 2 GiB working set: {bandwidth / 1e9:.1f} GB/s")
@@ -388,7 +415,8 @@ def write(args: argparse.Namespace, rows: list[dict], argv: list[str], bandwidth
         return f"{row[name]['p50_ms']:.2f} / {row[name]['p99_ms']:.2f}"
 
     def head(row: dict) -> str:
-        return f"| {row['items']:,} | {row['table']} | {row['model']} |"
+        approximate = " (approximate)" if row.get("retrieval") == "approximate" else ""
+        return f"| {row['items']:,} | {row['table']} | {row['model']}{approximate} |"
 
     def failed(row: dict, columns: int) -> str:
         return f"{head(row)} {row['error']} |" + " |" * (columns - 4)

@@ -21,7 +21,8 @@ regions, and the lookups a device would otherwise derive on every open: the ids'
 order and the items grouped by genre set), ``popularity`` (a score per item for the
 no-history fallback) and, when the release carries them, ``trending`` (recent
 interaction counts, privately aggregated) and the ranker's weights (``ranker/<k>``,
-``stamen.models.ranker.weights``).
+``stamen.models.ranker.weights``), and for a large catalogue an approximate item index
+(``index/items``, ``stamen.models.item_index``: bytes a device reads with faiss).
 
 Decoding a writable buffer reads no array: each is a view into it, so a release file
 memory-mapped copy-on-write (``mmap.ACCESS_COPY``, as a device maps it) is paged in as the
@@ -65,6 +66,7 @@ LATEST_POINTER = "latest"
 _MODEL = "model/"
 _RANKER = "ranker/"
 _CATALOG = "catalog/"
+_INDEX = "index/items"
 
 
 def _strings(values: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -379,6 +381,7 @@ class ReleaseBundle:
     trending: np.ndarray | None = None
     ranker: tuple[np.ndarray, ...] | None = None
     identity: ReleaseIdentity | None = None
+    item_index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.release, bool) or int(self.release) < 0:
@@ -390,6 +393,10 @@ class ReleaseBundle:
             raise BundleError(f"popularity has shape {self.popularity.shape}, expected ({n},)")
         if self.trending is not None and self.trending.shape != (n,):
             raise BundleError(f"trending has shape {self.trending.shape}, expected ({n},)")
+        if self.item_index is not None and (
+            self.item_index.ndim != 1 or self.item_index.dtype != np.uint8
+        ):
+            raise BundleError("the item index must be a 1-D array of bytes (uint8)")
         if self.ranker is not None:
             try:
                 check_ranker(list(self.ranker))
@@ -435,6 +442,8 @@ class ReleaseBundle:
             tensors["trending"] = np.ascontiguousarray(self.trending, np.float32)
         for k, weights in enumerate(self.ranker or ()):
             tensors[f"{_RANKER}{k}"] = np.ascontiguousarray(weights, np.float32)
+        if self.item_index is not None:
+            tensors[_INDEX] = np.ascontiguousarray(self.item_index, np.uint8)
         manifest = {
             "format": BUNDLE_FORMAT,
             "release": int(self.release),
@@ -497,6 +506,7 @@ class ReleaseBundle:
                 trending=tensors.get("trending"),
                 ranker=tuple(tensors[f"{_RANKER}{k}"] for k in range(ranker)) or None,
                 identity=_identity(manifest.get("identity")),
+                item_index=tensors.get(_INDEX),
             )
         except KeyError as error:
             raise BundleError(f"{source}: bundle lacks {error}") from None

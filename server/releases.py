@@ -13,6 +13,7 @@ no-history fallback costs no extra data from anyone.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,12 +22,15 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from stamen.errors import DataError, PublishError
+from stamen.errors import DataError, IndexLibraryMissing, PublishError
 from stamen.models.bundle import LATEST_POINTER, ReleaseBundle, ReleaseIdentity, latest_release
+from stamen.models.item_index import EXACT_BELOW, ApproximateIndex
 from stamen.models.registry import RecModel
 from stamen.privacy import generate_signing_key, seal_signed, write_atomically
 
 __all__ = ["PUBLIC_KEY_FILE", "ReleaseWriter", "load_or_create_signing_key"]
+
+_log = logging.getLogger("stamen.releases")
 
 PUBLIC_KEY_FILE = "release.pub"
 
@@ -66,6 +70,10 @@ class ReleaseWriter:
             (devices pin it with the model kind at their first release).
         extras: the manifest's ``extras`` written into every bundle (a deployment carries
             its starting release's experiments, ``stamen.models.experiments``).
+        item_index: ship an approximate item index (``stamen.models.item_index``, built
+            with faiss) in every bundle: ``None`` (default) where the catalogue has at
+            least ``EXACT_BELOW`` items and faiss is installed (a warning says so where it
+            is not), ``True`` always (faiss required), ``False`` never.
     """
 
     def __init__(
@@ -78,8 +86,10 @@ class ReleaseWriter:
         quantize: bool = False,
         identity: ReleaseIdentity | None = None,
         extras: Mapping[str, Any] | None = None,
+        item_index: bool | None = None,
     ) -> None:
         self.folder = Path(folder)
+        self.item_index = item_index
         self.identity = identity
         self.extras = dict(extras or {})
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -149,9 +159,30 @@ class ReleaseWriter:
             ranker=None if ranker is None else tuple(np.asarray(w, np.float32) for w in ranker),
             identity=self.identity,
             extras=self.extras,
+            item_index=self._item_index(number, shared),
         )
         payload = bundle.encode(quantize=model.quantizable() if self.quantize else ())
         path = self.path(number)
         write_atomically(path, seal_signed(payload, private_key=self._private_key), mode=0o644)
         write_atomically(self.folder / LATEST_POINTER, path.name.encode(), mode=0o644)
         return path
+
+    def _item_index(self, number: int, shared: list[np.ndarray]) -> np.ndarray | None:
+        """The approximate index of what devices will serve (the model's serving table
+        and biases), as ``item_index`` asks; ``None`` for none."""
+        wanted = self.item_index
+        if wanted is False or (wanted is None and len(self.catalog) < EXACT_BELOW):
+            return None
+        served = self.model.serving(shared)
+        try:
+            return ApproximateIndex.build(served.table, served.bias, threads=1).to_bytes()
+        except IndexLibraryMissing as error:
+            if wanted:
+                raise
+            _log.warning(
+                "release %d: %d items and no approximate item index: devices score every item (%s)",
+                number,
+                len(self.catalog),
+                error,
+            )
+            return None

@@ -26,6 +26,8 @@
         ├── SecureAggregationRequired (RuntimeError)
         │                                   a device refused a training request without SecAgg+
         ├── ProtocolError (ValueError)      a request on the wire is malformed or unknown
+        ├── IndexLibraryMissing (ImportError)
+        │                                   faiss, for an approximate item index, is absent
         └── PrivacyError
             ├── BudgetExceededError         the (ε, δ) budget would be overspent
             ├── DecryptionError             wrong key, tampered, truncated or unknown-version blob
@@ -60,6 +62,7 @@ __all__ = [
     "DeviceClosedError",
     "EventError",
     "ForeignReleaseError",
+    "IndexLibraryMissing",
     "NotAStoreError",
     "PrivacyError",
     "ProtocolError",
@@ -217,6 +220,11 @@ class SignatureError(PrivacyError):
 
 class BudgetExceededError(PrivacyError):
     """Recording more rounds would spend more than the target privacy budget."""
+
+
+class IndexLibraryMissing(StamenError, ImportError):
+    """faiss, which the approximate item index is built on, is not installed (the message
+    names the pip package)."""
 
 
 class ProtocolError(StamenError, ValueError):

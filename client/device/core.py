@@ -318,6 +318,7 @@ class DeviceCore:
                 model=bundle.model,
                 items=len(bundle.catalog),
                 quantized=bool(bundle.quantized),
+                retrieval=self._serving.retrieval,
             )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,11 +14,14 @@ import numpy as np
 from stamen.client.device.experiments import Experiment, assign
 from stamen.client.pipeline.candidates import ReleaseIndex
 from stamen.client.pipeline.recommend import PipelineSettings
-from stamen.errors import BundleError, ConfigError
+from stamen.errors import BundleError, ConfigError, IndexLibraryMissing
 from stamen.models.bundle import ReleaseBundle
 from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
+from stamen.models.item_index import ApproximateIndex
 from stamen.models.registry import model_class
 from stamen.models.two_tower.context import context_row
+
+_log = logging.getLogger("stamen.device")
 
 __all__ = [
     "ReleaseInfo",
@@ -65,12 +69,17 @@ def arm_settings(
 
 @dataclass(frozen=True)
 class ReleaseInfo:
-    """What is installed: release number, model kind, catalogue size, int8 table or not."""
+    """What is installed: release number, model kind, catalogue size, int8 table or not,
+    and how collaborative filtering retrieves: ``"exact"`` (every item scored) or
+    ``"approximate"`` (the release's item index, ``stamen.models.item_index``). A release
+    that carries an index served exactly (faiss is not installed) says
+    ``"exact: <why>"``, as the device's log does."""
 
     number: int
     model: str
     items: int
     quantized: bool
+    retrieval: str = "exact"
 
 
 def serving_cache_record(digest: bytes, cache: Mapping[str, np.ndarray]) -> bytes:
@@ -122,6 +131,21 @@ class ServedRelease:
         # what the candidate generators read, indexed once per release
         self.index = ReleaseIndex(bundle.catalog, bundle.popularity, bundle.trending)
         self.ranker = None if bundle.ranker is None else list(bundle.ranker)
+        #: The release's approximate item index, where it carries one and faiss is here.
+        self.approximate: ApproximateIndex | None = None
+        #: ``ReleaseInfo.retrieval``.
+        self.retrieval = "exact"
+        if bundle.item_index is not None:
+            try:
+                self.approximate = ApproximateIndex.from_bytes(
+                    bundle.item_index, self.table, self.bias
+                )
+                self.retrieval = "approximate"
+            except IndexLibraryMissing as error:
+                self.retrieval = f"exact: the release's item index needs faiss ({error})"
+                _log.warning("release %d: %s", bundle.release, self.retrieval)
+            except ValueError as error:
+                raise BundleError(f"release {bundle.release}: item index: {error}") from None
         #: The release's A/B experiments (``stamen.client.device.experiment_arms``).
         self.experiments = release_experiments(bundle)
 

@@ -14,7 +14,7 @@ import numpy as np
 from stamen.client.device.core import DeviceCore
 from stamen.client.device.events import EVENT_KINDS, validate_context
 from stamen.client.device.served import ServedRelease
-from stamen.client.pipeline.candidates import Request
+from stamen.client.pipeline.candidates import ApproximateScores, Request
 from stamen.client.pipeline.recommend import offered_example, run_pipeline
 from stamen.errors import EventError
 from stamen.models.two_tower.context import UNKNOWN_HOUR, UNKNOWN_WEEKDAY
@@ -211,10 +211,13 @@ class ServingMixin(DeviceCore):
     ) -> Request:
         """What the pipeline sees of a request at time ``at`` by a person whose items are
         ``ordered`` (catalogue rows in time order) and whose user vector is ``factor``."""
-        cf_scores = None
+        cf_scores: np.ndarray | ApproximateScores | None = None
         if factor is not None:
             vector = serving.request_vector(factor, context, at)
-            cf_scores = serving.table.scores(vector[None])[0] + serving.bias
+            if serving.approximate is not None:  # the release's item index: no full scan
+                cf_scores = ApproximateScores(serving.approximate, vector)
+            else:
+                cf_scores = serving.table.scores(vector[None])[0] + serving.bias
         return Request(
             index=serving.index,
             cf_scores=cf_scores,

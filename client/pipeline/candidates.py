@@ -30,9 +30,11 @@ import numpy as np
 
 from stamen.client.pipeline.genre_matrix import GenreMatrix
 from stamen.models.bundle import ReleaseCatalog
+from stamen.models.item_index import ApproximateIndex
 
 __all__ = [
     "GENERATORS",
+    "ApproximateScores",
     "Candidates",
     "ReleaseIndex",
     "Generator",
@@ -40,6 +42,7 @@ __all__ = [
     "content_profile",
     "generate",
     "register_generator",
+    "cf_scores_of",
     "top_rows",
 ]
 
@@ -98,6 +101,26 @@ def _sorted_head(values: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray,
     return rows, values[rows], complete
 
 
+class ApproximateScores:
+    """The release model's scores for one user vector through the release's approximate
+    item index (``stamen.models.item_index``): the best items as the index finds them,
+    scored exactly, and any item's exact score on demand; the catalogue is never scored
+    whole."""
+
+    def __init__(self, index: ApproximateIndex, vector: np.ndarray) -> None:
+        self.index, self.vector = index, np.asarray(vector, np.float32)
+
+    def top(self, budget: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ``budget`` best rows outside ``excluded`` and their scores, best first."""
+        rows, scores = self.index.search(self.vector, budget + len(excluded))
+        keep = ~np.isin(rows, excluded)
+        return rows[keep][:budget], scores[keep][:budget].astype(np.float64)
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """The exact scores of ``rows``."""
+        return self.index.scores(rows, self.vector).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class Request:
     """What the generators see of one recommendation request (all of it on the device).
@@ -105,11 +128,12 @@ class Request:
     ``history``/``history_at``: the person's items (latest event positive) and the times
     of those events; ``rejected``/``rejected_at`` the same for negative feedback;
     ``excluded``: rows never to propose (consumed and rejected); ``cf_scores``: the release
-    model's score of every item for this person, ``None`` without a user vector.
+    model's score of every item for this person (or, for a release with an approximate
+    item index, :class:`ApproximateScores`), ``None`` without a user vector.
     """
 
     index: ReleaseIndex
-    cf_scores: np.ndarray | None
+    cf_scores: np.ndarray | ApproximateScores | None
     history: np.ndarray
     history_at: np.ndarray
     rejected: np.ndarray
@@ -177,7 +201,19 @@ def top_rows(
 def _cf(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
     if request.cf_scores is None:
         return np.zeros(0, np.int64), np.zeros(0)
+    if isinstance(request.cf_scores, ApproximateScores):
+        return request.cf_scores.top(budget, request.excluded)
     return top_rows(request.cf_scores, budget, request.excluded)
+
+
+def cf_scores_of(request: Request, rows: np.ndarray) -> np.ndarray | None:
+    """The release model's scores of ``rows`` for the request's person (float64), ``None``
+    without a user vector."""
+    if request.cf_scores is None:
+        return None
+    if isinstance(request.cf_scores, ApproximateScores):
+        return request.cf_scores.at(rows)
+    return np.asarray(request.cf_scores, np.float64)[rows]
 
 
 def content_profile(request: Request) -> np.ndarray:

@@ -14,7 +14,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from stamen.client.pipeline.candidates import Candidates, Request, content_profile
+from stamen.client.pipeline.candidates import (
+    Candidates,
+    Request,
+    cf_scores_of,
+    content_profile,
+)
 from stamen.models.ranker.weights import DEVICE_KINDS, FEATURES, RANKED_GENERATORS
 from stamen.models.two_tower.context import context_row
 
@@ -48,8 +53,8 @@ def candidate_features(
             proposed = np.isfinite(ranks[:, g])
             out[:, _COLUMN[f"proposed:{name}"]] = proposed
             out[proposed, _COLUMN[f"rank:{name}"]] = 1.0 / np.log2(2.0 + ranks[proposed, g])
-    if request.cf_scores is not None:
-        cf = np.asarray(request.cf_scores, np.float64)[rows]
+    cf = cf_scores_of(request, rows)
+    if cf is not None:
         out[:, _COLUMN["cf_score"]] = cf
         out[:, _COLUMN["cf_z"]] = _standardised(cf)
     index = request.index
