@@ -13,11 +13,15 @@ log (``Device.log_shown``) and the events are what a measurement counts.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from stamen.client.device.core import DeviceCore
-from stamen.client.device.experiments import Experiment, assign, contribution
-from stamen.models.experiments import MetricBounds
+
+if TYPE_CHECKING:  # loaded where a release carries experiments (pydantic models)
+    import numpy as np
+
+    from stamen.client.device.experiments import Experiment
+    from stamen.models.experiments import MetricBounds
 
 __all__ = ["ExperimentsMixin"]
 
@@ -38,6 +42,8 @@ class ExperimentsMixin(DeviceCore):
             self._open_store()
             if self._serving is None or not self._serving.experiments:
                 return {}
+            from stamen.client.device.experiments import assign
+
             secret = self._experiment_secret()
             return {
                 e.id: e.arms[assign(e, device_secret=secret)].name
@@ -69,6 +75,8 @@ class ExperimentsMixin(DeviceCore):
             found = known.get(experiment)
             if found is None:
                 return None
+            from stamen.client.device.experiments import contribution
+
             return contribution(
                 found,
                 device_secret=self._experiment_secret(),

@@ -7,19 +7,20 @@ import io
 import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stamen.client.device.experiments import Experiment, assign
 from stamen.client.pipeline.candidates import ReleaseIndex
 from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.errors import BundleError, ConfigError, IndexLibraryMissing
 from stamen.models.bundle import ReleaseBundle
-from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
 from stamen.models.item_index import ApproximateIndex
 from stamen.models.registry import model_class
 from stamen.models.two_tower.context import context_row
+
+if TYPE_CHECKING:
+    from stamen.client.device.experiments import Experiment
 
 _log = logging.getLogger("stamen.device")
 
@@ -40,6 +41,11 @@ def release_experiments(bundle: ReleaseBundle) -> tuple[Experiment, ...]:
     Raises:
         BundleError: one is not a valid experiment, or their ids repeat.
     """
+    if not bundle.extras:
+        return ()  # the experiments' models load only for a release with extras
+    from stamen.client.device.experiments import Experiment
+    from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
+
     try:
         experiment_arms(bundle.extras)  # the shape the server reads, ids distinct
         raw = bundle.extras.get(EXPERIMENTS_EXTRA, [])
@@ -59,6 +65,8 @@ def arm_settings(
 ) -> PipelineSettings:
     """``base`` with the overrides of the arm this device is in of each experiment, in
     order (a later experiment's override of the same field wins)."""
+    from stamen.client.device.experiments import assign
+
     settings = base
     for experiment in experiments:
         arm = experiment.arms[assign(experiment, device_secret=device_secret)]

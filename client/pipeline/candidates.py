@@ -340,10 +340,14 @@ def generate(request: Request, budgets: Mapping[str, int]) -> Candidates:
     names: Sequence[str] = tuple(budgets)
     proposals = [GENERATORS[name](request, int(budgets[name])) for name in names]
     rows = np.concatenate([r for r, _ in proposals]) if proposals else np.zeros(0, np.int64)
-    unique, first = np.unique(rows, return_index=True)
-    unique = unique[np.argsort(first, kind="stable")]
-    position = {int(r): i for i, r in enumerate(unique)}
+    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # candidates in the order first proposed
+    candidate_of = np.empty(len(order), np.int64)
+    candidate_of[order] = np.arange(len(order))
+    position = candidate_of[inverse.reshape(-1)]  # each proposal's candidate
     scores = np.full((len(unique), len(names)), np.nan)
+    start = 0
     for g, (proposed, values) in enumerate(proposals):
-        scores[[position[int(r)] for r in proposed], g] = values
-    return Candidates(unique.astype(np.int64), tuple(names), scores)
+        scores[position[start : start + len(proposed)], g] = values
+        start += len(proposed)
+    return Candidates(unique[order].astype(np.int64), tuple(names), scores)

@@ -234,7 +234,10 @@ def _picks(
     first_seen = np.asarray(catalog.first_seen[rows], np.float64)
     window = settings.launch_window_days * _DAY
     fresh = (first_seen >= 0) & (request.now - first_seen <= window)  # negative: unknown
-    genres = _genre_lists(catalog, rows)
+    # each candidate's genres, for the genre cap (nothing else in re-ranking reads them)
+    genres: list[tuple[int, ...]] = (
+        _genre_lists(catalog, rows) if settings.genre_cap is not None else [()] * len(rows)
+    )
     relevance = fused_relevance(candidates, settings.rrf_k, settings.weights)
     if ranker is not None and settings.ranker:
         head = ranker_head(relevance, settings.ranker_depth)
