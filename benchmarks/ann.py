@@ -65,6 +65,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from common import RESULTS, Stopwatch, command, report_head, write_results  # noqa: E402
@@ -112,6 +113,19 @@ def l2_rows(rows: np.ndarray) -> np.ndarray:
     norms = np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
     extra = np.sqrt(np.maximum(norms.max() - norms, 0.0)).astype(np.float32)
     return np.ascontiguousarray(np.hstack([rows, extra[:, None]]), np.float32)
+
+
+def saved_and_opened(faiss: Any, index: Any, path: str, row: dict) -> Any:
+    """``index`` written to ``path`` and read back with ``IO_FLAG_MMAP_IFC``; its bytes,
+    the open's milliseconds and the resident memory the open added, recorded in ``row``."""
+    faiss.write_index(index, path)
+    row["index_bytes"] = os.path.getsize(path)
+    before = rss_bytes()
+    started = time.perf_counter()
+    opened = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
+    row["open_ms"] = (time.perf_counter() - started) * 1e3
+    row["open_rss_added_bytes"] = rss_bytes() - before
+    return opened
 
 
 def exact_top(table: np.ndarray, bias: np.ndarray, v: np.ndarray, k: int = TOP) -> np.ndarray:
@@ -222,15 +236,8 @@ def faiss_rows(
             build_row["build_all_threads_s"] = time.perf_counter() - started
             faiss.omp_set_num_threads(1)
             with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
-                path = os.path.join(tmp, "hnsw.faiss")
-                faiss.write_index(index, path)
+                opened = saved_and_opened(faiss, index, os.path.join(tmp, "hnsw.faiss"), build_row)
                 del index
-                build_row["index_bytes"] = os.path.getsize(path)
-                before = rss_bytes()
-                started = time.perf_counter()
-                opened = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
-                build_row["open_ms"] = (time.perf_counter() - started) * 1e3
-                build_row["open_rss_added_bytes"] = rss_bytes() - before
                 clock.log(
                     f"faiss HNSW{m} {metric}: built in {build_row['build_all_threads_s']:.0f} s,"
                     f" opened in {build_row['open_ms']:.1f} ms"
@@ -370,15 +377,8 @@ def pq_rows(
             build_row["build_1thread_s"] = time.perf_counter() - started
             del again
         with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
-            path = os.path.join(tmp, "pq.faiss")
-            faiss.write_index(index, path)
+            opened = saved_and_opened(faiss, index, os.path.join(tmp, "pq.faiss"), build_row)
             del index
-            build_row["index_bytes"] = os.path.getsize(path)
-            before = rss_bytes()
-            started = time.perf_counter()
-            opened = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC)
-            build_row["open_ms"] = (time.perf_counter() - started) * 1e3
-            build_row["open_rss_added_bytes"] = rss_bytes() - before
             clock.log(
                 f"faiss PQ{m}x4fs: built in {build_row['build_all_threads_s']:.1f} s,"
                 f" opened in {build_row['open_ms']:.1f} ms"
