@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.devices import retrieval_device
 
-from stamen.client import Device
-from stamen.client.pipeline.recommend import PipelineSettings
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.item_index import EXACT_BELOW
 from stamen.models.registry import build_model
-from stamen.privacy import generate_key, generate_signing_key
+from stamen.privacy import generate_signing_key
 from stamen.server.releases import ReleaseWriter
 
 pytest.importorskip("faiss")
@@ -42,29 +41,15 @@ def _publish(folder: Path, item_index: bool | None) -> tuple[Path, bytes]:
 
 
 def _lists(release: Path, public: bytes, folder: Path) -> tuple[str, list[list[str]]]:
-    """The retrieval a device reports and its top 10 for five people."""
+    """The retrieval a device reports and its top 10 for five people (a device each)."""
     people = np.random.default_rng(3).integers(0, ITEMS, (5, 30))
-    lists = []
-    with Device.open(
-        folder,
-        key=generate_key(),
-        release_key=public,
-        pipeline=PipelineSettings.retrieval_only(),
-    ) as device:
-        device.apply_release(release)
-        retrieval = device.release.retrieval if device.release else ""
-        for k, person in enumerate(people):
+    retrieval, lists = "", []
+    for k, person in enumerate(people):
+        with retrieval_device(folder / str(k), public) as device:
+            device.apply_release(release)
+            retrieval = device.release.retrieval if device.release else ""
             device.record_many([{"item": f"item-{i}", "kind": "play"} for i in person])
             lists.append([r.item for r in device.recommend(10)])
-            if k < len(people) - 1:
-                device.forget()
-                device = Device.open(
-                    folder / str(k),
-                    key=generate_key(),
-                    release_key=public,
-                    pipeline=PipelineSettings.retrieval_only(),
-                )
-                device.apply_release(release)
     return retrieval, lists
 
 
