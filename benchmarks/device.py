@@ -116,13 +116,19 @@ def _genres(rng: np.random.Generator, size: int) -> list[tuple[str, ...]]:
 
 
 def release(
-    model: str, size: int, quantized: bool, item_index: bool = False
+    model: str,
+    size: int,
+    quantized: bool,
+    item_index: bool = False,
+    *,
+    keys: tuple[bytes, bytes] | None = None,
 ) -> tuple[bytes, bytes, list[str], dict]:
-    """The signed bytes of a release of ``model`` for a synthetic catalogue of ``size``
+    """The signed bytes of release 1 of ``model`` for a synthetic catalogue of ``size``
     items (the catalogue, popularity and trending counts the same for every model), its
     public key, the item ids and the release's model settings; with ``item_index``, the
     release carries an approximate item index of what the device serves
-    (``stamen.models.item_index``, built on one thread)."""
+    (``stamen.models.item_index``, built on one thread). ``keys``: the signing key pair
+    (``generate_signing_key``: private, public) to sign with, default a fresh one."""
     import gc
 
     from stamen.models.bundle import ReleaseBundle, ReleaseCatalog
@@ -173,7 +179,7 @@ def release(
         trending=trending,
         item_index=index,
     )
-    private, public = generate_signing_key()
+    private, public = keys or generate_signing_key()
     signed = seal_signed(
         bundle.encode(quantize=quantizable if quantized else ()), private_key=private
     )

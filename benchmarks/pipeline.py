@@ -60,7 +60,7 @@ from scipy import sparse
 
 from stamen.client.pipeline.candidates import ReleaseIndex
 from stamen.client.pipeline.recommend import PipelineSettings
-from stamen.models.ranker.weights import RankerSettings
+from stamen.models.ranker.settings import RankerSettings
 from stamen.privacy import generate_key, generate_signing_key
 from stamen.server.releases import ReleaseWriter
 from stamen.server.settings import ServerSettings

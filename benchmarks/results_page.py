@@ -49,6 +49,7 @@ SECTIONS: dict[str, str] = {
     "quantization": "int8 item tables",
     "device": "The device: latency, memory, release costs",
     "device_footprint": "The device's footprint as a process",
+    "device_concurrency": "The device: recommend while a release is applied",
     "device_import": "Importing a long events file into a device",
     "deployment": "Deployment over Flower's transport",
     "secagg_rounds": "SecAgg+ rounds",

@@ -89,7 +89,6 @@ class ItemTable:
             block = self.values[start : start + _BLOCK]
             wide = buffer[: len(block)]
             np.copyto(wide, block, casting="unsafe")
-            out[:, start : start + len(block)] = (users @ wide.T) * self.scale[
-                start : start + len(block)
-            ]
+            end = start + len(block)
+            np.multiply(users @ wide.T, self.scale[start:end], out=out[:, start:end])
         return out

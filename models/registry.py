@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel
 
 from stamen.errors import ConfigError
 from stamen.models.batches import UserItems
@@ -138,13 +137,16 @@ class RecModel(ABC):
     name: ClassVar[str] = ""
     #: How tables and plots name the model ("MF", "two-tower").
     display_name: ClassVar[str] = ""
-    #: The pydantic settings class of the device step (sent with every round).
-    settings_class: ClassVar[type[BaseModel]]
+    #: The settings class of the device step (sent with every round): a frozen pydantic
+    #: model, or a ``stamen.dataclass_settings.DataclassSettings`` (MF's, which a device
+    #: serving a release builds without loading pydantic); both offer ``model_validate``,
+    #: ``model_dump`` and ``model_fields``.
+    settings_class: ClassVar[type[Any]]
     #: The field of the run's settings (``SimulationConfig``, ``ServerSettings``) that
     #: holds this family's settings.
     settings_field: ClassVar[str]
 
-    def __init__(self, settings: BaseModel, catalog: ReleaseCatalog) -> None:
+    def __init__(self, settings: Any, catalog: ReleaseCatalog) -> None:
         if not isinstance(settings, self.settings_class):
             raise TypeError(
                 f"{self.name} takes {self.settings_class.__name__}, got {type(settings).__name__}"
@@ -152,6 +154,13 @@ class RecModel(ABC):
         self.settings = settings
         self.catalog = catalog
         self.n_items = len(catalog)
+
+    @classmethod
+    def settings_from(cls, values: Mapping[str, Any]) -> Any:
+        """This family's settings from ``values``, which may hold other keys too (a
+        release's or a round's settings: the family's own are taken, validated)."""
+        fields = cls.settings_class.model_fields
+        return cls.settings_class.model_validate({k: v for k, v in values.items() if k in fields})
 
     @abstractmethod
     def shared_names(self) -> tuple[str, ...]:
@@ -269,15 +278,11 @@ def model_class(name: str) -> type[RecModel]:
         raise ValueError(f"unknown model {name!r}; choose one of {known}") from None
 
 
-def build_model(
-    name: str, settings: BaseModel | dict[str, Any], catalog: ReleaseCatalog
-) -> RecModel:
+def build_model(name: str, settings: Any, catalog: ReleaseCatalog) -> RecModel:
     """An instance of model ``name``; ``settings`` may be its settings object or a plain
     mapping validated into one (unknown keys are an error)."""
     cls = model_class(name)
-    if not isinstance(settings, BaseModel):
-        settings = cls.settings_class.model_validate(settings)
-    return cls(settings, catalog)
+    return cls(cls.settings_class.model_validate(settings), catalog)
 
 
 def _load_builtin(name: str) -> None:

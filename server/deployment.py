@@ -35,7 +35,8 @@ from pydantic import Field
 from stamen.errors import CheckpointError, ConfigError, RoundFailedError
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
-from stamen.models.ranker.weights import RankerSettings, ranker_hidden
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import ranker_hidden
 from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed, write_atomically
 from stamen.runtimes import without_runtime

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from stamen.models.ranker.model import RANKER_METRICS
-from stamen.models.ranker.weights import RankerSettings, check_ranker, init_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import check_ranker, init_ranker
 from stamen.models.wire import Request, Task
 from stamen.server.analytics import TrendingSettings
 from stamen.server.settings import ServerSettings

@@ -21,10 +21,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from stamen.dataclass_settings import DataclassSettings
 from stamen.errors import ConfigError
 
 __all__ = [
@@ -72,13 +73,19 @@ def run_config_key(path: str) -> str:
     return "-".join(part for part in parts if part).replace("_", "-")
 
 
-def _leaves(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+def _leaves(model: type[Any], prefix: str = "") -> Iterator[str]:
     for name, info in model.model_fields.items():
         kind = info.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel):
+        if _is_section(kind):
             yield from _leaves(kind, f"{prefix}{name}.")
         else:
             yield prefix + name
+
+
+def _is_section(kind: object) -> TypeGuard[type[Any]]:
+    """Whether a field of this annotation is a section of settings (a pydantic model, or a
+    ``DataclassSettings``: MF's device step) rather than one value."""
+    return isinstance(kind, type) and issubclass(kind, BaseModel | DataclassSettings)
 
 
 def _under(path: str, sections: Collection[str]) -> bool:
@@ -259,12 +266,12 @@ def _problem(model: type[BaseModel], error: Any, sources: tuple[Given, ...]) -> 
     return f"{where or 'settings'}: {path + ': ' if path else ''}{message}"
 
 
-def _fields(model: type[BaseModel], path: list[str]) -> list[str]:
+def _fields(model: type[Any], path: list[str]) -> list[str]:
     """The kebab-case field names of the section of ``model`` at ``path``."""
     for part in path:
         info = model.model_fields.get(part)
         kind = None if info is None else info.annotation
-        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+        if not _is_section(kind):
             return []
         model = kind
     return [name.replace("_", "-") for name in model.model_fields]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
-from stamen.models.ranker.weights import RankerSettings
+from stamen.models.ranker.settings import RankerSettings
 from stamen.models.registry import RecModel, build_model
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings

@@ -331,8 +331,8 @@ class DeviceCore:
     def _times(self, rows: np.ndarray) -> np.ndarray:
         """The time of the latest event of each catalogue row's item."""
         assert self._serving is not None
-        catalog = self._serving.bundle.catalog
-        return np.array([self._latest[catalog.item_id(int(r))][0] for r in rows], np.float64)
+        ids = self._serving.bundle.catalog.item_ids[np.asarray(rows, np.int64)].tolist()
+        return np.array([self._latest[i.decode("utf-8")][0] for i in ids], np.float64)
 
 
 def _validated(events: Iterable[Event | Mapping[str, Any]]) -> Iterator[Event]:

@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stamen.client.device.events import RATING_THRESHOLD, Event, is_positive
 from stamen.client.device.impressions import Impression, engagement_rewards
@@ -75,7 +75,6 @@ from stamen.models.experiments import (
     STATISTICS,
     Checked,
     MetricBounds,
-    problems_text,
 )
 
 if TYPE_CHECKING:
@@ -111,14 +110,14 @@ class Arm(Checked):
         from stamen.client.pipeline.recommend import PipelineSettings
 
         try:
-            PipelineSettings(**overrides)
-        except ValidationError as error:
-            raise ValueError(f"not valid pipeline settings ({problems_text(error)})") from None
+            PipelineSettings.model_validate(overrides)
+        except ConfigError as error:
+            raise ValueError(f"not valid pipeline settings ({error})") from None
         return overrides
 
     def settings(self, base: PipelineSettings) -> PipelineSettings:
         """``base`` with this arm's overrides applied (validated again)."""
-        return type(base)(**{**base.model_dump(), **self.overrides})
+        return base.model_copy(update=self.overrides)
 
 
 class Experiment(Checked):

@@ -90,7 +90,16 @@ class ReleasesMixin(DeviceCore):
             return
         cache = serving_cache(store.get_meta(_CACHE), digest)
         known = dict(cache)
-        self._serving = ServedRelease(bundle, digest, cache)
+        try:
+            self._serving = ServedRelease(bundle, digest, cache)
+        except (StamenError, ValueError) as error:  # e.g. its model needs torch, now absent
+            self._release_error = (
+                error
+                if isinstance(error, StamenError)
+                else ReleaseError(f"{path}: release {bundle.release} cannot be served: {error}")
+            )
+            _log.warning("%s: installed release not served (%s)", path, error)
+            return
         updates = {}
         if cache.keys() != known.keys():  # derived now: kept for the next open
             updates[_CACHE] = serving_cache_record(digest, cache)
@@ -103,7 +112,8 @@ class ReleasesMixin(DeviceCore):
     @property
     def release_error(self) -> StamenError | None:
         """Why the installed release file was not served when the device opened (damaged,
-        tampered, or not the release this device last installed), else ``None``. The
+        tampered, not the release this device last installed, or one this installation
+        cannot serve, such as a two-tower release once torch is gone), else ``None``. The
         device then recommends nothing until a release is applied again (the same
         release may be re-applied), which clears this."""
         return self._release_error
@@ -243,9 +253,14 @@ class ReleasesMixin(DeviceCore):
                         _CACHE: serving_cache_record(digest, cache),
                     }
                 )
-                self._serving, self._release_error = serving, None
+                previous, self._serving, self._release_error = self._serving, serving, None
                 self._refresh()
-                return self.release
+                info = self.release
+            # let the replaced release go outside the lock: closing the map of its deleted
+            # file frees the file's blocks, tens of milliseconds for a large release
+            # (benchmarks/device_concurrency.py), which a recommend must not wait for
+            del previous
+            return info
         finally:
             staged.unlink(missing_ok=True)  # gone once renamed into place
 

@@ -123,11 +123,9 @@ class ServedRelease:
         self.bundle = bundle
         self.digest = digest
         cls = model_class(bundle.model)
-        fields = cls.settings_class.model_fields
-        settings = cls.settings_class.model_validate(
-            {k: v for k, v in bundle.settings.items() if k in fields}
-        )
-        model = cls(settings, bundle.catalog)  # not kept: serving holds what it needs
+        model = cls(
+            cls.settings_from(bundle.settings), bundle.catalog
+        )  # not kept: serving holds what it needs
         shared = bundle.shared_arrays()
         try:
             model.check_shared(shared)

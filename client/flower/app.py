@@ -144,11 +144,7 @@ class DeviceClient(NumPyClient):
     def model(self, request: Request) -> RecModel:
         """The requested model family with the settings the request carries."""
         cls = model_class(str(request.settings.get("model", "mf")))
-        fields = cls.settings_class.model_fields
-        settings = cls.settings_class.model_validate(
-            {k: v for k, v in request.settings.items() if k in fields}
-        )
-        return cls(settings, self.data.catalog)
+        return cls(cls.settings_from(request.settings), self.data.catalog)
 
     def inputs(self, request: Request, *, purpose: int) -> DeviceInputs:
         """The model's input for this one device: its history, seeds and private state."""

@@ -32,7 +32,8 @@ from stamen.models.ranker.model import (
     list_metrics,
     ranker_updates,
 )
-from stamen.models.ranker.weights import FEATURES, RankerSettings, check_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import FEATURES, check_ranker
 from stamen.models.wire import Request, Scalar, Task
 from stamen.privacy import RecordDP, check_update, clip_update, gaussian_noise
 

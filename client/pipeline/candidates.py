@@ -22,6 +22,7 @@ NaN where a generator did not propose it).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ class ReleaseIndex:
         self.group_of, self.group_indptr, self.group_members = catalog.genre_groups
         first = self.group_members[self.group_indptr[:-1]]
         self.group_genres, self.group_norms = self.genres.take(first), self.norms[first]
+        self.group_sizes: np.ndarray = np.diff(np.asarray(self.group_indptr, np.int64))
 
     def static_top(
         self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
@@ -84,8 +86,20 @@ class ReleaseIndex:
                 np.asarray(scores(), np.float64), max(need, 2 * len(rows), 1024)
             )
             self._sorted[name] = (rows, values, complete)
-        keep = ~np.isin(rows[:need], excluded)
+        keep = ~_among(rows[:need], excluded)
         return rows[:need][keep][:budget].astype(np.int64), values[:need][keep][:budget]
+
+
+def _among(rows: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Whether each of ``rows`` is one of ``members`` (``np.isin``'s answer by a sorted
+    search, which costs a request's few rows and exclusions far less than its set
+    operations)."""
+    members = np.sort(np.asarray(members).ravel())
+    rows = np.asarray(rows)
+    if not len(members):
+        return np.zeros(rows.shape, bool)
+    found = members[np.minimum(np.searchsorted(members, rows), len(members) - 1)]
+    return found == rows
 
 
 def _sorted_head(values: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -113,7 +127,7 @@ class ApproximateScores:
     def top(self, budget: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ``budget`` best rows outside ``excluded`` and their scores, best first."""
         rows, scores = self.index.search(self.vector, budget + len(excluded))
-        keep = ~np.isin(rows, excluded)
+        keep = ~_among(rows, excluded)
         return rows[keep][:budget], scores[keep][:budget].astype(np.float64)
 
     def at(self, rows: np.ndarray) -> np.ndarray:
@@ -142,6 +156,33 @@ class Request:
     now: float
     context: Mapping[str, Any]
     content_half_life_s: float = 30 * 86400.0
+
+    def allows(self, rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` are not ``excluded``."""
+        return ~_among(rows, self.excluded)
+
+    @functools.cached_property
+    def profile(self) -> np.ndarray:
+        """The person's genre profile (:func:`content_profile`), worked out once per
+        request (read-only)."""
+        genres = self.index.genres
+        times = np.concatenate([self.history_at, self.rejected_at])
+        latest = float(times.max()) if len(times) else self.now
+
+        def weighted(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+            if not len(rows):
+                return np.zeros(genres.shape[1])
+            # ages from the person's latest event, not from now: each part is a weighted
+            # mean, so the common reference cancels, and old histories do not underflow
+            age = np.maximum(latest - np.asarray(at, np.float64), 0.0)
+            weights = 0.5 ** (age / self.content_half_life_s)
+            return genres.take(rows).tdot(weights) / max(weights.sum(), 1e-12)
+
+        profile = weighted(self.history, self.history_at) - weighted(
+            self.rejected, self.rejected_at
+        )
+        profile.setflags(write=False)
+        return profile
 
 
 class Generator(Protocol):
@@ -173,28 +214,37 @@ def top_rows(
     scores: np.ndarray, budget: int, excluded: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``budget`` best rows of ``scores`` (non-finite and ``excluded`` rows never),
-    best first; ties broken by row, so the result is deterministic."""
-    scores = np.asarray(scores, np.float64)
+    best first, and their scores (float64); ties broken by row, so the result is
+    deterministic. Float scores are read in their own precision (no float64 copy of the
+    catalogue's)."""
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
     if budget <= 0:
         return np.zeros(0, np.int64), np.zeros(0)
     want = budget + len(excluded)
     head = None
     if want < len(scores):
-        # every row at or above the ``want``-th largest score (ties included) holds the
-        # answer, unless non-finite scores crowd it out
-        floor = scores[np.argpartition(scores, len(scores) - want)[len(scores) - want :]].min()
-        if np.isfinite(floor):
-            head = np.flatnonzero(scores >= floor)
-            head = head[np.isfinite(scores[head]) & ~np.isin(head, excluded)]
-            if len(head) < budget:
-                head = None
+        # the rows at or above a floor that ``want`` rows reach hold the answer (unless
+        # non-finite or excluded rows crowd it out): the ``want``-th largest of the maxima
+        # of ``4 * want`` strided groups of rows is such a floor, at the cost of a pass
+        groups = min(4 * want, len(scores))
+        depth = len(scores) // groups
+        maxima = scores[: depth * groups].reshape(depth, groups).max(axis=0)
+        head = np.flatnonzero(scores >= np.partition(maxima, groups - want)[groups - want])
+        if len(head) > want:  # the rows at or above the ``want``-th largest of the head
+            floor = np.partition(scores[head], len(head) - want)[len(head) - want]
+            head = head[scores[head] >= floor]
+        head = head[np.isfinite(scores[head]) & ~_among(head, excluded)]
+        if len(head) < budget:
+            head = None
     if head is None:  # every finite row outside ``excluded``
         allowed = np.isfinite(scores)
         allowed[np.asarray(excluded, np.int64)] = False
         head = np.flatnonzero(allowed)
     order = np.lexsort((head, -scores[head]))[:budget]
     rows = head[order].astype(np.int64)
-    return rows, scores[rows]
+    return rows, scores[rows].astype(np.float64)
 
 
 @register_generator("cf")
@@ -213,29 +263,14 @@ def cf_scores_of(request: Request, rows: np.ndarray) -> np.ndarray | None:
         return None
     if isinstance(request.cf_scores, ApproximateScores):
         return request.cf_scores.at(rows)
-    return np.asarray(request.cf_scores, np.float64)[rows]
+    return np.asarray(request.cf_scores)[rows].astype(np.float64)
 
 
 def content_profile(request: Request) -> np.ndarray:
     """The person's genre profile: recency-weighted mean of their items' genre vectors
-    minus that of their rejected items (weights halve every ``content_half_life_s``)."""
-
-    genres = request.index.genres
-    times = np.concatenate([request.history_at, request.rejected_at])
-    latest = float(times.max()) if len(times) else request.now
-
-    def weighted(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
-        if not len(rows):
-            return np.zeros(genres.shape[1])
-        # ages from the person's latest event, not from now: each part is a weighted
-        # mean, so the common reference cancels, and old histories do not underflow to 0
-        age = np.maximum(latest - np.asarray(at, np.float64), 0.0)
-        weights = 0.5 ** (age / request.content_half_life_s)
-        return genres.take(rows).tdot(weights) / max(weights.sum(), 1e-12)
-
-    return weighted(request.history, request.history_at) - weighted(
-        request.rejected, request.rejected_at
-    )
+    minus that of their rejected items (weights halve every ``content_half_life_s``);
+    worked out once per request (``Request.profile``), read-only."""
+    return request.profile
 
 
 @register_generator("content")
@@ -249,18 +284,21 @@ def _content(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
         cosine = index.group_genres.dot(profile) / (index.group_norms * norm)
     # an item sharing nothing with the profile is no content match
     groups = np.flatnonzero((index.group_norms > 0) & (cosine > 0))
-    groups = groups[np.argsort(-cosine[groups], kind="stable")]
-    sizes = np.diff(index.group_indptr)[groups]
     # enough groups, best first, to fill the budget past the excluded rows, and every
-    # group tied with the last one taken (ties are broken by row, across groups)
-    cut = int(np.searchsorted(np.cumsum(sizes), budget + len(request.excluded)))
-    if cut < len(groups):
-        groups = groups[cosine[groups] >= cosine[groups[cut]]]
-    rows = np.concatenate(
-        [index.group_members[index.group_indptr[g] : index.group_indptr[g + 1]] for g in groups]
-        or [np.zeros(0, np.int64)]
+    # group tied with the last one taken (ties are broken by row, across groups, so the
+    # order among tied groups changes nothing)
+    best = np.argsort(-cosine[groups])
+    cut = int(
+        np.searchsorted(np.cumsum(index.group_sizes[groups[best]]), budget + len(request.excluded))
     )
-    rows = rows[~np.isin(rows, request.excluded)]
+    if cut < len(groups):
+        groups = groups[cosine[groups] >= cosine[groups[best[cut]]]]
+    # their members in one gather (member j of group g sits at ``group_indptr[g] + j``)
+    sizes = index.group_sizes[groups]
+    ends = np.cumsum(sizes)
+    at = np.repeat(index.group_indptr[groups] - (ends - sizes), sizes)
+    rows = index.group_members[at + np.arange(len(at))]
+    rows = rows[request.allows(rows)]
     scores = cosine[index.group_of[rows]]
     order = np.lexsort((rows, -scores))[:budget]
     return rows[order], scores[order]
@@ -280,10 +318,11 @@ def _trending(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
 
 @register_generator("fresh")
 def _fresh(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    first_seen = np.asarray(request.index.catalog.first_seen, np.float64)
-    return request.index.static_top(  # negative: first-seen time unknown
-        "fresh", lambda: np.where(first_seen >= 0, first_seen, -np.inf), budget, request.excluded
-    )
+    def newest() -> np.ndarray:  # negative: first-seen time unknown
+        first_seen = np.asarray(request.index.catalog.first_seen, np.float64)
+        return np.where(first_seen >= 0, first_seen, -np.inf)
+
+    return request.index.static_top("fresh", newest, budget, request.excluded)
 
 
 @register_generator("popular")
@@ -312,21 +351,28 @@ class Candidates:
 
     def ranks(self) -> np.ndarray:
         """``ranks[i, g]``: candidate i's position (from 0) in generator g's list, best
-        score first and ties by row (inf: not in it)."""
+        score first and ties by row (inf: not in it); worked out once, read-only."""
+        return self._ranks
+
+    @functools.cached_property
+    def _ranks(self) -> np.ndarray:
+        # every generator's list in one sort: by generator, then best score, then row
+        generator, candidate = np.nonzero(~np.isnan(self.scores.T))
+        scores = self.scores[candidate, generator]
+        order = np.lexsort((self.rows[candidate], -scores, generator))
+        generator, candidate = generator[order], candidate[order]
+        starts = np.searchsorted(generator, np.arange(len(self.names)))
         ranks = np.full(self.scores.shape, np.inf)
-        for g in range(len(self.names)):
-            scores = self.scores[:, g]
-            proposed = np.flatnonzero(~np.isnan(scores))
-            order = proposed[np.lexsort((self.rows[proposed], -scores[proposed]))]
-            ranks[order, g] = np.arange(len(order))
+        ranks[candidate, generator] = np.arange(len(order)) - starts[generator]
+        ranks.setflags(write=False)
         return ranks
 
     def proposals(self, i: int) -> dict[str, float]:
         """The generators that proposed candidate ``i``, with the score each gave it."""
         return {
-            name: float(v)
-            for name, v in zip(self.names, self.scores[i], strict=True)
-            if not np.isnan(v)
+            name: v
+            for name, v in zip(self.names, self.scores[i].tolist(), strict=True)
+            if v == v  # not NaN
         }
 
 
@@ -340,14 +386,19 @@ def generate(request: Request, budgets: Mapping[str, int]) -> Candidates:
     names: Sequence[str] = tuple(budgets)
     proposals = [GENERATORS[name](request, int(budgets[name])) for name in names]
     rows = np.concatenate([r for r, _ in proposals]) if proposals else np.zeros(0, np.int64)
-    unique, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # candidates in the order first proposed
+    rows = rows.astype(np.int64)
+    by_row = np.argsort(rows, kind="stable")  # equal rows together, first proposal first
+    new = np.ones(len(rows), bool)  # where a row first appears in ``by_row``
+    np.not_equal(rows[by_row[1:]], rows[by_row[:-1]], out=new[1:])
+    first = by_row[new]  # each distinct row's first proposal, in row order
+    order = np.argsort(first)  # candidates in the order first proposed
     candidate_of = np.empty(len(order), np.int64)
     candidate_of[order] = np.arange(len(order))
-    position = candidate_of[inverse.reshape(-1)]  # each proposal's candidate
-    scores = np.full((len(unique), len(names)), np.nan)
+    position = np.empty(len(rows), np.int64)  # each proposal's candidate
+    position[by_row] = candidate_of[np.cumsum(new) - 1]
+    scores = np.full((len(first), len(names)), np.nan)
     start = 0
     for g, (proposed, values) in enumerate(proposals):
         scores[position[start : start + len(proposed)], g] = values
         start += len(proposed)
-    return Candidates(unique[order].astype(np.int64), tuple(names), scores)
+    return Candidates(rows[first[order]], tuple(names), scores)

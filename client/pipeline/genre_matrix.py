@@ -9,6 +9,7 @@ terms in the order the row lists them, as a CSR product does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +34,11 @@ class GenreMatrix:
         """How many genres each row has."""
         return np.diff(np.asarray(self.indptr, np.int64))
 
+    @functools.cached_property
+    def _entry_rows(self) -> np.ndarray:
+        """The row of each stored entry (worked out once per matrix)."""
+        return np.repeat(np.arange(self.shape[0]), self.counts())
+
     def row(self, i: int) -> np.ndarray:
         """The genre ids of row ``i``, in the catalogue's order."""
         return np.asarray(self.indices[self.indptr[i] : self.indptr[i + 1]])
@@ -49,9 +55,8 @@ class GenreMatrix:
 
     def dot(self, vector: np.ndarray) -> np.ndarray:
         """``M @ vector``: each row's sum of ``vector`` over its genres."""
-        rows = np.repeat(np.arange(self.shape[0]), self.counts())
         values = np.asarray(vector, np.float64)[np.asarray(self.indices, np.int64)]
-        return np.bincount(rows, weights=values, minlength=self.shape[0])
+        return np.bincount(self._entry_rows, weights=values, minlength=self.shape[0])
 
     def tdot(self, weights: np.ndarray) -> np.ndarray:
         """``M.T @ weights``: each genre's sum of the weights of the rows that have it."""
@@ -61,7 +66,9 @@ class GenreMatrix:
     def dense(self) -> np.ndarray:
         """The rows as a dense float64 matrix over the columns any of them uses (a tag
         catalogue has thousands of columns; a list's candidates use few of them)."""
-        used, columns = np.unique(np.asarray(self.indices, np.int64), return_inverse=True)
-        out = np.zeros((self.shape[0], len(used)))
-        out[np.repeat(np.arange(self.shape[0]), self.counts()), columns] = 1.0
+        indices = np.asarray(self.indices, np.int64)
+        used = np.bincount(indices, minlength=self.width) > 0
+        columns = np.cumsum(used)[indices] - 1  # each entry's column among those used
+        out = np.zeros((self.shape[0], int(used.sum())))
+        out[self._entry_rows, columns] = 1.0
         return out

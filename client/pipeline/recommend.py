@@ -22,11 +22,10 @@ about the person leaves the device. Stages:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from stamen.client.pipeline.candidates import (
     GENERATORS,
@@ -37,6 +36,7 @@ from stamen.client.pipeline.candidates import (
 )
 from stamen.client.pipeline.ranking import candidate_features
 from stamen.client.pipeline.rerank import Slot, rerank
+from stamen.dataclass_settings import DataclassSettings
 from stamen.models.bundle import ReleaseCatalog
 from stamen.models.ranker.weights import ranker_scores
 
@@ -74,44 +74,84 @@ _GENERATOR_DEFAULTS = {
 }
 
 
-class PipelineSettings(BaseModel):
-    """Budgets of the candidate generators and the re-ranker's settings."""
+def _default_budgets() -> dict[str, int]:
+    return {name: budget for name, (budget, _) in _GENERATOR_DEFAULTS.items()}
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    budgets: dict[str, int] = Field(
-        default_factory=lambda: {name: budget for name, (budget, _) in _GENERATOR_DEFAULTS.items()},
-        description="candidate generator -> how many it proposes "
-        "(stamen.client.pipeline.candidates)",
+def _default_weights() -> dict[str, float]:
+    return {name: weight for name, (_, weight) in _GENERATOR_DEFAULTS.items()}
+
+
+@dataclass(frozen=True)
+class PipelineSettings(DataclassSettings):
+    """Budgets of the candidate generators and the re-ranker's settings (a dataclass
+    checked on construction, without pydantic: ``stamen.dataclass_settings``; a bad value
+    raises ``ConfigError`` naming every problem)."""
+
+    budgets: dict[str, int] = field(
+        default_factory=_default_budgets,
+        metadata={
+            "ge": 0,
+            "description": "candidate generator -> how many it proposes "
+            "(stamen.client.pipeline.candidates)",
+        },
     )
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {name: weight for name, (_, weight) in _GENERATOR_DEFAULTS.items()},
-        description="rank fusion weight of each generator's list (missing: 1)",
+    weights: dict[str, float] = field(
+        default_factory=_default_weights,
+        metadata={
+            "ge": 0,
+            "description": "rank fusion weight of each generator's list (missing: 1)",
+        },
     )
-    rrf_k: float = Field(60.0, gt=0, description="reciprocal rank fusion constant")
-    ranker: bool = Field(
-        True, description="order candidates by the release's ranker when it carries one"
+    rrf_k: float = field(
+        default=60.0, metadata={"gt": 0, "description": "reciprocal rank fusion constant"}
     )
-    ranker_depth: int = Field(
-        100,
-        ge=1,
-        description="the ranker re-orders this many of the best candidates by rank fusion; "
-        "the rest follow them in fused order",
+    ranker: bool = field(
+        default=True,
+        metadata={"description": "order candidates by the release's ranker when it carries one"},
     )
-    mmr_lambda: float = Field(
-        0.9, ge=0, le=1, description="MMR: weight of relevance against similarity (1: none)"
+    ranker_depth: int = field(
+        default=100,
+        metadata={
+            "ge": 1,
+            "description": "the ranker re-orders this many of the best candidates by rank "
+            "fusion; the rest follow them in fused order",
+        },
     )
-    diversity: Literal["genres", "embeddings"] = Field(
-        "genres",
-        description="what MMR compares: the items' genre/tag vectors (the model's item "
-        "embeddings when the catalogue has no genres) or the model's item embeddings",
+    mmr_lambda: float = field(
+        default=0.9,
+        metadata={
+            "ge": 0,
+            "le": 1,
+            "description": "MMR: weight of relevance against similarity (1: none)",
+        },
     )
-    genre_cap: int | None = Field(None, ge=1, description="most items of one genre in a list")
-    launch_window_days: float = Field(7.0, ge=0, description="an item this new counts as new")
-    freshness_boost: float = Field(0.0, ge=0, description="added to a new item's relevance")
-    explore: float = Field(0.0, ge=0, le=1, description="ε-greedy exploration rate per slot")
-    content_half_life_days: float = Field(
-        30.0, gt=0, description="the content profile halves an event's weight this often"
+    diversity: Literal["genres", "embeddings"] = field(
+        default="genres",
+        metadata={
+            "description": "what MMR compares: the items' genre/tag vectors (the model's item "
+            "embeddings when the catalogue has no genres) or the model's item embeddings"
+        },
+    )
+    genre_cap: int | None = field(
+        default=None, metadata={"ge": 1, "description": "most items of one genre in a list"}
+    )
+    launch_window_days: float = field(
+        default=7.0, metadata={"ge": 0, "description": "an item this new counts as new"}
+    )
+    freshness_boost: float = field(
+        default=0.0, metadata={"ge": 0, "description": "added to a new item's relevance"}
+    )
+    explore: float = field(
+        default=0.0,
+        metadata={"ge": 0, "le": 1, "description": "ε-greedy exploration rate per slot"},
+    )
+    content_half_life_days: float = field(
+        default=30.0,
+        metadata={
+            "gt": 0,
+            "description": "the content profile halves an event's weight this often",
+        },
     )
 
     @classmethod
@@ -120,15 +160,12 @@ class PipelineSettings(BaseModel):
         release model's own order, no diversity, exploration or freshness."""
         return cls(budgets={"cf": budget, "popular": budget}, mmr_lambda=1.0, ranker=False)
 
-    @field_validator("budgets", "weights")
-    @classmethod
-    def _known(cls, values: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(values) - set(GENERATORS))
-        if unknown:
-            raise ValueError(f"unknown candidate generators {unknown}; known: {sorted(GENERATORS)}")
-        if any(v < 0 for v in values.values()):
-            raise ValueError("candidate budgets and weights must be non-negative")
-        return values
+    def _problems(self) -> list[str]:
+        return [
+            f"{name}: unknown candidate generators {unknown}; known: {sorted(GENERATORS)}"
+            for name in ("budgets", "weights")
+            if (unknown := sorted(set(getattr(self, name)) - set(GENERATORS)))
+        ]
 
 
 @dataclass(frozen=True)
@@ -228,7 +265,9 @@ def _picks(
     candidates = generate(request, budgets)
     rows = candidates.rows
     catalog = request.index.catalog
-    allowed = ~np.isin(rows, request.excluded) & ~np.isin(rows, blocked)
+    allowed = request.allows(rows)
+    if len(blocked):
+        allowed &= ~np.isin(rows, blocked)
     if region is not None and catalog.region_indptr is not None:
         allowed &= np.array([_available(catalog.regions(int(r)), region) for r in rows], bool)
     first_seen = np.asarray(catalog.first_seen[rows], np.float64)
@@ -279,7 +318,10 @@ def _diversity_vectors(
     embeddings: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """What MMR compares: the candidates' genre/tag rows (over the columns they use: a tag
-    catalogue has thousands) or the model's item embeddings."""
+    catalogue has thousands) or the model's item embeddings; nothing (no columns) when
+    λ = 1 turns MMR off."""
+    if settings.mmr_lambda >= 1:
+        return np.zeros((len(rows), 0))
     if not len(rows):
         return np.zeros((0, 1))
     genres = request.index.genres
@@ -292,14 +334,16 @@ def _available(regions: tuple[str, ...], region: str) -> bool:
     return not regions or region in regions
 
 
-def _earner(candidates: Candidates, ranks: np.ndarray, i: int, settings: PipelineSettings) -> str:
-    """The generator that contributed most to candidate ``i``'s fused relevance (with no
-    weighted contribution: the one that ranked it highest)."""
+def _earners(candidates: Candidates, which: np.ndarray, settings: PipelineSettings) -> list[str]:
+    """The generator that contributed most to each of candidates ``which``'s fused
+    relevance (with no weighted contribution: the one that ranked it highest)."""
+    if not len(which):
+        return []
+    ranks = candidates.ranks()[which]
     w = np.array([settings.weights.get(name, 1.0) for name in candidates.names])
-    share = np.where(np.isfinite(ranks[i]), w / (settings.rrf_k + 1.0 + ranks[i]), 0.0)
-    if share.max() > 0:
-        return candidates.names[int(np.argmax(share))]
-    return candidates.names[int(np.argmin(ranks[i]))]
+    share = np.where(np.isfinite(ranks), w / (settings.rrf_k + 1.0 + ranks), 0.0)
+    best = np.where(share.max(axis=1) > 0, np.argmax(share, axis=1), np.argmin(ranks, axis=1))
+    return [candidates.names[g] for g in best.tolist()]
 
 
 def _with_reasons(
@@ -310,12 +354,12 @@ def _with_reasons(
     fresh: np.ndarray,
     settings: PipelineSettings,
 ) -> list[Pick]:
-    ranks = candidates.ranks()
+    picked = np.array([s.candidate for s in slots], np.int64)
     earned = [
-        "explore" if s.explored else _earner(candidates, ranks, s.candidate, settings)
-        for s in slots
+        "explore" if s.explored else source
+        for s, source in zip(slots, _earners(candidates, picked, settings), strict=True)
     ]
-    rows = np.array([candidates.rows[s.candidate] for s in slots], np.int64)
+    rows = candidates.rows[picked]
     reasons = [REASONS.get(source, "") for source in earned]
     for i, (s, source) in enumerate(zip(slots, earned, strict=True)):
         if source == "fresh" and not fresh[s.candidate]:

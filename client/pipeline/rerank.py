@@ -38,6 +38,10 @@ class Slot:
     explored: bool
 
 
+#: Candidates up to which MMR computes every pair's cosine at once (2,048: a 32 MiB matrix).
+_PAIRWISE_AT_MOST = 2048
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length."""
     vectors = np.asarray(vectors, np.float64)
@@ -74,38 +78,42 @@ def rerank(
     top = np.max(np.abs(rel)) if n else 0.0
     rel = rel / top if top > 0 else np.zeros(n)
     rel = rel + freshness_boost * np.asarray(fresh, bool)
-    if n and lam < 1:  # every pair's cosine, once per list: candidates are few
-        unit = _unit(vectors)
-        cosines: np.ndarray | None = unit @ unit.T
-    else:  # λ = 1: no MMR, no similarities
-        cosines = None
+    unit = _unit(vectors) if n and lam < 1 else None  # λ = 1: no MMR, no similarities
+    # every pair's cosine, once per list, where the candidates are few (the usual
+    # budgets); a pipeline widened to a large catalogue (a large k) takes each chosen
+    # item's cosines as it is chosen instead of an n × n matrix
+    cosines = unit @ unit.T if unit is not None and n <= _PAIRWISE_AT_MOST else None
     eligible = np.asarray(allowed, bool).copy()
     nearest = np.full(n, -np.inf)  # max cosine to the chosen items (none yet)
+    # λ·relevance of the eligible (-inf: not eligible); no value is -inf otherwise (the
+    # relevance is finite or NaN after scaling, a penalty finite), so the first maximum
+    # of ``value`` is the eligible candidate MMR picks (candidate order breaks ties)
+    gain = np.where(eligible, lam * rel, -np.inf)
+    value = gain  # what the next pick maximises (no chosen item to resemble yet)
     holders: dict[int, list[int]] = {}  # genre -> the candidates that have it (for a cap)
     for i, gs in enumerate(genres if genre_cap is not None else ()):
         for g in gs:
             holders.setdefault(g, []).append(i)
     counts: dict[int, int] = {}
     slots: list[Slot] = []
-    while len(slots) < k:
-        pool = np.flatnonzero(eligible)
-        if not len(pool):
-            break
-        penalty = np.where(np.isfinite(nearest[pool]), nearest[pool], 0.0)
-        value = lam * rel[pool] - (1 - lam) * penalty
-        greedy = int(pool[np.argmax(value)])  # first maximum: candidate order breaks ties
+    size = int(np.count_nonzero(eligible))  # how many are eligible
+    while len(slots) < k and size:
+        greedy = int(np.argmax(value))
         chosen, explored = greedy, False
         if explore > 0 and rng is not None and rng.random() < explore:
-            chosen = int(pool[rng.integers(len(pool))])
+            chosen = int(np.flatnonzero(eligible)[rng.integers(size)])
             explored = chosen != greedy
-        propensity = (1 - explore) * (chosen == greedy) + explore / len(pool)
+        propensity = (1 - explore) * (chosen == greedy) + explore / size
         slots.append(Slot(chosen, float(rel[chosen]), float(propensity), explored))
-        eligible[chosen] = False
+        eligible[chosen], gain[chosen], size = False, -np.inf, size - 1
         if genre_cap is not None:
             for g in genres[chosen]:
                 counts[g] = counts.get(g, 0) + 1
-                if counts[g] >= genre_cap:
-                    eligible[holders[g]] = False  # the genre is full
-        if cosines is not None:
-            nearest = np.maximum(nearest, cosines[chosen])
+                if counts[g] >= genre_cap:  # the genre is full
+                    eligible[holders[g]], gain[holders[g]] = False, -np.inf
+                    size = int(np.count_nonzero(eligible))
+        if unit is not None and len(slots) < k:
+            row = cosines[chosen] if cosines is not None else unit @ unit[chosen]
+            np.maximum(nearest, row, out=nearest)
+            value = gain - (1 - lam) * np.where(np.isfinite(nearest), nearest, 0.0)
     return slots

@@ -3,9 +3,10 @@ round) and the device (which validates them on receipt)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from stamen.dataclass_settings import DataclassSettings
 
 if TYPE_CHECKING:
     from stamen.models.losses import LossFn
@@ -22,26 +23,38 @@ SHARED_PARAMETERS: tuple[str, ...] = ("items.weight", "items.bias")
 DEVICE_ID_KEY = "device-id"
 
 
-class LocalSettings(BaseModel):
-    """Hyper-parameters of the device step; the server sends them with each round."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class LocalSettings(DataclassSettings):
+    """Hyper-parameters of the device step; the server sends them with each round. A
+    dataclass checked without pydantic (``stamen.dataclass_settings``): a device serving
+    an ``mf`` release builds it and loads no pydantic."""
 
     loss: str = "ials"
-    dim: int = Field(64, gt=0)
-    init_std: float = Field(0.1, gt=0)
-    refresh_steps: int = Field(5, ge=0, description="Adam steps re-fitting the user factor")
-    refresh_lr: float = Field(0.005, gt=0)
-    local_epochs: int = Field(1, ge=1)
-    local_lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    update_weighting: Literal["uniform", "positives"] = Field(
-        "uniform", description="scale each update by 1 or by the device's positives"
+    dim: int = field(default=64, metadata={"gt": 0})
+    init_std: float = field(default=0.1, metadata={"gt": 0})
+    refresh_steps: int = field(
+        default=5, metadata={"ge": 0, "description": "Adam steps re-fitting the user factor"}
     )
-    alpha: float = Field(1.0, ge=0, description="ials: extra confidence of a positive")
-    l2: float = Field(10.0, ge=0, description="ials: L2 weight on the user factor")
-    item_l2: float | None = Field(
-        None, ge=0, description="ials: L2 weight on the item table per device; None: l2 / devices"
+    refresh_lr: float = field(default=0.005, metadata={"gt": 0})
+    local_epochs: int = field(default=1, metadata={"ge": 1})
+    local_lr: float = field(default=0.05, metadata={"gt": 0})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    update_weighting: Literal["uniform", "positives"] = field(
+        default="uniform",
+        metadata={"description": "scale each update by 1 or by the device's positives"},
+    )
+    alpha: float = field(
+        default=1.0, metadata={"ge": 0, "description": "ials: extra confidence of a positive"}
+    )
+    l2: float = field(
+        default=10.0, metadata={"ge": 0, "description": "ials: L2 weight on the user factor"}
+    )
+    item_l2: float | None = field(
+        default=None,
+        metadata={
+            "ge": 0,
+            "description": "ials: L2 weight on the item table per device; None: l2 / devices",
+        },
     )
 
     def loss_fn(self) -> LossFn:

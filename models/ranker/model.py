@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stamen.models.ranker.weights import FEATURES, RankerSettings
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import FEATURES
 
 __all__ = [
     "RANKER_METRICS",

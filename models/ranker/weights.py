@@ -13,23 +13,24 @@ cannot change the order) plus, for ``hidden > 0``, a two-layer ReLU network
 popularity list's rank) by 1 and ``w2`` starts at zero, so training learns corrections to
 the first stage rather than an order from nothing.
 
-Training (torch) lives in ``stamen.models.ranker.model``; a device that only serves a
-release never imports it.
+Training (torch) lives in ``stamen.models.ranker.model`` and its settings (pydantic) in
+``stamen.models.ranker.settings``; a device that only serves a release imports neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from stamen.models.ranker.settings import RankerSettings
 
 __all__ = [
     "DEVICE_KINDS",
     "FEATURES",
     "PRIOR",
     "RANKED_GENERATORS",
-    "RankerSettings",
     "check_ranker",
     "init_ranker",
     "ranker_hidden",
@@ -62,33 +63,6 @@ FEATURES: tuple[str, ...] = (
     *(f"device:{kind}" for kind in DEVICE_KINDS),
     "history",  # log1p(history length) / log1p(1000)
 )
-
-
-class RankerSettings(BaseModel):
-    """The ranker's shape and its device step."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hidden: int = Field(16, ge=0, description="hidden units (0: logistic regression)")
-    # chosen on MovieLens-100K: the training loss of the devices' replayed lists fell from
-    # 5.05 to 4.83 in 300 rounds of 64 (FedAvg, server lr 1); at local lr 0.1 it rose
-    local_lr: float = Field(0.02, gt=0, description="learning rate of the device's steps")
-    local_steps: int = Field(5, ge=1, description="full-batch gradient steps per round")
-    weight_decay: float = Field(1e-4, ge=0, description="L2 penalty in the device's loss")
-
-    def to_config(self) -> dict[str, int | float]:
-        """Flat form for a Flower ``FitIns.config`` (``ranker-`` keys)."""
-        return {f"ranker-{k.replace('_', '-')}": v for k, v in self.model_dump().items()}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, object]) -> RankerSettings:
-        """The settings a request's ``config`` carries (:meth:`to_config`'s keys; missing:
-        an error, a device does not guess its step)."""
-        try:
-            values = {k: config[f"ranker-{k.replace('_', '-')}"] for k in cls.model_fields}
-        except KeyError as missing:
-            raise ValueError(f"a ranker request lacks {missing}") from None
-        return cls.model_validate(values)
 
 
 def ranker_names(settings: RankerSettings) -> tuple[str, ...]:

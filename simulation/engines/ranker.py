@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from stamen.models.ranker.model import RankingExamples, listwise_losses, ranker_updates
-from stamen.models.ranker.weights import FEATURES, RankerSettings, init_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import FEATURES, init_ranker
 from stamen.server.rounds import RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.engines.batched import BatchedResult, run_rounds

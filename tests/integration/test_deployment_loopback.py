@@ -38,7 +38,8 @@ from stamen.client.device.device import Device
 from stamen.client.device.experiments import Experiment
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.ranker.model import RANKER_METRICS
-from stamen.models.ranker.weights import RankerSettings, init_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import init_ranker
 from stamen.privacy import open_signed
 from stamen.server.certs import make_certificates
 from stamen.simulation.cli.commands import app

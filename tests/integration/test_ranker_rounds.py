@@ -19,7 +19,8 @@ from stamen.models.ranker.model import (
     list_metrics,
     ranker_updates,
 )
-from stamen.models.ranker.weights import RankerSettings, init_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import init_ranker
 from stamen.privacy import open_signed
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.simulation.config import SimulationConfig

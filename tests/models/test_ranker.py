@@ -19,7 +19,8 @@ from stamen.errors import BundleError
 from stamen.models import LocalSettings, ReleaseBundle, ReleaseCatalog
 from stamen.models.mf.model import MFModel
 from stamen.models.ranker.model import RankingExamples, ranker_updates
-from stamen.models.ranker.weights import FEATURES, RankerSettings, init_ranker, ranker_scores
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import FEATURES, init_ranker, ranker_scores
 from stamen.privacy import generate_key, generate_signing_key, open_signed
 from stamen.server import ReleaseWriter
 from stamen.server.settings import ServerSettings

@@ -27,7 +27,8 @@ from stamen.errors import (
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.mf.settings import DEVICE_ID_KEY
 from stamen.models.ranker.model import RANKER_METRICS
-from stamen.models.ranker.weights import RankerSettings, init_ranker
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import init_ranker
 from stamen.models.registry import build_model
 from stamen.privacy import open_signed
 from stamen.server.deployment import Deployment, RunStatus, deployment_strategy, serve

@@ -18,7 +18,8 @@ from helpers.updates import fit_res
 from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ReleaseCatalog, UserItems
 from stamen.models.ranker.model import RankingExamples
-from stamen.models.ranker.weights import FEATURES, RankerSettings
+from stamen.models.ranker.settings import RankerSettings
+from stamen.models.ranker.weights import FEATURES
 from stamen.models.registry import build_model
 from stamen.privacy import CentralGaussianSum, DistributedGaussianSum, Purpose, Streams, UserDP
 from stamen.server.ranker_strategy import RankerAveraging

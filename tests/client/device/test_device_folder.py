@@ -181,6 +181,30 @@ def test_a_damaged_installed_release_is_visible_and_repaired_by_applying_again(
         assert device.release_error is None and device.release is not None
 
 
+def test_an_installed_release_this_installation_cannot_serve_leaves_the_device_usable(
+    tmp_path, monkeypatch
+) -> None:
+    # e.g. a two-tower release installed, then torch uninstalled: opening must not fail
+    from stamen.client.device import releases as releases_module
+    from stamen.errors import ConfigError
+
+    key, folder = generate_key(), tmp_path / "device"
+    _device_with_events(folder, key)
+
+    def unservable(*args, **kwargs):
+        raise ConfigError("model 'mf' needs torch, which is not installed here")
+
+    monkeypatch.setattr(releases_module, "ServedRelease", unservable)
+    with _open(folder, key) as device:
+        assert isinstance(device.release_error, ConfigError)
+        assert "needs torch" in str(device.release_error)
+        assert device.release is None and device.recommend(3) == []
+        assert len(device.history()) > 0  # the person's events are all there
+    monkeypatch.undo()
+    with _open(folder, key) as device:  # served again where it can be
+        assert device.release_error is None and len(device.recommend(3)) == 3
+
+
 def test_an_export_file_is_owner_only(tmp_path) -> None:
     with _open(tmp_path / "device", generate_key()) as device:
         device.record("item-1", "play")

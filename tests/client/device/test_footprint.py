@@ -1,5 +1,6 @@
 """An app that embeds ``Device`` and serves a matrix-factorisation release loads numpy, the
-store and the release format only: never torch, Flower, Ray, Opacus or SciPy (issue 26)."""
+store and the release format only: never torch, Flower, Ray, Opacus, SciPy or pydantic
+(issue 26)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ with Device.open(folder, key=bytes.fromhex(key), release_key=bytes.fromhex(publi
         device.record(item, "play")
     device.record("item-4", "rating", value=5.0)
     assert len(device.recommend(5)) == 5
-print(sorted(m for m in ("torch", "flwr", "ray", "opacus", "scipy") if m in sys.modules))
+heavy = ("torch", "flwr", "ray", "opacus", "scipy", "pydantic")
+print(sorted(m for m in heavy if m in sys.modules))
 """
 
 
-def test_serving_an_mf_release_loads_no_torch_flower_ray_opacus_or_scipy(tmp_path) -> None:
+def test_serving_an_mf_release_loads_no_torch_flower_ray_opacus_scipy_or_pydantic(tmp_path) -> None:
     private, public = generate_signing_key()
     release = tmp_path / "release-000001.stamen"
     release.write_bytes(small_mf_release(1, private))

@@ -270,6 +270,33 @@ def test_mmr_matches_the_slow_reference(lam) -> None:
     assert _mmr(relevance, compact, 12, lam) == _mmr(relevance, tags.toarray() != 0, 12, lam)
 
 
+def test_mmr_over_many_candidates_takes_cosines_per_pick_and_matches_the_reference(
+    monkeypatch,
+) -> None:
+    # a pipeline widened to a large catalogue must not build an n × n cosine matrix (at
+    # 100,000 candidates: 75 GiB); above the pairwise limit each pick's cosines are taken
+    import tracemalloc
+
+    from stamen.client.pipeline import rerank as rerank_module
+
+    rng = np.random.default_rng(3)
+    relevance, vectors = rng.random(120), rng.normal(size=(120, 6))
+    monkeypatch.setattr(rerank_module, "_PAIRWISE_AT_MOST", 50)
+    picks = _mmr(relevance, vectors, 15, 0.6)
+    assert picks == _mmr_reference(relevance, vectors, 15, 0.6)
+    monkeypatch.undo()
+    assert _mmr(relevance, vectors, 15, 0.6) == picks  # the pairwise matrix agrees
+    n = 6000  # a pairwise matrix of float64 cosines would be 275 MiB
+    relevance, vectors = rng.random(n), rng.normal(size=(n, 6))
+    tracemalloc.start()
+    try:
+        assert len(_mmr(relevance, vectors, 30, 0.6)) == 30
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * n * 8 / 4
+
+
 def test_mmr_diversifies_a_list_of_near_duplicates() -> None:
     vectors = np.array([[1.0, 0], [1.0, 0.01], [0, 1.0]])
     relevance = np.array([1.0, 0.99, 0.5])

@@ -1,0 +1,1 @@
+../../stamen/dataclass_settings.py
