@@ -14,8 +14,8 @@ memory, the kernel's ``ru_maxrss`` of the whole process), ``--repeats`` times, i
 - ``import Device``: ``from stamen.client import Device`` and its module;
 - ``device``: ``Device.open`` of a new folder, ``apply_release`` of the file, ``record`` of
   4 events, one ``recommend(10)`` through the whole on-device pipeline, ``close``; the
-  process reports which of torch, flwr, ray and opacus it loaded (none is the contract,
-  ``tests/client/device/test_footprint.py``).
+  process reports which of torch, flwr, ray, opacus, scipy and pydantic it loaded (none
+  is the contract, ``tests/client/device/test_footprint.py``).
 
 Reports the median and the best wall time and the median peak RSS of each row, and the
 machine's load average (wall times on a loaded machine are longer). Writes
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 DIM = 64
 TIME = "/usr/bin/time"
 #: The modules whose absence is the device's contract.
-HEAVY = ("torch", "flwr", "ray", "opacus")
+HEAVY = ("torch", "flwr", "ray", "opacus", "scipy", "pydantic")
 
 BARE = "import numpy"
 IMPORT = "from stamen.client import Device; import stamen.client.device.device"

@@ -12,12 +12,13 @@ device's interest private on the way.
 from __future__ import annotations
 
 import re
-import ssl
-import urllib.error
-import urllib.request
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from stamen.errors import ReleaseError
+
+if TYPE_CHECKING:  # urllib.request and ssl load when a release is fetched, not with Device
+    import ssl
 
 __all__ = ["MAX_RELEASE_BYTES", "fetch_newest", "is_url"]
 
@@ -59,6 +60,9 @@ def fetch_newest(
 
 
 def _read(url: str, timeout: float, limit: int, context: ssl.SSLContext | None) -> bytes:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
             data = response.read(limit + 1)

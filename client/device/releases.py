@@ -18,11 +18,11 @@ import mmap
 import os
 import secrets
 import shutil
-import ssl
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.registry import model_class
 from stamen.privacy import open_signed_with_sha256, signed_payload, write_staged
 
+if TYPE_CHECKING:
+    import ssl
+
 __all__ = ["RELEASE_FILE", "ReleasesMixin"]
 
 _log = logging.getLogger("stamen.device")
@@ -62,6 +65,10 @@ class ReleasesMixin(DeviceCore):
     """Applying and loading releases (a part of ``Device``)."""
 
     def _load_installed(self) -> None:
+        # what an apply interrupted by a crash left (a staged copy, a replaced release's
+        # link): this process holds the store, so no apply of another is under way
+        for stale in self.folder.glob(f".{RELEASE_FILE}.*.tmp"):
+            stale.unlink(missing_ok=True)
         path = self.folder / RELEASE_FILE
         if not path.exists():
             return
@@ -243,6 +250,7 @@ class ReleasesMixin(DeviceCore):
                 if self._check(release, digest, source, migrate=migrate):
                     return self.release
                 installed = self.folder / RELEASE_FILE
+                retired = _keep_alive(installed)
                 os.replace(staged, installed)
                 store.set_meta(
                     {
@@ -256,10 +264,13 @@ class ReleasesMixin(DeviceCore):
                 previous, self._serving, self._release_error = self._serving, serving, None
                 self._refresh()
                 info = self.release
-            # let the replaced release go outside the lock: closing the map of its deleted
-            # file frees the file's blocks, tens of milliseconds for a large release
-            # (benchmarks/device_concurrency.py), which a recommend must not wait for
+            # let the replaced release go outside the lock, its file kept by a link until
+            # it is unmapped, then removed: freeing a large file's blocks takes tens of
+            # milliseconds (benchmarks/device_concurrency.py), which neither the lock nor
+            # the unmapping should wait for
             del previous
+            if retired is not None:
+                retired.unlink(missing_ok=True)
             return info
         finally:
             staged.unlink(missing_ok=True)  # gone once renamed into place
@@ -313,6 +324,20 @@ class ReleasesMixin(DeviceCore):
             staged.unlink(missing_ok=True)
             raise
         return staged, _fsync_meanwhile(staged)
+
+
+def _keep_alive(path: Path) -> Path | None:
+    """A hard link to ``path`` named as ``stamen_files`` expects (``None``: no file there,
+    or the file system has no links), so that replacing ``path`` leaves its blocks to be
+    freed when the link is removed."""
+    if not path.exists():
+        return None
+    link = path.with_name(f".{RELEASE_FILE}.{secrets.token_hex(8)}.tmp")
+    try:
+        os.link(path, link)
+    except OSError:
+        return None
+    return link
 
 
 def _done() -> None:

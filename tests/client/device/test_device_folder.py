@@ -205,6 +205,21 @@ def test_an_installed_release_this_installation_cannot_serve_leaves_the_device_u
         assert device.release_error is None and len(device.recommend(3)) == 3
 
 
+def test_opening_removes_what_an_interrupted_apply_left(tmp_path) -> None:
+    key, folder = generate_key(), tmp_path / "device"
+    _device_with_events(folder, key)
+    left = [folder / f".{RELEASE_FILE}.0123456789abcdef.tmp", folder / f".{RELEASE_FILE}.x.tmp"]
+    for path in left:
+        path.write_bytes(b"half a release")
+    other = folder / "settings.json"  # the app's own file stays
+    other.write_text("{}")
+    with _open(folder, key) as device:
+        assert not any(path.exists() for path in left) and other.exists()
+        assert device.release is not None and len(device.recommend(3)) == 3
+        device.apply_release(_release(2))  # the replaced release's link is removed too
+        assert not list(folder.glob(f".{RELEASE_FILE}.*"))
+
+
 def test_an_export_file_is_owner_only(tmp_path) -> None:
     with _open(tmp_path / "device", generate_key()) as device:
         device.record("item-1", "play")
