@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -26,6 +25,7 @@ from stamen.client.device.events import (
     is_positive,
     validate_event,
 )
+from stamen.client.device.fair_lock import FairLock
 from stamen.client.device.folder import FolderLock
 from stamen.client.device.served import ReleaseInfo, ServedRelease, arm_settings
 from stamen.client.device.store import EventStore
@@ -62,7 +62,7 @@ class DeviceCore:
         self._rng = np.random.default_rng(seed)  # exploration; None: the OS's entropy
         self._store: EventStore | None = store
         self._release_key = release_key
-        self._lock = threading.RLock()
+        self._lock = FairLock()  # first come, first served: an apply is not starved
         self._folder_lock: FolderLock | None = None  # set by ``Device.open``
         self.rating_threshold = rating_threshold
         # the latest event per item: its time, kind and whether it is engagement

@@ -242,6 +242,7 @@ class ReleasesMixin(DeviceCore):
                     return self.release  # already installed
             cache: dict[str, np.ndarray] = {}
             serving = ServedRelease(release, digest, cache)  # before installing: it may refuse
+            serving.index.warm()  # not in the first recommend on the new release
             synced()
             with self._lock:  # checked again: another thread may have installed meanwhile
                 store = self._open_store()

@@ -35,6 +35,7 @@ from stamen.models.item_index import ApproximateIndex
 
 __all__ = [
     "GENERATORS",
+    "STATIC",
     "ApproximateScores",
     "Candidates",
     "ReleaseIndex",
@@ -46,6 +47,10 @@ __all__ = [
     "cf_scores_of",
     "top_rows",
 ]
+
+
+#: The generators whose lists depend on the release alone (sorted once per release).
+STATIC = ("fresh", "trending", "popular")
 
 
 class ReleaseIndex:
@@ -74,20 +79,41 @@ class ReleaseIndex:
         self.group_sizes: np.ndarray = np.diff(np.asarray(self.group_indptr, np.int64))
 
     def static_top(
-        self, name: str, scores: Callable[[], np.ndarray], budget: int, excluded: np.ndarray
+        self, name: str, budget: int, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ``budget`` best rows of the release-static ``scores()`` (best first, ties
-        by row; non-finite scores never) outside ``excluded``. The head of each list is
-        sorted once under ``name`` and lengthened when a request needs more of it."""
+        """The ``budget`` best rows of the release-static list ``name`` (:data:`STATIC`;
+        best first, ties by row; non-finite scores never) outside ``excluded``. The head
+        of each list is sorted once and lengthened when a request needs more of it."""
         need = budget + len(excluded)  # enough to fill the budget after skipping
         rows, values, complete = self._sorted.get(name, (np.zeros(0, np.int64), None, False))
         if values is None or (len(rows) < need and not complete):
             rows, values, complete = _sorted_head(
-                np.asarray(scores(), np.float64), max(need, 2 * len(rows), 1024)
+                self._static_scores(name), max(need, 2 * len(rows), 1024)
             )
             self._sorted[name] = (rows, values, complete)
         keep = ~_among(rows[:need], excluded)
         return rows[:need][keep][:budget].astype(np.int64), values[:need][keep][:budget]
+
+    def warm(self) -> None:
+        """Sort the head of every static list now rather than in the first request (an
+        ``apply_release`` does it before it swaps the release in, outside the device's
+        lock)."""
+        for name in STATIC:
+            if name != "trending" or self.trending is not None:
+                self.static_top(name, 0, np.zeros(0, np.int64))
+
+    def _static_scores(self, name: str) -> np.ndarray:
+        """The scores of static list ``name`` over the catalogue (float64; non-finite:
+        never listed)."""
+        if name == "popular":
+            return self.popularity
+        if name == "trending":  # zero counts: nobody, so not trending
+            assert self.trending is not None
+            return np.where(self.trending > 0, self.trending, -np.inf)
+        if name == "fresh":  # negative: first-seen time unknown
+            first_seen = np.asarray(self.catalog.first_seen, np.float64)
+            return np.where(first_seen >= 0, first_seen, -np.inf)
+        raise ValueError(f"no static list {name!r}; known: {list(STATIC)}")
 
 
 def _among(rows: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -306,31 +332,21 @@ def _content(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
 
 @register_generator("trending")
 def _trending(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    index = request.index
-    if index.trending is None:
+    if request.index.trending is None:
         return np.zeros(0, np.int64), np.zeros(0)
-    counts = index.trending
-    # zero counts: nobody, so not trending
-    return index.static_top(
-        "trending", lambda: np.where(counts > 0, counts, -np.inf), budget, request.excluded
-    )
+    return request.index.static_top("trending", budget, request.excluded)
 
 
 @register_generator("fresh")
 def _fresh(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    def newest() -> np.ndarray:  # negative: first-seen time unknown
-        first_seen = np.asarray(request.index.catalog.first_seen, np.float64)
-        return np.where(first_seen >= 0, first_seen, -np.inf)
-
-    return request.index.static_top("fresh", newest, budget, request.excluded)
+    return request.index.static_top("fresh", budget, request.excluded)
 
 
 @register_generator("popular")
 def _popular(request: Request, budget: int) -> tuple[np.ndarray, np.ndarray]:
     if len(request.history):  # the fallback for a person the device knows nothing of
         return np.zeros(0, np.int64), np.zeros(0)
-    index = request.index
-    return index.static_top("popular", lambda: index.popularity, budget, request.excluded)
+    return request.index.static_top("popular", budget, request.excluded)
 
 
 @dataclass(frozen=True)

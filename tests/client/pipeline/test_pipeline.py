@@ -489,12 +489,31 @@ def test_a_static_list_is_what_sorting_every_row_gives(values, requests) -> None
     ties, as trending counts have."""
     scores = np.array(values)
     ids = [str(i) for i in range(len(scores))]
-    index = ReleaseIndex(ReleaseCatalog.build(ids, titles=ids), np.zeros(len(ids)), None)
+    index = ReleaseIndex(ReleaseCatalog.build(ids, titles=ids), scores, None)
     finite = np.flatnonzero(np.isfinite(scores))
     everything = finite[np.lexsort((finite, -scores[finite]))]
     for budget, excluded in requests:
         gone = np.array(excluded, np.int64)
-        rows, got = index.static_top("s", lambda: scores, budget, gone)
+        rows, got = index.static_top("popular", budget, gone)
         expected = everything[~np.isin(everything, gone)][:budget]
         assert rows.tolist() == expected.tolist()
         assert got.tolist() == scores[expected].tolist()
+
+
+def test_warming_sorts_every_static_list_and_changes_no_answer() -> None:
+    rng = np.random.default_rng(5)
+    n = 3000
+    ids = [str(i) for i in range(n)]
+    catalog = ReleaseCatalog.build(ids, titles=ids, first_seen=rng.integers(-1, 1_700_000_000, n))
+    popularity, trending = rng.random(n), rng.poisson(1.0, n).astype(np.float64)
+    warm, cold = (ReleaseIndex(catalog, popularity, trending) for _ in range(2))
+    warm.warm()
+    assert set(warm._sorted) == {"fresh", "trending", "popular"} and not cold._sorted
+    gone = rng.choice(n, 30, replace=False)
+    for name in ("fresh", "trending", "popular"):
+        for budget in (5, 100, 2000):
+            a, b = warm.static_top(name, budget, gone), cold.static_top(name, budget, gone)
+            assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+    without = ReleaseIndex(catalog, popularity, None)
+    without.warm()  # a release without trending counts has no trending list
+    assert set(without._sorted) == {"fresh", "popular"}
