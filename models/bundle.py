@@ -225,7 +225,11 @@ class ReleaseCatalog:
 
     def item_id(self, index: int) -> str:
         """The app's id of item ``index``."""
-        return bytes(self.item_ids[index]).decode("utf-8")
+        return self.item_ids_of([index])[0]
+
+    def item_ids_of(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The app's ids of items ``rows``, in one indexing of the catalogue."""
+        return [i.decode("utf-8") for i in self.item_ids[np.asarray(rows, np.int64)].tolist()]
 
     def title(self, index: int) -> str:
         """The title of item ``index``."""

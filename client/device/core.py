@@ -280,9 +280,7 @@ class DeviceCore:
             if serving is None or not len(self._ordered):
                 return np.zeros((0, 2), np.int64)
             catalog = serving.bundle.catalog
-            return np.stack(
-                [self._contexts[catalog.item_id(int(i))] for i in self._ordered.tolist()]
-            )
+            return np.stack([self._contexts[i] for i in catalog.item_ids_of(self._ordered)])
 
     def history_times(self) -> np.ndarray:
         """The time (seconds since the epoch) of the latest event of each item of
@@ -331,8 +329,8 @@ class DeviceCore:
     def _times(self, rows: np.ndarray) -> np.ndarray:
         """The time of the latest event of each catalogue row's item."""
         assert self._serving is not None
-        ids = self._serving.bundle.catalog.item_ids[np.asarray(rows, np.int64)].tolist()
-        return np.array([self._latest[i.decode("utf-8")][0] for i in ids], np.float64)
+        ids = self._serving.bundle.catalog.item_ids_of(rows)
+        return np.array([self._latest[i][0] for i in ids], np.float64)
 
 
 def _validated(events: Iterable[Event | Mapping[str, Any]]) -> Iterator[Event]:

@@ -48,7 +48,7 @@ class PortabilityMixin(DeviceCore):
         with self._lock:
             release = self.release
             catalog = None if self._serving is None else self._serving.bundle.catalog
-            ids = (lambda rows: [catalog.item_id(int(i)) for i in rows]) if catalog else None
+            ids = catalog.item_ids_of if catalog else None
             data = {
                 "format": EXPORT_FORMAT,
                 "exported_at": time.time(),
