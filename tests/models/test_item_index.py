@@ -133,3 +133,12 @@ def test_missing_faiss_names_the_pip_package(monkeypatch: pytest.MonkeyPatch) ->
         ApproximateIndex.build(table, bias)
     assert isinstance(caught.value, ImportError) and isinstance(caught.value, StamenError)
     assert item_index.PIP_PACKAGE == "faiss-cpu"
+
+
+def test_a_search_re_scores_one_item_in_a_hundred_between_its_bounds() -> None:
+    from stamen.models.item_index import DEFAULT_CANDIDATES, default_candidates
+
+    assert default_candidates(5_000) == 1000
+    assert default_candidates(100_000) == 1000
+    assert default_candidates(250_000) == 2500
+    assert default_candidates(1_000_000) == DEFAULT_CANDIDATES == 4000
