@@ -4,6 +4,8 @@ A device lives in one folder of its own::
 
     device.db, device.db-wal, device.db-shm   the events, encrypted as a whole (SQLCipher)
     release.stamen                            the installed release, signed, as published
+    release.stamen.<name>.npy                 large arrays derived from the release alone
+                                              (``stamen.client.device.derived``)
 
 The store key comes from the app's keystore and is never written to the folder; the
 publisher's Ed25519 public key is pinned in the (encrypted, authenticated) store when the

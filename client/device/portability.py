@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
+from stamen.client.device.derived import DERIVED_GLOB
 from stamen.client.device.event_files import EventFile, EventSource
 from stamen.client.device.folder import LOCK_FILE, MARKER_FILE
 from stamen.client.device.releases import RELEASE_FILE
@@ -150,10 +151,11 @@ def stamen_files(folder: Path) -> list[Path]:
     """The files a device keeps in ``folder`` (``stamen.client.device``), but for its lock
     file: its marker, its database and the SQLite companions, the installed release, the
     link and temporary files that installing a release or the marker leaves while it
-    runs."""
+    runs, the arrays derived from the release (``stamen.client.device.derived``)."""
     names = [DB_NAME, *(f"{DB_NAME}{suffix}" for suffix in ("-wal", "-shm", "-journal"))]
     names += [MARKER_FILE, RELEASE_FILE, f".{RELEASE_FILE}.link"]
     found = [folder / name for name in names]
+    found += sorted(folder.glob(DERIVED_GLOB))
     for name in (RELEASE_FILE, MARKER_FILE):
         found += sorted(folder.glob(f".{name}.*.tmp"))
     return [path for path in found if path.is_file() or path.is_symlink()]

@@ -27,12 +27,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stamen.client.device.core import DeviceCore
+from stamen.client.device.derived import Staged, file_status, prune, read_derived, stage
 from stamen.client.device.fetch import fetch_newest, is_url
 from stamen.client.device.served import (
     ReleaseInfo,
     ServedRelease,
-    serving_cache,
-    serving_cache_record,
 )
 from stamen.errors import (
     DataError,
@@ -95,8 +94,8 @@ class ReleasesMixin(DeviceCore):
             )
             _log.warning("%s", self._release_error)
             return
-        cache = serving_cache(store.get_meta(_CACHE), digest)
-        known = dict(cache)
+        derived = read_derived(store.get_meta(_CACHE), digest, self.folder)
+        cache = dict(derived.arrays)
         try:
             self._serving = ServedRelease(bundle, digest, cache)
         except (StamenError, ValueError) as error:  # e.g. its model needs torch, now absent
@@ -108,8 +107,8 @@ class ReleasesMixin(DeviceCore):
             _log.warning("%s: installed release not served (%s)", path, error)
             return
         updates = {}
-        if cache.keys() != known.keys():  # derived now: kept for the next open
-            updates[_CACHE] = serving_cache_record(digest, cache)
+        if cache.keys() != derived.arrays.keys():  # derived now: kept for the next open
+            updates[_CACHE] = stage(self.folder, digest, cache, derived.files).install()
         if digest == installed and status != store.get_meta(_STATUS):
             updates[_STATUS] = status  # verified now: the next open need not again
         if updates:
@@ -232,6 +231,7 @@ class ReleasesMixin(DeviceCore):
             Path(bundle) if path is not None else bytes(bundle),  # type: ignore[arg-type]
             link=link,
         )
+        derived: Staged | None = None
         try:
             mapped, _ = _mapped(staged)
             release, digest = self._verified(mapped, source)  # outside the lock: the slow part
@@ -243,6 +243,7 @@ class ReleasesMixin(DeviceCore):
             cache: dict[str, np.ndarray] = {}
             serving = ServedRelease(release, digest, cache)  # before installing: it may refuse
             serving.index.warm()  # not in the first recommend on the new release
+            derived = stage(self.folder, digest, cache, {})  # large arrays written, synced
             synced()
             with self._lock:  # checked again: another thread may have installed meanwhile
                 store = self._open_store()
@@ -258,8 +259,8 @@ class ReleasesMixin(DeviceCore):
                         _HIGHEST: str(release.release).encode(),
                         _DIGEST: digest,
                         _PINNED: _pin(release),
-                        _STATUS: _status(os.stat(installed)),
-                        _CACHE: serving_cache_record(digest, cache),
+                        _STATUS: file_status(os.stat(installed)),
+                        _CACHE: derived.install(),
                     }
                 )
                 previous, self._serving, self._release_error = self._serving, serving, None
@@ -272,9 +273,12 @@ class ReleasesMixin(DeviceCore):
             del previous
             if retired is not None:
                 retired.unlink(missing_ok=True)
+            prune(self.folder, derived.names())  # the replaced release's
             return info
         finally:
             staged.unlink(missing_ok=True)  # gone once renamed into place
+            if derived is not None:
+                derived.discard()  # written for a release not installed
 
     def _check(self, release: ReleaseBundle, digest: bytes, source: str, *, migrate: bool) -> bool:
         """Refuse ``release`` (raising) or say whether it is the one installed already;
@@ -372,22 +376,14 @@ def _fsync_meanwhile(path: Path) -> Callable[[], None]:
 
 
 def _mapped(path: Path) -> tuple[memoryview, bytes]:
-    """``path`` memory-mapped copy-on-write, and its status record (:func:`_status`) as it
-    was when mapped."""
+    """``path`` memory-mapped copy-on-write, and its status record as it was when mapped
+    (:func:`~stamen.client.device.derived.file_status`)."""
     with path.open("rb") as handle:
         status = os.fstat(handle.fileno())
         if status.st_size == 0:
-            return memoryview(b""), _status(status)  # an empty file cannot be mapped
+            return memoryview(b""), file_status(status)  # an empty file cannot be mapped
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        return memoryview(mapped), _status(status)  # the view keeps the map open
-
-
-def _status(status: os.stat_result) -> bytes:
-    """What identifies a file's contents short of reading them: device, inode, size,
-    modification and change times (a write changes the change time, which no call sets
-    back)."""
-    fields = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
-    return ":".join(str(f) for f in fields).encode()
+        return memoryview(mapped), file_status(status)  # the view keeps the map open
 
 
 def _pin(release: ReleaseBundle) -> bytes:

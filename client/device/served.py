@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ __all__ = [
     "ServedRelease",
     "arm_settings",
     "release_experiments",
-    "serving_cache",
-    "serving_cache_record",
 ]
 
 
@@ -90,29 +87,11 @@ class ReleaseInfo:
     retrieval: str = "exact"
 
 
-def serving_cache_record(digest: bytes, cache: Mapping[str, np.ndarray]) -> bytes:
-    """What a device stores of the small arrays its model derived from the release whose
-    SHA-256 is ``digest`` (``RecModel.serving``'s ``cache``): the digest, then an ``.npz``."""
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = dict(cache)
-    np.savez(buffer, **arrays)
-    return digest + buffer.getvalue()
-
-
-def serving_cache(record: bytes | None, digest: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a :func:`serving_cache_record` when it is the release ``digest``'s;
-    empty otherwise (none stored, or another release's)."""
-    if record is None or record[: len(digest)] != digest:
-        return {}
-    with np.load(io.BytesIO(record[len(digest) :]), allow_pickle=False) as arrays:
-        return {name: arrays[name] for name in arrays.files}
-
-
 class ServedRelease:
     """What a device derives from an installed release (held in memory only): the serving
     state of the model named in the release (``stamen.models.registry``). ``cache``: the
     small arrays the model derived from this release before, read where present and
-    filled where absent (:func:`serving_cache`)."""
+    filled where absent (``stamen.client.device.derived``)."""
 
     def __init__(
         self,

@@ -40,7 +40,7 @@ from stamen.models.bundle import ReleaseCatalog
 from stamen.models.device_step import functional_sgd
 from stamen.models.quantize import ItemTable
 from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
-from stamen.models.two_tower.features import item_features
+from stamen.models.two_tower.content import ContentItems
 from stamen.models.two_tower.model import padded_histories
 from stamen.models.two_tower.sampled_softmax import full_softmax_loss, sampled_softmax_loss
 
@@ -156,7 +156,7 @@ class SequentialNet(nn.Module):
 
 
 @register_model("sequential")
-class Sequential(RecModel):
+class Sequential(ContentItems, RecModel):
     """The sequential model (see module docstring); settings: :class:`SequentialSettings`."""
 
     settings_class = SequentialSettings
@@ -166,10 +166,7 @@ class Sequential(RecModel):
 
     def __init__(self, settings: SequentialSettings, catalog: ReleaseCatalog) -> None:
         super().__init__(settings, catalog)
-        self.features = torch.from_numpy(
-            item_features(catalog, title_buckets=settings.title_buckets)
-        )
-        self.net = SequentialNet(self.n_items, self.features.shape[1], settings)
+        self.net = SequentialNet(self.n_items, self.feature_width(), settings)
         self._names = tuple(name for name, _ in self.net.named_parameters())
         #: log Q of the uniform proposal the device draws its negatives from
         self.log_q = float(np.log(max(settings.negatives, 1) / self.n_items))
@@ -268,14 +265,6 @@ class Sequential(RecModel):
         out = [deltas[name].detach().numpy() for name in self._names]
         return DeviceUpdates(out, (None,) * devices.n_devices, losses.detach().double().numpy())
 
-    def item_embeddings(self, shared: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole catalogue's embeddings ``(n_items, dim)`` and biases ``(n_items,)``
-        (a device computes them once per release)."""
-        params = self._params(shared)
-        with torch.no_grad():
-            ids = torch.arange(self.n_items)
-            return functional_call(self.net, params, ("items", self.features, ids))
-
     def _users(
         self, params: dict[str, torch.Tensor], item_emb: torch.Tensor, devices: DeviceInputs
     ) -> torch.Tensor:
@@ -298,8 +287,9 @@ class Sequential(RecModel):
         cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """The item side once per release; the user vector recomputed from the history
-        (its last ``max_history`` items) on every event."""
-        item_emb, item_bias = self.item_embeddings(shared)
+        (its last ``max_history`` items) on every event. The item side is read from
+        ``cache`` where a device kept it (:meth:`served_items`)."""
+        item_emb, item_bias = self.served_items(shared, cache)
         params, net = self._params(shared), self.net  # not the model: its features can go
         n_items, window = self.n_items, self.settings.max_history
 

@@ -37,8 +37,8 @@ from stamen.models.bundle import ReleaseCatalog
 from stamen.models.device_step import functional_sgd
 from stamen.models.quantize import ItemTable
 from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
+from stamen.models.two_tower.content import ContentItems
 from stamen.models.two_tower.context import UNKNOWN_CONTEXT, UNKNOWN_HOUR, UNKNOWN_WEEKDAY
-from stamen.models.two_tower.features import item_features
 from stamen.models.two_tower.sampled_softmax import full_softmax_loss, sampled_softmax_loss
 
 __all__ = ["TwoTower", "TwoTowerNet", "TwoTowerSettings", "padded_contexts", "padded_histories"]
@@ -235,7 +235,7 @@ def padded_contexts(history: UserItems, length: int | None) -> np.ndarray:
 
 
 @register_model("two-tower")
-class TwoTower(RecModel):
+class TwoTower(ContentItems, RecModel):
     """The two-tower model (see module docstring); settings: :class:`TwoTowerSettings`.
 
     Catalogue negatives are drawn uniformly on the device (every device holds the same
@@ -250,10 +250,7 @@ class TwoTower(RecModel):
 
     def __init__(self, settings: TwoTowerSettings, catalog: ReleaseCatalog) -> None:
         super().__init__(settings, catalog)
-        self.features = torch.from_numpy(
-            item_features(catalog, title_buckets=settings.title_buckets)
-        )
-        self.net = TwoTowerNet(self.n_items, self.features.shape[1], settings)
+        self.net = TwoTowerNet(self.n_items, self.feature_width(), settings)
         self._names = tuple(name for name, _ in self.net.named_parameters())
         self.proposal = np.full(self.n_items, 1.0 / self.n_items)
         self.log_q = torch.from_numpy(np.log(self.proposal).astype(np.float32))
@@ -379,14 +376,6 @@ class TwoTower(RecModel):
             out = [d * weight.reshape((-1,) + (1,) * (d.ndim - 1)) for d in out]
         return DeviceUpdates(out, (None,) * devices.n_devices, losses.detach().double().numpy())
 
-    def item_embeddings(self, shared: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The whole catalogue through the item tower: ``(n_items, dim)`` and ``(n_items,)``
-        (a device computes this once per release)."""
-        params = self._params(shared)
-        with torch.no_grad():
-            ids = torch.arange(self.n_items)
-            return functional_call(self.net, params, ("items", self.features, ids))
-
     def user_embeddings(self, shared: list[np.ndarray], devices: DeviceInputs) -> torch.Tensor:
         """The user tower over each device's history, attributes and request context:
         ``(devices, dim)``."""
@@ -404,8 +393,9 @@ class TwoTower(RecModel):
         cache: MutableMapping[str, np.ndarray] | None = None,
     ) -> Serving:
         """The item tower over the whole catalogue, once; the user tower on every event;
-        the request's context term (when the model reads context) per call."""
-        item_emb, item_bias = self.item_embeddings(shared)
+        the request's context term (when the model reads context) per call. The item
+        side is read from ``cache`` where a device kept it (:meth:`served_items`)."""
+        item_emb, item_bias = self.served_items(shared, cache)
         params = self._params(shared)
         net = self.net
 

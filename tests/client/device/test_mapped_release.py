@@ -128,9 +128,9 @@ def test_the_iALS_item_side_is_kept_for_the_installed_release_only(tmp_path) -> 
         stored = device._open_store().get_meta("serving_cache")
         device.apply_release(small_mf_release(2, PUBLISHER[0], n=40))
         assert device._open_store().get_meta("serving_cache") != stored
-    from stamen.client.device.served import serving_cache
+    from stamen.client.device.derived import read_derived
 
-    assert set(serving_cache(stored, digest)) == {"ials.gram", "ials.base"}
-    assert serving_cache(stored, b"\x00" * 32) == {}
-    gram = serving_cache(stored, digest)["ials.gram"]
+    assert set(read_derived(stored, digest, folder).arrays) == {"ials.gram", "ials.base"}
+    assert read_derived(stored, b"\x00" * 32, folder).arrays == {}
+    gram = read_derived(stored, digest, folder).arrays["ials.gram"]
     assert gram.shape == (4, 4) and np.allclose(gram, gram.T)
