@@ -94,6 +94,12 @@ def describe(dataset: Dataset, report: FileReport) -> list[str]:
         )
     if inter.timestamp is None:
         problems.append("no time column: each user's held-out items are drawn at random")
+    unlisted = (report.item_metadata or {}).get("items_without_metadata", 0)
+    if unlisted:
+        problems.append(
+            f"{unlisted:,} of the run's items are not in the items file: no title, genres "
+            "or year (the content features see nothing of them)"
+        )
     lines.append("problems:" if problems else "problems: none")
     lines += [f"  - {problem}" for problem in problems]
     return lines

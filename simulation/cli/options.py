@@ -83,6 +83,23 @@ FLAGS: dict[str, Flag] = {
     "data.min_item_interactions": Flag(
         int, "k-core: items with fewer positives are dropped", ("--min-item-interactions",)
     ),
+    "data.items_path": Flag(
+        Path,
+        "a file of item metadata, one row per item (CSV, TSV, JSON lines, Parquet)",
+        ("--items",),
+    ),
+    "data.items_format": Flag(
+        str, "the items file's format \\[default: by suffix]", ("--items-format",)
+    ),
+    "data.items_id_col": Flag(str, "the items file's column of item ids", ("--items-id-col",)),
+    "data.title_col": Flag(str, "the items file's column of titles", ("--title-col",)),
+    "data.genres_col": Flag(str, "the items file's column of genres or tags", ("--genres-col",)),
+    "data.genres_sep": Flag(
+        str, "what separates the genres in a cell \\[default: |]", ("--genres-sep",)
+    ),
+    "data.year_col": Flag(
+        str, "the items file's column of release years or times", ("--year-col",)
+    ),
     "model": Flag(
         str, "model family: mf, two-tower or sequential (\\[two-tower], \\[sequential] sections)"
     ),

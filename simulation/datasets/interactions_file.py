@@ -78,7 +78,13 @@ _ROLES = {
     "rating": "rating",
     "weight": "weight",
     "time": "timestamp",
+    "item_id": "item id",
+    "title": "title",
+    "genres": "genres",
+    "year": "release year",
 }
+_ID_ROLES = ("user", "item", "item_id")
+_METADATA_ROLES = ("title", "genres", "year")  # an empty cell or a null: unknown
 
 
 class DataFileSettings(BaseModel):
@@ -105,6 +111,23 @@ class DataFileSettings(BaseModel):
     )
     min_user_interactions: int = Field(1, ge=1, description="k-core: a user's least positives")
     min_item_interactions: int = Field(1, ge=1, description="k-core: an item's least positives")
+    items_path: Path | None = Field(
+        None,
+        description="a file of item metadata, one row per item (stamen.simulation.datasets"
+        ".items_file)",
+    )
+    items_format: Format | None = Field(
+        None, description="the items file's format; None: by suffix"
+    )
+    items_id_col: str | None = Field(None, description="the items file's column of item ids")
+    title_col: str | None = Field(None, description="the items file's column of titles")
+    genres_col: str | None = Field(
+        None, description="the items file's column of genres or tags (split on genres_sep)"
+    )
+    genres_sep: str = Field("|", min_length=1, description="what separates genres in a cell")
+    year_col: str | None = Field(
+        None, description="the items file's column of release years (or release times)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataFileSettings:
@@ -125,6 +148,22 @@ class DataFileSettings(BaseModel):
         repeated = sorted({c for c in named if named.count(c) > 1})
         if repeated:
             problems.append(f"one column in two roles: {', '.join(map(repr, repeated))}")
+        metadata = [self.title_col, self.genres_col, self.year_col]
+        if self.items_path is not None:
+            if self.items_id_col is None:
+                problems.append("an items file needs its item id column (--items-id-col)")
+            if all(c is None for c in metadata):
+                problems.append(
+                    "an items file needs at least one of --title-col, --genres-col and --year-col"
+                )
+            named = list(self.item_columns().values())
+            repeated = sorted({c for c in named if named.count(c) > 1})
+            if repeated:
+                problems.append(
+                    f"one items file column in two roles: {', '.join(map(repr, repeated))}"
+                )
+        elif self.items_id_col is not None or any(c is not None for c in metadata):
+            problems.append("item metadata columns need an items file (--items FILE)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -137,6 +176,17 @@ class DataFileSettings(BaseModel):
             "rating": self.rating_col,
             "weight": self.weight_col,
             "time": self.time_col,
+        }
+        return {role: name for role, name in given.items() if name is not None}
+
+    def item_columns(self) -> dict[str, str]:
+        """The items file's given columns by role (``item_id``, ``title``, ``genres``,
+        ``year``)."""
+        given = {
+            "item_id": self.items_id_col,
+            "title": self.title_col,
+            "genres": self.genres_col,
+            "year": self.year_col,
         }
         return {role: name for role, name in given.items() if name is not None}
 
@@ -180,6 +230,7 @@ class FileReport:
     interactions: int = 0
     users: int = 0
     items: int = 0
+    item_metadata: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON values."""
@@ -201,6 +252,12 @@ class FileReport:
             )
         if not self.dropped:
             out.append("dropped: none")
+        if self.item_metadata is None:
+            out.append("item metadata: none (no --items file: titles are the ids)")
+        else:
+            from stamen.simulation.datasets.items_file import ItemsReport
+
+            out += ItemsReport(**self.item_metadata).lines()
         return out
 
 
@@ -310,18 +367,26 @@ def _read_jsonl(path: Path, wanted: dict[str, str]) -> _Raw:
 
 
 def _json_value(value: Any, role: str, path: Path, line: int, name: str) -> Any:
-    """A JSON value as the text readers give it: ids and numbers as they are, or a
-    DataFormatError for a null, a boolean, an array or an object."""
-    ok = (str, int) if role in ("user", "item") else (str, int, float)
+    """A JSON value as the text readers give it: ids and titles as text, numbers as they
+    are, genres as text or a list of strings, a metadata null as an empty cell; or a
+    DataFormatError for a null, a boolean, an array or an object anywhere else."""
+    if value is None and role in _METADATA_ROLES:
+        return ""
+    if role == "genres" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    ok = (str, int) if role in _ID_ROLES else (str, int, float)
     if isinstance(value, bool) or not isinstance(value, ok):
         kind = "null" if value is None else type(value).__name__
-        expected = "a string or an integer id" if role in ("user", "item") else "a number"
-        if role == "time":
-            expected = "a number or an ISO 8601 string"
+        expected = {
+            "time": "a number or an ISO 8601 string",
+            "year": "a year, a number or an ISO 8601 string",
+            "title": "a string",
+            "genres": "a string or a list of strings",
+        }.get(role, "a string or an integer id" if role in _ID_ROLES else "a number")
         raise DataFormatError(
             f"expected {expected}, found {kind}", path=path, line=line, field=name
         )
-    return str(value) if role in ("user", "item") else value
+    return str(value) if role in (*_ID_ROLES, "title") else value
 
 
 def _read_parquet(path: Path, wanted: dict[str, str]) -> _Raw:
@@ -624,14 +689,29 @@ def load_interactions_file(settings: DataFileSettings) -> LoadedFile:
         item_ids=item_ids[items],
         source=str(path),
     )
+    titles: tuple[str, ...] = tuple(str(i) for i in interactions.item_ids)
+    genres: tuple[tuple[str, ...], ...] = ((),) * len(items)
+    year = np.zeros(len(items), np.int64)
+    metadata = None
+    if settings.items_path is not None:
+        from stamen.simulation.datasets.items_file import read_item_metadata
+
+        read = read_item_metadata(settings, interactions.item_ids)
+        titles, genres, year, metadata = read.titles, read.genres, read.year, read.report
     catalog = Catalog(
         item_ids=interactions.item_ids,
-        titles=tuple(str(i) for i in interactions.item_ids),
-        genres=((),) * len(items),
-        year=np.zeros(len(items), np.int64),
+        titles=titles,
+        genres=genres,
+        year=year,
         first_seen=first_seen(interactions.item, interactions.timestamp, len(items)),
     )
-    report = _with(report, interactions=len(interactions), users=len(users), items=len(items))
+    report = _with(
+        report,
+        interactions=len(interactions),
+        users=len(users),
+        items=len(items),
+        item_metadata=None if metadata is None else metadata.as_dict(),
+    )
     return LoadedFile(Dataset(name=path.name, interactions=interactions, catalog=catalog), report)
 
 
