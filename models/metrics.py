@@ -55,17 +55,24 @@ def sampled_ranks(scores: torch.Tensor, targets: np.ndarray, negatives: np.ndarr
 
 
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarray]:
-    """Per-user HR@k, NDCG@k and recall@k from target ranks ``(B,)`` or ``(B, T)``.
+    """Per-user HR@k, NDCG@k, recall@k, precision@k, MAP@k and MRR from target ranks
+    (0-based) ``(B,)`` or ``(B, T)``.
 
     With several targets per user (padding -1), HR@k is 1 if any target is in the top k,
-    recall@k the share of targets there, NDCG@k the DCG over targets divided by the ideal
-    DCG. With one held-out item per user recall@k equals HR@k.
+    recall@k the share of targets there, precision@k the share of the top k that are
+    targets, NDCG@k the DCG over targets divided by the ideal DCG, MAP@k the average
+    precision at each target in the top k divided by ``min(targets, k)``, and MRR the
+    reciprocal of the best target's position (no cut-off). With one held-out item per
+    user recall@k equals HR@k, and MAP@k is MRR cut at k.
     """
     ranks = np.asarray(ranks)
     if ranks.ndim == 1:
         ranks = ranks[:, None]
     valid = ranks >= 0
     n_targets = valid.sum(1)
+    # each user's targets best first (padding last), and each one's place among them
+    ordered = np.sort(np.where(valid, ranks, np.iinfo(np.int64).max), axis=1)
+    place = np.arange(1, ordered.shape[1] + 1)
     out: dict[str, np.ndarray] = {}
     for k in ks:
         hit = valid & (ranks < k)
@@ -75,7 +82,16 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[s
         out[f"hr@{k}"] = np.asarray(hit.any(1), np.float64)
         out[f"ndcg@{k}"] = np.where(n_targets > 0, gains.sum(1) / ideal, 0.0)
         out[f"recall@{k}"] = np.where(n_targets > 0, hit.sum(1) / np.maximum(n_targets, 1), 0.0)
+        out[f"precision@{k}"] = hit.sum(1) / k
+        in_top = ordered < k
+        precisions = np.where(in_top, place / (np.where(in_top, ordered, 0) + 1.0), 0.0)
+        out[f"map@{k}"] = precisions.sum(1) / np.maximum(np.minimum(n_targets, k), 1)
+    best = ordered[:, 0]
+    out["mrr"] = np.where(n_targets > 0, 1.0 / (np.where(n_targets > 0, best, 0) + 1.0), 0.0)
     return out
+
+
+_SAMPLED = ("hr@", "ndcg@")  # the sampled protocol's metrics
 
 
 def batch_metrics(
@@ -86,11 +102,12 @@ def batch_metrics(
     negatives: np.ndarray | None = None,
     ks: tuple[int, ...] = (10, 20),
 ) -> dict[str, np.ndarray]:
-    """Per-user metrics for a batch: full ranking (``hr@k``, ``ndcg@k``, ``recall@k``)
-    and, with ``negatives``, the sampled protocol (``sampled_hr@k``, ``sampled_ndcg@k``).
+    """Per-user metrics for a batch: full ranking (:func:`ranking_metrics`: ``hr@k``,
+    ``ndcg@k``, ``recall@k``, ``precision@k``, ``map@k``, ``mrr``) and, with ``negatives``,
+    the sampled protocol (``sampled_hr@k``, ``sampled_ndcg@k``).
     The evaluation harness and every device call this one function."""
     out = ranking_metrics(full_ranks(scores, targets, exclude=exclude), ks)
     if negatives is not None:
         sampled = ranking_metrics(sampled_ranks(scores, targets, negatives), ks)
-        out.update({f"sampled_{k}": v for k, v in sampled.items() if not k.startswith("recall")})
+        out.update({f"sampled_{k}": v for k, v in sampled.items() if k.startswith(_SAMPLED)})
     return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -28,6 +28,10 @@ from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.run_config import Given, validate
 from stamen.server.settings import ServerSettings
 from stamen.simulation.datasets.interactions_file import DataFileSettings
+
+if TYPE_CHECKING:
+    from stamen.models.schema import Interactions
+    from stamen.simulation.protocol.split import Split
 
 __all__ = [
     "BATCHED_MODELS",
@@ -73,6 +77,22 @@ class CentralisedSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
+
+
+class ProtocolSettings(BaseModel):
+    """How a run is evaluated (``stamen.simulation.protocol.split``): which two of each
+    user's items are held out (the last for test, the one before for validation), and how
+    many sampled negatives the secondary protocol ranks the held-out item among. Every
+    run reports HR, NDCG, recall, precision and MAP at 10 and 20, and MRR."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    holdout: Literal["temporal", "random"] = Field(
+        "temporal",
+        description="temporal: each user's latest two items by time (a seeded random order "
+        "where the data has no times); random: a seeded random order even where it has",
+    )
+    negatives: int = Field(99, ge=1, description="sampled negatives per evaluated user")
 
 
 class RankerTraining(RankerSettings):
@@ -130,8 +150,21 @@ class SimulationConfig(ServerSettings):
     synthetic_users: int = Field(1000, ge=10)
     synthetic_items: int = Field(500, ge=100)
     centralised: CentralisedSettings = CentralisedSettings()
+    protocol: ProtocolSettings = ProtocolSettings()
     als: ALSSettings = ALSSettings()
     ranker: RankerTraining = RankerTraining()
+
+    def split(self, interactions: Interactions) -> Split:
+        """The run's evaluation split of ``interactions`` (``[protocol]``, ``seed``)."""
+        from stamen.simulation.protocol.split import leave_one_out
+
+        protocol = self.protocol
+        return leave_one_out(
+            interactions,
+            seed=self.seed,
+            n_negatives=protocol.negatives,
+            holdout=protocol.holdout,
+        )
 
     def run_model(self, catalog: ReleaseCatalog, devices: int) -> RecModel:
         """The run's model over ``catalog`` with its settings for ``devices`` devices."""

@@ -39,7 +39,6 @@ from stamen.simulation.engines.flower import release_catalog
 from stamen.simulation.engines.registry import ENGINES
 from stamen.simulation.protocol.evaluate import evaluate
 from stamen.simulation.protocol.report import plot_history, print_table, wide_console, write_results
-from stamen.simulation.protocol.split import leave_one_out
 
 __all__ = [
     "ExperimentResult",
@@ -241,7 +240,7 @@ def run_experiment(
     dataset, source = loaded.dataset, loaded.source
     for line in [] if loaded.report is None else loaded.report.lines():
         console.print(f"{dataset.name}: {line}", markup=False, highlight=False)
-    split = leave_one_out(dataset.interactions, seed=config.seed)
+    split = config.split(dataset.interactions)
     output.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(output / "negatives.npz", negatives=split.negatives, seed=config.seed)
     timings["data"] = time.perf_counter() - started
@@ -312,14 +311,16 @@ def run_experiment(
     methods[federated] = {  # test metrics only: not the record's counts, flags or noise
         k: v
         for k, v in _metrics(chosen).items()
-        if (k == "loss" or "@" in k) and not k.startswith("valid_")
+        if (k in ("loss", "mrr") or "@" in k) and not k.startswith("valid_")
     }
     methods[federated]["coverage@10"] = offline["coverage@10"]
 
+    negatives = config.protocol.negatives
     print_table(
         methods,
-        title=f"{dataset.name}: test metrics (full ranking; sampled = 99 negatives)",
+        title=f"{dataset.name}: test metrics (full ranking; sampled = {negatives} negatives)",
         console=console,
+        negatives=negatives,
     )
     ratio = methods[federated].get("ndcg@10", 0.0) / max(
         methods["centralised MF"]["ndcg@10"], 1e-12
@@ -370,10 +371,17 @@ def run_experiment(
         },
         "adjustments": [dataclasses.asdict(a) for a in adjustments],
         "protocol": {
-            "split": "per-user temporal leave-one-out (seeded tie-break); "
-            "validation = second-to-last",
+            **config.protocol.model_dump(mode="json"),
+            "split": (
+                "per-user temporal leave-one-out (seeded tie-break)"
+                if config.protocol.holdout == "temporal"
+                and dataset.interactions.timestamp is not None
+                else "per-user leave-one-out in a seeded random order"
+            )
+            + "; validation = second-to-last",
             "full_ranking": "all items except the user's train and validation items",
-            "sampled": "99 negatives per user, fixed by seed, disjoint from all the user's items",
+            "sampled": f"{config.protocol.negatives} negatives per user, fixed by seed, "
+            "disjoint from all the user's items",
             "negatives_file": "negatives.npz",
         },
         "seed": config.seed,

@@ -138,6 +138,14 @@ FLAGS: dict[str, Flag] = {
         ("--record-dp-rate",),
         _RECORD_DP,
     ),
+    "protocol.holdout": Flag(
+        str,
+        "held-out items: temporal (each user's latest, the default) or random",
+        ("--holdout",),
+    ),
+    "protocol.negatives": Flag(
+        int, "sampled negatives per evaluated user \\[default: 99]", ("--negatives",)
+    ),
     "ray_address": Flag(
         str,
         "a running Ray cluster (HOST:PORT of `ray start --head`) to run the devices on; "

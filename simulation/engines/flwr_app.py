@@ -50,7 +50,6 @@ from stamen.simulation.engines.flower import build_ranker_strategy, build_strate
 from stamen.simulation.experiment import load_for_config, privacy_section
 from stamen.simulation.protocol.device_evaluation import evaluate_tasks
 from stamen.simulation.protocol.report import write_results
-from stamen.simulation.protocol.split import leave_one_out
 
 __all__ = ["RUN_CONFIG_KEYS", "client_runtime", "config_from_run_config", "serve"]
 
@@ -90,7 +89,7 @@ def serve(grid: Grid, context: Context) -> None:
 def _serve(grid: Grid, context: Context) -> None:
     config = config_from_run_config(dict(context.run_config))
     dataset, source = load_for_config(config, say=_log.warning)
-    split = leave_one_out(dataset.interactions, seed=config.seed)
+    split = config.split(dataset.interactions)
     release_private, release_public = generate_signing_key()
     keys = DeviceKeys(store_key=generate_key(), release_key=release_public)
     keys.save(_keys(config))

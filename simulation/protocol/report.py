@@ -42,6 +42,7 @@ TABLE_METRICS: tuple[str, ...] = (
     "ndcg@10",
     "hr@20",
     "ndcg@20",
+    "mrr",
     "coverage@10",
     "sampled_hr@10",
     "sampled_ndcg@10",
@@ -52,6 +53,7 @@ _HEADERS = {
     "ndcg@10": "NDCG@10",
     "hr@20": "HR@20",
     "ndcg@20": "NDCG@20",
+    "mrr": "MRR",
     "coverage@10": "Cov@10",
     "sampled_hr@10": "sHR@10",
     "sampled_ndcg@10": "sNDCG@10",
@@ -152,10 +154,15 @@ def _plain(value: Any) -> Any:
 
 
 def print_table(
-    rows: dict[str, dict[str, float]], *, title: str, console: Console | None = None
+    rows: dict[str, dict[str, float]],
+    *,
+    title: str,
+    console: Console | None = None,
+    negatives: int = 99,
 ) -> None:
     """One row per method, one column per metric in ``TABLE_METRICS`` (blank if absent)."""
-    table = Table(title=title, caption="s = sampled protocol (99 negatives); Cov = coverage")
+    caption = f"s = sampled protocol ({negatives} negatives); Cov = coverage"
+    table = Table(title=title, caption=caption)
     table.add_column("method", no_wrap=True)
     for name in TABLE_METRICS:
         table.add_column(_HEADERS.get(name, name), justify="right", no_wrap=True)

@@ -3,7 +3,8 @@
 For each user with at least three interactions, the latest interaction is the test item,
 the one before it the validation item, and the rest train. Interactions in the same second
 (common in MovieLens) are ordered by a seeded shuffle, never by item id. Without timestamps
-(HetRec Last.fm-2K) the order is a seeded random permutation. Users with fewer than three
+(HetRec Last.fm-2K), or with ``holdout="random"``, the order is a seeded random
+permutation. Users with fewer than three
 interactions keep them all for training and are not evaluated; ``Split.stats`` counts them.
 With timestamps, every training item carries its event context (hour of day, weekday, in
 UTC) and each held-out item the context of its event (the request it answers).
@@ -16,6 +17,7 @@ validation and test all excluded).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -97,12 +99,21 @@ class Split:
         }
 
 
-def leave_one_out(interactions: Interactions, *, seed: int, n_negatives: int = 99) -> Split:
-    """Split ``interactions`` per user (see module docstring)."""
+def leave_one_out(
+    interactions: Interactions,
+    *,
+    seed: int,
+    n_negatives: int = 99,
+    holdout: Literal["temporal", "random"] = "temporal",
+) -> Split:
+    """Split ``interactions`` per user (see module docstring): ``holdout`` ``"temporal"``
+    holds out each user's latest items, ``"random"`` items in a seeded random order."""
+    if holdout not in ("temporal", "random"):
+        raise ValueError(f"holdout must be 'temporal' or 'random', not {holdout!r}")
     rng = np.random.default_rng(seed)
     n = len(interactions)
     tiebreak = rng.permutation(n)
-    if interactions.timestamp is None:
+    if interactions.timestamp is None or holdout == "random":
         order = np.lexsort((tiebreak, interactions.user))
     else:
         order = np.lexsort((tiebreak, interactions.timestamp, interactions.user))

@@ -77,3 +77,31 @@ def test_batched_metrics_match_slow_reference(seed: int, n_users: int, n_items: 
     hr, ndcg = _slow_reference(scores, seen_sets, np.array(targets), 5)
     assert out["hr@5"].mean() == pytest.approx(hr)
     assert out["ndcg@5"].mean() == pytest.approx(ndcg)
+
+
+def test_hand_computed_precision_map_and_mrr() -> None:
+    # one target per user, at ranks 0, 3 and 15 (0-based), cut-off 10
+    m = ranking_metrics(np.array([0, 3, 15]), ks=(10,))
+    assert m["precision@10"].tolist() == pytest.approx([0.1, 0.1, 0.0])
+    assert m["map@10"].tolist() == pytest.approx([1.0, 0.25, 0.0])  # MRR cut at 10
+    assert m["mrr"].tolist() == pytest.approx([1.0, 0.25, 1 / 16])
+    # targets at ranks 2 and 0 (given out of order) and a padded slot, cut-off 3:
+    # AP = (1/1 + 2/3) / 2; one user with no target scores 0 everywhere
+    m = ranking_metrics(np.array([[2, 0, -1], [-1, -1, -1]]), ks=(3,))
+    assert m["precision@3"].tolist() == pytest.approx([2 / 3, 0.0])
+    assert m["map@3"].tolist() == pytest.approx([(1 + 2 / 3) / 2, 0.0])
+    assert m["mrr"].tolist() == pytest.approx([1.0, 0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=5, unique=True), st.integers(1, 12))
+def test_map_matches_a_slow_average_precision(ranks: list[int], k: int) -> None:
+    hits, total = 0, 0.0
+    for position in range(k):  # walk the top k: a target at each of its ranks
+        if position in ranks:
+            hits += 1
+            total += hits / (position + 1)
+    expected = total / min(len(ranks), k)
+    got = ranking_metrics(np.array([ranks]), ks=(k,))
+    assert got[f"map@{k}"][0] == pytest.approx(expected)
+    assert got["mrr"][0] == pytest.approx(1 / (min(ranks) + 1))

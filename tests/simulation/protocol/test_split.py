@@ -122,3 +122,18 @@ def test_select_keeps_each_chosen_users_rows() -> None:
     assert sub.train.row(0).tolist() == split.train.row(2).tolist()
     assert [sub.valid[1], sub.test[1]] == [split.valid[0], split.test[0]]
     assert sub.negatives[0].tolist() == split.negatives[2].tolist()
+
+
+def test_random_holdout_ignores_the_times_it_is_given() -> None:
+    times = list(range(10))  # item 9 is always the latest
+    data = _table([0] * 10, list(range(10)), times, n_items=200)
+    assert {int(leave_one_out(data, seed=s).test[0]) for s in range(5)} == {9}
+    held = {int(leave_one_out(data, seed=s, holdout="random").test[0]) for s in range(15)}
+    assert len(held) > 3
+    with pytest.raises(ValueError, match="holdout must be"):
+        leave_one_out(data, seed=0, holdout="ratio")  # type: ignore[arg-type]
+
+
+def test_the_number_of_negatives_is_the_runs() -> None:
+    data = _table([0] * 10, list(range(10)), list(range(10)), n_items=200)
+    assert leave_one_out(data, seed=0, n_negatives=7).negatives.shape == (1, 7)
