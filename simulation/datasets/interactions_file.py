@@ -564,6 +564,22 @@ def _dropped(reason: str, user: np.ndarray, item: np.ndarray, keep: np.ndarray) 
 # ---------------------------------------------------------------------------- the loader
 
 
+def _read_table(
+    given: Path, fmt: str | None, wanted: dict[str, str], rows: str
+) -> tuple[Path, Format, _Raw, np.ndarray]:
+    """The file ``given`` (``~`` expanded), its format, its ``wanted`` columns and the
+    line of each row; a missing file, or one without ``rows`` (a header alone), is a
+    ``DataFormatError``."""
+    path = given.expanduser()
+    found = file_format(path, fmt)
+    if not path.is_file():
+        raise DataFormatError("no such file", path=path)
+    raw = _read(path, found, wanted)
+    if not raw.lines:
+        raise DataFormatError(f"no {rows} (a header alone, or only blank lines)", path=path)
+    return path, found, raw, np.asarray(raw.lines, np.int64)
+
+
 def _read(path: Path, fmt: Format, wanted: dict[str, str]) -> _Raw:
     if fmt == "csv":
         return _read_delimited(path, ",", wanted)
@@ -581,18 +597,9 @@ def load_interactions_file(settings: DataFileSettings) -> LoadedFile:
     left after the filters, ``ConfigError`` for an unknown format."""
     if settings.path is None or settings.user_col is None or settings.item_col is None:
         raise ConfigError("a data file needs its path and its user and item columns")
-    path = settings.path.expanduser()
-    fmt = file_format(path, settings.format)
-    if not path.is_file():
-        raise DataFormatError("no such file", path=path)
-    wanted = settings.columns()
-    raw = _read(path, fmt, wanted)
-    if not raw.lines:
-        raise DataFormatError(
-            "no data rows (a header alone, or only blank lines)",
-            path=path,
-        )
-    lines = np.asarray(raw.lines, np.int64)
+    path, fmt, raw, lines = _read_table(
+        settings.path, settings.format, settings.columns(), "data rows"
+    )
     user_raw, user_kind = _ids(raw.values["user"], lines, path, settings.user_col)
     item_raw, item_kind = _ids(raw.values["item"], lines, path, settings.item_col)
     value = None

@@ -37,9 +37,8 @@ from stamen.simulation.datasets.download import file_sha256
 from stamen.simulation.datasets.interactions_file import (
     DataFileSettings,
     _ids,
-    _read,
+    _read_table,
     _seconds,
-    file_format,
 )
 
 __all__ = ["ItemMetadata", "ItemsReport", "read_item_metadata"]
@@ -142,15 +141,9 @@ def read_item_metadata(settings: DataFileSettings, item_ids: np.ndarray) -> Item
     """
     if settings.items_path is None or settings.items_id_col is None:
         raise ConfigError("an items file needs its path and its item id column")
-    path = settings.items_path.expanduser()
-    fmt = file_format(path, settings.items_format)
-    if not path.is_file():
-        raise DataFormatError("no such file", path=path)
-    wanted = settings.item_columns()
-    raw = _read(path, fmt, wanted)
-    lines = np.asarray(raw.lines, np.int64)
-    if not raw.lines:
-        raise DataFormatError("no item rows (a header alone, or only blank lines)", path=path)
+    path, fmt, raw, lines = _read_table(
+        settings.items_path, settings.items_format, settings.item_columns(), "item rows"
+    )
     ids, _ = _ids(raw.values["item_id"], lines, path, settings.items_id_col)
     text = ids.astype(str)
     order = np.argsort(text, kind="stable")
