@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.stamen-installed
 
-.PHONY: demo test test-fast lint docs bench clean
+.PHONY: demo test test-fast lint docs bench clean nginx
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,31 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stamen simulate --dataset ml-100k --output results/ml-100k
 
-test: $(STAMP)
+# nginx fronts the SuperLink in the closed control plane's tests (docs/operator.md):
+# installed from the Debian registry when it is missing, so that they never skip.
+# Debian puts it in /usr/sbin, which an unprivileged PATH may lack.
+NGINX_PATH := $(PATH):/usr/sbin:/usr/local/sbin
+nginx:
+	@if PATH="$(NGINX_PATH)" command -v nginx >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "nginx: not installed, and no apt-get to install it with: install nginx" >&2; exit 1; \
+	else \
+	  echo "nginx: not installed; installing it from the Debian registry (apt-get)" >&2; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nginx \
+	    >/dev/null && PATH="$(NGINX_PATH)" command -v nginx >/dev/null || \
+	  { echo "nginx: apt-get install nginx failed (the closed control plane's tests need it)" >&2; \
+	    exit 1; }; \
+	fi
+
+test: $(STAMP) nginx
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) nginx
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)

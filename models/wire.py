@@ -66,6 +66,9 @@ class Task(StrEnum):
     EVALUATION_SUM = "evaluation-sum"
     #: an A/B experiment's measurement: the device's clipped contribution over a window
     EXPERIMENT = "experiment"
+    #: off-policy evaluation of a release's candidate policies: the device's clipped IPS and
+    #: SNIPS terms over a window (``stamen.models.off_policy``)
+    OFF_POLICY = "off-policy"
 
 
 @dataclass(frozen=True)

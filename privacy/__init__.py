@@ -12,6 +12,7 @@ from stamen.errors import (
     DecryptionError,
     PrivacyError,
     SignatureError,
+    UpdateBoundError,
 )
 from stamen.privacy.crypto.database import DatabaseError, open_encrypted_database
 from stamen.privacy.crypto.encryption import (
@@ -56,7 +57,15 @@ _LAZY = {
         "GaussianSum",
     ),
     "stamen.privacy.dp.record": ("RecordDP", "record_epsilon"),
-    "stamen.privacy.crypto.secagg": ("SecAggSettings",),
+    "stamen.privacy.crypto.secagg": (
+        "MODULUS_RANGE",
+        "NOISE_TAIL",
+        "UNCLIPPED_RANGE",
+        "WIDE_RANGE_FACTOR",
+        "SecAggSettings",
+        "honest_sum_bound",
+        "malicious_influence_bound",
+    ),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
@@ -71,6 +80,8 @@ __all__ = [
     "DistributedGaussianSum",
     "GaussianSum",
     "MECHANISMS",
+    "MODULUS_RANGE",
+    "NOISE_TAIL",
     "PrivacyAccountant",
     "PrivacyError",
     "Purpose",
@@ -79,7 +90,10 @@ __all__ = [
     "SecAggSettings",
     "SignatureError",
     "Streams",
+    "UNCLIPPED_RANGE",
+    "UpdateBoundError",
     "UserDP",
+    "WIDE_RANGE_FACTOR",
     "check_update",
     "clip_update",
     "decrypt",
@@ -90,6 +104,8 @@ __all__ = [
     "gaussian_noise",
     "generate_key",
     "generate_signing_key",
+    "honest_sum_bound",
+    "malicious_influence_bound",
     "noise_for_target",
     "noise_share_std",
     "open_encrypted_database",

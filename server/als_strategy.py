@@ -58,7 +58,8 @@ def als_server_settings(base: ServerSettings, als: ALSSettings, *, devices: int)
             population=devices, cohort=devices, rounds=settings.rounds
         ).noise_multiplier
     needed = als_clipping_range(settings, als, noise_multiplier=z, devices=devices)
-    if settings.secagg.enabled and settings.secagg.clipping_range < needed:
+    current = settings.secagg.clipping_range
+    if settings.secagg.enabled and (current is None or current < needed):
         secagg = settings.secagg.model_copy(update={"clipping_range": needed})
         settings = settings.model_copy(update={"secagg": secagg})
     return settings
@@ -84,6 +85,9 @@ def als_clipping_range(
 class FederatedALS(FederatedAveraging):
     """Private ALS (module docstring). ``settings`` must come from
     :func:`als_server_settings`; the other arguments are ``FederatedAveraging``'s."""
+
+    #: ``als_server_settings`` sizes the clipping range for the statistics.
+    own_secagg_range = True
 
     def __init__(self, settings: ServerSettings, als: ALSSettings, **kwargs: Any) -> None:
         population = kwargs.get("population")
@@ -157,7 +161,7 @@ class FederatedALS(FederatedAveraging):
         needed = als_clipping_range(
             self.settings, self.als, noise_multiplier=self.noise_multiplier, devices=devices
         )
-        if secagg.enabled and secagg.clipping_range < needed:
+        if secagg.enabled and secagg.clipping_range is not None and secagg.clipping_range < needed:
             raise ValueError(
                 f"secagg.clipping_range ({secagg.clipping_range:g}) would clip private ALS "
                 f"statistics or noise shares; set it to at least {needed:.3g}"

@@ -44,7 +44,7 @@ from stamen.privacy import (
     check_update,
 )
 from stamen.server import flower_types as flower
-from stamen.server.rounds import PrivacySpent, QueryRecord
+from stamen.server.rounds import PrivacySpent, QueryRecord, check_secure_sum
 
 if TYPE_CHECKING:
     from stamen.server.strategy import FederatedAveraging
@@ -69,6 +69,7 @@ EVALUATION_METRICS = (
     "hr@20",
     "ndcg@20",
     "recall@20",
+    "mrr",
     "sampled_hr@10",
     "sampled_ndcg@10",
     "sampled_hr@20",
@@ -136,7 +137,9 @@ class ExperimentQuerySettings(BaseModel):
     measured over the window ``[start, now)`` (``start`` ``None``: ``window_days`` before
     ``now``) by a secure sum of every device's clipped contribution, with ``dp``'s noise
     and an accountant per experiment; ``bounds`` are the per-person clip bounds, ``alpha``
-    the reports' level."""
+    the reports' level. The off-policy evaluation of the release's candidate policies
+    (``stamen.server.off_policy_rounds``) is measured with them, over the same window, with
+    ``off_policy_max_slots`` and ``bounds.attribution_s``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -155,6 +158,12 @@ class ExperimentQuerySettings(BaseModel):
         "measurement of the run (at most 20 planned), so that looking each time keeps alpha",
     )
     bounds: MetricBounds = MetricBounds()
+    off_policy_max_slots: int = Field(
+        50,
+        ge=1,
+        description="off-policy evaluation of the release's candidate policies: the most "
+        "logged slots one person counts as (stamen.client.device.off_policy)",
+    )
     dp: UserDP = UserDP()
 
     def window(self, now: float) -> tuple[float, float]:
@@ -244,6 +253,7 @@ class PrivateSum(Strategy):
             )
         self.secagg = None if secagg is None else self._secagg(secagg)
         self._ask: tuple[Parameters, Request] | None = None
+        self._share = 0.0  # the noise share each device of the current cohort adds
         self.result: SumResult | None = None
         #: This round's part of the query (the round record's ``analytics`` or ``evaluate``).
         self.record = QueryRecord()
@@ -268,10 +278,10 @@ class PrivateSum(Strategy):
     def _secagg(self, secagg: SecAggSettings) -> SecAggSettings:
         """The run's SecAgg+ settings with a clipping range that covers a scaled entry
         (at most ``clip_norm``) plus seven standard deviations of the largest noise share
-        (a cohort of ``num_shares``)."""
+        (a cohort of ``num_shares``): that range when the run's is unset or narrower."""
         share = 0.0 if self.mechanism is None else self.mechanism.share_std(secagg.num_shares)
         needed = self.dp.clip_norm + 7 * share
-        if secagg.clipping_range >= needed:
+        if secagg.clipping_range is not None and secagg.clipping_range >= needed:
             return secagg
         return secagg.model_copy(update={"clipping_range": needed})
 
@@ -314,6 +324,7 @@ class PrivateSum(Strategy):
             self._report_privacy()
             return []
         share = 0.0 if self.mechanism is None else self.mechanism.share_std(len(cohort))
+        self._share = share
         request = request.with_(
             settings={**request.settings, "analytics-scale": self.scale},
             dp=DeviceDP(self.dp.clip_norm, share),
@@ -339,6 +350,19 @@ class PrivateSum(Strategy):
         answers = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         if self.secagg is not None:
             total = np.asarray(aggregate(answers)[0], np.float64) * len(results)
+            refused = check_secure_sum(
+                [total],
+                devices=len(results),
+                secagg=self.secagg,
+                clip_norm=self.dp.clip_norm,  # every answer is clipped to it (DeviceDP)
+                noise_std=self._share,
+            )
+            if refused is not None:  # a modified device's answer: nothing is released
+                if self.mechanism is not None:
+                    self.mechanism.skip()
+                self._report_privacy()
+                self.record.failed = f"refused: {refused}"
+                return None, {}
         else:
             kept = []
             for arrays, _ in answers:

@@ -23,7 +23,6 @@ from flwr.server.workflow.default_workflows import (
 from stamen.privacy import SecAggSettings
 from stamen.runtimes import SERVER_RUNTIMES, load_runtime
 from stamen.server.analytics import PrivateSum
-from stamen.server.experiment_rounds import query_name
 from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
@@ -37,12 +36,13 @@ __all__ = [
 
 
 def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
-    """Flower's SecAgg+ fit workflow configured from validated ``settings``."""
+    """Flower's SecAgg+ fit workflow configured from validated ``settings`` whose clipping
+    range is set (``RoundPlan.secagg``, ``SecAggSettings.resolved``)."""
     return SecAggPlusWorkflow(
         num_shares=settings.num_shares,
         reconstruction_threshold=settings.reconstruction_threshold,
         max_weight=1.0,
-        clipping_range=settings.clipping_range,
+        clipping_range=settings.value_range(),
         quantization_range=settings.quantization_range,
         timeout=settings.timeout,
     )
@@ -63,7 +63,8 @@ def run_query(grid: Grid, context: LegacyContext, query: PrivateSum) -> None:
 
 class RoundEnd:
     """Flower's evaluate stage of each round, as Stamen runs it: the round's analytics
-    queries (trending, the experiments' measurements), then federated evaluation (a
+    queries (trending, the experiments' measurements, the candidate policies' off-policy
+    evaluation), then federated evaluation (a
     secure sum, or Flower's evaluate workflow in the clear), then the round's close
     (record, release, checkpoint)."""
 
@@ -80,11 +81,11 @@ class RoundEnd:
         if strategy.trending_due(rnd):
             run_query(grid, context, strategy.ask_trending(rnd))
             strategy.take_trending(rnd)
-        measurements = strategy.experiments
-        if measurements is not None and measurements.due(rnd):
-            for experiment in measurements.arms:
-                run_query(grid, context, measurements.ask(experiment, rnd))
-                strategy.record_query(query_name(experiment), measurements.take(experiment))
+        for measurements in strategy.measurements():
+            if measurements.due(rnd):
+                for key in measurements.queries:
+                    run_query(grid, context, measurements.ask(key, rnd))
+                    strategy.record_query(measurements.name(key), measurements.take(key))
         if strategy.secure_evaluates(rnd):
             parameters = arrayrecord_to_parameters(
                 context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True
@@ -104,7 +105,7 @@ def run_rounds(grid: Grid, context: Context, strategy: FederatedAveraging) -> No
     legacy = LegacyContext(
         context, config=ServerConfig(num_rounds=strategy.remaining_rounds), strategy=strategy
     )
-    secagg = strategy.settings.secagg
+    secagg = strategy.plan.secagg  # the clipping range resolved from the clip norm
     fit_workflow = secagg_workflow(secagg) if secagg.enabled else None
     DefaultWorkflow(fit_workflow=fit_workflow, evaluate_workflow=RoundEnd(strategy))(grid, legacy)
 

@@ -35,6 +35,7 @@ from pydantic import Field
 from stamen.errors import CheckpointError, ConfigError, RoundFailedError
 from stamen.models.bundle import ReleaseBundle, latest_release
 from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
+from stamen.models.off_policy import CANDIDATES_EXTRA, candidate_policies
 from stamen.models.ranker.settings import RankerSettings
 from stamen.models.ranker.weights import ranker_hidden
 from stamen.models.registry import RecModel, build_model
@@ -213,6 +214,10 @@ def deployment_strategy(
         ),
     }
     experiments = experiment_arms(release.extras)
+    try:
+        candidates = candidate_policies(release.extras)
+    except ConfigError as error:
+        raise ConfigError(f"release {release.release}: {error}") from None
     if settings.analytics.experiments.every and deployment.population is None:
         raise ConfigError(
             "run config: experiment measurements need 'population' (the number of enrolled "
@@ -242,20 +247,23 @@ def deployment_strategy(
         strategy.trending = release.trending
         strategy.carried_ranker = None if release.ranker is None else list(release.ranker)
     if settings.analytics.experiments.every:
-        if not experiments:
+        if not experiments and not candidates:
             _log.warning(
-                "experiment-every is %d, but the starting release carries no experiments: "
-                "nothing to measure (stamen experiment publish)",
+                "experiment-every is %d, but the starting release carries no experiments "
+                "and no candidate policies: nothing to measure (stamen experiment publish, "
+                "stamen experiment candidates)",
                 settings.analytics.experiments.every,
             )
         strategy.measure_experiments(experiments)
+        strategy.evaluate_candidates(candidates)
     return strategy
 
 
 def carried_extras(release: ReleaseBundle) -> dict[str, Any]:
     """What of the starting release's ``extras`` every release of the run carries: its
-    experiments (the devices keep serving their arms)."""
-    return {k: v for k, v in release.extras.items() if k == EXPERIMENTS_EXTRA}
+    experiments (the devices keep serving their arms) and candidate policies (the devices
+    keep evaluating them)."""
+    return {k: v for k, v in release.extras.items() if k in (EXPERIMENTS_EXTRA, CANDIDATES_EXTRA)}
 
 
 def serve(grid: Grid, context: Context) -> None:

@@ -13,6 +13,9 @@ training's and the other queries'), its own random streams (the run's seed and t
 experiment's place in the release), and its report (``stamen.server.experiment_stats``:
 each arm's means, every treatment's effect with an interval that includes the noise's
 variance, p-values) goes into the round's record under ``analytics["experiment:<id>"]``.
+The machinery (a query per key, its window, accountant, streams and record) is
+:class:`Measurements`; the off-policy evaluation of a release's candidate policies is its
+other kind (``stamen.server.off_policy_rounds``), asked at the same rounds.
 
 **Monitoring** (``analytics.experiments.monitor``). A run plans ``K`` measurements
 (``rounds // every``, at most :data:`~stamen.server.experiment_monitoring.MAX_LOOKS`); at
@@ -31,13 +34,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from stamen.models.experiments import METRICS, STATISTICS
-from stamen.models.wire import Request, Task
+from stamen.models.wire import Request, Scalar, Task
 from stamen.privacy import Purpose
 from stamen.server.analytics import PrivateSum
 from stamen.server.experiment_monitoring import group_sequential_bounds, look_correlation
@@ -47,7 +51,13 @@ from stamen.server.rounds import PrivacySpent, QueryRecord
 if TYPE_CHECKING:
     from stamen.server.strategy import FederatedAveraging
 
-__all__ = ["QUERY_PREFIX", "ExperimentMeasurements", "query_name"]
+__all__ = [
+    "QUERY_PREFIX",
+    "ExperimentMeasurements",
+    "Measurements",
+    "privacy_spent",
+    "query_name",
+]
 
 #: A measurement's name in a round record's ``analytics``: the prefix and the experiment id.
 QUERY_PREFIX = "experiment:"
@@ -67,13 +77,137 @@ def _noise_variance(sigma: float, scale: float, mean: float | None, n: float | N
     return sigma**2 * (scale**2 + mean**2) / n**2
 
 
-def _seed(run_seed: int, place: int) -> int:
-    """The streams' seed of the experiment at ``place`` in the release (one per experiment,
-    so no two experiments share noise)."""
-    return int(np.random.SeedSequence([run_seed, 28, place]).generate_state(1)[0])
+def _seed(run_seed: int, *place: int) -> int:
+    """The streams' seed of the measurement at ``place`` (an experiment's place in the
+    release; the off-policy evaluation's own key): one per measured query, so no two share
+    noise."""
+    return int(np.random.SeedSequence([run_seed, 28, *place]).generate_state(1)[0])
 
 
-class ExperimentMeasurements:
+class Measurements(ABC):
+    """Measurement queries of a run: private sums over every enrolled device, one
+    :class:`~stamen.server.analytics.PrivateSum` per key, each with its own accountant and
+    random streams, asked every ``analytics.experiments.every`` rounds over the settings'
+    window (module docstring). A kind of measurement says what its request asks
+    (:meth:`settings`) and what its report is (:meth:`report`): the A/B experiments'
+    (:class:`ExperimentMeasurements`) and the candidate policies' off-policy evaluation
+    (``stamen.server.off_policy_rounds``).
+
+    Args:
+        owner: the run's training strategy (its devices, sampling, settings, history).
+        widths: each query's key and the length of a device's vector (every entry in
+            ``[0, 1]``; its L2 norm at most the square root of the width, the sensitivity).
+        task: what the request asks a device.
+        seeds: each query's place for its random streams.
+        what: what the queries are, for the error when the population is unknown.
+    """
+
+    def __init__(
+        self,
+        owner: FederatedAveraging,
+        widths: Mapping[str, int],
+        *,
+        task: Task,
+        seeds: Mapping[str, tuple[int, ...]],
+        what: str,
+    ) -> None:
+        self.owner = owner
+        self.settings = owner.settings.analytics.experiments
+        self.task = task
+        population = owner._query_population(what)
+        releases = max(owner.settings.rounds // max(self.settings.every, 1), 1)
+        #: The measurements the run plans (the looks of a monitored experiment).
+        self.looks = releases
+        self.widths = dict(widths)
+        self.queries = {
+            key: PrivateSum(
+                owner,
+                name=self.name(key),
+                width=width,
+                dp=self.settings.dp,
+                population=population,
+                cohort=population,
+                releases=releases,
+                released=owner._asked(self.name(key)),
+                secagg=owner.settings.secagg,
+                seed=_seed(owner.settings.seed, *seeds[key]),
+                purpose=Purpose.EXPERIMENT,
+            )
+            for key, width in self.widths.items()
+        }
+
+    @abstractmethod
+    def name(self, key: str) -> str:
+        """The query's name in the round records' ``analytics``."""
+        ...
+
+    @abstractmethod
+    def settings_of(self, key: str) -> dict[str, Scalar]:
+        """What the request asks of a device besides the window and the metrics' bounds."""
+        ...
+
+    @abstractmethod
+    def expected(self, key: str) -> int:
+        """How many entries the released sum of ``key`` has."""
+        ...
+
+    @abstractmethod
+    def report(self, key: str, sums: np.ndarray, query: PrivateSum) -> dict[str, Any]:
+        """The JSON report of ``key``'s released ``sums`` (noise included)."""
+        ...
+
+    def due(self, rnd: int) -> bool:
+        """Whether round ``rnd`` measures."""
+        every = self.settings.every
+        return bool(self.queries) and every > 0 and rnd % every == 0
+
+    def ask(self, key: str, rnd: int) -> PrivateSum:
+        """``key``'s query, set up for round ``rnd`` (no model is sent)."""
+        query = self.queries[key]
+        now = self.settings.now if self.settings.now is not None else time.time()
+        start, end = self.settings.window(now)
+        bounds = self.settings.bounds
+        request = Request(
+            task=self.task,
+            round=rnd,
+            settings={
+                **self.settings_of(key),
+                "experiment-start": float(start),
+                "experiment-end": float(end),
+                **{f"experiment-{k.replace('_', '-')}": v for k, v in bounds.model_dump().items()},
+            },
+        )
+        # no model: one empty array (Flower's messages cannot carry zero arrays)
+        query.ask([np.zeros(0, np.float32)], request)
+        return query
+
+    def take(self, key: str) -> QueryRecord:
+        """The record of ``key``'s measurement just run: its query's part and, when the sum
+        was released, the report."""
+        query = self.queries[key]
+        record = dataclasses.replace(query.record)
+        if query.result is not None:
+            sums = np.asarray(query.result.total, np.float64)
+            if sums.shape != (self.expected(key),):
+                record.failed = (
+                    f"the sum has {sums.shape} entries, not the {self.expected(key)} expected"
+                )
+                return record
+            record.report = self.report(key, sums, query)
+        elif record.skipped is None and record.failed is None:
+            record.failed = "SecAgg+ halted without a sum (too few answers)"
+        return record
+
+
+def privacy_spent(query: PrivateSum) -> dict[str, Any]:
+    """A released query's privacy for its report: its own accountant's (ε, δ) and
+    mechanism, or ε = ∞ without DP."""
+    if query.mechanism is None:
+        return {"epsilon": float("inf"), "mode": "off"}
+    return PrivacySpent.of(query.mechanism).to_json()
+
+
+class ExperimentMeasurements(Measurements):
     """The measurement queries of a run's experiments (see module docstring).
 
     Args:
@@ -84,89 +218,49 @@ class ExperimentMeasurements:
     def __init__(
         self, owner: FederatedAveraging, experiments: Mapping[str, tuple[str, ...]]
     ) -> None:
-        self.owner = owner
-        self.settings = owner.settings.analytics.experiments
         self.arms = dict(experiments)
-        population = owner._query_population("experiment measurements")
-        releases = max(owner.settings.rounds // max(self.settings.every, 1), 1)
-        #: The measurements the run plans (the looks of a monitored experiment).
-        self.looks = releases
-        self.queries = {
-            experiment: PrivateSum(
-                owner,
-                name=query_name(experiment),
-                width=len(STATISTICS),
-                dp=self.settings.dp,
-                population=population,
-                cohort=population,
-                releases=releases,
-                released=owner._asked(query_name(experiment)),
-                secagg=owner.settings.secagg,
-                seed=_seed(owner.settings.seed, place),
-                purpose=Purpose.EXPERIMENT,
-            )
-            for place, experiment in enumerate(self.arms)
+        super().__init__(
+            owner,
+            {experiment: len(STATISTICS) for experiment in self.arms},
+            task=Task.EXPERIMENT,
+            seeds={experiment: (place,) for place, experiment in enumerate(self.arms)},
+            what="experiment measurements",
+        )
+
+    def name(self, key: str) -> str:
+        """``experiment:<id>``."""
+        return query_name(key)
+
+    def settings_of(self, key: str) -> dict[str, Scalar]:
+        """The experiment, its number of arms and its place in the release."""
+        return {
+            "experiment-id": key,
+            "experiment-arms": len(self.arms[key]),
+            "experiment-place": list(self.arms).index(key),
         }
 
-    def due(self, rnd: int) -> bool:
-        """Whether round ``rnd`` measures the experiments."""
-        every = self.settings.every
-        return bool(self.queries) and every > 0 and rnd % every == 0
+    def expected(self, key: str) -> int:
+        """One block of statistics per arm."""
+        return len(self.arms[key]) * len(STATISTICS)
 
-    def ask(self, experiment: str, rnd: int) -> PrivateSum:
-        """``experiment``'s measurement query, set up for round ``rnd`` (no model is sent)."""
-        query = self.queries[experiment]
-        now = self.settings.now if self.settings.now is not None else time.time()
-        start, end = self.settings.window(now)
-        bounds = self.settings.bounds
-        request = Request(
-            task=Task.EXPERIMENT,
-            round=rnd,
-            settings={
-                "experiment-id": experiment,
-                "experiment-arms": len(self.arms[experiment]),
-                "experiment-place": list(self.arms).index(experiment),
-                "experiment-start": float(start),
-                "experiment-end": float(end),
-                **{f"experiment-{k.replace('_', '-')}": v for k, v in bounds.model_dump().items()},
-            },
-        )
-        # no model: one empty array (Flower's messages cannot carry zero arrays)
-        query.ask([np.zeros(0, np.float32)], request)
-        return query
-
-    def take(self, experiment: str) -> QueryRecord:
-        """The record of ``experiment``'s measurement just run: its query's part and, when
-        the sum was released, the experiment's report."""
-        query = self.queries[experiment]
-        record = dataclasses.replace(query.record)
-        names = self.arms[experiment]
-        if query.result is not None:
-            sums = np.asarray(query.result.total, np.float64)
-            if sums.shape != (len(names) * len(STATISTICS),):
-                record.failed = f"the sum has {sums.shape} entries, not {len(names)} arms' blocks"
-                return record
-            privacy = (
-                PrivacySpent.of(query.mechanism).to_json()
-                if query.mechanism is not None
-                else {"epsilon": float("inf"), "mode": "off"}
-            )
-            report = experiment_report(
-                sums.reshape(len(names), len(STATISTICS)),
-                experiment=experiment,
-                arms=names,
-                metrics=METRICS,
-                scales=self.settings.bounds.bounds().tolist(),
-                noise_std=query.result.noise_std,
-                alpha=self.settings.alpha,
-                privacy=privacy,
-            )
-            record.report = report.to_json()
-            if self.settings.monitor:
-                record.report["monitoring"] = self._monitor(experiment, record.report)
-        elif record.skipped is None and record.failed is None:
-            record.failed = "SecAgg+ halted without a sum (too few answers)"
-        return record
+    def report(self, key: str, sums: np.ndarray, query: PrivateSum) -> dict[str, Any]:
+        """Each arm's means, each treatment's effect (``experiment_report``) and, with
+        monitoring, this look's boundary."""
+        assert query.result is not None
+        names = self.arms[key]
+        report = experiment_report(
+            sums.reshape(len(names), len(STATISTICS)),
+            experiment=key,
+            arms=names,
+            metrics=METRICS,
+            scales=self.settings.bounds.bounds().tolist(),
+            noise_std=query.result.noise_std,
+            alpha=self.settings.alpha,
+            privacy=privacy_spent(query),
+        ).to_json()
+        if self.settings.monitor:
+            report["monitoring"] = self._monitor(key, report)
+        return report
 
     def _earlier(self, experiment: str) -> list[dict[str, Any]]:
         """The monitoring of this experiment's earlier looks in the run's history."""

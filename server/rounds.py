@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 import numpy as np
 
 from stamen.errors import CheckpointError
-from stamen.privacy import GaussianSum, Purpose, Streams, secagg_range_for
+from stamen.privacy import (
+    UNCLIPPED_RANGE,
+    GaussianSum,
+    Purpose,
+    SecAggSettings,
+    Streams,
+    honest_sum_bound,
+    secagg_range_for,
+)
 from stamen.server.cohorts import sample_cohort
 
 if TYPE_CHECKING:  # annotations only: the settings import the analytics, which record here
@@ -42,32 +50,89 @@ __all__ = [
     "RoundRecord",
     "Unidentified",
     "check_distributed_range",
+    "check_secure_sum",
     "min_poisson_cohort",
+    "noise_share_cohort",
+    "resolve_secagg",
+    "secagg_range",
 ]
 
 #: Why a round is skipped when the accountant's target ε would be exceeded.
 BUDGET_SPENT = "privacy budget (target epsilon) reached"
 
 
-def min_poisson_cohort(settings: ServerSettings, noise_multiplier: float) -> int:
+def noise_share_cohort(settings: ServerSettings) -> int:
+    """The smallest cohort a derived SecAgg+ range leaves room for under distributed DP:
+    half the expected cohort, at least ``num_shares`` (a Poisson cohort of 64 falls below
+    32 with probability about 5e-5; such a round is skipped, and charged)."""
+    return max(settings.secagg.num_shares, math.ceil(settings.clients_per_round / 2))
+
+
+def secagg_range(settings: ServerSettings, noise_multiplier: float | None) -> float:
+    """The per-coordinate range honest values need under SecAgg+: without user-level DP
+    ``UNCLIPPED_RANGE`` (devices do not clip); under DP the clip norm ``C`` (no value of
+    an update clipped to L2 norm ``C`` is larger), plus, when the devices add the noise,
+    seven standard deviations of the share of the smallest cohort it leaves room for
+    (:func:`noise_share_cohort`; ``secagg_range_for``)."""
+    dp = settings.dp
+    if not dp.enabled:
+        return UNCLIPPED_RANGE
+    if dp.noise_on_devices and noise_multiplier:
+        return secagg_range_for(
+            noise_multiplier=noise_multiplier,
+            clip_norm=dp.clip_norm,
+            cohort=noise_share_cohort(settings),
+        )
+    return dp.clip_norm
+
+
+def resolve_secagg(settings: ServerSettings, noise_multiplier: float | None) -> SecAggSettings:
+    """The run's SecAgg+ settings with the clipping range it uses: derived from the clip
+    norm when unset (:func:`secagg_range`); an explicit one kept, under DP refused when it
+    would clip honest values and warned about when far wider (``SecAggSettings.resolved``)."""
+    needed = secagg_range(settings, noise_multiplier)
+    if not settings.dp.enabled:
+        # no clip norm: nothing needs a range; an explicit one is the user's choice
+        if settings.secagg.clipping_range is not None:
+            return settings.secagg
+        return settings.secagg.resolved(needed)
+    why = "the devices' clipped updates"
+    if settings.dp.noise_on_devices and noise_multiplier:
+        why = "the devices' clipped updates and noise shares"
+    if settings.secagg.clipping_range is not None and settings.dp.noise_on_devices:
+        check_distributed_range(settings, noise_multiplier or 0.0)
+        # an explicit range is checked against the expected cohort (above); the derived
+        # one is what to compare its width with
+        needed = min(needed, settings.secagg.clipping_range)
+    return settings.secagg.resolved(needed, why=why)
+
+
+def min_poisson_cohort(
+    settings: ServerSettings, noise_multiplier: float, *, clipping_range: float | None = None
+) -> int:
     """Fewest devices a Poisson cohort may have for its round to run: SecAgg+'s
     ``num_shares``, and under distributed DP enough devices that each one's noise share
     (``z C / sqrt(n)``, so the shares sum to the full noise) stays inside SecAgg+'s
-    clipping range. Smaller cohorts skip the round, which is charged to the accountant
-    all the same."""
+    clipping range (``clipping_range``; ``None``: ``resolve_secagg``'s). Smaller cohorts
+    skip the round, which is charged to the accountant all the same."""
     floor = settings.secagg.num_shares if settings.secagg.enabled else 1
     if settings.secagg.enabled and settings.dp.noise_on_devices and noise_multiplier > 0:
-        room = settings.secagg.clipping_range - settings.dp.clip_norm
+        if clipping_range is None:
+            clipping_range = resolve_secagg(settings, noise_multiplier).value_range()
+        room = clipping_range - settings.dp.clip_norm
         if room <= 0:
             raise ValueError("secagg.clipping_range must exceed dp.clip_norm")
-        floor = max(floor, math.ceil((7 * noise_multiplier * settings.dp.clip_norm / room) ** 2))
+        needed = (7 * noise_multiplier * settings.dp.clip_norm / room) ** 2
+        floor = max(floor, math.ceil(needed * (1 - 1e-9)))  # float rounding of a derived room
     return floor
 
 
 def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -> None:
-    """Refuse distributed DP whose noise shares SecAgg+ would clip (see
-    ``secagg_range_for``)."""
+    """Refuse distributed DP whose noise shares an explicit SecAgg+ clipping range would
+    clip (see ``secagg_range_for``); an unset range is derived to fit them."""
     if not (settings.secagg.enabled and settings.dp.noise_on_devices):
+        return
+    if settings.secagg.clipping_range is None:
         return
     needed = secagg_range_for(
         noise_multiplier=noise_multiplier,
@@ -78,8 +143,49 @@ def check_distributed_range(settings: ServerSettings, noise_multiplier: float) -
         raise ValueError(
             f"secagg.clipping_range ({settings.secagg.clipping_range:g}) would clip the "
             f"devices' noise shares (z = {noise_multiplier:.3g}); set it to at least "
-            f"{needed:.3g}"
+            f"{needed:.3g}, or leave it unset to derive it"
         )
+
+
+def check_secure_sum(
+    total: list[np.ndarray],
+    *,
+    devices: int,
+    secagg: SecAggSettings,
+    clip_norm: float | None,
+    noise_std: float,
+) -> str | None:
+    """Why the unmasked SecAgg+ sum ``total`` of ``devices`` updates cannot be the sum of
+    honest ones (``None``: it can). Every honest value is dequantised into ``[-r, r]``
+    (``r``: the clipping range), so no coordinate of the sum exceeds ``n r``; under DP its
+    norm is at most ``honest_sum_bound`` (``clip_norm`` ``None``: no DP, no norm bound;
+    ``noise_std``: each device's noise share). A malicious device may have sent any ring
+    element (module docstring of ``stamen.privacy.crypto.secagg``); this check is what
+    bounds it."""
+    if not all(np.all(np.isfinite(a)) for a in total):
+        return "the unmasked sum is not finite (a forged weight made the summed weights zero)"
+    limit = devices * secagg.value_range()
+    largest = max((float(np.abs(a).max()) for a in total if a.size), default=0.0)
+    if largest > limit * (1 + 1e-9):
+        return (
+            f"a coordinate of the unmasked sum is {largest:.6g}, beyond the {limit:.6g} "
+            f"({devices} devices x clipping range {secagg.value_range():g}) honest devices "
+            "can reach"
+        )
+    if clip_norm is None:
+        return None
+    size = sum(int(a.size) for a in total)
+    bound = honest_sum_bound(
+        devices=devices, size=size, clip_norm=clip_norm, noise_std=noise_std, secagg=secagg
+    )
+    norm = float(np.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in total)))
+    if norm > bound:
+        return (
+            f"the unmasked sum's L2 norm is {norm:.6g}, beyond the {bound:.6g} {devices} "
+            f"honest devices can reach (clip norm {clip_norm:g}, noise share std "
+            f"{noise_std:.4g}, quantisation)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,16 +205,24 @@ class RoundPlan:
             draw then takes the devices available as the population).
         rounds_done: rounds recorded before this run (a resume): the accountant continues
             from them.
+        own_range: the settings' SecAgg+ clipping range is set by the caller for values
+            other than clipped updates (private ALS's statistics): used as it is.
     """
 
     def __init__(
-        self, settings: ServerSettings, *, population: int | None, rounds_done: int = 0
+        self,
+        settings: ServerSettings,
+        *,
+        population: int | None,
+        rounds_done: int = 0,
+        own_range: bool = False,
     ) -> None:
         self.settings = settings
         self.population = population
         self.streams = Streams(settings.seed)
         self.mechanism: GaussianSum | None = None
         self.min_cohort = 1
+        noise_multiplier: float | None = None
         if settings.dp.enabled:
             if population is None:
                 raise ValueError("differential privacy needs the population size")
@@ -119,8 +233,13 @@ class RoundPlan:
                 seed=settings.seed,
                 released=rounds_done,
             )
-            check_distributed_range(settings, self.mechanism.noise_multiplier)
-            self.min_cohort = min_poisson_cohort(settings, self.mechanism.noise_multiplier)
+            noise_multiplier = self.mechanism.noise_multiplier
+        #: The run's SecAgg+ settings with the clipping range it uses (``resolve_secagg``).
+        self.secagg = settings.secagg if own_range else resolve_secagg(settings, noise_multiplier)
+        if noise_multiplier is not None and not own_range:
+            self.min_cohort = min_poisson_cohort(
+                settings, noise_multiplier, clipping_range=self.secagg.value_range()
+            )
 
     def __repr__(self) -> str:
         return f"RoundPlan(rounds={self.settings.rounds}, mechanism={self.mechanism!r})"

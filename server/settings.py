@@ -83,6 +83,7 @@ class ServerSettings(BaseModel):
         if (
             self.dp.enabled
             and self.secagg.enabled
+            and self.secagg.clipping_range is not None
             and self.secagg.clipping_range < self.dp.clip_norm
         ):
             raise ValueError(

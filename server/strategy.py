@@ -54,7 +54,8 @@ from stamen.privacy import PrivacyAccountant, Purpose, check_update, sign_arrays
 from stamen.server import flower_types as flower
 from stamen.server.analytics import PrivateSum
 from stamen.server.checkpoint import Checkpoint, CheckpointStore
-from stamen.server.experiment_rounds import ExperimentMeasurements
+from stamen.server.experiment_rounds import ExperimentMeasurements, Measurements
+from stamen.server.off_policy_rounds import OffPolicyEvaluation
 from stamen.server.optimizer import ServerOptimizer
 from stamen.server.releases import ReleaseWriter
 from stamen.server.rounds import (
@@ -66,6 +67,7 @@ from stamen.server.rounds import (
     RoundPlan,
     RoundRecord,
     Unidentified,
+    check_secure_sum,
 )
 from stamen.server.settings import ServerSettings
 
@@ -128,6 +130,9 @@ class FederatedAveraging(Strategy):
 
     #: What evaluation rounds ask the devices to evaluate.
     evaluates = Task.MODEL
+    #: Whether the settings' SecAgg+ clipping range is the strategy's own, not derived from
+    #: the clip norm (``RoundPlan``'s ``own_range``).
+    own_secagg_range = False
 
     def __init__(
         self,
@@ -150,7 +155,10 @@ class FederatedAveraging(Strategy):
         self.checkpoints = checkpoints
         #: The round engine's plan: budget, cohorts, evaluation schedule, DP release.
         self.plan = RoundPlan(
-            settings, population=population, rounds_done=0 if resume is None else resume.round
+            settings,
+            population=population,
+            rounds_done=0 if resume is None else resume.round,
+            own_range=self.own_secagg_range,
         )
         self.fingerprint = dict(fingerprint or {})
         if self.plan.mechanism is not None:
@@ -188,6 +196,9 @@ class FederatedAveraging(Strategy):
         #: The measurements of the experiments the run's release carries (``None``: none;
         #: set by :meth:`measure_experiments`).
         self.experiments: ExperimentMeasurements | None = None
+        #: The off-policy evaluation of the candidate policies the run's release carries
+        #: (``None``: none; set by :meth:`evaluate_candidates`).
+        self.off_policy: OffPolicyEvaluation | None = None
         # Record-level DP: rounds each device (by Flower node / cid) was sampled for. After a
         # resume, the earlier rounds' largest count is carried as a conservative offset.
         self.participations: Counter[str] = Counter()
@@ -220,6 +231,17 @@ class FederatedAveraging(Strategy):
         """Measure ``experiments`` (arm names by id: the starting release's) every
         ``analytics.experiments.every`` rounds (``stamen.server.experiment_rounds``)."""
         self.experiments = ExperimentMeasurements(self, experiments) if experiments else None
+
+    def evaluate_candidates(self, candidates: Mapping[str, float]) -> None:
+        """Evaluate ``candidates`` (weight clips by name: the starting release's candidate
+        policies) off-policy at every experiment measurement
+        (``stamen.server.off_policy_rounds``)."""
+        self.off_policy = OffPolicyEvaluation(self, candidates) if candidates else None
+
+    def measurements(self) -> list[Measurements]:
+        """The run's measurement queries, in the order a measuring round asks them: each
+        experiment's, then the off-policy evaluation."""
+        return [m for m in (self.experiments, self.off_policy) if m is not None]
 
     def record_query(self, name: str, record: QueryRecord) -> None:
         """Put query ``name``'s record into the current round's ``analytics``."""
@@ -558,6 +580,9 @@ class FederatedAveraging(Strategy):
             )
         updates, rejected = self._checked(results, rnd)
         mean = aggregate(updates)
+        refused = self._refused_sum(mean, devices=len(updates))
+        if refused is not None:
+            return self._fail_round(rnd, refused, results=results, failures=failures)
         if not all(np.all(np.isfinite(a)) for a in mean):
             raise RuntimeError(f"round {rnd}: the aggregated update is not finite")
         mean = [np.asarray(a, np.float32) for a in mean]
@@ -583,6 +608,50 @@ class FederatedAveraging(Strategy):
         if rejected:
             record.rejected = rejected
         return ndarrays_to_parameters(new), dict(metrics)
+
+    def _refused_sum(self, mean: list[np.ndarray], *, devices: int) -> str | None:
+        """Under SecAgg+, why the unmasked mean of ``devices`` updates cannot come from
+        honest devices (``check_secure_sum``: a coordinate beyond ``n r``, or under DP a
+        norm beyond ``honest_sum_bound``); ``None`` when it can, and always in plain mode
+        (each update was checked on its own)."""
+        if not self.settings.secagg.enabled:
+            return None
+        mechanism = self.plan.mechanism
+        total = [np.asarray(a, np.float64) * devices for a in mean]
+        return check_secure_sum(
+            total,
+            devices=devices,
+            secagg=self.plan.secagg,
+            clip_norm=None if mechanism is None else mechanism.sensitivity,
+            noise_std=self.plan.noise_share_std(self._record.cohort or devices),
+        )
+
+    def _fail_round(
+        self,
+        rnd: int,
+        reason: str,
+        *,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: flower.FitFailures,
+    ) -> flower.AggregatedFit:
+        """Fail round ``rnd`` for ``reason``: the model does not change, nothing is
+        released (``finish_round`` publishes no release of a failed round) and, under DP,
+        the round is charged as a skipped one (its cohort was drawn)."""
+        record = self._record
+        record.devices = len(results)
+        record.failures = len(failures)
+        record.aggregation = "refused: the unmasked sum is out of bounds"
+        record.failed = (
+            f"round {rnd} failed: {reason}; a device sent an update outside what SecAgg+ "
+            "and its clip norm allow (a modified or broken device); the model did not change"
+        )
+        if failures:
+            record.failure_reasons = failure_reasons(failures)
+        if self.plan.mechanism is not None:
+            self.plan.mechanism.skip()
+            record.privacy = PrivacySpent.of(self.plan.mechanism)
+        _log.error(record.failed)
+        return None, {}
 
     def _checked(
         self, results: list[tuple[ClientProxy, FitRes]], rnd: int

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "Adjustment",
     "CentralisedSettings",
+    "ProtocolSettings",
     "RankerTraining",
     "SimulationConfig",
     "load_config",
@@ -82,8 +83,7 @@ class CentralisedSettings(BaseModel):
 class ProtocolSettings(BaseModel):
     """How a run is evaluated (``stamen.simulation.protocol.split``): which two of each
     user's items are held out (the last for test, the one before for validation), and how
-    many sampled negatives the secondary protocol ranks the held-out item among. Every
-    run reports HR, NDCG, recall, precision and MAP at 10 and 20, and MRR."""
+    many sampled negatives the secondary protocol ranks the held-out item among."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

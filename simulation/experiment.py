@@ -338,7 +338,14 @@ def run_experiment(
         plain = fed.privacy is None or fed.privacy["mode"] == "off"
         console.print(
             "secure aggregation: "
-            + engine.secure_aggregation.format(**sa.model_dump())
+            + engine.secure_aggregation.format(
+                **{
+                    **sa.model_dump(),
+                    "clipping_range": "(derived: C, plus room for noise shares; 1 without DP)"
+                    if sa.clipping_range is None
+                    else sa.clipping_range,
+                }
+            )
             + ("; no user-level DP, so ε = ∞ for what the cohort sum reveals" if plain else "")
         )
     if fed.privacy is not None and "record" in fed.privacy:

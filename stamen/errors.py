@@ -31,7 +31,9 @@
         └── PrivacyError
             ├── BudgetExceededError         the (ε, δ) budget would be overspent
             ├── DecryptionError             wrong key, tampered, truncated or unknown-version blob
-            └── SignatureError              a model release does not verify
+            ├── SignatureError              a model release does not verify
+            └── UpdateBoundError (ValueError)
+                                            an update exceeds its clip norm: never masked or sent
 
 Callers catch ``StamenError`` for anything Stamen raises on purpose; a subclass also
 derives from a builtin (``ValueError``, ``RuntimeError``, ``FileExistsError``) where the
@@ -76,6 +78,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreLostError",
+    "UpdateBoundError",
 ]
 
 
@@ -216,6 +219,12 @@ class DecryptionError(PrivacyError):
 
 class SignatureError(PrivacyError):
     """A model release's signature does not verify: the release must not be used."""
+
+
+class UpdateBoundError(PrivacyError, ValueError):
+    """An update is larger than the bound it must keep (a device's clipped update above
+    its clip norm): the device refuses to mask and send it, since once masked nobody can
+    tell it from an honest one."""
 
 
 class BudgetExceededError(PrivacyError):

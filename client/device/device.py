@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stamen.client.device.candidates import CandidatesMixin
 from stamen.client.device.events import RATING_THRESHOLD
 from stamen.client.device.experiment_arms import ExperimentsMixin
 from stamen.client.device.folder import (
@@ -57,7 +58,14 @@ _PINNED_KEY = "release_key"
 _STORE_ID = "store_id"
 
 
-class Device(ReleasesMixin, ServingMixin, ImpressionsMixin, ExperimentsMixin, PortabilityMixin):
+class Device(
+    CandidatesMixin,
+    ReleasesMixin,
+    ServingMixin,
+    ImpressionsMixin,
+    ExperimentsMixin,
+    PortabilityMixin,
+):
     """One person's device (see module docstring). Create with :meth:`open`.
 
     Its parts: the events and derived state (``stamen.client.device.core``), releases

@@ -76,16 +76,19 @@ from stamen.models.experiments import (
     Checked,
     MetricBounds,
 )
+from stamen.models.off_policy import DEFAULT_MAX_WEIGHT
 
 if TYPE_CHECKING:
     from stamen.client.pipeline.recommend import PipelineSettings
 
 __all__ = [
     "Arm",
+    "CandidatePolicy",
     "Experiment",
     "PersonCounts",
     "assign",
     "assignment_unit",
+    "candidate_list",
     "contribution",
     "contributions",
     "metric_values",
@@ -96,15 +99,14 @@ __all__ = [
 _BITS = 53
 
 
-class Arm(Checked):
-    """One arm: its name, its weight (relative share of devices) and the
-    ``PipelineSettings`` fields it overrides."""
+class _Overriding(Checked):
+    """A variant of the app's pipeline (an arm, a candidate policy): its ``overrides``, a
+    field each subclass declares in its own place, must be ``PipelineSettings`` fields."""
 
-    name: str = Field(min_length=1, max_length=64)
-    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
-    overrides: dict[str, Any] = Field(default_factory=dict)
+    if TYPE_CHECKING:
+        overrides: dict[str, Any]
 
-    @field_validator("overrides")
+    @field_validator("overrides", check_fields=False)
     @classmethod
     def _settings(cls, overrides: dict[str, Any]) -> dict[str, Any]:
         from stamen.client.pipeline.recommend import PipelineSettings
@@ -116,8 +118,58 @@ class Arm(Checked):
         return overrides
 
     def settings(self, base: PipelineSettings) -> PipelineSettings:
-        """``base`` with this arm's overrides applied (validated again)."""
+        """``base`` with these overrides applied (validated again)."""
         return base.model_copy(update=self.overrides)
+
+
+class Arm(_Overriding):
+    """One arm: its name, its weight (relative share of devices) and the
+    ``PipelineSettings`` fields it overrides."""
+
+    name: str = Field(min_length=1, max_length=64)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class CandidatePolicy(_Overriding):
+    """A candidate policy a release ships for off-policy evaluation
+    (``stamen.models.off_policy``): its name, the ``PipelineSettings`` fields it overrides
+    (over the app's own settings; no device serves it) and the clip of its importance
+    weights (``stamen.client.device.off_policy``)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    max_weight: float = Field(DEFAULT_MAX_WEIGHT, ge=1, allow_inf_nan=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what a release's ``extras`` carry)."""
+        return self.model_dump(mode="json")
+
+
+def candidate_list(raw: Any) -> tuple[CandidatePolicy, ...]:
+    """The candidate policies of a release's ``extras[CANDIDATES_EXTRA]`` (or a definition
+    file's list), each validated in full; the names distinct.
+
+    Raises:
+        ConfigError: naming each candidate at fault by its place (``3.max_weight: …``).
+    """
+    if not isinstance(raw, list):
+        raise ConfigError(f"candidate policies: a list, not {type(raw).__name__}")
+    found, problems = [], []
+    for k, item in enumerate(raw):
+        if not isinstance(item, dict):
+            problems.append(f"{k}: an object, not {type(item).__name__}")
+            continue
+        try:
+            found.append(CandidatePolicy(**item))
+        except ConfigError as error:
+            problems.append(f"{k}: {str(error).removeprefix('CandidatePolicy: ')}")
+    names = [item.get("name") for item in raw if isinstance(item, dict)]
+    if len(set(map(str, names))) != len(names):
+        problems.append(f"candidate names repeat ({names})")
+    if problems:
+        raise ConfigError("candidate policies: " + "; ".join(problems))
+    return tuple(found)
 
 
 class Experiment(Checked):

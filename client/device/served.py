@@ -19,7 +19,7 @@ from stamen.models.registry import model_class
 from stamen.models.two_tower.context import context_row
 
 if TYPE_CHECKING:
-    from stamen.client.device.experiments import Experiment
+    from stamen.client.device.experiments import CandidatePolicy, Experiment
 
 _log = logging.getLogger("stamen.device")
 
@@ -27,6 +27,7 @@ __all__ = [
     "ReleaseInfo",
     "ServedRelease",
     "arm_settings",
+    "release_candidates",
     "release_experiments",
 ]
 
@@ -55,6 +56,27 @@ def release_experiments(bundle: ReleaseBundle) -> tuple[Experiment, ...]:
     except ConfigError as error:
         raise BundleError(f"release {bundle.release}: {error}") from None
     return tuple(found)
+
+
+def release_candidates(bundle: ReleaseBundle) -> tuple[CandidatePolicy, ...]:
+    """The candidate policies a release carries for off-policy evaluation
+    (``stamen.models.off_policy``), each validated in full against this device's pipeline
+    settings.
+
+    Raises:
+        BundleError: one is not a valid candidate, or their names repeat.
+    """
+    if not bundle.extras:
+        return ()
+    from stamen.client.device.experiments import candidate_list
+    from stamen.models.off_policy import CANDIDATES_EXTRA
+
+    if CANDIDATES_EXTRA not in bundle.extras:
+        return ()
+    try:
+        return candidate_list(bundle.extras[CANDIDATES_EXTRA])
+    except ConfigError as error:
+        raise BundleError(f"release {bundle.release}: extras.{CANDIDATES_EXTRA}: {error}") from None
 
 
 def arm_settings(
@@ -133,6 +155,8 @@ class ServedRelease:
                 raise BundleError(f"release {bundle.release}: item index: {error}") from None
         #: The release's A/B experiments (``stamen.client.device.experiment_arms``).
         self.experiments = release_experiments(bundle)
+        #: The release's candidate policies (``stamen.client.device.candidates``).
+        self.candidates = release_candidates(bundle)
 
     @functools.cached_property
     def item_norms(self) -> np.ndarray:

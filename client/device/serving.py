@@ -208,9 +208,12 @@ class ServingMixin(DeviceCore):
         at: float,
         context: Mapping[str, Any] | None,
         factor: np.ndarray | None,
+        rejected: np.ndarray | None = None,
     ) -> Request:
         """What the pipeline sees of a request at time ``at`` by a person whose items are
-        ``ordered`` (catalogue rows in time order) and whose user vector is ``factor``."""
+        ``ordered`` (catalogue rows in time order), whose user vector is ``factor`` and who
+        rejected ``rejected`` (default: every item the person rejected)."""
+        rejected = self._rejected if rejected is None else rejected
         cf_scores: np.ndarray | ApproximateScores | None = None
         if factor is not None:
             vector = serving.request_vector(factor, context, at)
@@ -223,9 +226,9 @@ class ServingMixin(DeviceCore):
             cf_scores=cf_scores,
             history=ordered,
             history_at=self._times(ordered),
-            rejected=self._rejected,
-            rejected_at=self._times(self._rejected),
-            excluded=np.union1d(ordered, self._rejected),
+            rejected=rejected,
+            rejected_at=self._times(rejected),
+            excluded=np.union1d(ordered, rejected),
             now=at,
             context=dict(context or {}),
             content_half_life_s=self._served_pipeline().content_half_life_days * 86400.0,

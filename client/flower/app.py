@@ -38,6 +38,7 @@ __all__ = [
     "DeviceClient",
     "ExperimentContribution",
     "DeviceData",
+    "OffPolicyContribution",
     "build_client_app",
     "make_client_fn",
 ]
@@ -48,6 +49,10 @@ USER_STATE_KEY = "stamen-user-factor"
 #: ``contribution(experiment, start=…, end=…, bounds=…)``: a device's contribution to an
 #: experiment's measurement, ``None`` when it serves no such experiment.
 ExperimentContribution = Callable[..., np.ndarray | None]
+#: ``contribution(candidates, max_weights=…, start=…, end=…, max_slots=…, attribution_s=…)``:
+#: a device's contribution to an off-policy evaluation (``Device.off_policy_contribution``),
+#: ``None`` when its release does not carry the candidates.
+OffPolicyContribution = Callable[..., np.ndarray | None]
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class DeviceClient(NumPyClient):
         experiment_contribution: the device's contribution to an experiment's measurement
             (``Device.experiment_contribution``'s arguments), computed on demand; ``None``:
             the device serves no experiments.
+        off_policy_contribution: the device's contribution to an off-policy evaluation
+            (``Device.off_policy_contribution``'s arguments), computed on demand; ``None``:
+            the device has no impression log to evaluate on.
         fit_tasks, evaluate_tasks: what the device does with each task (default: what
             every device can do).
     """
@@ -95,6 +103,7 @@ class DeviceClient(NumPyClient):
         release_key: bytes | None = None,
         ranking_example: Callable[[], tuple[np.ndarray, np.ndarray] | None] | None = None,
         experiment_contribution: ExperimentContribution | None = None,
+        off_policy_contribution: OffPolicyContribution | None = None,
         fit_tasks: Mapping[Task, FitHandler] = FIT_TASKS,
         evaluate_tasks: Mapping[Task, EvaluateHandler] = EVALUATE_TASKS,
     ) -> None:
@@ -107,6 +116,7 @@ class DeviceClient(NumPyClient):
         # only when a ranker round asks for it
         self.ranking_example = ranking_example
         self.experiment_contribution = experiment_contribution
+        self.off_policy_contribution = off_policy_contribution
         self.fit_tasks = fit_tasks
         self.evaluate_tasks = evaluate_tasks
 
@@ -200,6 +210,10 @@ def make_client_fn(
             with devices.open(row) as device:
                 return device.experiment_contribution(experiment, **window)
 
+        def off_policy_contribution(candidates: list[str], **window: Any) -> np.ndarray | None:
+            with devices.open(row) as device:
+                return device.off_policy_contribution(candidates, **window)
+
         client = DeviceClient(
             data,
             context.state,
@@ -208,6 +222,7 @@ def make_client_fn(
             release_key=devices.release_key,
             ranking_example=ranking_example,
             experiment_contribution=experiment_contribution,
+            off_policy_contribution=off_policy_contribution,
             evaluate_tasks=evaluate_tasks,
         )
         return client.to_client()

@@ -134,6 +134,10 @@ class _DeployedDevice(NumPyClient):
             with Device.open(policy.folder, key=policy.store_key()) as device:
                 return device.experiment_contribution(experiment, **window)
 
+        def off_policy_contribution(candidates: list[str], **window: Any) -> Any:
+            with Device.open(policy.folder, key=policy.store_key()) as device:
+                return device.off_policy_contribution(candidates, **window)
+
         return DeviceClient(
             data,
             self.context.state,
@@ -142,6 +146,7 @@ class _DeployedDevice(NumPyClient):
             release_key=release_key,
             ranking_example=ranking_example,
             experiment_contribution=experiment_contribution,
+            off_policy_contribution=off_policy_contribution,
         )
 
     def fit(self, parameters: list, config: dict) -> tuple:

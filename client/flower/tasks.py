@@ -15,6 +15,7 @@ of test items).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from stamen.client.flower.statistics import als_upload
 from stamen.models.analytics import metric_names_from_config
 from stamen.models.experiments import STATISTICS, MetricBounds
 from stamen.models.mf.settings import LocalSettings
+from stamen.models.off_policy import width as off_policy_width
 from stamen.models.ranker.model import (
     RANKER_METRICS,
     RankingExamples,
@@ -49,6 +51,7 @@ __all__ = [
     "check_upload",
     "evaluation_sum",
     "experiment",
+    "off_policy",
     "privatise",
     "ranker_metrics",
     "ranker_step",
@@ -65,18 +68,21 @@ EvaluateHandler = Callable[["DeviceClient", list[np.ndarray], Request], Evaluate
 
 #: Streams of the device's own noise, by what it noises (an experiment's: its place in the
 #: release added).
-_TRAINING_NOISE, _ANALYTICS_NOISE, _EXPERIMENT_NOISE = 2, 3, 16
+_TRAINING_NOISE, _ANALYTICS_NOISE, _OFF_POLICY_NOISE, _EXPERIMENT_NOISE = 2, 3, 15, 16
 
 
 def privatise(
     device: DeviceClient, upload: list[np.ndarray], request: Request, *, purpose: int
 ) -> list[np.ndarray]:
-    """User-level DP on the device: clip the whole upload to the request's clip norm and,
-    in distributed mode, add this device's share of the noise (drawn from a stream of its
-    own per ``purpose``: training 2, analytics 3)."""
+    """User-level DP on the device: clip the whole upload to the request's clip norm,
+    check it (``UpdateBoundError`` above it) and, in distributed mode, add this device's
+    share of the noise (drawn from a stream of its own per ``purpose``: training 2,
+    analytics 3)."""
     if request.dp is None:
         return upload
     clipped, _ = clip_update(upload, max_norm=request.dp.clip_norm)
+    # the device's own check before its noise and SecAgg+'s masks (UpdateBoundError)
+    check_update(clipped, expected_shapes=[np.shape(a) for a in upload], bound=_bound(request))
     if request.dp.noise_std > 0:
         rng = device.rng(request, purpose)
         noise = gaussian_noise([a.shape for a in clipped], std=request.dp.noise_std, rng=rng)
@@ -86,12 +92,18 @@ def privatise(
 
 def check_upload(upload: list[np.ndarray], sent: list[np.ndarray], request: Request) -> None:
     """Refuse to send an upload of the wrong shape, with non-finite values or (clipped and
-    not noised here) above the clip norm: this runs before SecAgg+ masks it, after which
-    nobody could tell it apart (``check_update``)."""
+    not noised here) above the clip norm (``UpdateBoundError``): this runs before SecAgg+
+    masks it, after which nobody could tell it apart (``check_update``)."""
     dp = request.dp
     clipped = dp is not None and dp.noise_std == 0
-    bound = dp.clip_norm * (1 + 1e-4) if dp is not None and clipped else math.inf
+    bound = _bound(request) if clipped else math.inf
     check_update(upload, expected_shapes=[np.shape(a) for a in sent], bound=bound)
+
+
+def _bound(request: Request) -> float:
+    """The clip norm of the request's DP with float32 slack."""
+    assert request.dp is not None
+    return request.dp.clip_norm * (1 + 1e-4)
 
 
 def _private_upload(
@@ -255,6 +267,36 @@ def experiment(device: DeviceClient, parameters: list[np.ndarray], request: Requ
     return _answer(device, vector, request, purpose), 1, {}
 
 
+def off_policy(device: DeviceClient, parameters: list[np.ndarray], request: Request) -> FitResult:
+    """The device's contribution to the off-policy evaluation of the release's candidate
+    policies the request names, over its window (``Device.off_policy_contribution``); zeros,
+    the same length, when its release does not carry them all."""
+    settings = request.settings
+    names = json.loads(str(settings["off-policy-candidates"]))
+    weights = json.loads(str(settings["off-policy-max-weights"]))
+    measure = device.off_policy_contribution
+    measured = (
+        None
+        if measure is None
+        else measure(
+            names,
+            max_weights=weights,
+            start=float(settings["experiment-start"]),
+            end=float(settings["experiment-end"]),
+            max_slots=int(settings["off-policy-max-slots"]),
+            attribution_s=float(settings["experiment-attribution-s"]),
+        )
+    )
+    size = off_policy_width(len(names))
+    vector = np.zeros(size) if measured is None else np.asarray(measured, np.float64)
+    if vector.shape != (size,):
+        raise ValueError(
+            f"off-policy evaluation of {names}: this device's contribution has "
+            f"{vector.shape} entries, the server's {len(names)} candidates need {size}"
+        )
+    return _answer(device, vector, request, _OFF_POLICY_NOISE), 1, {}
+
+
 #: What every device does with a training message, by task.
 FIT_TASKS: dict[Task, FitHandler] = {
     Task.MODEL: train,
@@ -264,6 +306,7 @@ FIT_TASKS: dict[Task, FitHandler] = {
     Task.TRENDING: trending,
     Task.EVALUATION_SUM: evaluation_sum,
     Task.EXPERIMENT: experiment,
+    Task.OFF_POLICY: off_policy,
 }
 
 #: What every device does with an evaluation message, by task (the model's held-out

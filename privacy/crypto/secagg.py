@@ -1,14 +1,54 @@
-"""Settings of Flower's SecAgg+ secure aggregation, validated before any round starts.
+"""Settings of Flower's SecAgg+ secure aggregation, validated before any round starts, and
+the bounds an unmasked sum keeps.
 
 Flower crashes its clients on an even number of shares yet still "finishes" the round with
 an all-zero model, so the checks here are not cosmetic.
+
+What SecAgg+ bounds, read from flwr 1.42's ``secaggplus_mod`` and ``SecAggPlusWorkflow``:
+an honest device clips each value to ``[-clipping_range, clipping_range]``, quantises it
+stochastically to an integer in ``[0, quantization_range]``, prepends its weight and adds
+masks modulo ``MODULUS_RANGE`` (2^32). The server adds the masked vectors, removes the
+masks, divides by the summed weight and shifts by ``-(n - 1) × clipping_range``. Nothing
+checks what a device masked: a modified device may send *any* element of the ring, weight
+included, so on its own SecAgg+ bounds a malicious device's contribution by nothing but
+the wrap-around (up to ``2 × clipping_range × MODULUS_RANGE / quantization_range``, 2,048
+ranges, per value, and a weight that rescales the whole mean). What bounds it is the
+server's check of the unmasked sum against :func:`honest_sum_bound`; how far a device can
+then still move an accepted sum is :func:`malicious_influence_bound`.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["SecAggSettings"]
+from stamen.errors import ConfigError
+
+__all__ = [
+    "MODULUS_RANGE",
+    "NOISE_TAIL",
+    "UNCLIPPED_RANGE",
+    "WIDE_RANGE_FACTOR",
+    "SecAggSettings",
+    "honest_sum_bound",
+    "malicious_influence_bound",
+]
+
+_log = logging.getLogger("stamen")
+
+#: Flower's ``modulus_range`` (its default, which Stamen keeps): masks and sums live modulo it.
+MODULUS_RANGE = 2**32
+#: The per-coordinate range without user-level DP: devices do not clip then, so no clip
+#: norm bounds a value, and SecAgg+ clips each to ±1.
+UNCLIPPED_RANGE = 1.0
+#: An explicit range more than this many times what the devices' values need is warned
+#: about (it loosens the server's per-coordinate check and coarsens the quantisation).
+WIDE_RANGE_FACTOR = 2.0
+#: The Gaussian tail ``t`` of the noise bounds: the norm of a sum of noise shares exceeds
+#: ``std × (sqrt(size) + t)`` with probability below ``exp(-t² / 2)`` (2.3e-11).
+NOISE_TAIL = 7.0
 
 
 class SecAggSettings(BaseModel):
@@ -18,8 +58,11 @@ class SecAggSettings(BaseModel):
     key; ``reconstruction_threshold`` how many shares rebuild it (so at most
     ``num_shares - threshold`` neighbours of a device may drop out); values are clipped to
     ``[-clipping_range, clipping_range]`` and quantised into ``quantization_range`` levels
-    before masking. ``timeout`` bounds each stage's wait for replies (``None``: no bound;
-    a deployment sets one so that silent devices count as dropouts).
+    before masking. ``clipping_range`` unset (the default) is derived from the run's DP
+    clip norm when a round plan resolves it (:meth:`resolved`;
+    ``stamen.server.rounds.secagg_range``). ``timeout`` bounds each stage's wait for
+    replies (``None``: no bound; a deployment sets one so that silent devices count as
+    dropouts).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -27,7 +70,13 @@ class SecAggSettings(BaseModel):
     enabled: bool = True
     num_shares: int = Field(5, ge=3)
     reconstruction_threshold: int = Field(3, ge=2)
-    clipping_range: float = Field(1.0, gt=0)
+    clipping_range: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="per-coordinate range; None: derived from the DP clip norm (the clip "
+        "norm, plus room for distributed noise shares; 1.0 without DP)",
+    )
     quantization_range: int = Field(2**22, gt=1)
     timeout: float | None = Field(
         None,
@@ -45,8 +94,99 @@ class SecAggSettings(BaseModel):
                 f"reconstruction_threshold ({self.reconstruction_threshold}) must be below "
                 f"num_shares ({self.num_shares}), as Flower's SecAggPlusWorkflow requires"
             )
+        if self.quantization_range >= MODULUS_RANGE:
+            raise ValueError(
+                f"quantization_range ({self.quantization_range}) must be below Flower's "
+                f"modulus ({MODULUS_RANGE})"
+            )
         return self
+
+    def resolved(self, needed: float, *, why: str = "the devices' values") -> SecAggSettings:
+        """These settings with the clipping range a run uses: ``needed`` (what honest
+        values need, ``why`` says what they are) when unset; the explicit range otherwise,
+        refused (``ConfigError``) below ``needed`` and warned about (it is kept) when
+        wider than ``WIDE_RANGE_FACTOR × needed``."""
+        if not (math.isfinite(needed) and needed > 0):
+            raise ValueError(f"needed must be a positive finite range (got {needed!r})")
+        explicit = self.clipping_range
+        if explicit is None:
+            return self.model_copy(update={"clipping_range": needed})
+        if explicit < needed * (1 - 1e-12):
+            raise ConfigError(
+                f"secagg.clipping_range ({explicit:g}) is below the {needed:.4g} {why} "
+                "need: SecAgg+ would clip them; raise it or leave it unset (derived)"
+            )
+        if explicit > WIDE_RANGE_FACTOR * needed:
+            _log.warning(
+                "secagg.clipping_range (%g) is %.3gx the %.4g %s need: kept as set; the "
+                "server's per-coordinate check of the sum is that much looser (leave it "
+                "unset to derive it)",
+                explicit,
+                explicit / needed,
+                needed,
+                why,
+            )
+        return self
+
+    def value_range(self) -> float:
+        """The clipping range, which must be set (or resolved, :meth:`resolved`)."""
+        if self.clipping_range is None:
+            raise ValueError(
+                "secagg.clipping_range is derived from the DP clip norm: resolve the settings "
+                "first (SecAggSettings.resolved, RoundPlan.secagg)"
+            )
+        return self.clipping_range
 
     def quantization_step(self) -> float:
         """Width of one quantisation level: the per-coordinate rounding error bound."""
-        return 2 * self.clipping_range / (self.quantization_range - 1)
+        return 2 * self.value_range() / (self.quantization_range - 1)
+
+
+def honest_sum_bound(
+    *,
+    devices: int,
+    size: int,
+    clip_norm: float,
+    noise_std: float,
+    secagg: SecAggSettings,
+    tail: float = NOISE_TAIL,
+) -> float:
+    """The largest L2 norm the unmasked sum of ``devices`` honest updates of ``size``
+    values can have: each clipped to ``clip_norm`` (``n C``), each value off by less than
+    one quantisation level (``n × step × sqrt(size)``), plus their noise shares of standard
+    deviation ``noise_std`` each (a sum of standard deviation ``noise_std × sqrt(n)``,
+    whose norm exceeds ``sqrt(n) × noise_std × (sqrt(size) + tail)`` with probability below
+    ``exp(-tail² / 2)``, Gaussian concentration of a 1-Lipschitz function). Holds while no
+    noise share reaches the clipping range, which its derivation makes rarer still."""
+    if devices < 0 or size < 0:
+        raise ValueError(f"devices and size must be non-negative (got {devices}, {size})")
+    root = math.sqrt(size)
+    noise = noise_std * math.sqrt(devices) * (root + tail) if noise_std > 0 else 0.0
+    return devices * clip_norm + devices * secagg.quantization_step() * root + noise
+
+
+def malicious_influence_bound(
+    *,
+    devices: int,
+    size: int,
+    clip_norm: float,
+    noise_std: float,
+    secagg: SecAggSettings,
+    tail: float = NOISE_TAIL,
+) -> float:
+    """How far one malicious device among ``devices`` can move a sum that the server
+    accepts (norm at most ``honest_sum_bound(devices)``) from the sum of the other
+    ``devices - 1`` honest updates (norm at most ``honest_sum_bound(devices - 1)``): by the
+    triangle inequality, their total. Whatever ring elements it sent, wrap-around and
+    weight included."""
+    return sum(
+        honest_sum_bound(
+            devices=m,
+            size=size,
+            clip_norm=clip_norm,
+            noise_std=noise_std,
+            secagg=secagg,
+            tail=tail,
+        )
+        for m in (devices, max(devices - 1, 0))
+    )

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stamen.errors import UpdateBoundError
+
 __all__ = ["check_update", "clip_update", "update_norm"]
 
 _MAX_SHRINK_STEPS = 200
@@ -85,8 +87,8 @@ def check_update(
 
     Raises:
         ValueError: the number of arrays or any shape differs from ``expected_shapes``,
-            an array holds NaN or infinity, or the global L2 norm exceeds ``bound``. The
-            message names the offending array.
+            or an array holds NaN or infinity. The message names the offending array.
+        UpdateBoundError: the global L2 norm exceeds ``bound`` (a ``ValueError`` too).
     """
     if len(arrays) != len(expected_shapes):
         raise ValueError(f"update has {len(arrays)} arrays, expected {len(expected_shapes)}")
@@ -102,5 +104,5 @@ def check_update(
             raise ValueError(f"array {index} holds non-finite values (NaN or infinity)")
     norm = update_norm(arrays)
     if norm > bound:
-        raise ValueError(f"update norm {norm:.6g} exceeds the bound {bound:.6g}")
+        raise UpdateBoundError(f"update norm {norm:.6g} exceeds the bound {bound:.6g}")
     return norm

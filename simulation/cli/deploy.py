@@ -14,20 +14,27 @@ each run's outcome in ``<checkpoints>/status.json`` (``stamen.server.deployment.
 sends it: Flower refuses a key the app does not declare with "Invalid run configuration"
 and no name, and a bad value surfaces only once the run has started; this names each
 (exit 2), as the operator wrote it.
+
+``stamen deploy proxy-config FOLDER --certs CERTS --superlink 127.0.0.1:9092
+--device-address 0.0.0.0:9443`` writes an nginx configuration that closes the control
+plane (``stamen.server.proxy``): devices reach the Fleet API only, through the
+device-facing address; the Control API stays on the SuperLink's loopback address or an
+``--operator-address`` open to ``--operator-allow`` networks only.
 """
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-__all__ = ["check", "deploy_app", "status"]
+__all__ = ["check", "deploy_app", "proxy_config", "status"]
 
 deploy_app = typer.Typer(
     name="deploy",
-    help="Check a deployment run's config; follow its outcome.",
+    help="Check a deployment run's config; follow its outcome; close its control plane.",
     no_args_is_help=True,
 )
 
@@ -113,3 +120,57 @@ def check(
     config = {**declared, **given}
     Deployment({key: value for key, value in config.items() if key != "runtime"})
     typer.echo(f"run config: {len(given)} keys set, every key and value valid for {app}")
+
+
+@deploy_app.command("proxy-config")
+def proxy_config(
+    folder: Annotated[Path, typer.Argument(help="the proxy's folder (created): nginx.conf, logs")],
+    certs: Annotated[
+        Path, typer.Option(help="the `stamen certs make` folder (ca.crt, superlink.crt/.key)")
+    ],
+    superlink: Annotated[
+        str, typer.Option(help="the SuperLink's host:port (its --host 127.0.0.1 --port)")
+    ],
+    device_address: Annotated[
+        str, typer.Option(help="host:port devices reach: the Fleet API only")
+    ],
+    operator_address: Annotated[
+        str | None,
+        typer.Option(help="host:port of an operator-facing listener: the Control API only"),
+    ] = None,
+    operator_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--operator-allow",
+            help="a source address or network allowed on --operator-address (repeatable)",
+        ),
+    ] = None,
+    superlink_name: Annotated[
+        str | None,
+        typer.Option(help="DNS name nginx checks in the SuperLink's certificate"),
+    ] = None,
+    max_body_mb: Annotated[int, typer.Option(help="largest request body, MiB")] = 256,
+    force: Annotated[bool, typer.Option("--force", help="replace nginx.conf")] = False,
+) -> None:
+    """Write an nginx configuration: devices reach only the Fleet API, the Control API
+    (enrolment, runs) only the operator; print the commands that start and stop it."""
+    from stamen.server.proxy import write_proxy_config
+
+    paths = write_proxy_config(
+        folder,
+        certs=certs,
+        superlink=superlink,
+        device_address=device_address,
+        operator_address=operator_address,
+        operator_allow=operator_allow or (),
+        superlink_name=superlink_name,
+        max_body_mb=max_body_mb,
+        force=force,
+    )
+    typer.echo(f"wrote {paths.config}")
+    typer.echo(f"device-facing   https://{paths.device_address}  /v1/fleet/ only")
+    if paths.operator_address is not None:
+        typer.echo(f"operator-facing https://{paths.operator_address}  /v1/control/ only")
+    typer.echo(f"SuperLink       https://{superlink}  (keep it on 127.0.0.1)")
+    typer.echo(f"start: {shlex.join(paths.command())}")
+    typer.echo(f"stop:  {shlex.join(paths.stop_command())}")

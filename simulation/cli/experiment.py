@@ -7,14 +7,22 @@ people, and read what a federation's measurement rounds found.
                                                   experiment, as the next release
     stamen experiment end ID --releases DIR --signing-key KEY
                                                   the next release without it
+    stamen experiment candidates FILE --releases DIR --signing-key KEY
+                                                  the next release, carrying these
+                                                  candidate policies (--none: without any)
     stamen experiment simulate FILE               repeated experiments on simulated people
     stamen experiment report CHECKPOINTS          each experiment's latest measurement
+    stamen experiment report CHECKPOINTS --off-policy
+                                                  the candidates' latest off-policy estimates
 
 A definition is a JSON or TOML file of ``id``, ``salt`` and ``arms`` (each ``name``,
 ``weight``, ``overrides`` of the pipeline's settings): ``stamen.client.device.experiments``.
-A deployment run measures the experiments of the release it starts from every
-``experiment-every`` rounds (``stamen.server.experiment_rounds``); the reports go into the
-run's ``rounds.jsonl``, which ``report`` reads.
+A candidates file holds ``candidates``, a list of ``name``, ``overrides`` and ``max_weight``
+(``stamen.client.device.experiments.CandidatePolicy``). A deployment run measures the
+experiments of the release it starts from every ``experiment-every`` rounds
+(``stamen.server.experiment_rounds``), and evaluates its candidate policies off-policy at
+the same rounds (``stamen.server.off_policy_rounds``); the reports go into the run's
+``rounds.jsonl``, which ``report`` reads.
 """
 
 import json
@@ -29,13 +37,15 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from stamen.client.device.experiments import Experiment
+    from stamen.client.device.experiments import CandidatePolicy, Experiment
 
 __all__ = [
+    "candidates",
     "check",
     "end",
     "experiment_app",
     "publish",
+    "read_candidates",
     "read_experiment",
     "report",
     "simulate",
@@ -48,6 +58,26 @@ experiment_app = typer.Typer(
 )
 
 
+def _read_definition(path: Path) -> Any:
+    """The JSON (or, by its ``.toml`` suffix, TOML) content of ``path``.
+
+    Raises:
+        DataError: the file cannot be read or parsed.
+    """
+    from stamen.errors import DataError
+
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        raise DataError(
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({error})"
+        ) from None
+
+
 def read_experiment(path: Path) -> "Experiment":
     """The experiment defined in ``path`` (JSON, or TOML by its ``.toml`` suffix).
 
@@ -56,20 +86,38 @@ def read_experiment(path: Path) -> "Experiment":
         ConfigError: not a valid experiment (every field at fault named).
     """
     from stamen.client.device.experiments import Experiment
-    from stamen.errors import ConfigError, DataError
+    from stamen.errors import ConfigError
 
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
-        raise DataError(
-            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({error})"
-        ) from None
+    data = _read_definition(path)
     try:
         return Experiment.from_json(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def read_candidates(path: Path) -> "tuple[CandidatePolicy, ...]":
+    """The candidate policies defined in ``path`` (JSON or TOML): an object whose
+    ``candidates`` lists them (TOML: ``[[candidates]]`` tables), each ``name``, ``overrides``
+    and ``max_weight``.
+
+    Raises:
+        DataError: the file cannot be read or parsed.
+        ConfigError: no candidates, or one is not valid (every field at fault named).
+    """
+    from stamen.client.device.experiments import candidate_list
+    from stamen.errors import ConfigError
+
+    data = _read_definition(path)
+    if not isinstance(data, dict) or set(data) != {"candidates"}:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{path}: expected an object with one key, 'candidates' (got {found})")
+    if not data["candidates"]:
+        raise ConfigError(
+            f"{path}: no candidate policies (to publish a release without any: "
+            "stamen experiment candidates --none)"
+        )
+    try:
+        return candidate_list(data["candidates"])
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
@@ -112,9 +160,12 @@ def _republish(
     releases: Path,
     signing_key: Path,
     change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    *,
+    key: str | None = None,
 ) -> None:
     """Publish the newest release of ``releases`` again, as the next release, with its
-    experiments (JSON form) as ``change`` makes them from the newest's."""
+    experiments (``key``: its candidate policies; JSON form) as ``change`` makes them from
+    the newest's."""
     from stamen.errors import ConfigError
     from stamen.models.bundle import ReleaseBundle, latest_release
     from stamen.models.experiments import EXPERIMENTS_EXTRA
@@ -125,6 +176,8 @@ def _republish(
         ReleaseWriter,
         load_or_create_signing_key,
     )
+
+    key = key or EXPERIMENTS_EXTRA
 
     if not signing_key.is_file():
         raise ConfigError(f"{signing_key}: no release signing key")
@@ -141,21 +194,23 @@ def _republish(
     newest = ReleaseBundle.decode(
         open_signed(path.read_bytes(), public_key=public, source=str(path)), source=str(path)
     )
-    before = list(newest.extras.get(EXPERIMENTS_EXTRA, []))
+    what = "experiments" if key == EXPERIMENTS_EXTRA else "candidate policies"
+    before = list(newest.extras.get(key, []))
     after = change(before)
     if after == before:
         raise ConfigError(
-            f"release {newest.release} already carries these experiments as they are; "
-            "nothing published"
+            f"release {newest.release} already carries these {what} as they are; nothing published"
         )
-    clashes = _overlaps(after)
+    clashes = _overlaps(after) if key == EXPERIMENTS_EXTRA else []
     if clashes:
         raise ConfigError(
             "experiments in one release may not override the same pipeline field: "
             + ", ".join(clashes)
             + " (end one first: stamen experiment end)"
         )
-    extras = {**newest.extras, EXPERIMENTS_EXTRA: after}
+    extras = {**newest.extras, key: after}
+    if not after:
+        del extras[key]
     model = build_model(newest.model, dict(newest.settings), newest.catalog)
     writer = ReleaseWriter(
         releases,
@@ -172,8 +227,8 @@ def _republish(
         trending=newest.trending,
         ranker=newest.ranker,
     )
-    names = ", ".join(e["id"] for e in after) or "none"
-    Console().print(f"release {newest.release + 1} in {written}, carrying experiments: {names}")
+    names = ", ".join(e["id" if key == EXPERIMENTS_EXTRA else "name"] for e in after) or "none"
+    Console().print(f"release {newest.release + 1} in {written}, carrying {what}: {names}")
 
 
 @experiment_app.command()
@@ -230,6 +285,38 @@ def end(
         return [e for e in before if e.get("id") not in ids]
 
     _republish(releases, signing_key, change)
+
+
+@experiment_app.command()
+def candidates(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="the candidate policies' definition (JSON or TOML)"),
+    ] = None,
+    *,
+    releases: Annotated[Path, typer.Option(help="the releases folder")],
+    signing_key: Annotated[Path, typer.Option(help="the publisher's Ed25519 key")],
+    none: Annotated[
+        bool, typer.Option("--none", help="publish the next release without candidate policies")
+    ] = False,
+) -> None:
+    """Publish the newest release again, as the next release, carrying these candidate
+    policies (replacing any it carries): no device serves them; a deployment run started
+    from it estimates each one's value off-policy, on the devices' own impression logs, at
+    every experiment measurement (experiment-every)."""
+    from stamen.errors import ConfigError
+    from stamen.models.off_policy import CANDIDATES_EXTRA
+
+    if (file is None) == (not none):
+        raise ConfigError("give a candidates file, or --none to publish without candidates")
+    chosen = [] if file is None else [c.to_json() for c in read_candidates(file)]
+
+    def change(before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if none and not before:
+            raise ConfigError("the newest release carries no candidate policies: nothing to end")
+        return chosen
+
+    _republish(releases, signing_key, change, key=CANDIDATES_EXTRA)
 
 
 @experiment_app.command()
@@ -337,11 +424,15 @@ def simulate(
         )
 
 
-def _reports(checkpoints: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
-    """Every experiment measurement in ``<checkpoints>/rounds.jsonl``, by experiment id:
-    ``(round, record)`` in round order."""
+def _reports(
+    checkpoints: Path, *, off_policy: bool = False
+) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every experiment measurement in ``<checkpoints>/rounds.jsonl``, by experiment id
+    (``off_policy``: every off-policy evaluation, under ``off-policy``): ``(round, record)``
+    in round order."""
     from stamen.errors import DataError
     from stamen.server.experiment_rounds import QUERY_PREFIX
+    from stamen.server.off_policy_rounds import OFF_POLICY
 
     path = checkpoints / "rounds.jsonl"
     try:
@@ -362,7 +453,9 @@ def _reports(checkpoints: Path) -> dict[str, list[tuple[int, dict[str, Any]]]]:
         if not isinstance(record, dict) or not isinstance(record.get("analytics", {}), dict):
             raise DataError(f"{path}, line {number}: not a round's record")
         for name, query in (record.get("analytics") or {}).items():
-            if name.startswith(QUERY_PREFIX):
+            if off_policy and name == OFF_POLICY:
+                found.setdefault(name, []).append((int(record.get("round", 0)), query))
+            elif not off_policy and name.startswith(QUERY_PREFIX):
                 found.setdefault(name.removeprefix(QUERY_PREFIX), []).append(
                     (int(record.get("round", 0)), query)
                 )
@@ -383,12 +476,26 @@ def report(
         Path | None, typer.Option(help="also draw each effect's interval per round (PNG)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the reports as JSON")] = False,
+    off_policy: Annotated[
+        bool,
+        typer.Option(
+            "--off-policy",
+            help="the latest off-policy evaluation of the release's candidate policies instead",
+        ),
+    ] = False,
 ) -> None:
     """Print each experiment's latest measurement: every arm's exposed people and means,
-    every treatment's effect with its interval and p-value, and the ε it spent. Exit 2 when
-    the run measured no experiment, 1 when a latest measurement failed (it says why)."""
+    every treatment's effect with its interval and p-value, and the ε it spent (with
+    --off-policy: the logging policy's value and each candidate's IPS and SNIPS estimates
+    with their intervals, effects and ε). Exit 2 when the run measured none, 1 when a
+    latest measurement failed (it says why)."""
     from stamen.errors import DataError
 
+    if off_policy:
+        if experiment is not None or plot is not None:
+            raise DataError("--off-policy prints the evaluation alone: no --experiment, --plot")
+        _report_off_policy(checkpoints, as_json=as_json)
+        return
     if plot is not None and not plot.parent.is_dir():
         raise DataError(f"--plot {plot}: no folder {plot.parent}")
     found = _reports(checkpoints)
@@ -398,7 +505,12 @@ def report(
             raise DataError(f"{checkpoints}: experiment {experiment!r} not measured ({measured})")
         found = {experiment: found[experiment]}
     if not found:
-        raise DataError(f"{checkpoints}: no experiment measured in this run")
+        hint = (
+            " (it evaluated candidate policies: --off-policy)"
+            if _reports(checkpoints, off_policy=True)
+            else ""
+        )
+        raise DataError(f"{checkpoints}: no experiment measured in this run{hint}")
     latest = {name: history[-1] for name, history in found.items()}
     if as_json:
         typer.echo(json.dumps({name: {"round": r, **q} for name, (r, q) in latest.items()}))
@@ -412,20 +524,78 @@ def report(
         raise SystemExit(1)
 
 
+def _report_off_policy(checkpoints: Path, *, as_json: bool) -> None:
+    """``report --off-policy``: the run's latest off-policy evaluation."""
+    from stamen.errors import DataError
+
+    found = _reports(checkpoints, off_policy=True)
+    if not found:
+        raise DataError(
+            f"{checkpoints}: no off-policy evaluation in this run (its starting release "
+            "carries no candidate policies, or experiment-every was not set): publish them "
+            "with stamen experiment candidates and start a run from that release"
+        )
+    ((name, history),) = found.items()
+    rnd, query = history[-1]
+    if as_json:
+        typer.echo(json.dumps({"round": rnd, **query}))
+    else:
+        _print_off_policy(Console(), rnd, query)
+    if "report" not in query:
+        raise SystemExit(1)
+
+
+def _print_off_policy(console: Console, rnd: int, query: dict[str, Any]) -> None:
+    body = query.get("report")
+    if body is None:
+        why = query.get("failed") or query.get("skipped") or "no sum released"
+        console.print(f"off-policy evaluation, round {rnd}: not measured ({why})")
+        return
+    console.print(
+        f"off-policy evaluation, round {rnd}: {query.get('devices', '?')} devices answered; "
+        f"{_spent(body.get('privacy') or {})}; noise std {body['noise_std']:.3g} per summed entry"
+    )
+    level = 1 - float(body["alpha"])
+    log = body["logging"]
+    console.print(
+        f"logging policy: {_number(log['value'], '.4f')} engagements per slot "
+        f"[{_number(log['lower'], '.4f')}, {_number(log['upper'], '.4f')}] ({level:.0%})"
+    )
+    table = Table(title=f"candidates against the logging policy ({level:.0%} intervals)")
+    columns = ("candidate", "estimator", "value", "interval", "effect", "interval ", "p-value")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:2] else "right")
+    for c in body["candidates"]:
+        table.add_row(
+            c["candidate"],
+            c["estimator"],
+            _number(c["value"], ".4f"),
+            f"[{_number(c['lower'], '.4f')}, {_number(c['upper'], '.4f')}]",
+            _number(c["effect"], "+.4f"),
+            f"[{_number(c['effect_lower'], '+.4f')}, {_number(c['effect_upper'], '+.4f')}]",
+            _number(c["p_value"], ".3g"),
+        )
+    console.print(table)
+
+
+def _spent(privacy: dict[str, Any]) -> str:
+    """A report's privacy as ``ε = …, δ = …`` (or ``no noise``)."""
+    eps = privacy.get("epsilon")
+    spent = "no noise" if eps is None or eps == math.inf else f"ε = {eps:.3g}"
+    if privacy.get("delta") is not None:
+        spent += f", δ = {privacy['delta']:.2g}"
+    return spent
+
+
 def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) -> None:
     body = query.get("report")
     if body is None:
         why = query.get("failed") or query.get("skipped") or "no sum released"
         console.print(f"experiment {name}, round {rnd}: not measured ({why})")
         return
-    privacy = body.get("privacy") or {}
-    eps = privacy.get("epsilon")
-    spent = "no noise" if eps is None or eps == math.inf else f"ε = {eps:.3g}"
-    if privacy.get("delta") is not None:
-        spent += f", δ = {privacy['delta']:.2g}"
     console.print(
         f"experiment {name}, round {rnd}: {query.get('devices', '?')} devices answered; "
-        f"{spent}; noise std {body['noise_std']:.3g} per summed entry"
+        f"{_spent(body.get('privacy') or {})}; noise std {body['noise_std']:.3g} per summed entry"
     )
     arms = Table(title="arms")
     metrics = list(body["arms"][0]["means"])

@@ -157,7 +157,7 @@ def secagg_mean(quantised_sum: list[np.ndarray], devices: int, secagg: SecAggSet
     """The mean Flower's ``SecAggPlusWorkflow`` reconstructs from the sum of ``devices``
     quantised updates (every weight 1, ``max_weight=1``): dequantise the sum, shift it by
     ``-(devices - 1) * clipping_range`` and divide by ``devices``."""
-    cr, qr = secagg.clipping_range, secagg.quantization_range
+    cr, qr = secagg.value_range(), secagg.quantization_range
     return [
         ((a - (devices - 1) * cr) / devices).astype(np.float32)
         for a in dequantize(quantised_sum, cr, qr)
@@ -337,7 +337,9 @@ def fast_round_mean(
         bound = gain * torch.maximum(
             2 * r_max * x.abs().amax(1) + k * w.abs().max(), 2 * r_max + wd * b.abs().max()
         )
-        if float((bound + 7 * share).max()) >= settings.secagg.clipping_range:
+        if mechanism is not None:  # no value of an update clipped to C is above C
+            bound = torch.clamp(bound, max=mechanism.sensitivity)
+        if float((bound + 7 * share).max()) > plan.secagg.value_range():
             return None
     total = gain.sum()
     sums = [2 * (gain[:, None] * r).T @ x - k * total * w, 2 * gain @ r - wd * total * b]
@@ -359,7 +361,7 @@ def round_mean(
     ``rnd``: each device's update clipped and given its noise share as the device does,
     quantised and summed as SecAgg+ does, released by the plan."""
     devices = len(users)
-    secagg = plan.settings.secagg
+    secagg = plan.secagg  # its clipping range resolved from the clip norm
     mechanism = plan.mechanism
     share = plan.noise_share_std(devices)
     noise_gen = torch.Generator().manual_seed(int(plan.streams.noise_shares(rnd).integers(2**62)))
@@ -376,7 +378,7 @@ def round_mean(
         if secagg.enabled:
             parts = [
                 q.astype(np.int64).sum(0)
-                for q in quantize(parts, secagg.clipping_range, secagg.quantization_range)
+                for q in quantize(parts, secagg.value_range(), secagg.quantization_range)
             ]
         else:
             parts = [p.sum(0, dtype=np.float64) for p in parts]

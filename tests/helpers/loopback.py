@@ -1,5 +1,6 @@
-"""Processes of a loopback Flower deployment for tests: a SuperLink with TLS, SuperNodes,
-bounded waits, and every process (with its children) stopped on exit."""
+"""Processes of a loopback Flower deployment for tests: a SuperLink with TLS, SuperNodes
+enrolled and started, ``flwr`` calls and runs, bounded waits, and every process (with its
+children) stopped on exit."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,15 +36,30 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
-def flower_home(home: Path, federation: str, port: int, ca_certificate: Path) -> dict[str, str]:
+def flower_home(
+    home: Path, federation: str, port: int, ca_certificate: Path, **others: int
+) -> dict[str, str]:
     """A Flower home whose default SuperLink connection ``federation`` reaches 127.0.0.1:
-    ``port`` over TLS under ``ca_certificate``; the environment that uses it."""
+    ``port`` over TLS under ``ca_certificate``, and each connection of ``others`` (name:
+    port) likewise; the environment that uses it."""
     home.mkdir()
+    connections = {federation: port, **others}
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "{federation}"\n[superlink.{federation}]\n'
-        f'address = "127.0.0.1:{port}"\nroot-certificates = "{ca_certificate}"\n'
+        f'[superlink]\ndefault = "{federation}"\n'
+        + "".join(
+            f'[superlink.{name}]\naddress = "127.0.0.1:{to}"\n'
+            f'root-certificates = "{ca_certificate}"\n'
+            for name, to in connections.items()
+        )
     )
     return flower_env(home)
+
+
+def flwr(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``flwr <args>`` under ``env``, its output captured, at most 120 s."""
+    return subprocess.run(
+        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def register_supernode(public_key: Path, federation: str, env: dict[str, str]) -> str:
@@ -52,13 +68,7 @@ def register_supernode(public_key: Path, federation: str, env: dict[str, str]) -
     machine: an unavailable connection is retried (3 tries, 2 s apart). Raises
     ``RuntimeError`` with Flower's output when it fails."""
     for attempt in range(3):
-        done = subprocess.run(
-            [str(BIN / "flwr"), "supernode", "register", str(public_key), federation],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = flwr(env, "supernode", "register", str(public_key), federation)
         found = re.search(r"SuperNode (\d+) registered", done.stdout)
         if found is not None:
             return found.group(1)
@@ -99,6 +109,13 @@ def poll(
             pytest.fail(f"{what}: the process exited ({proc.returncode}):\n{text(log)}")
         time.sleep(0.2)
     pytest.fail(f"{what}: not within {wait_s:.0f} s:\n{text(log)[-4000:]}")
+
+
+def wait_logged(
+    log: Path, phrase: str, *, proc: subprocess.Popen, what: str, wait_s: float = WAIT_S
+) -> None:
+    """Wait until ``log`` holds ``phrase`` (:func:`poll`)."""
+    poll(lambda: phrase in text(log), proc=proc, log=log, what=what, wait_s=wait_s)
 
 
 def text(log: Path) -> str:
@@ -168,3 +185,92 @@ def superexec_command(runtime_port: int) -> list[str]:
         *("--runtime-api-address", f"127.0.0.1:{runtime_port}"),
         "--insecure",
     ]
+
+
+def start_superlink(
+    stack: ExitStack, command: list[str], *, env: dict[str, str], log: Path, what: str
+) -> subprocess.Popen:
+    """The SuperLink ``command``, run in ``stack`` (:func:`running`), once it has logged its
+    start."""
+    link = stack.enter_context(running(command, env=env, log=log))
+    wait_logged(log, "Starting Flower SuperLink", proc=link, what=what)
+    return link
+
+
+def start_supernode(
+    stack: ExitStack,
+    certs,
+    d: int,
+    link_port: int,
+    folder: Path,
+    *,
+    env: dict[str, str],
+    forking: bool,
+) -> list[tuple[list[str], subprocess.Popen]]:
+    """SuperNode ``d`` (the key ``certs.supernodes[d]``) serving the device
+    ``folder/device-<d>`` (node config ``device``, ``device-id``) from the SuperLink at
+    ``link_port``, its output in ``folder/node-<d>.log``; with ``forking``, Stamen's
+    SuperNode with its own forking SuperExec (``folder/exec-<d>.log``)
+    (:func:`supernode_command`). Each process run in ``stack`` with its command, the
+    SuperNode's first."""
+    runtime = free_port()
+    command = supernode_command(
+        certs.supernodes[d].private_key,
+        certs,
+        link_port,
+        runtime_port=runtime,
+        forking=forking,
+        fast_poll=forking,
+    )
+    command += ["--node-config", f"device='{folder / f'device-{d}'}' device-id={d}"]
+    started = [
+        (command, stack.enter_context(running(command, env=env, log=folder / f"node-{d}.log")))
+    ]
+    if forking:
+        superexec = superexec_command(runtime)
+        log = folder / f"exec-{d}.log"
+        started.append((superexec, stack.enter_context(running(superexec, env=env, log=log))))
+    return started
+
+
+def enrol_supernodes(
+    stack: ExitStack,
+    certs,
+    count: int,
+    link_port: int,
+    folder: Path,
+    *,
+    federation: str,
+    env: dict[str, str],
+    forking: bool,
+) -> tuple[list[str], list[list[tuple[list[str], subprocess.Popen]]]]:
+    """Register the keys of SuperNodes ``0 … count - 1`` through the connection
+    ``federation`` (:func:`register_supernode`), then start each (:func:`start_supernode`);
+    their node ids, and what each started."""
+    ids = [
+        register_supernode(certs.supernodes[d].public_key, federation, env) for d in range(count)
+    ]
+    started = [
+        start_supernode(stack, certs, d, link_port, folder, env=env, forking=forking)
+        for d in range(count)
+    ]
+    return ids, started
+
+
+def wait_activated(node_ids: list[str], *, link: subprocess.Popen, log: Path, how: str) -> None:
+    """Wait until the SuperLink (its output in ``log``) has activated each of ``node_ids``."""
+    for node_id in node_ids:
+        wait_logged(
+            log, f"Activated node_id={node_id}", proc=link, what=f"SuperNode {node_id} {how}"
+        )
+
+
+def start_flwr_run(
+    app: Path, federation: str, run_config: str, *, env: dict[str, str], log: Path
+) -> subprocess.Popen:
+    """``flwr run`` of the Flower App ``app`` on ``federation`` with ``run_config``,
+    streaming its output into ``log``."""
+    command = [str(BIN / "flwr"), "run", str(app), federation, "--stream"]
+    command += ["--run-config", run_config]
+    with log.open("ab") as sink:
+        return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -1,5 +1,6 @@
 """Signed releases for the device tests: a model's shared arrays published under a key made
-for the test, and the small MF release of films that the ``stamen`` command tests use."""
+for the test, the small MF release of films that the ``stamen`` command tests use, and the
+newest release of a folder, read back."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from stamen.models import LocalSettings, ReleaseCatalog
-from stamen.models.bundle import ReleaseBundle, ReleaseIdentity
+from stamen.models.bundle import ReleaseBundle, ReleaseIdentity, latest_release
 from stamen.models.mf.model import MFModel
 from stamen.models.registry import RecModel
-from stamen.privacy import seal_signed
+from stamen.privacy import open_signed, seal_signed
 from stamen.server import ReleaseWriter, load_or_create_signing_key
 
 #: The films of :func:`film_release`: ids "1" to "30", titled "Film <id> (1995)".
@@ -72,3 +73,10 @@ def small_mf_release(
         extras=extras or {},
     )
     return seal_signed(bundle.encode(), private_key=private_key)
+
+
+def newest_release(releases: Path, public_key: bytes) -> ReleaseBundle:
+    """The newest release in ``releases``, its signature checked against ``public_key``."""
+    path = latest_release(releases)
+    assert path is not None, f"no release in {releases}"
+    return ReleaseBundle.decode(open_signed(path.read_bytes(), public_key=public_key))

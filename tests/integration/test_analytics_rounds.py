@@ -56,8 +56,9 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     result = run_federated(config, split, output=tmp_path)
     last = result.history[-1]
     n = split.n_users
-    secagg = config.secagg
-    level = 2 * secagg.clipping_range / secagg.quantization_range  # one quantisation step
+    # the query's range: its clip norm (no noise shares), as PrivateSum sets it
+    secagg = config.secagg.resolved(config.analytics.trending.dp.clip_norm)
+    level = 2 * secagg.value_range() / secagg.quantization_range  # one quantisation step
     # each device's entries are rounded by at most one level; the sum by n levels
     bound = n * level * 1.001
 

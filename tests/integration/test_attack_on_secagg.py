@@ -46,7 +46,7 @@ def test_secagg_server_sees_only_the_mean_and_the_attack_fails_on_it(tmp_path) -
         assert all(np.array_equal(a, b) for a, b in zip(view, other, strict=True))
 
     individual = own_updates(initial, split, config)
-    secagg = config.secagg
+    secagg = strategy.plan.secagg  # the clipping range the run used (1 without DP)
     assert max(float(np.abs(a).max()) for d in individual for a in d) < secagg.clipping_range
     step = secagg.quantization_step()
     for i, received_array in enumerate(view):

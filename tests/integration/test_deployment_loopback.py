@@ -18,25 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.deployment_runs import release_init, seed_devices
 from helpers.loopback import (
-    BIN,
+    enrol_supernodes,
     flower_home,
     free_port,
     poll,
     register_supernode,
     running,
+    start_flwr_run,
+    start_superlink,
     stop,
-    superexec_command,
     superlink_command,
     supernode_command,
     text,
+    wait_activated,
+    wait_logged,
 )
 from helpers.paths import ROOT
 from typer.testing import CliRunner
 
 from stamen.client.device.device import Device
 from stamen.client.device.experiments import Experiment
-from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.models.bundle import ReleaseBundle
 from stamen.models.ranker.model import RANKER_METRICS
 from stamen.models.ranker.settings import RankerSettings
 from stamen.models.ranker.weights import init_ranker
@@ -65,17 +69,7 @@ def _deployment(tmp_path: Path, *, experiment: bool = False):
     make them; with ``experiment``, release 1 carries an A/B experiment (``stamen
     experiment publish``) and each device shows its arm's list and logs it."""
     certs = make_certificates(tmp_path / "certs", supernodes=NODES + 1)
-    config = tmp_path / "stamen.toml"
-    config.write_text(
-        'dataset = "synthetic"\nsynthetic_users = 100\nsynthetic_items = 100\n[local]\ndim = 8\n'
-    )
-    key = tmp_path / "keys" / "release.key"
-    result = CliRunner().invoke(
-        app,
-        ["release", "init", str(tmp_path / "releases"), "--signing-key", str(key)]
-        + ["--config", str(config)],
-    )
-    assert result.exit_code == 0, (result.output, result.exception)
+    _, key = release_init(tmp_path, dim=8)
     if experiment:
         definition = tmp_path / "experiment.json"
         definition.write_text(json.dumps(EXPERIMENT))
@@ -85,22 +79,13 @@ def _deployment(tmp_path: Path, *, experiment: bool = False):
             + ["--signing-key", str(key)],
         )
         assert result.exit_code == 0, (result.output, result.exception)
-    public = key.with_suffix(".pub").read_bytes()
-    rng = np.random.default_rng(0)
-    for d in range(NODES):
-        store_key = rng.bytes(32)
-        (tmp_path / f"device-{d}.key").write_bytes(store_key)
-        with Device.open(tmp_path / f"device-{d}", key=store_key, release_key=public) as dev:
-            dev.apply_release(latest_release(tmp_path / "releases"))
-            items = rng.choice(np.arange(100), size=10, replace=False)
-            now = time.time()  # recent: inside a trending window that ends at the server's clock
-            dev.record_many(
-                {"item": str(i), "kind": "view", "at": now - 600.0 * k} for k, i in enumerate(items)
-            )
-            if experiment:  # what the app showed, and what the person did with it
-                shown = dev.recommend(5)
-                dev.log_shown(shown)
-                dev.record(shown[0].item, "view" if d % 2 == 0 else "not_interested")
+
+    def serve_the_experiment(d: int, dev: Device) -> None:
+        shown = dev.recommend(5)  # what the app showed, and what the person did with it
+        dev.log_shown(shown)
+        dev.record(shown[0].item, "view" if d % 2 == 0 else "not_interested")
+
+    seed_devices(tmp_path, key, NODES, then=serve_the_experiment if experiment else None)
     return certs, key
 
 
@@ -141,42 +126,16 @@ def _federation(
         certs, port, tmp_path, "--enable-supernode-auth", in_memory=in_memory
     )
     with ExitStack() as stack:
-        link = stack.enter_context(running(link_cmd, env=env, log=log))
-        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="start")
-        ids = [
-            register_supernode(certs.supernodes[d].public_key, "test", env) for d in range(NODES)
-        ]
-        nodes, execs, commands = [], [], []  # commands: each node's (and its SuperExec's)
-        for d in range(NODES):
-            runtime = free_port()
-            command = supernode_command(
-                certs.supernodes[d].private_key,
-                certs,
-                port,
-                runtime_port=runtime,
-                forking=forking,
-                fast_poll=forking,
-            )
-            command += ["--node-config", f"device='{tmp_path / f'device-{d}'}' device-id={d}"]
-            nodes.append(
-                stack.enter_context(running(command, env=env, log=tmp_path / f"node-{d}.log"))
-            )
-            commands.append([command])
-            if forking:
-                superexec = superexec_command(runtime)
-                execs.append(
-                    stack.enter_context(running(superexec, env=env, log=tmp_path / f"exec-{d}.log"))
-                )
-                commands[-1].append(superexec)
+        link = start_superlink(stack, link_cmd, env=env, log=log, what="start")
+        ids, started = enrol_supernodes(
+            stack, certs, NODES, port, tmp_path, federation="test", env=env, forking=forking
+        )
+        nodes = [procs[0][1] for procs in started]
+        execs = [proc for procs in started for _, proc in procs[1:]]
+        commands = [[command for command, _ in procs] for procs in started]  # with SuperExec's
         stranger = supernode_command(certs.supernodes[NODES].private_key, certs, port)
         stack.enter_context(running(stranger, env=env, log=tmp_path / "stranger.log"))
-        for node_id in ids:
-            poll(
-                lambda i=node_id: f"Activated node_id={i}" in text(log),
-                proc=link,
-                log=log,
-                what=f"SuperNode {node_id} connecting over TLS",
-            )
+        wait_activated(ids, link=link, log=log, how="connecting over TLS")
         yield {
             "env": env,
             "key": key,
@@ -207,12 +166,9 @@ class _Run:
 
 
 def _run(tmp_path: Path, fed: dict, **extra: object) -> _Run:
-    command = [str(BIN / "flwr"), "run", str(APP), "test", "--stream"]
-    command += ["--run-config", _run_config(tmp_path, fed["key"], **extra)]
+    config = _run_config(tmp_path, fed["key"], **extra)
     log = tmp_path / f"flwr-run-{len(list(tmp_path.glob('flwr-run-*.log')))}.log"
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(command, env=fed["env"], stdout=sink, stderr=subprocess.STDOUT)
-    return _Run(proc, log)
+    return _Run(start_flwr_run(APP, "test", config, env=fed["env"], log=log), log)
 
 
 def _finish(run: _Run, tmp_path: Path, rounds: int, checkpoints: str = "checkpoints") -> None:
@@ -265,10 +221,10 @@ def test_two_secure_private_rounds_over_tls_with_node_authentication(tmp_path) -
     the ranker for a round."""
     with _federation(tmp_path, forking=True, experiment=True) as fed:
         log = fed["log"]
-        poll(
-            lambda: "No SuperNode found with the given public key" in text(log),
+        wait_logged(
+            log,
+            "No SuperNode found with the given public key",
             proc=fed["link"],
-            log=log,
             what="the unregistered SuperNode refused",
         )
         retrieval = _run(tmp_path, fed, **TRENDING, **MEASURE)
@@ -412,8 +368,9 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
         first.proc.wait(timeout=30)
         assert [r["round"] for r in _rounds(tmp_path)] == [1]
         log = tmp_path / "superlink-restarted.log"
-        link = fed["stack"].enter_context(running(fed["link_cmd"], env=fed["env"], log=log))
-        poll(lambda: "Starting Flower SuperLink" in text(log), proc=link, log=log, what="restart")
+        link = start_superlink(
+            fed["stack"], fed["link_cmd"], env=fed["env"], log=log, what="restart"
+        )
         for proc in fed["nodes"] + fed["execs"]:
             stop(proc)
         for d in range(NODES):
@@ -421,12 +378,7 @@ def test_an_in_memory_superlink_restarted_resumes_once_the_nodes_register_again(
             for i, command in enumerate(fed["commands"][d]):
                 again = tmp_path / f"restarted-{d}-{i}.log"
                 fed["stack"].enter_context(running(command, env=fed["env"], log=again))
-            poll(
-                lambda i=node_id: f"Activated node_id={i}" in text(log),
-                proc=link,
-                log=log,
-                what=f"SuperNode {d} reconnecting as {node_id}",
-            )
+            wait_activated([node_id], link=link, log=log, how=f"(device {d}) reconnecting")
         resumed = _run(tmp_path, fed, resume="true")
         _finish(resumed, tmp_path, 2)
     assert _check_resumed(tmp_path, fed, resumed)[1]["devices"] == NODES

@@ -7,13 +7,9 @@ own contributions summed in the clear (the pieces on hand-built cases:
 
 from __future__ import annotations
 
-import pickle
-from collections import Counter
-
 import numpy as np
 import pytest
-from flwr.common import bytes_to_ndarray
-from helpers.capture import Capture
+from helpers.capture import Capture, assert_masked_only, read_captured
 from helpers.flower_rounds import RecordingMF, run_recorded, secagg_config
 from helpers.populations import timed_population
 
@@ -102,26 +98,12 @@ def test_a_measurement_sends_only_masked_sums_and_reports_the_clear_sums(tmp_pat
     width = len(ARMS) * len(STATISTICS)
 
     # the audit: each device's measurement reply is SecAgg+'s masked vector and no more
-    messages = [pickle.loads(p.read_bytes()) for p in sorted(captured.glob("*.pkl"))]
-    replies = [
-        m
-        for m in messages
-        if m["received_configs"].get("fitins.config", {}).get("task") == "experiment"
-        and "masked_params" in m["configs"].get("secaggplus_configs", {})
-    ]
-    assert Counter(m["row"] for m in replies) == {row: 1 for row in range(N_USERS)}
-    for m in replies:
-        assert m["arrays"] == {"fitres.parameters": []}
-        assert m["metrics"] == {"fitres.num_examples": {"num_examples": 1}}
-        assert m["configs"]["fitres.metrics"] == {}
-        weight, *masked = [
-            bytes_to_ndarray(b) for b in m["configs"]["secaggplus_configs"]["masked_params"]
-        ]
-        assert [a.shape for a in masked] == [(width,)]
+    assert_masked_only(read_captured(captured), "experiment", devices=N_USERS, width=width)
 
     # the released sums are the clear sums (noise off), within SecAgg+'s quantisation
-    secagg = config.secagg
-    level = 2 * secagg.clipping_range / secagg.quantization_range
+    # the query's range: its clip norm (no noise shares), as PrivateSum sets it
+    secagg = config.secagg.resolved(config.analytics.experiments.dp.clip_norm)
+    level = 2 * secagg.value_range() / secagg.quantization_range
     scale = query_scale(width=len(STATISTICS), clip_norm=1.0)
     bound = N_USERS * level * 1.001 / scale
     contributions = np.stack([clear[str(row)] for row in range(N_USERS)])

@@ -78,8 +78,8 @@ def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) ->
         deltas, _ = ranker_updates(start, RankingExamples.stack([pair]), ranker)
         own.append([d[0] for d in deltas])
     assert sum(1 for u in own if np.abs(u[0]).max() > 1e-6) >= N_DEVICES // 2
-    step = config.secagg.quantization_step()
-    bound = config.secagg.clipping_range  # SecAgg+ clips every value into its range
+    step = strategy.plan.secagg.quantization_step()
+    bound = strategy.plan.secagg.value_range()  # SecAgg+ clips every value into its range
     assert any(np.abs(u[0]).max() > bound for u in own)  # so this test sees it do so
     for i, got in enumerate(received):
         want = np.mean([np.clip(u[i].astype(np.float64), -bound, bound) for u in own], axis=0)
@@ -105,7 +105,8 @@ def test_ranker_rounds_average_the_devices_own_updates_under_secagg(tmp_path) ->
     evaluation = strategy.history[-1].evaluate
     values, took = list_metrics(strategy.server.arrays(), RankingExamples.stack(pairs))
     assert evaluation.secure and evaluation.devices == int(took.sum()) > 0
-    level = 2 * config.secagg.clipping_range / config.secagg.quantization_range
+    assert strategy.evaluation_query is not None and strategy.evaluation_query.secagg is not None
+    level = strategy.evaluation_query.secagg.quantization_step()
     scale = query_scale(width=len(RANKER_METRICS) + 1, clip_norm=1.0)
     bound = N_DEVICES * level * 1.001 / scale / int(took.sum())
     for i, name in enumerate(RANKER_METRICS):

@@ -63,7 +63,7 @@ def test_round_survives_a_device_dropping_out_after_key_sharing(tmp_path) -> Non
     assert strategy.history[0].devices == N_DEVICES - 1
     survivors = [row for row in range(N_DEVICES) if row != DROPPED]
     individual = own_updates(initial, split, config)
-    step = config.secagg.quantization_step()
+    step = strategy.plan.secagg.quantization_step()
     for i, received in enumerate(view):
         survivors_mean = np.mean([individual[r][i].astype(np.float64) for r in survivors], axis=0)
         everyone_mean = np.mean([d[i].astype(np.float64) for d in individual], axis=0)

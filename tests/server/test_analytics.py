@@ -19,7 +19,7 @@ from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.errors import ProtocolError
 from stamen.models.analytics import query_scale
 from stamen.models.wire import DeviceDP, Request, Task
-from stamen.privacy import SecAggSettings, UserDP
+from stamen.privacy import Purpose, SecAggSettings, UserDP
 from stamen.server.analytics import PrivateSum
 from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
@@ -211,6 +211,41 @@ def test_a_plain_answer_above_the_clip_norm_is_rejected() -> None:
     query.aggregate_fit(1, _answers(vectors), [])
     assert len(query.record.rejected or []) == 1
     assert query.result is not None and np.allclose(query.result.total, [1, 1, 0, 0, 0])
+
+
+def test_a_secure_sum_no_honest_devices_can_reach_is_refused() -> None:
+    """Under SecAgg+ the server sees only the sum (each result carries the mean): one
+    beyond what clipped answers can sum to (a modified device's ring elements) releases
+    nothing and fails the query with the reason."""
+    population, width = 5, 2
+    secagg = SecAggSettings(num_shares=3, reconstruction_threshold=2)
+    query = PrivateSum(
+        _owner(population),
+        name="trending",
+        width=width,
+        dp=UserDP(),
+        population=population,
+        cohort=population,
+        releases=1,
+        secagg=secagg,
+        seed=0,
+        purpose=Purpose.TRENDING,
+    )
+    assert query.secagg is not None and query.secagg.clipping_range == 1.0  # its clip norm
+    query.ask([], Request(task=Task.TRENDING, round=1))
+    query.configure_fit(1, ndarrays_to_parameters([]), StaticClients(population))
+    honest = np.zeros((population, 6))
+    honest[:, :width] = query.scale  # every device at its clip norm, on the same items
+    mean = honest.mean(axis=0)
+    query.aggregate_fit(1, _answers(np.tile(mean, (population, 1))), [])
+    assert query.result is not None and query.record.failed is None
+    poisoned = mean.copy()
+    poisoned[3] = 1.5  # the sum 7.5 in one entry: above 5 devices x range 1
+    query.ask([], Request(task=Task.TRENDING, round=2))
+    query.configure_fit(2, ndarrays_to_parameters([]), StaticClients(population))
+    query.aggregate_fit(2, _answers(np.tile(poisoned, (population, 1))), [])
+    assert query.result is None
+    assert query.record.failed is not None and "honest devices can reach" in query.record.failed
 
 
 def test_analytics_settings_that_would_leak_or_mis_account_are_refused() -> None:

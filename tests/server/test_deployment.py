@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from flwr.app import Context, MessageType, RecordDict
+from helpers.deployment_runs import release_init, run_config
 from helpers.paths import ROOT
 from typer.testing import CliRunner
 
@@ -37,34 +38,6 @@ from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
 from stamen.simulation.cli.commands import app
 
 runner = CliRunner()
-
-
-def _release_init(tmp_path: Path) -> tuple[Path, Path]:
-    releases, key = tmp_path / "releases", tmp_path / "keys" / "release.key"
-    config = tmp_path / "stamen.toml"
-    config.write_text(
-        'dataset = "synthetic"\nsynthetic_users = 100\nsynthetic_items = 100\n[local]\ndim = 4\n'
-    )
-    result = runner.invoke(
-        app,
-        ["release", "init", str(releases), "--signing-key", str(key), "--config", str(config)],
-        env={"COLUMNS": "400"},
-    )
-    assert result.exit_code == 0, (result.output, result.exception)
-    return releases, key
-
-
-def _run_config(tmp_path: Path, releases: Path, key: Path, **extra) -> dict:
-    return {
-        "releases": str(releases),
-        "checkpoints": str(tmp_path / "checkpoints"),
-        "signing-key": str(key),
-        "num-server-rounds": 2,
-        "clients-per-round": 3,
-        "secagg-num-shares": 3,
-        "secagg-reconstruction-threshold": 2,
-        **extra,
-    }
 
 
 def test_one_flower_app_serves_both_runtimes() -> None:
@@ -96,14 +69,14 @@ def test_one_flower_app_serves_both_runtimes() -> None:
 
 
 def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     assert latest_release(releases).name.startswith("release-")
     again = runner.invoke(
         app, ["release", "init", str(releases), "--signing-key", str(key), "--dataset", "x"]
     )
     assert again.exit_code != 0 and isinstance(again.exception, DataError | SystemExit)
     strategy = deployment_strategy(
-        Deployment(_run_config(tmp_path, releases, key, **{"secure-aggregation": False}))
+        Deployment(run_config(tmp_path, releases, key, **{"secure-aggregation": False}))
     )
     assert strategy.settings.rounds == 2 and strategy.settings.clients_per_round == 3
     assert strategy.settings.model == "mf" and not strategy.settings.secagg.enabled
@@ -114,30 +87,30 @@ def test_the_server_starts_from_the_signed_release_zero(tmp_path) -> None:
 
 
 def test_the_server_reads_only_known_settings_and_needs_its_folders(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     with pytest.raises(ConfigError, match="run config: dataset: unknown key"):
-        Deployment(_run_config(tmp_path, releases, key, dataset="ml-100k"))
-    config = _run_config(tmp_path, releases, key)
+        Deployment(run_config(tmp_path, releases, key, dataset="ml-100k"))
+    config = run_config(tmp_path, releases, key)
     del config["signing-key"]
     with pytest.raises(ConfigError, match="signing-key"):
         Deployment(config)
     with pytest.raises(ConfigError, match="no release"):
-        deployment_strategy(Deployment(_run_config(tmp_path, tmp_path / "empty", key)))
+        deployment_strategy(Deployment(run_config(tmp_path, tmp_path / "empty", key)))
     with pytest.raises(ConfigError, match="noise_multiplier or target_epsilon"):
-        deployment_strategy(Deployment(_run_config(tmp_path, releases, key, dp="central")))
+        deployment_strategy(Deployment(run_config(tmp_path, releases, key, dp="central")))
     with pytest.raises(ConfigError, match="population"):  # DP needs the population size
         deployment_strategy(
-            Deployment(_run_config(tmp_path, releases, key, dp="central", **{"dp-epsilon": 4.0}))
+            Deployment(run_config(tmp_path, releases, key, dp="central", **{"dp-epsilon": 4.0}))
         )
 
 
 def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     start = ReleaseBundle.decode(
         open_signed(latest_release(releases).read_bytes(), public_key=_public(key))
     )
     ranker_run = {"train": "ranker", "ranker-hidden": 4, "population": 3}
-    strategy = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    strategy = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **ranker_run)))
     assert isinstance(strategy, RankerAveraging) and strategy.ranker.hidden == 4
     assert strategy.release_offset == start.release
     for got, want in zip(strategy.retrieval, start.shared_arrays(), strict=True):
@@ -160,11 +133,11 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     ranker = [w + 0.5 for w in init_ranker(RankerSettings(hidden=4), 1)]
     counts = np.arange(len(start.catalog), dtype=np.float32)
     writer.publish(1, start.shared_arrays(), trending=counts, ranker=ranker)
-    again = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    again = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **ranker_run)))
     assert again.release_offset == 1
     for got, want in zip(again.server.arrays(), ranker, strict=True):
         np.testing.assert_array_equal(got, want)
-    model_run = deployment_strategy(Deployment(_run_config(tmp_path, releases, key)))
+    model_run = deployment_strategy(Deployment(run_config(tmp_path, releases, key)))
     assert not isinstance(model_run, RankerAveraging) and not model_run.settings.evaluate
     published = ReleaseBundle.decode(  # its round 1 follows release 1: release 2
         open_signed(model_run._publish(1).read_bytes(), public_key=_public(key))
@@ -177,11 +150,11 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     # after release 2 (the retrieval run's above), so its round 1 published release 3,
     # and the resumed run's round 2 publishes release 4
     ranker_run = {**ranker_run, "secure-aggregation": False}
-    first = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **ranker_run)))
+    first = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **ranker_run)))
     first.finish_round(1)
     assert first.history[-1].release == "release-000003.stamen"
     resumed = deployment_strategy(
-        Deployment(_run_config(tmp_path, releases, key, **ranker_run, resume=True))
+        Deployment(run_config(tmp_path, releases, key, **ranker_run, resume=True))
     )
     assert isinstance(resumed, RankerAveraging) and resumed.start_round == 1
     assert resumed.release_offset == first.release_offset == 2
@@ -189,10 +162,10 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
     # never in the clear, and only with the population known
     plain = {**ranker_run, "secure-aggregation": False}
     unknown_population = {"train": "ranker", "ranker-hidden": 4}
-    built = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    built = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **plain)))
     assert not built.settings.evaluate and built.configure_evaluate(2, None, None) == []  # type: ignore[arg-type]
     built = deployment_strategy(
-        Deployment(_run_config(tmp_path, releases, key, **unknown_population))
+        Deployment(run_config(tmp_path, releases, key, **unknown_population))
     )
     assert not built.settings.evaluate
     with pytest.raises(RoundFailedError):  # ending a SecAgg+ round with no aggregate fails
@@ -200,13 +173,13 @@ def test_a_deployment_trains_the_ranker_against_the_release_it_starts_from(tmp_p
 
 
 def test_a_ranker_run_refuses_bad_ranker_settings(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     with pytest.raises(ConfigError, match="train: Input should be 'model' or 'ranker'"):
-        Deployment(_run_config(tmp_path, releases, key, train="everything"))
+        Deployment(run_config(tmp_path, releases, key, train="everything"))
     with pytest.raises(ConfigError, match="ranker-hidden set, but train is 'model'"):
-        Deployment(_run_config(tmp_path, releases, key, **{"ranker-hidden": 4}))
+        Deployment(run_config(tmp_path, releases, key, **{"ranker-hidden": 4}))
     with pytest.raises(ConfigError, match="ranker-local-lr: Input should be greater than 0"):
-        Deployment(_run_config(tmp_path, releases, key, train="ranker", **{"ranker-local-lr": 0}))
+        Deployment(run_config(tmp_path, releases, key, train="ranker", **{"ranker-local-lr": 0}))
 
 
 def _public(key: Path) -> bytes:
@@ -258,7 +231,7 @@ def test_missing_or_bad_node_settings_fail_closed(node_config, problem) -> None:
 
 
 def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     public = key.with_suffix(".pub").read_bytes()
     store_key = bytes(range(32))
     (tmp_path / "phone.key").write_bytes(store_key)
@@ -280,7 +253,7 @@ def test_the_client_opens_its_own_device_and_reports_its_stable_id(tmp_path) -> 
 
 
 def test_releases_only_move_forward(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     start = ReleaseBundle.decode(
         open_signed(latest_release(releases).read_bytes(), public_key=_public(key))
     )
@@ -303,18 +276,18 @@ def test_releases_only_move_forward(tmp_path) -> None:
 def test_consecutive_runs_continue_the_numbering_and_a_failed_round_publishes_nothing(
     tmp_path,
 ) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     plain = {"secure-aggregation": False}
-    first = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    first = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **plain)))
     first.finish_round(1)
     assert first.history[-1].release == "release-000001.stamen"
-    second = deployment_strategy(Deployment(_run_config(tmp_path, releases, key, **plain)))
+    second = deployment_strategy(Deployment(run_config(tmp_path, releases, key, **plain)))
     second.finish_round(1)  # a new run starts after the newest release: nothing rewritten
     assert second.history[-1].release == "release-000002.stamen"
     assert latest_release(releases).name == "release-000002.stamen"
     # under SecAgg+ a round that ends without an aggregate failed: no release, and the
     # deployment's round callback stops the run
-    secure = deployment_strategy(Deployment(_run_config(tmp_path, releases, key)))
+    secure = deployment_strategy(Deployment(run_config(tmp_path, releases, key)))
     with pytest.raises(RoundFailedError, match="SecAgg\\+ halted without an aggregate"):
         secure.finish_round(1)
     assert secure.history[-1].failed and secure.history[-1].release is None
@@ -336,10 +309,10 @@ def test_consecutive_runs_continue_the_numbering_and_a_failed_round_publishes_no
 
 
 def test_a_runs_outcome_is_recorded_and_stamen_deploy_status_exits_with_it(tmp_path) -> None:
-    releases, key = _release_init(tmp_path)
+    releases, key = release_init(tmp_path)
     checkpoints = tmp_path / "checkpoints"
     context = SimpleNamespace(
-        run_id=7, run_config=_run_config(tmp_path, tmp_path / "no-releases", key)
+        run_id=7, run_config=run_config(tmp_path, tmp_path / "no-releases", key)
     )
     with pytest.raises(ConfigError, match="no release to start from"):
         serve(None, context)  # type: ignore[arg-type]

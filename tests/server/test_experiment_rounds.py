@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.common import ndarrays_to_parameters
+from helpers.measurements import measuring_strategy
 from helpers.static_clients import StaticClients
 from helpers.updates import fit_res
 
@@ -16,7 +17,6 @@ from stamen.errors import ConfigError
 from stamen.models.analytics import query_scale
 from stamen.models.experiments import METRICS, STATISTICS, MetricBounds, experiment_arms
 from stamen.privacy import SecAggSettings, UserDP
-from stamen.server.analytics import ExperimentQuerySettings
 from stamen.server.experiment_rounds import query_name
 from stamen.server.experiment_stats import experiment_report
 from stamen.server.settings import ServerSettings
@@ -28,18 +28,9 @@ WIDTH = len(ARMS) * len(STATISTICS)
 
 
 def _owner(population: int, **experiments: object) -> FederatedAveraging:
-    settings = ServerSettings(
-        rounds=4,
-        clients_per_round=3,
-        eval_every=0,
-        secagg=SecAggSettings(num_shares=3, reconstruction_threshold=2),
-        analytics={"experiments": ExperimentQuerySettings(**experiments)},
+    return measuring_strategy(
+        population, {"exp": ARMS, "other": ("a", "b")}, rounds=4, **experiments
     )
-    owner = FederatedAveraging(
-        settings, initial=[np.zeros((10, 2), np.float32)], population=population
-    )
-    owner.measure_experiments({"exp": ARMS, "other": ("a", "b")})
-    return owner
 
 
 def test_the_server_asks_every_device_for_the_window_and_reports_the_released_sums() -> None:

@@ -155,12 +155,20 @@ def test_device_refuses_unsigned_or_tampered_releases() -> None:
 
 def test_distributed_noise_shares_must_fit_secaggs_clipping_range() -> None:
     dp = UserDP(mode="distributed", noise_multiplier=4.0, clip_norm=1.0)
-    tight = ServerSettings(rounds=10, clients_per_round=5, dp=dp)  # range 1.0, SecAgg+ on
+    tight = ServerSettings(
+        rounds=10, clients_per_round=5, dp=dp, secagg=SecAggSettings(clipping_range=1.0)
+    )
     initial = zero_shared(N_ITEMS, DIM)
     with pytest.raises(ValueError, match="clipping_range"):
         FederatedAveraging(tight, initial=initial, population=50)
     wide = tight.model_copy(update={"secagg": SecAggSettings(clipping_range=14.0)})
     assert FederatedAveraging(wide, initial=initial, population=50).accountant is not None
+    # unset, the range is derived: C plus 7 stds of a share of the smallest cohort it
+    # leaves room for (5: num_shares, above half of 5 expected devices)
+    derived = tight.model_copy(update={"secagg": SecAggSettings()})
+    plan = FederatedAveraging(derived, initial=initial, population=50).plan
+    assert plan.secagg.clipping_range == pytest.approx(1.0 + 7 * 4.0 * 1.0 / 5**0.5)
+    assert plan.min_cohort == 5
 
 
 class _Connecting(StaticClients):

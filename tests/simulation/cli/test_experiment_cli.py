@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 
-from helpers.signed_releases import film_release
-from typer.testing import CliRunner
+from helpers.cli import invoke, ok, refused
+from helpers.signed_releases import film_release, newest_release
 
 from stamen.client.device.experiments import Experiment
-from stamen.errors import StamenError
-from stamen.models.bundle import ReleaseBundle, latest_release
+from stamen.models.bundle import ReleaseBundle
 from stamen.privacy import open_signed
-from stamen.simulation.cli.commands import app
 
-runner = CliRunner()
 EXPERIMENT = {
     "id": "explore-1",
     "salt": "s",
@@ -22,39 +19,21 @@ EXPERIMENT = {
 }
 
 
-def _invoke(args: list[str]):  # noqa: ANN202
-    return runner.invoke(app, args, env={"COLUMNS": "400"})
-
-
-def _refused(result, *phrases: str) -> None:  # noqa: ANN001
-    """The command stopped on a Stamen error (``stamen`` exits 2 with it) naming each
-    phrase."""
-    assert isinstance(result.exception, StamenError), (result.output, result.exception)
-    for phrase in phrases:
-        assert phrase in str(result.exception), (phrase, str(result.exception))
-
-
-def _ok(args: list[str]) -> str:
-    result = _invoke(args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
-
-
 def test_check_prints_the_arms_and_names_every_problem(tmp_path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(EXPERIMENT))
-    out = _ok(["experiment", "check", str(good)])
+    out = ok(["experiment", "check", str(good)])
     assert "explore-1" in out and '{"explore": 0.1}' in out and "50.0%" in out
     toml = tmp_path / "good.toml"
     toml.write_text('id = "t"\nsalt = "s"\n[[arms]]\nname = "a"\n[[arms]]\nname = "b"\n')
-    assert "experiment t" in _ok(["experiment", "check", str(toml)])
+    assert "experiment t" in ok(["experiment", "check", str(toml)])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**EXPERIMENT, "salt": "", "colour": 1}))
-    _refused(_invoke(["experiment", "check", str(bad)]), "bad.json", "salt", "colour")
+    refused(invoke(["experiment", "check", str(bad)]), "bad.json", "salt", "colour")
     broken = tmp_path / "broken.json"
     broken.write_text("{")
-    _refused(_invoke(["experiment", "check", str(broken)]), "not valid JSON")
-    _refused(_invoke(["experiment", "check", str(tmp_path / "missing.json")]), "cannot read")
+    refused(invoke(["experiment", "check", str(broken)]), "not valid JSON")
+    refused(invoke(["experiment", "check", str(tmp_path / "missing.json")]), "cannot read")
 
 
 def test_publish_writes_the_next_release_with_the_experiment(tmp_path) -> None:
@@ -63,15 +42,10 @@ def test_publish_writes_the_next_release_with_the_experiment(tmp_path) -> None:
     definition = tmp_path / "experiment.json"
     definition.write_text(json.dumps(EXPERIMENT))
     args = ["--releases", str(releases), "--signing-key", str(key)]
-    assert "release 4" in _ok(["experiment", "publish", str(definition), *args])
+    assert "release 4" in ok(["experiment", "publish", str(definition), *args])
     public = (releases / "release.pub").read_bytes()
 
-    def newest() -> ReleaseBundle:
-        path = latest_release(releases)
-        assert path is not None
-        return ReleaseBundle.decode(open_signed(path.read_bytes(), public_key=public))
-
-    four = newest()
+    four = newest_release(releases, public)
     old = ReleaseBundle.decode(
         open_signed((releases / "release-000003.stamen").read_bytes(), public_key=public)
     )
@@ -80,40 +54,38 @@ def test_publish_writes_the_next_release_with_the_experiment(tmp_path) -> None:
     for a, b in zip(four.shared_arrays(), old.shared_arrays(), strict=True):
         assert (a == b).all()
     # the same again: nothing to publish
-    _refused(_invoke(["experiment", "publish", str(definition), *args]), "nothing published")
+    refused(invoke(["experiment", "publish", str(definition), *args]), "nothing published")
     # the same id again replaces it (and says so); another is added beside it
     changed = {**EXPERIMENT, "salt": "t"}
     definition.write_text(json.dumps(changed))
     other = tmp_path / "other.json"
     ranker = {"name": "no-ranker", "overrides": {"ranker": False}}
     other.write_text(json.dumps({**EXPERIMENT, "id": "other", "arms": [{"name": "c"}, ranker]}))
-    result = _invoke(["experiment", "publish", str(definition), str(other), *args])
+    result = invoke(["experiment", "publish", str(definition), str(other), *args])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "replaces experiment explore-1 (a new salt" in result.output
-    assert [e["salt"] for e in newest().extras["experiments"]] == ["t", "s"]
+    assert [e["salt"] for e in newest_release(releases, public).extras["experiments"]] == ["t", "s"]
     # two experiments may not override the same field: neither effect would be its own
     clash = tmp_path / "clash.json"
     clash.write_text(json.dumps({**EXPERIMENT, "id": "clash"}))
-    _refused(
-        _invoke(["experiment", "publish", str(clash), *args]), "'explore' (explore-1 and clash)"
-    )
-    _refused(_invoke(["experiment", "publish", str(definition), str(definition), *args]), "repeat")
+    refused(invoke(["experiment", "publish", str(clash), *args]), "'explore' (explore-1 and clash)")
+    refused(invoke(["experiment", "publish", str(definition), str(definition), *args]), "repeat")
     elsewhere = ["--releases", str(tmp_path / "none"), "--signing-key", str(key)]
-    _refused(_invoke(["experiment", "publish", str(other), *elsewhere]), "no release to publish")
+    refused(invoke(["experiment", "publish", str(other), *elsewhere]), "no release to publish")
     stranger = tmp_path / "stranger.key"
     stranger.write_bytes(bytes(range(32)))
     wrong = ["--releases", str(releases), "--signing-key", str(stranger)]
-    _refused(_invoke(["experiment", "publish", str(clash), *wrong]), "not the key of")
+    refused(invoke(["experiment", "publish", str(clash), *wrong]), "not the key of")
     # ending one: the next release carries the other only; an unknown id is named
-    assert "release 6" in _ok(["experiment", "end", "explore-1", *args])
-    assert [e["id"] for e in newest().extras["experiments"]] == ["other"]
-    _refused(_invoke(["experiment", "end", "explore-1", *args]), "carries no experiment")
+    assert "release 6" in ok(["experiment", "end", "explore-1", *args])
+    assert [e["id"] for e in newest_release(releases, public).extras["experiments"]] == ["other"]
+    refused(invoke(["experiment", "end", "explore-1", *args]), "carries no experiment")
 
 
 def test_simulate_finds_no_effect_between_equal_arms(tmp_path) -> None:
     same = tmp_path / "aa.json"
     same.write_text(json.dumps({**EXPERIMENT, "arms": [{"name": "a"}, {"name": "b"}]}))
-    out = _ok(
+    out = ok(
         ["experiment", "simulate", str(same), "--population", "2000", "--repetitions", "20"]
         + ["--json"]
     )
@@ -176,7 +148,7 @@ def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) ->
         ],
     )
     plot = tmp_path / "effects.png"
-    result = _invoke(["experiment", "report", str(checkpoints), "--plot", str(plot)])
+    result = invoke(["experiment", "report", str(checkpoints), "--plot", str(plot)])
     assert result.exit_code == 1, (result.output, result.exception)  # "gone" failed
     out = result.output
     assert "experiment explore-1, round 3" in out and "ε = 1.5" in out and "+0.0300" in out
@@ -184,19 +156,19 @@ def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) ->
     assert "experiment gone, round 4: not measured (SecAgg+ halted)" in out
     assert plot.stat().st_size > 0
     only = ["--experiment", "explore-1"]
-    body = json.loads(_ok(["experiment", "report", str(checkpoints), *only, "--json"]))
+    body = json.loads(ok(["experiment", "report", str(checkpoints), *only, "--json"]))
     assert body["explore-1"]["round"] == 3
     assert body["explore-1"]["report"]["effects"][0]["effect"] == 0.03
     nope = ["--experiment", "nope"]
-    _refused(_invoke(["experiment", "report", str(checkpoints), *nope]), "(explore-1, gone)")
+    refused(invoke(["experiment", "report", str(checkpoints), *nope]), "(explore-1, gone)")
     missing = ["--plot", str(tmp_path / "no" / "such.png")]
-    _refused(_invoke(["experiment", "report", str(checkpoints), *missing]), "no folder")
+    refused(invoke(["experiment", "report", str(checkpoints), *missing]), "no folder")
     failed_only = ["--experiment", "gone", "--plot", str(plot)]
-    _refused(_invoke(["experiment", "report", str(checkpoints), *failed_only]), "nothing to plot")
+    refused(invoke(["experiment", "report", str(checkpoints), *failed_only]), "nothing to plot")
     # a blank line is skipped and a half-written last line left out; anything else is named
     log = checkpoints / "rounds.jsonl"
     log.write_text(log.read_text() + "\n" + '{"round": 5, "analyt')
-    assert "round 3" in _ok(["experiment", "report", str(checkpoints), *only])
+    assert "round 3" in ok(["experiment", "report", str(checkpoints), *only])
     log.write_text("[1, 2]\n" + log.read_text())
-    _refused(_invoke(["experiment", "report", str(checkpoints)]), "line 1: not a round's record")
-    _refused(_invoke(["experiment", "report", str(tmp_path / "elsewhere")]), "no rounds recorded")
+    refused(invoke(["experiment", "report", str(checkpoints)]), "line 1: not a round's record")
+    refused(invoke(["experiment", "report", str(tmp_path / "elsewhere")]), "no rounds recorded")
