@@ -21,6 +21,7 @@ from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
 from stamen.models.wire import Request, Task
 from stamen.privacy import RecordDP
+from stamen.server.analytics import EVALUATION_METRICS
 
 __all__ = ["VALID_METRICS", "HeldOut", "evaluate_tasks", "held_out_evaluation"]
 
@@ -67,11 +68,12 @@ def held_out_evaluation(held_out: Callable[[int], HeldOut]) -> EvaluateHandler:
         nll = float(torch.logsumexp(scores[0], 0) - scores[0, test])
         negatives = held.negatives[None, :]
         seen = UserItems.single(np.append(data.train_items, valid), n_items=data.n_items)
-        metrics = {
+        metrics = {  # what the secure evaluation sums too (precision and MAP are not)
             name: float(values[0])
             for name, values in batch_metrics(
                 scores, np.array([test]), exclude=seen, negatives=negatives
             ).items()
+            if name in EVALUATION_METRICS
         }
         for name, values in batch_metrics(
             scores, np.array([valid]), exclude=train, negatives=negatives, ks=(10,)

@@ -39,6 +39,7 @@ EVAL_METRICS = {
     "ndcg@20",
     "recall@10",
     "recall@20",
+    "mrr",
     "sampled_hr@10",
     "sampled_hr@20",
     "sampled_ndcg@10",
