@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from stamen.models.batches import UserItems
 from stamen.models.registry import DeviceInputs, RecModel, device_seeds
 from stamen.models.schema import Catalog
+from stamen.server.analytics import EVALUATION_METRICS
 from stamen.server.rounds import Evaluation, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import SimulationConfig
@@ -121,7 +122,8 @@ def population_evaluation(
 
         test = evaluate(lambda u: scorer(u, test=True), split, stage="test")
         valid = evaluate(lambda u: scorer(u, test=False), split, stage="valid", ks=(10,))
-        metrics = {k: v for k, v in test.items() if not k.startswith("coverage@")}
+        # what a device's evaluation reports (held_out_evaluation)
+        metrics = {k: v for k, v in test.items() if k in EVALUATION_METRICS}
         metrics |= {f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS}
         devices = len(split.evaluated)
         if secure:
