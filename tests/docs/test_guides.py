@@ -10,7 +10,8 @@ The convention (summed up in the README's Development section):
 - A ``bash`` block runs as one ``bash -eu`` script in a fresh working directory with the
   virtualenv's ``bin`` first on ``PATH`` (as after ``source .venv/bin/activate``); every
   command must succeed. It is marked ``slow`` (each ``stamen`` command starts Python and
-  its libraries). The files it reads that a reader brings (``their.csv``) are made here.
+  its libraries). The files it reads that a reader brings (``their.csv``, ``movies.csv``)
+  are made here.
 - A ``toml`` block is a ``stamen simulate --config`` file: it must load.
 - Smaller settings than the page's are allowed only where the page says so, in a sentence
   after the block: "The tests run `stamen simulate` here with `--rounds 2`" (the flags are
@@ -319,6 +320,17 @@ def _their_csv(path: Path) -> None:
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+def _their_movies_csv(path: Path) -> None:
+    """The items file of :func:`_their_csv`'s items, as the guides' `--items movies.csv`
+    commands read it: a title, genres joined with `|` and a release date for each."""
+    genres = ("Comedy", "Drama", "Action", "Romance")
+    rows = ["movie_id,title,genres,released"]
+    for item in range(200):
+        pair = f"{genres[item % 4]}|{genres[(item + 1) % 4]}"
+        rows.append(f"i{item},Film {item},{pair},{1950 + item % 70}-06-01")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", _shell_blocks(), ids=lambda b: b.id)
 def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
@@ -335,6 +347,7 @@ def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
     if REAL_DATA.is_dir():
         (tmp_path / "shared" / "data").symlink_to(REAL_DATA.resolve())
     _their_csv(work / "their.csv")
+    _their_movies_csv(work / "movies.csv")
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
