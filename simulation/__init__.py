@@ -15,6 +15,7 @@ _LAZY = {
         "shared_model_scorer",
         "train_centralised_mf",
     ),
+    "stamen.simulation.baselines.reference": ("train_centralised_reference",),
     "stamen.simulation.config": ("CentralisedSettings", "SimulationConfig", "load_config"),
     "stamen.simulation.protocol.evaluate": ("Scorer", "evaluate"),
     "stamen.simulation.engines.flower": ("FederatedResult", "run_federated"),
@@ -37,4 +38,5 @@ __all__ = [
     "sample_negatives",
     "shared_model_scorer",
     "train_centralised_mf",
+    "train_centralised_reference",
 ]

@@ -47,9 +47,10 @@ __all__ = [
 #: The named data set of a run that names neither one nor a file.
 DEFAULT_DATASET = "ml-100k"
 
-#: The model families the batched engine trains (``engine = "batched"``): those whose
-#: device step keeps no state between rounds (MF only with its closed-form ``ials`` step).
-BATCHED_MODELS = ("mf", "two-tower", "sequential")
+#: The model families the batched engine trains (``engine = "batched"``): MF only with its
+#: closed-form ``ials`` step (its warm-started factor is not kept); PFedRec's score
+#: functions are kept by the engine, one per device.
+BATCHED_MODELS = ("mf", "two-tower", "sequential", "pfedrec")
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,10 @@ class Adjustment:
 
 
 class CentralisedSettings(BaseModel):
-    """The centralised MF baseline: same model, loss and training loop, trained on pooled
-    data; its hyper-parameters are tuned on validation separately from the federated ones."""
+    """The centralised baselines: MF with the same model, loss and training loop, trained on
+    pooled data (its hyper-parameters tuned on validation separately from the federated
+    ones); for two-tower and sequential runs also their own family's reference
+    (``rounds``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -78,6 +81,13 @@ class CentralisedSettings(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(256, ge=1)
     patience: int = Field(10, ge=1, description="epochs without validation gain before stopping")
+    rounds: int | None = Field(
+        None,
+        ge=1,
+        description="two-tower and sequential: rounds of their centralised reference, each "
+        "one optimiser step on a batch of clients-per-round users "
+        "(stamen.simulation.baselines.reference); None: the run's rounds",
+    )
 
 
 class ProtocolSettings(BaseModel):

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stamen.models import Dataset, StamenError
 from stamen.server.rounds import Evaluation, RoundRecord
+from stamen.simulation.baselines.reference import train_centralised_reference
 from stamen.simulation.baselines.scorers import (
     dp_popularity_scorer,
     mf_scorer,
@@ -279,6 +280,18 @@ def run_experiment(
         progress.update(task, completed=config.centralised.epochs)
     methods["centralised MF"] = evaluate(mf_scorer(model), split)
     timings["centralised"] = time.perf_counter() - started
+    baseline, reference = "centralised MF", None
+    if config.model != "mf":  # its own family's reference beside centralised MF
+        started = time.perf_counter()
+        catalog = release_catalog(split, dataset.catalog)
+        baseline = f"centralised {config.run_model(catalog, split.n_users).display_name}"
+        rounds = config.centralised.rounds or config.rounds
+        with round_progress(console, rounds=rounds, description=baseline) as on_reference:
+            scorer, reference = train_centralised_reference(
+                config, split, catalog, on_round=on_reference
+            )
+        methods[baseline] = evaluate(scorer, split)
+        timings["centralised_reference"] = time.perf_counter() - started
 
     rounds = config.server_settings(split.n_users).rounds
     engine = ENGINES[config.engine]
@@ -322,10 +335,8 @@ def run_experiment(
         console=console,
         negatives=negatives,
     )
-    ratio = methods[federated].get("ndcg@10", 0.0) / max(
-        methods["centralised MF"]["ndcg@10"], 1e-12
-    )
-    console.print(f"{federated} / centralised MF NDCG@10: {ratio:.3f}")
+    ratio = methods[federated].get("ndcg@10", 0.0) / max(methods[baseline]["ndcg@10"], 1e-12)
+    console.print(f"{federated} / {baseline} NDCG@10: {ratio:.3f}")
     if fed.privacy is not None and fed.privacy["mode"] != "off":
         p = fed.privacy
         console.print(
@@ -394,7 +405,7 @@ def run_experiment(
         "seed": config.seed,
         "engine": config.engine,
         "methods": methods,
-        "centralised": info,
+        "centralised": info if reference is None else {**info, "reference": reference},
         "federated": {
             "algorithm": config.algorithm,
             "selected_round": chosen.round,
@@ -403,6 +414,7 @@ def run_experiment(
             "resumed_from_round": fed.resumed_from,
             "offline_check": offline,
             "federated_over_centralised_ndcg@10": ratio,
+            "centralised_baseline": baseline,
         },
         "privacy": privacy_section(fed.privacy, config),
         "wall_seconds": timings,

@@ -93,7 +93,16 @@ def test_simulate_trains_a_neural_model_through_flower(tmp_path, model, section)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "results.json").read_text())
     assert record["config"]["model"] == model
-    assert set(record["methods"]) == {"popularity", "centralised MF", f"federated {model}"}
+    reference = f"centralised {model}"  # its own family, trained centrally, beside MF
+    assert set(record["methods"]) == {
+        "popularity",
+        "centralised MF",
+        reference,
+        f"federated {model}",
+    }
+    assert record["federated"]["centralised_baseline"] == reference
+    assert f"federated {model} / {reference} NDCG@10" in result.output
+    assert record["centralised"]["reference"]["rounds"] == 2
     rounds = record["federated"]["rounds"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["devices"] >= 5 and not r.get("failures") for r in rounds)
