@@ -18,6 +18,14 @@ A round's time is the strategy's (from configuring the round to publishing its r
 ``rounds.jsonl``). ``--superlink-state memory`` runs the SuperLink on Flower's in-memory
 state instead of an SQLite file. Round 1 also asks each device for its
 id; the table reports the last round. Writes benchmarks/results/deployment.{json,md}.
+
+``--through direct proxy`` (the default) runs each setting twice, one after the other:
+direct, then with the SuperNodes' relays pointed at nginx's device-facing listener, which
+forwards the Fleet API to the SuperLink (the closed control plane of ``stamen deploy
+proxy-config``, ``stamen.server.proxy``; the operator's ``flwr`` calls still reach the
+SuperLink's own 127.0.0.1 port). A second table then sets, per setting, the mean round time
+after the first round direct against through the proxy: the proxy's added seconds per round
+and the ratio. Each run records the 1-minute load average at its start and end.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from helpers.loopback import (  # noqa: E402
     BIN,
     flower_home,
     free_port,
+    listening,
     register_supernode,
     running,
     superexec_command,
@@ -52,7 +61,9 @@ from helpers.loopback import (  # noqa: E402
 )
 from typer.testing import CliRunner  # noqa: E402
 
+from stamen.errors import ConfigError  # noqa: E402
 from stamen.server.certs import make_certificates  # noqa: E402
+from stamen.server.proxy import find_nginx, write_proxy_config  # noqa: E402
 from stamen.simulation.cli.commands import app  # noqa: E402
 
 RUN_S = 1800.0
@@ -140,7 +151,14 @@ def _wait(check, what: str, wait_s: float, proc: subprocess.Popen, log: Path) ->
 
 
 def run_one(
-    n: int, secagg: bool, rounds: int, data: Path, tmp: Path, executor: str, state: str
+    n: int,
+    secagg: bool,
+    rounds: int,
+    data: Path,
+    tmp: Path,
+    executor: str,
+    state: str,
+    through: str = "direct",
 ) -> dict:
     certs = make_certificates(tmp / "certs", supernodes=n)
     key = tmp / "keys" / "release.key"
@@ -180,7 +198,21 @@ def run_one(
         _wait(lambda: "Starting Flower SuperLink" in text(log), "SuperLink start", 60, link, log)
         for d in range(n):
             register_supernode(certs.supernodes[d].public_key, "bench", env)
-        relays = Relays(port, n)
+        target = port
+        if through == "proxy":  # the SuperNodes' relays reach nginx, nginx the SuperLink
+            target = free_port()
+            proxy = write_proxy_config(
+                tmp / "proxy",
+                certs=certs.folder,
+                superlink=f"127.0.0.1:{port}",
+                device_address=f"127.0.0.1:{target}",
+            )
+            nginx_log = tmp / "nginx.log"
+            front = stack.enter_context(
+                running(proxy.command(find_nginx(), foreground=True), env=env, log=nginx_log)
+            )
+            _wait(lambda: listening(target), "nginx listening", 60, front, nginx_log)
+        relays = Relays(target, n)
         for d in range(n):
             forking, runtime = executor != "flower", free_port()
             command = supernode_command(
@@ -252,13 +284,57 @@ def run_one(
         "nodes": n,
         "secagg": secagg,
         "executor": executor,
+        "through": through,
         "superlink_state": state,
         "rounds": per_round,
         "run_seconds": wall,
     }
 
 
-def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
+def _setting(row: dict) -> str:
+    return f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {row['executor']} |"
+
+
+def _load(row: dict) -> str:
+    return "{:.1f} → {:.1f}".format(*row["load_average"])
+
+
+def steady_seconds(row: dict) -> float:
+    """A run's mean round time after its first round (round 1 also asks for device ids)."""
+    later = [r["seconds"] for r in row["rounds"][1:]]
+    return sum(later) / len(later)
+
+
+def proxy_lines(rows: list[dict]) -> list[str]:
+    """The table of each setting's round time direct against through the proxy: the
+    proxy's added seconds per round and the ratio, and the load average from the start of
+    the first run to the end of the second; a setting lacking either run is left out."""
+    pairs: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        pairs.setdefault((row["nodes"], row["secagg"], row["executor"]), {})[row["through"]] = row
+    lines = [
+        "| SuperNodes | SecAgg+ | executor | round s direct | round s proxy | "
+        "proxy adds s/round | proxy / direct | load avg (direct start → proxy end) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for runs in pairs.values():
+        if "direct" not in runs or "proxy" not in runs:
+            continue
+        direct, proxy = runs["direct"], runs["proxy"]
+        load = "{:.1f} → {:.1f}".format(direct["load_average"][0], proxy["load_average"][1])
+        if "stalled" in direct or "stalled" in proxy:
+            which = " and ".join(k for k, r in runs.items() if "stalled" in r)
+            lines.append(f"{_setting(direct)} {which} stalled | | | | {load} |")
+            continue
+        plain, through = steady_seconds(direct), steady_seconds(proxy)
+        lines.append(
+            f"{_setting(direct)} {plain:.1f} | {through:.1f} | {through - plain:+.1f} | "
+            f"{through / plain:.2f} | {load} |"
+        )
+    return lines
+
+
+def write(rows: list[dict], args: argparse.Namespace, out: Path, load_start: float) -> None:
     command = "python benchmarks/deployment.py " + " ".join(sys.argv[1:])
     out.mkdir(parents=True, exist_ok=True)
     name = f"deployment-{args.tag}" if args.tag else "deployment"
@@ -266,8 +342,17 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         key: os.environ.get(key)
         for key in ("STAMEN_SUPERNODE_POLL_S", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL")
     }
+    load_end = os.getloadavg()[0]
     (out / f"{name}.json").write_text(
-        json.dumps({"command": command, "polling": polls, "rows": rows}, indent=2)
+        json.dumps(
+            {
+                "command": command,
+                "polling": polls,
+                "load_average": [load_start, load_end],
+                "rows": rows,
+            },
+            indent=2,
+        )
     )
     lines = [
         "# Deployment: round time and bytes per device over the real transport",
@@ -279,36 +364,54 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path) -> None:
         "(1,682 items, dim 64), every device in every round, no DP. SuperLink state: "
         + ("in memory" if args.superlink_state == "memory" else "an SQLite file")
         + ". Bytes are counted on the wire (TLS), per device, in the round shown (the last "
-        "one), from its start to its record. Polling (fork+poll): "
+        "one), from its start to its record"
+        + (
+            ", between the SuperNode and nginx when through the proxy"
+            if "proxy" in args.through
+            else ""
+        )
+        + ". Polling (fork+poll): "
         f"SuperNode pulls every {os.environ.get('STAMEN_SUPERNODE_POLL_S', '0.2')} s, "
         "SuperExec task polls every "
-        f"{os.environ.get('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')} s.",
+        f"{os.environ.get('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')} s. The machine is "
+        f"shared: load average (1 min) {load_start:.1f} at the start, {load_end:.1f} at the "
+        "end.",
         "",
-        "| SuperNodes | SecAgg+ | executor | round s (last) | round s (first) | "
+        "| SuperNodes | SecAgg+ | executor | through | round s (last) | round s (first) | "
         "every round s | up bytes/device | down bytes/device | run s (submitted to last "
-        "round) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "round) | load avg (start → end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if "stalled" in row:
             lines.append(
-                f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | "
-                f"{row.get('executor', 'flower')} | stalled: "
+                f"{_setting(row)} {row['through']} | stalled: "
                 f"{row['stalled']}; peak {row['peak_clientapp_processes']} ClientApp "
                 f"processes at once, {row['task_token_rejections']} task-token rejections, "
                 f"{row['superlink_database_locked']} 'database is locked' on the SuperLink "
-                "| | | | | |"
+                f"| | | | | | {_load(row)} |"
             )
             continue
         first, last = row["rounds"][0], row["rounds"][-1]
         every = ", ".join(f"{r['seconds']:.1f}" for r in row["rounds"])
         lines.append(
-            f"| {row['nodes']} | {'on' if row['secagg'] else 'off'} | {row['executor']} | "
+            f"{_setting(row)} {row['through']} | "
             f"{last['seconds']:.1f} | {first['seconds']:.1f} | "
             f"{every} | "
             f"{last['up_bytes_per_device']:,.0f} | "
-            f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} |"
+            f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} | {_load(row)} |"
         )
+    if {"direct", "proxy"} <= set(args.through):
+        lines += [
+            "",
+            "Through the proxy: each setting ran direct, then with every SuperNode reaching "
+            "the SuperLink through nginx's device-facing listener (`stamen deploy "
+            "proxy-config`: TLS terminated and opened again, the Fleet API only), one after "
+            "the other so that the machine's load falls on both alike. Round s: the mean "
+            "round time after the first round (round 1 also asks each device for its id).",
+            "",
+            *proxy_lines(rows),
+        ]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -326,6 +429,15 @@ def main(argv: list[str]) -> None:
         help="flower: each SuperNode's own SuperExec (a fresh process per message); "
         "fork: --isolation process with stamen-superexec (tasks forked, imports warm); "
         "fork+poll: that, with stamen-supernode (0.2 s waits instead of 3 s / 0.5 s)",
+    )
+    parser.add_argument(
+        "--through",
+        nargs="+",
+        choices=["direct", "proxy"],
+        default=["direct", "proxy"],
+        help="direct: each SuperNode's relay reaches the SuperLink; proxy: nginx's "
+        "device-facing listener in front of it (stamen deploy proxy-config); both: each "
+        "setting direct, then through the proxy, and a table of the proxy's added latency",
     )
     parser.add_argument("--tag", default="", help="results file suffix (deployment-TAG)")
     parser.add_argument(
@@ -345,40 +457,63 @@ def main(argv: list[str]) -> None:
         "registered nodes and runs)",
     )
     args = parser.parse_args(argv)
+    args.through = list(dict.fromkeys(args.through))  # each once, in the order given
+    if {"direct", "proxy"} <= set(args.through) and args.rounds < 2:
+        parser.error(
+            f"--rounds {args.rounds}: comparing direct and proxy takes the rounds after the "
+            "first (round 1 also asks each device for its id); give --rounds 2 or more"
+        )
+    if "proxy" in args.through:
+        try:
+            find_nginx()
+        except ConfigError as error:
+            parser.error(f"--through proxy: {error}")
     if args.poll_s is not None:
         os.environ["STAMEN_SUPERNODE_POLL_S"] = str(args.poll_s)
         os.environ["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(args.poll_s)
     path = local_path("ml-100k")
+    load_start = os.getloadavg()[0]
     rows = []
-    for n in args.nodes:
-        for executor, secagg in [(e, s) for e in args.executors for s in (False, True)]:
+    settings = [(n, e, s) for n in args.nodes for e in args.executors for s in (False, True)]
+    for n, executor, secagg in settings:
+        for through in args.through:
+            what = f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}, {executor}, {through}"
+            started = os.getloadavg()[0]
             with TemporaryDirectory() as tmp:
                 try:
                     row = run_one(
-                        n, secagg, args.rounds, path, Path(tmp), executor, args.superlink_state
+                        n,
+                        secagg,
+                        args.rounds,
+                        path,
+                        Path(tmp),
+                        executor,
+                        args.superlink_state,
+                        through,
                     )
                 except Stalled as stalled:
                     row = {
                         "nodes": n,
                         "secagg": secagg,
                         "executor": executor,
+                        "through": through,
                         "stalled": str(stalled),
                         **stalled.evidence,
                     }
-                    print(f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}: {row}", flush=True)
-                    rows.append(row)
-                    write(rows, args, args.out)
-                    continue
-            last = row["rounds"][-1]
-            print(
-                f"{n} nodes, SecAgg+ {'on' if secagg else 'off'}, {executor}: last round "
-                f"{last['seconds']:.1f} s, {last['up_bytes_per_device']:,.0f} B up / "
-                f"{last['down_bytes_per_device']:,.0f} B down per device",
-                flush=True,
-            )
+            row["load_average"] = [started, os.getloadavg()[0]]
             rows.append(row)
-            write(rows, args, args.out)  # after every configuration: a crash keeps the rest
-    write(rows, args, args.out)
+            if "stalled" in row:
+                print(f"{what}: {row}", flush=True)
+            else:
+                last = row["rounds"][-1]
+                print(
+                    f"{what}: last round {last['seconds']:.1f} s, "
+                    f"{last['up_bytes_per_device']:,.0f} B up / "
+                    f"{last['down_bytes_per_device']:,.0f} B down per device",
+                    flush=True,
+                )
+            write(rows, args, args.out, load_start)  # after every run: a crash keeps the rest
+    write(rows, args, args.out, load_start)
 
 
 if __name__ == "__main__":

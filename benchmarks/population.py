@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from stamen.models.mf.model import MFModel  # noqa: E402
 from stamen.models.mf.settings import LocalSettings  # noqa: E402
+from stamen.privacy import SecAggSettings  # noqa: E402
 from stamen.server.als import ALSSettings  # noqa: E402
 from stamen.simulation.baselines.private_als import run_private_als  # noqa: E402
 from stamen.simulation.baselines.scorers import popularity_scorer, shared_model_scorer  # noqa: E402
@@ -74,7 +75,11 @@ def fedavg(split, epsilon: float, rate: float) -> float:
         "rounds": ROUNDS,
         "clients_per_round": cohort,
         "eval_every": 0,
-        "secagg": {"enabled": True, "clipping_range": 1.0},
+        "secagg": {  # levels whose honest sum of the cohort fits Flower's 2^32 ring
+            "enabled": True,
+            "clipping_range": 1.0,
+            "quantization_range": SecAggSettings.quantization_for(cohort),
+        },
     }
     if math.isfinite(epsilon):
         overrides["dp"] = {"mode": "central", "target_epsilon": epsilon, "clip_norm": CLIP}

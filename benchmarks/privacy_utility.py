@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from common import Stopwatch, command, local_dataset, report_head, write_results  # noqa: E402
 
 from stamen.models.registry import model_class  # noqa: E402
-from stamen.privacy import secagg_range_for  # noqa: E402
+from stamen.privacy import SecAggSettings, secagg_range_for  # noqa: E402
 from stamen.simulation.baselines.scorers import dp_popularity_scorer, popularity_scorer  # noqa: E402
 from stamen.simulation.config import load_config  # noqa: E402
 from stamen.simulation.datasets import generate_synthetic  # noqa: E402
@@ -108,6 +108,7 @@ def one_run(
     cohort, rounds = (int(v) for v in schedule.split("x"))
     clip = dp["clip_norm"] if dp else 1.0
     field = model_class(args.model).settings_field
+    levels = SecAggSettings.quantization_for(cohort)
     overrides = {
         "model": args.model,
         field: args.model_settings,
@@ -115,7 +116,9 @@ def one_run(
         "rounds": rounds,
         "clients_per_round": cohort,
         "eval_every": eval_every,
-        "secagg": {"enabled": True, "clipping_range": max(1.0, clip)},
+        # levels whose honest sum of the cohort fits Flower's 2^32 ring (the settings
+        # refuse a cohort that would wrap it)
+        "secagg": {"enabled": True, "clipping_range": max(1.0, clip), "quantization_range": levels},
         "optimizer": args.optimizer,
     }
     if dp:
@@ -126,7 +129,7 @@ def one_run(
         needed = secagg_range_for(
             noise_multiplier=z.noise_multiplier, clip_norm=clip, cohort=cohort
         )
-        secagg = {"enabled": True, "clipping_range": max(1.0, needed)}
+        secagg = {**overrides["secagg"], "clipping_range": max(1.0, needed)}
         config = load_config(None, {**overrides, "secagg": secagg})
     settings = config.server_settings(split.n_users)
     catalog = catalog or release_catalog_of(split.n_items)

@@ -251,6 +251,7 @@ BUILTIN_MODELS = {
     "mf": "stamen.models.mf.model",
     "two-tower": "stamen.models.two_tower.model",
     "sequential": "stamen.models.sequential.model",
+    "pfedrec": "stamen.models.pfedrec.model",
 }
 
 

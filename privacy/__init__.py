@@ -58,6 +58,7 @@ _LAZY = {
     ),
     "stamen.privacy.dp.record": ("RecordDP", "record_epsilon"),
     "stamen.privacy.crypto.secagg": (
+        "MAX_WEIGHT",
         "MODULUS_RANGE",
         "NOISE_TAIL",
         "UNCLIPPED_RANGE",
@@ -79,6 +80,7 @@ __all__ = [
     "DecryptionError",
     "DistributedGaussianSum",
     "GaussianSum",
+    "MAX_WEIGHT",
     "MECHANISMS",
     "MODULUS_RANGE",
     "NOISE_TAIL",

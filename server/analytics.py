@@ -14,6 +14,7 @@ accountant, so its (ε, δ) is reported apart from training's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,33 +52,33 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AnalyticsSettings",
+    "DEFAULT_CUTOFFS",
     "EVALUATION_METRICS",
     "EvaluationQuerySettings",
     "ExperimentQuerySettings",
     "PrivateSum",
     "SumResult",
     "TrendingSettings",
+    "evaluation_metrics",
 ]
 
-#: The metrics a device's held-out evaluation reports
-#: (``stamen.simulation.protocol.device_evaluation``) but its loss, which is unbounded and
-#: so has no place in a bounded private sum.
-EVALUATION_METRICS = (
-    "hr@10",
-    "ndcg@10",
-    "recall@10",
-    "hr@20",
-    "ndcg@20",
-    "recall@20",
-    "mrr",
-    "sampled_hr@10",
-    "sampled_ndcg@10",
-    "sampled_hr@20",
-    "sampled_ndcg@20",
-    "valid_hr@10",
-    "valid_ndcg@10",
-    "valid_sampled_hr@10",
-)
+#: The cut-offs of the evaluation protocol unless a run sets others (``[protocol] cutoffs``).
+DEFAULT_CUTOFFS = (10, 20)
+
+
+def evaluation_metrics(cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> tuple[str, ...]:
+    """The metrics a device's held-out evaluation reports at ``cutoffs``
+    (``stamen.simulation.protocol.device_evaluation``) but its loss, which is unbounded and
+    so has no place in a bounded private sum: HR, NDCG and recall over the catalogue and HR
+    and NDCG among the sampled negatives at each cut-off, MRR, and the validation item's
+    HR@10, NDCG@10 and sampled HR@10 (which select the round)."""
+    full = [f"{name}@{k}" for k in cutoffs for name in ("hr", "ndcg", "recall")]
+    sampled = [f"sampled_{name}@{k}" for k in cutoffs for name in ("hr", "ndcg")]
+    return (*full, "mrr", *sampled, "valid_hr@10", "valid_ndcg@10", "valid_sampled_hr@10")
+
+
+#: :func:`evaluation_metrics` at the default cut-offs.
+EVALUATION_METRICS = evaluation_metrics()
 
 _DAY = 86_400.0
 
@@ -137,9 +138,10 @@ class ExperimentQuerySettings(BaseModel):
     measured over the window ``[start, now)`` (``start`` ``None``: ``window_days`` before
     ``now``) by a secure sum of every device's clipped contribution, with ``dp``'s noise
     and an accountant per experiment; ``bounds`` are the per-person clip bounds, ``alpha``
-    the reports' level. The off-policy evaluation of the release's candidate policies
-    (``stamen.server.off_policy_rounds``) is measured with them, over the same window, with
-    ``off_policy_max_slots`` and ``bounds.attribution_s``."""
+    the reports' level; ``pre_period_days`` asks for pre-experiment covariates (CUPED) over
+    ``[start - pre_period_days, start)``. The off-policy evaluation of the release's
+    candidate policies (``stamen.server.off_policy_rounds``) is measured with them, over the
+    same window, with ``off_policy_max_slots`` and ``bounds.attribution_s``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -158,6 +160,13 @@ class ExperimentQuerySettings(BaseModel):
         "measurement of the run (at most 20 planned), so that looking each time keeps alpha",
     )
     bounds: MetricBounds = MetricBounds()
+    pre_period_days: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="CUPED: devices also measure each metric over the pre-period "
+        "[start - pre-period-days, start) as a covariate (None: no covariates); needs start",
+    )
     off_policy_max_slots: int = Field(
         50,
         ge=1,
@@ -165,6 +174,20 @@ class ExperimentQuerySettings(BaseModel):
         "logged slots one person counts as (stamen.client.device.off_policy)",
     )
     dp: UserDP = UserDP()
+
+    @model_validator(mode="after")
+    def _pre_period(self) -> ExperimentQuerySettings:
+        if self.pre_period_days is not None and self.start is None:
+            raise ValueError(
+                "pre_period_days needs start (the experiment's start): a pre-period that "
+                "moves with the window would overlap the experiment"
+            )
+        return self
+
+    def pre_start(self, start: float) -> float | None:
+        """The start of the pre-period before a window starting at ``start`` (``None``:
+        no covariates)."""
+        return None if self.pre_period_days is None else start - self.pre_period_days * _DAY
 
     def window(self, now: float) -> tuple[float, float]:
         """The measurement window ending at ``now``."""
@@ -257,6 +280,8 @@ class PrivateSum(Strategy):
         self.result: SumResult | None = None
         #: This round's part of the query (the round record's ``analytics`` or ``evaluate``).
         self.record = QueryRecord()
+        #: The summed weights SecAgg+ unmasked (``stamen.server.app.WeighingSecAggPlusWorkflow``).
+        self.unmasked_weight_sum: int | None = None
 
     def __repr__(self) -> str:
         return f"PrivateSum({self.name!r}, width={self.width})"
@@ -350,9 +375,11 @@ class PrivateSum(Strategy):
         answers = [(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results]
         if self.secagg is not None:
             total = np.asarray(aggregate(answers)[0], np.float64) * len(results)
+            weight_sum, self.unmasked_weight_sum = self.unmasked_weight_sum, None
             refused = check_secure_sum(
                 [total],
                 devices=len(results),
+                weight_sum=weight_sum,
                 secagg=self.secagg,
                 clip_norm=self.dp.clip_norm,  # every answer is clipped to it (DeviceDP)
                 noise_std=self._share,

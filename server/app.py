@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import cast
 
+import flwr.server.workflow.secure_aggregation.secaggplus_workflow as _secaggplus
+import numpy as np
 from flwr.app import Context
 from flwr.compat.common.recorddict_compat import arrayrecord_to_parameters
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
@@ -19,6 +21,7 @@ from flwr.server.workflow.default_workflows import (
     default_evaluate_workflow,
     default_fit_workflow,
 )
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
 from stamen.privacy import SecAggSettings
 from stamen.runtimes import SERVER_RUNTIMES, load_runtime
@@ -27,6 +30,7 @@ from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
     "RoundEnd",
+    "WeighingSecAggPlusWorkflow",
     "build_server_app",
     "run_query",
     "run_rounds",
@@ -35,10 +39,38 @@ __all__ = [
 ]
 
 
+class WeighingSecAggPlusWorkflow(SecAggPlusWorkflow):
+    """Flower's SecAgg+ fit workflow that also hands the strategy the unmasked weight slot.
+
+    Flower's ``unmask_stage`` divides the unmasked sum by the summed weights and passes the
+    strategy only the mean, so a device that forged its weight slot would rescale the mean
+    unseen. This workflow records the summed weights where Flower reads them
+    (``factor_extract``, looked up in the workflow's module at each call) on the strategy,
+    as ``unmasked_weight_sum``, before Flower calls its ``aggregate_fit``, which checks it
+    (``stamen.server.rounds.check_secure_sum``). Nothing else of Flower's stage changes."""
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        """Flower's unmask stage, with the summed weights recorded on the strategy."""
+        strategy = context.strategy
+        extract = _secaggplus.factor_extract
+
+        def weighed(parameters: list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+            weight, values = extract(parameters)
+            strategy.unmasked_weight_sum = int(weight)  # type: ignore[attr-defined]
+            return weight, values
+
+        _secaggplus.factor_extract = weighed
+        try:
+            return bool(super().unmask_stage(grid, context, state))
+        finally:
+            _secaggplus.factor_extract = extract
+
+
 def secagg_workflow(settings: SecAggSettings) -> SecAggPlusWorkflow:
     """Flower's SecAgg+ fit workflow configured from validated ``settings`` whose clipping
-    range is set (``RoundPlan.secagg``, ``SecAggSettings.resolved``)."""
-    return SecAggPlusWorkflow(
+    range is set (``RoundPlan.secagg``, ``SecAggSettings.resolved``), recording the
+    unmasked weight slot (:class:`WeighingSecAggPlusWorkflow`)."""
+    return WeighingSecAggPlusWorkflow(
         num_shares=settings.num_shares,
         reconstruction_threshold=settings.reconstruction_threshold,
         max_weight=1.0,

@@ -11,6 +11,8 @@ One folder holds, after :func:`make_certificates`:
                          ``DNS:localhost``, ``IP:127.0.0.1``, ``IP:::1`` and every extra SAN
 ``supernode-<i>.key``    SuperNode *i*'s authentication key (EC P-384, OpenSSH, mode 0600)
 ``supernode-<i>.pub``    its public key, one OpenSSH line (``ecdsa-sha2-nistp384 …``)
+``devices.toml``         the device registry: SuperNode *i*'s public key serves device *i*
+                         (``stamen.server.identities``; the run-config key ``devices``)
 =======================  ==================================================================
 
 The SuperNode key formats are the ones Flower 1.42 loads: ``flower-supernode
@@ -48,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from stamen.errors import CertificateError, CertificateExistsError
+from stamen.server.identities import REGISTRY_FILE, DeviceKey, DeviceRegistry, write_registry
 
 __all__ = [
     "CA_CERTIFICATE",
@@ -105,13 +108,15 @@ class CertificatePaths:
     superlink_certificate: Path
     supernodes: tuple[SupernodeKeyPaths, ...]
     sans: tuple[str, ...]
+    #: The device registry (``None``: not written, as by a renewal).
+    registry: Path | None = None
 
     def files(self) -> list[Path]:
         """All paths, in the order they are listed in a summary."""
         paths = [self.ca_key, self.ca_certificate, self.superlink_key, self.superlink_certificate]
         for node in self.supernodes:
             paths += [node.private_key, node.public_key]
-        return paths
+        return paths + ([] if self.registry is None else [self.registry])
 
 
 def parse_san(value: str) -> x509.GeneralName:
@@ -171,12 +176,14 @@ def make_certificates(
     days: int = 365,
     force: bool = False,
 ) -> CertificatePaths:
-    """Write a CA, a SuperLink certificate it signs, and SuperNode key pairs into ``folder``.
+    """Write a CA, a SuperLink certificate it signs, SuperNode key pairs and the device
+    registry into ``folder``.
 
     Args:
         folder: the output folder (created owner-only if missing).
-        supernodes: how many SuperNode key pairs to make, named ``supernode-0`` … so that
-            node *i* lines up with ``partition-id=i``.
+        supernodes: how many SuperNode key pairs to make, named ``supernode-0`` …; the
+            registry (:data:`~stamen.server.identities.REGISTRY_FILE`) gives node *i*'s
+            key device id *i*.
         sans: extra subjectAlternativeNames of the SuperLink certificate, beyond
             :data:`DEFAULT_SANS`: IP addresses become ``IPAddress`` entries, the rest
             ``DNSName`` entries.
@@ -207,6 +214,7 @@ def make_certificates(
         superlink_certificate=root / SUPERLINK_CERTIFICATE,
         supernodes=nodes,
         sans=tuple(_san_text(name) for name in general_names),
+        registry=root / REGISTRY_FILE,
     )
     _check_writable(root, paths.files(), force=force)
 
@@ -223,26 +231,51 @@ def make_certificates(
         (paths.superlink_key, _pem_private_key(server_key), True),
         (paths.superlink_certificate, server_cert.public_bytes(serialization.Encoding.PEM), False),
     ]
-    for node in nodes:
-        contents += _node_files(node)
+    devices = []
+    for i, node in enumerate(nodes):
+        files = _node_files(node)
+        contents += files
+        devices.append(DeviceKey(id=i, node=node.name, public_key=files[1][1].decode()))
     _write_all(root, contents)
+    write_registry(root / REGISTRY_FILE, devices)
     return paths
 
 
-def add_supernode(folder: str | Path, name: str, *, force: bool = False) -> SupernodeKeyPaths:
-    """Write one more SuperNode authentication key pair, ``<name>.key`` and ``<name>.pub``.
+def add_supernode(
+    folder: str | Path, name: str, *, device_id: int | None = None, force: bool = False
+) -> SupernodeKeyPaths:
+    """Write one more SuperNode authentication key pair, ``<name>.key`` and ``<name>.pub``,
+    and register its public key as device ``device_id`` in the folder's device registry.
 
     The key pair does not depend on the CA: it is what the SuperLink's node authentication
-    checks (after ``flwr supernode register <name>.pub``), not part of TLS.
+    checks (after ``flwr supernode register <name>.pub``), not part of TLS. A key replaced
+    (``force``) keeps its registered device id unless ``device_id`` names another; without
+    ``device_id`` a node not in the registry stays out of it.
 
     Raises:
-        CertificateError: ``name`` is not a plain file name.
+        CertificateError: ``name`` is not a plain file name, or ``device_id`` is negative
+            or another node's.
         CertificateExistsError: either file exists and ``force`` is false.
+        ConfigError: the folder's registry is unreadable.
     """
     root = Path(folder)
     node = supernode_key_paths(root, name)
+    registry = root / REGISTRY_FILE
+    entries = list(DeviceRegistry.read(registry).entries) if registry.exists() else []
+    held = next((e.id for e in entries if e.node == name), None)
+    device_id = held if device_id is None else device_id
+    if device_id is not None:
+        if device_id < 0:
+            raise CertificateError(f"--device-id is {device_id}; it must be 0 or more")
+        taken = [e.node for e in entries if e.id == device_id and e.node != name]
+        if taken:
+            raise CertificateError(f"{registry}: device id {device_id} is {taken[0]}'s already")
     _check_writable(root, [node.private_key, node.public_key], force=force)
-    _write_all(root, _node_files(node))
+    files = _node_files(node)
+    _write_all(root, files)
+    if device_id is not None:
+        entry = DeviceKey(id=device_id, node=name, public_key=files[1][1].decode())
+        write_registry(registry, [e for e in entries if e.node != name] + [entry])
     return node
 
 

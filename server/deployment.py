@@ -18,6 +18,12 @@ each device learning from the example it replays against the release it has inst
 its releases carry the retrieval model unchanged, and, with ``population`` given and
 SecAgg+ on, its last round asks the devices for the ranker's metrics on their own lists
 as a secure sum.
+
+``devices`` names the operator's device registry (``stamen certs make`` writes
+``devices.toml``): each node's device id is then the one its authenticated SuperNode key is
+registered under (``stamen.server.identities``), whatever the device declares. Without it
+the devices' ids are self-declared (their ``--node-config`` ``device-id``): the run says so
+once, in its log and in ``status.json``'s ``warnings``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from stamen.models.registry import RecModel, build_model
 from stamen.privacy import open_signed, write_atomically
 from stamen.runtimes import without_runtime
 from stamen.server.checkpoint import CheckpointStore, RoundsLog
+from stamen.server.identities import DeviceRegistry, KeyIdentities
 from stamen.server.metrics import RunMetrics, parse_address
 from stamen.server.ranker_strategy import RankerAveraging
 from stamen.server.releases import ReleaseWriter, load_or_create_signing_key
@@ -53,6 +60,7 @@ from stamen.server.strategy import FederatedAveraging
 __all__ = [
     "RUN_CONFIG_KEYS",
     "SECAGG_TIMEOUT_S",
+    "SELF_DECLARED",
     "Deployment",
     "DeploymentRun",
     "RunStatus",
@@ -66,6 +74,12 @@ _log = logging.getLogger("stamen")
 #: Seconds each SecAgg+ stage waits for replies in a deployment unless the run config says
 #: otherwise (``secagg-timeout``): a device that does not answer in time has dropped out.
 SECAGG_TIMEOUT_S = 120.0
+
+#: What a run without a device registry warns, once.
+SELF_DECLARED = (
+    "devices' identities are self-declared (no 'devices' registry in the run config): any "
+    "registered node can claim any device-id"
+)
 
 
 class DeploymentRun(ServerSettings):
@@ -86,6 +100,10 @@ class DeploymentRun(ServerSettings):
     metrics_address: str | None = Field(
         None, description="host:port of the run's Prometheus endpoint (none: not served)"
     )
+    devices: Path | None = Field(
+        None,
+        description="the device registry, device ids by SuperNode key (none: self-declared)",
+    )
 
 
 #: ``ServerSettings`` fields a deployment's run config does not set: the starting release
@@ -95,6 +113,7 @@ _FIXED = (
     "local",
     "two_tower",
     "sequential",
+    "pfedrec",
     "evaluate",
     "eval_every",
     "eval_clients",
@@ -125,6 +144,15 @@ class Deployment:
         self.metrics_address = run.metrics_address
         if self.metrics_address is not None:
             parse_address(self.metrics_address)  # a bad address fails the run before round 1
+        #: The device registry (``None``: devices' ids are self-declared).
+        self.devices = None if run.devices is None else DeviceRegistry.read(run.devices)
+        if self.devices is not None and self.population is not None:
+            outside = [i for i in self.devices.ids if i >= self.population]
+            if outside:
+                raise ConfigError(
+                    f"{run.devices}: device ids {outside} are outside [0, {self.population}) "
+                    "(the run config's population)"
+                )
         self._given = given.only(ServerSettings.model_fields)
         # deployed devices keep no held-out items: no evaluation rounds to wait for, but
         # a ranker run's last round, which asks every enrolled device about its own
@@ -288,7 +316,14 @@ def serve(grid: Grid, context: Context) -> None:
         strategy = deployment_strategy(deployment, metrics)
         if metrics is not None:
             metrics.epsilon_budget = strategy.settings.dp.target_epsilon
-        run_rounds(PromptGrid(grid), context, strategy)
+        grid = PromptGrid(grid)
+        if deployment.devices is not None:
+            strategy.identify = KeyIdentities(deployment.devices, grid.get_nodes)
+        else:
+            _log.warning("run %s: %s", context.run_id, SELF_DECLARED)
+            if status is not None:
+                status.warn(SELF_DECLARED)
+        run_rounds(grid, context, strategy)
     except BaseException as error:
         if status is not None:
             status.write("failed", reason=f"{type(error).__name__}: {error}")
@@ -303,21 +338,36 @@ def serve(grid: Grid, context: Context) -> None:
 
 class RunStatus:
     """A deployment run's outcome, as ``<checkpoints>/status.json``: ``{"run_id",
-    "status": "running" | "completed" | "failed", "reason", "time"}``, replaced
-    atomically (owner-only) as the run starts and ends. ``stamen deploy status`` reads
-    it and exits with the run's outcome."""
+    "status": "running" | "completed" | "failed", "reason", "time", "warnings"}``,
+    replaced atomically (owner-only) as the run starts and ends. ``stamen deploy status``
+    reads it and exits with the run's outcome."""
 
     FILE = "status.json"
 
     def __init__(self, folder: Path, *, run_id: int) -> None:
         self.path = folder / self.FILE
         self.run_id = int(run_id)
+        self.warnings: list[str] = []
+        self._last: tuple[str, str | None] = ("running", None)
 
     def write(self, status: str, *, reason: str | None = None) -> None:
-        """Record ``status`` (and why, when it failed)."""
+        """Record ``status`` (and why, when it failed), with the run's warnings."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"run_id": self.run_id, "status": status, "reason": reason, "time": time.time()}
+        self._last = (status, reason)
+        body = {
+            "run_id": self.run_id,
+            "status": status,
+            "reason": reason,
+            "time": time.time(),
+            "warnings": self.warnings,
+        }
         write_atomically(self.path, json.dumps(body).encode(), mode=0o600)
+
+    def warn(self, warning: str) -> None:
+        """Record ``warning`` with the run's current status."""
+        self.warnings.append(warning)
+        status, reason = self._last
+        self.write(status, reason=reason)
 
     @classmethod
     def read(cls, folder: Path) -> dict[str, Any] | None:

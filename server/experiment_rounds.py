@@ -17,6 +17,14 @@ The machinery (a query per key, its window, accountant, streams and record) is
 :class:`Measurements`; the off-policy evaluation of a release's candidate policies is its
 other kind (``stamen.server.off_policy_rounds``), asked at the same rounds.
 
+**Covariates** (``analytics.experiments.pre_period_days``). The request then also names the
+pre-period's start (``experiment-pre-start``: ``pre_period_days`` before the window's start);
+each device sends the covariate layout (``stamen.models.experiments.COVARIATE_STATISTICS``:
+per metric ``[y, y², x, x², x·y]``, ``x`` the metric over the pre-period), the query's width
+and so its scale follow that layout (the L2 sensitivity ``sqrt(1 + 5M)`` instead of
+``sqrt(1 + 2M)``: more noise per coordinate at the same ε), and the report carries the
+CUPED-adjusted figures (``cuped``) beside the unadjusted ones of the same sums.
+
 **Monitoring** (``analytics.experiments.monitor``). A run plans ``K`` measurements
 (``rounds // every``, at most :data:`~stamen.server.experiment_monitoring.MAX_LOOKS`); at
 the ``k``-th, every effect's ``z`` is compared with the O'Brien-Fleming-type
@@ -40,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stamen.models.experiments import METRICS, STATISTICS
+from stamen.models.experiments import METRICS, statistics
 from stamen.models.wire import Request, Scalar, Task
 from stamen.privacy import Purpose
 from stamen.server.analytics import PrivateSum
@@ -142,8 +150,9 @@ class Measurements(ABC):
         ...
 
     @abstractmethod
-    def settings_of(self, key: str) -> dict[str, Scalar]:
-        """What the request asks of a device besides the window and the metrics' bounds."""
+    def settings_of(self, key: str, *, start: float) -> dict[str, Scalar]:
+        """What the request asks of a device besides the window (starting at ``start``) and
+        the metrics' bounds."""
         ...
 
     @abstractmethod
@@ -171,7 +180,7 @@ class Measurements(ABC):
             task=self.task,
             round=rnd,
             settings={
-                **self.settings_of(key),
+                **self.settings_of(key, start=start),
                 "experiment-start": float(start),
                 "experiment-end": float(end),
                 **{f"experiment-{k.replace('_', '-')}": v for k, v in bounds.model_dump().items()},
@@ -219,9 +228,12 @@ class ExperimentMeasurements(Measurements):
         self, owner: FederatedAveraging, experiments: Mapping[str, tuple[str, ...]]
     ) -> None:
         self.arms = dict(experiments)
+        #: Whether the devices send pre-experiment covariates (CUPED), and the block layout.
+        self.covariates = owner.settings.analytics.experiments.pre_period_days is not None
+        self.layout = statistics(covariates=self.covariates)
         super().__init__(
             owner,
-            {experiment: len(STATISTICS) for experiment in self.arms},
+            {experiment: len(self.layout) for experiment in self.arms},
             task=Task.EXPERIMENT,
             seeds={experiment: (place,) for place, experiment in enumerate(self.arms)},
             what="experiment measurements",
@@ -231,25 +243,30 @@ class ExperimentMeasurements(Measurements):
         """``experiment:<id>``."""
         return query_name(key)
 
-    def settings_of(self, key: str) -> dict[str, Scalar]:
-        """The experiment, its number of arms and its place in the release."""
-        return {
+    def settings_of(self, key: str, *, start: float) -> dict[str, Scalar]:
+        """The experiment, its number of arms, its place in the release and, with
+        covariates, the start of the pre-period."""
+        asked: dict[str, Scalar] = {
             "experiment-id": key,
             "experiment-arms": len(self.arms[key]),
             "experiment-place": list(self.arms).index(key),
         }
+        pre_start = self.settings.pre_start(start)
+        if pre_start is not None:
+            asked["experiment-pre-start"] = float(pre_start)
+        return asked
 
     def expected(self, key: str) -> int:
         """One block of statistics per arm."""
-        return len(self.arms[key]) * len(STATISTICS)
+        return len(self.arms[key]) * len(self.layout)
 
     def report(self, key: str, sums: np.ndarray, query: PrivateSum) -> dict[str, Any]:
-        """Each arm's means, each treatment's effect (``experiment_report``) and, with
-        monitoring, this look's boundary."""
+        """Each arm's means, each treatment's effect (``experiment_report``; with covariates
+        also CUPED-adjusted) and, with monitoring, this look's boundary."""
         assert query.result is not None
         names = self.arms[key]
         report = experiment_report(
-            sums.reshape(len(names), len(STATISTICS)),
+            sums.reshape(len(names), len(self.layout)),
             experiment=key,
             arms=names,
             metrics=METRICS,
@@ -257,6 +274,7 @@ class ExperimentMeasurements(Measurements):
             noise_std=query.result.noise_std,
             alpha=self.settings.alpha,
             privacy=privacy_spent(query),
+            covariates=self.covariates,
         ).to_json()
         if self.settings.monitor:
             report["monitoring"] = self._monitor(key, report)

@@ -83,6 +83,7 @@ from stamen.privacy.dp.user import UserDP
 
 __all__ = [
     "ArmSummary",
+    "CupedAdjustment",
     "Effect",
     "ExperimentReport",
     "arm_estimates",
@@ -266,10 +267,22 @@ class Effect:
 
 
 @dataclass(frozen=True)
+class CupedAdjustment:
+    """The CUPED-adjusted figures of a report (module docstring): each metric's coefficient
+    ``theta`` (pooled over the arms), each arm's adjusted means with their standard errors,
+    and each treatment's adjusted effect with its interval and p-value."""
+
+    theta: dict[str, float]
+    arms: list[ArmSummary]
+    effects: list[Effect]
+
+
+@dataclass(frozen=True)
 class ExperimentReport:
     """What the server reports of an experiment: each arm, each treatment's effect on each
     metric, the confidence level, the noise and the privacy spent (``epsilon`` per
-    experiment, separate from training's)."""
+    experiment, separate from training's); with pre-experiment covariates, ``cuped``: the
+    adjusted figures beside these unadjusted ones."""
 
     experiment: str
     control: str
@@ -278,6 +291,7 @@ class ExperimentReport:
     arms: list[ArmSummary]
     effects: list[Effect]
     privacy: dict[str, Any] = field(default_factory=dict)
+    cuped: CupedAdjustment | None = None
 
     def effect(self, arm: str, metric: str) -> Effect:
         """The effect of ``arm`` on ``metric``."""
@@ -309,27 +323,17 @@ def json_ready(report: dict[str, Any]) -> dict[str, Any]:
     return dict(result)
 
 
-def experiment_report(
-    sums: np.ndarray,
+def _summaries(
+    mean: np.ndarray,
+    variance: np.ndarray,
+    n: np.ndarray,
     *,
-    experiment: str,
     arms: Sequence[str],
     metrics: Sequence[str],
-    scales: Sequence[float],
-    noise_std: float,
-    control: int = 0,
-    alpha: float = 0.05,
-    privacy: dict[str, Any] | None = None,
-    covariates: bool = False,
-) -> ExperimentReport:
-    """The report of one experiment from its released sums, shape ``(arms, 1 + 2M)``
-    (``(arms, 1 + 5M)`` with ``covariates``: CUPED-adjusted means)."""
-    sums = np.asarray(sums, np.float64)
-    if sums.shape != (len(arms), 1 + (5 if covariates else 2) * len(metrics)):
-        raise ValueError(f"sums of shape {sums.shape} for {len(arms)} arms, {len(metrics)} metrics")
-    mean, variance, n = arm_estimates(
-        sums, noise_std=noise_std, scales=scales, covariates=covariates
-    )
+    control: int,
+    alpha: float,
+) -> tuple[list[ArmSummary], list[Effect]]:
+    """Each arm's summary and each treatment's effects from :func:`arm_estimates`' figures."""
     est = effect_estimates(mean, variance, control=control, alpha=alpha)
     summaries = [
         ArmSummary(
@@ -346,6 +350,44 @@ def experiment_report(
         if a != control
         for j, m in enumerate(metrics)
     ]
+    return summaries, effects
+
+
+def experiment_report(
+    sums: np.ndarray,
+    *,
+    experiment: str,
+    arms: Sequence[str],
+    metrics: Sequence[str],
+    scales: Sequence[float],
+    noise_std: float,
+    control: int = 0,
+    alpha: float = 0.05,
+    privacy: dict[str, Any] | None = None,
+    covariates: bool = False,
+) -> ExperimentReport:
+    """The report of one experiment from its released sums, shape ``(arms, 1 + 2M)``; with
+    ``covariates``, sums of shape ``(arms, 1 + 5M)``: the unadjusted figures of their outcome
+    part and, in ``cuped``, the adjusted ones (:func:`cuped_estimates`)."""
+    sums = np.asarray(sums, np.float64)
+    if sums.shape != (len(arms), 1 + (5 if covariates else 2) * len(metrics)):
+        raise ValueError(f"sums of shape {sums.shape} for {len(arms)} arms, {len(metrics)} metrics")
+
+    def summaries_of(
+        mean: np.ndarray, variance: np.ndarray, n: np.ndarray
+    ) -> tuple[list[ArmSummary], list[Effect]]:
+        return _summaries(
+            mean, variance, n, arms=arms, metrics=metrics, control=control, alpha=alpha
+        )
+
+    cuped = None
+    if covariates:
+        found = cuped_estimates(sums, noise_std=noise_std, scales=scales)
+        adjusted = summaries_of(found["mean"], found["variance"], found["n"])
+        theta = {m: float(found["theta"][j]) for j, m in enumerate(metrics)}
+        cuped = CupedAdjustment(theta=theta, arms=adjusted[0], effects=adjusted[1])
+        sums = outcome_sums(sums)
+    summaries, effects = summaries_of(*arm_estimates(sums, noise_std=noise_std, scales=scales))
     return ExperimentReport(
         experiment=experiment,
         control=arms[control],
@@ -354,6 +396,7 @@ def experiment_report(
         arms=summaries,
         effects=effects,
         privacy=dict(privacy or {"epsilon": float("inf"), "mode": "off"}),
+        cuped=cuped,
     )
 
 

@@ -77,7 +77,7 @@ class OffPolicyEvaluation(Measurements):
         """``off-policy``."""
         return key
 
-    def settings_of(self, key: str) -> dict[str, Scalar]:
+    def settings_of(self, key: str, *, start: float) -> dict[str, Scalar]:
         """The candidates (names, in order), their weight clips and the slot clip."""
         return {
             "off-policy-candidates": json.dumps(list(self.candidates)),

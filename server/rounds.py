@@ -154,14 +154,24 @@ def check_secure_sum(
     secagg: SecAggSettings,
     clip_norm: float | None,
     noise_std: float,
+    weight_sum: int | None = None,
 ) -> str | None:
     """Why the unmasked SecAgg+ sum ``total`` of ``devices`` updates cannot be the sum of
-    honest ones (``None``: it can). Every honest value is dequantised into ``[-r, r]``
+    honest ones (``None``: it can). ``weight_sum``, the unmasked weight slot (``None``: not
+    known here), must be the ``SecAggSettings.honest_weight_sum`` of ``devices``: a forged
+    weight rescales the whole mean. Every honest value is dequantised into ``[-r, r]``
     (``r``: the clipping range), so no coordinate of the sum exceeds ``n r``; under DP its
     norm is at most ``honest_sum_bound`` (``clip_norm`` ``None``: no DP, no norm bound;
     ``noise_std``: each device's noise share). A malicious device may have sent any ring
     element (module docstring of ``stamen.privacy.crypto.secagg``); this check is what
     bounds it."""
+    honest_weight = secagg.honest_weight_sum(devices)
+    if weight_sum is not None and weight_sum != honest_weight:
+        return (
+            f"the unmasked weight sum is {weight_sum}, not the {honest_weight} ({devices} "
+            f"devices x weight {secagg.honest_weight_sum(1)}) honest devices send: a device "
+            "forged its weight"
+        )
     if not all(np.all(np.isfinite(a)) for a in total):
         return "the unmasked sum is not finite (a forged weight made the summed weights zero)"
     limit = devices * secagg.value_range()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stamen.models.mf.settings import LocalSettings
+from stamen.models.pfedrec.settings import PFedRecSettings
 from stamen.models.registry import model_class
 from stamen.models.sequential.model import SequentialSettings
 from stamen.models.two_tower.model import TwoTowerSettings
-from stamen.privacy import RecordDP, SecAggSettings, UserDP
+from stamen.privacy import MODULUS_RANGE, RecordDP, SecAggSettings, UserDP
 from stamen.server.analytics import AnalyticsSettings
 from stamen.server.experiment_monitoring import MAX_LOOKS
 from stamen.server.optimizer import ServerOptimizerSettings
@@ -45,6 +46,7 @@ class ServerSettings(BaseModel):
     local: LocalSettings = LocalSettings()
     two_tower: TwoTowerSettings = TwoTowerSettings()
     sequential: SequentialSettings = SequentialSettings()
+    pfedrec: PFedRecSettings = PFedRecSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
@@ -80,6 +82,7 @@ class ServerSettings(BaseModel):
                 f"SecAgg+ needs at least num_shares={self.secagg.num_shares} devices per round "
                 f"(got clients_per_round={self.clients_per_round})"
             )
+        self._check_ring()
         if (
             self.dp.enabled
             and self.secagg.enabled
@@ -129,3 +132,24 @@ class ServerSettings(BaseModel):
                 "by the device's number of positives would make it depend on that count"
             )
         return self
+
+    def _check_ring(self) -> None:
+        """Refuse a SecAgg+ cohort whose honest sum cannot fit Flower's ring
+        (``SecAggSettings.max_cohort``): it would wrap around, and every such round fail."""
+        if not self.secagg.enabled:
+            return
+        limit = self.secagg.max_cohort()
+        cohorts = {
+            "clients_per_round": self.clients_per_round,
+            "eval_clients": self.eval_clients,
+            "analytics.trending.clients": self.analytics.trending.clients,
+        }
+        for name, cohort in cohorts.items():
+            if cohort is not None and cohort > limit:
+                raise ValueError(
+                    f"{name} ({cohort}) is above the {limit} devices whose SecAgg+ sum fits "
+                    "Flower's ring: each device adds up to secagg.quantization_range "
+                    f"({self.secagg.quantization_range}) to every value and to the weight, "
+                    f"and {limit + 1} of them reach its modulus ({MODULUS_RANGE}); lower "
+                    f"{name} or secagg.quantization_range"
+                )

@@ -12,10 +12,13 @@ own held-out item; a secure sum of their metrics under SecAgg+, their metrics av
 the clear otherwise), and the round's close (:meth:`FederatedAveraging.finish_round`:
 record, signed release, checkpoint).
 
-A device names itself by answering ``get_properties`` with :data:`DEVICE_ID_KEY`; the
-strategy asks each connected node once. An id outside ``[0, population)`` (``[0,
-MAX_DEVICE_ID)`` without a population) or claimed by two nodes leaves those nodes out of
-the round, recorded under ``unidentified`` with the reason.
+A node's device id comes from :attr:`FederatedAveraging.identify` where it is set (a
+deployment with a device registry: the id its authenticated key is registered under,
+``stamen.server.identities``); otherwise the device names itself by answering
+``get_properties`` with :data:`DEVICE_ID_KEY` (self-declared). Each connected node is
+identified once. An id outside ``[0, population)`` (``[0, MAX_DEVICE_ID)`` without a
+population), no id, or an id two nodes hold leaves those nodes out of the round, recorded
+under ``unidentified`` with the reason.
 """
 
 from __future__ import annotations
@@ -74,18 +77,28 @@ from stamen.server.settings import ServerSettings
 #: Bytes per value of a SecAgg+ masked vector (Flower's secaggplus_mod sends int64).
 MASKED_VALUE_BYTES = 8
 #: Device ids are below this when the population is not given (below the population when
-#: it is): a cohort draw's memory grows with the largest id.
+#: it is): a Poisson cohort's draw takes time in proportion to the largest id.
 MAX_DEVICE_ID = 10_000_000
 
 #: Seconds a round keeps asking a node that failed to report its device id.
 ID_RETRY_S = 10.0
 
-__all__ = ["MAX_DEVICE_ID", "FederatedAveraging", "RoundCallback", "failure_reasons"]
+__all__ = [
+    "MAX_DEVICE_ID",
+    "FederatedAveraging",
+    "Identify",
+    "RoundCallback",
+    "distinct_failures",
+    "failure_reasons",
+]
 
 _log = logging.getLogger("stamen")
 
 #: Called with each finished round's record.
 RoundCallback = Callable[[RoundRecord], None]
+#: Device ids of the nodes named (Flower node ids, as ``ClientProxy.cid``): each a device
+#: id, or why the node has none.
+Identify = Callable[[list[str]], list[int | str]]
 
 
 def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> list[str]:
@@ -94,6 +107,25 @@ def failure_reasons(failures: list[tuple[ClientProxy, Any] | BaseException]) -> 
         f"{type(f).__name__}: {f}" if isinstance(f, BaseException) else str(f[1].status.message)
         for f in failures
     ]
+
+
+def distinct_failures(
+    failures: list[tuple[ClientProxy, Any] | BaseException],
+) -> list[tuple[ClientProxy, Any] | BaseException]:
+    """``failures`` with each device's error reply once. Flower 1.42's SecAgg+ collect
+    stage wraps every error reply in two exceptions (``SecAggPlusWorkflow.collect_masked_
+    vectors_stage`` appends ``Exception(msg.error)`` in each of its two loops over the
+    replies); both wrap the one ``Error`` object, by which they are told apart."""
+    seen: set[int] = set()
+    kept: list[tuple[ClientProxy, Any] | BaseException] = []
+    for failure in failures:
+        wrapped = failure.args[0] if isinstance(failure, BaseException) and failure.args else None
+        if wrapped is not None and not isinstance(wrapped, str | int | float):
+            if id(wrapped) in seen:
+                continue
+            seen.add(id(wrapped))
+        kept.append(failure)
+    return kept
 
 
 def _mean_metrics(pairs: list[tuple[int, dict[str, Scalar]]]) -> dict[str, float]:
@@ -180,10 +212,17 @@ class FederatedAveraging(Strategy):
             self.history = list(resume.history)
             self.start_round = resume.round
         self._record = RoundRecord(round=self.start_round)
+        #: The summed weights of the last SecAgg+ round, as its workflow unmasked them
+        #: (``stamen.server.app.WeighingSecAggPlusWorkflow``; ``None``: not recorded).
+        self.unmasked_weight_sum: int | None = None
         self._started = 0.0
         self.release_key = release_key
         self.population = population
         self._device_ids: dict[str, int] = {}
+        #: How nodes' device ids are learned (``None``: each node is asked, and its answer
+        #: is self-declared; a deployment with a device registry sets its
+        #: ``stamen.server.identities.KeyIdentities``).
+        self.identify: Identify | None = None
         self._eval_full = True
         #: The latest noisy trending counts (``None`` until the first trending query, or
         #: the counts of the release a deployment starts from).
@@ -406,13 +445,13 @@ class FederatedAveraging(Strategy):
             time.sleep(0.05)
 
     def connected_devices(self, client_manager: ClientManager) -> dict[int, ClientProxy]:
-        """Connected devices by device id (each node asked once, then remembered).
+        """Connected devices by device id (each node identified once, then remembered).
 
-        A node whose answer fails (an error reply: its ClientApp raised, the SuperLink
-        found it unavailable, …) is asked again, with growing pauses, for up to
-        ``ID_RETRY_S`` seconds (at most ``connect_timeout``); one that still fails is left
-        out of this round, logged and recorded under ``unidentified``, and asked again
-        in the next round."""
+        A node asked for its self-declared id whose answer fails (an error reply: its
+        ClientApp raised, the SuperLink found it unavailable, …) is asked again, with
+        growing pauses, for up to ``ID_RETRY_S`` seconds (at most ``connect_timeout``); one
+        that still fails, or that :attr:`identify` gives no id, is left out of this round,
+        logged and recorded under ``unidentified``, and identified again in the next round."""
         self._await_devices(client_manager)
         deadline = time.monotonic() + min(ID_RETRY_S, self.settings.connect_timeout)
         pause = 0.25
@@ -420,17 +459,13 @@ class FederatedAveraging(Strategy):
             connected = client_manager.all()
             missing = [p for cid, p in connected.items() if cid not in self._device_ids]
             failed: dict[str, str] = {}
-            if missing:  # asked concurrently, as Flower sends a round's fit messages
-                with ThreadPoolExecutor(max_workers=min(32, len(missing))) as pool:
-                    for proxy, answer in zip(
-                        missing, pool.map(self._ask_device_id, missing), strict=True
-                    ):
-                        if isinstance(answer, int):
-                            self._device_ids[proxy.cid] = answer
-                        else:
-                            failed[proxy.cid] = answer
+            for proxy, answer in zip(missing, self._identify(missing), strict=True):
+                if isinstance(answer, int):
+                    self._device_ids[proxy.cid] = answer
+                else:
+                    failed[proxy.cid] = answer
             left = deadline - time.monotonic()
-            if not failed or left <= 0:
+            if not failed or left <= 0 or self.identify is not None:  # a registry is final
                 break
             _log.warning(
                 "%d node(s) did not report a device id (%s); asking again",
@@ -449,9 +484,10 @@ class FederatedAveraging(Strategy):
                     failed[cid] = f"device id {device_id} claimed by {len(cids)} nodes"
         if failed:
             _log.warning(
-                "%d node(s) left out of round %s without a device id",
+                "%d node(s) left out of round %s without a device id: %s",
                 len(failed),
                 self._record.round,
+                "; ".join(f"node {cid}: {why}" for cid, why in sorted(failed.items())),
             )
             self._record.unidentified = [
                 Unidentified(node=cid, reason=reason) for cid, reason in sorted(failed.items())
@@ -463,8 +499,30 @@ class FederatedAveraging(Strategy):
         }
         return dict(sorted(devices.items()))
 
+    def _identify(self, proxies: list[ClientProxy]) -> list[int | str]:
+        """The device id of each of ``proxies`` (:attr:`identify`'s, or asked of each
+        concurrently, as Flower sends a round's fit messages), or why it has none."""
+        if not proxies:
+            return []
+        if self.identify is not None:
+            answers = self.identify([proxy.cid for proxy in proxies])
+        else:
+            with ThreadPoolExecutor(max_workers=min(32, len(proxies))) as pool:
+                answers = list(pool.map(self._ask_device_id, proxies))
+        return [self._in_range(answer) for answer in answers]
+
+    def _in_range(self, answer: int | str) -> int | str:
+        """``answer`` if it is a device id inside the population's range, else why not."""
+        if not isinstance(answer, int):
+            return answer
+        bound = MAX_DEVICE_ID if self.population is None else self.population
+        if not 0 <= answer < bound:
+            limit = "the population" if self.population is not None else "MAX_DEVICE_ID"
+            return f"{DEVICE_ID_KEY} {answer} is outside [0, {bound}) ({limit})"
+        return answer
+
     def _ask_device_id(self, proxy: ClientProxy) -> int | str:
-        """The node's device id, or why it gave none."""
+        """The node's self-declared device id, or why it gave none."""
         try:
             res = proxy.get_properties(
                 GetPropertiesIns(config={}), timeout=self.settings.connect_timeout, group_id=0
@@ -474,10 +532,6 @@ class FederatedAveraging(Strategy):
         value = res.properties.get(DEVICE_ID_KEY) if res.status.code == Code.OK else None
         if not isinstance(value, int) or isinstance(value, bool):
             return f"no integer {DEVICE_ID_KEY!r} ({res.status.message or res.properties})"
-        bound = MAX_DEVICE_ID if self.population is None else self.population
-        if not 0 <= value < bound:
-            limit = "the population" if self.population is not None else "MAX_DEVICE_ID"
-            return f"{DEVICE_ID_KEY} {value} is outside [0, {bound}) ({limit})"
         return value
 
     def sample(
@@ -571,6 +625,7 @@ class FederatedAveraging(Strategy):
     ) -> flower.AggregatedFit:
         """Average the updates, check them, step the server optimiser, checkpoint."""
         rnd = self._global_round(server_round)
+        failures = distinct_failures(failures)
         results = self.in_device_order(results)
         if not results:
             reasons = failure_reasons(failures)
@@ -611,16 +666,19 @@ class FederatedAveraging(Strategy):
 
     def _refused_sum(self, mean: list[np.ndarray], *, devices: int) -> str | None:
         """Under SecAgg+, why the unmasked mean of ``devices`` updates cannot come from
-        honest devices (``check_secure_sum``: a coordinate beyond ``n r``, or under DP a
-        norm beyond ``honest_sum_bound``); ``None`` when it can, and always in plain mode
-        (each update was checked on its own)."""
+        honest devices (``check_secure_sum``: summed weights other than ``devices``
+        honest ones', a coordinate beyond ``n r``, or under DP a norm beyond
+        ``honest_sum_bound``); ``None`` when it can, and always in plain mode (each update
+        was checked on its own)."""
         if not self.settings.secagg.enabled:
             return None
         mechanism = self.plan.mechanism
         total = [np.asarray(a, np.float64) * devices for a in mean]
+        weight_sum, self.unmasked_weight_sum = self.unmasked_weight_sum, None
         return check_secure_sum(
             total,
             devices=devices,
+            weight_sum=weight_sum,
             secagg=self.plan.secagg,
             clip_norm=None if mechanism is None else mechanism.sensitivity,
             noise_std=self.plan.noise_share_std(self._record.cohort or devices),

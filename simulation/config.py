@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stamen.models import ConfigError
 from stamen.models.bundle import ReleaseCatalog
@@ -24,6 +24,7 @@ from stamen.models.ranker.settings import RankerSettings
 from stamen.models.registry import RecModel, build_model
 from stamen.server.als import ALSSettings
 from stamen.server.als_strategy import als_server_settings
+from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
 from stamen.server.optimizer import ServerOptimizerSettings
 from stamen.server.run_config import Given, validate
 from stamen.server.settings import ServerSettings
@@ -103,6 +104,23 @@ class ProtocolSettings(BaseModel):
         "where the data has no times); random: a seeded random order even where it has",
     )
     negatives: int = Field(99, ge=1, description="sampled negatives per evaluated user")
+    cutoffs: tuple[int, ...] = Field(
+        DEFAULT_CUTOFFS,
+        description="the k of every @k metric, increasing, 10 among them (validation "
+        "NDCG@10 selects the round)",
+    )
+
+    @field_validator("cutoffs")
+    @classmethod
+    def _check_cutoffs(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(k < 1 for k in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"cut-offs must be increasing positive integers, not {list(value)}")
+        if 10 not in value:
+            raise ValueError(
+                f"cut-offs {list(value)} lack 10: validation NDCG@10 selects the reported "
+                "round, so 10 is always one of them"
+            )
+        return value
 
 
 class RankerTraining(RankerSettings):
@@ -220,9 +238,8 @@ class SimulationConfig(ServerSettings):
             raise ValueError(
                 f"engine 'batched' does not run {'; '.join(problems)}. It runs algorithm "
                 "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1), "
-                "'two-tower' or 'sequential', user-level DP off, central or distributed, "
-                "SecAgg+ on or off; "
-                "use engine 'flower' for the rest"
+                "'two-tower', 'sequential' or 'pfedrec', user-level DP off, central or "
+                "distributed, SecAgg+ on or off; use engine 'flower' for the rest"
             )
         return self
 
@@ -322,10 +339,38 @@ class SimulationConfig(ServerSettings):
                 found.append(Adjustment(path, before, after, "private ALS fixes it (see [als])"))
         return found
 
+    @property
+    def evaluation_metrics(self) -> tuple[str, ...]:
+        """What the federated evaluation reports: ``analytics.evaluation.metrics`` where the
+        config names them, else every metric a device computes at the protocol's cut-offs
+        (``stamen.server.analytics.evaluation_metrics``)."""
+        query = self.analytics.evaluation
+        if "metrics" in query.model_fields_set:
+            return query.metrics
+        return evaluation_metrics(self.protocol.cutoffs)
+
+    @model_validator(mode="after")
+    def _check_evaluation_metrics(self) -> SimulationConfig:
+        computed = evaluation_metrics(self.protocol.cutoffs)
+        if unknown := [name for name in self.evaluation_metrics if name not in computed]:
+            raise ValueError(
+                f"analytics.evaluation.metrics names {unknown}, which a device does not "
+                f"compute at the protocol's cut-offs {list(self.protocol.cutoffs)}"
+            )
+        return self
+
     def _server_settings(self, devices: int) -> ServerSettings:
         fields = {name: getattr(self, name) for name in ServerSettings.model_fields}
+        evaluation = self.analytics.evaluation.model_copy(
+            update={"metrics": self.evaluation_metrics}
+        )
+        analytics = self.analytics.model_copy(update={"evaluation": evaluation})
         return ServerSettings.model_validate(
-            {**fields, "local": self.local.for_population(devices)}
+            {
+                **fields,
+                "local": self.local.for_population(devices),
+                "analytics": analytics,
+            }
         )
 
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from stamen.models import Dataset, StamenError
 from stamen.server.rounds import Evaluation, RoundRecord
-from stamen.simulation.baselines.reference import train_centralised_reference
+from stamen.simulation.baselines.reference import REFERENCE_MODELS, train_centralised_reference
 from stamen.simulation.baselines.scorers import (
     dp_popularity_scorer,
     mf_scorer,
@@ -258,7 +258,8 @@ def run_experiment(
 
     methods: dict[str, dict[str, float]] = {}
     started = time.perf_counter()
-    methods["popularity"] = evaluate(popularity_scorer(split), split)
+    cutoffs = config.protocol.cutoffs
+    methods["popularity"] = evaluate(popularity_scorer(split), split, ks=cutoffs)
     timings["popularity"] = time.perf_counter() - started
 
     with _progress(console) as progress:
@@ -278,10 +279,10 @@ def run_experiment(
             on_epoch=on_epoch,
         )
         progress.update(task, completed=config.centralised.epochs)
-    methods["centralised MF"] = evaluate(mf_scorer(model), split)
+    methods["centralised MF"] = evaluate(mf_scorer(model), split, ks=cutoffs)
     timings["centralised"] = time.perf_counter() - started
     baseline, reference = "centralised MF", None
-    if config.model != "mf":  # its own family's reference beside centralised MF
+    if config.model in REFERENCE_MODELS:  # its own family's reference beside centralised MF
         started = time.perf_counter()
         catalog = release_catalog(split, dataset.catalog)
         baseline = f"centralised {config.run_model(catalog, split.n_users).display_name}"
@@ -290,7 +291,7 @@ def run_experiment(
             scorer, reference = train_centralised_reference(
                 config, split, catalog, on_round=on_reference
             )
-        methods[baseline] = evaluate(scorer, split)
+        methods[baseline] = evaluate(scorer, split, ks=cutoffs)
         timings["centralised_reference"] = time.perf_counter() - started
 
     rounds = config.server_settings(split.n_users).rounds
@@ -314,11 +315,13 @@ def run_experiment(
             split, epsilon=fed.privacy["epsilon"], delta=fed.privacy["delta"], seed=config.seed
         )
         row = {"popularity": methods.pop("popularity")}
-        row[f"DP popularity (ε={spent:.3g})"] = evaluate(scorer, split)
+        row[f"DP popularity (ε={spent:.3g})"] = evaluate(scorer, split, ks=cutoffs)
         methods = {**row, **methods}  # beside the non-private popularity row
     run_model = config.run_model(release_catalog(split, dataset.catalog), split.n_users)
     offline = evaluate(
-        shared_model_scorer(fed.shared, split, model=run_model, seed=config.seed), split
+        shared_model_scorer(fed.shared, split, model=run_model, seed=config.seed),
+        split,
+        ks=cutoffs,
     )
     federated = f"federated {run_model.display_name}"
     methods[federated] = {  # test metrics only: not the record's counts, flags or noise
@@ -326,7 +329,8 @@ def run_experiment(
         for k, v in _metrics(chosen).items()
         if (k in ("loss", "mrr") or "@" in k) and not k.startswith("valid_")
     }
-    methods[federated]["coverage@10"] = offline["coverage@10"]
+    coverage = f"coverage@{min(cutoffs)}"  # the offline evaluation's, at the first cut-off
+    methods[federated][coverage] = offline[coverage]
 
     negatives = config.protocol.negatives
     print_table(
@@ -334,6 +338,7 @@ def run_experiment(
         title=f"{dataset.name}: test metrics (full ranking; sampled = {negatives} negatives)",
         console=console,
         negatives=negatives,
+        cutoffs=cutoffs,
     )
     ratio = methods[federated].get("ndcg@10", 0.0) / max(methods[baseline]["ndcg@10"], 1e-12)
     console.print(f"{federated} / {baseline} NDCG@10: {ratio:.3f}")

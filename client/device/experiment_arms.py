@@ -57,15 +57,18 @@ class ExperimentsMixin(DeviceCore):
         start: float,
         end: float,
         bounds: MetricBounds | None = None,
+        pre_start: float | None = None,
     ) -> np.ndarray | None:
         """What this device contributes to a measurement of ``experiment`` (an id of the
         installed release's) over ``[start, end)``: its arm's block of clipped metrics,
-        zeros elsewhere (``stamen.client.device.experiments.contribution``); ``None`` when
-        the installed release does not carry the experiment (the device is not in it).
-        Computed here; only a secure, noised sum of it ever leaves.
+        zeros elsewhere (``stamen.client.device.experiments.contribution``); with
+        ``pre_start``, the same metrics over the pre-period ``[pre_start, start)`` as
+        covariates (CUPED's layout); ``None`` when the installed release does not carry the
+        experiment (the device is not in it). Computed here; only a secure, noised sum of it
+        ever leaves.
 
         Raises:
-            ValueError: ``end`` is not after ``start``.
+            ValueError: ``end`` is not after ``start``, or ``pre_start`` not before it.
         """
         if not end > start:
             raise ValueError(f"the window must end after it starts (start {start}, end {end})")
@@ -85,5 +88,6 @@ class ExperimentsMixin(DeviceCore):
                 start=start,
                 end=end,
                 bounds=bounds,
+                pre_start=pre_start,
                 rating_threshold=self.rating_threshold,
             )

@@ -6,8 +6,11 @@ recorded there. Keys of ``context.node_config``:
 
 - ``device`` (required): the device folder (``stamen device init``);
 - ``key-file``: the store key file, outside that folder (default ``<folder>.key``);
-- ``device-id`` (required): the device's stable integer identity, by which the server
-  samples cohorts reproducibly (Flower's node ids are random per registration);
+- ``device-id`` (required): the device's stable integer identity as the device declares
+  it, by which a server without a device registry samples cohorts reproducibly (Flower's
+  node ids are random per registration). A server with a registry (run-config key
+  ``devices``) does not ask for it: it takes the id the node's authentication key is
+  registered under (``stamen.server.identities``), whatever the device declares;
 - ``secure-aggregation``: ``"required"`` (the default) or ``"optional"``. A device that
   requires secure aggregation refuses a training request that does not run Flower's
   SecAgg+ protocol, so its update never leaves it in the clear.
@@ -102,7 +105,7 @@ class _DeployedDevice(NumPyClient):
         self.policy = DevicePolicy(dict(context.node_config))
 
     def get_properties(self, config: dict) -> dict:
-        """The device's stable id, by which the server samples cohorts."""
+        """The device's self-declared id, for a server without a device registry."""
         from stamen.models.mf.settings import DEVICE_ID_KEY
 
         return {DEVICE_ID_KEY: self.policy.device_id}

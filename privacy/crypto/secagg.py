@@ -8,7 +8,12 @@ What SecAgg+ bounds, read from flwr 1.42's ``secaggplus_mod`` and ``SecAggPlusWo
 an honest device clips each value to ``[-clipping_range, clipping_range]``, quantises it
 stochastically to an integer in ``[0, quantization_range]``, prepends its weight and adds
 masks modulo ``MODULUS_RANGE`` (2^32). The server adds the masked vectors, removes the
-masks, divides by the summed weight and shifts by ``-(n - 1) × clipping_range``. Nothing
+masks, divides by the summed weight and shifts by ``-(n - 1) × clipping_range``. Stamen's
+devices all send weight 1 under ``MAX_WEIGHT`` 1, which SecAgg+ encodes as exactly
+``quantization_range``: the unmasked weight slot of ``n`` honest devices is ``n ×
+quantization_range`` (:meth:`SecAggSettings.honest_weight_sum`), and ``n`` must be small
+enough for that sum, the largest an honest slot can reach, to stay inside the ring
+(:meth:`SecAggSettings.max_cohort`). Nothing
 checks what a device masked: a modified device may send *any* element of the ring, weight
 included, so on its own SecAgg+ bounds a malicious device's contribution by nothing but
 the wrap-around (up to ``2 × clipping_range × MODULUS_RANGE / quantization_range``, 2,048
@@ -27,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from stamen.errors import ConfigError
 
 __all__ = [
+    "MAX_WEIGHT",
     "MODULUS_RANGE",
     "NOISE_TAIL",
     "UNCLIPPED_RANGE",
@@ -40,6 +46,9 @@ _log = logging.getLogger("stamen")
 
 #: Flower's ``modulus_range`` (its default, which Stamen keeps): masks and sums live modulo it.
 MODULUS_RANGE = 2**32
+#: The ``max_weight`` Stamen's SecAgg+ workflow runs with: every device reports weight 1,
+#: which SecAgg+ quantises to ``round(1 / MAX_WEIGHT × quantization_range)``.
+MAX_WEIGHT = 1.0
 #: The per-coordinate range without user-level DP: devices do not clip then, so no clip
 #: norm bounds a value, and SecAgg+ clips each to ±1.
 UNCLIPPED_RANGE = 1.0
@@ -136,6 +145,30 @@ class SecAggSettings(BaseModel):
                 "first (SecAggSettings.resolved, RoundPlan.secagg)"
             )
         return self.clipping_range
+
+    def max_cohort(self) -> int:
+        """The most devices whose honest sum fits Flower's ring: each honest device's
+        weight slot is ``quantization_range`` and each of its values at most that, so ``n``
+        devices sum to at most ``n × quantization_range``, which must stay below
+        ``MODULUS_RANGE`` (beyond it the sum wraps around and reads as another one)."""
+        return (MODULUS_RANGE - 1) // self.quantization_range
+
+    @staticmethod
+    def quantization_for(cohort: int) -> int:
+        """The finest power-of-two ``quantization_range``, at most the default, under which
+        the honest sum of ``cohort`` devices fits Flower's ring (:meth:`max_cohort`): for
+        cohorts above 1,023 the default's limit."""
+        default = SecAggSettings.model_fields["quantization_range"].default
+        levels = 2 ** ((MODULUS_RANGE - 1) // max(cohort, 1)).bit_length()
+        while levels * cohort >= MODULUS_RANGE:
+            levels //= 2
+        return min(default, levels)
+
+    def honest_weight_sum(self, devices: int) -> int:
+        """The unmasked weight slot of ``devices`` honest devices: each sends weight 1
+        under ``MAX_WEIGHT``, quantised to ``round(1 / MAX_WEIGHT × quantization_range)``
+        (flwr 1.42's ``secaggplus_mod``)."""
+        return devices * round(1.0 / MAX_WEIGHT * self.quantization_range)
 
     def quantization_step(self) -> float:
         """Width of one quantisation level: the per-coordinate rounding error bound."""

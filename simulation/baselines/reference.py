@@ -10,6 +10,10 @@ mini-batch training through the one training loop. It runs ``[centralised] round
 (unset: the federated run's), is measured on the validation items every ``eval-every``
 rounds (and after the last), and keeps the round with the best validation NDCG@10; the
 test items are never looked at to choose.
+
+Only the models whose devices keep no private state between rounds have one
+(:data:`REFERENCE_MODELS`): PFedRec's per-device score function has no pooled counterpart
+here, so a PFedRec run is compared with centralised MF alone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from stamen.simulation.engines.flower import initial_shared
 from stamen.simulation.protocol.evaluate import Scorer, evaluate
 from stamen.simulation.protocol.split import Split
 
-__all__ = ["train_centralised_reference"]
+__all__ = ["REFERENCE_MODELS", "train_centralised_reference"]
+
+#: The model families trained centrally by :func:`train_centralised_reference`.
+REFERENCE_MODELS = ("two-tower", "sequential")
 
 
 def train_centralised_reference(
@@ -43,6 +50,8 @@ def train_centralised_reference(
     """Train ``config``'s model centrally (module docstring) on ``split``; its scorer at the
     best validation round and what was run (``rounds``, ``best_round``,
     ``valid_ndcg@10``, ``seconds``)."""
+    if config.model not in REFERENCE_MODELS:
+        raise ValueError(f"model {config.model!r} has no centralised reference here")
     base = config.server_settings(split.n_users)
     family = model_class(base.model).settings_field
     model_settings = base.model_settings().model_copy(update={"local_epochs": 1})

@@ -1,8 +1,10 @@
 """``stamen certs``: TLS certificates and SuperNode keys for a local Flower deployment.
 
 ``stamen certs make OUT_DIR`` writes a test CA, a SuperLink certificate it signs (for
-localhost, 127.0.0.1, ::1 and every ``--san``) and ``--supernodes`` authentication key pairs;
-``stamen certs node OUT_DIR NAME`` adds one more key pair; ``stamen certs check OUT_DIR``
+localhost, 127.0.0.1, ::1 and every ``--san``), ``--supernodes`` authentication key pairs
+and the device registry ``devices.toml`` (node *i*'s key serves device *i*); ``stamen certs
+node OUT_DIR NAME [--device-id N]`` adds one more key pair (registered as device N; a
+replaced key keeps its device); ``stamen certs check OUT_DIR``
 says when the certificates expire (exit 1 within ``--warn-days``, 2 expired or not the
 CA's); ``stamen certs renew OUT_DIR`` issues a new SuperLink certificate under the same CA.
 See :mod:`stamen.server.certs`.
@@ -38,6 +40,7 @@ _ROLES = {
     "ca.crt": "CA certificate (SuperNodes' --root-certificates)",
     "superlink.key": "SuperLink TLS private key",
     "superlink.crt": "SuperLink TLS certificate",
+    "devices.toml": "device registry: device id by SuperNode key (run-config key devices)",
 }
 
 
@@ -76,17 +79,32 @@ def make(
 def node(
     out_dir: Annotated[Path, typer.Argument(help="the certificates folder")],
     name: Annotated[str, typer.Argument(help="the key pair's name: NAME.key and NAME.pub")],
+    device_id: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="register the key as this device in devices.toml [default: keep its own]"
+        ),
+    ] = None,
     force: Force = False,
 ) -> None:
-    """Add one SuperNode authentication key pair to a folder."""
+    """Add one SuperNode authentication key pair to a folder (and to its device registry)."""
     from stamen.server.certs import add_supernode
+    from stamen.server.identities import REGISTRY_FILE, DeviceRegistry
 
+    registry = out_dir / REGISTRY_FILE
     try:
-        keys = add_supernode(out_dir, name, force=force)
+        keys = add_supernode(out_dir, name, device_id=device_id, force=force)
+        entries = DeviceRegistry.read(registry).entries if registry.is_file() else ()
     except StamenError as err:
         _fail(err)
     console = Console()
-    _summary(console, out_dir, [keys.private_key, keys.public_key])
+    registered = [e.id for e in entries if e.node == name]  # written with the key
+    written = [keys.private_key, keys.public_key]
+    if registered:
+        written.append(registry)
+    _summary(console, out_dir, written)
+    if registered:
+        console.print(f"{name} serves device {registered[0]} ({registry})", highlight=False)
     _node_steps(console, keys)
 
 

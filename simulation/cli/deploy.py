@@ -78,6 +78,8 @@ def status(
     else:
         reason = f": {body['reason']}" if body.get("reason") else ""
         typer.echo(f"run {body['run_id']} {body['status']}{reason}")
+        for warning in body.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
     raise SystemExit(_EXIT[body["status"]])
 
 

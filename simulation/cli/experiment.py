@@ -614,10 +614,12 @@ def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) 
     level = 1 - float(body["alpha"])
     monitoring = body.get("monitoring") or {}
     watched = {(e["arm"], e["metric"]): e for e in monitoring.get("effects", [])}
+    cuped = {(e["arm"], e["metric"]): e for e in (body.get("cuped") or {}).get("effects", [])}
     title = f"effects against {body['control']} ({level:.0%} intervals)"
     if monitoring:
         title += f"; look {monitoring['look']} of {monitoring['looks']} (sequential boundary)"
     columns = ["arm", "metric", "effect", "interval", "p-value", "lift"]
+    columns += ["CUPED effect", "CUPED interval", "CUPED p-value", "variance"] if cuped else []
     columns += ["z", "boundary", "decision"] if watched else []
     effects = Table(title=title)
     for column in columns:
@@ -631,17 +633,39 @@ def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) 
             _number(e["p_value"], ".3g"),
             _number(e["lift"], "+.1%"),
         ]
+        if cuped:
+            row += _cuped_cells(e, cuped[(e["arm"], e["metric"])])
         if watched:
             w = watched.get((e["arm"], e["metric"]), {})
             decision = "stop: differs" if w.get("stopped") else "continue"
             row += [_number(w.get("z"), "+.2f"), _number(w.get("bound"), ".2f"), decision]
         effects.add_row(*row)
     console.print(effects)
+    if cuped:
+        console.print(
+            "CUPED: adjusted with each metric's pre-period value (theta "
+            + ", ".join(f"{m} {_number(t, '.3f')}" for m, t in body["cuped"]["theta"].items())
+            + "); 'variance' is the adjusted effect's variance against the unadjusted one's."
+        )
     if watched:
         console.print(
             "With monitoring, read the decision, not the p-value: a look's p-value alone "
             "does not account for looking at every measurement."
         )
+
+
+def _cuped_cells(plain: dict[str, Any], adjusted: dict[str, Any]) -> list[str]:
+    """A CUPED-adjusted effect's cells: effect, interval, p-value and the change of its
+    variance against the unadjusted effect's."""
+    change = None
+    if adjusted["stderr"] is not None and plain["stderr"]:
+        change = (adjusted["stderr"] / plain["stderr"]) ** 2 - 1
+    return [
+        _number(adjusted["effect"], "+.4f"),
+        f"[{_number(adjusted['lower'], '+.4f')}, {_number(adjusted['upper'], '+.4f')}]",
+        _number(adjusted["p_value"], ".3g"),
+        _number(change, "+.0%"),
+    ]
 
 
 def _plot(found: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> None:

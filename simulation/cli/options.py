@@ -101,13 +101,15 @@ FLAGS: dict[str, Flag] = {
         str, "the items file's column of release years or times", ("--year-col",)
     ),
     "model": Flag(
-        str, "model family: mf, two-tower or sequential (\\[two-tower], \\[sequential] sections)"
+        str,
+        "model family: mf, two-tower, sequential or pfedrec (\\[two-tower], \\[sequential], "
+        "\\[pfedrec] sections)",
     ),
     "algorithm": Flag(str, "fedavg (DP-FedAvg under --dp) or als (private ALS; \\[als] section)"),
     "engine": Flag(
         str,
         "flower (Flower's simulation engine, the default) or batched (the same cohorts and "
-        "arithmetic vectorised in this process: MF, two-tower or sequential FedAvg, fast)",
+        "arithmetic vectorised in this process: MF, two-tower, sequential or PFedRec FedAvg, fast)",
     ),
     "rounds": Flag(int, "federated rounds", ("--rounds",)),
     "clients_per_round": Flag(int, "devices sampled per round"),

@@ -104,17 +104,24 @@ def cohort_updates(
     seed: int,
     rnd: int,
     attributes: np.ndarray | None = None,
+    states: dict[int, np.ndarray | None] | None = None,
 ) -> list[torch.Tensor]:
     """Every device's update (``model.device_updates``) for the cohort rows ``data`` of
     device ids ``users`` in round ``rnd``: one ``(devices, *shape)`` tensor per shared
     array. Each device's seed depends on its id and the round only; ``attributes`` are the
-    devices' own (rows by device id)."""
+    devices' own (rows by device id). ``states`` holds each device's private state by
+    device id, as its node would (read before the step, replaced after it; ``None``: the
+    devices step fresh and nothing is kept)."""
     inputs = DeviceInputs(
         history=data,
         seeds=device_seeds(users, seed=seed, rnd=rnd, purpose=0),
         attributes=None if attributes is None else attributes[users],
+        states=None if states is None else tuple(states.get(int(u)) for u in users),
     )
-    return [torch.from_numpy(d) for d in model.device_updates(shared, inputs).deltas]
+    updates = model.device_updates(shared, inputs)
+    if states is not None:
+        states.update(zip(map(int, users), updates.states, strict=True))
+    return [torch.from_numpy(d) for d in updates.deltas]
 
 
 def model_step(
@@ -124,16 +131,25 @@ def model_step(
     *,
     seed: int,
     attributes: np.ndarray | None = None,
+    states: dict[int, np.ndarray | None] | None = None,
 ) -> DeviceStep:
     """The :data:`DeviceStep` of a registered model for devices ``users``, whose
-    histories are the rows of ``data`` in that order (``attributes``: rows by device id)."""
+    histories are the rows of ``data`` in that order (``attributes``: rows by device id;
+    ``states``: the devices' private states, as ``cohort_updates`` keeps them)."""
     position = np.full(int(np.max(users, initial=-1)) + 1, -1, np.int64)
     position[np.asarray(users, np.int64)] = np.arange(len(users))
 
     def step(shared: list[np.ndarray], devices: np.ndarray, rnd: int) -> list[torch.Tensor]:
         rows = position[np.asarray(devices, np.int64)]
         return cohort_updates(
-            model, shared, data.select(rows), devices, seed=seed, rnd=rnd, attributes=attributes
+            model,
+            shared,
+            data.select(rows),
+            devices,
+            seed=seed,
+            rnd=rnd,
+            attributes=attributes,
+            states=states,
         )
 
     return step
@@ -194,13 +210,16 @@ def run_batched(
     on_round: Callable[[RoundRecord], None] | None = None,
     exact: bool = False,
     evaluation: Callable[[list[np.ndarray]], Evaluation] | None = None,
+    states: dict[int, np.ndarray | None] | None = None,
 ) -> BatchedResult:
     """Run ``settings.rounds`` rounds of ``settings.clients_per_round`` devices drawn from
     the ``split.n_users`` users (see module docstring), training ``model`` (``None``: MF
     with ``settings.local``; other models need their catalogue); ``attributes`` are the
     users' on-device attributes (rows by user) for models that read them. ``evaluation``
     measures the shared arrays on evaluation rounds (``None``: offline scoring of every
-    evaluated user, ``shared_model_scorer``).
+    evaluated user, ``shared_model_scorer``). ``states`` receives each device's private
+    state by device id as its training leaves it (PFedRec's score function; ``None``: a
+    store of the run's own), for an ``evaluation`` that scores with them.
 
     ``exact=True`` materialises every device's update and runs Flower's quantisation on
     it; the default computes the same clipped sum in factored form (``fast_round_mean``),
@@ -216,7 +235,10 @@ def run_batched(
     _check(model)
     recmodel = model
     users = np.arange(split.n_users)
-    step = model_step(model, split.train, users, seed=settings.seed, attributes=attributes)
+    states = {} if states is None else states
+    step = model_step(
+        model, split.train, users, seed=settings.seed, attributes=attributes, states=states
+    )
     fast = None
     if not exact and isinstance(model, MFModel):
         mf = model

@@ -279,7 +279,7 @@ def run_federated(
         provisioned.devices,
         seed=config.seed,
         secure_aggregation=config.secagg.enabled,
-        evaluate_tasks=evaluate_tasks(provisioned.held_out),
+        evaluate_tasks=evaluate_tasks(provisioned.held_out, cutoffs=config.protocol.cutoffs),
     )
     backend_config: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": config.cpus_per_client, "num_gpus": 0.0},

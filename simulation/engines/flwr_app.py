@@ -153,7 +153,7 @@ def _client_fn(context: Context) -> Client:
     keys = DeviceKeys.load(_keys(config))
     devices = _devices(config, keys)
     provisioned = Provisioned(devices=devices, held_out_folder=config.output / "held-out")
-    tasks = evaluate_tasks(provisioned.held_out)
+    tasks = evaluate_tasks(provisioned.held_out, cutoffs=config.protocol.cutoffs)
     return make_client_fn(devices, seed=config.seed, evaluate_tasks=tasks)(context)
 
 

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from stamen.models.batches import UserItems
 from stamen.models.registry import DeviceInputs, RecModel, device_seeds
 from stamen.models.schema import Catalog
-from stamen.server.analytics import EVALUATION_METRICS
+from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
 from stamen.server.rounds import Evaluation, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import SimulationConfig
@@ -93,7 +93,12 @@ class Engine:
 
 
 def population_evaluation(
-    model: RecModel, split: Split, settings: ServerSettings
+    model: RecModel,
+    split: Split,
+    settings: ServerSettings,
+    states: dict[int, np.ndarray | None] | None = None,
+    *,
+    cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS,
 ) -> Callable[[list[np.ndarray]], Evaluation]:
     """The federated evaluation of shared arrays over every evaluated device at once, as
     each device evaluates itself (``held_out_evaluation``: its scores from its training
@@ -101,7 +106,10 @@ def population_evaluation(
     excluded, the validation item with training items excluded; 99 fixed negatives) and
     as the strategy records it: the mean of each metric, under a secure evaluation only
     ``analytics.evaluation.metrics`` (a plain one adds the mean loss, the test item's
-    negative log-softmax over the catalogue)."""
+    negative log-softmax over the catalogue). ``states``: each device's private state by
+    device id as training left it (``None``: none), which its evaluation reads; @k metrics
+    at the protocol's ``cutoffs``."""
+    reported = evaluation_metrics(cutoffs)
     secure = settings.secure_evaluation
     kept = set(settings.analytics.evaluation.metrics)
 
@@ -111,19 +119,21 @@ def population_evaluation(
         def scorer(users: np.ndarray, *, test: bool) -> torch.Tensor:
             users = np.asarray(users, np.int64)
             history: UserItems = split.train.select(users)
-            # purpose 1 as on the device; the scores of the engine's models draw nothing
+            # purpose 1 as on the device (PFedRec's scoring step draws from it)
             seeds = device_seeds(users, seed=settings.seed, rnd=0, purpose=1)
-            scores = model.scores(shared, DeviceInputs(history=history, seeds=seeds)).float()
+            kept = None if states is None else tuple(states.get(int(u)) for u in users)
+            inputs = DeviceInputs(history=history, seeds=seeds, states=kept)
+            scores = model.scores(shared, inputs).float()
             if test:
                 target = torch.from_numpy(split.test[users])
                 picked = scores.gather(1, target[:, None])[:, 0]
                 losses.append(float((torch.logsumexp(scores, 1) - picked).sum()))
             return scores
 
-        test = evaluate(lambda u: scorer(u, test=True), split, stage="test")
+        test = evaluate(lambda u: scorer(u, test=True), split, stage="test", ks=cutoffs)
         valid = evaluate(lambda u: scorer(u, test=False), split, stage="valid", ks=(10,))
         # what a device's evaluation reports (held_out_evaluation)
-        metrics = {k: v for k, v in test.items() if k in EVALUATION_METRICS}
+        metrics = {k: v for k, v in test.items() if k in reported}
         metrics |= {f"valid_{k}": v for k, v in valid.items() if k in VALID_METRICS}
         devices = len(split.evaluated)
         if secure:
@@ -152,6 +162,7 @@ def run_batched_stage(
     started = time.perf_counter()
     settings = config.server_settings(split.n_users)
     model = config.run_model(release_catalog(split, catalog), split.n_users)
+    states: dict[int, np.ndarray | None] = {}  # the devices' private states, by device id
     threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
@@ -162,7 +173,10 @@ def run_batched_stage(
                 initial=initial_shared(split.n_items, config, model.catalog),
                 model=model,
                 on_round=on_round,
-                evaluation=population_evaluation(model, split, settings),
+                evaluation=population_evaluation(
+                    model, split, settings, states, cutoffs=config.protocol.cutoffs
+                ),
+                states=states,
             )
     finally:
         torch.set_num_threads(threads)

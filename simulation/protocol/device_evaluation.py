@@ -21,7 +21,7 @@ from stamen.models.batches import UserItems
 from stamen.models.metrics import batch_metrics
 from stamen.models.wire import Request, Task
 from stamen.privacy import RecordDP
-from stamen.server.analytics import EVALUATION_METRICS
+from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
 
 __all__ = ["VALID_METRICS", "HeldOut", "evaluate_tasks", "held_out_evaluation"]
 
@@ -44,13 +44,17 @@ class HeldOut:
         return self.test_item >= 0 and self.valid_item >= 0
 
 
-def held_out_evaluation(held_out: Callable[[int], HeldOut]) -> EvaluateHandler:
-    """The model's evaluation handler over the devices' held-out items (``held_out(row)``).
+def held_out_evaluation(
+    held_out: Callable[[int], HeldOut], *, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+) -> EvaluateHandler:
+    """The model's evaluation handler over the devices' held-out items (``held_out(row)``),
+    its @k metrics at the protocol's ``cutoffs``.
 
     The device ranks the test item (train and validation items excluded) and the validation
     item (train items excluded, ``valid_`` metrics). Under record-level DP the state
     re-fitted for ranking is not stored: the stored factor, which the next DP-SGD step
     starts from, comes from DP-SGD alone."""
+    reported = evaluation_metrics(cutoffs)
 
     def evaluate(
         device: DeviceClient, parameters: list[np.ndarray], request: Request
@@ -71,9 +75,9 @@ def held_out_evaluation(held_out: Callable[[int], HeldOut]) -> EvaluateHandler:
         metrics = {  # what the secure evaluation sums too (precision and MAP are not)
             name: float(values[0])
             for name, values in batch_metrics(
-                scores, np.array([test]), exclude=seen, negatives=negatives
+                scores, np.array([test]), exclude=seen, negatives=negatives, ks=cutoffs
             ).items()
-            if name in EVALUATION_METRICS
+            if name in reported
         }
         for name, values in batch_metrics(
             scores, np.array([valid]), exclude=train, negatives=negatives, ks=(10,)
@@ -85,7 +89,9 @@ def held_out_evaluation(held_out: Callable[[int], HeldOut]) -> EvaluateHandler:
     return evaluate
 
 
-def evaluate_tasks(held_out: Callable[[int], HeldOut]) -> dict[Task, EvaluateHandler]:
+def evaluate_tasks(
+    held_out: Callable[[int], HeldOut], *, cutoffs: tuple[int, ...] = DEFAULT_CUTOFFS
+) -> dict[Task, EvaluateHandler]:
     """What a simulated device evaluates: every device's tasks and the model's held-out
-    evaluation."""
-    return {**EVALUATE_TASKS, Task.MODEL: held_out_evaluation(held_out)}
+    evaluation at ``cutoffs``."""
+    return {**EVALUATE_TASKS, Task.MODEL: held_out_evaluation(held_out, cutoffs=cutoffs)}

@@ -23,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from stamen.server.analytics import DEFAULT_CUTOFFS  # noqa: E402
+
 if TYPE_CHECKING:
     from stamen.server.rounds import RoundRecord
 
@@ -31,33 +33,39 @@ __all__ = [
     "TABLE_METRICS",
     "plot_history",
     "print_table",
+    "table_metrics",
     "run_environment",
     "wide_console",
     "write_results",
 ]
 
-#: Columns of the final table, in order.
-TABLE_METRICS: tuple[str, ...] = (
-    "hr@10",
-    "ndcg@10",
-    "hr@20",
-    "ndcg@20",
-    "mrr",
-    "coverage@10",
-    "sampled_hr@10",
-    "sampled_ndcg@10",
-)
 
-_HEADERS = {
-    "hr@10": "HR@10",
-    "ndcg@10": "NDCG@10",
-    "hr@20": "HR@20",
-    "ndcg@20": "NDCG@20",
-    "mrr": "MRR",
-    "coverage@10": "Cov@10",
-    "sampled_hr@10": "sHR@10",
-    "sampled_ndcg@10": "sNDCG@10",
+def table_metrics(cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> tuple[str, ...]:
+    """Columns of the final table, in order: HR and NDCG at each cut-off, MRR, coverage at
+    the first cut-off (``stamen.simulation.protocol.evaluate``), sampled HR and NDCG at 10."""
+    at_k = [f"{name}@{k}" for k in cutoffs for name in ("hr", "ndcg")]
+    coverage = f"coverage@{min(cutoffs)}"
+    return (*at_k, "mrr", coverage, "sampled_hr@10", "sampled_ndcg@10")
+
+
+#: :func:`table_metrics` at the default cut-offs.
+TABLE_METRICS: tuple[str, ...] = table_metrics()
+
+_SHORT = {
+    "hr": "HR",
+    "ndcg": "NDCG",
+    "coverage": "Cov",
+    "sampled_hr": "sHR",
+    "sampled_ndcg": "sNDCG",
 }
+
+
+def _header(name: str) -> str:
+    """A column's header: ``ndcg@10`` as ``NDCG@10``, ``sampled_hr@10`` as ``sHR@10``."""
+    if name == "mrr":
+        return "MRR"
+    metric, _, k = name.partition("@")
+    return f"{_SHORT[metric]}@{k}" if metric in _SHORT and k else name
 
 
 def wide_console() -> Console:
@@ -159,17 +167,18 @@ def print_table(
     title: str,
     console: Console | None = None,
     negatives: int = 99,
+    cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
 ) -> None:
-    """One row per method, one column per metric in ``TABLE_METRICS`` (blank if absent)."""
+    """One row per method, one column per metric of :func:`table_metrics` at ``cutoffs``
+    (blank if absent)."""
     caption = f"s = sampled protocol ({negatives} negatives); Cov = coverage"
     table = Table(title=title, caption=caption)
     table.add_column("method", no_wrap=True)
-    for name in TABLE_METRICS:
-        table.add_column(_HEADERS.get(name, name), justify="right", no_wrap=True)
+    columns = table_metrics(cutoffs)
+    for name in columns:
+        table.add_column(_header(name), justify="right", no_wrap=True)
     for method, metrics in rows.items():
-        table.add_row(
-            method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in TABLE_METRICS)
-        )
+        table.add_row(method, *(f"{metrics[m]:.4f}" if m in metrics else "—" for m in columns))
     (console or wide_console()).print(table)
 
 

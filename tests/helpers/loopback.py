@@ -27,6 +27,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def flower_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # flower-superexec, by name
@@ -206,9 +215,11 @@ def start_supernode(
     *,
     env: dict[str, str],
     forking: bool,
+    declared: int | None = None,
 ) -> list[tuple[list[str], subprocess.Popen]]:
     """SuperNode ``d`` (the key ``certs.supernodes[d]``) serving the device
-    ``folder/device-<d>`` (node config ``device``, ``device-id``) from the SuperLink at
+    ``folder/device-<d>`` (node config ``device``, and ``device-id`` ``d`` unless it
+    ``declared`` another) from the SuperLink at
     ``link_port``, its output in ``folder/node-<d>.log``; with ``forking``, Stamen's
     SuperNode with its own forking SuperExec (``folder/exec-<d>.log``)
     (:func:`supernode_command`). Each process run in ``stack`` with its command, the
@@ -222,7 +233,8 @@ def start_supernode(
         forking=forking,
         fast_poll=forking,
     )
-    command += ["--node-config", f"device='{folder / f'device-{d}'}' device-id={d}"]
+    device_id = d if declared is None else declared
+    command += ["--node-config", f"device='{folder / f'device-{d}'}' device-id={device_id}"]
     started = [
         (command, stack.enter_context(running(command, env=env, log=folder / f"node-{d}.log")))
     ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import ssl
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +21,7 @@ from helpers.loopback import (
     flower_home,
     flwr,
     free_port,
+    listening,
     poll,
     running,
     start_flwr_run,
@@ -57,14 +57,6 @@ def _request(port: int, ca: Path, method: str, path: str) -> tuple[int, str]:
         connection.close()
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def test_devices_reach_only_the_fleet_api_and_still_train_through_the_proxy(tmp_path, nginx):
     certs = make_certificates(tmp_path / "certs", supernodes=NODES + 1)
     _, signing_key = release_init(tmp_path, dim=8)
@@ -95,7 +87,7 @@ def test_devices_reach_only_the_fleet_api_and_still_train_through_the_proxy(tmp_
         )
         front = stack.enter_context(running(nginx_cmd, env=env, log=proxy_log))
         poll(
-            lambda: _listening(device_port) and _listening(operator_port),
+            lambda: listening(device_port) and listening(operator_port),
             proc=front,
             log=proxy_log,
             what="nginx listening",

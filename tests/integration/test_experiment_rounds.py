@@ -15,7 +15,13 @@ from helpers.populations import timed_population
 
 from stamen.client.flower.virtual import VirtualDevices
 from stamen.models.analytics import query_scale
-from stamen.models.experiments import EXPERIMENTS_EXTRA, METRICS, STATISTICS
+from stamen.models.experiments import (
+    COVARIATE_STATISTICS,
+    EXPERIMENTS_EXTRA,
+    METRICS,
+    STATISTICS,
+    sensitivity,
+)
 from stamen.server.experiment_rounds import query_name
 from stamen.server.releases import ReleaseWriter
 from stamen.simulation.engines.flower import initial_shared
@@ -41,9 +47,11 @@ def _split():
     return leave_one_out(timed_population(items, times, N_ITEMS), seed=0)
 
 
-def _prepare(config, clear: dict[str, np.ndarray]):  # noqa: ANN001, ANN202
+def _prepare(config, clear: dict[str, np.ndarray], pre_start: float | None = None):  # noqa: ANN001, ANN202
     """Publish release 1 with the experiment, install it on every device, show each person
-    a list and record what followed; keep each device's own contribution (in the clear)."""
+    a list and record what followed (with ``pre_start``, also a list two hours before the
+    window, viewed by every other person); keep each device's own contribution (in the
+    clear)."""
 
     def prepare(writer: ReleaseWriter, devices: VirtualDevices) -> None:
         writer.extras = {EXPERIMENTS_EXTRA: [EXPERIMENT]}
@@ -51,12 +59,17 @@ def _prepare(config, clear: dict[str, np.ndarray]):  # noqa: ANN001, ANN202
         for row in range(N_USERS):
             with devices.open(row) as device:
                 device.apply_release(release)
+                if pre_start is not None:
+                    before = device.recommend(5, at=WINDOW["start"] - 7200.0)
+                    device.log_shown(before, at=WINDOW["start"] - 7200.0)
+                    if row % 2:
+                        device.record(before[1].item, "view", at=WINDOW["start"] - 7000.0)
                 shown = device.recommend(5, at=SHOWN_AT)
                 device.log_shown(shown, at=SHOWN_AT)
                 kind = "view" if row % 2 == 0 else "not_interested"
                 device.record(shown[0].item, kind, at=SHOWN_AT + 60.0)
                 clear[str(row)] = device.experiment_contribution(
-                    EXPERIMENT["id"], start=WINDOW["start"], end=WINDOW["now"]
+                    EXPERIMENT["id"], start=WINDOW["start"], end=WINDOW["now"], pre_start=pre_start
                 )
                 clear[f"arm-{row}"] = np.array(ARMS.index(device.experiment_arms()["explore-test"]))
 
@@ -117,3 +130,47 @@ def test_a_measurement_sends_only_masked_sums_and_reports_the_clear_sums(tmp_pat
         assert abs(arm["exposed"] - sums[a, 0]) <= bound
         assert sums[a, 0] == sum(clear[f"arm-{row}"] == a for row in range(N_USERS))
     assert {(e["arm"], e["metric"]) for e in report["effects"]} == {("explore", m) for m in METRICS}
+
+
+def test_a_measurement_with_covariates_releases_the_devices_covariate_sums(tmp_path) -> None:
+    """``pre_period_days``: each device answers with the covariate layout over the
+    pre-period the request names, the query scaled for its sensitivity sqrt(1 + 5M); the
+    released sums equal the devices' own covariate contributions summed in the clear, within
+    SecAgg+'s quantisation, and the report carries the CUPED figures of both arms."""
+    settings = {**WINDOW, "pre_period_days": 1.0}
+    pre_start = WINDOW["start"] - 86_400.0
+    config = secagg_config(
+        N_USERS,
+        secagg={"num_shares": 3, "reconstruction_threshold": 2},
+        analytics={"experiments": settings},
+    )
+    clear: dict[str, np.ndarray] = {}
+    strategy = run_recorded(
+        _split(),
+        config,
+        initial=initial_shared(N_ITEMS, config),
+        folder=tmp_path,
+        strategy=_Measuring,
+        prepare=_prepare(config, clear, pre_start=pre_start),
+    )
+    (record,) = strategy.history
+    measured = record.analytics[query_name(EXPERIMENT["id"])]
+    assert measured.devices == N_USERS and measured.failed is None
+    block = len(COVARIATE_STATISTICS)
+    contributions = np.stack([clear[str(row)] for row in range(N_USERS)])
+    assert contributions.shape == (N_USERS, len(ARMS) * block)
+    # every other person viewed an item of the pre-period's list: their engagement
+    # covariate x (the third of the metric's five columns after the count) is positive
+    blocks = contributions.reshape(N_USERS, len(ARMS), block).sum(axis=1)
+    assert (blocks[1::2, 1 + 5 * METRICS.index("engagement") + 2] > 0).all()
+    query = strategy.experiments.queries[EXPERIMENT["id"]]
+    assert query.scale == pytest.approx(1.0 / sensitivity(covariates=True))
+    secagg = query.secagg
+    level = 2 * secagg.clipping_range / secagg.quantization_range
+    bound = N_USERS * level * 1.001 / query.scale
+    assert np.abs(query.result.total - contributions.sum(axis=0)).max() <= bound
+    report = measured.report
+    assert report is not None and [a["name"] for a in report["cuped"]["arms"]] == list(ARMS)
+    assert {(e["arm"], e["metric"]) for e in report["cuped"]["effects"]} == {
+        ("explore", m) for m in METRICS
+    }

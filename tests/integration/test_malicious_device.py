@@ -5,7 +5,8 @@ sum by a vector larger than any honest device's clip norm but within what the se
 check accepts: the round aggregates, and the device's influence on the sum stays within
 ``malicious_influence_bound``. Rounds 2 and 3 it sends the range's maximum in every
 coordinate, then a wrap-around element: the server refuses each sum, the round fails
-with the reason recorded, and nothing is published.
+with the reason recorded, and nothing is published. Round 4 it forges its weight slot
+instead, which only rescales the mean: the summed weights SecAgg+ unmasks refuse it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ MALICIOUS = 2  # partition id of the modified device
 CLIP = 10.0  # large against the honest updates: the accepted attack is far above them
 #: Round 1's shift of the sum: twice an honest device's largest update, in a fixed direction.
 SHIFT_NORM = 2 * CLIP
+#: The round in which the device forges its weight slot instead of its values.
+FORGED_WEIGHT_ROUND = 4
 
 
 def _shift(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
@@ -80,7 +83,12 @@ class _Malicious:
             return reply
         out = reply.content.config_records[RECORD_KEY_CONFIGS]
         masked = [bytes_to_ndarray(b) for b in out[Key.MASKED_PARAMETERS]]
-        added = self._elements(int(msg.metadata.group_id), [a.shape for a in masked[1:]])
+        rnd = int(msg.metadata.group_id)
+        if rnd == FORGED_WEIGHT_ROUND:  # one more device's weight: the mean shrinks by n/(n+1)
+            masked[0] = (masked[0] + self.quantization_range) % MODULUS_RANGE
+            out[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in masked]
+            return reply
+        added = self._elements(rnd, [a.shape for a in masked[1:]])
         masked[1:] = [(a + e) % MODULUS_RANGE for a, e in zip(masked[1:], added, strict=True)]
         out[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in masked]
         return reply
@@ -91,7 +99,7 @@ def test_a_malicious_device_is_bounded_or_its_round_refused(tmp_path) -> None:
     split = leave_one_out(generate_synthetic(N_DEVICES, N_ITEMS, seed=5).interactions, seed=0)
     config = secagg_config(
         N_DEVICES,
-        rounds=3,
+        rounds=FORGED_WEIGHT_ROUND,
         secagg={"num_shares": 3, "reconstruction_threshold": 2},
         dp={"mode": "central", "noise_multiplier": 0.0, "clip_norm": CLIP},
         evaluate=False,
@@ -111,7 +119,7 @@ def test_a_malicious_device_is_bounded_or_its_round_refused(tmp_path) -> None:
         publish=True,
     )
     assert strategy.plan.secagg.clipping_range == CLIP
-    first, refused_max, refused_wrap = strategy.history
+    first, refused_max, refused_wrap, forged_weight = strategy.history
 
     # round 1: accepted; the device moved the sum by its own update plus the shift, more
     # than any honest device can (CLIP), and no more than the documented bound
@@ -135,6 +143,12 @@ def test_a_malicious_device_is_bounded_or_its_round_refused(tmp_path) -> None:
         assert record.release is None and record.devices == N_DEVICES
         assert record.aggregation == "refused: the unmasked sum is out of bounds"
     assert "L2 norm" in refused_max.failed and "a coordinate" in refused_wrap.failed
+    # round 4: a forged weight only rescales the mean, which the sum's bounds let pass; the
+    # summed weights SecAgg+ unmasked name it
+    assert forged_weight.failed is not None and forged_weight.release is None
+    assert "a device forged its weight" in forged_weight.failed
+    q = secagg.quantization_range
+    assert f"weight sum is {(N_DEVICES + 1) * q}, not the {N_DEVICES * q}" in forged_weight.failed
     folder = tmp_path / "releases"
     published = sorted(p.name for p in folder.glob("release-*.stamen"))
     assert published == ["release-000000.stamen", "release-000001.stamen"]  # 0: provisioned
@@ -145,5 +159,5 @@ def test_a_malicious_device_is_bounded_or_its_round_refused(tmp_path) -> None:
         )
     )
     for kept, after in zip(bundle.shared_arrays(), strategy.server.arrays(), strict=True):
-        np.testing.assert_array_equal(kept, after)  # rounds 2 and 3 left the model as it was
-    assert len(strategy.received) == 3  # each refused round did reach aggregate_fit
+        np.testing.assert_array_equal(kept, after)  # rounds 2 to 4 left the model as it was
+    assert len(strategy.received) == 4  # each refused round did reach aggregate_fit

@@ -46,6 +46,7 @@ CASES = {
         "two-tower",
         {"dim": 8, "hidden": 12, "item_ids": False, "negatives": 0, "local_epochs": 2},
     ),
+    "pfedrec": ("pfedrec", {"dim": 6, "batch_size": 8, "local_epochs": 2, "item_lr_scale": 0.1}),
 }
 
 
@@ -147,8 +148,9 @@ def test_the_upload_holds_the_shared_arrays_only(model) -> None:
     kept = [v.to_numpy_ndarrays()[0] for v in state.values()]
     for private in kept:
         assert not any(u.shape == private.shape and np.allclose(u, private) for u in upload)
-    if model.name == "mf":
-        assert len(kept) == 1 and kept[0].shape == (model.settings.dim,)
+    if model.name in ("mf", "pfedrec"):  # MF's user factor; PFedRec's score function [w, b]
+        width = model.settings.dim + (1 if model.name == "pfedrec" else 0)
+        assert len(kept) == 1 and kept[0].shape == (width,)
     else:
         assert kept == []  # the user tower or sequence reads the history itself
 
@@ -174,7 +176,7 @@ def test_batch_first_step_equals_the_step_device_by_device(model) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context", "sequential"]
+    "case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context", "sequential", "pfedrec"]
 )
 def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     """``simulation/batched.py`` and the per-device ClientApp agree: the cohort mean the

@@ -170,6 +170,71 @@ def test_a_malicious_devices_ring_elements_are_refused_or_bounded(attack: str) -
         assert "honest devices" in reason or "not finite" in reason
 
 
+def _weight_sum(vectors: list[list[np.ndarray]]) -> int:
+    """The unmasked weight slot: the devices' first ring elements summed modulo 2^32 (the
+    masks cancel), as ``unmask_stage``'s ``factor_extract`` reads it."""
+    return sum(int(v[0][0]) for v in vectors) % MODULUS_RANGE
+
+
+@pytest.mark.parametrize("attack", sorted(_attacks(SecAggSettings(clipping_range=C))))
+def test_a_forged_weight_fails_the_named_weight_check(attack: str) -> None:
+    """The weight slot of ``n`` honest devices is ``n Q``; a device that forged its own
+    fails the round by the weight check, whatever its values; one that kept it honest is
+    judged by the sum's bounds alone."""
+    n = 4
+    _, secagg = _central(n)
+    rng = np.random.default_rng(4)
+    honest = [_honest(_clipped(rng), secagg) for _ in range(n - 1)]
+    assert _weight_sum(honest) == secagg.honest_weight_sum(n - 1) == (n - 1) * 2**22
+    bad = _attacks(secagg)[attack]
+    vectors = [*honest, bad]
+    total = _unmasked_sum(vectors, secagg)
+    figures = {"devices": n, "secagg": secagg, "clip_norm": C, "noise_std": 0.0}
+    reason = check_secure_sum([total], weight_sum=_weight_sum(vectors), **figures)
+    if int(bad[0][0]) != secagg.quantization_range:  # "weight zero", "weight one", "weight doubled"
+        assert attack.startswith("weight")
+        assert reason is not None and reason.startswith(
+            f"the unmasked weight sum is {_weight_sum(vectors)}, not the {n * 2**22} "
+            f"({n} devices x weight {2**22})"
+        ), reason
+    else:
+        assert reason == check_secure_sum([total], **figures)  # the sum's own checks
+
+
+def test_a_cohort_whose_honest_sum_would_wrap_the_ring_is_refused_upfront() -> None:
+    """The largest cohort is the most honest devices whose weight slots (each ``Q``, the
+    largest an honest value reaches too) sum below Flower's modulus: one more and the sum
+    wraps. The settings refuse a cohort above it before any round, naming the setting."""
+    secagg = SecAggSettings(num_shares=3, reconstruction_threshold=2)
+    limit = secagg.max_cohort()
+    assert secagg.honest_weight_sum(limit) < MODULUS_RANGE <= secagg.honest_weight_sum(limit + 1)
+    assert limit == 1023  # 2^32 / 2^22 devices, less the one that reaches 2^32 exactly
+    ServerSettings(clients_per_round=limit, secagg=secagg)
+    for name, values in (
+        ("clients_per_round", {"clients_per_round": limit + 1}),
+        ("eval_clients", {"eval_clients": limit + 1}),
+        ("analytics.trending.clients", {"analytics": {"trending": {"clients": limit + 1}}}),
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"{name} \({limit + 1}\) is above the {limit} devices whose SecAgg\+ sum "
+            r"fits Flower's ring: .*quantization_range \(4194304\).*modulus \(4294967296\)",
+        ):
+            ServerSettings(secagg=secagg, **values)  # type: ignore[arg-type]
+    coarser = SecAggSettings(quantization_range=2**20)  # four times the cohort
+    assert coarser.max_cohort() == 4095
+    ServerSettings(clients_per_round=4 * (limit + 1) - 1, secagg=coarser)
+    ServerSettings(clients_per_round=limit + 1, secagg=SecAggSettings(enabled=False))
+
+
+@pytest.mark.parametrize("cohort", [2, 1023, 1024, 5000, 50_000, 400_000])
+def test_a_large_cohort_gets_the_finest_levels_that_fit_the_ring(cohort: int) -> None:
+    levels = SecAggSettings.quantization_for(cohort)
+    assert SecAggSettings(quantization_range=levels).max_cohort() >= cohort
+    default = SecAggSettings().quantization_range
+    assert levels == default or SecAggSettings(quantization_range=2 * levels).max_cohort() < cohort
+
+
 def test_accepted_sums_keep_a_malicious_device_within_its_bound() -> None:
     """Many attacks of every size and direction: an accepted one never moves the sum
     further from the honest devices' own than ``malicious_influence_bound``, and the

@@ -30,6 +30,7 @@ from stamen.server.certs import (
     make_certificates,
     parse_san,
 )
+from stamen.server.identities import DeviceRegistry
 from stamen.simulation.cli.commands import app
 
 runner = CliRunner()
@@ -199,6 +200,7 @@ def test_cli_make_writes_the_files_and_names_them(tmp_path):
     assert result.exit_code == 0, (result.output, result.exception)
     names = ["ca.key", "ca.crt", "superlink.key", "superlink.crt"]
     names += ["supernode-0.key", "supernode-0.pub", "supernode-1.key", "supernode-1.pub"]
+    names += ["devices.toml"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     for name in names:
         assert name in result.output
@@ -240,3 +242,56 @@ def test_cli_node_adds_a_key_pair_and_reports_bad_sans(tmp_path):
     bad = runner.invoke(app, ["certs", "make", str(tmp_path / "x"), "--san", "no spaces"])
     assert bad.exit_code == 2
     assert bad.stderr.startswith("error: SAN 'no spaces'"), bad.output
+
+
+# ── the device registry ──────────────────────────────────────────────────────────────────
+
+
+def _registered(folder: Path) -> dict[str, tuple[int, str]]:
+    """Node name -> (device id, public key line) in ``folder``'s devices.toml."""
+    registry = DeviceRegistry.read(folder / "devices.toml")
+    return {e.node: (e.id, e.public_key) for e in registry.entries}
+
+
+def test_make_registers_node_i_as_device_i_with_its_own_public_key(certs):
+    assert _registered(certs.folder) == {
+        node.name: (i, node.public_key.read_text().strip())
+        for i, node in enumerate(certs.supernodes)
+    }
+    assert certs.registry == certs.folder / "devices.toml" and _mode(certs.registry) == 0o644
+
+
+def test_add_supernode_registers_its_device_and_a_replaced_key_keeps_it(tmp_path):
+    make_certificates(tmp_path, supernodes=2)
+    add_supernode(tmp_path, "phone-9", device_id=9)
+    first = _registered(tmp_path)["phone-9"]
+    assert first == (9, (tmp_path / "phone-9.pub").read_text().strip())
+    add_supernode(tmp_path, "phone-9", force=True)  # a rotated key: same device, new key
+    rotated = _registered(tmp_path)["phone-9"]
+    assert rotated[0] == 9 and rotated[1] != first[1]
+    assert rotated[1] == (tmp_path / "phone-9.pub").read_text().strip()
+    add_supernode(tmp_path, "spare")  # no --device-id: not a device
+    assert "spare" not in _registered(tmp_path) and len(_registered(tmp_path)) == 3
+
+
+def test_a_device_id_held_by_another_node_is_refused_and_nothing_is_written(tmp_path):
+    make_certificates(tmp_path, supernodes=2)
+    before = (tmp_path / "devices.toml").read_bytes()
+    with pytest.raises(CertificateError, match="device id 1 is supernode-1's already"):
+        add_supernode(tmp_path, "intruder", device_id=1)
+    with pytest.raises(CertificateError, match="--device-id is -1"):
+        add_supernode(tmp_path, "intruder", device_id=-1)
+    assert not (tmp_path / "intruder.key").exists()
+    assert (tmp_path / "devices.toml").read_bytes() == before
+
+
+def test_cli_node_registers_the_device_id_it_is_given(tmp_path):
+    assert runner.invoke(app, ["certs", "make", str(tmp_path), "--supernodes", "1"]).exit_code == 0
+    result = runner.invoke(
+        app, ["certs", "node", str(tmp_path), "site-b", "--device-id", "4"], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "devices.toml" in result.output and "site-b serves device 4" in result.output
+    assert _registered(tmp_path)["site-b"][0] == 4
+    taken = runner.invoke(app, ["certs", "node", str(tmp_path), "site-c", "--device-id", "0"])
+    assert taken.exit_code == 2 and "device id 0 is supernode-0's already" in taken.stderr

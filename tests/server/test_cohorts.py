@@ -5,9 +5,11 @@ and the fixed-denominator mean."""
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
+from flwr.app import Error
 from flwr.common import (
     Code,
     GetPropertiesRes,
@@ -19,7 +21,8 @@ from helpers.static_clients import StaticClients
 from helpers.updates import fit_res, zero_shared
 
 from stamen.models.mf.settings import DEVICE_ID_KEY
-from stamen.privacy import SecAggSettings, UserDP
+from stamen.privacy import Purpose, SecAggSettings, Streams, UserDP
+from stamen.server import cohorts as cohorts_module
 from stamen.server import strategy as strategy_module
 from stamen.server.cohorts import sample_cohort
 from stamen.server.rounds import min_poisson_cohort
@@ -63,6 +66,47 @@ def test_a_device_inclusion_does_not_depend_on_who_else_is_connected() -> None:
     assert np.array_equal(some, np.intersect1d(everyone, half))
     fixed = sample_cohort(300, seed=0, rnd=1, purpose=0, size=10, available=half)
     assert set(fixed.tolist()) <= set(half.tolist()) and len(fixed) == 10
+
+
+def test_a_poisson_draw_in_chunks_is_the_draw_of_all_uniforms_at_once(monkeypatch) -> None:
+    population, rate = 1000, 0.1
+    whole = Streams(5).cohort(2, Purpose.TRAINING).random(population) < rate
+    monkeypatch.setattr(cohorts_module, "CHUNK", 7)  # 143 chunks, the last one short
+    chunked = sample_cohort(population, seed=5, rnd=2, purpose=Purpose.TRAINING, rate=rate)
+    assert np.array_equal(chunked, np.flatnonzero(whole))
+    some = np.array([3, 500, 999])
+    assert np.array_equal(
+        sample_cohort(
+            population, seed=5, rnd=2, purpose=Purpose.TRAINING, rate=rate, available=some
+        ),
+        np.intersect1d(np.flatnonzero(whole), some),
+    )
+
+
+def test_a_cohort_draws_memory_does_not_grow_with_the_ids() -> None:
+    """A Poisson draw over 10**7 ids holds a chunk of uniforms and its mask, the chosen ids
+    and one small array per chunk, not the 80 MB of all the uniforms; a fixed-size draw
+    holds the connected ids, whatever their magnitude."""
+    population, rate = 10**7, 1e-5
+    chunks = -(-population // cohorts_module.CHUNK)
+    expected = population * rate
+    bound = 2 * cohorts_module.CHUNK * (8 + 1) + 2 * 8 * 10 * expected + 256 * chunks
+    tracemalloc.start()
+    try:
+        cohort = sample_cohort(population, seed=0, rnd=1, purpose=0, rate=rate)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        huge = np.array([5, 10**11, 10**12 - 1])
+        fixed = sample_cohort(10**12, seed=0, rnd=1, purpose=0, size=2, available=huge)
+        everyone = sample_cohort(10**12, seed=0, rnd=1, purpose=0, size=3)
+        _, fixed_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(cohort) < 10 * expected
+    assert peak < bound < population * 8, (peak, bound)
+    assert len(fixed) == 2 and set(fixed.tolist()) <= set(huge.tolist())
+    assert len(everyone) == 3 and everyone.max() < 10**12
+    assert fixed_peak < 64 * 1024, fixed_peak
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"size": 3, "rate": 0.1}, {"rate": 0.0}, {"rate": 1.5}])
@@ -181,6 +225,20 @@ def test_private_mean_divides_by_the_expected_cohort() -> None:
     params, _ = strategy.aggregate_fit(1, results, [])
     for array in parameters_to_ndarrays(params):
         np.testing.assert_allclose(array, reported / cohort)
+
+
+def test_an_error_reply_flower_lists_twice_counts_as_one_failure() -> None:
+    """Flower 1.42's SecAgg+ collect stage wraps each error reply in two exceptions; the
+    round records one failure per device, and two devices' equal errors stay two."""
+    strategy = _strategy(UserDP(), cohort=4, population=4)
+    strategy.configure_fit(1, ndarrays_to_parameters(zero_shared(N_ITEMS, DIM)), StaticClients(4))
+    unavailable, other = Error(code=0, reason="Node Unavailable"), Error(0, "Node Unavailable")
+    failures = [Exception(unavailable), Exception(other), Exception(unavailable)]
+    ones = [np.zeros((N_ITEMS, DIM), np.float32), np.zeros(N_ITEMS, np.float32)]
+    results = [(None, fit_res(ones)) for _ in range(2)]
+    strategy.aggregate_fit(1, results, failures)  # type: ignore[arg-type]
+    record = strategy._record
+    assert record.failures == 2 and len(record.failure_reasons or []) == 2
 
 
 def test_a_node_failing_to_name_its_device_is_asked_again_then_left_out(monkeypatch) -> None:

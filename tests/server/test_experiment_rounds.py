@@ -244,3 +244,96 @@ def test_monitoring_skips_an_effect_without_an_estimate() -> None:
     assert effects[("c", "engagement")]["crossed"] is False
     assert "reason" in effects[("c", "engagement")]
     assert "bound" in effects[("b", "engagement")]
+
+
+def test_a_measurement_with_covariates_reports_cuped_of_the_clear_sums() -> None:
+    """``pre_period_days``: the request names the pre-period, the query is scaled for the
+    covariate layout's sensitivity sqrt(1 + 5M), and with the noise off the report's
+    ``cuped`` part is exactly ``cuped_estimates`` of the devices' sums (its unadjusted part
+    the plain report of their outcome coordinates)."""
+    from stamen.client.device.experiments import PersonCounts, contributions
+    from stamen.models.experiments import COVARIATE_STATISTICS, sensitivity
+    from stamen.server.experiment_stats import cuped_estimates, effect_estimates, outcome_sums
+
+    population, width = 60, len(COVARIATE_STATISTICS)
+    owner = _owner(population, every=1, start=100_000.0, now=200_000.0, pre_period_days=1.0)
+    measurements = owner.experiments
+    assert measurements is not None
+    query = measurements.ask("exp", 1)
+    asked = query.configure_fit(1, ndarrays_to_parameters([]), StaticClients(population))
+    request = asked[0][1].config
+    assert request["experiment-pre-start"] == 100_000.0 - 86_400.0
+    clip_norm = owner.settings.analytics.experiments.dp.clip_norm
+    assert query.scale == pytest.approx(clip_norm / sensitivity(covariates=True))
+
+    rng = np.random.default_rng(4)
+    activity = rng.gamma(2.0, 1.0, population)
+
+    def window() -> PersonCounts:
+        sessions = rng.poisson(activity) + 1
+        impressions = sessions * 5
+        engaged = rng.binomial(impressions, 0.2)
+        return PersonCounts(sessions, impressions, engaged, engaged, engaged // 3)
+
+    arms = np.arange(population) % len(ARMS)
+    rows = contributions(arms, window(), n_arms=len(ARMS), bounds=MetricBounds(), pre=window())
+    sent = (rows * query.scale).astype(np.float32)  # what the devices send
+    query.aggregate_fit(1, [(None, fit_res([v])) for v in sent], [])
+    record = measurements.take("exp")
+    report = record.report
+    assert record.failed is None and report is not None and report["noise_std"] == 0.0
+    # the released sums are the devices' clear sums (to float32, as the answers are sent)
+    assert query.result is not None and query.result.noise_std == 0.0
+    clear = query.result.total.reshape(len(ARMS), width)
+    np.testing.assert_allclose(clear, rows.sum(axis=0).reshape(len(ARMS), width), rtol=1e-5)
+    scales = MetricBounds().bounds()
+    found = cuped_estimates(clear, noise_std=0.0, scales=scales)
+    effects = effect_estimates(found["mean"], found["variance"], alpha=0.05)
+    cuped = report["cuped"]
+    assert cuped["theta"] == dict(zip(METRICS, found["theta"].tolist(), strict=True))
+    for a, arm in enumerate(cuped["arms"]):
+        assert arm["means"] == dict(zip(METRICS, found["mean"][a].tolist(), strict=True))
+        assert arm["exposed"] == found["n"][a]
+    for e in cuped["effects"]:
+        a, m = ARMS.index(e["arm"]), METRICS.index(e["metric"])
+        for key in ("effect", "stderr", "lower", "upper", "p_value"):
+            assert e[key] == effects[key][a, m], (e["arm"], e["metric"], key)
+    plain = experiment_report(
+        outcome_sums(clear),
+        experiment="exp",
+        arms=ARMS,
+        metrics=METRICS,
+        scales=scales,
+        noise_std=0.0,
+    ).to_json()
+    assert report["effects"] == plain["effects"] and report["arms"] == plain["arms"]
+    # the pre-period's activity carries over: CUPED narrows the exposures' interval
+    stderr = {(e["arm"], e["metric"]): e["stderr"] for e in report["effects"]}
+    assert all(
+        e["stderr"] < stderr[(e["arm"], "exposures")]
+        for e in cuped["effects"]
+        if e["metric"] == "exposures"
+    )
+
+
+def test_a_device_sends_the_covariate_layout_when_asked_for_a_pre_period() -> None:
+    from stamen.models.experiments import COVARIATE_STATISTICS
+
+    width = len(ARMS) * len(COVARIATE_STATISTICS)  # 3 arms of 1 + 5·4
+    config = _config(_owner(4, every=1, start=100_000.0, now=200_000.0, pre_period_days=2.0))
+    seen = {}
+
+    def contribution(experiment, *, start, end, bounds, pre_start):  # noqa: ANN001, ANN202
+        seen.update(start=start, pre_start=pre_start)
+        return np.zeros(width)
+
+    (sent,), _, _ = _device(contribution).fit([], config)
+    assert seen == {"start": 100_000.0, "pre_start": 100_000.0 - 2 * 86_400.0}
+    assert sent.shape == (width,)
+    with pytest.raises(ValueError, match="3 arms need 63"):
+        _device(lambda *a, **k: np.zeros(WIDTH)).fit([], config)
+
+
+def test_covariates_need_the_experiments_start() -> None:
+    with pytest.raises(ValueError, match="pre_period_days needs start"):
+        ServerSettings(analytics={"experiments": {"every": 1, "pre_period_days": 7.0}})

@@ -224,7 +224,7 @@ def test_a_deployment_evaluates_the_candidates_of_the_release_it_starts_from(tmp
     strategy = deployment_strategy(Deployment(run))
     assert strategy.experiments is None  # the release carries no A/B experiment
     assert strategy.off_policy is not None and strategy.off_policy.candidates == {"more": 3.0}
-    assert strategy.off_policy.settings_of(OFF_POLICY)["off-policy-max-slots"] == 7
+    assert strategy.off_policy.settings_of(OFF_POLICY, start=0.0)["off-policy-max-slots"] == 7
     private, public = load_or_create_signing_key(key)
     newest = newest_release(releases, public)
     assert carried_extras(newest) == {

@@ -6,6 +6,7 @@ import pytest
 from helpers.paths import ROOT
 
 from stamen.models import ConfigError
+from stamen.server.analytics import EVALUATION_METRICS, evaluation_metrics
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import load_config
 
@@ -217,3 +218,42 @@ def test_every_command_line_flag_is_a_field_of_its_type() -> None:
         for also, value in flag.sets:
             assert isinstance(value, plain(annotation(also))), also  # type: ignore[arg-type]
     assert plain(annotation("data_dir")) is Path
+
+
+def test_the_cut_offs_set_what_the_federated_evaluation_reports(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("[protocol]\ncutoffs = [5, 10, 50]\n")
+    evaluation = load_config(path).server_settings(100).analytics.evaluation
+    assert evaluation.metrics == evaluation_metrics((5, 10, 50))
+    assert "ndcg@50" in evaluation.metrics and "ndcg@20" not in evaluation.metrics
+    assert load_config(None).server_settings(100).analytics.evaluation.metrics == (
+        EVALUATION_METRICS
+    )
+    # metrics a config names are kept, if the devices compute them at its cut-offs
+    named = {"protocol": {"cutoffs": [5, 10]}, "analytics": {"evaluation": {"metrics": ["hr@5"]}}}
+    assert load_config(None, named).server_settings(10).analytics.evaluation.metrics == ("hr@5",)
+
+
+@pytest.mark.parametrize(
+    ("cutoffs", "message"),
+    [
+        ([5, 20], r"cut-offs \[5, 20\] lack 10: validation NDCG@10 selects"),
+        ([20, 10], r"cut-offs must be increasing positive integers, not \[20, 10\]"),
+        ([0, 10], r"cut-offs must be increasing positive integers, not \[0, 10\]"),
+        ([10, 10], r"cut-offs must be increasing positive integers, not \[10, 10\]"),
+    ],
+)
+def test_bad_cut_offs_are_named(tmp_path, cutoffs, message) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(f"[protocol]\ncutoffs = {cutoffs}\n")
+    with pytest.raises(ConfigError, match=f"{path}: protocol.cutoffs: {message}"):
+        load_config(path)
+
+
+def test_a_named_metric_the_cut_offs_do_not_compute_is_an_error() -> None:
+    named = {
+        "protocol": {"cutoffs": [5, 10]},
+        "analytics": {"evaluation": {"metrics": ["ndcg@20"]}},
+    }
+    with pytest.raises(ConfigError, match=r"names \['ndcg@20'\], which a device does not"):
+        load_config(None, named)

@@ -124,3 +124,28 @@ def test_a_contribution_reads_ratings_by_the_devices_own_threshold(
     assert vector is not None
     # engagement per impression: a 1-star rating is a like only without a threshold
     assert vector[int(arm) * len(STATISTICS) + 3] == engaged
+
+
+def test_a_contribution_with_a_pre_period_carries_its_covariates(tmp_path) -> None:
+    from stamen.models.experiments import COVARIATE_STATISTICS
+
+    device, *_ = _device(tmp_path, {"experiments": [_experiment()]})
+    with device:
+        before = device.recommend(4, at=SHOWN_AT - 7200)  # the pre-period: one engagement
+        device.log_shown(before, at=SHOWN_AT - 7200)
+        device.record(before[0].item, "view", at=SHOWN_AT - 7140)
+        shown = device.recommend(4, at=SHOWN_AT)
+        device.log_shown(shown, at=SHOWN_AT)
+        window = {"start": SHOWN_AT - 1, "end": SHOWN_AT + 3600}
+        vector = device.experiment_contribution("exp-1", pre_start=SHOWN_AT - 10_000, **window)
+        plain = device.experiment_contribution("exp-1", **window)
+        with pytest.raises(ValueError, match="pre_start must come before start"):
+            device.experiment_contribution("exp-1", pre_start=SHOWN_AT, **window)
+        arm = assign(Experiment.from_json(_experiment()), device_secret=device._experiment_secret())
+    width = len(COVARIATE_STATISTICS)
+    assert vector is not None and plain is not None and vector.shape == (2 * width,)
+    own = vector[arm * width : (arm + 1) * width]
+    # the window: 1 session, nothing engaged; the pre-period: 1 session, 1 of 4 engaged
+    y, x = np.array([1 / 20, 0, 0, 0]), np.array([1 / 20, 1 / 4, 1 / 5, 0])
+    np.testing.assert_allclose(own, [1.0, *np.ravel(np.column_stack([y, y**2, x, x**2, x * y]))])
+    assert plain[arm * len(STATISTICS)] == 1.0

@@ -172,3 +172,21 @@ def test_report_prints_the_latest_measurement_and_plots_every_round(tmp_path) ->
     log.write_text("[1, 2]\n" + log.read_text())
     refused(invoke(["experiment", "report", str(checkpoints)]), "line 1: not a round's record")
     refused(invoke(["experiment", "report", str(tmp_path / "elsewhere")]), "no rounds recorded")
+
+
+def test_report_prints_the_cuped_effect_beside_the_unadjusted_one(tmp_path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    plain = _report(0.03)
+    adjusted = {**plain["effects"][0], "effect": 0.025, "stderr": 0.005}
+    adjusted.update(lower=0.0152, upper=0.0348, p_value=0.0001)
+    cuped = {"theta": {"engagement": 0.4}, "arms": plain["arms"], "effects": [adjusted]}
+    name = "experiment:explore-1"
+    _rounds_log(
+        checkpoints, [{"round": 1, "analytics": {name: {"report": {**plain, "cuped": cuped}}}}]
+    )
+    out = ok(["experiment", "report", str(checkpoints)])
+    # unadjusted +0.0300 [+0.0100, +0.0500]; adjusted +0.0250 [+0.0152, +0.0348], a quarter
+    # of the variance (stderr 0.005 against 0.01: -75%)
+    assert "+0.0300" in out and "[+0.0100, +0.0500]" in out
+    assert "+0.0250" in out and "[+0.0152, +0.0348]" in out and "-75%" in out
+    assert "CUPED" in out and "engagement 0.400" in out

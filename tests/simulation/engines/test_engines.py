@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ConfigError
+from stamen.server.analytics import evaluation_metrics
 from stamen.server.strategy import FederatedAveraging
 from stamen.simulation.cli.commands import app
 from stamen.simulation.config import load_config
@@ -85,10 +86,16 @@ def test_the_command_line_refuses_an_unsupported_combination_with_exit_2() -> No
     assert "engine 'batched' does not run algorithm 'als'" in result.output
 
 
-@pytest.mark.parametrize("model", ["mf", "two-tower", "sequential"])
-def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "cutoffs"),
+    [("mf", (10, 20)), ("two-tower", (10, 20)), ("sequential", (10, 20)), ("mf", (5, 10, 50))],
+)
+def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(
+    model: str, cutoffs: tuple[int, ...]
+) -> None:
     """Every device answering the strategy's evaluation request in process, aggregated by
-    ``FederatedAveraging.aggregate_evaluate``, gives the batched evaluation's metrics."""
+    ``FederatedAveraging.aggregate_evaluate``, gives the batched evaluation's metrics, at
+    the protocol's cut-offs."""
     split = leave_one_out(generate_synthetic(30, 400, seed=2).interactions, seed=0)
     config = load_config(
         None,
@@ -103,6 +110,7 @@ def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model
             "local": {"dim": 4},
             "two_tower": {"dim": 4, "hidden": 8, "negatives": 16},
             "sequential": {"dim": 4, "hidden": 8, "max_history": 5, "negatives": 16},
+            "protocol": {"cutoffs": cutoffs},
         },
     )
     settings = config.server_settings(split.n_users)
@@ -111,7 +119,8 @@ def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model
     strategy = FederatedAveraging(settings, initial=initial, population=split.n_users)
     clients = StaticClients(split.n_users, shuffle=1)
     tasks = evaluate_tasks(
-        lambda row: HeldOut(int(split.valid[row]), int(split.test[row]), split.negatives[row])
+        lambda row: HeldOut(int(split.valid[row]), int(split.test[row]), split.negatives[row]),
+        cutoffs=cutoffs,
     )
 
     def device(row: int) -> DeviceClient:
@@ -137,9 +146,9 @@ def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(model
 
     model_ = config.run_model(catalog, split.n_users)
     shared = parameters_to_ndarrays(parameters)
-    batched = population_evaluation(model_, split, settings)(shared)
+    batched = population_evaluation(model_, split, settings, cutoffs=cutoffs)(shared)
     assert batched.devices == flower.devices == len(split.evaluated) and batched.full
-    assert set(batched.metrics) == set(flower.metrics) and "loss" in batched.metrics
+    assert set(batched.metrics) == set(flower.metrics) == {*evaluation_metrics(cutoffs), "loss"}
     for name, value in flower.metrics.items():
         assert batched.metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert flower.metrics["sampled_hr@10"] > 0 and flower.metrics["loss"] > 0
@@ -183,6 +192,27 @@ def test_a_batched_run_writes_the_complete_results_file(tmp_path) -> None:
     assert [line.split(":")[0] for line in lines] == [f"round {r}/4" for r in range(1, 5)]
     assert "round 2/4: cohort 6, 6 aggregated" in output and "NDCG@10" in lines[1]
     assert "replayed by the batched engine" in output
+
+
+def test_a_run_reports_every_metric_at_the_protocols_cut_offs(tmp_path) -> None:
+    record, output = _run(
+        tmp_path,
+        "--rounds",
+        "2",
+        "--clients-per-round",
+        "6",
+        extra="eval-every = 1\n[protocol]\ncutoffs = [5, 10, 50]\n",
+    )
+    assert record["protocol"]["cutoffs"] == [5, 10, 50]
+    for method, metrics in record["methods"].items():
+        at_k = {name.partition("@")[2] for name in metrics if "@" in name}
+        assert at_k == {"5", "10", "50"}, method
+    federated = record["methods"]["federated MF"]
+    # the devices' own evaluation of the last round, as the same model scored offline
+    for name in ("hr@5", "ndcg@50", "sampled_ndcg@5"):
+        assert federated[name] == pytest.approx(record["federated"]["offline_check"][name])
+    assert "NDCG@5" in output and "NDCG@50" in output and "Cov@5" in output
+    assert "NDCG@20" not in output
 
 
 def test_a_private_run_whose_last_rounds_are_skipped_still_evaluates_and_reports(
