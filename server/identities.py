@@ -26,6 +26,7 @@ device's key both get the same id (the strategy refuses both as duplicates).
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -166,8 +167,9 @@ def write_registry(path: str | Path, entries: Iterable[DeviceKey]) -> None:
     device id, replaced atomically."""
     path = Path(path)
     registry = DeviceRegistry(list(entries), source=str(path))
-    body = _HEADER + "".join(
-        f'\n[[device]]\nid = {e.id}\nnode = "{e.node}"\npublic-key = "{e.public_key.strip()}"\n'
+    body = _HEADER + "".join(  # JSON's string escapes are valid TOML
+        f"\n[[device]]\nid = {e.id}\nnode = {json.dumps(e.node)}\n"
+        f"public-key = {json.dumps(e.public_key.strip())}\n"
         for e in sorted(registry.entries, key=lambda e: e.id)
     )
     write_atomically(path, body.encode(), mode=0o644)

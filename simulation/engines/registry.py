@@ -121,8 +121,8 @@ def population_evaluation(
             history: UserItems = split.train.select(users)
             # purpose 1 as on the device (PFedRec's scoring step draws from it)
             seeds = device_seeds(users, seed=settings.seed, rnd=0, purpose=1)
-            kept = None if states is None else tuple(states.get(int(u)) for u in users)
-            inputs = DeviceInputs(history=history, seeds=seeds, states=kept)
+            own = None if states is None else tuple(states.get(int(u)) for u in users)
+            inputs = DeviceInputs(history=history, seeds=seeds, states=own)
             scores = model.scores(shared, inputs).float()
             if test:
                 target = torch.from_numpy(split.test[users])
