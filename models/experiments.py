@@ -2,19 +2,27 @@
 their per-person bounds, the layout of a device's contribution and its sensitivity, and
 what the server reads of the experiments a release carries.
 
-A device contributes, per experiment, one block of :data:`STATISTICS` per arm (its own arm's
+A device contributes, per experiment, one block of :func:`statistics` per arm (its own arm's
 block filled, the others zero; ``stamen.client.device.experiments``); the server sums them
 securely and reports (``stamen.server.experiment_stats``). A release carries its
 experiments in its manifest's ``extras["experiments"]`` (:data:`EXPERIMENTS_EXTRA`), a list
-of ``{"id", "salt", "arms": [{"name", "weight", "overrides"}, …]}``; the device validates
-them in full (its pipeline's settings), the server reads the ids and arm names
-(:func:`experiment_arms`).
+of ``{"id", "salt", "arms": [{"name", "weight", "overrides"}, …], "guardrails": […]}``
+(``guardrails`` optional); the device validates them in full (its pipeline's settings), the
+server reads the ids and arm names (:func:`experiment_arms`) and each experiment's metric
+set (:func:`experiment_metrics`).
+
+**Metric sets.** Every experiment measures the four :data:`METRICS`; one that names
+guardrails (a subset of :data:`GUARDRAILS`) measures them too, after the four, in
+:data:`GUARDRAILS`' order (:func:`metric_set`). With ``M`` metrics one arm's block has
+``1 + 2M`` coordinates (``1 + 5M`` with covariates) and the L2 sensitivity is
+:func:`sensitivity` of ``M``. Without guardrails the set is :data:`METRICS` and the layouts
+are :data:`STATISTICS` and :data:`COVARIATE_STATISTICS`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +33,14 @@ from stamen.errors import ConfigError
 __all__ = [
     "COVARIATE_STATISTICS",
     "EXPERIMENTS_EXTRA",
+    "GUARDRAILS",
     "METRICS",
     "STATISTICS",
     "Checked",
     "MetricBounds",
     "experiment_arms",
+    "experiment_metrics",
+    "metric_set",
     "problem_list",
     "problems_text",
     "sensitivity",
@@ -42,16 +53,38 @@ EXPERIMENTS_EXTRA = "experiments"
 #: The metrics a device measures, in the order of their blocks.
 METRICS: tuple[str, ...] = ("exposures", "engagement", "positive_rate", "not_interested")
 
+#: The guardrails an experiment may add to :data:`METRICS`, in the order of their blocks:
+#: lists' intra-list ``diversity`` (higher is better) and recommend ``latency`` (lower is
+#: better; ``stamen.client.device.experiments``).
+GUARDRAILS: tuple[str, ...] = ("diversity", "latency")
+
+_SUFFIXES = ("", "_sq")
+_COVARIATE_SUFFIXES = ("", "_sq", "_pre", "_pre_sq", "_pre_x")
+
 #: The names of one arm's block of coordinates: the count, then each metric's sum and sum of
 #: squares (of the value divided by its bound).
-STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in ("", "_sq")))
+STATISTICS: tuple[str, ...] = ("n", *(f"{m}{s}" for m in METRICS for s in _SUFFIXES))
 
 #: The block with pre-experiment covariates (CUPED): the count, then per metric ``y``,
 #: ``y²``, the pre-period value ``x``, ``x²`` and ``x·y``.
 COVARIATE_STATISTICS: tuple[str, ...] = (
     "n",
-    *(f"{m}{s}" for m in METRICS for s in ("", "_sq", "_pre", "_pre_sq", "_pre_x")),
+    *(f"{m}{s}" for m in METRICS for s in _COVARIATE_SUFFIXES),
 )
+
+
+def metric_set(guardrails: Iterable[str] = ()) -> tuple[str, ...]:
+    """The metrics of an experiment with ``guardrails``: :data:`METRICS`, then each guardrail
+    it names in :data:`GUARDRAILS`' order (the order they are given does not matter).
+
+    Raises:
+        ConfigError: a guardrail not in :data:`GUARDRAILS`, or one named twice.
+    """
+    chosen = list(guardrails)
+    unknown = [g for g in chosen if g not in GUARDRAILS]
+    if unknown or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"guardrails: {chosen} must be distinct names among {list(GUARDRAILS)}")
+    return (*METRICS, *(g for g in GUARDRAILS if g in chosen))
 
 
 def problem_list(error: ValidationError) -> list[tuple[str, str]]:
@@ -102,10 +135,21 @@ class MetricBounds(Checked):
     max_positive_rate: float = Field(5.0, gt=0, allow_inf_nan=False)
     session_gap_s: float = Field(1800.0, gt=0, allow_inf_nan=False)
     attribution_s: float = Field(86400.0, gt=0, allow_inf_nan=False)
+    max_latency_s: float = Field(1.0, gt=0, allow_inf_nan=False)
 
-    def bounds(self) -> np.ndarray:
-        """Each metric's bound, in :data:`METRICS` order."""
-        return np.array([self.max_sessions, 1.0, self.max_positive_rate, 1.0])
+    def bounds(self, metrics: Sequence[str] = METRICS) -> np.ndarray:
+        """Each metric's bound, in the order of ``metrics`` (a :func:`metric_set`): the
+        sessions and positive-rate bounds, 1 for the per-impression rates and diversity,
+        ``max_latency_s`` for latency."""
+        known = {
+            "exposures": float(self.max_sessions),
+            "engagement": 1.0,
+            "positive_rate": self.max_positive_rate,
+            "not_interested": 1.0,
+            "diversity": 1.0,
+            "latency": self.max_latency_s,
+        }
+        return np.array([known[m] for m in metrics])
 
 
 def sensitivity(metrics: int = len(METRICS), *, covariates: bool = False) -> float:
@@ -115,10 +159,12 @@ def sensitivity(metrics: int = len(METRICS), *, covariates: bool = False) -> flo
     return math.sqrt(1 + (5 if covariates else 2) * metrics)
 
 
-def statistics(*, covariates: bool = False) -> tuple[str, ...]:
-    """The names of one arm's block: :data:`STATISTICS`, or :data:`COVARIATE_STATISTICS`
-    with pre-experiment covariates."""
-    return COVARIATE_STATISTICS if covariates else STATISTICS
+def statistics(metrics: Sequence[str] = METRICS, *, covariates: bool = False) -> tuple[str, ...]:
+    """The names of one arm's block for ``metrics`` (a :func:`metric_set`): the count, then
+    each metric's sums; :data:`STATISTICS` (or :data:`COVARIATE_STATISTICS` with
+    pre-experiment covariates) for :data:`METRICS`."""
+    suffixes = _COVARIATE_SUFFIXES if covariates else _SUFFIXES
+    return ("n", *(f"{m}{s}" for m in metrics for s in suffixes))
 
 
 def experiment_arms(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -126,12 +172,30 @@ def experiment_arms(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     the release's order (what the server needs to ask for and read a measurement).
 
     Raises:
-        ConfigError: not a list of experiments with distinct ids and at least two named arms.
+        ConfigError: not a list of experiments with distinct ids, at least two named arms
+            and known guardrails.
     """
+    return {id: arms for id, (arms, _) in _experiments(extras).items()}
+
+
+def experiment_metrics(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The metric set (:func:`metric_set`) of each experiment a release's ``extras`` carry,
+    by experiment id, in the release's order.
+
+    Raises:
+        ConfigError: as :func:`experiment_arms`.
+    """
+    return {id: metrics for id, (_, metrics) in _experiments(extras).items()}
+
+
+def _experiments(
+    extras: Mapping[str, Any],
+) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each experiment's arm names and metric set, by id (:func:`experiment_arms`)."""
     raw = extras.get(EXPERIMENTS_EXTRA, [])
     if not isinstance(raw, list):
         raise ConfigError(f"extras.{EXPERIMENTS_EXTRA}: a list, not {type(raw).__name__}")
-    found: dict[str, tuple[str, ...]] = {}
+    found: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
     for k, item in enumerate(raw):
         where = f"extras.{EXPERIMENTS_EXTRA}.{k}"
         arms = item.get("arms") if isinstance(item, dict) else None
@@ -144,5 +208,12 @@ def experiment_arms(extras: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"{where}: arm names must be distinct and not empty ({names})")
         if item["id"] in found:
             raise ConfigError(f"{where}: experiment id {item['id']!r} repeats")
-        found[item["id"]] = names
+        guardrails = item.get("guardrails", [])
+        if not isinstance(guardrails, list):
+            raise ConfigError(f"{where}.guardrails: a list, not {type(guardrails).__name__}")
+        try:
+            metrics = metric_set(guardrails)
+        except ConfigError as error:
+            raise ConfigError(f"{where}.{error}") from None
+        found[item["id"]] = (names, metrics)
     return found

@@ -60,13 +60,15 @@ class DeviceInputs:
     from its last round (``None``: fresh); ``seeds`` a per-device seed for the step's
     randomness (so a device's step does not depend on which other devices share its
     batch); ``query`` ``(devices, 2)`` the context of the request being scored (``None``:
-    unknown; ``stamen.models.two_tower.context``)."""
+    unknown; ``stamen.models.two_tower.context``); ``round`` the round being trained (1
+    for the first; 0: none given), for steps that follow a schedule over rounds (FedRAP's)."""
 
     history: UserItems
     seeds: np.ndarray
     attributes: np.ndarray | None = None
     states: tuple[np.ndarray | None, ...] | None = None
     query: np.ndarray | None = None
+    round: int = 0
 
     def __post_init__(self) -> None:
         n = self.history.n_users
@@ -97,6 +99,7 @@ class DeviceInputs:
             attributes=None if self.attributes is None else self.attributes[rows],
             states=None if self.states is None else tuple(self.states[r] for r in rows),
             query=None if self.query is None else self.query[rows],
+            round=self.round,
         )
 
 
@@ -145,6 +148,14 @@ class RecModel(ABC):
     #: The field of the run's settings (``SimulationConfig``, ``ServerSettings``) that
     #: holds this family's settings.
     settings_field: ClassVar[str]
+    #: The per-coordinate range an honest device's update needs under SecAgg+ without
+    #: user-level DP (``None``: SecAgg+'s default, ``stamen.privacy.UNCLIPPED_RANGE``); a
+    #: run's ``secagg.clipping_range``, when unset, is derived from it
+    #: (``stamen.server.rounds.secagg_range``).
+    update_range: ClassVar[float | None] = None
+    #: The server optimiser the model's published configuration uses (``[optimizer]``
+    #: fields), taken when a run names no ``optimizer`` (``None``: the run's default).
+    server_optimizer: ClassVar[Mapping[str, Any] | None] = None
 
     def __init__(self, settings: Any, catalog: ReleaseCatalog) -> None:
         if not isinstance(settings, self.settings_class):
@@ -252,6 +263,7 @@ BUILTIN_MODELS = {
     "two-tower": "stamen.models.two_tower.model",
     "sequential": "stamen.models.sequential.model",
     "pfedrec": "stamen.models.pfedrec.model",
+    "fedrap": "stamen.models.fedrap.model",
 }
 
 

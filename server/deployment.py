@@ -40,7 +40,7 @@ from pydantic import Field
 
 from stamen.errors import CheckpointError, ConfigError, RoundFailedError
 from stamen.models.bundle import ReleaseBundle, latest_release
-from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms
+from stamen.models.experiments import EXPERIMENTS_EXTRA, experiment_arms, experiment_metrics
 from stamen.models.off_policy import CANDIDATES_EXTRA, candidate_policies
 from stamen.models.ranker.settings import RankerSettings
 from stamen.models.ranker.weights import ranker_hidden
@@ -58,6 +58,7 @@ from stamen.server.settings import ServerSettings
 from stamen.server.strategy import FederatedAveraging
 
 __all__ = [
+    "REPLY_TIMEOUT_S",
     "RUN_CONFIG_KEYS",
     "SECAGG_TIMEOUT_S",
     "SELF_DECLARED",
@@ -74,6 +75,11 @@ _log = logging.getLogger("stamen")
 #: Seconds each SecAgg+ stage waits for replies in a deployment unless the run config says
 #: otherwise (``secagg-timeout``): a device that does not answer in time has dropped out.
 SECAGG_TIMEOUT_S = 120.0
+#: Seconds each plain-mode stage (training, a query in the clear) waits for replies unless
+#: the run config says otherwise (``reply-timeout``); the same as a SecAgg+ stage's, which a
+#: living device answers within on a loaded machine. Flower's plain workflows give no
+#: timeout of their own (``stamen.server.grid``): without one a lost reply stalls the run.
+REPLY_TIMEOUT_S = SECAGG_TIMEOUT_S
 
 #: What a run without a device registry warns, once.
 SELF_DECLARED = (
@@ -104,6 +110,12 @@ class DeploymentRun(ServerSettings):
         None,
         description="the device registry, device ids by SuperNode key (none: self-declared)",
     )
+    reply_timeout: float = Field(
+        REPLY_TIMEOUT_S,
+        gt=0,
+        description="seconds a plain-mode stage waits for the devices' replies; a device "
+        "that has not answered by then has dropped out of the round",
+    )
 
 
 #: ``ServerSettings`` fields a deployment's run config does not set: the starting release
@@ -114,6 +126,7 @@ _FIXED = (
     "two_tower",
     "sequential",
     "pfedrec",
+    "fedrap",
     "evaluate",
     "eval_every",
     "eval_clients",
@@ -142,6 +155,7 @@ class Deployment:
         self.signing_key, self.population = run.signing_key, run.population
         self.resume, self.train, self.ranker = run.resume, run.train, run.ranker
         self.metrics_address = run.metrics_address
+        self.reply_timeout = run.reply_timeout
         if self.metrics_address is not None:
             parse_address(self.metrics_address)  # a bad address fails the run before round 1
         #: The device registry (``None``: devices' ids are self-declared).
@@ -282,7 +296,7 @@ def deployment_strategy(
                 "stamen experiment candidates)",
                 settings.analytics.experiments.every,
             )
-        strategy.measure_experiments(experiments)
+        strategy.measure_experiments(experiments, experiment_metrics(release.extras))
         strategy.evaluate_candidates(candidates)
     return strategy
 
@@ -316,7 +330,7 @@ def serve(grid: Grid, context: Context) -> None:
         strategy = deployment_strategy(deployment, metrics)
         if metrics is not None:
             metrics.epsilon_budget = strategy.settings.dp.target_epsilon
-        grid = PromptGrid(grid)
+        grid = PromptGrid(grid, timeout=deployment.reply_timeout)
         if deployment.devices is not None:
             strategy.identify = KeyIdentities(deployment.devices, grid.get_nodes)
         else:

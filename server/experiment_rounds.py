@@ -1,29 +1,35 @@
 """Measurement rounds of A/B experiments: each one a private sum over every device.
 
 A run measures the experiments its starting release carries (``stamen.models.experiments``:
-ids and arm names; the devices serve their arms). Every ``analytics.experiments.every``
-rounds, between the round's training and its release (``stamen.server.app.RoundEnd``), each
-experiment is one :class:`~stamen.server.analytics.PrivateSum` query: every enrolled device
-(sampling rate 1) answers with its contribution over the window (its own arm's block of
-``[1, y₁, y₁², …]``, each ``y`` clipped to its bound and scaled to ``[0, 1]``, zeros in the
-other arms' blocks: ``stamen.client.device.experiments``), clipped and noised like any
-query and summed under SecAgg+, so the server sees only the noisy per-arm sums. Each
-experiment has its own accountant (its ε is reported per experiment, apart from
-training's and the other queries'), its own random streams (the run's seed and the
-experiment's place in the release), and its report (``stamen.server.experiment_stats``:
-each arm's means, every treatment's effect with an interval that includes the noise's
-variance, p-values) goes into the round's record under ``analytics["experiment:<id>"]``.
-The machinery (a query per key, its window, accountant, streams and record) is
-:class:`Measurements`; the off-policy evaluation of a release's candidate policies is its
-other kind (``stamen.server.off_policy_rounds``), asked at the same rounds.
+ids, arm names and metric sets; the devices serve their arms). Every
+``analytics.experiments.every`` rounds, between the round's training and its release
+(``stamen.server.app.RoundEnd``), each experiment is one
+:class:`~stamen.server.analytics.PrivateSum` query: every enrolled device (sampling rate 1)
+answers with its contribution over the window (its own arm's block of ``[1, y₁, y₁², …]``
+over the experiment's ``M`` metrics, the four and the guardrails it names, each ``y`` clipped
+to its bound and scaled to ``[0, 1]``, zeros in the other arms' blocks:
+``stamen.client.device.experiments``), clipped and noised like any query and summed under
+SecAgg+, so the server sees only the noisy per-arm sums. Each experiment has its own
+accountant (its ε is reported per experiment, apart from training's and the other
+queries'), its own random streams (the run's seed and the experiment's place in the
+release), and its report (``stamen.server.experiment_stats``: each arm's means, every
+treatment's effect with an interval that includes the noise's variance, p-values, the
+guardrails beside the other metrics) goes into the round's record under
+``analytics["experiment:<id>"]``. The request names an experiment's guardrails
+(``experiment-guardrails``, comma-separated; absent when it has none), so that a device not
+in the experiment answers zeros of the same width. The machinery (a query per key, its
+window, accountant, streams and record) is :class:`Measurements`; the off-policy evaluation
+of a release's candidate policies is its other kind (``stamen.server.off_policy_rounds``),
+asked at the same rounds.
 
 **Covariates** (``analytics.experiments.pre_period_days``). The request then also names the
 pre-period's start (``experiment-pre-start``: ``pre_period_days`` before the window's start);
-each device sends the covariate layout (``stamen.models.experiments.COVARIATE_STATISTICS``:
-per metric ``[y, y², x, x², x·y]``, ``x`` the metric over the pre-period), the query's width
-and so its scale follow that layout (the L2 sensitivity ``sqrt(1 + 5M)`` instead of
-``sqrt(1 + 2M)``: more noise per coordinate at the same ε), and the report carries the
-CUPED-adjusted figures (``cuped``) beside the unadjusted ones of the same sums.
+each device sends the covariate layout (``stamen.models.experiments.statistics(metrics,
+covariates=True)``: per metric ``[y, y², x, x², x·y]``, ``x`` the metric over the
+pre-period), the query's width and so its scale follow that layout (the L2 sensitivity
+``sqrt(1 + 5M)`` instead of ``sqrt(1 + 2M)``: more noise per coordinate at the same ε), and
+the report carries the CUPED-adjusted figures (``cuped``) beside the unadjusted ones of the
+same sums.
 
 **Monitoring** (``analytics.experiments.monitor``). A run plans ``K`` measurements
 (``rounds // every``, at most :data:`~stamen.server.experiment_monitoring.MAX_LOOKS`); at
@@ -222,18 +228,28 @@ class ExperimentMeasurements(Measurements):
     Args:
         owner: the run's training strategy (its devices, sampling, settings, history).
         experiments: each experiment's arm names, by id, in the release's order.
+        metrics: each experiment's metric set, by id
+            (``stamen.models.experiments.experiment_metrics``); an experiment it leaves out
+            measures the four metrics.
     """
 
     def __init__(
-        self, owner: FederatedAveraging, experiments: Mapping[str, tuple[str, ...]]
+        self,
+        owner: FederatedAveraging,
+        experiments: Mapping[str, tuple[str, ...]],
+        metrics: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.arms = dict(experiments)
-        #: Whether the devices send pre-experiment covariates (CUPED), and the block layout.
+        #: Each experiment's metrics: the four, then its guardrails.
+        self.metrics = {key: tuple((metrics or {}).get(key, METRICS)) for key in self.arms}
+        #: Whether the devices send pre-experiment covariates (CUPED), and each block layout.
         self.covariates = owner.settings.analytics.experiments.pre_period_days is not None
-        self.layout = statistics(covariates=self.covariates)
+        self.layouts = {
+            key: statistics(m, covariates=self.covariates) for key, m in self.metrics.items()
+        }
         super().__init__(
             owner,
-            {experiment: len(self.layout) for experiment in self.arms},
+            {experiment: len(self.layouts[experiment]) for experiment in self.arms},
             task=Task.EXPERIMENT,
             seeds={experiment: (place,) for place, experiment in enumerate(self.arms)},
             what="experiment measurements",
@@ -244,13 +260,16 @@ class ExperimentMeasurements(Measurements):
         return query_name(key)
 
     def settings_of(self, key: str, *, start: float) -> dict[str, Scalar]:
-        """The experiment, its number of arms, its place in the release and, with
-        covariates, the start of the pre-period."""
+        """The experiment, its number of arms, its place in the release, its guardrails
+        (when it has any) and, with covariates, the start of the pre-period."""
         asked: dict[str, Scalar] = {
             "experiment-id": key,
             "experiment-arms": len(self.arms[key]),
             "experiment-place": list(self.arms).index(key),
         }
+        guardrails = self.metrics[key][len(METRICS) :]
+        if guardrails:
+            asked["experiment-guardrails"] = ",".join(guardrails)
         pre_start = self.settings.pre_start(start)
         if pre_start is not None:
             asked["experiment-pre-start"] = float(pre_start)
@@ -258,19 +277,19 @@ class ExperimentMeasurements(Measurements):
 
     def expected(self, key: str) -> int:
         """One block of statistics per arm."""
-        return len(self.arms[key]) * len(self.layout)
+        return len(self.arms[key]) * len(self.layouts[key])
 
     def report(self, key: str, sums: np.ndarray, query: PrivateSum) -> dict[str, Any]:
         """Each arm's means, each treatment's effect (``experiment_report``; with covariates
         also CUPED-adjusted) and, with monitoring, this look's boundary."""
         assert query.result is not None
-        names = self.arms[key]
+        names, metrics = self.arms[key], self.metrics[key]
         report = experiment_report(
-            sums.reshape(len(names), len(self.layout)),
+            sums.reshape(len(names), len(self.layouts[key])),
             experiment=key,
             arms=names,
-            metrics=METRICS,
-            scales=self.settings.bounds.bounds().tolist(),
+            metrics=metrics,
+            scales=self.settings.bounds.bounds(metrics).tolist(),
             noise_std=query.result.noise_std,
             alpha=self.settings.alpha,
             privacy=privacy_spent(query),
@@ -297,7 +316,8 @@ class ExperimentMeasurements(Measurements):
         look = len(earlier) + 1
         if look > self.looks:
             return {"look": look, "looks": self.looks, "skipped": "beyond the planned looks"}
-        scales = dict(zip(METRICS, self.settings.bounds.bounds().tolist(), strict=True))
+        metrics = self.metrics[experiment]
+        scales = dict(zip(metrics, self.settings.bounds.bounds(metrics).tolist(), strict=True))
         arms = {a["name"]: a for a in report["arms"]}
         control = arms[report["control"]]
         sigma = float(report["noise_std"])

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 import numpy as np
 
 from stamen.errors import CheckpointError
+from stamen.models.registry import model_class
 from stamen.privacy import (
     UNCLIPPED_RANGE,
     GaussianSum,
@@ -70,13 +71,14 @@ def noise_share_cohort(settings: ServerSettings) -> int:
 
 def secagg_range(settings: ServerSettings, noise_multiplier: float | None) -> float:
     """The per-coordinate range honest values need under SecAgg+: without user-level DP
-    ``UNCLIPPED_RANGE`` (devices do not clip); under DP the clip norm ``C`` (no value of
+    the model's ``update_range`` (devices do not clip; ``UNCLIPPED_RANGE`` unless the model
+    declares one); under DP the clip norm ``C`` (no value of
     an update clipped to L2 norm ``C`` is larger), plus, when the devices add the noise,
     seven standard deviations of the share of the smallest cohort it leaves room for
     (:func:`noise_share_cohort`; ``secagg_range_for``)."""
     dp = settings.dp
     if not dp.enabled:
-        return UNCLIPPED_RANGE
+        return model_class(settings.model).update_range or UNCLIPPED_RANGE
     if dp.noise_on_devices and noise_multiplier:
         return secagg_range_for(
             noise_multiplier=noise_multiplier,

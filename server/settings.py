@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from stamen.models.fedrap.settings import FedRAPSettings
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.pfedrec.settings import PFedRecSettings
 from stamen.models.registry import model_class
@@ -47,11 +50,27 @@ class ServerSettings(BaseModel):
     two_tower: TwoTowerSettings = TwoTowerSettings()
     sequential: SequentialSettings = SequentialSettings()
     pfedrec: PFedRecSettings = PFedRecSettings()
+    fedrap: FedRAPSettings = FedRAPSettings()
     optimizer: ServerOptimizerSettings = ServerOptimizerSettings()
     secagg: SecAggSettings = SecAggSettings()
     dp: UserDP = UserDP()
     record_dp: RecordDP = RecordDP()
     analytics: AnalyticsSettings = AnalyticsSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_optimizer(cls, values: Any) -> Any:
+        """A run that names no ``optimizer`` takes its model's published one
+        (``RecModel.server_optimizer``; the field's default otherwise)."""
+        if not isinstance(values, dict) or values.get("optimizer") is not None:
+            return values
+        try:
+            published = model_class(values.get("model", "mf")).server_optimizer
+        except (TypeError, ValueError):  # not a known model: the field's validator says so
+            return values
+        if published is None:
+            return values
+        return {**values, "optimizer": dict(published)}
 
     @field_validator("model")
     @classmethod

@@ -266,10 +266,17 @@ class FederatedAveraging(Strategy):
             return sum(1 for h in self.history if h.evaluate is not None and h.evaluate.secure)
         return sum(1 for h in self.history if name in (h.analytics or {}))
 
-    def measure_experiments(self, experiments: Mapping[str, tuple[str, ...]]) -> None:
-        """Measure ``experiments`` (arm names by id: the starting release's) every
+    def measure_experiments(
+        self,
+        experiments: Mapping[str, tuple[str, ...]],
+        metrics: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Measure ``experiments`` (arm names by id: the starting release's) on their
+        ``metrics`` (metric sets by id; default: the four metrics) every
         ``analytics.experiments.every`` rounds (``stamen.server.experiment_rounds``)."""
-        self.experiments = ExperimentMeasurements(self, experiments) if experiments else None
+        self.experiments = (
+            ExperimentMeasurements(self, experiments, metrics) if experiments else None
+        )
 
     def evaluate_candidates(self, candidates: Mapping[str, float]) -> None:
         """Evaluate ``candidates`` (weight clips by name: the starting release's candidate

@@ -50,8 +50,8 @@ DEFAULT_DATASET = "ml-100k"
 
 #: The model families the batched engine trains (``engine = "batched"``): MF only with its
 #: closed-form ``ials`` step (its warm-started factor is not kept); PFedRec's score
-#: functions are kept by the engine, one per device.
-BATCHED_MODELS = ("mf", "two-tower", "sequential", "pfedrec")
+#: functions and FedRAP's personal tables are kept by the engine, one per device.
+BATCHED_MODELS = ("mf", "two-tower", "sequential", "pfedrec", "fedrap")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ class SimulationConfig(ServerSettings):
             raise ValueError(
                 f"engine 'batched' does not run {'; '.join(problems)}. It runs algorithm "
                 "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1), "
-                "'two-tower', 'sequential' or 'pfedrec', user-level DP off, central or "
+                "'two-tower', 'sequential', 'pfedrec' or 'fedrap', user-level DP off, central or "
                 "distributed, SecAgg+ on or off; use engine 'flower' for the rest"
             )
         return self

@@ -8,11 +8,13 @@ of each by HMAC under a secret of its own: 32 random bytes made the first time a
 experiment asks for it and kept in the encrypted store (never sent, never exported, gone
 with :meth:`Device.forget`). ``recommend`` serves the pipeline settings of every arm the
 device is in, applied in the release's order over the app's own settings; the impression
-log (``Device.log_shown``) and the events are what a measurement counts.
+log (``Device.log_shown``) and the events are what a measurement counts, and the installed
+release's item genres give the diversity guardrail's lists their genres.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from stamen.client.device.core import DeviceCore
@@ -20,7 +22,7 @@ from stamen.client.device.core import DeviceCore
 if TYPE_CHECKING:  # loaded where a release carries experiments (pydantic models)
     import numpy as np
 
-    from stamen.client.device.experiments import Experiment
+    from stamen.client.device.experiments import Experiment, ItemGenres
     from stamen.models.experiments import MetricBounds
 
 __all__ = ["ExperimentsMixin"]
@@ -63,7 +65,9 @@ class ExperimentsMixin(DeviceCore):
         installed release's) over ``[start, end)``: its arm's block of clipped metrics,
         zeros elsewhere (``stamen.client.device.experiments.contribution``); with
         ``pre_start``, the same metrics over the pre-period ``[pre_start, start)`` as
-        covariates (CUPED's layout); ``None`` when the installed release does not carry the
+        covariates (CUPED's layout); the experiment's guardrails too, the diversity of each
+        shown list from the installed release's item genres; ``None`` when the installed
+        release does not carry the
         experiment (the device is not in it). Computed here; only a secure, noised sum of it
         ever leaves.
 
@@ -90,4 +94,20 @@ class ExperimentsMixin(DeviceCore):
                 bounds=bounds,
                 pre_start=pre_start,
                 rating_threshold=self.rating_threshold,
+                genres=self._item_genres() if "diversity" in found.metrics else None,
             )
+
+    def _item_genres(self) -> ItemGenres:
+        """The installed release's genre ids of items (empty for an item not in its
+        catalogue), under the lock."""
+        import numpy as np
+
+        serving = self._serving
+        assert serving is not None
+        catalog, genres = serving.bundle.catalog, serving.index.genres
+
+        def lookup(items: Sequence[str]) -> list[np.ndarray]:
+            rows = catalog.index_of(list(items))
+            return [genres.row(int(r)) if r >= 0 else np.zeros(0, np.int64) for r in rows]
+
+        return lookup

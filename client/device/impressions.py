@@ -2,8 +2,11 @@
 
 An app logs each list it shows (``Device.log_shown``): for every slot, the request it
 belongs to, its position, the item, the probability the pipeline's policy gave that item
-in that position (its propensity, ``Recommendation.propensity``) and the stage that
-earned it. The log lives in the device's encrypted store and never leaves it.
+in that position (its propensity, ``Recommendation.propensity``), the stage that
+earned it and the seconds ``Device.recommend`` took to build the list (``latency_s``, the
+same on every slot of a request; ``None``: not measured, for a list the app built itself
+or one logged before the store recorded it). The log lives in the device's encrypted store
+and never leaves it.
 
 :func:`ips_estimate` is the inverse-propensity (Horvitz-Thompson) estimate of a target
 policy's value per shown slot, ``mean(r · π_target / π_logged)``, unbiased when every slot
@@ -34,6 +37,7 @@ class Impression:
     propensity: float
     source: str
     at: float
+    latency_s: float | None = None
 
 
 def engagement_rewards(

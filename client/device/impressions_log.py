@@ -22,14 +22,19 @@ class ImpressionsMixin(DeviceCore):
         self, recommendations: Sequence[Recommendation], *, at: float | None = None
     ) -> int:
         """Log a list the app showed, in the order shown, as one request: each slot's
-        position, item, propensity and source, in the encrypted store (never sent).
-        Returns the request's number."""
+        position, item, propensity and source, and the seconds ``recommend`` took to build
+        the list (``Recommendation.latency_s``), in the encrypted store (never sent). The
+        latency is recorded only when every slot carries the same one (one list from
+        ``recommend``); a list the app built or merged from several is logged without one
+        (``None``). Returns the request's number."""
         when = time.time() if at is None else float(at)
+        latencies = {r.latency_s for r in recommendations}
+        latency = latencies.pop() if len(latencies) == 1 else None
         with self._lock:
             store = self._open_store()
             request = store.next_request()
             store.log_impressions(
-                Impression(request, position, r.item, r.propensity, r.source, when)
+                Impression(request, position, r.item, r.propensity, r.source, when, latency)
                 for position, r in enumerate(recommendations)
             )
             return request

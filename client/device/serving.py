@@ -28,7 +28,10 @@ class Recommendation:
     stage that earned it (a candidate generator of ``stamen.client.pipeline.candidates``: ``"cf"``,
     ``"content"``, ``"trending"``, ``"fresh"``, ``"popular"``; or ``"explore"``) and the
     probability the pipeline's policy gave it in its position (1 without exploration);
-    ``scores`` holds the score each candidate generator that proposed it gave it."""
+    ``scores`` holds the score each candidate generator that proposed it gave it;
+    ``latency_s`` the seconds ``Device.recommend`` took to build its list (the same on every
+    item of a list; ``None`` for an item not from ``recommend``; left out of comparisons),
+    which ``Device.log_shown`` logs."""
 
     item: str
     score: float
@@ -36,6 +39,7 @@ class Recommendation:
     source: str
     propensity: float = 1.0
     scores: Mapping[str, float] = field(default_factory=dict)
+    latency_s: float | None = field(default=None, compare=False)
 
 
 class ServingMixin(DeviceCore):
@@ -174,10 +178,12 @@ class ServingMixin(DeviceCore):
     def _recommend(
         self, k: int, context: dict[str, Any], excluded: list[str], at: float | None
     ) -> list[Recommendation]:
-        """:meth:`recommend` with checked arguments, under the lock."""
+        """:meth:`recommend` with checked arguments, under the lock; each item carries the
+        seconds the list took to build (``Recommendation.latency_s``)."""
         serving = self._serving
         if serving is None:
             return []
+        began = time.perf_counter()
         catalog = serving.bundle.catalog
         when = time.time() if at is None else float(at)
         request = self._request(serving, self._ordered, when, context, self._factor)
@@ -194,11 +200,11 @@ class ServingMixin(DeviceCore):
             rng=self._rng,
             ranker=serving.ranker,
         )
+        items = [catalog.item_id(p.row) for p in picks]
+        latency = time.perf_counter() - began
         return [
-            Recommendation(
-                catalog.item_id(p.row), p.score, p.reason, p.source, p.propensity, p.scores
-            )
-            for p in picks
+            Recommendation(item, p.score, p.reason, p.source, p.propensity, p.scores, latency)
+            for item, p in zip(items, picks, strict=True)
         ]
 
     def _request(

@@ -19,6 +19,10 @@ Version 2 adds::
 Version 3 adds ``events.event_id TEXT`` (the app's own id of an event, unique where given:
 a retried ``record`` is stored once).
 
+Version 4 adds ``impressions.latency_s REAL`` (the seconds ``Device.recommend`` took to build
+the shown list; NULL where not measured: rows logged before version 4, and lists the app
+built itself).
+
 ``MIGRATIONS[v]`` upgrades a database from version ``v`` to ``v + 1`` inside one
 transaction; opening a database runs the missing steps, and refuses one written by a
 newer Stamen. Callers serialise access (``Device`` holds a lock). A page that fails
@@ -71,11 +75,16 @@ def _add_event_ids(connection: Any) -> None:
     )
 
 
+def _add_latency(connection: Any) -> None:
+    connection.execute("ALTER TABLE impressions ADD COLUMN latency_s REAL")
+
+
 #: Step ``v`` upgrades a version-``v`` database (0: empty) to version ``v + 1``.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {
     0: _create_v1,
     1: _add_impressions,
     2: _add_event_ids,
+    3: _add_latency,
 }
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -190,11 +199,14 @@ class EventStore:
     def log_impressions(self, rows: Iterable[Impression]) -> None:
         """Store shown recommendations in one transaction."""
         with self.guard():
-            values = [(i.request, i.position, i.item, i.propensity, i.source, i.at) for i in rows]
+            values = [
+                (i.request, i.position, i.item, i.propensity, i.source, i.at, i.latency_s)
+                for i in rows
+            ]
             with self.transaction():
                 self._db.executemany(
-                    "INSERT INTO impressions(request, position, item, propensity, source, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO impressions(request, position, item, propensity, source, at, "
+                    "latency_s) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     values,
                 )
 
@@ -202,11 +214,14 @@ class EventStore:
         """Every logged impression, in logging order."""
         with self.guard():
             cursor = self._db.execute(
-                "SELECT request, position, item, propensity, source, at FROM impressions "
-                "ORDER BY seq"
+                "SELECT request, position, item, propensity, source, at, latency_s "
+                "FROM impressions ORDER BY seq"
             )
             return [
-                Impression(int(r), int(p), i, float(q), s, float(a)) for r, p, i, q, s, a in cursor
+                Impression(
+                    int(r), int(p), i, float(q), s, float(a), None if t is None else float(t)
+                )
+                for r, p, i, q, s, a, t in cursor
             ]
 
     def next_request(self) -> int:

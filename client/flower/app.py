@@ -164,7 +164,9 @@ class DeviceClient(NumPyClient):
         history = UserItems.single(
             self.data.train_items, n_items=self.data.n_items, contexts=self.data.train_contexts
         )
-        return DeviceInputs(history=history, seeds=seeds, states=(self.factor(),))
+        return DeviceInputs(
+            history=history, seeds=seeds, states=(self.factor(),), round=request.round
+        )
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         """Do the request's task (``FIT_TASKS``) and return what leaves the device."""

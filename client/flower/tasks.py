@@ -25,7 +25,7 @@ import numpy as np
 from stamen.client.flower.analytics import evaluation_vectors, trending_vectors
 from stamen.client.flower.statistics import als_upload
 from stamen.models.analytics import metric_names_from_config
-from stamen.models.experiments import MetricBounds, statistics
+from stamen.models.experiments import MetricBounds, metric_set, statistics
 from stamen.models.mf.settings import LocalSettings
 from stamen.models.off_policy import width as off_policy_width
 from stamen.models.ranker.model import (
@@ -239,7 +239,8 @@ def evaluation_sum(
 def experiment(device: DeviceClient, parameters: list[np.ndarray], request: Request) -> FitResult:
     """The device's contribution to an experiment's measurement over the request's window
     (``Device.experiment_contribution``): its arm's block of clipped metrics (with the
-    request's ``experiment-pre-start``, pre-period covariates too); zeros, the same length,
+    request's ``experiment-pre-start``, pre-period covariates too; its
+    ``experiment-guardrails`` say which guardrails the blocks hold); zeros, the same length,
     when it serves no such experiment (it was not in it)."""
     settings = request.settings
     arms = int(settings["experiment-arms"])
@@ -259,7 +260,9 @@ def experiment(device: DeviceClient, parameters: list[np.ndarray], request: Requ
         if measure is None
         else measure(str(settings["experiment-id"]), bounds=bounds, **window)
     )
-    width = arms * len(statistics(covariates=pre_start is not None))
+    guardrails = str(settings.get("experiment-guardrails", ""))
+    metrics = metric_set(guardrails.split(",") if guardrails else ())
+    width = arms * len(statistics(metrics, covariates=pre_start is not None))
     vector = np.zeros(width) if measured is None else np.asarray(measured, np.float64)
     if vector.shape != (width,):
         raise ValueError(

@@ -54,6 +54,7 @@ __all__ = [
     "PFedRec",
     "Personalised",
     "fresh_score_function",
+    "padded_epochs",
     "personalise",
     "training_examples",
 ]
@@ -114,9 +115,23 @@ def _batches(
         )
         examples.append((items, labels))
         orders.append([rng.permutation(len(items)) for _ in range(settings.local_epochs)])
-    width = max((math.ceil(len(i) / size) for i, _ in examples), default=0) * size
+    return np.stack(starts).astype(np.float32), padded_epochs(examples, orders, size)
+
+
+def padded_epochs(
+    examples: list[tuple[np.ndarray, np.ndarray]],
+    orders: list[list[np.ndarray]],
+    batch_size: int,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per epoch, every device's examples ``(items, labels)`` in its order for that epoch
+    (``orders[d][epoch]``), padded to the longest device's number of batches: ``(items,
+    labels, mask)`` of shape ``(devices, batches, size)``, ``mask`` 0 on padding; ``size``
+    is ``batch_size``, or the most examples of a device where every device has fewer."""
+    n = len(examples)
+    batch_size = min(batch_size, max((len(i) for i, _ in examples), default=1)) or 1
+    width = max((math.ceil(len(i) / batch_size) for i, _ in examples), default=0) * batch_size
     epochs = []
-    for epoch in range(settings.local_epochs):
+    for epoch in range(len(orders[0]) if orders else 0):
         items = np.zeros((n, width), np.int64)
         labels = np.zeros((n, width), np.float32)
         mask = np.zeros((n, width), np.float32)
@@ -124,9 +139,9 @@ def _batches(
             order = orders[d][epoch]
             items[d, : len(order)], labels[d, : len(order)] = its[order], lbs[order]
             mask[d, : len(order)] = 1.0
-        shape = (n, width // size, size)
+        shape = (n, width // batch_size, batch_size)
         epochs.append((items.reshape(shape), labels.reshape(shape), mask.reshape(shape)))
-    return np.stack(starts).astype(np.float32), epochs
+    return epochs
 
 
 def personalise(
@@ -181,6 +196,10 @@ class PFedRec(RecModel):
     settings_class = PFedRecSettings
     display_name = "PFedRec"
     settings_field = "pfedrec"
+    # the reference code's plain mean of the devices' tables; at its item learning rate a
+    # coordinate moves by tens in one step
+    update_range = 256.0
+    server_optimizer = {"name": "fedavg", "lr": 1.0}
     settings: PFedRecSettings
 
     def shared_names(self) -> tuple[str, ...]:

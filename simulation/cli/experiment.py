@@ -15,8 +15,9 @@ people, and read what a federation's measurement rounds found.
     stamen experiment report CHECKPOINTS --off-policy
                                                   the candidates' latest off-policy estimates
 
-A definition is a JSON or TOML file of ``id``, ``salt`` and ``arms`` (each ``name``,
-``weight``, ``overrides`` of the pipeline's settings): ``stamen.client.device.experiments``.
+A definition is a JSON or TOML file of ``id``, ``salt``, ``arms`` (each ``name``,
+``weight``, ``overrides`` of the pipeline's settings) and, optionally, ``guardrails`` (of
+``diversity``, ``latency``): ``stamen.client.device.experiments``.
 A candidates file holds ``candidates``, a list of ``name``, ``overrides`` and ``max_weight``
 (``stamen.client.device.experiments.CandidatePolicy``). A deployment run measures the
 experiments of the release it starts from every ``experiment-every`` rounds
@@ -137,8 +138,16 @@ def _arms_table(experiment: "Experiment") -> Table:
 def check(
     file: Annotated[Path, typer.Argument(help="the experiment's definition (JSON or TOML)")],
 ) -> None:
-    """Validate an experiment's definition and print its arms (exit 2 on a problem)."""
-    Console().print(_arms_table(read_experiment(file)))
+    """Validate an experiment's definition and print its arms and guardrails (exit 2 on a
+    problem)."""
+    experiment = read_experiment(file)
+    console = Console()
+    console.print(_arms_table(experiment))
+    from stamen.models.experiments import METRICS
+
+    guardrails = experiment.metrics[len(METRICS) :]
+    if guardrails:
+        console.print(f"guardrails: {', '.join(guardrails)}", soft_wrap=True)
 
 
 def _overlaps(experiments: list[dict[str, Any]]) -> list[str]:
@@ -334,7 +343,8 @@ def simulate(
     shows, with one private measurement each, and print every treatment's true effect, mean
     estimate, rejection rate (the power; for a true effect of 0, the false-positive rate) and
     interval coverage: how many people an experiment needs at this ε. The simulator models
-    the 'explore' override only; the first arm is the control."""
+    the 'explore' override and the four metrics only (not the guardrails); the first arm is
+    the control."""
     from stamen.models.experiments import METRICS, MetricBounds
     from stamen.simulation.experiments.batched import (
         clear_sums,
@@ -351,6 +361,12 @@ def simulate(
     )
 
     experiment = read_experiment(file)
+    if experiment.guardrails:
+        typer.echo(
+            f"guardrails {', '.join(experiment.guardrails)}: not simulated; the figures are "
+            "those of the experiment without them (each guardrail adds noise at the same ε)",
+            err=True,
+        )
     if not epsilon > 0:
         raise typer.BadParameter(f"must be positive (got {epsilon})", param_hint="--epsilon")
     model, bounds = ResponseModel(), MetricBounds()
@@ -460,6 +476,10 @@ def _reports(
                     (int(record.get("round", 0)), query)
                 )
     return found
+
+
+#: Which way each guardrail improves (``stamen.models.experiments.GUARDRAILS``).
+_DIRECTIONS = {"diversity": "higher", "latency": "lower"}
 
 
 def _number(value: Any, spec: str) -> str:
@@ -641,6 +661,14 @@ def _print_report(console: Console, name: str, rnd: int, query: dict[str, Any]) 
             row += [_number(w.get("z"), "+.2f"), _number(w.get("bound"), ".2f"), decision]
         effects.add_row(*row)
     console.print(effects)
+    guarded = [m for m in metrics if m in _DIRECTIONS]
+    if guarded:
+        console.print(
+            "Guardrails: "
+            + ", ".join(f"{m} ({_DIRECTIONS[m]} is better)" for m in guarded)
+            + "; a significant effect the other way is harm.",
+            soft_wrap=True,
+        )
     if cuped:
         console.print(
             "CUPED: adjusted with each metric's pre-period value (theta "

@@ -102,14 +102,15 @@ FLAGS: dict[str, Flag] = {
     ),
     "model": Flag(
         str,
-        "model family: mf, two-tower, sequential or pfedrec (\\[two-tower], \\[sequential], "
-        "\\[pfedrec] sections)",
+        "model family: mf, two-tower, sequential, pfedrec or fedrap (\\[two-tower], "
+        "\\[sequential], \\[pfedrec], \\[fedrap] sections)",
     ),
     "algorithm": Flag(str, "fedavg (DP-FedAvg under --dp) or als (private ALS; \\[als] section)"),
     "engine": Flag(
         str,
         "flower (Flower's simulation engine, the default) or batched (the same cohorts and "
-        "arithmetic vectorised in this process: MF, two-tower, sequential or PFedRec FedAvg, fast)",
+        "arithmetic vectorised in this process: MF, two-tower, sequential, PFedRec or FedRAP "
+        "FedAvg, fast)",
     ),
     "rounds": Flag(int, "federated rounds", ("--rounds",)),
     "clients_per_round": Flag(int, "devices sampled per round"),

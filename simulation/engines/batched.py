@@ -117,6 +117,7 @@ def cohort_updates(
         seeds=device_seeds(users, seed=seed, rnd=rnd, purpose=0),
         attributes=None if attributes is None else attributes[users],
         states=None if states is None else tuple(states.get(int(u)) for u in users),
+        round=rnd,
     )
     updates = model.device_updates(shared, inputs)
     if states is not None:

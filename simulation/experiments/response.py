@@ -371,7 +371,7 @@ def cumulative_counts(windows: list[PersonCounts]) -> list[PersonCounts]:
     ``0 … k`` (counts are additive)."""
     if not windows:
         raise ValueError("windows must hold at least one window's counts")
-    fields = list(PersonCounts.__dataclass_fields__)
+    fields = [f for f in PersonCounts.__dataclass_fields__ if getattr(windows[0], f) is not None]
     running = {f: np.cumsum([getattr(w, f) for w in windows], axis=0) for f in fields}
     return [PersonCounts(**{f: running[f][k] for f in fields}) for k in range(len(windows))]
 

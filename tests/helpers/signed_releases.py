@@ -52,10 +52,12 @@ def small_mf_release(
     *,
     identity: ReleaseIdentity | None = None,
     extras: dict | None = None,
+    genres: list[list[str]] | None = None,
 ) -> bytes:
     """The signed bytes of release ``number`` of an ``ials`` MF model of items
-    ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``), item factors seeded by ``number``,
-    published under ``identity`` with the manifest's ``extras``."""
+    ``item-0`` … ``item-<n-1>`` (titled ``Title <i>``, with ``genres`` where given), item
+    factors seeded by ``number``, published under ``identity`` with the manifest's
+    ``extras``."""
     rng = np.random.default_rng(number)
     bundle = ReleaseBundle(
         release=number,
@@ -66,7 +68,9 @@ def small_mf_release(
             "items.bias": np.zeros(n, np.float32),
         },
         catalog=ReleaseCatalog.build(
-            [f"item-{i}" for i in range(n)], titles=[f"Title {i}" for i in range(n)]
+            [f"item-{i}" for i in range(n)],
+            titles=[f"Title {i}" for i in range(n)],
+            genres=genres,
         ),
         popularity=rng.random(n).astype(np.float32),
         identity=identity,

@@ -47,6 +47,10 @@ CASES = {
         {"dim": 8, "hidden": 12, "item_ids": False, "negatives": 0, "local_epochs": 2},
     ),
     "pfedrec": ("pfedrec", {"dim": 6, "batch_size": 8, "local_epochs": 2, "item_lr_scale": 0.1}),
+    "fedrap": (
+        "fedrap",
+        {"dim": 6, "batch_size": 8, "local_epochs": 3, "item_lr": 2.0, "lam": 0.5, "mu": 0.1},
+    ),
 }
 
 
@@ -77,7 +81,7 @@ def _devices(n: int = N_DEVICES, seed: int = 0) -> DeviceInputs:
     )
     query = np.stack([rng.integers(0, 24, n), rng.integers(0, 7, n)], axis=1)
     return DeviceInputs(
-        history=history, seeds=np.arange(100, 100 + n, dtype=np.uint64), query=query
+        history=history, seeds=np.arange(100, 100 + n, dtype=np.uint64), query=query, round=3
     )
 
 
@@ -148,9 +152,11 @@ def test_the_upload_holds_the_shared_arrays_only(model) -> None:
     kept = [v.to_numpy_ndarrays()[0] for v in state.values()]
     for private in kept:
         assert not any(u.shape == private.shape and np.allclose(u, private) for u in upload)
-    if model.name in ("mf", "pfedrec"):  # MF's user factor; PFedRec's score function [w, b]
-        width = model.settings.dim + (1 if model.name == "pfedrec" else 0)
-        assert len(kept) == 1 and kept[0].shape == (width,)
+    # MF's user factor; PFedRec's score function [w, b]; FedRAP's [D_u, w, b]
+    dim = getattr(model.settings, "dim", 0)
+    widths = {"mf": dim, "pfedrec": dim + 1, "fedrap": N_ITEMS * dim + dim + 1}
+    if model.name in widths:
+        assert len(kept) == 1 and kept[0].shape == (widths[model.name],)
     else:
         assert kept == []  # the user tower or sequence reads the history itself
 
@@ -176,7 +182,16 @@ def test_batch_first_step_equals_the_step_device_by_device(model) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["mf", "two-tower", "two-tower-sequence", "two-tower-context", "sequential", "pfedrec"]
+    "case",
+    [
+        "mf",
+        "two-tower",
+        "two-tower-sequence",
+        "two-tower-context",
+        "sequential",
+        "pfedrec",
+        "fedrap",
+    ],
 )
 def test_batched_round_mean_equals_the_clients_mean(case) -> None:
     """``simulation/batched.py`` and the per-device ClientApp agree: the cohort mean the

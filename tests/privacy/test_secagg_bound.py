@@ -25,10 +25,12 @@ from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from stamen.client.flower import tasks
 from stamen.errors import ConfigError, UpdateBoundError
+from stamen.models.registry import model_class
 from stamen.models.wire import DeviceDP, Request, Task
 from stamen.privacy import (
     MODULUS_RANGE,
     NOISE_TAIL,
+    UNCLIPPED_RANGE,
     SecAggSettings,
     UserDP,
     honest_sum_bound,
@@ -85,6 +87,22 @@ def test_the_range_follows_the_clip_norm() -> None:
     assert secagg_range(distributed, 1.0) == pytest.approx(C + 7 * C / math.sqrt(3))
     off = settings.model_copy(update={"dp": UserDP()})
     assert secagg_range(off, None) == 1.0  # no clip norm without DP: devices do not clip
+
+
+@pytest.mark.parametrize("model", ["pfedrec", "fedrap"])
+def test_a_model_with_wide_updates_gets_its_range_and_published_optimizer(model: str) -> None:
+    """PFedRec and FedRAP move a coordinate by more than 1 in one device step: without DP
+    an unset range is the model's ``update_range``, and a run that names no optimizer
+    takes the published plain mean (FedAvg at lr 1); one that names it keeps it."""
+    declared = model_class(model).update_range
+    assert declared is not None and declared > UNCLIPPED_RANGE
+    settings = ServerSettings(model=model, clients_per_round=8)
+    assert secagg_range(settings, None) == declared
+    assert resolve_secagg(settings, None).clipping_range == declared
+    assert (settings.optimizer.name, settings.optimizer.lr) == ("fedavg", 1.0)
+    chosen = ServerSettings(model=model, optimizer={"name": "fedadam", "lr": 0.01})
+    assert (chosen.optimizer.name, chosen.optimizer.lr) == ("fedadam", 0.01)
+    assert ServerSettings(model="mf").optimizer == ServerSettings().optimizer
 
 
 def test_an_explicit_range_is_kept_refused_below_need_and_warned_far_above(caplog) -> None:

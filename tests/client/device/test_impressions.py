@@ -8,7 +8,7 @@ import pytest
 from stamen.client import Device, Recommendation
 from stamen.client.device.events import Event
 from stamen.client.device.impressions import Impression, engagement_rewards, ips_estimate
-from stamen.client.device.store import SCHEMA_VERSION, EventStore
+from stamen.client.device.store import MIGRATIONS, SCHEMA_VERSION, EventStore
 from stamen.privacy import generate_key, generate_signing_key, open_encrypted_database
 
 
@@ -81,6 +81,50 @@ def test_a_version_1_store_gains_the_impression_log_and_event_ids_and_keeps_its_
     try:
         assert [(e.item, e.id) for e in store.events()] == [("x", None)]
         assert store.impressions() == [] and store.next_request() == 0
-        assert SCHEMA_VERSION == 3
+        assert SCHEMA_VERSION == 4
     finally:
         store.close()
+
+
+def test_a_version_3_store_gains_latencies_and_keeps_its_impressions_without_one(
+    tmp_path,
+) -> None:
+    key = generate_key()
+    folder = tmp_path / "v3"
+    folder.mkdir()
+    db = open_encrypted_database(folder / "device.db", key=key)
+    for version in range(3):  # the schema as version 3 left it
+        MIGRATIONS[version](db)
+    db.execute(
+        "INSERT INTO impressions(request, position, item, propensity, source, at) "
+        "VALUES (0, 0, 'a', 0.5, 'cf', 10.0)"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    store = EventStore(folder, key=key)
+    try:
+        assert store.impressions() == [Impression(0, 0, "a", 0.5, "cf", 10.0, None)]
+        store.log_impressions([Impression(1, 0, "b", 1.0, "cf", 20.0, 0.25)])
+        assert [i.latency_s for i in store.impressions()] == [None, 0.25]
+    finally:
+        store.close()
+
+
+def test_log_shown_records_the_latency_recommend_measured(tmp_path) -> None:
+    from helpers.signed_releases import small_mf_release
+
+    private, public = generate_signing_key()
+    with Device.open(tmp_path / "d", key=generate_key(), release_key=public, seed=0) as device:
+        device.apply_release(small_mf_release(1, private))
+        shown = device.recommend(4, at=100.0)
+        latency = shown[0].latency_s
+        assert latency is not None and latency > 0
+        assert {p.latency_s for p in shown} == {latency}  # one list, one latency
+        device.log_shown(shown, at=100.0)
+        # a list the app built, and one merged from two lists: no measured latency
+        device.log_shown([Recommendation("x", 1.0, "", "app")], at=200.0)
+        merged = [*shown[:1], *device.recommend(2, exclude=[shown[0].item], at=300.0)]
+        device.log_shown(merged, at=300.0)
+        logged = device.impressions()
+    assert [i.latency_s for i in logged] == [latency] * 4 + [None] * (1 + 3)

@@ -190,3 +190,28 @@ def test_report_prints_the_cuped_effect_beside_the_unadjusted_one(tmp_path) -> N
     assert "+0.0300" in out and "[+0.0100, +0.0500]" in out
     assert "+0.0250" in out and "[+0.0152, +0.0348]" in out and "-75%" in out
     assert "CUPED" in out and "engagement 0.400" in out
+
+
+def test_check_and_report_show_an_experiments_guardrails(tmp_path) -> None:
+    definition = tmp_path / "guarded.json"
+    definition.write_text(json.dumps({**EXPERIMENT, "guardrails": ["latency", "diversity"]}))
+    assert "guardrails: diversity, latency" in ok(["experiment", "check", str(definition)])
+    plain = _report(0.03)
+    guarded = dict(plain)
+    arm = {
+        "exposed": 120.0,
+        "means": {"engagement": 0.1, "diversity": 0.62, "latency": 0.031},
+        "stderrs": {"engagement": 0.01, "diversity": 0.02, "latency": 0.002},
+    }
+    guarded["arms"] = [{"name": "control", **arm}, {"name": "explore", **arm}]
+    latency = {**plain["effects"][0], "metric": "latency", "effect": 0.0042}
+    guarded["effects"] = [*plain["effects"], latency]
+    checkpoints = tmp_path / "checkpoints"
+    name = "experiment:explore-1"
+    _rounds_log(checkpoints, [{"round": 1, "analytics": {name: {"report": guarded}}}])
+    out = ok(["experiment", "report", str(checkpoints)])
+    assert "0.6200 ± 0.0200" in out and "+0.0042" in out
+    assert "diversity (higher is better), latency (lower is better)" in out
+    plain_log = tmp_path / "plain"
+    _rounds_log(plain_log, [{"round": 1, "analytics": {name: {"report": plain}}}])
+    assert "Guardrails" not in ok(["experiment", "report", str(plain_log)])
