@@ -59,18 +59,27 @@ class ServerSettings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _model_optimizer(cls, values: Any) -> Any:
-        """A run that names no ``optimizer`` takes its model's published one
-        (``RecModel.server_optimizer``; the field's default otherwise)."""
-        if not isinstance(values, dict) or values.get("optimizer") is not None:
+    def _model_defaults(cls, values: Any) -> Any:
+        """What a run leaves unset that its model decides: its published ``optimizer``
+        (``RecModel.server_optimizer``; the field's default otherwise), and the
+        ``init_seed`` of a model whose devices start from one drawn state (FedRAP's), which
+        is the run's ``seed``, so seeds vary it as they vary the shared arrays."""
+        if not isinstance(values, dict):
             return values
         try:
-            published = model_class(values.get("model", "mf")).server_optimizer
+            family = model_class(values.get("model", "mf"))
         except (TypeError, ValueError):  # not a known model: the field's validator says so
             return values
-        if published is None:
-            return values
-        return {**values, "optimizer": dict(published)}
+        values = dict(values)
+        if values.get("optimizer") is None and family.server_optimizer is not None:
+            values["optimizer"] = dict(family.server_optimizer)
+        if "init_seed" in family.settings_class.model_fields:
+            own = values.get(family.settings_field)
+            given = own.model_fields_set if isinstance(own, BaseModel) else set(own or {})
+            if "init_seed" not in given and "init-seed" not in given:
+                base = own.model_dump() if isinstance(own, BaseModel) else dict(own or {})
+                values[family.settings_field] = {**base, "init_seed": values.get("seed", 0)}
+        return values
 
     @field_validator("model")
     @classmethod

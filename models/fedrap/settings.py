@@ -32,7 +32,8 @@ class FedRAPSettings(BaseModel):
     init_seed: int = Field(
         0,
         description="seed of the initial personal table and score function every device "
-        "starts from (the reference starts each client from a copy of one model)",
+        "starts from (the reference starts each client from a copy of one model); a run "
+        "that leaves it unset uses its own seed",
     )
     local_epochs: int = Field(10, ge=1, description="most local passes over the examples")
     tol: float = Field(

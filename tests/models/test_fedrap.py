@@ -20,6 +20,8 @@ from stamen.models.fedrap.settings import FedRAPSettings
 from stamen.models.pfedrec.model import training_examples
 from stamen.models.registry import DeviceInputs, build_model
 from stamen.models.wire import Request, Task
+from stamen.server.settings import ServerSettings
+from stamen.simulation.config import SimulationConfig
 from stamen.simulation.engines.batched import model_step
 
 N_ITEMS, DIM = 12, 4
@@ -230,3 +232,14 @@ def test_serving_scores_the_global_table_against_a_fitted_score_function() -> No
     fresh = split_state(fresh_state(N_ITEMS, model.settings), N_ITEMS, DIM)
     assert not np.allclose(vector, fresh[1])  # the step moved it
     np.testing.assert_array_equal(serving.bias, np.zeros(N_ITEMS, np.float32))
+
+
+def test_the_devices_starting_state_follows_the_runs_seed_unless_set() -> None:
+    """A run that leaves ``fedrap.init_seed`` unset starts its devices from a state drawn
+    with the run's seed (seeds vary it as they vary the shared arrays); one that sets it
+    keeps it, in the server's settings too."""
+    assert ServerSettings(model="fedrap", seed=5).fedrap.init_seed == 5
+    chosen = SimulationConfig(model="fedrap", seed=5, fedrap={"init_seed": 7})
+    assert chosen.fedrap.init_seed == 7
+    assert chosen.server_settings(100).fedrap.init_seed == 7
+    assert SimulationConfig(model="fedrap", seed=2).server_settings(100).fedrap.init_seed == 2
