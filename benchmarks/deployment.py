@@ -26,6 +26,14 @@ proxy-config``, ``stamen.server.proxy``; the operator's ``flwr`` calls still rea
 SuperLink's own 127.0.0.1 port). A second table then sets, per setting, the mean round time
 after the first round direct against through the proxy: the proxy's added seconds per round
 and the ratio. Each run records the 1-minute load average at its start and end.
+
+A round's replies are waited for at most the deployment's ``reply-timeout`` (120 s; SecAgg+
+stages: ``secagg-timeout``, 120 s): a reply that never comes (Flower's SuperNode drops a
+message whose Fleet request the SuperLink answered with an error, e.g. 'database is locked'
+under load) counts its device out of the round, recorded per round, with the errors of
+Flower's that each run logged (:func:`flower_errors`). A run in which no round ends for
+``STALL_S`` is abandoned and recorded as stalled; one whose ServerApp recorded its failure
+(``<checkpoints>/status.json``) is recorded as failed, with the reason, as soon as it does.
 """
 
 from __future__ import annotations
@@ -70,12 +78,48 @@ RUN_S = 1800.0
 STALL_S = 420.0  # a configuration is abandoned when no round ends for this long
 
 
-class Stalled(RuntimeError):
-    """No round ended within STALL_S: what the machine looked like then."""
+class Abandoned(RuntimeError):
+    """The run failed, or no round ended within STALL_S: why, and what the machine and
+    Flower's logs looked like then."""
 
     def __init__(self, message: str, evidence: dict) -> None:
         super().__init__(message)
         self.evidence = evidence
+
+
+#: What Flower's SuperNode logs when a Fleet request of its failed with an error answer it
+#: does not retry (httpx's "Server error '500 …'"; the connection then ends) or when it drops
+#: a message after one (``flwr.supernode.start_client_internal``).
+GAVE_UP = ("Server error '", "Failed to send message", "Failed to receive message")
+
+
+def flower_errors(tmp: Path, n: int) -> dict[str, int]:
+    """What went wrong in Flower during a run, from its logs in ``tmp``: the SuperLink's
+    'database is locked' (a write of its SQLite state that waited out the busy timeout),
+    the SuperNodes' log lines of a Fleet request given up or a message dropped (GAVE_UP),
+    and (through the proxy) nginx's 5xx answers."""
+    nodes = "".join(text(tmp / f"node-{d}.log") for d in range(n)).splitlines()
+    access = tmp / "proxy" / "logs" / "access.log"  # '… "POST /v1/fleet/… HTTP/1.1" 200 …'
+    lines = text(access).splitlines() if access.exists() else []
+    statuses = [line.split('" ', 1)[1].split()[0] for line in lines if '" ' in line]
+    return {
+        "superlink_database_locked": text(tmp / "superlink.log").count("database is locked"),
+        "supernode_gave_up": sum(any(phrase in line for phrase in GAVE_UP) for line in nodes),
+        "nginx_5xx": sum(status.startswith("5") for status in statuses),
+    }
+
+
+def _failure(status: Path) -> str | None:
+    """Why the run failed, once its ServerApp has recorded that it did (``RunStatus``)."""
+    if not status.exists():
+        return None
+    try:
+        recorded = json.loads(status.read_text())
+    except json.JSONDecodeError:  # being replaced: read it at the next look
+        return None
+    if recorded.get("status") != "failed":
+        return None
+    return str(recorded["reason"]).splitlines()[0]  # a table cell
 
 
 def _clientapps() -> int:
@@ -247,13 +291,17 @@ def run_one(
             if link.poll() is not None:
                 raise RuntimeError(f"the SuperLink exited\n{text(log)[-3000:]}")
             peak = max(peak, _clientapps())
-            if time.perf_counter() - last > STALL_S:
-                raise Stalled(
-                    f"no round ended within {STALL_S:.0f} s (rounds done: {seen})",
+            failed = _failure(tmp / "checkpoints" / "status.json")
+            if failed is not None or time.perf_counter() - last > STALL_S:
+                raise Abandoned(
+                    f"failed after {seen} rounds: {failed}"
+                    if failed is not None
+                    else f"stalled: no round ended within {STALL_S:.0f} s (rounds done: {seen})",
                     {
+                        "ended": "stalled" if failed is None else "failed",
                         "rounds_done": seen,
                         "peak_clientapp_processes": peak,
-                        "superlink_database_locked": text(log).count("database is locked"),
+                        **flower_errors(tmp, n),
                         "task_token_rejections": sum(
                             text(tmp / f"node-{d}.log").count("task-token authentication failed")
                             for d in range(n)
@@ -264,10 +312,11 @@ def run_one(
         if seen < rounds:
             raise RuntimeError(f"not {rounds} rounds within {RUN_S} s\n{text(log)[-3000:]}")
         wall = time.perf_counter() - started
+        errors = flower_errors(tmp, n)
     lines = rounds_log.read_text().splitlines() if rounds_log.exists() else []
     records = [json.loads(line) for line in lines]
-    if len(records) != rounds or any(r.get("devices") != n for r in records):
-        raise RuntimeError(f"rounds incomplete: {records}\n{text(tmp / 'flwr-run.log')[-3000:]}")
+    if len(records) != rounds:
+        raise RuntimeError(f"rounds incomplete: {records}")
     per_round = []
     for r in records:  # a round's bytes: those carried between its start and its record
         up, down = relays.between(r["time"] - r["seconds"], r["time"])
@@ -275,6 +324,9 @@ def run_one(
             {
                 "round": r["round"],
                 "seconds": r["seconds"],
+                "devices": r.get("devices", 0),
+                "dropouts": r.get("dropouts", 0),
+                "failed": r.get("failed"),  # why the round failed (the model stayed)
                 "up_bytes_per_device": sum(up) / n,
                 "down_bytes_per_device": sum(down) / n,
                 "payload_up_bytes_per_device": r.get("upload_bytes_per_device"),
@@ -288,6 +340,7 @@ def run_one(
         "superlink_state": state,
         "rounds": per_round,
         "run_seconds": wall,
+        **errors,
     }
 
 
@@ -297,6 +350,17 @@ def _setting(row: dict) -> str:
 
 def _load(row: dict) -> str:
     return "{:.1f} → {:.1f}".format(*row["load_average"])
+
+
+def _errors(row: dict) -> str:
+    return "{} / {} / {}".format(
+        row["superlink_database_locked"], row["supernode_gave_up"], row["nginx_5xx"]
+    )
+
+
+def _lost(row: dict) -> int:
+    """Devices counted out of a run's rounds (no reply in time) and rounds that failed."""
+    return sum(r["dropouts"] + bool(r["failed"]) for r in row["rounds"])
 
 
 def steady_seconds(row: dict) -> float:
@@ -322,9 +386,15 @@ def proxy_lines(rows: list[dict]) -> list[str]:
             continue
         direct, proxy = runs["direct"], runs["proxy"]
         load = "{:.1f} → {:.1f}".format(direct["load_average"][0], proxy["load_average"][1])
-        if "stalled" in direct or "stalled" in proxy:
-            which = " and ".join(k for k, r in runs.items() if "stalled" in r)
-            lines.append(f"{_setting(direct)} {which} stalled | | | | {load} |")
+        if "abandoned" in direct or "abandoned" in proxy:
+            which = " and ".join(f"{k} {r['ended']}" for k, r in runs.items() if "abandoned" in r)
+            lines.append(f"{_setting(direct)} {which} | | | | {load} |")
+            continue
+        if _lost(direct) or _lost(proxy):  # a round that waited out a timeout, or failed
+            lost = ", ".join(f"{k} {_lost(r)}" for k, r in runs.items())
+            lines.append(
+                f"{_setting(direct)} devices counted out or rounds failed ({lost}) | | | | {load} |"
+            )
             continue
         plain, through = steady_seconds(direct), steady_seconds(proxy)
         lines.append(
@@ -375,31 +445,39 @@ def write(rows: list[dict], args: argparse.Namespace, out: Path, load_start: flo
         "SuperExec task polls every "
         f"{os.environ.get('FLWR_SUPEREXEC_TASK_POLL_INTERVAL', '0.1')} s. The machine is "
         f"shared: load average (1 min) {load_start:.1f} at the start, {load_end:.1f} at the "
-        "end.",
+        "end. A round waits at most the deployment's reply timeout (120 s) for a reply: a "
+        "device whose reply was lost is counted out (devices each round). Flower's errors: "
+        "'database is locked' in the SuperLink's log (a write of its SQLite state that "
+        "waited out SQLite's 5 s busy timeout), the SuperNodes' log lines of a Fleet request "
+        "answered with an error they do not retry (their connection then ends) or of a "
+        "message dropped after one, nginx's 5xx answers. A run whose ServerApp failed is "
+        "shown with its reason.",
         "",
         "| SuperNodes | SecAgg+ | executor | through | round s (last) | round s (first) | "
-        "every round s | up bytes/device | down bytes/device | run s (submitted to last "
-        "round) | load avg (start → end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "every round s | devices each round | up bytes/device | down bytes/device | run s "
+        "(submitted to last round) | 'database is locked' / SuperNode requests given up "
+        "/ nginx 5xx | load avg (start → end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if "stalled" in row:
+        if "abandoned" in row:
             lines.append(
-                f"{_setting(row)} {row['through']} | stalled: "
-                f"{row['stalled']}; peak {row['peak_clientapp_processes']} ClientApp "
-                f"processes at once, {row['task_token_rejections']} task-token rejections, "
-                f"{row['superlink_database_locked']} 'database is locked' on the SuperLink "
-                f"| | | | | | {_load(row)} |"
+                f"{_setting(row)} {row['through']} | "
+                f"{row['abandoned']}; peak {row['peak_clientapp_processes']} ClientApp "
+                f"processes at once, {row['task_token_rejections']} task-token rejections "
+                f"| | | | | | | {_errors(row)} | {_load(row)} |"
             )
             continue
         first, last = row["rounds"][0], row["rounds"][-1]
         every = ", ".join(f"{r['seconds']:.1f}" for r in row["rounds"])
+        devices = ", ".join("failed" if r["failed"] else str(r["devices"]) for r in row["rounds"])
         lines.append(
             f"{_setting(row)} {row['through']} | "
             f"{last['seconds']:.1f} | {first['seconds']:.1f} | "
-            f"{every} | "
+            f"{every} | {devices} | "
             f"{last['up_bytes_per_device']:,.0f} | "
-            f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} | {_load(row)} |"
+            f"{last['down_bytes_per_device']:,.0f} | {row['run_seconds']:.0f} | "
+            f"{_errors(row)} | {_load(row)} |"
         )
     if {"direct", "proxy"} <= set(args.through):
         lines += [
@@ -491,18 +569,18 @@ def main(argv: list[str]) -> None:
                         args.superlink_state,
                         through,
                     )
-                except Stalled as stalled:
+                except Abandoned as abandoned:
                     row = {
                         "nodes": n,
                         "secagg": secagg,
                         "executor": executor,
                         "through": through,
-                        "stalled": str(stalled),
-                        **stalled.evidence,
+                        "abandoned": str(abandoned),
+                        **abandoned.evidence,
                     }
             row["load_average"] = [started, os.getloadavg()[0]]
             rows.append(row)
-            if "stalled" in row:
+            if "abandoned" in row:
                 print(f"{what}: {row}", flush=True)
             else:
                 last = row["rounds"][-1]

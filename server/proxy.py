@@ -23,6 +23,10 @@ configuration that separates the two audiences; the SuperLink itself listens on
   operator who is not on the SuperLink's machine; on that machine the ``flwr`` CLI reaches
   the SuperLink's own 127.0.0.1 port.
 
+nginx adds no parallel requests of its own: each device request is one request to the
+SuperLink, over a connection nginx keeps open (``keepalive``) and closes after
+:data:`UPSTREAM_IDLE_S` idle seconds, before the SuperLink would (a request nginx sent on a
+connection the SuperLink was closing would be answered 502, which a SuperNode retries).
 nginx verifies the SuperLink's certificate against the CA (``proxy_ssl_verify``), passes
 request and response bodies through without buffering them to disk (no temporary files:
 its workers may run as another user than its master), and keeps its pid file, logs and
@@ -49,6 +53,8 @@ __all__ = [
     "ENROLMENT_PATHS",
     "FLEET_PREFIX",
     "NGINX_INSTALL",
+    "UPSTREAM_IDLE_S",
+    "UPSTREAM_KEEPALIVE",
     "ProxyPaths",
     "find_nginx",
     "parse_address",
@@ -62,6 +68,11 @@ CONTROL_PREFIX = "/v1/control/"
 ENROLMENT_PATHS = ("/v1/fleet/register-node", "/v1/fleet/unregister-node")
 #: The configuration's file name inside the proxy's folder.
 CONFIG_FILE = "nginx.conf"
+#: Idle connections nginx keeps open to the SuperLink (each is one uvicorn connection).
+UPSTREAM_KEEPALIVE = 16
+#: Seconds nginx keeps an idle connection to the SuperLink: below the 5 s after which
+#: Flower 1.42's SuperLink (uvicorn's ``timeout_keep_alive`` default) closes it.
+UPSTREAM_IDLE_S = 4
 #: How to install nginx on Debian (what ``make nginx`` runs).
 NGINX_INSTALL = "apt-get install -y nginx (Debian), or `make nginx`"
 
@@ -322,9 +333,13 @@ def _render(
         f"    ssl_certificate {_quoted(files['certificate'])};",
         f"    ssl_certificate_key {_quoted(files['key'])};",
         "    ssl_protocols TLSv1.2 TLSv1.3;",
+        "    # idle connections to the SuperLink are reused, and closed before the SuperLink's",
+        "    # own server closes them (uvicorn: after 5 s idle), so that no request is sent",
+        "    # on a connection being closed (nginx would answer it 502, not retrying a POST)",
         "    upstream stamen_superlink {",
         f"        server {upstream};",
-        "        keepalive 16;",
+        f"        keepalive {UPSTREAM_KEEPALIVE};",
+        f"        keepalive_timeout {UPSTREAM_IDLE_S}s;",
         "    }",
         "",
         "    # device-facing: the Fleet API without its enrolment; 403 for everything else",

@@ -68,3 +68,25 @@ def test_everything_else_is_the_wrapped_grid() -> None:
 def test_bad_poll_intervals_are_refused() -> None:
     with pytest.raises(ValueError, match="first_s"):
         PromptGrid(_SlowLink(0.0), first_s=1.0, most_s=0.5)  # type: ignore[arg-type]
+
+
+def test_the_grid_timeout_ends_a_wait_whose_caller_gave_none() -> None:
+    """Flower's plain fit and evaluate workflows give no timeout: the grid's own ends them."""
+    link = _SlowLink(after_s=0.0, lost={1})
+    started = time.monotonic()
+    replies = PromptGrid(link, timeout=0.6).send_and_receive(["a", "b"])  # type: ignore[arg-type]
+    took = time.monotonic() - started
+    assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
+    assert 0.6 <= took < 0.6 + 1.0
+
+
+def test_a_caller_timeout_overrides_the_grid_timeout() -> None:
+    link = _SlowLink(after_s=0.0, lost={0})
+    started = time.monotonic()
+    PromptGrid(link, timeout=30.0).send_and_receive(["a"], timeout=0.3)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 0.3 + 1.0
+
+
+def test_a_non_positive_grid_timeout_is_refused() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        PromptGrid(_SlowLink(0.0), timeout=0.0)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ from stamen.server.proxy import (
     CONTROL_PREFIX,
     ENROLMENT_PATHS,
     FLEET_PREFIX,
+    UPSTREAM_IDLE_S,
     ProxyPaths,
     parse_address,
     write_proxy_config,
@@ -215,3 +216,21 @@ def test_the_command_writes_it_and_prints_how_to_run_it(certs, tmp_path):
     refused = CliRunner().invoke(app, command)  # the same again
     assert isinstance(refused.exception, ConfigError), refused.output
     assert "exists (--force replaces it)" in str(refused.exception)
+
+
+def test_nginx_closes_idle_superlink_connections_before_the_superlink_does(certs, tmp_path):
+    """Flower 1.42's SuperLink serves with uvicorn, which closes a connection idle for its
+    ``timeout_keep_alive``: nginx must drop an idle one sooner, or it may send a request on
+    a connection being closed (answered 502, a SuperNode's retry after a pause)."""
+    import inspect
+
+    import uvicorn
+
+    superlink_idle_s = inspect.signature(uvicorn.Config).parameters["timeout_keep_alive"].default
+    assert 0 < UPSTREAM_IDLE_S < superlink_idle_s
+    upstream = re.search(
+        r"upstream stamen_superlink \{(.*?)\}",
+        _write(certs, tmp_path, "0.0.0.0:9443").config.read_text(),
+        flags=re.S,
+    )
+    assert upstream is not None and f"keepalive_timeout {UPSTREAM_IDLE_S}s;" in upstream.group(1)
