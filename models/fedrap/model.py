@@ -72,9 +72,10 @@ import torch
 
 from stamen.models.batches import UserItems
 from stamen.models.fedrap.settings import FedRAPSettings
+from stamen.models.item_table_model import ItemTableModel
 from stamen.models.pfedrec.model import fresh_score_function, padded_epochs, training_examples
 from stamen.models.quantize import ItemTable
-from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
+from stamen.models.registry import DeviceInputs, DeviceUpdates, Serving, register_model
 
 __all__ = ["Additive", "FedRAP", "additive_step", "fresh_state", "split_state"]
 
@@ -218,7 +219,7 @@ def additive_step(
 
 
 @register_model("fedrap")
-class FedRAP(RecModel):
+class FedRAP(ItemTableModel):
     """FedRAP (see module docstring); settings: :class:`FedRAPSettings`."""
 
     settings_class = FedRAPSettings
@@ -230,31 +231,11 @@ class FedRAP(RecModel):
     server_optimizer = {"name": "fedavg", "lr": 1.0}
     settings: FedRAPSettings
 
-    def shared_names(self) -> tuple[str, ...]:
-        """The global item table ``C``, ``items.weight``."""
-        return ("items.weight",)
-
-    def shared_shapes(self) -> list[tuple[int, ...]]:
-        """``(n_items, dim)``."""
-        return [(self.n_items, self.settings.dim)]
-
-    def init_shared(self, seed: int) -> list[np.ndarray]:
-        """``C`` drawn from N(0, init_std²) by ``seed``."""
-        generator = torch.Generator().manual_seed(seed)
-        table = torch.randn(self.n_items, self.settings.dim, generator=generator)
-        return [(table * self.settings.init_std).numpy()]
-
-    def quantizable(self) -> tuple[str, ...]:
-        """The global item table."""
-        return ("items.weight",)
-
     def device_updates(self, shared: list[np.ndarray], devices: DeviceInputs) -> DeviceUpdates:
         """Each device's step (:func:`additive_step`): the dense change of ``C`` is
         uploaded, ``[D_u, w, b]`` kept."""
         step = additive_step(shared, devices, self.settings)
-        delta = (step.common - torch.from_numpy(np.asarray(shared[0], np.float32))).numpy()
-        states = tuple(row.numpy().copy() for row in step.states)
-        return DeviceUpdates([delta], states, step.losses.astype(np.float64))
+        return self.table_updates(shared, step.common, step.states, step.losses)
 
     def scores(self, shared: list[np.ndarray], devices: DeviceInputs) -> torch.Tensor:
         """Every item scored by ``(C + D_u) · w + b`` from each device's stored state (the

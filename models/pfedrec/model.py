@@ -46,9 +46,10 @@ import numpy as np
 import torch
 
 from stamen.models.batches import UserItems
+from stamen.models.item_table_model import ItemTableModel
 from stamen.models.pfedrec.settings import PFedRecSettings
 from stamen.models.quantize import ItemTable
-from stamen.models.registry import DeviceInputs, DeviceUpdates, RecModel, Serving, register_model
+from stamen.models.registry import DeviceInputs, DeviceUpdates, Serving, register_model
 
 __all__ = [
     "PFedRec",
@@ -190,7 +191,7 @@ def personalise(
 
 
 @register_model("pfedrec")
-class PFedRec(RecModel):
+class PFedRec(ItemTableModel):
     """PFedRec (see module docstring); settings: :class:`PFedRecSettings`."""
 
     settings_class = PFedRecSettings
@@ -202,31 +203,11 @@ class PFedRec(RecModel):
     server_optimizer = {"name": "fedavg", "lr": 1.0}
     settings: PFedRecSettings
 
-    def shared_names(self) -> tuple[str, ...]:
-        """The item embedding table, ``items.weight``."""
-        return ("items.weight",)
-
-    def shared_shapes(self) -> list[tuple[int, ...]]:
-        """``(n_items, dim)``."""
-        return [(self.n_items, self.settings.dim)]
-
-    def init_shared(self, seed: int) -> list[np.ndarray]:
-        """Item embeddings drawn from N(0, init_std²) by ``seed``."""
-        generator = torch.Generator().manual_seed(seed)
-        table = torch.randn(self.n_items, self.settings.dim, generator=generator)
-        return [(table * self.settings.init_std).numpy()]
-
-    def quantizable(self) -> tuple[str, ...]:
-        """The item embeddings."""
-        return ("items.weight",)
-
     def device_updates(self, shared: list[np.ndarray], devices: DeviceInputs) -> DeviceUpdates:
         """Each device's step (:func:`personalise`): the dense change of the shared table
         is uploaded, the score function kept."""
         step = personalise(shared, devices, self.settings)
-        delta = (step.table - torch.from_numpy(np.asarray(shared[0], np.float32))).numpy()
-        states = tuple(row.numpy().copy() for row in step.score)
-        return DeviceUpdates([delta], states, step.losses.astype(np.float64))
+        return self.table_updates(shared, step.table, step.score, step.losses)
 
     def scores(self, shared: list[np.ndarray], devices: DeviceInputs) -> torch.Tensor:
         """Every item scored by each device's personalised table and score function after

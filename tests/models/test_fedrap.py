@@ -12,14 +12,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers.kept_state import two_rounds
 
-from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ReleaseCatalog, UserItems
 from stamen.models.fedrap.model import fresh_state, split_state
 from stamen.models.fedrap.settings import FedRAPSettings
 from stamen.models.pfedrec.model import training_examples
 from stamen.models.registry import DeviceInputs, build_model
-from stamen.models.wire import Request, Task
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import SimulationConfig
 from stamen.simulation.engines.batched import model_step
@@ -179,21 +178,10 @@ def test_the_private_state_stays_on_the_device_between_rounds() -> None:
     """Through the ClientApp: round 2 starts from the state round 1 kept (not a fresh
     one), and the uploads are the global table's change alone."""
     model = _model()
-    shared = model.init_shared(0)
-    state: dict = {}
-    client = DeviceClient(DeviceData(np.array([1, 5, 7]), model.catalog), state, seed=0, row=4)  # type: ignore[arg-type]
-    settings = {"model": "fedrap", **model.settings.to_config()}
-    uploads, kept = [], []
-    for rnd in (1, 2):
-        config = Request(task=Task.MODEL, round=rnd, settings=settings).to_config()
-        uploads.append(client.fit(shared, config)[0])
-        kept.append(client.factor())
-    assert kept[0] is not None and kept[1] is not None
+    run = two_rounds(model)
+    shared, uploads, kept = run.shared, run.uploads, run.kept
     assert kept[0].shape == (N_ITEMS * DIM + DIM + 1,) and not np.array_equal(kept[0], kept[1])
-    inputs = client.inputs(Request(task=Task.MODEL, round=2, settings=settings), purpose=0)
-    fresh = DeviceInputs(history=inputs.history, seeds=inputs.seeds, round=2)
-    again = model.device_updates(shared, fresh)  # round 2 had it started fresh
-    assert not np.allclose(again.deltas[0][0], uploads[1][0])
+    assert not np.allclose(run.fresh[0], uploads[1][0])  # round 2 did not start fresh
     for upload, private in zip(uploads, kept, strict=True):
         assert [u.shape for u in upload] == [(N_ITEMS, DIM)]
         personal, w, _ = split_state(private, N_ITEMS, DIM)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from helpers.kept_state import two_rounds
 
-from stamen.client.flower.app import DeviceClient, DeviceData
 from stamen.models import ReleaseCatalog, UserItems
 from stamen.models.pfedrec.model import fresh_score_function, training_examples
 from stamen.models.registry import DeviceInputs, build_model
-from stamen.models.wire import Request, Task
 from stamen.simulation.engines.batched import model_step
 
 N_ITEMS, DIM = 12, 4
@@ -102,21 +101,10 @@ def test_the_score_function_stays_on_the_device_between_rounds() -> None:
     """Through the ClientApp: round 2 starts from the score function round 1 kept (not a
     fresh one), and no upload holds it."""
     model = _model()
-    shared = model.init_shared(0)
-    state: dict = {}
-    client = DeviceClient(DeviceData(np.array([1, 5, 7]), model.catalog), state, seed=0, row=4)  # type: ignore[arg-type]
-    settings = {"model": "pfedrec", **model.settings.to_config()}
-    uploads, kept = [], []
-    for rnd in (1, 2):
-        config = Request(task=Task.MODEL, round=rnd, settings=settings).to_config()
-        uploads.append(client.fit(shared, config)[0])
-        kept.append(client.factor())
-    assert kept[0] is not None and kept[1] is not None
+    run = two_rounds(model)
+    uploads, kept = run.uploads, run.kept
     assert kept[0].shape == (DIM + 1,) and not np.array_equal(kept[0], kept[1])
-    inputs = client.inputs(Request(task=Task.MODEL, round=2, settings=settings), purpose=0)
-    fresh = DeviceInputs(history=inputs.history, seeds=inputs.seeds)
-    again = model.device_updates(shared, fresh)  # round 2 had it started fresh
-    assert not np.allclose(again.deltas[0][0], uploads[1][0])
+    assert not np.allclose(run.fresh[0], uploads[1][0])  # round 2 did not start fresh
     for upload in uploads:
         assert [u.shape for u in upload] == [(N_ITEMS, DIM)]
 
