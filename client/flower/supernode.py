@@ -12,8 +12,15 @@ instead of a third of a time, so size it against the number of SuperNodes one Su
 serves (README, Deployment).
 
 The change is made where Flower's loop looks up ``time``: the module's ``time`` is
-replaced by one whose ``sleep`` is capped; nothing else differs. The command refuses to
-start if the installed Flower's SuperNode no longer has the waits it expects.
+replaced by one whose ``sleep`` is capped. The command refuses to start if the installed
+Flower's SuperNode no longer has the waits it expects.
+
+It also exits when Flower's SuperNode loop ends. In Flower 1.42 a request the SuperLink
+answers with a 500 (its SQLite state's "database is locked"; docs/operator.md) raises out
+of the loop, which deactivates the node, but the SuperNode's Runtime API thread keeps the
+process alive: a supervisor sees a running SuperNode that has left the federation. Here the
+loop's error ends the process through Flower's own exit path (its exit handlers stop that
+thread) with ``SUPERNODE_CONNECTION_ERROR`` (exit status 1), so a supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -69,6 +76,14 @@ def main() -> None:
             f"1.42 did ({missing} not found); run flower-supernode instead"
         )
     loop.time = CappedSleep(cap)  # type: ignore[attr-defined]
+    from flwr.supercore.exit import ExitCode, flwr_exit
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    flower_supernode()
+    try:
+        flower_supernode()
+    except Exception as error:  # the loop's end: leave, do not linger disconnected
+        flwr_exit(
+            ExitCode.SUPERNODE_CONNECTION_ERROR,
+            f"stamen-supernode: the SuperNode stopped ({type(error).__name__}: {error}); "
+            "exiting so that a supervisor restarts it",
+        )

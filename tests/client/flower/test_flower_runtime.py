@@ -4,6 +4,8 @@ and ``stamen-supernode``'s capped waits (the loopback deployment test runs them 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -76,3 +78,42 @@ def test_a_flower_without_the_expected_waits_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(supernode.inspect, "getsource", lambda module: "while True: pass\n")
     with pytest.raises(SystemExit, match="no longer waits"):
         supernode.main()
+
+
+_LOOP_ENDS = """
+import importlib
+import threading
+
+from flwr.supercore.exit import add_exit_handler
+
+from stamen.client.flower import supernode
+
+
+def flower_supernode():
+    # as Flower 1.42's: a non-daemon Runtime API thread that its exit handlers stop, then
+    # the loop raising on a SuperLink's 500
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, name="runtime-api").start()
+    add_exit_handler(stop.set)
+    raise RuntimeError("Server error '500 Internal Server Error' for url .../pull-messages")
+
+
+# the module (its package exports a function of the same name)
+importlib.import_module("flwr.supernode.cli.flower_supernode").flower_supernode = flower_supernode
+supernode.main()
+"""
+
+
+def test_a_supernode_whose_loop_ends_exits_instead_of_lingering(tmp_path) -> None:
+    """When Flower's SuperNode loop raises (a SuperLink's 500), the process exits with
+    status 1 through Flower's exit handlers, rather than living on disconnected with its
+    Runtime API thread; the bound is only there to fail the test rather than hang it."""
+    script = tmp_path / "loop_ends.py"
+    script.write_text(_LOOP_ENDS)
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 1, done.stderr
+    output = done.stdout + done.stderr
+    assert "the SuperNode stopped (RuntimeError: Server error '500" in output
