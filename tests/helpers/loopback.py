@@ -216,10 +216,11 @@ def start_supernode(
     env: dict[str, str],
     forking: bool,
     declared: int | None = None,
+    node_config: str = "",
 ) -> list[tuple[list[str], subprocess.Popen]]:
     """SuperNode ``d`` (the key ``certs.supernodes[d]``) serving the device
-    ``folder/device-<d>`` (node config ``device``, and ``device-id`` ``d`` unless it
-    ``declared`` another) from the SuperLink at
+    ``folder/device-<d>`` (node config ``device``, ``device-id`` ``d`` unless it
+    ``declared`` another, then ``node_config``'s own entries) from the SuperLink at
     ``link_port``, its output in ``folder/node-<d>.log``; with ``forking``, Stamen's
     SuperNode with its own forking SuperExec (``folder/exec-<d>.log``)
     (:func:`supernode_command`). Each process run in ``stack`` with its command, the
@@ -234,7 +235,8 @@ def start_supernode(
         fast_poll=forking,
     )
     device_id = d if declared is None else declared
-    command += ["--node-config", f"device='{folder / f'device-{d}'}' device-id={device_id}"]
+    config = f"device='{folder / f'device-{d}'}' device-id={device_id} {node_config}"
+    command += ["--node-config", config.strip()]
     started = [
         (command, stack.enter_context(running(command, env=env, log=folder / f"node-{d}.log")))
     ]

@@ -20,11 +20,9 @@ from helpers.loopback import (
     flower_home,
     free_port,
     register_supernode,
-    running,
     start_superlink,
-    superexec_command,
+    start_supernode,
     superlink_command,
-    supernode_command,
     wait_activated,
 )
 from helpers.loopback_runs import Federation, finish_run, start_run, stop_serverapps
@@ -66,27 +64,19 @@ def test_a_lost_reply_ends_the_plain_round_at_the_reply_timeout(tmp_path) -> Non
         ids = [
             register_supernode(certs.supernodes[d].public_key, "test", env) for d in range(NODES)
         ]
-        executors = []
-        for d in range(NODES):
-            runtime = free_port()
-            node = supernode_command(
-                certs.supernodes[d].private_key,
+        executors = [
+            start_supernode(
+                stack,
                 certs,
+                d,
                 port,
-                runtime_port=runtime,
+                tmp_path,
+                env=env,
                 forking=True,
-                fast_poll=True,
-            )
-            device = tmp_path / f"device-{d}"
-            node += [
-                "--node-config",
-                f"device='{device}' device-id={d} secure-aggregation='optional'",
-            ]
-            stack.enter_context(running(node, env=env, log=tmp_path / f"node-{d}.log"))
-            executor = superexec_command(runtime)
-            executors.append(
-                stack.enter_context(running(executor, env=env, log=tmp_path / f"exec-{d}.log"))
-            )
+                node_config="secure-aggregation='optional'",
+            )[1][1]  # its forking SuperExec
+            for d in range(NODES)
+        ]
         wait_activated(ids, link=link, log=log, how="connecting over TLS")
         victim = executors[-1]
         os.killpg(victim.pid, signal.SIGSTOP)  # its SuperNode stays online, its reply never comes
