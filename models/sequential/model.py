@@ -12,10 +12,14 @@ items at ``<= t`` only; the state after the last item is the person's user vecto
 the score of an item is ``user · item + bias``.
 
 The training examples of one device are its own sequence: every position predicts the
-item that followed it (the last ``max_history + 1`` items give ``max_history`` examples),
-with the loss of ``stamen.models.two_tower.sampled_softmax`` against ``negatives``
-catalogue items drawn on the device (uniformly: every device holds the same public
-catalogue and nothing about anyone else's; their log-Q term is then one constant) or the
+item that followed it. The last ``max_history + 1`` items give ``max_history`` examples;
+with ``train_windows`` W > 1 the last ``W · max_history + 1`` items are cut into W
+consecutive windows of ``max_history + 1`` (each sharing its first item with the previous
+window's last, so every item is predicted once), each read as if the history ended there,
+so a long history trains all its positions and not its latest ones only. The loss is
+``stamen.models.two_tower.sampled_softmax``'s against ``negatives`` catalogue items drawn
+on the device (uniformly: every device holds the same public catalogue and nothing about
+anyone else's; their log-Q term is then one constant), averaged over the examples, or the
 full softmax with ``negatives=0``. Dropout (``dropout``) is applied to the inputs and to
 each block's two outputs with masks drawn from the device's own seed, so a device's step
 never depends on the batch it runs in. The device step is ``local_epochs`` SGD steps,
@@ -63,6 +67,9 @@ class SequentialSettings(BaseModel):
     title_buckets: int = Field(256, ge=0, description="hash buckets of title tokens")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout rate in training")
     negatives: int = Field(256, ge=0, description="sampled negatives per step; 0: full softmax")
+    train_windows: int = Field(
+        1, ge=1, description="windows of max_history items a device trains on, latest first"
+    )
     init_std: float = Field(0.05, gt=0)
     local_epochs: int = Field(1, ge=1)
     local_lr: float = Field(1.0, gt=0)
@@ -133,13 +140,13 @@ class SequentialNet(nn.Module):
 
     def states(self, emb: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The state ``(..., L, dim)`` after each position of left-padded history
-        embeddings ``emb (..., L, dim)`` with ``mask (..., L)``; ``keep (1 + 2 blocks, L,
-        dim)`` are the dropout masks (already scaled; ones when not training). Position
+        embeddings ``emb (..., L, dim)`` with ``mask (..., L)``; ``keep (..., 1 + 2 blocks,
+        L, dim)`` are the dropout masks (already scaled; ones when not training). Position
         ``t`` reads the valid items at ``<= t``; a padded position reads itself only."""
         length = emb.shape[-2]
         valid = mask[..., None]
         positions = self.positions.weight[len(self.positions.weight) - length :]
-        x = (emb + positions) * keep[0] * valid
+        x = (emb + positions) * keep[..., 0, :, :] * valid
         causal = torch.ones(length, length, dtype=torch.bool).tril()
         allowed = (causal & (mask[..., None, :] > 0)) | torch.eye(length, dtype=torch.bool)
         scale = float(np.sqrt(x.shape[-1]))
@@ -148,9 +155,9 @@ class SequentialNet(nn.Module):
             h = block.attention_norm(x)
             q, k, v = block.query(h), block.key(h), block.value(h)
             logits = torch.where(allowed, q @ k.transpose(-1, -2) / scale, _HIDDEN)
-            x = x + torch.softmax(logits, dim=-1) @ v * keep[1 + 2 * b]
+            x = x + torch.softmax(logits, dim=-1) @ v * keep[..., 1 + 2 * b, :, :]
             h = block.feed_norm(x)
-            x = x + block.feed_out(torch.relu(block.feed_in(h))) * keep[2 + 2 * b]
+            x = x + block.feed_out(torch.relu(block.feed_in(h))) * keep[..., 2 + 2 * b, :, :]
             x = x * valid
         return self.out_norm(x)
 
@@ -191,31 +198,49 @@ class Sequential(ContentItems, RecModel):
             for n, a in zip(self._names, shared, strict=True)
         }
 
-    def dropout_masks(self, seeds: np.ndarray, length: int) -> torch.Tensor:
-        """Scaled dropout masks ``(devices, epochs, 1 + 2 blocks, length, dim)``, each
-        device's drawn from its own seed for all ``max_history`` positions and aligned to
-        the most recent ones (so the batch's padded width changes no device's masks)."""
+    def dropout_masks(self, seeds: np.ndarray, windows: int, length: int) -> torch.Tensor:
+        """Scaled dropout masks ``(devices, epochs, windows, 1 + 2 blocks, length, dim)``,
+        each device's drawn from its own seed for all ``train_windows`` windows of
+        ``max_history`` positions and aligned to the most recent ones (so the batch's
+        padded shape changes no device's masks)."""
         s = self.settings
-        shape = (s.local_epochs, 1 + 2 * s.blocks, s.max_history, s.dim)
+        shape = (s.local_epochs, s.train_windows, 1 + 2 * s.blocks, s.max_history, s.dim)
         masks = np.stack(
             [np.random.default_rng([int(seed), 2]).random(shape) >= s.dropout for seed in seeds]
-        )[..., s.max_history - length :, :]
+        )[:, :, s.train_windows - windows :, :, s.max_history - length :, :]
         return torch.from_numpy(masks.astype(np.float32) / (1.0 - s.dropout))
+
+    def training_windows(self, history: UserItems) -> tuple[np.ndarray, np.ndarray]:
+        """Item indices and masks ``(rows, windows, length + 1)`` of each row's training
+        windows (module docstring), oldest first, left-padded with masked item 0; as few
+        windows (at most ``train_windows``) and positions (at most ``max_history``) as the
+        longest row needs."""
+        s = self.settings
+        items, mask = padded_histories(history, s.train_windows * s.max_history + 1)
+        length = min(items.shape[1] - 1, s.max_history) or 1
+        windows = max(-(-(items.shape[1] - 1) // length), 1)
+        pad = windows * length + 1 - items.shape[1]
+        items = np.pad(items, ((0, 0), (pad, 0)))
+        mask = np.pad(mask, ((0, 0), (pad, 0)))
+        cells = np.arange(windows)[:, None] * length + np.arange(length + 1)
+        return items[:, cells], mask[:, cells]
 
     def device_updates(self, shared: list[np.ndarray], devices: DeviceInputs) -> DeviceUpdates:
         """``local_epochs`` SGD steps per device on its next-item examples (batch-first)."""
         s = self.settings
         params = self._params(shared)
-        items, mask = padded_histories(devices.history, s.max_history + 1)
-        length = items.shape[1] - 1
+        items, mask = self.training_windows(devices.history)
+        windows, length = items.shape[1], items.shape[2] - 1
+        if windows == 1:  # one window: no window axis (the arithmetic of one sequence)
+            items, mask = np.ascontiguousarray(items[:, 0]), np.ascontiguousarray(mask[:, 0])
         inputs = {
             "items": torch.from_numpy(items),
             "mask": torch.from_numpy(mask),
             "keep": (
-                self.dropout_masks(devices.seeds, length)
+                self.dropout_masks(devices.seeds, windows, length)
                 if s.dropout
-                else torch.ones(devices.n_devices, s.local_epochs, 1 + 2 * s.blocks, length, 1)
-            ),
+                else torch.ones(devices.n_devices, s.local_epochs, 1, 1 + 2 * s.blocks, 1, 1)
+            )[:, :, 0 if windows == 1 else slice(None)],
         }
         if s.negatives:
             inputs["negatives"] = torch.from_numpy(
@@ -233,10 +258,12 @@ class Sequential(ContentItems, RecModel):
         def loss(
             p: dict[str, torch.Tensor], x: Mapping[str, torch.Tensor], epoch: int
         ) -> torch.Tensor:
-            history, targets = x["items"][:-1], x["items"][1:]
-            valid = x["mask"][:-1] * x["mask"][1:]
+            history, targets = x["items"][..., :-1], x["items"][..., 1:].reshape(-1)
+            valid = (x["mask"][..., :-1] * x["mask"][..., 1:]).reshape(-1)
             emb, _ = functional_call(net, p, ("items", features[history], history))
-            users = functional_call(net, p, ("states", emb, x["mask"][:-1], x["keep"][epoch]))
+            keep = x["keep"][epoch]
+            states = functional_call(net, p, ("states", emb, x["mask"][..., :-1], keep))
+            users = states.reshape(-1, states.shape[-1])
             if not s.negatives:
                 all_emb, all_bias = functional_call(
                     net, p, ("items", features, torch.arange(len(features)))

@@ -38,6 +38,10 @@ CASES = {
         "sequential",
         {"dim": 8, "hidden": 12, "max_history": 6, "negatives": 16, "local_epochs": 2},
     ),
+    "sequential-windows": (
+        "sequential",
+        {"dim": 8, "hidden": 12, "max_history": 3, "negatives": 16, "train_windows": 3},
+    ),
     "sequential-ids-full-softmax": (
         "sequential",
         {"dim": 8, "blocks": 1, "max_history": 4, "content": False, "negatives": 0, "dropout": 0},

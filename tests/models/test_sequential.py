@@ -69,32 +69,41 @@ def test_no_position_sees_a_later_item_or_padding() -> None:
 
 
 def _slow_loss(model: Sequential, shared, row: list[int], negatives: np.ndarray | None) -> float:
-    """One device's loss example by example: each position's state against its next item,
-    over every catalogue item (``negatives=None``) or the target and the sampled negatives
-    (an accidental hit dropped), every logit corrected by ``log Q = log(N / n_items)``."""
+    """One device's loss example by example: each of the last ``train_windows ·
+    max_history`` items predicted from the (at most ``max_history``) items before it in its
+    window, over every catalogue item (``negatives=None``) or the target and the sampled
+    negatives (an accidental hit dropped), every logit corrected by ``log Q = log(N /
+    n_items)``."""
     params = _params(model, shared)
     item_emb, item_bias = model.item_embeddings(shared)
-    window = row[-(model.settings.max_history + 1) :]
-    history = torch.tensor(window[:-1])
-    states = _states(model, params, item_emb[history], torch.ones(len(history)))
+    length = model.settings.max_history
+    recent = row[-(model.settings.train_windows * length + 1) :]
     losses = []
-    for t, target in enumerate(window[1:]):
-        logit = (states[t] @ item_emb.T + item_bias).double()
-        if negatives is None:
-            losses.append(float(torch.logsumexp(logit, 0) - logit[target]))
-            continue
-        log_q = np.log(len(negatives) / N_ITEMS)
-        drawn = [logit[j] - log_q for j in negatives if j != target]
-        positive = logit[target] - log_q
-        losses.append(float(torch.logsumexp(torch.stack([positive, *drawn]), 0) - positive))
+    for end in range(len(recent), 1, -length):  # each window, latest first
+        window = recent[max(end - length - 1, 0) : end]
+        history = torch.tensor(window[:-1])
+        states = _states(model, params, item_emb[history], torch.ones(len(history)))
+        for t, target in enumerate(window[1:]):
+            logit = (states[t] @ item_emb.T + item_bias).double()
+            if negatives is None:
+                losses.append(float(torch.logsumexp(logit, 0) - logit[target]))
+                continue
+            log_q = np.log(len(negatives) / N_ITEMS)
+            drawn = [logit[j] - log_q for j in negatives if j != target]
+            positive = logit[target] - log_q
+            losses.append(float(torch.logsumexp(torch.stack([positive, *drawn]), 0) - positive))
+    assert len(losses) == min(len(row) - 1, model.settings.train_windows * length)
     return float(np.mean(losses))
 
 
+@pytest.mark.parametrize("windows", [1, 3])
 @pytest.mark.parametrize("negatives", [0, 12])
-def test_the_device_loss_matches_a_slow_reference(negatives) -> None:
-    model = _model(negatives=negatives)
+def test_the_device_loss_matches_a_slow_reference(negatives, windows) -> None:
+    model = _model(negatives=negatives, train_windows=windows)
     shared = moved_shared(model, 0.2)
-    rows = [[3, 7, 7, 1, 30, 12, 5, 9, 2], [4, 0]]  # longer than the window; a repeat
+    # longer than one window (and, for the first, than three); a repeat; a short row
+    rows = [[3, 7, 7, 1, 30, 12, 5, 9, 2, 11, 13, 17, 19, 23, 29, 31, 37, 39, 6, 8], [4, 0]]
+    rows.append(rows[0][:9])
     updates = model.device_updates(shared, _inputs(rows))
     for d, row in enumerate(rows):
         drawn = None
@@ -104,13 +113,14 @@ def test_the_device_loss_matches_a_slow_reference(negatives) -> None:
 
 
 def test_dropout_masks_are_the_devices_own_and_off_in_scoring() -> None:
-    model = _model(dropout=0.5, local_epochs=2)
-    masks = model.dropout_masks(np.array([5, 6], np.uint64), 4)
-    assert masks.shape == (2, 2, 1 + 2 * model.settings.blocks, 4, 8)
+    model = _model(dropout=0.5, local_epochs=2, train_windows=3)
+    masks = model.dropout_masks(np.array([5, 6], np.uint64), 2, 4)
+    assert masks.shape == (2, 2, 2, 1 + 2 * model.settings.blocks, 4, 8)
     assert set(torch.unique(masks).tolist()) == {0.0, 2.0}
-    # the same device draws the same masks in any batch, aligned to its latest positions
-    alone = model.dropout_masks(np.array([6], np.uint64), 6)
-    torch.testing.assert_close(alone[0, ..., -4:, :], masks[1])
+    # the same device draws the same masks in any batch, aligned to its latest windows
+    # and positions
+    alone = model.dropout_masks(np.array([6], np.uint64), 3, 6)
+    torch.testing.assert_close(alone[0, :, -2:, ..., -4:, :], masks[1])
     shared = moved_shared(model, 0.2)
     torch.testing.assert_close(
         model.scores(shared, _inputs([[1, 2, 3]])), model.scores(shared, _inputs([[1, 2, 3]]))
