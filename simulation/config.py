@@ -238,8 +238,9 @@ class SimulationConfig(ServerSettings):
             raise ValueError(
                 f"engine 'batched' does not run {'; '.join(problems)}. It runs algorithm "
                 "'fedavg' with model 'mf' (local.loss 'ials', local.local-epochs 1), "
-                "'two-tower', 'sequential', 'pfedrec' or 'fedrap', user-level DP off, central or "
-                "distributed, SecAgg+ on or off; use engine 'flower' for the rest"
+                "'two-tower', 'sequential', 'pfedrec' or 'fedrap', and algorithm 'als' "
+                "(private ALS), user-level DP off, central or distributed, SecAgg+ on or off; "
+                "use engine 'flower' for the rest"
             )
         return self
 
@@ -247,11 +248,15 @@ class SimulationConfig(ServerSettings):
         """What this config asks that the batched engine does not do, each named by its
         setting (empty: it runs this config as Flower's simulation would)."""
         found = []
-        if self.algorithm != "fedavg":
-            found.append(f"algorithm {self.algorithm!r}")
+        # private ALS fixes its device step (als_server_settings): [local] is not used
+        fedavg = self.algorithm == "fedavg"
         if self.model not in BATCHED_MODELS:
             found.append(f"model {self.model!r}")
-        elif self.model == "mf" and (self.local.loss != "ials" or self.local.local_epochs != 1):
+        elif (
+            fedavg
+            and self.model == "mf"
+            and (self.local.loss != "ials" or self.local.local_epochs != 1)
+        ):
             found.append(
                 f"model 'mf' with local.loss {self.local.loss!r} and local.local-epochs "
                 f"{self.local.local_epochs} (a device keeps its user factor between rounds)"

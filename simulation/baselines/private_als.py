@@ -26,7 +26,9 @@ Left out here: SecAgg+'s quantisation (below 5e-7 a coordinate at its defaults,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -46,9 +48,12 @@ from stamen.server.als import (
 from stamen.server.rounds import RoundRecord
 
 __all__ = [
+    "ALSRounds",
+    "OnALSRound",
     "PrivateALSResult",
     "dp_item_counts",
     "dp_popularity",
+    "private_als_rounds",
     "run_private_als",
 ]
 
@@ -56,18 +61,31 @@ __all__ = [
 CHUNK = 64
 
 
+#: ``on_round(record, shared)``: a finished round's record and the item side
+#: ``[items, bias]`` it left (the public start after the count release).
+OnALSRound = Callable[[RoundRecord, list[np.ndarray]], None]
+
+
 @dataclass(frozen=True)
-class PrivateALSResult:
-    """The released item side, the DP counts, the privacy spent and per-round records."""
+class ALSRounds:
+    """The released item side, the DP counts, the rounds' records (numbered as
+    ``FederatedALS`` numbers them: round 1 the count release, rounds 2 … ``rounds + 1``
+    the statistics) and a device's upload in a statistics round (float64)."""
 
     items: np.ndarray
     bias: np.ndarray
     counts: np.ndarray
+    history: list[RoundRecord]
+    upload_bytes: int
+
+
+@dataclass(frozen=True)
+class PrivateALSResult(ALSRounds):
+    """:class:`ALSRounds` with the noise multiplier and the privacy spent."""
+
     noise_multiplier: float
     epsilon: float
     delta: float
-    history: list[RoundRecord]
-    upload_bytes: int
 
 
 def _noise_multiplier(epsilon: float, delta: float, releases: int) -> float:
@@ -116,8 +134,30 @@ def run_private_als(
     (one row each), within ``(epsilon, delta)`` (``inf``: no noise)."""
     releases = settings.rounds + 1
     z = _noise_multiplier(epsilon, delta, releases)
-    z_counts, z_statistics = release_noise(z, settings)
+    rounds = private_als_rounds(data, settings, noise_multiplier=z, seed=seed)
+    return PrivateALSResult(
+        **{f.name: getattr(rounds, f.name) for f in fields(rounds)},
+        noise_multiplier=z,
+        epsilon=_spent(z, delta, releases),
+        delta=delta,
+    )
+
+
+def private_als_rounds(
+    data: UserItems,
+    settings: ALSSettings,
+    *,
+    noise_multiplier: float,
+    seed: int,
+    on_round: OnALSRound | None = None,
+) -> ALSRounds:
+    """The ``settings.rounds + 1`` releases of private ALS over the devices ``data`` (one
+    row each) at noise multiplier ``noise_multiplier`` (0: no noise), split between the
+    count release and the statistics by ``release_noise``; ``on_round`` gets each round as
+    it ends. The accounting is the caller's (:func:`run_private_als`)."""
+    z_counts, z_statistics = release_noise(noise_multiplier, settings)
     rng = np.random.default_rng([seed, 31])
+    tick = time.perf_counter()
     counts = dp_item_counts(data, noise_multiplier=z_counts, rng=rng)
     head = choose_head(counts, settings)
     layout = ALSLayout(dim=settings.dim, head=head, item_grams=settings.item_grams)
@@ -125,8 +165,11 @@ def run_private_als(
     sensitivity = als_sensitivity(
         user_clip=settings.user_clip, cap=settings.cap, item_grams=settings.item_grams
     )
-    history: list[RoundRecord] = []
-    for rnd in range(1, settings.rounds + 1):
+    history = [_record(1, "counts", data.n_users, 8 * data.n_items, tick)]
+    if on_round is not None:
+        on_round(history[-1], [items, bias])
+    for rnd in range(2, settings.rounds + 2):
+        tick = time.perf_counter()
         solver = IALSSolver.build(
             ItemTable.dense(items), bias, alpha=settings.alpha, l2=settings.user_l2
         )
@@ -148,14 +191,23 @@ def run_private_als(
             l2=settings.item_l2 + settings.noise_l2 * z_statistics * sensitivity,
             counts=counts,
         )
-        history.append(RoundRecord(round=rnd, clipped_user_factors=clipped))
-    return PrivateALSResult(
-        items=items,
-        bias=bias,
-        counts=counts,
-        noise_multiplier=z,
-        epsilon=_spent(z, delta, releases),
-        delta=delta,
-        history=history,
-        upload_bytes=8 * layout.size,
+        history.append(_record(rnd, "statistics", data.n_users, 8 * layout.size, tick))
+        history[-1].clipped_user_factors = clipped
+        if on_round is not None:
+            on_round(history[-1], [items, bias])
+    return ALSRounds(
+        items=items, bias=bias, counts=counts, history=history, upload_bytes=8 * layout.size
+    )
+
+
+def _record(rnd: int, stage: str, devices: int, upload: int, started: float) -> RoundRecord:
+    """A release's record as ``FederatedALS`` keeps it: every device took part."""
+    return RoundRecord(
+        round=rnd,
+        stage=stage,
+        cohort=devices,
+        devices=devices,
+        failures=0,
+        upload_bytes_per_device=upload,
+        seconds=time.perf_counter() - started,
     )

@@ -35,6 +35,7 @@ from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
 from stamen.server.rounds import Evaluation, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import SimulationConfig
+from stamen.simulation.engines.als_stage import run_private_als_stage
 from stamen.simulation.engines.batched import run_batched
 from stamen.simulation.engines.flower import (
     FederatedResult,
@@ -158,7 +159,12 @@ def run_batched_stage(
     over the releases' catalogue (``release_catalog``), the run's seeded initial arrays,
     ``run_batched``'s rounds and :func:`population_evaluation`. It writes nothing under
     ``output`` (no releases, device stores or checkpoints); ``verbose`` has no logs to
-    show. BLAS and torch run one thread (:data:`THREADS`) meanwhile."""
+    show. BLAS and torch run one thread (:data:`THREADS`) meanwhile. Private ALS runs
+    its own rounds (``stamen.simulation.engines.als_stage``)."""
+    if config.algorithm == "als":
+        return run_private_als_stage(
+            config, split, output=output, catalog=catalog, on_round=on_round, verbose=verbose
+        )
     started = time.perf_counter()
     settings = config.server_settings(split.n_users)
     model = config.run_model(release_catalog(split, catalog), split.n_users)
@@ -201,7 +207,10 @@ ENGINES: dict[str, Engine] = {
         run=run_batched_stage,
         secure_aggregation="SecAgg+'s arithmetic replayed by the batched engine (each "
         "coordinate clipped to ±{clipping_range} and quantised to {quantization_range} "
-        "levels as Flower's quantize does; no masks or key exchange)",
+        "levels as Flower's quantize does; no masks or key exchange; private ALS: the "
+        "exact sum of its statistics, SecAgg+'s quantisation (under one level a device "
+        "and coordinate) not replayed, and under distributed DP the noise drawn on the "
+        "sum, distributed as the devices' shares sum)",
         secure_evaluation="the exact mean over every evaluated device, computed by the "
         "batched engine (what the SecAgg+ sum reveals, up to its quantisation)",
     ),

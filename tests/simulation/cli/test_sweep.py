@@ -123,7 +123,7 @@ def test_a_sweep_aggregates_resumes_and_refuses_a_changed_config(tmp_path, monke
 
 def test_a_bad_setting_is_named_before_anything_runs(tmp_path, monkeypatch) -> None:
     _refuse_to_run(monkeypatch)
-    bad = '[variants.typo]\nmodle = "mf"\n[variants.als]\nalgorithm = "als"\n'
+    bad = '[variants.typo]\nmodle = "mf"\n[variants.ranker]\nranker = { rounds = 2 }\n'
     sweep, out = _sweep(tmp_path, MODELS + bad), tmp_path / "out"
     result = runner.invoke(app, ["sweep", str(sweep), "--out", str(out)])
     assert result.exit_code == 2, result.output
@@ -131,7 +131,7 @@ def test_a_bad_setting_is_named_before_anything_runs(tmp_path, monkeypatch) -> N
     assert f"{sweep}: the grid does not load; nothing was run" in message
     assert f"variant 'typo': {sweep}: [variants.typo] modle: unknown key" in message
     assert "(did you mean 'model'?)" in message
-    assert "variant 'als':" in message and "does not run algorithm 'als'" in message
+    assert "variant 'ranker':" in message and "does not run ranker.rounds 2" in message
     assert "variant 'mf'" not in message and not out.exists()
 
 
