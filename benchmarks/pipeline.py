@@ -154,12 +154,12 @@ def _ranker_examples(split, catalog, provisioned) -> tuple:
     pairs = []
     for row in range(split.n_users):
         with provisioned.devices.open(row) as device:
-            if split.valid[row] < 0:
+            if split.valid[row, 0] < 0:
                 pairs.append(None)  # nothing new to learn from: sends weight decay only
                 continue
             times = device.history_times()
             at = float(times.max()) + 1.0 if len(times) else 0.0
-            device.record(catalog.item_id(int(split.valid[row])), "view", at=at)
+            device.record(catalog.item_id(int(split.valid[row, 0])), "view", at=at)
             pairs.append(device.ranking_example(recent=1))
     examples, has = gather_examples(pairs)
     return examples, has, time.perf_counter() - tick
@@ -215,7 +215,7 @@ def run_seed(
         split, settings, initial=initial_shared(split.n_items, config, catalog), model=model
     )
     train_s = time.perf_counter() - started
-    evaluated = [row for row in range(split.n_users) if split.test[row] >= 0]
+    evaluated = split.evaluated.tolist()
     counts = np.bincount(split.train.items, minlength=split.n_items)
     info = -np.log2(np.maximum(counts, 1) / split.n_users)
     index = ReleaseIndex(catalog, np.zeros(len(catalog)), None)  # its genre matrix
@@ -291,7 +291,8 @@ def _ask(provisioned, rows, variants, stages, split, catalog, unit, info, releas
             for variant, pipeline in variants.items():
                 device.pipeline = pipeline
                 for stage in stages:
-                    exclude = [] if stage == "valid" else [catalog.item_id(int(split.valid[row]))]
+                    valid = catalog.item_id(int(split.valid[row, 0]))
+                    exclude = [] if stage == "valid" else [valid]
                     tick = time.perf_counter()
                     recs = device.recommend(10, exclude=exclude, at=at)
                     seconds[variant, stage].append(time.perf_counter() - tick)
@@ -300,7 +301,7 @@ def _ask(provisioned, rows, variants, stages, split, catalog, unit, info, releas
     for variant in variants:
         record: dict = {}
         for stage in stages:
-            targets = split.valid if stage == "valid" else split.test
+            targets = (split.valid if stage == "valid" else split.test)[:, 0]
             metrics = _list_metrics(lists[variant, stage], targets[rows], unit, info)
             metrics["p50_ms"] = float(np.percentile(seconds[variant, stage], 50) * 1e3)
             metrics["p99_ms"] = float(np.percentile(seconds[variant, stage], 99) * 1e3)

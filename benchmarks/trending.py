@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 
 def _hit_rate(split: Split, index: ReleaseIndex, now: float) -> float:
     generator = GENERATORS["trending"]
-    users = np.flatnonzero(split.test >= 0)
+    users = split.evaluated
     hits = 0
     for u in users:
         own = split.train.row(u)
@@ -58,7 +58,7 @@ def _hit_rate(split: Split, index: ReleaseIndex, now: float) -> float:
             context={},
         )
         rows, _ = generator(request, 10)
-        hits += int(split.test[u] in rows)
+        hits += int(split.test[u, 0] in rows)  # leave-one-out: one test item
     return hits / len(users)
 
 

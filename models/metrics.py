@@ -1,8 +1,11 @@
 """Batched top-k and ranking metrics (no per-user Python loop).
 
-Ranks are 0-based positions among the candidate items: every catalogue item not excluded
-for that user (full ranking), or the held-out item against its fixed sampled negatives
-(sampled protocol). A target's rank counts the candidates scoring strictly higher.
+Ranks are 0-based positions in one list per user: the user's targets (held-out items)
+among every catalogue item not excluded for that user (full ranking), or among the user's
+fixed sampled negatives (sampled protocol). A target's rank counts the other candidates
+scoring strictly higher, and the user's other targets placed before it: those scoring
+higher, and of those scoring the same, the earlier ones (so two targets never share a
+place, and with one target per user its rank counts the candidates scoring higher).
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ import torch
 
 from stamen.models.batches import UserItems
 
-__all__ = ["batch_metrics", "full_ranks", "ranking_metrics", "sampled_ranks", "top_k"]
+__all__ = [
+    "batch_metrics",
+    "full_ranks",
+    "ranking_metrics",
+    "sampled_ranks",
+    "target_nll",
+    "top_k",
+]
 
 
 def _masked(scores: torch.Tensor, exclude: UserItems) -> torch.Tensor:
@@ -35,23 +45,60 @@ def top_k(
     return ids.numpy(), values.numpy()
 
 
-def full_ranks(scores: torch.Tensor, targets: np.ndarray, *, exclude: UserItems) -> np.ndarray:
-    """Rank ``(B, T)`` of each target among all non-excluded items; -1 where the target
-    slot is padding (target id -1)."""
-    targets = np.atleast_2d(np.asarray(targets, np.int64).T).T
-    masked = _masked(scores, exclude)
+def _as_rows(targets: np.ndarray) -> np.ndarray:
+    """Targets as ``(B, T)`` (a ``(B,)`` array is one target per row)."""
+    targets = np.asarray(targets, np.int64)
+    return targets[:, None] if targets.ndim == 1 else targets
+
+
+def _places_among_targets(target_scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, T)``: how many of the row's targets come before each one, best score first,
+    ties in target order, padding last."""
+    by_score = torch.sort(target_scores, dim=1, descending=True, stable=True).indices
+    padding_last = torch.sort((~valid.gather(1, by_score)).to(torch.int8), dim=1, stable=True)
+    order = by_score.gather(1, padding_last.indices)
+    places = torch.empty_like(order)
+    return places.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+
+
+def _ranks(candidates: torch.Tensor, scores: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """Ranks ``(B, T)`` of ``targets`` (padding -1) scored in ``scores`` among
+    ``candidates`` ``(B, C)`` (which exclude the targets) and the row's other targets."""
     valid = torch.from_numpy(targets >= 0)
-    t = torch.from_numpy(np.where(targets >= 0, targets, 0))
-    target_scores = scores.gather(1, t)
-    ranks = (masked[:, None, :] > target_scores[:, :, None]).sum(-1)
+    target_scores = scores.gather(1, torch.from_numpy(np.where(targets >= 0, targets, 0)))
+    ordered = torch.sort(candidates, dim=1).values
+    above = candidates.shape[1] - torch.searchsorted(ordered, target_scores, right=True)
+    ranks = above + _places_among_targets(target_scores, valid)
     return torch.where(valid, ranks, -1).numpy()
 
 
+def full_ranks(scores: torch.Tensor, targets: np.ndarray, *, exclude: UserItems) -> np.ndarray:
+    """Rank ``(B, T)`` of each target (``(B,)`` or ``(B, T)``, padding -1) among all
+    non-excluded items and the row's other targets; -1 where the target slot is padding."""
+    targets = _as_rows(targets)
+    candidates = _masked(scores, exclude)
+    rows, slots = np.nonzero(targets >= 0)
+    candidates[torch.from_numpy(rows), torch.from_numpy(targets[rows, slots])] = -torch.inf
+    return _ranks(candidates, scores, targets)
+
+
 def sampled_ranks(scores: torch.Tensor, targets: np.ndarray, negatives: np.ndarray) -> np.ndarray:
-    """Rank ``(B,)`` of each target among its own sampled negatives ``(B, n_neg)``."""
-    t = torch.from_numpy(np.asarray(targets, np.int64))[:, None]
-    neg_scores = scores.gather(1, torch.from_numpy(np.asarray(negatives, np.int64)))
-    return (neg_scores > scores.gather(1, t)).sum(1).numpy()
+    """Rank of each target (``(B,)`` or ``(B, T)``, padding -1; the ranks have its shape)
+    among its row's sampled negatives ``(B, n_neg)`` and the row's other targets."""
+    rows = _as_rows(targets)
+    candidates = scores.gather(1, torch.from_numpy(np.asarray(negatives, np.int64)))
+    ranks = _ranks(candidates, scores, rows)
+    return ranks.reshape(np.shape(targets))
+
+
+def target_nll(scores: torch.Tensor, targets: np.ndarray) -> torch.Tensor:
+    """Each row's negative log-softmax of its targets over all items ``(B,)``: the mean
+    over the row's targets (``(B,)`` or ``(B, T)``, padding -1, one at least per row)."""
+    targets = _as_rows(targets)
+    valid = torch.from_numpy(targets >= 0)
+    picked = scores.gather(1, torch.from_numpy(np.where(targets >= 0, targets, 0)))
+    nll = torch.where(valid, torch.logsumexp(scores, 1, keepdim=True) - picked, 0.0)
+    return nll.sum(1) / valid.sum(1)
 
 
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, np.ndarray]:

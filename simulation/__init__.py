@@ -19,7 +19,12 @@ _LAZY = {
     "stamen.simulation.config": ("CentralisedSettings", "SimulationConfig", "load_config"),
     "stamen.simulation.protocol.evaluate": ("Scorer", "evaluate"),
     "stamen.simulation.engines.flower": ("FederatedResult", "run_federated"),
-    "stamen.simulation.protocol.split": ("Split", "leave_one_out", "sample_negatives"),
+    "stamen.simulation.protocol.split": (
+        "Split",
+        "leave_one_out",
+        "ratio_split",
+        "sample_negatives",
+    ),
 }
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
@@ -34,6 +39,7 @@ __all__ = [
     "load_config",
     "mf_scorer",
     "popularity_scorer",
+    "ratio_split",
     "run_federated",
     "sample_negatives",
     "shared_model_scorer",

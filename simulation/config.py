@@ -92,15 +92,28 @@ class CentralisedSettings(BaseModel):
 
 
 class ProtocolSettings(BaseModel):
-    """How a run is evaluated (``stamen.simulation.protocol.split``): which two of each
-    user's items are held out (the last for test, the one before for validation), and how
-    many sampled negatives the secondary protocol ranks the held-out item among."""
+    """How a run is evaluated (``stamen.simulation.protocol.split``): which of each
+    user's items are held out (the last for test, as many before them for validation), in
+    which order, and how many sampled negatives the secondary protocol ranks them among."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    split: Literal["leave-one-out", "ratio"] = Field(
+        "leave-one-out",
+        description="leave-one-out: one test and one validation item per user; ratio: "
+        "ceil(test-ratio × n) of each user's n items for test and as many for validation, "
+        "at most (n - 1) // 2 each",
+    )
+    test_ratio: float = Field(
+        0.2,
+        gt=0,
+        lt=0.5,
+        description="split 'ratio': the share of each user's items held out for test (and "
+        "again for validation)",
+    )
     holdout: Literal["temporal", "random"] = Field(
         "temporal",
-        description="temporal: each user's latest two items by time (a seeded random order "
+        description="temporal: each user's latest items by time (a seeded random order "
         "where the data has no times); random: a seeded random order even where it has",
     )
     negatives: int = Field(99, ge=1, description="sampled negatives per evaluated user")
@@ -121,6 +134,15 @@ class ProtocolSettings(BaseModel):
                 "round, so 10 is always one of them"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_ratio(self) -> ProtocolSettings:
+        if "test_ratio" in self.model_fields_set and self.split != "ratio":
+            raise ValueError(
+                f"test-ratio {self.test_ratio} is given with split {self.split!r}, which holds "
+                "out one item a stage: it applies to split 'ratio' (--split ratio)"
+            )
+        return self
 
 
 class RankerTraining(RankerSettings):
@@ -184,9 +206,17 @@ class SimulationConfig(ServerSettings):
 
     def split(self, interactions: Interactions) -> Split:
         """The run's evaluation split of ``interactions`` (``[protocol]``, ``seed``)."""
-        from stamen.simulation.protocol.split import leave_one_out
+        from stamen.simulation.protocol.split import leave_one_out, ratio_split
 
         protocol = self.protocol
+        if protocol.split == "ratio":
+            return ratio_split(
+                interactions,
+                test_ratio=protocol.test_ratio,
+                seed=self.seed,
+                n_negatives=protocol.negatives,
+                holdout=protocol.holdout,
+            )
         return leave_one_out(
             interactions,
             seed=self.seed,

@@ -27,7 +27,7 @@ from stamen.simulation.baselines.scorers import (
     shared_model_scorer,
     train_centralised_mf,
 )
-from stamen.simulation.config import DEFAULT_DATASET, SimulationConfig
+from stamen.simulation.config import DEFAULT_DATASET, ProtocolSettings, SimulationConfig
 from stamen.simulation.datasets import (
     FileReport,
     default_data_dir,
@@ -395,13 +395,7 @@ def run_experiment(
         "adjustments": [dataclasses.asdict(a) for a in adjustments],
         "protocol": {
             **config.protocol.model_dump(mode="json"),
-            "split": (
-                "per-user temporal leave-one-out (seeded tie-break)"
-                if config.protocol.holdout == "temporal"
-                and dataset.interactions.timestamp is not None
-                else "per-user leave-one-out in a seeded random order"
-            )
-            + "; validation = second-to-last",
+            "split": _split_rule(config.protocol, timed=dataset.interactions.timestamp is not None),
             "full_ranking": "all items except the user's train and validation items",
             "sampled": f"{config.protocol.negatives} negatives per user, fixed by seed, "
             "disjoint from all the user's items",
@@ -436,6 +430,26 @@ def run_experiment(
     )
     console.print(f"results: {results_path}\nplot:    {plot_path}")
     return ExperimentResult(results=results, results_path=results_path, plot_path=plot_path)
+
+
+def _split_rule(protocol: ProtocolSettings, *, timed: bool) -> str:
+    """The split's rule in words, as ``results.json`` records it."""
+    temporal = protocol.holdout == "temporal" and timed
+    if protocol.split == "ratio":
+        kind = (
+            "temporal ratio split (seeded tie-break)"
+            if temporal
+            else "ratio split in a seeded random order"
+        )
+        return (
+            f"per-user {kind}; test = the last ceil({protocol.test_ratio} × n) "
+            "of a user's n items, validation = as many before them, at most (n - 1) // 2 each"
+        )
+    return (
+        "per-user temporal leave-one-out (seeded tie-break)"
+        if temporal
+        else "per-user leave-one-out in a seeded random order"
+    ) + "; validation = second-to-last"
 
 
 def _ranker_section(ranked: dict[str, Any] | None) -> dict[str, Any] | None:

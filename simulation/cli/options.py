@@ -141,6 +141,18 @@ FLAGS: dict[str, Flag] = {
         ("--record-dp-rate",),
         _RECORD_DP,
     ),
+    "protocol.split": Flag(
+        str,
+        "held-out items per user: leave-one-out (one test and one validation item, the "
+        "default) or ratio (--test-ratio of the user's items each)",
+        ("--split",),
+    ),
+    "protocol.test_ratio": Flag(
+        float,
+        "--split ratio: the share of each user's items held out for test, and again for "
+        "validation, above 0 and below 0.5 \\[default: 0.2]",
+        ("--test-ratio",),
+    ),
     "protocol.holdout": Flag(
         str,
         "held-out items: temporal (each user's latest, the default) or random",

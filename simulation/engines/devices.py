@@ -88,11 +88,5 @@ def provision_devices(
             bar.advance(task)
     held_out = folder / "held-out"
     shutil.rmtree(held_out, ignore_errors=True)
-    write_held_out(
-        held_out,
-        valid=split.valid,
-        test=split.test,
-        negatives=split.negatives,
-        key=derive_key(master_key, purpose="stamen-held-out"),
-    )
+    write_held_out(held_out, split, key=derive_key(master_key, purpose="stamen-held-out"))
     return Provisioned(devices=devices, held_out_folder=held_out)

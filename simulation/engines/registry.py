@@ -29,6 +29,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from stamen.models.batches import UserItems
+from stamen.models.metrics import target_nll
 from stamen.models.registry import DeviceInputs, RecModel, device_seeds
 from stamen.models.schema import Catalog
 from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
@@ -103,13 +104,13 @@ def population_evaluation(
 ) -> Callable[[list[np.ndarray]], Evaluation]:
     """The federated evaluation of shared arrays over every evaluated device at once, as
     each device evaluates itself (``held_out_evaluation``: its scores from its training
-    history, no request context; the test item ranked with training and validation items
-    excluded, the validation item with training items excluded; 99 fixed negatives) and
+    history, no request context; the test items ranked with training and validation items
+    excluded, the validation items with training items excluded; the fixed negatives) and
     as the strategy records it: the mean of each metric, under a secure evaluation only
-    ``analytics.evaluation.metrics`` (a plain one adds the mean loss, the test item's
-    negative log-softmax over the catalogue). ``states``: each device's private state by
-    device id as training left it (``None``: none), which its evaluation reads; @k metrics
-    at the protocol's ``cutoffs``."""
+    ``analytics.evaluation.metrics`` (a plain one adds the mean loss, each device's mean
+    over its test items of their negative log-softmax over the catalogue). ``states``: each
+    device's private state by device id as training left it (``None``: none), which its
+    evaluation reads; @k metrics at the protocol's ``cutoffs``."""
     reported = evaluation_metrics(cutoffs)
     secure = settings.secure_evaluation
     kept = set(settings.analytics.evaluation.metrics)
@@ -126,9 +127,7 @@ def population_evaluation(
             inputs = DeviceInputs(history=history, seeds=seeds, states=own)
             scores = model.scores(shared, inputs).float()
             if test:
-                target = torch.from_numpy(split.test[users])
-                picked = scores.gather(1, target[:, None])[:, 0]
-                losses.append(float((torch.logsumexp(scores, 1) - picked).sum()))
+                losses.append(float(target_nll(scores, split.test[users]).sum()))
             return scores
 
         test = evaluate(lambda u: scorer(u, test=True), split, stage="test", ks=cutoffs)

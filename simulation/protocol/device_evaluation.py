@@ -13,15 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from stamen.client.flower.app import DeviceClient
 from stamen.client.flower.tasks import EVALUATE_TASKS, EvaluateHandler
 from stamen.models.batches import UserItems
-from stamen.models.metrics import batch_metrics
+from stamen.models.metrics import batch_metrics, target_nll
 from stamen.models.wire import Request, Task
 from stamen.privacy import RecordDP
 from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
+from stamen.simulation.protocol.split import Split
 
 __all__ = ["VALID_METRICS", "HeldOut", "evaluate_tasks", "held_out_evaluation"]
 
@@ -31,17 +31,23 @@ VALID_METRICS = ("hr@10", "ndcg@10", "sampled_hr@10")
 
 @dataclass(frozen=True)
 class HeldOut:
-    """A device's held-out items: the validation and test items and the fixed sampled
-    negatives (``-1``: none)."""
+    """A device's held-out items: its validation and test items (the protocol's order;
+    empty: none) and the fixed sampled negatives (``-1``: none)."""
 
-    valid_item: int
-    test_item: int
+    valid: np.ndarray
+    test: np.ndarray
     negatives: np.ndarray
+
+    @classmethod
+    def of(cls, split: Split, row: int) -> HeldOut:
+        """Row ``row``'s held-out items in ``split`` (its padding dropped)."""
+        valid, test = split.valid[row], split.test[row]
+        return cls(valid[valid >= 0], test[test >= 0], split.negatives[row])
 
     @property
     def evaluable(self) -> bool:
         """Whether the device holds validation and test items."""
-        return self.test_item >= 0 and self.valid_item >= 0
+        return len(self.test) > 0 and len(self.valid) > 0
 
 
 def held_out_evaluation(
@@ -50,8 +56,9 @@ def held_out_evaluation(
     """The model's evaluation handler over the devices' held-out items (``held_out(row)``),
     its @k metrics at the protocol's ``cutoffs``.
 
-    The device ranks the test item (train and validation items excluded) and the validation
-    item (train items excluded, ``valid_`` metrics). Under record-level DP the state
+    The device ranks its test items (train and validation items excluded) and its
+    validation items (train items excluded, ``valid_`` metrics); its loss is the mean over
+    its test items of their negative log-softmax. Under record-level DP the state
     re-fitted for ranking is not stored: the stored factor, which the next DP-SGD step
     starts from, comes from DP-SGD alone."""
     reported = evaluation_metrics(cutoffs)
@@ -68,19 +75,19 @@ def held_out_evaluation(
         scores, states = model.scores_and_states(parameters, device.inputs(request, purpose=1))
         if RecordDP.from_config(dict(request.settings)) is None and states[0] is not None:
             device.keep(states[0])
-        test, valid = held.test_item, held.valid_item
-        nll = float(torch.logsumexp(scores[0], 0) - scores[0, test])
+        test, valid = held.test[None, :], held.valid[None, :]
+        nll = float(target_nll(scores, test)[0])
         negatives = held.negatives[None, :]
-        seen = UserItems.single(np.append(data.train_items, valid), n_items=data.n_items)
+        seen = UserItems.single(np.append(data.train_items, held.valid), n_items=data.n_items)
         metrics = {  # what the secure evaluation sums too (precision and MAP are not)
             name: float(values[0])
             for name, values in batch_metrics(
-                scores, np.array([test]), exclude=seen, negatives=negatives, ks=cutoffs
+                scores, test, exclude=seen, negatives=negatives, ks=cutoffs
             ).items()
             if name in reported
         }
         for name, values in batch_metrics(
-            scores, np.array([valid]), exclude=train, negatives=negatives, ks=(10,)
+            scores, valid, exclude=train, negatives=negatives, ks=(10,)
         ).items():
             if name in VALID_METRICS:
                 metrics[f"valid_{name}"] = float(values[0])

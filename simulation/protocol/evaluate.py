@@ -1,9 +1,10 @@
 """The evaluation harness: every model is scored through one batched path.
 
 A scorer maps a batch of user indices to a ``(B, n_items)`` score tensor. The harness
-masks each user's seen items, ranks the held-out item over the whole catalogue (primary
-protocol) and against the user's fixed sampled negatives (secondary protocol), and
-averages per-user metrics; catalogue coverage counts distinct items in all top-k lists.
+masks each user's seen items, ranks the user's held-out items (one under leave-one-out,
+several under a ratio split) over the whole catalogue (primary protocol) and among the
+user's fixed sampled negatives (secondary protocol), and averages per-user metrics;
+catalogue coverage counts distinct items in all top-k lists.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean full-ranking and sampled metrics over the evaluated users.
 
-    ``stage="valid"`` ranks the validation item with the train items excluded (for tuning);
-    ``stage="test"`` ranks the test item with train and validation items excluded.
+    ``stage="valid"`` ranks the validation items with the train items excluded (for
+    tuning); ``stage="test"`` ranks the test items with train and validation items
+    excluded.
     """
     users = split.evaluated
     targets = split.valid if stage == "valid" else split.test

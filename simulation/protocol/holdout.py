@@ -18,35 +18,29 @@ import numpy as np
 from stamen.models import DataError
 from stamen.privacy import decrypt_file, encrypt_file
 from stamen.simulation.protocol.device_evaluation import HeldOut
+from stamen.simulation.protocol.split import Split
 
 __all__ = ["read_held_out", "write_held_out"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: each row's validation and test items are arrays (1: one item each)
 
 
 def _bound(row: int) -> bytes:
     return f"stamen-held-out:{_FORMAT}:row-{row}".encode()
 
 
-def write_held_out(
-    folder: Path, *, valid: np.ndarray, test: np.ndarray, negatives: np.ndarray, key: bytes
-) -> Path:
-    """Write every row's held-out items into ``folder`` (created), encrypted under ``key``."""
+def write_held_out(folder: Path, split: Split, *, key: bytes) -> Path:
+    """Write every row's held-out items in ``split`` into ``folder`` (created), encrypted
+    under ``key``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not len(valid) == len(test) == len(negatives):
-        raise DataError("held-out columns differ in length")
-    for row in range(len(valid)):
+    for row in range(split.n_users):
+        held = HeldOut.of(split, row)
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            valid=np.int64(valid[row]),
-            test=np.int64(test[row]),
-            negatives=np.asarray(negatives[row], np.int64),
-        )
+        np.savez(buffer, valid=held.valid, test=held.test, negatives=held.negatives)
         encrypt_file(
             folder / f"row-{row}.enc", buffer.getvalue(), key=key, associated_data=_bound(row)
         )
-    (folder / "meta.json").write_text(json.dumps({"format": _FORMAT, "rows": len(valid)}))
+    (folder / "meta.json").write_text(json.dumps({"format": _FORMAT, "rows": split.n_users}))
     return folder
 
 
@@ -68,4 +62,4 @@ def read_held_out(folder: str | Path, row: int, *, key: bytes) -> HeldOut:
         raise DataError(f"{folder}: row {row} outside [0, {meta['rows']})")
     blob = decrypt_file(folder / f"row-{row}.enc", key=key, associated_data=_bound(row))
     with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
-        return HeldOut(int(arrays["valid"]), int(arrays["test"]), arrays["negatives"])
+        return HeldOut(arrays["valid"], arrays["test"], arrays["negatives"])

@@ -81,7 +81,7 @@ def test_secure_sums_equal_the_plain_sum_and_the_clear_path_when_noise_is_off(tm
     clear = []
     for u in range(n):
         data = DeviceData(split.train.row(u), release_catalog_of(split.n_items))
-        held = HeldOut(int(split.valid[u]), int(split.test[u]), split.negatives[u])
+        held = HeldOut.of(split, u)
         client = DeviceClient(
             data,
             {},  # type: ignore[arg-type]

@@ -105,3 +105,24 @@ def test_map_matches_a_slow_average_precision(ranks: list[int], k: int) -> None:
     got = ranking_metrics(np.array([ranks]), ks=(k,))
     assert got[f"map@{k}"][0] == pytest.approx(expected)
     assert got["mrr"][0] == pytest.approx(1 / (min(ranks) + 1))
+
+
+def test_targets_with_equal_scores_take_successive_places() -> None:
+    # items 1 and 3 (the targets) tie, below item 0 and above item 2 and the negative 4
+    scores = torch.tensor([[3.0, 2.0, 1.0, 2.0, 0.0]])
+    targets = np.array([[3, 1, -1]])
+    exclude = UserItems(indptr=np.array([0, 0]), items=np.array([], np.int64), n_items=5)
+    assert full_ranks(scores, targets, exclude=exclude).tolist() == [[1, 2, -1]]
+    assert sampled_ranks(scores, targets, np.array([[4, 0]])).tolist() == [[1, 2, -1]]
+    m = ranking_metrics(full_ranks(scores, targets, exclude=exclude), ks=(3,))
+    assert m["ndcg@3"][0] == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    )
+    assert m["map@3"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_sampled_ranks_place_each_target_among_the_negatives_and_the_other_targets() -> None:
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7, 0.3], [0.4, 0.3, 0.2, 0.1, 0.0]])
+    # row 0: targets 2 (0.5) and 3 (0.7) among negatives 1 (0.9) and 0 (0.1); row 1: one target
+    ranks = sampled_ranks(scores, np.array([[2, 3], [4, -1]]), np.array([[1, 0], [0, 1]]))
+    assert ranks.tolist() == [[2, 1], [2, -1]]

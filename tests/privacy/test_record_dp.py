@@ -383,7 +383,7 @@ def test_resumed_strategy_carries_the_earlier_participations() -> None:
 def test_device_trains_by_dp_sgd_and_keeps_only_that_factor() -> None:
     data = DeviceData(np.array([1, 2, 3, 9]), release_catalog_of(N_ITEMS))
     state: dict = {}
-    tasks = evaluate_tasks(lambda row: HeldOut(4, 5, np.arange(10, 20)))
+    tasks = evaluate_tasks(lambda row: HeldOut(np.array([4]), np.array([5]), np.arange(10, 20)))
     client = DeviceClient(data, state, seed=0, row=2, evaluate_tasks=tasks)  # type: ignore[arg-type]
     rdp = RecordDP(enabled=True, sample_rate=0.5, steps_per_round=3)
     config = Request(

@@ -91,7 +91,7 @@ def test_evaluation_vectors_count_evaluating_devices_and_refuse_unbounded_metric
 def _client(times: np.ndarray | None = None) -> DeviceClient:
     items = np.array([1, 2, 3])
     data = DeviceData(items, release_catalog_of(N_ITEMS), train_times=times)
-    held_out = HeldOut(4, 5, np.arange(10, 20))
+    held_out = HeldOut(np.array([4]), np.array([5]), np.arange(10, 20))
     tasks = evaluate_tasks(lambda row: held_out)
     return DeviceClient(data, {}, seed=0, row=0, evaluate_tasks=tasks)  # type: ignore[arg-type]
 

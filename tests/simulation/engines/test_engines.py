@@ -29,7 +29,7 @@ from stamen.simulation.engines.flower import initial_shared, release_catalog
 from stamen.simulation.engines.registry import ENGINES, population_evaluation
 from stamen.simulation.experiment import run_experiment
 from stamen.simulation.protocol.device_evaluation import HeldOut, evaluate_tasks
-from stamen.simulation.protocol.split import leave_one_out
+from stamen.simulation.protocol.split import leave_one_out, ratio_split
 
 
 def test_flower_is_the_default_engine_and_batched_is_asked_for_by_name() -> None:
@@ -90,16 +90,28 @@ def test_the_command_line_refuses_an_unsupported_combination_with_exit_2() -> No
 
 
 @pytest.mark.parametrize(
-    ("model", "cutoffs"),
-    [("mf", (10, 20)), ("two-tower", (10, 20)), ("sequential", (10, 20)), ("mf", (5, 10, 50))],
+    ("model", "cutoffs", "test_ratio"),
+    [
+        ("mf", (10, 20), None),
+        ("two-tower", (10, 20), None),
+        ("sequential", (10, 20), None),
+        ("mf", (5, 10, 50), None),
+        ("mf", (10, 20), 0.2),
+    ],
 )
 def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(
-    model: str, cutoffs: tuple[int, ...]
+    model: str, cutoffs: tuple[int, ...], test_ratio: float | None
 ) -> None:
     """Every device answering the strategy's evaluation request in process, aggregated by
     ``FederatedAveraging.aggregate_evaluate``, gives the batched evaluation's metrics, at
-    the protocol's cut-offs."""
-    split = leave_one_out(generate_synthetic(30, 400, seed=2).interactions, seed=0)
+    the protocol's cut-offs, under leave-one-out and a ratio split (up to 27 test items a
+    device)."""
+    interactions = generate_synthetic(30, 400, seed=2).interactions
+    split = (
+        leave_one_out(interactions, seed=0)
+        if test_ratio is None
+        else ratio_split(interactions, test_ratio=test_ratio, seed=0)
+    )
     config = load_config(
         None,
         {
@@ -121,10 +133,7 @@ def test_the_population_is_evaluated_as_the_strategy_evaluates_its_devices(
     initial = initial_shared(split.n_items, config, catalog)
     strategy = FederatedAveraging(settings, initial=initial, population=split.n_users)
     clients = StaticClients(split.n_users, shuffle=1)
-    tasks = evaluate_tasks(
-        lambda row: HeldOut(int(split.valid[row]), int(split.test[row]), split.negatives[row]),
-        cutoffs=cutoffs,
-    )
+    tasks = evaluate_tasks(lambda row: HeldOut.of(split, row), cutoffs=cutoffs)
 
     def device(row: int) -> DeviceClient:
         data = DeviceData(split.train.row(row), catalog)

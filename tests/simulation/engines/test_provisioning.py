@@ -18,8 +18,8 @@ def test_provisioned_devices_hold_their_training_items_and_nothing_else(tmp_path
     train = UserItems(indptr=np.array([0, 2, 5]), items=np.array([1, 2, 3, 4, 5]), n_items=10)
     split = Split(
         train=train,
-        valid=np.array([6, -1]),
-        test=np.array([7, -1]),
+        valid=np.array([[6], [-1]]),
+        test=np.array([[7], [-1]]),
         negatives=np.array([[8, 9], [-1, -1]]),
         seed=0,
     )
@@ -44,7 +44,7 @@ def test_provisioned_devices_hold_their_training_items_and_nothing_else(tmp_path
             assert device.release is not None and device.release.number == 0
             # the held-out items are the protocol's, not the device's
             assert {e.item for e in device.history()} == {str(i) for i in expected}
-    assert provisioned.held_out(0).test_item == 7
+    assert provisioned.held_out(0).test.tolist() == [7]
     # each device has its own key: one device's key does not open another's store
     with pytest.raises(DecryptionError):
         Device.open(provisioned.devices.path(1), key=provisioned.devices.key(0))
