@@ -352,9 +352,12 @@ def run_experiment(
     if config.secagg.enabled:
         sa = config.secagg
         plain = fed.privacy is None or fed.privacy["mode"] == "off"
+        template = engine.secure_aggregation
+        if config.algorithm == "als" and engine.als_aggregation is not None:
+            template = engine.als_aggregation
         console.print(
             "secure aggregation: "
-            + engine.secure_aggregation.format(
+            + template.format(
                 **{
                     **sa.model_dump(),
                     "clipping_range": "(derived: C, plus room for noise shares; 1 without DP)"

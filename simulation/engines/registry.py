@@ -92,6 +92,8 @@ class Engine:
     secure_aggregation: str
     #: What computed a secure evaluation's metrics.
     secure_evaluation: str
+    #: What computed private ALS's SecAgg+ sums, where it differs (``None``: as above).
+    als_aggregation: str | None = None
 
 
 def population_evaluation(
@@ -206,11 +208,12 @@ ENGINES: dict[str, Engine] = {
         run=run_batched_stage,
         secure_aggregation="SecAgg+'s arithmetic replayed by the batched engine (each "
         "coordinate clipped to ±{clipping_range} and quantised to {quantization_range} "
-        "levels as Flower's quantize does; no masks or key exchange; private ALS: the "
-        "exact sum of its statistics, SecAgg+'s quantisation (under one level a device "
-        "and coordinate) not replayed, and under distributed DP the noise drawn on the "
-        "sum, distributed as the devices' shares sum)",
+        "levels as Flower's quantize does; no masks or key exchange)",
         secure_evaluation="the exact mean over every evaluated device, computed by the "
         "batched engine (what the SecAgg+ sum reveals, up to its quantisation)",
+        als_aggregation="the exact sum of private ALS's statistics, computed by the batched "
+        "engine (SecAgg+'s quantisation, under one level a device and coordinate, not "
+        "replayed; under distributed DP the noise drawn on the sum, distributed as the "
+        "devices' shares sum; no masks or key exchange)",
     ),
 }

@@ -74,7 +74,7 @@ def test_a_private_run_writes_the_als_rounds_and_the_flower_paths_epsilon(tmp_pa
     assert privacy["noise_multiplier"] == strategy.noise_multiplier > 0
     accountant = strategy.plan.mechanism.accountant
     assert privacy["epsilon"] == PrivacyAccountant(accountant.settings, rounds=3).epsilon
-    assert "private ALS: the exact sum of its statistics" in result.output
+    assert "secure aggregation: the exact sum of private ALS's statistics" in result.output
 
 
 def test_without_noise_the_stage_is_the_simulation_evaluated_on_its_schedule(
