@@ -11,7 +11,10 @@ starts with); a section opens with that script's docstring (its protocol). A plo
 ``<name>.png`` beside a record (the privacy-utility and population curves) is copied to
 ``docs/images/benchmarks/`` and shown under it. Records in a sub-folder of
 ``benchmarks/results/`` (superseded and tuning runs) follow the current ones in a section of
-their own. ``tests/docs/test_benchmarks_page.py`` checks that the committed page and images
+their own. A sweep recorded by ``stamen sweep --out benchmarks/results/<name>`` is one
+record, its ``sweep.md`` (the command read from its ``sweep.json``) with ``sweep.png``;
+the folders of its runs (each marked by its ``sweep-run.json``) are its raw material and
+not shown. ``tests/docs/test_benchmarks_page.py`` checks that the committed page and images
 are what this script builds now.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -54,6 +58,7 @@ SECTIONS: dict[str, str] = {
     "deployment": "Deployment over Flower's transport",
     "secagg_rounds": "SecAgg+ rounds",
     "als_rounds": "Private ALS rounds on Flower",
+    "sweep": "Sweeps (`stamen sweep`)",
 }
 
 _COMMAND = re.compile(r"^Command: `python benchmarks/(?P<script>[A-Za-z0-9_]+)\.py")
@@ -71,6 +76,8 @@ class Record:
     script: str
     plot: Path | None
     results: Path = RESULTS
+    #: A sweep's command (its record has no ``Command:`` line of its own).
+    command: str | None = None
 
     @property
     def name(self) -> str:
@@ -79,18 +86,49 @@ class Record:
 
     @property
     def current(self) -> bool:
-        """Whether the record sits at the top of ``benchmarks/results`` (not superseded)."""
-        return self.markdown.parent == self.results
+        """Whether the record sits at the top of ``benchmarks/results`` (not superseded),
+        or is a sweep's record in its own folder there."""
+        folder = self.markdown.parent
+        return folder == self.results or (self.script == "sweep" and folder.parent == self.results)
 
 
 class RecordError(ValueError):
     """A record the page cannot be built from (the message names the file)."""
 
 
+def sweep_run(path: Path, results: Path = RESULTS) -> bool:
+    """Whether ``path`` lies in the folder of one run of a recorded sweep (a folder under
+    ``results`` holding a ``sweep-run.json``)."""
+    return any(
+        (folder / "sweep-run.json").is_file()
+        for folder in path.parents
+        if results in folder.parents
+    )
+
+
+def _sweep(markdown: Path) -> Record | None:
+    """A sweep's record: ``sweep.md`` beside the ``sweep.json`` that names its command."""
+    twin = markdown.with_suffix(".json")
+    if markdown.name != "sweep.md" or not twin.is_file():
+        return None
+    command = json.loads(twin.read_text(encoding="utf-8")).get("command")
+    if not isinstance(command, list) or command[1:2] != ["sweep"]:
+        return None
+    plot = markdown.with_suffix(".png")
+    shown = " ".join(["stamen", *command[1:]])
+    return Record(markdown, "sweep", plot if plot.is_file() else None, command=shown)
+
+
 def records(results: Path = RESULTS) -> list[Record]:
     """Every markdown record under ``results``, current ones first, each group by name."""
     found = []
     for markdown in sorted(results.rglob("*.md")):
+        if sweep_run(markdown, results):
+            continue
+        sweep = _sweep(markdown)
+        if sweep is not None:
+            found.append(Record(sweep.markdown, "sweep", sweep.plot, results, sweep.command))
+            continue
         lines = markdown.read_text(encoding="utf-8").splitlines()
         match = next((_COMMAND.match(line) for line in lines[:5] if _COMMAND.match(line)), None)
         if match is None:
@@ -206,6 +244,7 @@ def _record(record: Record) -> list[str]:
         "",
         f"**{title(record)}** (`benchmarks/results/{record.name}.md`)",
         "",
+        *([f"Command: `{record.command}`", ""] if record.command else []),
         *body(record),
         "",
     ]
