@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import pytest
 from helpers.private_als import ALS
-from helpers.tiny_simulation import tiny_config
-
-from stamen.simulation.config import load_config
-from stamen.simulation.experiment import run_experiment
-from stamen.simulation.protocol.report import wide_console
+from helpers.tiny_simulation import on_both_engines, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +18,7 @@ SHARED_FIELDS = ("round", "stage", "cohort", "devices", "failures", "upload_byte
 def test_flower_and_the_batched_engine_reach_the_same_private_als_model(tmp_path) -> None:
     path = tiny_config(tmp_path, users=24, items=300, epochs=1)
     given = {"dataset": "synthetic", "algorithm": "als", "als": ALS, "seed": 1}
-    results = {
-        engine: run_experiment(
-            load_config(path, {**given, "engine": engine, "output": tmp_path / engine}),
-            console=wide_console(),
-        ).results
-        for engine in ("flower", "batched")
-    }
+    results = on_both_engines(path, given, tmp_path)
     flower, batched = results["flower"], results["batched"]
     assert flower["config"]["secagg"]["enabled"]  # SecAgg+ on Flower's, not replayed here
 

@@ -6,11 +6,7 @@ whose NDCG@10 agrees within SecAgg+'s quantisation (the fast checks of the batch
 from __future__ import annotations
 
 import pytest
-from helpers.tiny_simulation import tiny_config
-
-from stamen.simulation.config import load_config
-from stamen.simulation.experiment import run_experiment
-from stamen.simulation.protocol.report import wide_console
+from helpers.tiny_simulation import on_both_engines, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,13 +20,7 @@ def test_flower_and_the_batched_engine_select_the_same_round_and_ndcg(tmp_path) 
         "seed": 2,
         "dp": {"mode": "central", "noise_multiplier": 0.5, "clip_norm": 0.5},
     }
-    results = {
-        engine: run_experiment(
-            load_config(path, {**given, "engine": engine, "output": tmp_path / engine}),
-            console=wide_console(),
-        ).results
-        for engine in ("flower", "batched")
-    }
+    results = on_both_engines(path, given, tmp_path)
     flower, batched = results["flower"], results["batched"]
     assert (flower["engine"], batched["engine"]) == ("flower", "batched")
     assert flower["config"]["secagg"]["enabled"]  # SecAgg+ on both: its quantisation differs
