@@ -24,46 +24,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-import torch
-from threadpoolctl import threadpool_limits
 
-from stamen.models.schema import Catalog
-from stamen.server.rounds import PrivacySpent, RoundPlan, RoundRecord
+from stamen.server.als import ALSSettings
+from stamen.server.rounds import Evaluation, PrivacySpent, RoundPlan, RoundRecord
+from stamen.server.settings import ServerSettings
 from stamen.simulation.baselines.private_als import private_als_rounds
-from stamen.simulation.config import SimulationConfig
-from stamen.simulation.engines.flower import FederatedResult, release_catalog
+from stamen.simulation.engines.batched import BatchedResult
 from stamen.simulation.protocol.split import Split
 
-__all__ = ["run_private_als_stage"]
+__all__ = ["run_private_als"]
 
 
-def run_private_als_stage(
-    config: SimulationConfig,
+def run_private_als(
     split: Split,
+    settings: ServerSettings,
+    als: ALSSettings,
     *,
-    output: Path,
-    catalog: Catalog | None = None,
+    evaluation: Callable[[list[np.ndarray]], Evaluation],
     on_round: Callable[[RoundRecord], None] | None = None,
-    verbose: bool = False,
-) -> FederatedResult:
-    """``config``'s private ALS stage on the batched engine (module docstring), over
-    ``split``'s users, one device each; a ``FederatedStage``. The item side is returned
-    as the shared arrays ``[items, bias]``, scored by the run's MF model over the
-    releases' catalogue (``release_catalog``). It writes nothing under ``output``;
-    ``verbose`` has no logs to show. BLAS and torch run the registry's ``THREADS``."""
-    # the registry dispatches its batched stage here: imported when it has loaded
-    from stamen.simulation.engines.registry import THREADS, population_evaluation
-
+) -> BatchedResult:
+    """Private ALS's rounds over ``split``'s users, one device each (module docstring),
+    under the run's ``settings`` (``als_server_settings``'); ``evaluation`` scores the item
+    side ``[items, bias]`` on the plan's schedule. The batched engine's stage
+    (``stamen.simulation.engines.registry.run_batched_stage``) calls it for algorithm
+    ``"als"``."""
     started = time.perf_counter()
-    settings = config.server_settings(split.n_users)
     # every device in every round; the SecAgg+ range is als_server_settings' (own_range)
     plan = RoundPlan(settings, population=split.n_users, own_range=True)
     mechanism = plan.mechanism
-    model = config.run_model(release_catalog(split, catalog), split.n_users)
-    evaluation = population_evaluation(model, split, settings, cutoffs=config.protocol.cutoffs)
 
     def finish(record: RoundRecord, shared: list[np.ndarray]) -> None:
         if mechanism is not None:
@@ -76,23 +66,16 @@ def run_private_als_stage(
         if on_round is not None:
             on_round(record)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        with threadpool_limits(limits=THREADS):
-            rounds = private_als_rounds(
-                split.train,
-                config.als,
-                noise_multiplier=0.0 if mechanism is None else mechanism.noise_multiplier,
-                seed=settings.seed,
-                on_round=finish,
-            )
-    finally:
-        torch.set_num_threads(threads)
-    return FederatedResult(
+    rounds = private_als_rounds(
+        split.train,
+        als,
+        noise_multiplier=0.0 if mechanism is None else mechanism.noise_multiplier,
+        seed=settings.seed,
+        on_round=finish,
+    )
+    return BatchedResult(
         history=rounds.history,
         shared=[rounds.items, rounds.bias],
         seconds=time.perf_counter() - started,
-        resumed_from=0,
         privacy=None if mechanism is None else mechanism.report(),
     )

@@ -36,7 +36,7 @@ from stamen.server.analytics import DEFAULT_CUTOFFS, evaluation_metrics
 from stamen.server.rounds import Evaluation, RoundRecord
 from stamen.server.settings import ServerSettings
 from stamen.simulation.config import SimulationConfig
-from stamen.simulation.engines.als_stage import run_private_als_stage
+from stamen.simulation.engines.als_stage import run_private_als
 from stamen.simulation.engines.batched import run_batched
 from stamen.simulation.engines.flower import (
     FederatedResult,
@@ -162,10 +162,6 @@ def run_batched_stage(
     ``output`` (no releases, device stores or checkpoints); ``verbose`` has no logs to
     show. BLAS and torch run one thread (:data:`THREADS`) meanwhile. Private ALS runs
     its own rounds (``stamen.simulation.engines.als_stage``)."""
-    if config.algorithm == "als":
-        return run_private_als_stage(
-            config, split, output=output, catalog=catalog, on_round=on_round, verbose=verbose
-        )
     started = time.perf_counter()
     settings = config.server_settings(split.n_users)
     model = config.run_model(release_catalog(split, catalog), split.n_users)
@@ -174,17 +170,28 @@ def run_batched_stage(
     torch.set_num_threads(THREADS)
     try:
         with threadpool_limits(limits=THREADS):
-            result = run_batched(
-                split,
-                settings,
-                initial=initial_shared(split.n_items, config, model.catalog),
-                model=model,
-                on_round=on_round,
-                evaluation=population_evaluation(
-                    model, split, settings, states, cutoffs=config.protocol.cutoffs
-                ),
-                states=states,
-            )
+            if config.algorithm == "als":
+                result = run_private_als(
+                    split,
+                    settings,
+                    config.als,
+                    evaluation=population_evaluation(
+                        model, split, settings, cutoffs=config.protocol.cutoffs
+                    ),
+                    on_round=on_round,
+                )
+            else:
+                result = run_batched(
+                    split,
+                    settings,
+                    initial=initial_shared(split.n_items, config, model.catalog),
+                    model=model,
+                    on_round=on_round,
+                    evaluation=population_evaluation(
+                        model, split, settings, states, cutoffs=config.protocol.cutoffs
+                    ),
+                    states=states,
+                )
     finally:
         torch.set_num_threads(threads)
     return FederatedResult(
